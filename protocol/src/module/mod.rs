@@ -1,0 +1,1 @@
+//! Particle module binaries (reference section 4).
