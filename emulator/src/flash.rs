@@ -1,1 +1,640 @@
-//! flash
+//! Simulated NOR flash with numbered operations and power cuts.
+//!
+//! Everything an emulated device keeps across power loss lives here: the internal MCU flash
+//! and, on nRF52840 boards, the external QSPI flash (`reference/particle-protocol.md` §5.1
+//! layouts, §5.3 bootloader copy, §5.4 atomicity and recovery, §8 "flash model").
+//!
+//! The model refuses what real NOR flash refuses, in the manner of MCUboot's `simflash`:
+//!
+//! * erase works on whole sectors and sets every bit to 1 (bytes read `0xFF`);
+//! * program only clears bits: programming a 1 over a 0 is rejected
+//!   ([`FlashError::ProgramWouldSetBits`]) and nothing is written;
+//! * program addresses and lengths are multiples of the chip's program unit.
+//!
+//! Every erase and program is one *numbered operation*. The counter is shared by all chips of
+//! a device and keeps counting across power cycles, so "cut power at operation 17" names one
+//! exact moment. A [`PowerCut`] loses power before, during ([`CutMode::Torn`]) or after that
+//! operation; from then on every read, erase and program fails with
+//! [`FlashError::PowerLost`] until [`FlashArray::power_on`].
+//!
+//! Rejected operations (bad arguments, set bits) do not consume an operation number: they
+//! never reach the chip.
+//!
+//! Storage is copy-on-write per sector (`Option<Arc<[u8]>>`, `None` = erased), so cloning a
+//! [`FlashArray`] to snapshot a device costs one pointer per sector, and a write copies only
+//! the sector it touches.
+
+use std::fmt;
+use std::sync::Arc;
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+/// Value of an erased byte.
+pub const ERASED: u8 = 0xFF;
+
+/// Which flash chip of a device. nRF52840 boards have both; rtl872x boards (P2, M-SoM) have
+/// one memory-mapped QSPI flash, modelled as `Internal`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChipId {
+    Internal,
+    External,
+}
+
+impl fmt::Display for ChipId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ChipId::Internal => "internal",
+            ChipId::External => "external",
+        })
+    }
+}
+
+/// Shape of one chip. Addresses are absolute: byte 0 of the chip is at `base`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlashGeometry {
+    /// Address of byte 0, e.g. `0x0800_0000` on rtl872x, `0` on nRF52840.
+    pub base: u32,
+    /// Size in bytes; a multiple of `sector_size`.
+    pub size: u32,
+    /// Erase granularity in bytes.
+    pub sector_size: u32,
+    /// Program alignment and granularity in bytes; divides `sector_size`.
+    pub program_unit: u32,
+}
+
+impl FlashGeometry {
+    /// One past the last address, as u64 so that a chip ending at 4 GiB is representable.
+    pub fn end(&self) -> u64 {
+        u64::from(self.base) + u64::from(self.size)
+    }
+
+    /// Number of sectors (0 for an invalid geometry).
+    pub fn sector_count(&self) -> u32 {
+        self.size.checked_div(self.sector_size).unwrap_or(0)
+    }
+
+    /// Whether `addr..addr+len` lies inside the chip.
+    pub fn contains(&self, addr: u32, len: u64) -> bool {
+        addr >= self.base
+            && u64::from(addr)
+                .checked_add(len)
+                .is_some_and(|end| end <= self.end())
+    }
+
+    fn check(&self, chip: ChipId) -> Result<(), FlashError> {
+        let what = if self.size == 0 {
+            "size is 0"
+        } else if self.sector_size == 0 {
+            "sector size is 0"
+        } else if self.program_unit == 0 {
+            "program unit is 0"
+        } else if !self.size.is_multiple_of(self.sector_size) {
+            "size is not a multiple of the sector size"
+        } else if !self.sector_size.is_multiple_of(self.program_unit) {
+            "sector size is not a multiple of the program unit"
+        } else if self.end() > 1 << 32 {
+            "chip extends past the 4 GiB address space"
+        } else {
+            return Ok(());
+        };
+        Err(FlashError::BadGeometry { chip, what })
+    }
+}
+
+/// The two operations that change flash contents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OpKind {
+    Erase,
+    Program,
+}
+
+impl fmt::Display for OpKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OpKind::Erase => "erase",
+            OpKind::Program => "program",
+        })
+    }
+}
+
+/// How a scheduled power cut hits its operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CutMode {
+    /// Power is lost just before the operation: flash is unchanged.
+    Before,
+    /// Power is lost half-way: a program clears a seeded random subset of the bits it would
+    /// clear; an erase sets a seeded random subset of the sector's 0-bits to 1.
+    Torn,
+    /// The operation completes, then power is lost.
+    After,
+}
+
+impl CutMode {
+    /// All modes, for sweeps.
+    pub const ALL: [CutMode; 3] = [CutMode::Before, CutMode::Torn, CutMode::After];
+}
+
+/// Lose power at operation number `at_op` (see [`FlashArray::op_count`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PowerCut {
+    pub at_op: u64,
+    pub mode: CutMode,
+}
+
+/// One entry of the operation log (see [`FlashArray::enable_log`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlashOp {
+    /// Operation number.
+    pub seq: u64,
+    pub chip: ChipId,
+    pub kind: OpKind,
+    pub addr: u32,
+    pub len: u32,
+    /// The power cut that hit this operation, if any.
+    pub cut: Option<CutMode>,
+}
+
+/// How much sector data a [`FlashArray`] holds (see [`FlashArray::memory`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlashMemory {
+    /// Sectors that are not known to be erased and so hold a buffer.
+    pub materialised_sectors: usize,
+    /// Bytes in buffers that only this array refers to.
+    pub unique_bytes: usize,
+    /// Bytes in buffers shared with clones (snapshots) of this array.
+    pub shared_bytes: usize,
+}
+
+/// Everything that can go wrong with a flash access. Rejected operations change nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FlashError {
+    #[error("the device has no {chip} flash chip")]
+    NoSuchChip { chip: ChipId },
+    #[error("the {chip} flash chip is listed twice")]
+    DuplicateChip { chip: ChipId },
+    #[error("{chip} flash geometry is invalid: {what}")]
+    BadGeometry { chip: ChipId, what: &'static str },
+    #[error(
+        "{len}-byte access at {addr:#010x} falls outside {chip} flash \
+         ({start:#010x}..{end:#010x})"
+    )]
+    OutOfRange {
+        chip: ChipId,
+        addr: u32,
+        len: u64,
+        start: u32,
+        end: u64,
+    },
+    #[error(
+        "{kind} of {len} bytes at {addr:#010x} on {chip} flash is not aligned to \
+         {alignment} bytes"
+    )]
+    Unaligned {
+        chip: ChipId,
+        kind: OpKind,
+        addr: u32,
+        len: u64,
+        alignment: u32,
+    },
+    #[error(
+        "program at {addr:#010x} on {chip} flash would turn 0 bits into 1; \
+         the sector must be erased first"
+    )]
+    ProgramWouldSetBits { chip: ChipId, addr: u32 },
+    #[error("power was lost at flash operation {op}; the device must be powered on again")]
+    PowerLost { op: u64 },
+}
+
+#[derive(Debug, Clone)]
+struct Chip {
+    id: ChipId,
+    geometry: FlashGeometry,
+    /// One entry per sector; `None` means every byte is erased.
+    sectors: Vec<Option<Arc<[u8]>>>,
+}
+
+impl Chip {
+    fn read(&self, offset: u32, buf: &mut [u8]) {
+        let ss = self.geometry.sector_size as usize;
+        let mut pos = offset as usize;
+        let mut done = 0;
+        while done < buf.len() {
+            let (sector, within) = (pos / ss, pos % ss);
+            let n = (ss - within).min(buf.len() - done);
+            let out = &mut buf[done..done + n];
+            match &self.sectors[sector] {
+                Some(data) => out.copy_from_slice(&data[within..within + n]),
+                None => out.fill(ERASED),
+            }
+            pos += n;
+            done += n;
+        }
+    }
+
+    fn write(&mut self, offset: u32, bytes: &[u8]) {
+        let ss = self.geometry.sector_size as usize;
+        let mut pos = offset as usize;
+        let mut done = 0;
+        while done < bytes.len() {
+            let (sector, within) = (pos / ss, pos % ss);
+            let n = (ss - within).min(bytes.len() - done);
+            let slot = &mut self.sectors[sector];
+            let data = slot.get_or_insert_with(|| Arc::from(vec![ERASED; ss]));
+            Arc::make_mut(data)[within..within + n].copy_from_slice(&bytes[done..done + n]);
+            pos += n;
+            done += n;
+        }
+    }
+}
+
+/// All flash chips of one device, the shared operation counter and the power state.
+///
+/// `Clone` is cheap (sector buffers are shared until written), so a clone is a snapshot.
+#[derive(Debug, Clone)]
+pub struct FlashArray {
+    chips: Vec<Chip>,
+    seed: u64,
+    next_op: u64,
+    cuts: Vec<PowerCut>,
+    lost_at: Option<u64>,
+    log: Option<Vec<FlashOp>>,
+}
+
+impl FlashArray {
+    /// A device with the given chips, every cell erased. `seed` decides how torn operations
+    /// tear.
+    pub fn new(chips: &[(ChipId, FlashGeometry)], seed: u64) -> Result<Self, FlashError> {
+        let mut built: Vec<Chip> = Vec::with_capacity(chips.len());
+        for &(id, geometry) in chips {
+            geometry.check(id)?;
+            if built.iter().any(|c| c.id == id) {
+                return Err(FlashError::DuplicateChip { chip: id });
+            }
+            built.push(Chip {
+                id,
+                geometry,
+                sectors: vec![None; geometry.sector_count() as usize],
+            });
+        }
+        Ok(FlashArray {
+            chips: built,
+            seed,
+            next_op: 0,
+            cuts: Vec::new(),
+            lost_at: None,
+            log: None,
+        })
+    }
+
+    /// The seed torn operations are drawn from.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// The chips of this device and their geometry.
+    pub fn chips(&self) -> impl Iterator<Item = (ChipId, FlashGeometry)> + '_ {
+        self.chips.iter().map(|c| (c.id, c.geometry))
+    }
+
+    /// Geometry of one chip, if the device has it.
+    pub fn geometry(&self, chip: ChipId) -> Option<FlashGeometry> {
+        self.chips.iter().find(|c| c.id == chip).map(|c| c.geometry)
+    }
+
+    /// Number the next erase or program will get (0-based; also the number issued so far).
+    pub fn op_count(&self) -> u64 {
+        self.next_op
+    }
+
+    // ----- power -------------------------------------------------------------------------
+
+    /// Lose power at operation `cut.at_op`. Several cuts may be pending; a cut for an
+    /// operation number already issued never fires.
+    pub fn schedule_cut(&mut self, cut: PowerCut) {
+        self.cuts.push(cut);
+    }
+
+    /// Cuts scheduled and not yet fired.
+    pub fn pending_cuts(&self) -> &[PowerCut] {
+        &self.cuts
+    }
+
+    /// Forget all pending cuts.
+    pub fn clear_cuts(&mut self) {
+        self.cuts.clear();
+    }
+
+    /// Lose power now, between operations (a relay, a pulled battery).
+    pub fn lose_power(&mut self) {
+        if self.lost_at.is_none() {
+            self.lost_at = Some(self.next_op);
+        }
+    }
+
+    /// Whether power is lost (every access fails until [`FlashArray::power_on`]).
+    pub fn power_lost(&self) -> bool {
+        self.lost_at.is_some()
+    }
+
+    /// Operation number at which power was lost, if it is lost.
+    pub fn lost_at(&self) -> Option<u64> {
+        self.lost_at
+    }
+
+    /// Restore power. Contents stay as they were when power was lost.
+    pub fn power_on(&mut self) {
+        self.lost_at = None;
+    }
+
+    // ----- log ---------------------------------------------------------------------------
+
+    /// Record every erase and program from now on. Note that clones copy the log.
+    pub fn enable_log(&mut self) {
+        self.log.get_or_insert_with(Vec::new);
+    }
+
+    /// Operations recorded since [`FlashArray::enable_log`] (empty if logging is off).
+    pub fn op_log(&self) -> &[FlashOp] {
+        self.log.as_deref().unwrap_or(&[])
+    }
+
+    /// Take the recorded operations, leaving logging on with an empty log.
+    pub fn take_log(&mut self) -> Vec<FlashOp> {
+        self.log.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    // ----- memory ------------------------------------------------------------------------
+
+    /// Sector buffers held, split into bytes owned by this array alone and bytes shared with
+    /// snapshots.
+    pub fn memory(&self) -> FlashMemory {
+        let mut m = FlashMemory::default();
+        for data in self.chips.iter().flat_map(|c| c.sectors.iter().flatten()) {
+            m.materialised_sectors += 1;
+            if Arc::strong_count(data) == 1 {
+                m.unique_bytes += data.len();
+            } else {
+                m.shared_bytes += data.len();
+            }
+        }
+        m
+    }
+
+    // ----- access ------------------------------------------------------------------------
+
+    /// Read `buf.len()` bytes at `addr`. No alignment is required.
+    pub fn read(&self, chip: ChipId, addr: u32, buf: &mut [u8]) -> Result<(), FlashError> {
+        self.check_power()?;
+        let (index, offset) = self.locate(chip, addr, buf.len() as u64)?;
+        self.chips[index].read(offset, buf);
+        Ok(())
+    }
+
+    /// Read `len` bytes at `addr` into a new vector.
+    pub fn read_vec(&self, chip: ChipId, addr: u32, len: usize) -> Result<Vec<u8>, FlashError> {
+        self.check_power()?;
+        // Check the range before allocating, so a huge `len` is an error, not an abort.
+        self.locate(chip, addr, len as u64)?;
+        let mut buf = vec![0; len];
+        self.read(chip, addr, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Whether every byte of `addr..addr+len` reads `0xFF`.
+    pub fn is_erased(&self, chip: ChipId, addr: u32, len: u32) -> Result<bool, FlashError> {
+        self.check_power()?;
+        let (index, offset) = self.locate(chip, addr, u64::from(len))?;
+        let c = &self.chips[index];
+        let ss = c.geometry.sector_size;
+        let (mut pos, end) = (offset, offset + len);
+        while pos < end {
+            let (sector, within) = (pos / ss, pos % ss);
+            let n = (ss - within).min(end - pos);
+            if let Some(data) = &c.sectors[sector as usize] {
+                let (a, b) = (within as usize, (within + n) as usize);
+                if data[a..b].iter().any(|&b| b != ERASED) {
+                    return Ok(false);
+                }
+            }
+            pos += n;
+        }
+        Ok(true)
+    }
+
+    /// Erase the sector starting at `addr` (one numbered operation).
+    pub fn erase_sector(&mut self, chip: ChipId, addr: u32) -> Result<(), FlashError> {
+        self.check_power()?;
+        let (index, offset) = self.locate_erase(chip, addr, None)?;
+        self.erase_at(index, offset)
+    }
+
+    /// Erase the whole sectors covering `start..start+len`, one numbered operation per sector,
+    /// in address order. `start` and `len` must be sector-aligned; the range is checked before
+    /// the first sector is erased.
+    pub fn erase_range(&mut self, chip: ChipId, start: u32, len: u32) -> Result<(), FlashError> {
+        self.check_power()?;
+        let (index, offset) = self.locate_erase(chip, start, Some(len))?;
+        let ss = self.chips[index].geometry.sector_size;
+        for i in 0..len / ss {
+            self.erase_at(index, offset + i * ss)?;
+        }
+        Ok(())
+    }
+
+    /// Program `data` at `addr` (one numbered operation). `addr` and `data.len()` must be
+    /// multiples of the program unit; `data` may only clear bits. A zero-length program is a
+    /// numbered operation that changes nothing.
+    pub fn program(&mut self, chip: ChipId, addr: u32, data: &[u8]) -> Result<(), FlashError> {
+        self.check_power()?;
+        let len = data.len() as u64;
+        let (index, offset) = self.locate(chip, addr, len)?;
+        let c = &self.chips[index];
+        let unit = c.geometry.program_unit;
+        if !offset.is_multiple_of(unit) || !len.is_multiple_of(u64::from(unit)) {
+            return Err(FlashError::Unaligned {
+                chip,
+                kind: OpKind::Program,
+                addr,
+                len,
+                alignment: unit,
+            });
+        }
+        let mut old = vec![0; data.len()];
+        c.read(offset, &mut old);
+        if let Some(i) = old.iter().zip(data).position(|(o, n)| n & !o != 0) {
+            return Err(FlashError::ProgramWouldSetBits {
+                chip,
+                addr: addr + i as u32,
+            });
+        }
+
+        let (seq, cut) = self.begin_op(chip, OpKind::Program, addr, data.len() as u32);
+        match cut {
+            None => self.chips[index].write(offset, data),
+            Some(CutMode::Before) => {}
+            Some(CutMode::Torn) => {
+                let clearing: Vec<u8> = old.iter().zip(data).map(|(o, n)| o & !n).collect();
+                let mask = self.tear_mask(seq, &clearing);
+                let torn: Vec<u8> = old.iter().zip(&mask).map(|(o, m)| o & !m).collect();
+                self.chips[index].write(offset, &torn);
+            }
+            Some(CutMode::After) => self.chips[index].write(offset, data),
+        }
+        self.end_op(seq, cut)
+    }
+
+    // ----- internals ---------------------------------------------------------------------
+
+    fn check_power(&self) -> Result<(), FlashError> {
+        match self.lost_at {
+            Some(op) => Err(FlashError::PowerLost { op }),
+            None => Ok(()),
+        }
+    }
+
+    /// Index of `chip` and offset of `addr` in it, if `addr..addr+len` is inside the chip.
+    fn locate(&self, chip: ChipId, addr: u32, len: u64) -> Result<(usize, u32), FlashError> {
+        let index = self
+            .chips
+            .iter()
+            .position(|c| c.id == chip)
+            .ok_or(FlashError::NoSuchChip { chip })?;
+        let g = self.chips[index].geometry;
+        if !g.contains(addr, len) {
+            return Err(FlashError::OutOfRange {
+                chip,
+                addr,
+                len,
+                start: g.base,
+                end: g.end(),
+            });
+        }
+        Ok((index, addr - g.base))
+    }
+
+    /// Like `locate` for an erase of `len` bytes (one sector if `None`), checking alignment.
+    fn locate_erase(
+        &self,
+        chip: ChipId,
+        addr: u32,
+        len: Option<u32>,
+    ) -> Result<(usize, u32), FlashError> {
+        let ss = self
+            .geometry(chip)
+            .ok_or(FlashError::NoSuchChip { chip })?
+            .sector_size;
+        let len = len.unwrap_or(ss);
+        let (index, offset) = self.locate(chip, addr, u64::from(len))?;
+        if !offset.is_multiple_of(ss) || !len.is_multiple_of(ss) {
+            return Err(FlashError::Unaligned {
+                chip,
+                kind: OpKind::Erase,
+                addr,
+                len: u64::from(len),
+                alignment: ss,
+            });
+        }
+        Ok((index, offset))
+    }
+
+    fn erase_at(&mut self, index: usize, offset: u32) -> Result<(), FlashError> {
+        let c = &self.chips[index];
+        let (chip, ss) = (c.id, c.geometry.sector_size);
+        let addr = c.geometry.base + offset;
+        let sector = (offset / ss) as usize;
+        let (seq, cut) = self.begin_op(chip, OpKind::Erase, addr, ss);
+        match cut {
+            None | Some(CutMode::After) => self.chips[index].sectors[sector] = None,
+            Some(CutMode::Before) => {}
+            Some(CutMode::Torn) => {
+                if let Some(old) = self.chips[index].sectors[sector].clone() {
+                    let setting: Vec<u8> = old.iter().map(|o| !o).collect();
+                    let mask = self.tear_mask(seq, &setting);
+                    let torn: Vec<u8> = old.iter().zip(&mask).map(|(o, m)| o | m).collect();
+                    self.chips[index].write(offset, &torn);
+                }
+            }
+        }
+        self.end_op(seq, cut)
+    }
+
+    /// Number the operation, log it, and take the cut scheduled for it, if any.
+    fn begin_op(
+        &mut self,
+        chip: ChipId,
+        kind: OpKind,
+        addr: u32,
+        len: u32,
+    ) -> (u64, Option<CutMode>) {
+        let seq = self.next_op;
+        self.next_op += 1;
+        let cut = self
+            .cuts
+            .iter()
+            .position(|c| c.at_op == seq)
+            .map(|i| self.cuts.remove(i).mode);
+        if let Some(log) = &mut self.log {
+            log.push(FlashOp {
+                seq,
+                chip,
+                kind,
+                addr,
+                len,
+                cut,
+            });
+        }
+        (seq, cut)
+    }
+
+    fn end_op(&mut self, seq: u64, cut: Option<CutMode>) -> Result<(), FlashError> {
+        match cut {
+            None => Ok(()),
+            Some(_) => {
+                self.lost_at = Some(seq);
+                Err(FlashError::PowerLost { op: seq })
+            }
+        }
+    }
+
+    /// A seeded subset of the bits set in `candidates` (the bits a torn operation would
+    /// change). Half the time the bits are scattered at random; otherwise the operation got
+    /// through a prefix of them in address order, at least one and not all.
+    fn tear_mask(&self, op: u64, candidates: &[u8]) -> Vec<u8> {
+        let mut key = [0u8; 32];
+        key[..8].copy_from_slice(&self.seed.to_le_bytes());
+        key[8..16].copy_from_slice(&op.to_le_bytes());
+        key[16..].copy_from_slice(b"hil-flash-torn-o");
+        let mut rng = ChaCha8Rng::from_seed(key);
+
+        if rng.next_u32() & 1 == 0 {
+            return candidates
+                .iter()
+                .map(|&c| c & rng.next_u32() as u8)
+                .collect();
+        }
+        let total: u64 = candidates.iter().map(|c| u64::from(c.count_ones())).sum();
+        let mut keep = match total {
+            0 => 0,
+            1 => rng.next_u64() % 2,
+            n => 1 + rng.next_u64() % (n - 1),
+        };
+        let mut mask = vec![0u8; candidates.len()];
+        for (m, &c) in mask.iter_mut().zip(candidates) {
+            for bit in 0..8 {
+                if keep == 0 {
+                    return mask;
+                }
+                if c & (1 << bit) != 0 {
+                    *m |= 1 << bit;
+                    keep -= 1;
+                }
+            }
+        }
+        mask
+    }
+}
