@@ -17,11 +17,15 @@ pub const GROWS_DOWN_START_ALIGNMENT: u32 = 8;
 pub struct ModuleParts {
     /// Bytes before the prefix (vector table / image header).
     pub head: Vec<u8>,
+    /// The prefix.
     pub prefix: Prefix,
+    /// Prefix extensions (flag PREFIX_EXTENSIONS), ending with END.
     pub prefix_extensions: Vec<Extension>,
+    /// The compressed header of a COMPRESSED module.
     pub compressed_header: Option<CompressedHeader>,
     /// The body (the deflate stream of a compressed module).
     pub body: Vec<u8>,
+    /// The suffix area.
     pub suffix: Suffix,
 }
 

@@ -46,6 +46,7 @@ mod field {
 pub const HEADER_LEN: usize = field::BODY;
 
 /// Extension type numbers (`module_info_extension_type_t`).
+#[allow(missing_docs)]
 pub mod ext_type {
     pub const END: u16 = 0x0000;
     pub const PRODUCT_DATA: u16 = 0x0001;

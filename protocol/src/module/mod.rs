@@ -76,11 +76,13 @@ pub struct Module {
     /// Where the 24-byte prefix starts (0, 0x200 after an nRF52840 vector table, 0x20 after
     /// the rtl872x bootloader image header).
     pub prefix_offset: usize,
+    /// The 24-byte prefix.
     pub prefix: Prefix,
     /// Prefix extensions (flag PREFIX_EXTENSIONS), ending with END.
     pub prefix_extensions: Vec<Extension>,
     /// The compressed-module header, present iff flag COMPRESSED is set.
     pub compressed_header: Option<CompressedHeader>,
+    /// The suffix area.
     pub suffix: Suffix,
     /// CRC-32 stored big-endian in the last 4 bytes.
     pub stored_crc: u32,

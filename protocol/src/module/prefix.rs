@@ -166,8 +166,11 @@ impl core::ops::BitOrAssign for ModuleFlags {
 /// The empty dependency is function [`ModuleFunction::None`], index 0, version 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Dependency {
+    /// Function of the module depended on (None for an empty dependency).
     pub function: ModuleFunction,
+    /// Index of the module depended on.
     pub index: u8,
+    /// Minimum version of the module depended on.
     pub version: u16,
 }
 
@@ -246,27 +249,35 @@ impl<T: AsRef<[u8]>> PrefixView<T> {
         ])
     }
 
+    /// Bytes 0..4: module_start_address.
     pub fn start_address(&self) -> u32 {
         self.u32_at(field::START_ADDRESS)
     }
+    /// Bytes 4..8: module_end_address.
     pub fn end_address(&self) -> u32 {
         self.u32_at(field::END_ADDRESS)
     }
+    /// Byte 8: reserved / MCU target.
     pub fn mcu_target(&self) -> u8 {
         self.byte(field::MCU_TARGET)
     }
+    /// Byte 9: flags.
     pub fn flags(&self) -> ModuleFlags {
         ModuleFlags(self.byte(field::FLAGS))
     }
+    /// Bytes 10..12: module version.
     pub fn version(&self) -> u16 {
         self.u16_at(field::VERSION)
     }
+    /// Bytes 12..14: platform id.
     pub fn platform_id(&self) -> u16 {
         self.u16_at(field::PLATFORM_ID)
     }
+    /// Byte 14: module function.
     pub fn function(&self) -> ModuleFunction {
         ModuleFunction::from(self.byte(field::FUNCTION))
     }
+    /// Byte 15: module index.
     pub fn index(&self) -> u8 {
         self.byte(field::INDEX)
     }
@@ -296,11 +307,17 @@ pub struct Prefix {
     pub end_address: u32,
     /// Reserved / MCU target (0x21 = ESP32 for NCP firmware, else 0).
     pub mcu_target: u8,
+    /// Module flags.
     pub flags: ModuleFlags,
+    /// Module version (the dynalib ABI version, not the product version).
     pub version: u16,
+    /// Platform id (12 Argon, 13 Boron, 26 Tracker, 32 P2, ...).
     pub platform_id: u16,
+    /// Module function.
     pub function: ModuleFunction,
+    /// Module index (e.g. 1 for system-part1, 2 for the 256 KB nRF52840 user part).
     pub index: u8,
+    /// Dependencies 1 and 2 (empty = function None).
     pub dependencies: [Dependency; 2],
 }
 

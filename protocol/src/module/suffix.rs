@@ -37,7 +37,9 @@ pub const SHA_EXCLUDED_TAIL: usize = 38;
 /// Product id and version stored raw (not as an extension) before the base suffix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ProductData {
+    /// Product id (the platform id since Device OS 4.0, 0xFFFF without PRODUCT_VERSION).
     pub id: u16,
+    /// Product firmware version.
     pub version: u16,
 }
 
