@@ -1193,3 +1193,24 @@ fn resolve_range(r: &RegionSpec) -> Result<(u32, u32), (&'static str, String)> {
         )),
     }
 }
+
+impl From<Chip> for crate::flash::ChipId {
+    fn from(chip: Chip) -> Self {
+        match chip {
+            Chip::Internal => crate::flash::ChipId::Internal,
+            Chip::External => crate::flash::ChipId::External,
+        }
+    }
+}
+
+impl Board {
+    /// The simulated flash chip a board chip maps to.
+    pub fn flash_chip(&self, chip: Chip) -> crate::flash::ChipId {
+        chip.into()
+    }
+
+    /// Regions that hold a module (bootloader, radio stack, system part, user parts, KM0 parts).
+    pub fn module_regions(&self) -> impl Iterator<Item = &Region> {
+        self.regions.iter().filter(|r| r.module.is_some())
+    }
+}

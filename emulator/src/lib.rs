@@ -1,6 +1,11 @@
 //! One emulated Particle device: simulated flash with power cuts, the power-safe store that
-//! stands in for Device OS's LittleFS, board definitions and the bootloader.
+//! stands in for Device OS's LittleFS, board definitions, DCT module slots, OTA staging and the
+//! bootloader (reference sections 4 and 5).
 
 pub mod board;
+pub mod bootloader;
+pub mod dct;
+pub mod device;
 pub mod flash;
+pub mod installed;
 pub mod store;

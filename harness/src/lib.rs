@@ -1,1 +1,5 @@
-//! Drives devices through OTA scenarios. For now: the power-cut sweep over the emulator.
+//! Drives devices through OTA scenarios. For now: firmware sets for the emulator and the
+//! power-cut sweep over it (reference sections 5.3-5.5).
+
+pub mod cases;
+pub mod sweep;

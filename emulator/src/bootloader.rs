@@ -1,0 +1,729 @@
+//! The bootloader: applies staged module slots, then validates what is installed and decides
+//! how the device runs (reference sections 5.3, 5.4 and 5.5).
+//!
+//! Order at every boot, as `FLASH_UpdateModules` and `system_part1_post_init` do it:
+//! 1. finish a bootloader copy the MBR (nRF52840) or KM0 core (rtl872x) had started;
+//! 2. for each pending slot, non-bootloader slots first in slot order, then bootloader slots:
+//!    verify the staged source completely (range, prefix, platform, function, destination, CRC,
+//!    and for compressed modules that the stream inflates to exactly `original_size`) *before*
+//!    erasing anything; erase the destination; copy or inflate; free the slot *after* the copy;
+//! 3. validate bootloader, system part and user part (integrity, platform, dependencies); an
+//!    invalid user part with a valid factory app restores the factory app; an unmet dependency or
+//!    a missing/invalid user part means safe mode.
+//!
+//! Every flash access goes through [`FlashArray`], so a power cut can hit any step; the design
+//! makes every step restartable: a slot stays pending until its copy is complete, and the
+//! staged source is never written during apply.
+
+use protocol::module::{decompress, Module, ModuleFunction};
+
+use crate::board::{Board, RegionKind};
+use crate::dct::{chip_for_code, slot_flags, ModuleSlot, ModuleSlots};
+use crate::flash::{FlashArray, FlashError};
+use crate::installed::{read_region, FoundModule, RegionContent};
+use crate::store::{Store, StoreError};
+
+/// Bytes copied per program operation. Device OS copies through a RAM buffer; the block size
+/// only changes how many numbered flash operations an apply takes. Chosen to match the
+/// 256-byte inflate blocks of the bootloader (reference 5.3) times four.
+pub const COPY_BLOCK_LEN: usize = 1024;
+
+/// Store key of the MBR's (nRF52840) / KM0's (rtl872x) pending bootloader copy. The real MBR
+/// keeps this in its own parameter page; the emulator keeps it in the same power-safe store as
+/// the DCT. Layout: the 20-byte [`ModuleSlot`] that was being applied.
+pub const BOOTLOADER_COPY_KEY: &str = "mbr/bootloader_copy";
+
+/// A module the bootloader installed at this boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedModule {
+    pub slot: usize,
+    pub function: u8,
+    pub index: u8,
+    pub version: u16,
+    pub destination: u32,
+    pub compressed: bool,
+}
+
+/// Why a staged slot was refused. Refused slots are freed and their destination is untouched.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SlotRefusal {
+    #[error("slot source {chip}:{address:#x}+{length} is outside the OTA staging area")]
+    SourceOutOfRange { chip: u8, address: u32, length: u32 },
+    #[error("staged module does not parse: {0}")]
+    Unparsable(String),
+    #[error("staged module is for platform {found}, this device is platform {expected}")]
+    WrongPlatform { expected: u16, found: u16 },
+    #[error("slot says function {slot} but the module's prefix says {module}")]
+    FunctionMismatch { slot: u8, module: u8 },
+    #[error("module starts at {module_start:#x} but the slot's destination is {destination:#x}")]
+    DestinationNotStart { destination: u32, module_start: u32 },
+    #[error("staged module CRC-32 {stored:#010x} does not match its contents ({computed:#010x})")]
+    CrcMismatch { stored: u32, computed: u32 },
+    #[error("no region on this board holds module function {function} index {index}")]
+    NoRegion { function: u8, index: u8 },
+    #[error("module {start:#x}..{end:#x} does not fit region {region:?} {region_start:#x}..{region_end:#x}")]
+    OutsideRegion {
+        start: u32,
+        end: u32,
+        region: RegionKind,
+        region_start: u32,
+        region_end: u32,
+    },
+    #[error("compressed module does not inflate: {0}")]
+    BadCompression(String),
+}
+
+/// A slot the bootloader refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedSlot {
+    pub slot: usize,
+    pub reason: SlotRefusal,
+}
+
+/// The state of one module region after validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModuleStatus {
+    Valid,
+    Missing,
+    /// Present, but its CRC or structure is wrong (a half-written or corrupt module).
+    Corrupt {
+        problem: String,
+    },
+    WrongPlatform {
+        found: u16,
+    },
+    /// Intact but a dependency is not met by what is installed.
+    DependencyUnmet {
+        function: u8,
+        index: u8,
+        needed: u16,
+        installed: Option<u16>,
+    },
+}
+
+/// One module region as validation saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstalledModule {
+    pub region: RegionKind,
+    pub function: u8,
+    pub index: u8,
+    /// Module version from the prefix, when a prefix was found.
+    pub version: Option<u16>,
+    /// Product firmware version from the suffix (the user part's `PRODUCT_VERSION`).
+    pub product_version: Option<u16>,
+    pub start: Option<u32>,
+    /// Size including the CRC.
+    pub size: Option<u32>,
+    pub sha256: Option<[u8; 32]>,
+    pub status: ModuleStatus,
+}
+
+/// Why the device runs in safe mode (user code not run; it connects and asks for modules).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SafeModeReason {
+    /// A system module's dependency is not installed (e.g. bootloader too old).
+    SystemDependencyUnmet {
+        region: RegionKind,
+        function: u8,
+        index: u8,
+        needed: u16,
+        installed: Option<u16>,
+    },
+    /// The user part needs a newer system part.
+    UserPartDependencyUnmet {
+        function: u8,
+        index: u8,
+        needed: u16,
+        installed: Option<u16>,
+    },
+    /// No user part, or a corrupt one, and no valid factory app.
+    UserPartInvalid,
+    /// The user part is built for another platform.
+    UserPartWrongPlatform { found: u16 },
+}
+
+/// How a boot ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootState {
+    /// System and user part valid: the application runs.
+    Running,
+    SafeMode(SafeModeReason),
+    /// The bootloader or the system part is missing or corrupt: nothing can run and the device
+    /// needs a wired recovery (DFU or a debugger). This is a bricked device for OTA purposes.
+    Unbootable {
+        region: RegionKind,
+        problem: String,
+    },
+}
+
+/// Everything one boot did and found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootReport {
+    /// A bootloader copy interrupted at an earlier boot was finished.
+    pub finished_bootloader_copy: bool,
+    pub applied: Vec<AppliedModule>,
+    pub refused: Vec<RefusedSlot>,
+    /// The factory app was copied over an invalid user part.
+    pub factory_restored: bool,
+    pub modules: Vec<InstalledModule>,
+    pub state: BootState,
+}
+
+impl BootReport {
+    /// The installed module in `region`, if the board has that region.
+    pub fn module(&self, region: RegionKind) -> Option<&InstalledModule> {
+        self.modules.iter().find(|m| m.region == region)
+    }
+
+    /// Version of the valid module in `region`.
+    pub fn valid_version(&self, region: RegionKind) -> Option<u16> {
+        self.module(region)
+            .filter(|m| m.status == ModuleStatus::Valid)
+            .and_then(|m| m.version)
+    }
+}
+
+/// A boot that did not end in a state: the power went, or the store is unreadable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BootError {
+    #[error("power lost during boot: {0}")]
+    PowerLost(FlashError),
+    #[error("the flash refused an operation during boot: {0}")]
+    Flash(FlashError),
+    #[error("the device's configuration store is unusable: {0}")]
+    Store(StoreError),
+}
+
+impl From<FlashError> for BootError {
+    fn from(e: FlashError) -> Self {
+        if e.is_power_loss() {
+            BootError::PowerLost(e)
+        } else {
+            BootError::Flash(e)
+        }
+    }
+}
+
+impl From<StoreError> for BootError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Flash(f) => f.into(),
+            other => BootError::Store(other),
+        }
+    }
+}
+
+/// A verified slot, ready to copy.
+struct VerifiedSlot {
+    region: RegionKind,
+    dest_chip: crate::flash::ChipId,
+    destination: u32,
+    /// Exactly the bytes to write at `destination`.
+    image: Vec<u8>,
+    applied: AppliedModule,
+}
+
+/// Runs one boot of `board` on `flash`, using the configuration store `store`.
+pub fn boot(
+    board: &Board,
+    flash: &mut FlashArray,
+    store: &mut Store,
+) -> Result<BootReport, BootError> {
+    let mut report = BootReport {
+        finished_bootloader_copy: false,
+        applied: Vec::new(),
+        refused: Vec::new(),
+        factory_restored: false,
+        modules: Vec::new(),
+        state: BootState::Running,
+    };
+
+    // 1. The MBR / KM0 finishes a bootloader copy before anything else runs.
+    if let Some(raw) = store.get(flash, BOOTLOADER_COPY_KEY)? {
+        if let Ok(raw) = <[u8; crate::dct::SLOT_LEN]>::try_from(raw.as_slice()) {
+            let slot = ModuleSlot::parse(&raw);
+            // The source was verified before the copy record was written, and apply never
+            // writes the staging area, so verifying again can only fail on a corrupt record.
+            if let Ok(v) = verify_slot(board, flash, 0, &slot)? {
+                write_image(board, flash, &v)?;
+                report.finished_bootloader_copy = true;
+            }
+        }
+        store.remove(flash, BOOTLOADER_COPY_KEY)?;
+    }
+
+    // 2. Pending slots: non-bootloader first, then bootloader.
+    let slots = ModuleSlots::load(store, flash)?;
+    let bootloader = u8::from(ModuleFunction::Bootloader);
+    let order: Vec<usize> = slots
+        .pending()
+        .filter(|&i| slots.0[i].function != bootloader)
+        .chain(
+            slots
+                .pending()
+                .filter(|&i| slots.0[i].function == bootloader),
+        )
+        .collect();
+    for i in order {
+        let slot = slots.0[i];
+        let verified = verify_slot(board, flash, i, &slot)?;
+        match verified {
+            Err(reason) => {
+                report.refused.push(RefusedSlot { slot: i, reason });
+                free_slot(store, flash, i)?;
+            }
+            Ok(v) if slot.function == bootloader => {
+                // The bootloader cannot overwrite itself: it hands the copy to the MBR (KM0),
+                // which records it first so that a power cut mid-copy is finished next boot.
+                let mut raw = [0u8; crate::dct::SLOT_LEN];
+                slot.emit(&mut raw);
+                store.put(flash, BOOTLOADER_COPY_KEY, &raw)?;
+                free_slot(store, flash, i)?;
+                write_image(board, flash, &v)?;
+                store.remove(flash, BOOTLOADER_COPY_KEY)?;
+                report.applied.push(v.applied);
+            }
+            Ok(v) => {
+                write_image(board, flash, &v)?;
+                invalidate_legacy_user_part(board, flash, &v)?;
+                free_slot(store, flash, i)?;
+                report.applied.push(v.applied);
+            }
+        }
+    }
+
+    // 3. Validation.
+    validate(board, flash, &mut report)?;
+    Ok(report)
+}
+
+fn free_slot(store: &mut Store, flash: &mut FlashArray, index: usize) -> Result<(), StoreError> {
+    let mut slots = ModuleSlots::load(store, flash)?;
+    slots.0[index] = ModuleSlot::FREE;
+    slots.save(store, flash)
+}
+
+/// Checks a staged slot without writing anything. `Err(FlashError)` only for power loss.
+fn verify_slot(
+    board: &Board,
+    flash: &FlashArray,
+    index: usize,
+    slot: &ModuleSlot,
+) -> Result<Result<VerifiedSlot, SlotRefusal>, FlashError> {
+    let staging = board.region(RegionKind::OtaStaging);
+    let src_chip = chip_for_code(slot.source_device);
+    let in_staging = match (staging, src_chip) {
+        (Some(r), Some(chip)) => {
+            board.flash_chip(r.chip) == chip
+                && slot.source_address >= r.start
+                && (slot.source_address as u64 + slot.length as u64) <= r.end as u64
+        }
+        _ => false,
+    };
+    let (true, Some(src_chip)) = (in_staging, src_chip) else {
+        return Ok(Err(SlotRefusal::SourceOutOfRange {
+            chip: slot.source_device,
+            address: slot.source_address,
+            length: slot.length,
+        }));
+    };
+    let bytes = flash.read_vec(src_chip, slot.source_address, slot.length as usize)?;
+    let module = match Module::parse(&bytes) {
+        Ok(m) => m,
+        Err(e) => return Ok(Err(SlotRefusal::Unparsable(e.to_string()))),
+    };
+    let p = &module.prefix;
+    let function = u8::from(p.function);
+    let exempt_platform = matches!(p.function, ModuleFunction::Resource | ModuleFunction::Asset);
+    if !exempt_platform && p.platform_id != board.platform_id {
+        return Ok(Err(SlotRefusal::WrongPlatform {
+            expected: board.platform_id,
+            found: p.platform_id,
+        }));
+    }
+    if slot.flags & slot_flags::VERIFY_FUNCTION != 0 && function != slot.function {
+        return Ok(Err(SlotRefusal::FunctionMismatch {
+            slot: slot.function,
+            module: function,
+        }));
+    }
+    if p.start_address != slot.dest_address {
+        return Ok(Err(SlotRefusal::DestinationNotStart {
+            destination: slot.dest_address,
+            module_start: p.start_address,
+        }));
+    }
+    if !module.crc_valid() {
+        return Ok(Err(SlotRefusal::CrcMismatch {
+            stored: module.stored_crc,
+            computed: module.computed_crc,
+        }));
+    }
+    let Some(region) = board.region_for_module(function, p.index) else {
+        return Ok(Err(SlotRefusal::NoRegion {
+            function,
+            index: p.index,
+        }));
+    };
+    let image = if module.compressed_header.is_some() {
+        match decompress(&bytes) {
+            Ok(out) => out,
+            Err(e) => return Ok(Err(SlotRefusal::BadCompression(e.to_string()))),
+        }
+    } else if p
+        .flags
+        .contains(protocol::module::ModuleFlags::DROP_MODULE_INFO)
+    {
+        bytes
+            .get(module.prefix_offset + protocol::module::PREFIX_LEN..)
+            .unwrap_or_default()
+            .to_vec()
+    } else {
+        bytes
+    };
+    let end = p.start_address as u64 + image.len() as u64;
+    if p.start_address < region.start || end > region.end as u64 {
+        return Ok(Err(SlotRefusal::OutsideRegion {
+            start: p.start_address,
+            end: end.min(u32::MAX as u64) as u32,
+            region: region.kind,
+            region_start: region.start,
+            region_end: region.end,
+        }));
+    }
+    Ok(Ok(VerifiedSlot {
+        region: region.kind,
+        dest_chip: board.flash_chip(region.chip),
+        destination: p.start_address,
+        applied: AppliedModule {
+            slot: index,
+            function,
+            index: p.index,
+            version: p.version,
+            destination: p.start_address,
+            compressed: module.compressed_header.is_some(),
+        },
+        image,
+    }))
+}
+
+/// Erases the destination sectors and programs the image in [`COPY_BLOCK_LEN`] blocks.
+fn write_image(board: &Board, flash: &mut FlashArray, v: &VerifiedSlot) -> Result<(), FlashError> {
+    let _ = v.region;
+    copy_bytes(board, flash, v.dest_chip, v.destination, &v.image)
+}
+
+/// Erases the sectors covering `dest..dest+image.len()` and programs `image` there.
+pub(crate) fn copy_bytes(
+    board: &Board,
+    flash: &mut FlashArray,
+    chip: crate::flash::ChipId,
+    dest: u32,
+    image: &[u8],
+) -> Result<(), FlashError> {
+    let geometry = crate::device::geometry(flash, chip)?;
+    let sector = geometry.sector_size;
+    let unit = geometry.program_unit.max(1) as usize;
+    let first = dest - dest % sector;
+    let end = dest as u64 + image.len() as u64;
+    let mut addr = first as u64;
+    while addr < end {
+        flash.erase_sector(chip, addr as u32)?;
+        addr += sector as u64;
+    }
+    let _ = board;
+    for (n, block) in image.chunks(COPY_BLOCK_LEN).enumerate() {
+        let at = dest + (n * COPY_BLOCK_LEN) as u32;
+        if block.len().is_multiple_of(unit) {
+            flash.program(chip, at, block)?;
+        } else {
+            // Pad the tail to the program unit with 0xFF, which programs nothing.
+            let mut padded = block.to_vec();
+            padded.resize(block.len().div_ceil(unit) * unit, 0xFF);
+            flash.program(chip, at, &padded)?;
+        }
+    }
+    Ok(())
+}
+
+/// On nRF52840 a valid 128 KB legacy user part (5/1) takes precedence over the 256 KB one (5/2),
+/// so installing a 5/2 module erases the legacy module's first sector unless the new image
+/// itself covers it.
+fn invalidate_legacy_user_part(
+    board: &Board,
+    flash: &mut FlashArray,
+    v: &VerifiedSlot,
+) -> Result<(), FlashError> {
+    if v.region != RegionKind::UserPart {
+        return Ok(());
+    }
+    let Some(legacy) = board.region(RegionKind::UserPartLegacy) else {
+        return Ok(());
+    };
+    let written_end = v.destination as u64 + v.image.len() as u64;
+    if written_end > legacy.start as u64 {
+        return Ok(());
+    }
+    if let RegionContent::Module(_) | RegionContent::Unreadable { .. } =
+        read_region(board, flash, legacy)?
+    {
+        flash.erase_sector(board.flash_chip(legacy.chip), legacy.start)?;
+    }
+    Ok(())
+}
+
+fn status_of(board: &Board, content: &RegionContent) -> ModuleStatus {
+    match content {
+        RegionContent::Empty => ModuleStatus::Missing,
+        RegionContent::Unreadable { problem, .. } => ModuleStatus::Corrupt {
+            problem: problem.clone(),
+        },
+        RegionContent::Module(m) if !m.crc_valid => ModuleStatus::Corrupt {
+            problem: "CRC-32 mismatch".into(),
+        },
+        RegionContent::Module(m) if m.prefix.platform_id != board.platform_id => {
+            ModuleStatus::WrongPlatform {
+                found: m.prefix.platform_id,
+            }
+        }
+        RegionContent::Module(_) => ModuleStatus::Valid,
+    }
+}
+
+fn installed(
+    region: RegionKind,
+    function: u8,
+    index: u8,
+    content: &RegionContent,
+    status: ModuleStatus,
+) -> InstalledModule {
+    match content {
+        RegionContent::Module(FoundModule {
+            start,
+            bytes,
+            prefix,
+            product_version,
+            sha256,
+            ..
+        }) => InstalledModule {
+            region,
+            function,
+            index,
+            version: Some(prefix.version),
+            product_version: *product_version,
+            start: Some(*start),
+            size: Some(bytes.len() as u32),
+            sha256: Some(*sha256),
+            status,
+        },
+        RegionContent::Unreadable { start, .. } => InstalledModule {
+            region,
+            function,
+            index,
+            version: None,
+            product_version: None,
+            start: Some(*start),
+            size: None,
+            sha256: None,
+            status,
+        },
+        RegionContent::Empty => InstalledModule {
+            region,
+            function,
+            index,
+            version: None,
+            product_version: None,
+            start: None,
+            size: None,
+            sha256: None,
+            status,
+        },
+    }
+}
+
+/// Boot-time validation (reference 5.5). Fills `report.modules` and `report.state`.
+fn validate(
+    board: &Board,
+    flash: &mut FlashArray,
+    report: &mut BootReport,
+) -> Result<(), FlashError> {
+    // Read every module region the board defines.
+    let mut found: Vec<(RegionKind, u8, u8, RegionContent)> = Vec::new();
+    for region in board.module_regions() {
+        let Some(id) = region.module else { continue };
+        let content = read_region(board, flash, region)?;
+        found.push((region.kind, id.function, id.index, content));
+    }
+
+    // The user part the system would run: a valid legacy (5/1) module takes precedence.
+    let user_region = match found
+        .iter()
+        .find(|(k, ..)| *k == RegionKind::UserPartLegacy)
+    {
+        Some((_, _, _, RegionContent::Module(m))) if m.crc_valid => RegionKind::UserPartLegacy,
+        _ => RegionKind::UserPart,
+    };
+
+    // Factory restore: invalid user part, valid factory app.
+    let user_ok = found
+        .iter()
+        .find(|(k, ..)| *k == user_region)
+        .map(|(_, _, _, c)| status_of(board, c) == ModuleStatus::Valid)
+        .unwrap_or(false);
+    if !user_ok {
+        if let (Some(factory), Some(user)) = (
+            board.region(RegionKind::FactoryApp),
+            board.region(RegionKind::UserPart),
+        ) {
+            if let RegionContent::Module(m) = read_region_as(board, flash, factory, user)? {
+                if m.crc_valid && m.prefix.platform_id == board.platform_id {
+                    copy_bytes(board, flash, board.flash_chip(user.chip), m.start, &m.bytes)?;
+                    report.factory_restored = true;
+                    let content = read_region(board, flash, user)?;
+                    if let Some(entry) = found.iter_mut().find(|(k, ..)| *k == RegionKind::UserPart)
+                    {
+                        entry.3 = content;
+                    }
+                }
+            }
+        }
+    }
+
+    let version_of = |function: u8, index: u8| -> Option<u16> {
+        found.iter().find_map(|(_, f, i, c)| match c {
+            RegionContent::Module(m)
+                if *f == function && *i == index && status_of(board, c) == ModuleStatus::Valid =>
+            {
+                Some(m.prefix.version)
+            }
+            _ => None,
+        })
+    };
+    let has_region = |function: u8, index: u8| board.region_for_module(function, index).is_some();
+
+    let mut state = BootState::Running;
+    for (kind, function, index, content) in &found {
+        let mut status = status_of(board, content);
+        if status == ModuleStatus::Valid {
+            if let RegionContent::Module(m) = content {
+                for dep in m.prefix.dependencies.iter() {
+                    let (df, di, dv) = (u8::from(dep.function), dep.index, dep.version);
+                    if df == 0 {
+                        continue;
+                    }
+                    // UNCONFIRMED choice: a dependency on a module this board has no region for
+                    // (e.g. the Tracker's NCP firmware, 7/0) is treated as met: the emulator
+                    // does not model that module.
+                    if !has_region(df, di) {
+                        continue;
+                    }
+                    let have = version_of(df, di);
+                    if have.is_none_or(|v| v < dv) {
+                        status = ModuleStatus::DependencyUnmet {
+                            function: df,
+                            index: di,
+                            needed: dv,
+                            installed: have,
+                        };
+                        break;
+                    }
+                }
+            }
+        }
+        let is_user = *kind == user_region;
+        let is_system = matches!(kind, RegionKind::Bootloader | RegionKind::SystemPart);
+        if *kind == RegionKind::UserPartLegacy && user_region != RegionKind::UserPartLegacy {
+            // An absent legacy module is normal; do not let it decide the state.
+        } else if is_system {
+            match &status {
+                ModuleStatus::Valid => {}
+                ModuleStatus::DependencyUnmet {
+                    function,
+                    index,
+                    needed,
+                    installed,
+                } => {
+                    if !matches!(state, BootState::Unbootable { .. }) {
+                        state = BootState::SafeMode(SafeModeReason::SystemDependencyUnmet {
+                            region: *kind,
+                            function: *function,
+                            index: *index,
+                            needed: *needed,
+                            installed: *installed,
+                        });
+                    }
+                }
+                other => {
+                    state = BootState::Unbootable {
+                        region: *kind,
+                        problem: format!("{other:?}"),
+                    };
+                }
+            }
+        } else if is_user && state == BootState::Running {
+            state = match &status {
+                ModuleStatus::Valid => BootState::Running,
+                ModuleStatus::DependencyUnmet {
+                    function,
+                    index,
+                    needed,
+                    installed,
+                } => BootState::SafeMode(SafeModeReason::UserPartDependencyUnmet {
+                    function: *function,
+                    index: *index,
+                    needed: *needed,
+                    installed: *installed,
+                }),
+                ModuleStatus::WrongPlatform { found } => {
+                    BootState::SafeMode(SafeModeReason::UserPartWrongPlatform { found: *found })
+                }
+                ModuleStatus::Missing | ModuleStatus::Corrupt { .. } => {
+                    BootState::SafeMode(SafeModeReason::UserPartInvalid)
+                }
+            };
+        }
+        report
+            .modules
+            .push(installed(*kind, *function, *index, content, status));
+    }
+    report.state = state;
+    Ok(())
+}
+
+/// Reads a module stored in `region` (the factory app) that is built to run in `target`.
+fn read_region_as(
+    board: &Board,
+    flash: &FlashArray,
+    region: &crate::board::Region,
+    target: &crate::board::Region,
+) -> Result<RegionContent, FlashError> {
+    // The factory app's prefix names the user part's address, not the factory area's; read the
+    // prefix at the factory area start and take the module size from it.
+    let chip = board.flash_chip(region.chip);
+    let head = flash.read_vec(chip, region.start, protocol::module::PREFIX_LEN)?;
+    let Ok(prefix) = protocol::module::Prefix::parse(&head) else {
+        return Ok(RegionContent::Empty);
+    };
+    if prefix.start_address != target.start || prefix.end_address <= prefix.start_address {
+        return Ok(RegionContent::Empty);
+    }
+    let size = prefix.end_address - prefix.start_address + 4;
+    if size > region.end - region.start {
+        return Ok(RegionContent::Empty);
+    }
+    let bytes = flash.read_vec(chip, region.start, size as usize)?;
+    match Module::parse(&bytes) {
+        Ok(module) => Ok(RegionContent::Module(FoundModule {
+            start: prefix.start_address,
+            crc_valid: module.crc_valid(),
+            prefix: module.prefix,
+            product_version: module.product_version(),
+            sha256: module.sha256(),
+            bytes,
+        })),
+        Err(e) => Ok(RegionContent::Unreadable {
+            start: region.start,
+            problem: e.to_string(),
+        }),
+    }
+}

@@ -1,0 +1,458 @@
+//! One emulated device's persistent side: its board, its flash (internal and external) and the
+//! power-safe store on it, with the operations that touch flash: programming modules as a
+//! factory or a debugger would, staging an OTA file in the staging area, committing module
+//! slots, booting through the bootloader, and power cuts (reference sections 2.5, 5.2-5.5).
+//!
+//! A `Device` is cheap to clone (the flash is copy-on-write), which is how a power-cut sweep
+//! keeps one snapshot per cut point.
+
+use std::sync::Arc;
+
+use protocol::module::{split_combined, Module, ModuleFlags, ModuleFunction};
+
+use crate::board::{Board, RegionKind};
+use crate::bootloader::{self, BootError, BootReport};
+use crate::dct::{device_code, magic, slot_flags, ModuleSlot, ModuleSlots};
+use crate::flash::{ChipId, CutMode, FlashArray, FlashError, FlashGeometry, PowerCut};
+use crate::store::{Store, StoreError};
+
+/// Sectors of the file-system region used for the device's store (DCT, transfer state). The
+/// real LittleFS spans the whole region; the emulator's store needs far less, and a small
+/// store keeps mounting fast.
+pub const STORE_SECTORS: u32 = 16;
+
+/// Why a module could not be programmed or staged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceError {
+    #[error("module {what}: {source}")]
+    Module {
+        what: &'static str,
+        source: protocol::module::ModuleError,
+    },
+    #[error("module is for platform {found}, this {board} is platform {expected}")]
+    WrongPlatform {
+        board: String,
+        expected: u16,
+        found: u16,
+    },
+    #[error("no region on {board} holds module function {function} index {index}")]
+    NoRegion {
+        board: String,
+        function: u8,
+        index: u8,
+    },
+    #[error("module {start:#x}..{end:#x} does not fit region {region:?} {region_start:#x}..{region_end:#x}")]
+    OutsideRegion {
+        start: u32,
+        end: u32,
+        region: RegionKind,
+        region_start: u32,
+        region_end: u32,
+    },
+    #[error("module CRC-32 is invalid (stored {stored:#010x}, computed {computed:#010x})")]
+    CrcMismatch { stored: u32, computed: u32 },
+    #[error("{board} has no {region:?} region")]
+    MissingRegion { board: String, region: RegionKind },
+    #[error("OTA file of {len} bytes is larger than the staging area ({capacity} bytes)")]
+    TooLarge { len: usize, capacity: u32 },
+    #[error("staged file is empty")]
+    Empty,
+    #[error("all update slots are taken")]
+    NoFreeSlot,
+    #[error(transparent)]
+    Flash(#[from] FlashError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl DeviceError {
+    /// True when the error is a power loss (the operation may be retried after `power_on`).
+    pub fn is_power_loss(&self) -> bool {
+        match self {
+            DeviceError::Flash(f) => f.is_power_loss(),
+            DeviceError::Store(StoreError::Flash(f)) => f.is_power_loss(),
+            _ => false,
+        }
+    }
+}
+
+/// A module that passed staging validation, with the slot that will apply it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedModule {
+    pub function: u8,
+    pub index: u8,
+    pub version: u16,
+    pub slot: ModuleSlot,
+}
+
+/// The flash and store of one emulated device.
+#[derive(Debug, Clone)]
+pub struct Device {
+    board: Arc<Board>,
+    flash: FlashArray,
+    store: Option<Store>,
+}
+
+impl Device {
+    /// A device with blank (erased) flash and a freshly formatted store.
+    pub fn new(board: Board, seed: u64) -> Result<Device, DeviceError> {
+        let chips: Vec<(ChipId, FlashGeometry)> = board
+            .chips()
+            .into_iter()
+            .map(|(chip, g)| {
+                (
+                    board.flash_chip(chip),
+                    FlashGeometry {
+                        base: g.base,
+                        size: g.size,
+                        sector_size: g.sector_size,
+                        program_unit: g.program_unit,
+                    },
+                )
+            })
+            .collect();
+        let flash = FlashArray::new(&chips, seed)?;
+        let mut device = Device {
+            board: Arc::new(board),
+            flash,
+            store: None,
+        };
+        let (chip, start, len) = device.store_area()?;
+        device.store = Some(Store::format(&mut device.flash, chip, start, len)?);
+        Ok(device)
+    }
+
+    pub fn board(&self) -> &Board {
+        &self.board
+    }
+
+    pub fn flash(&self) -> &FlashArray {
+        &self.flash
+    }
+
+    pub fn flash_mut(&mut self) -> &mut FlashArray {
+        &mut self.flash
+    }
+
+    /// Where the store lives: the first [`STORE_SECTORS`] sectors of the file-system region.
+    fn store_area(&self) -> Result<(ChipId, u32, u32), DeviceError> {
+        let region = self.board.region(RegionKind::FileSystem).ok_or_else(|| {
+            DeviceError::MissingRegion {
+                board: self.board.name.clone(),
+                region: RegionKind::FileSystem,
+            }
+        })?;
+        let chip = self.board.flash_chip(region.chip);
+        let sector = geometry(&self.flash, chip)?.sector_size;
+        let len = (STORE_SECTORS * sector).min(region.end - region.start);
+        Ok((chip, region.start, len))
+    }
+
+    /// The mounted store, mounting it after a power-on.
+    pub fn store(&mut self) -> Result<&mut Store, DeviceError> {
+        if self.store.is_none() {
+            let (chip, start, len) = self.store_area()?;
+            self.store = Some(Store::mount(&self.flash, chip, start, len)?);
+        }
+        // Just set above when it was None.
+        self.store
+            .as_mut()
+            .ok_or(DeviceError::Store(StoreError::Corrupt {
+                at: 0,
+                what: "store not mounted",
+            }))
+    }
+
+    /// Schedules a power cut at flash operation `at_op` (see [`FlashArray::op_count`]).
+    pub fn schedule_cut(&mut self, at_op: u64, mode: CutMode) {
+        self.flash.schedule_cut(PowerCut { at_op, mode });
+    }
+
+    /// Restores power after a cut. RAM is gone: the store is mounted again on next use.
+    pub fn power_on(&mut self) {
+        self.flash.power_on();
+        self.store = None;
+    }
+
+    /// Boots: the bootloader applies pending slots, then validates (see [`bootloader::boot`]).
+    pub fn boot(&mut self) -> Result<BootReport, BootError> {
+        // Mounting is read-only; a fresh mount each boot is what a real reset does.
+        self.store = None;
+        let board = Arc::clone(&self.board);
+        let mut store = match self.store() {
+            Ok(s) => s.clone(),
+            Err(DeviceError::Store(e)) => return Err(e.into()),
+            Err(DeviceError::Flash(e)) => return Err(e.into()),
+            Err(other) => {
+                return Err(BootError::Store(StoreError::Corrupt {
+                    at: 0,
+                    what: leak_what(&other),
+                }))
+            }
+        };
+        let result = bootloader::boot(&board, &mut self.flash, &mut store);
+        self.store = if result.is_ok() { Some(store) } else { None };
+        result
+    }
+
+    /// Parses a module file and checks it belongs on this board. Returns the parsed module and
+    /// the bytes to write at its start address (inflated when compressed).
+    fn placed_image(
+        &self,
+        bytes: &[u8],
+    ) -> Result<(Module, Vec<u8>, &crate::board::Region), DeviceError> {
+        let module = Module::parse(bytes).map_err(|source| DeviceError::Module {
+            what: "does not parse",
+            source,
+        })?;
+        if !module.crc_valid() {
+            return Err(DeviceError::CrcMismatch {
+                stored: module.stored_crc,
+                computed: module.computed_crc,
+            });
+        }
+        let p = &module.prefix;
+        let function = u8::from(p.function);
+        if !matches!(p.function, ModuleFunction::Resource | ModuleFunction::Asset)
+            && p.platform_id != self.board.platform_id
+        {
+            return Err(DeviceError::WrongPlatform {
+                board: self.board.name.clone(),
+                expected: self.board.platform_id,
+                found: p.platform_id,
+            });
+        }
+        let region = self
+            .board
+            .region_for_module(function, p.index)
+            .ok_or_else(|| DeviceError::NoRegion {
+                board: self.board.name.clone(),
+                function,
+                index: p.index,
+            })?;
+        let image = if module.compressed_header.is_some() {
+            protocol::module::decompress(bytes).map_err(|source| DeviceError::Module {
+                what: "does not inflate",
+                source,
+            })?
+        } else if p.flags.contains(ModuleFlags::DROP_MODULE_INFO) {
+            bytes
+                .get(module.prefix_offset + protocol::module::PREFIX_LEN..)
+                .unwrap_or_default()
+                .to_vec()
+        } else {
+            bytes.to_vec()
+        };
+        let end = p.start_address as u64 + image.len() as u64;
+        if p.start_address < region.start || end > region.end as u64 {
+            return Err(DeviceError::OutsideRegion {
+                start: p.start_address,
+                end: end.min(u32::MAX as u64) as u32,
+                region: region.kind,
+                region_start: region.start,
+                region_end: region.end,
+            });
+        }
+        Ok((module, image, region))
+    }
+
+    /// Writes a module straight into its region, as a debugger or the factory would (no slot,
+    /// no bootloader). Combined files are split and each module is programmed.
+    pub fn program_module(&mut self, bytes: &[u8]) -> Result<(), DeviceError> {
+        let ranges = split_combined(bytes).map_err(|source| DeviceError::Module {
+            what: "is not a valid module file",
+            source,
+        })?;
+        for range in ranges {
+            let part = &bytes[range];
+            let (module, image, region) = self.placed_image(part)?;
+            let chip = self.board.flash_chip(region.chip);
+            let board = Arc::clone(&self.board);
+            bootloader::copy_bytes(
+                &board,
+                &mut self.flash,
+                chip,
+                module.prefix.start_address,
+                &image,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Writes a user part into the factory-app area, from where the bootloader restores it when
+    /// the installed user part is invalid.
+    pub fn program_factory_app(&mut self, bytes: &[u8]) -> Result<(), DeviceError> {
+        let (_, _, _) = self.placed_image(bytes)?;
+        let factory = self.board.region(RegionKind::FactoryApp).ok_or_else(|| {
+            DeviceError::MissingRegion {
+                board: self.board.name.clone(),
+                region: RegionKind::FactoryApp,
+            }
+        })?;
+        if bytes.len() as u64 > (factory.end - factory.start) as u64 {
+            return Err(DeviceError::TooLarge {
+                len: bytes.len(),
+                capacity: factory.end - factory.start,
+            });
+        }
+        let chip = self.board.flash_chip(factory.chip);
+        let start = factory.start;
+        let board = Arc::clone(&self.board);
+        bootloader::copy_bytes(&board, &mut self.flash, chip, start, bytes)?;
+        Ok(())
+    }
+
+    /// `HAL_FLASH_Begin`: drops any staged-but-unapplied update (frees slots 1..4) and erases
+    /// the staging area for `file_len` bytes, rounded up to whole sectors.
+    pub fn begin_staging(&mut self, file_len: usize) -> Result<(), DeviceError> {
+        if file_len == 0 {
+            return Err(DeviceError::Empty);
+        }
+        let staging = self.staging_region()?;
+        let capacity = (staging.end - staging.start).min(self.board.ota.max_binary_size);
+        if file_len as u64 > capacity as u64 {
+            return Err(DeviceError::TooLarge {
+                len: file_len,
+                capacity,
+            });
+        }
+        let (chip, start) = (self.board.flash_chip(staging.chip), staging.start);
+        let mut store = self.store()?.clone();
+        let mut slots = ModuleSlots::load(&store, &self.flash)?;
+        if slots.pending().next().is_some() {
+            for i in 1..slots.0.len() {
+                slots.0[i] = ModuleSlot::FREE;
+            }
+            slots.save(&mut store, &mut self.flash)?;
+        }
+        self.store = Some(store);
+        let sector = geometry(&self.flash, chip)?.sector_size;
+        let mut addr = start;
+        while addr < start + file_len as u32 {
+            self.flash.erase_sector(chip, addr)?;
+            addr += sector;
+        }
+        Ok(())
+    }
+
+    /// `HAL_FLASH_Update`: writes received bytes at `offset` into the staging area.
+    pub fn write_staging(&mut self, offset: u32, data: &[u8]) -> Result<(), DeviceError> {
+        let staging = self.staging_region()?;
+        let chip = self.board.flash_chip(staging.chip);
+        let unit = geometry(&self.flash, chip)?.program_unit.max(1) as usize;
+        if data.len().is_multiple_of(unit) && (offset as usize).is_multiple_of(unit) {
+            self.flash.program(chip, staging.start + offset, data)?;
+        } else {
+            // Widen to whole program units, keeping what is already there (0xFF programs nothing).
+            let lead = offset as usize % unit;
+            let mut buf = vec![0xFF; (lead + data.len()).div_ceil(unit) * unit];
+            buf[lead..lead + data.len()].copy_from_slice(data);
+            self.flash
+                .program(chip, staging.start + offset - lead as u32, &buf)?;
+        }
+        Ok(())
+    }
+
+    /// Stages a whole file: [`Self::begin_staging`] then writes in 512-byte chunks.
+    pub fn stage_file(&mut self, file: &[u8]) -> Result<(), DeviceError> {
+        self.begin_staging(file.len())?;
+        for (n, chunk) in file.chunks(512).enumerate() {
+            self.write_staging((n * 512) as u32, chunk)?;
+        }
+        Ok(())
+    }
+
+    fn staging_region(&self) -> Result<crate::board::Region, DeviceError> {
+        self.board
+            .region(RegionKind::OtaStaging)
+            .cloned()
+            .ok_or_else(|| DeviceError::MissingRegion {
+                board: self.board.name.clone(),
+                region: RegionKind::OtaStaging,
+            })
+    }
+
+    /// `HAL_FLASH_OTA_Validate` over the first `file_len` staged bytes: each module (at most 2,
+    /// following COMBINED) must parse, belong to this platform, fit its region, and have a valid
+    /// CRC. Returns the slots that would apply them; nothing is written.
+    pub fn validate_staged(&mut self, file_len: usize) -> Result<Vec<StagedModule>, DeviceError> {
+        let staging = self.staging_region()?;
+        let chip = self.board.flash_chip(staging.chip);
+        let file = self.flash.read_vec(chip, staging.start, file_len)?;
+        let ranges = split_combined(&file).map_err(|source| DeviceError::Module {
+            what: "is not a valid module file",
+            source,
+        })?;
+        let mut staged = Vec::new();
+        for range in ranges {
+            let offset = range.start as u32;
+            let part = &file[range];
+            let (module, _, region) = self.placed_image(part)?;
+            let p = &module.prefix;
+            let mut flags = slot_flags::VERIFY_CRC
+                | slot_flags::VERIFY_DEST_IS_START
+                | slot_flags::VERIFY_FUNCTION;
+            if p.flags.contains(ModuleFlags::DROP_MODULE_INFO) {
+                flags |= slot_flags::DROP_MODULE_INFO;
+            }
+            if module.compressed_header.is_some() {
+                flags |= slot_flags::COMPRESSED;
+            }
+            staged.push(StagedModule {
+                function: u8::from(p.function),
+                index: p.index,
+                version: p.version,
+                slot: ModuleSlot {
+                    magic: magic::PENDING,
+                    source_device: device_code(chip),
+                    dest_device: device_code(self.board.flash_chip(region.chip)),
+                    source_address: staging.start + offset,
+                    dest_address: p.start_address,
+                    length: part.len() as u32,
+                    flags,
+                    function: u8::from(p.function),
+                },
+            });
+        }
+        Ok(staged)
+    }
+
+    /// The commit point (`HAL_FLASH_End`): writes the slots into the DCT in one atomic store
+    /// write. After this the next boot applies the update.
+    pub fn commit_staged(&mut self, staged: &[StagedModule]) -> Result<(), DeviceError> {
+        let mut store = self.store()?.clone();
+        let mut slots = ModuleSlots::load(&store, &self.flash)?;
+        for module in staged {
+            let free = (1..slots.0.len())
+                .find(|&i| !slots.0[i].is_pending())
+                .ok_or(DeviceError::NoFreeSlot)?;
+            slots.0[free] = module.slot;
+        }
+        let result = slots.save(&mut store, &mut self.flash);
+        self.store = if result.is_ok() { Some(store) } else { None };
+        Ok(result?)
+    }
+
+    /// Pending update slots as the DCT holds them now.
+    pub fn pending_slots(&mut self) -> Result<Vec<ModuleSlot>, DeviceError> {
+        let store = self.store()?.clone();
+        let slots = ModuleSlots::load(&store, &self.flash)?;
+        Ok(slots.pending().map(|i| slots.0[i]).collect())
+    }
+}
+
+/// The geometry of `chip`, or `NoSuchChip`.
+pub fn geometry(flash: &FlashArray, chip: ChipId) -> Result<FlashGeometry, FlashError> {
+    flash.geometry(chip).ok_or(FlashError::NoSuchChip { chip })
+}
+
+impl FlashError {
+    /// True when the operation failed because the power went.
+    pub fn is_power_loss(&self) -> bool {
+        matches!(self, FlashError::PowerLost { .. })
+    }
+}
+
+fn leak_what(_e: &DeviceError) -> &'static str {
+    "the board has no file-system region for the store"
+}

@@ -1,0 +1,8 @@
+//! Subcommands of `hil`. Each returns the process exit code, or an error that `main` prints.
+
+pub mod boards;
+pub mod module;
+pub mod sweep;
+
+/// An error shown to the user as one sentence.
+pub type CliResult = Result<std::process::ExitCode, Box<dyn std::error::Error>>;

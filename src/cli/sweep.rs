@@ -1,0 +1,141 @@
+//! `hil sweep`: the power-cut sweep over the embedded emulator.
+
+use std::process::ExitCode;
+
+use clap::{Args, ValueEnum};
+use emulator::board::Board;
+use emulator::flash::CutMode;
+use harness::cases::{SweepCaseKind, SweepSizes};
+use harness::sweep::{sweep, SweepConfig};
+
+use super::CliResult;
+
+#[derive(Args)]
+pub struct SweepArgs {
+    /// Built-in board name.
+    #[arg(long, default_value = "boron")]
+    board: String,
+    /// Which update to sweep (default: all four).
+    #[arg(long, value_enum)]
+    case: Option<CaseArg>,
+    /// Cut modes to use (default: all three).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    modes: Vec<ModeArg>,
+    /// Further cuts during the recovery boots after the first cut.
+    #[arg(long, default_value_t = 0)]
+    extra_cuts: u32,
+    /// Seed for torn writes and further cut points; printed with every failure.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Size of the user part image in KiB.
+    #[arg(long, default_value_t = 24)]
+    user_kib: u32,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CaseArg {
+    UserPart,
+    CompressedUserPart,
+    Combined,
+    Bootloader,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    Before,
+    Torn,
+    After,
+}
+
+impl From<CaseArg> for SweepCaseKind {
+    fn from(c: CaseArg) -> Self {
+        match c {
+            CaseArg::UserPart => SweepCaseKind::UserPart,
+            CaseArg::CompressedUserPart => SweepCaseKind::CompressedUserPart,
+            CaseArg::Combined => SweepCaseKind::CombinedSystemAndUser,
+            CaseArg::Bootloader => SweepCaseKind::Bootloader,
+        }
+    }
+}
+
+pub fn run(args: SweepArgs) -> CliResult {
+    let board = Board::builtin(&args.board)?;
+    let kinds: Vec<SweepCaseKind> = match args.case {
+        Some(c) => vec![c.into()],
+        None => SweepCaseKind::ALL.to_vec(),
+    };
+    let modes = if args.modes.is_empty() {
+        vec![CutMode::Before, CutMode::Torn, CutMode::After]
+    } else {
+        args.modes
+            .iter()
+            .map(|m| match m {
+                ModeArg::Before => CutMode::Before,
+                ModeArg::Torn => CutMode::Torn,
+                ModeArg::After => CutMode::After,
+            })
+            .collect()
+    };
+    let config = SweepConfig {
+        modes,
+        extra_cuts: args.extra_cuts,
+        seed: args.seed,
+    };
+    let sizes = SweepSizes {
+        user_part: args.user_kib * 1024,
+        ..SweepSizes::default()
+    };
+
+    let mut failed = false;
+    let mut json = Vec::new();
+    if !args.json {
+        println!(
+            "{:<28} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8}",
+            "case", "flash ops", "commit", "runs", "cuts", "boots", "failures"
+        );
+    }
+    for kind in kinds {
+        let case = harness::cases::build(&board, kind, &sizes, config.seed)?;
+        let report = sweep(&case, &config)?;
+        failed |= !report.failures.is_empty();
+        if args.json {
+            json.push(serde_json::json!({
+                "case": report.case,
+                "board": board.name,
+                "window_ops": report.window.1 - report.window.0,
+                "commit_ops": report.commit_ops,
+                "runs": report.runs,
+                "cuts": report.cuts,
+                "boots": report.boots,
+                "old_kept": report.old_kept,
+                "seed": config.seed,
+                "failures": report.failures.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
+            }));
+        } else {
+            println!(
+                "{:<28} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8}",
+                report.case,
+                report.window.1 - report.window.0,
+                report.commit_ops,
+                report.runs,
+                report.cuts,
+                report.boots,
+                report.failures.len()
+            );
+            for f in report.failures.iter().take(20) {
+                println!("  FAIL {f}");
+            }
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
