@@ -192,6 +192,18 @@ pub enum BootError {
     Flash(FlashError),
     #[error("the device's configuration store is unusable: {0}")]
     Store(StoreError),
+    #[error("{0}")]
+    Device(String),
+}
+
+impl From<crate::device::DeviceError> for BootError {
+    fn from(e: crate::device::DeviceError) -> Self {
+        match e {
+            crate::device::DeviceError::Flash(f) => f.into(),
+            crate::device::DeviceError::Store(s) => s.into(),
+            other => BootError::Device(other.to_string()),
+        }
+    }
 }
 
 impl From<FlashError> for BootError {

@@ -148,19 +148,27 @@ impl Device {
         Ok((chip, region.start, len))
     }
 
-    /// The mounted store, mounting it after a power-on.
-    pub fn store(&mut self) -> Result<&mut Store, DeviceError> {
-        if self.store.is_none() {
-            let (chip, start, len) = self.store_area()?;
-            self.store = Some(Store::mount(&self.flash, chip, start, len)?);
+    /// Runs `f` with the mounted store (mounting it after a power-on) and the flash. If `f`
+    /// fails the store is dropped, so the next use mounts it again from what flash holds.
+    fn with_store<R, E>(
+        &mut self,
+        f: impl FnOnce(&mut Store, &mut FlashArray) -> Result<R, E>,
+    ) -> Result<R, E>
+    where
+        E: From<DeviceError>,
+    {
+        let mut store = match self.store.take() {
+            Some(store) => store,
+            None => {
+                let (chip, start, len) = self.store_area()?;
+                Store::mount(&self.flash, chip, start, len).map_err(DeviceError::from)?
+            }
+        };
+        let result = f(&mut store, &mut self.flash);
+        if result.is_ok() {
+            self.store = Some(store);
         }
-        // Just set above when it was None.
-        self.store
-            .as_mut()
-            .ok_or(DeviceError::Store(StoreError::Corrupt {
-                at: 0,
-                what: "store not mounted",
-            }))
+        result
     }
 
     /// Schedules a power cut at flash operation `at_op` (see [`FlashArray::op_count`]).
@@ -176,23 +184,10 @@ impl Device {
 
     /// Boots: the bootloader applies pending slots, then validates (see [`bootloader::boot`]).
     pub fn boot(&mut self) -> Result<BootReport, BootError> {
-        // Mounting is read-only; a fresh mount each boot is what a real reset does.
+        // A reset loses RAM: the store is mounted afresh from flash, as the real device does.
         self.store = None;
         let board = Arc::clone(&self.board);
-        let mut store = match self.store() {
-            Ok(s) => s.clone(),
-            Err(DeviceError::Store(e)) => return Err(e.into()),
-            Err(DeviceError::Flash(e)) => return Err(e.into()),
-            Err(other) => {
-                return Err(BootError::Store(StoreError::Corrupt {
-                    at: 0,
-                    what: leak_what(&other),
-                }))
-            }
-        };
-        let result = bootloader::boot(&board, &mut self.flash, &mut store);
-        self.store = if result.is_ok() { Some(store) } else { None };
-        result
+        self.with_store(|store, flash| bootloader::boot(&board, flash, store))
     }
 
     /// Parses a module file and checks it belongs on this board. Returns the parsed module and
@@ -317,15 +312,16 @@ impl Device {
             });
         }
         let (chip, start) = (self.board.flash_chip(staging.chip), staging.start);
-        let mut store = self.store()?.clone();
-        let mut slots = ModuleSlots::load(&store, &self.flash)?;
-        if slots.pending().next().is_some() {
-            for i in 1..slots.0.len() {
-                slots.0[i] = ModuleSlot::FREE;
+        self.with_store(|store, flash| -> Result<(), DeviceError> {
+            let mut slots = ModuleSlots::load(store, flash)?;
+            if slots.pending().next().is_some() {
+                for slot in slots.0.iter_mut().skip(1) {
+                    *slot = ModuleSlot::FREE;
+                }
+                slots.save(store, flash)?;
             }
-            slots.save(&mut store, &mut self.flash)?;
-        }
-        self.store = Some(store);
+            Ok(())
+        })?;
         let sector = geometry(&self.flash, chip)?.sector_size;
         let mut addr = start;
         while addr < start + file_len as u32 {
@@ -420,24 +416,24 @@ impl Device {
     /// The commit point (`HAL_FLASH_End`): writes the slots into the DCT in one atomic store
     /// write. After this the next boot applies the update.
     pub fn commit_staged(&mut self, staged: &[StagedModule]) -> Result<(), DeviceError> {
-        let mut store = self.store()?.clone();
-        let mut slots = ModuleSlots::load(&store, &self.flash)?;
-        for module in staged {
-            let free = (1..slots.0.len())
-                .find(|&i| !slots.0[i].is_pending())
-                .ok_or(DeviceError::NoFreeSlot)?;
-            slots.0[free] = module.slot;
-        }
-        let result = slots.save(&mut store, &mut self.flash);
-        self.store = if result.is_ok() { Some(store) } else { None };
-        Ok(result?)
+        self.with_store(|store, flash| {
+            let mut slots = ModuleSlots::load(store, flash)?;
+            for module in staged {
+                let free = (1..slots.0.len())
+                    .find(|&i| !slots.0[i].is_pending())
+                    .ok_or(DeviceError::NoFreeSlot)?;
+                slots.0[free] = module.slot;
+            }
+            Ok(slots.save(store, flash)?)
+        })
     }
 
     /// Pending update slots as the DCT holds them now.
     pub fn pending_slots(&mut self) -> Result<Vec<ModuleSlot>, DeviceError> {
-        let store = self.store()?.clone();
-        let slots = ModuleSlots::load(&store, &self.flash)?;
-        Ok(slots.pending().map(|i| slots.0[i]).collect())
+        self.with_store(|store, flash| {
+            let slots = ModuleSlots::load(store, flash)?;
+            Ok(slots.pending().map(|i| slots.0[i]).collect())
+        })
     }
 }
 
@@ -451,8 +447,4 @@ impl FlashError {
     pub fn is_power_loss(&self) -> bool {
         matches!(self, FlashError::PowerLost { .. })
     }
-}
-
-fn leak_what(_e: &DeviceError) -> &'static str {
-    "the board has no file-system region for the store"
 }

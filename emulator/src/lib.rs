@@ -6,6 +6,7 @@ pub mod board;
 pub mod bootloader;
 pub mod dct;
 pub mod device;
+pub mod firmware;
 pub mod flash;
 pub mod installed;
 pub mod store;

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 
 use emulator::board::RegionKind;
 use emulator::bootloader::{BootError, BootReport, BootState, ModuleStatus};
-use emulator::device::{Device, DeviceError};
+use emulator::device::{Device, StagedModule};
 use emulator::flash::CutMode;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -30,8 +30,8 @@ pub struct SweepCase {
     pub name: String,
     /// The device just before the commit: old firmware installed, update file staged.
     pub device: Device,
-    /// Length of the staged file.
-    pub file_len: usize,
+    /// The staged modules, validated, with the slots the commit writes.
+    pub staged: Vec<StagedModule>,
     /// Region contents of the old firmware (as programmed).
     pub old: BTreeMap<RegionKind, Vec<u8>>,
     /// Region contents once the update is applied (inflated where compressed).
@@ -100,8 +100,6 @@ pub struct SweepReport {
 /// Errors that stop a sweep before it can judge anything.
 #[derive(Debug, thiserror::Error)]
 pub enum SweepError {
-    #[error("{case}: staging the update failed: {source}")]
-    Stage { case: String, source: DeviceError },
     #[error("{case}: the clean run failed: {problem}")]
     CleanRun { case: String, problem: String },
 }
@@ -200,14 +198,8 @@ pub fn sweep(case: &SweepCase, config: &SweepConfig) -> Result<SweepReport, Swee
     // Clean run: count the window.
     let mut clean = case.device.clone();
     let start = clean.flash().op_count();
-    let staged = clean
-        .validate_staged(case.file_len)
-        .map_err(|source| SweepError::Stage {
-            case: case.name.clone(),
-            source,
-        })?;
     clean
-        .commit_staged(&staged)
+        .commit_staged(&case.staged)
         .map_err(|e| clean_err(e.to_string()))?;
     let commit_end = clean.flash().op_count();
     let report = clean.boot().map_err(|e| clean_err(e.to_string()))?;
@@ -231,7 +223,7 @@ pub fn sweep(case: &SweepCase, config: &SweepConfig) -> Result<SweepReport, Swee
     for op in start..end {
         for &mode in &config.modes {
             out.runs += 1;
-            if let Err(problem) = run_one(case, config, &staged, op, mode, commit_end, &mut out) {
+            if let Err(problem) = run_one(case, config, op, mode, commit_end, &mut out) {
                 out.failures.push(problem);
             }
         }
@@ -252,7 +244,6 @@ fn run_seed(seed: u64, op: u64, mode: CutMode) -> u64 {
 fn run_one(
     case: &SweepCase,
     config: &SweepConfig,
-    staged: &[emulator::device::StagedModule],
     op: u64,
     mode: CutMode,
     commit_end: u64,
@@ -272,7 +263,7 @@ fn run_one(
     device.schedule_cut(op, mode);
 
     let mut cut_seen = false;
-    match device.commit_staged(staged) {
+    match device.commit_staged(&case.staged) {
         Ok(()) => {}
         Err(e) if e.is_power_loss() => {
             cut_seen = true;
@@ -357,4 +348,77 @@ fn run_one(
         }
     }
     Err(fail("no boot completed".into(), &extra))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cases::{build, SweepCaseKind};
+    use emulator::board::Board;
+    use emulator::firmware::{FirmwareSet, ModuleSizes, Versions};
+
+    fn case(kind: SweepCaseKind) -> (Board, SweepCase) {
+        let board = Board::builtin("boron").unwrap();
+        let case = build(&board, kind, &ModuleSizes::default(), 1).unwrap();
+        (board, case)
+    }
+
+    #[test]
+    fn judge_rejects_a_valid_module_that_is_neither_old_nor_new() {
+        let (board, case) = case(SweepCaseKind::UserPart);
+        let mut device = case.device.clone();
+        let stranger = Versions {
+            product_version: 77,
+            ..Versions::BASELINE
+        };
+        let image = FirmwareSet::new(&board, ModuleSizes::default(), 1)
+            .module(RegionKind::UserPart, &stranger, 8192)
+            .unwrap();
+        device.program_module(&image).unwrap();
+        let report = device.boot().unwrap();
+        let err = judge(&case, &device, &report).unwrap_err();
+        assert!(err.contains("neither the old nor the new"), "{err}");
+    }
+
+    #[test]
+    fn judge_rejects_a_mix_of_old_and_new_modules() {
+        let (_, case) = case(SweepCaseKind::CombinedSystemAndUser);
+        let mut device = case.device.clone();
+        // Only the new system part installed (as the bootloader copies it, COMBINED flag and
+        // all); the user part stays old.
+        let image = &case.new[&RegionKind::SystemPart];
+        let region = device
+            .board()
+            .region(RegionKind::SystemPart)
+            .unwrap()
+            .clone();
+        let chip = device.board().flash_chip(region.chip);
+        let mut padded = image.clone();
+        padded.resize(image.len().div_ceil(4) * 4, 0xFF);
+        let flash = device.flash_mut();
+        flash
+            .erase_range(
+                chip,
+                region.start,
+                (padded.len() as u32).div_ceil(4096) * 4096,
+            )
+            .unwrap();
+        flash.program(chip, region.start, &padded).unwrap();
+        let report = device.boot().unwrap();
+        let err = judge(&case, &device, &report).unwrap_err();
+        assert!(err.contains("mix"), "{err}");
+    }
+
+    #[test]
+    fn judge_tells_old_from_new() {
+        let (_, case) = case(SweepCaseKind::UserPart);
+        let mut device = case.device.clone();
+        let report = device.boot().unwrap();
+        assert_eq!(judge(&case, &device, &report), Ok(false));
+        device
+            .program_module(&case.new[&RegionKind::UserPart])
+            .unwrap();
+        let report = device.boot().unwrap();
+        assert_eq!(judge(&case, &device, &report), Ok(true));
+    }
 }

@@ -250,7 +250,7 @@ fn build(args: BuildArgs) -> CliResult {
         Anchor::Start => b.start_address(region.start),
         Anchor::End => b.fixed_end(region.end),
     };
-    let mut module = harness::cases::build_sized(b, size as usize, args.seed)?;
+    let mut module = emulator::firmware::build_sized(b, size as usize, args.seed)?;
     if args.compress {
         module = compress(&module)?;
     }

@@ -4,8 +4,9 @@ use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 use emulator::board::Board;
+use emulator::firmware::ModuleSizes;
 use emulator::flash::CutMode;
-use harness::cases::{SweepCaseKind, SweepSizes};
+use harness::cases::SweepCaseKind;
 use harness::sweep::{sweep, SweepConfig};
 
 use super::CliResult;
@@ -84,9 +85,9 @@ pub fn run(args: SweepArgs) -> CliResult {
         extra_cuts: args.extra_cuts,
         seed: args.seed,
     };
-    let sizes = SweepSizes {
+    let sizes = ModuleSizes {
         user_part: args.user_kib * 1024,
-        ..SweepSizes::default()
+        ..ModuleSizes::default()
     };
 
     let mut failed = false;
