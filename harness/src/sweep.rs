@@ -46,6 +46,8 @@ pub struct SweepConfig {
     pub extra_cuts: u32,
     /// Seeds the torn bits and the extra cut points; printed with every failure.
     pub seed: u64,
+    /// Replay one cut point only: the absolute operation number a failure printed.
+    pub only_op: Option<u64>,
 }
 
 impl Default for SweepConfig {
@@ -54,6 +56,7 @@ impl Default for SweepConfig {
             modes: vec![CutMode::Before, CutMode::Torn, CutMode::After],
             extra_cuts: 0,
             seed: 0,
+            only_op: None,
         }
     }
 }
@@ -221,6 +224,9 @@ pub fn sweep(case: &SweepCase, config: &SweepConfig) -> Result<SweepReport, Swee
         ..SweepReport::default()
     };
     for op in start..end {
+        if config.only_op.is_some_and(|only| only != op) {
+            continue;
+        }
         for &mode in &config.modes {
             out.runs += 1;
             if let Err(problem) = run_one(case, config, op, mode, commit_end, &mut out) {

@@ -92,6 +92,7 @@ fn torn_cuts_under_many_seeds_never_leave_a_half_written_module_reported_valid()
             seed,
             modes: vec![CutMode::Torn],
             extra_cuts: 1,
+            only_op: None,
         };
         run("argon", SweepCaseKind::UserPart, &config);
     }

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand, ValueEnum};
 use emulator::board::{Anchor, Board, McuFamily, RegionKind};
 use protocol::module::{
-    compress, split_combined, Dependency, Module, ModuleBuilder, ModuleFunction, SuffixStyle,
+    compress, split_combined, Dependency, Extension, Module, ModuleBuilder, ModuleFunction,
+    SuffixStyle,
 };
 
 use super::CliResult;
@@ -143,10 +144,10 @@ fn inspect(path: &PathBuf, json: bool) -> CliResult {
                 println!("  compressed: {} bytes inflated", h.original_size);
             }
             for e in &m.prefix_extensions {
-                println!("  prefix extension {e:?}");
+                println!("  prefix extension {}", describe_extension(e));
             }
             for e in &m.suffix.extensions {
-                println!("  suffix extension {e:?}");
+                println!("  suffix extension {}", describe_extension(e));
             }
             println!(
                 "  suffix size {}  sha256 {}",
@@ -161,6 +162,21 @@ fn inspect(path: &PathBuf, json: bool) -> CliResult {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line for an extension, hashes in hex.
+fn describe_extension(e: &Extension) -> String {
+    match e {
+        Extension::Hash { hash_type, hash } => format!("HASH type {hash_type} {}", hex(hash)),
+        Extension::AssetDependency { hash_type, hash, name } => {
+            format!("ASSET_DEPENDENCY {name:?} hash type {hash_type} {}", hex(hash))
+        }
+        Extension::DynamicLocation { module_start, dynalib_load, dynalib_start } => format!(
+            "DYNAMIC_LOCATION module start {module_start:#010x} dynalib load {dynalib_load:#010x} dynalib start {dynalib_start:#010x}"
+        ),
+        Extension::ProductData { id, version } => format!("PRODUCT_DATA id {id:#010x} version {version}"),
+        other => format!("{other:?}"),
+    }
 }
 
 /// Parses `96KiB`, `1MiB`, `98304`.

@@ -28,6 +28,9 @@ pub struct SweepArgs {
     /// Seed for torn writes and further cut points; printed with every failure.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Replay a single cut point: the flash operation number a failure printed.
+    #[arg(long)]
+    op: Option<u64>,
     /// Size of the user part image in KiB.
     #[arg(long, default_value_t = 24)]
     user_kib: u32,
@@ -84,6 +87,7 @@ pub fn run(args: SweepArgs) -> CliResult {
         modes,
         extra_cuts: args.extra_cuts,
         seed: args.seed,
+        only_op: args.op,
     };
     let sizes = ModuleSizes {
         user_part: args.user_kib * 1024,
@@ -94,7 +98,7 @@ pub fn run(args: SweepArgs) -> CliResult {
     let mut json = Vec::new();
     if !args.json {
         println!(
-            "{:<28} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8}",
+            "{:<34} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8}",
             "case", "flash ops", "commit", "runs", "cuts", "boots", "failures"
         );
     }
@@ -117,7 +121,7 @@ pub fn run(args: SweepArgs) -> CliResult {
             }));
         } else {
             println!(
-                "{:<28} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8}",
+                "{:<34} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8}",
                 report.case,
                 report.window.1 - report.window.0,
                 report.commit_ops,
