@@ -6,10 +6,13 @@
 //! messages, duplicate detection with cached replies, piggy-backed and separate responses.
 
 mod block;
-// mod exchange;
+mod exchange;
 mod message;
 
-pub use block::{BlockOption, BlockSize};
+pub use block::{BlockError, BlockOption, BlockSize};
+pub use exchange::{
+    Endpoint, EndpointConfig, EndpointEvent, ExchangeError, IncomingRequest, RequestHandle,
+};
 
 pub use message::{
     decode_uint, encode_uint, CoapOption, Code, Message, MessageType, MAX_TOKEN_LEN,
