@@ -3,7 +3,8 @@
 //! Decoding and encoding go through `coap-lite`; this file adds what coap-lite lets through and a
 //! Particle peer must refuse (version other than 1, reserved code classes, an empty message with a
 //! token, options or payload, a payload marker with no payload, the reserved option nibble 15) and
-//! what the device assumes when it dispatches (Uri-Path is the first option of a request).
+//! what the device assumes when it dispatches (Uri-Path, where present, is the first option: an
+//! option numbered below 11 before it is refused both ways).
 //!
 //! ```text
 //!  0                   1                   2                   3
@@ -393,13 +394,14 @@ fn check_wire_format(bytes: &[u8]) -> Result<(), CoapError> {
 
     let mut offset = field::HEADER_LEN + token_len;
     let mut number: u32 = 0;
+    let mut first_option = None;
     while offset < bytes.len() {
         let byte = bytes[offset];
         if byte == PAYLOAD_MARKER {
             if offset + 1 == bytes.len() {
                 return Err(CoapError::EmptyPayloadAfterMarker { offset });
             }
-            return Ok(());
+            break;
         }
         let start = offset;
         offset += 1;
@@ -422,6 +424,14 @@ fn check_wire_format(bytes: &[u8]) -> Result<(), CoapError> {
             });
         }
         offset += length as usize;
+        let number = number as u16;
+        match first_option {
+            None => first_option = Some(number),
+            Some(first) if number == super::option::URI_PATH && first != number => {
+                return Err(CoapError::UriPathNotFirst { first });
+            }
+            Some(_) => {}
+        }
     }
     Ok(())
 }

@@ -11,8 +11,10 @@
 //! [`DescribeResponse`] and [`FinishStats`] read them given what was asked.
 //!
 //! Every parse is strict: an option a message does not carry, a repeated option, a uint option
-//! longer than 4 bytes or a malformed payload is an error, so that `emit(parse(bytes)) == bytes`
-//! for everything that parses.
+//! longer than 4 bytes or a malformed payload is an error. `emit(parse(bytes)) == bytes` for
+//! everything written the way Device OS writes it (uint options in 0, 1, 2 or 4 bytes without
+//! leading zeros, an event name in one Uri-Path segment); anything else that parses re-emits in
+//! that canonical form and parses back to the same value.
 //!
 //! # Choices where the reference is silent or UNCONFIRMED
 //! All of them are here, in one place, so they are easy to change:
