@@ -56,6 +56,9 @@ fn check(bytes: &[u8]) {
     }
 }
 
+/// An input and the test its error must pass.
+type Case<E> = (&'static str, fn(&E) -> bool);
+
 fn hex_string(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -67,7 +70,7 @@ fn session_has_coap_messages_to_mutate() {
 
 #[test]
 fn malformed_coap_gives_the_named_error() {
-    let cases: Vec<(&str, fn(&CoapError) -> bool)> = vec![
+    let cases: Vec<Case<CoapError>> = vec![
         ("", |e| {
             matches!(e, CoapError::Truncated { what: "header", .. })
         }),
@@ -168,7 +171,7 @@ fn malformed_coap_gives_the_named_error() {
 
 #[test]
 fn malformed_particle_messages_give_the_named_error() {
-    let cases: Vec<(&str, fn(&CatalogueError) -> bool)> = vec![
+    let cases: Vec<Case<CatalogueError>> = vec![
         // Hello with a 31-byte payload.
         (
             "40020001b168ff00000000000000000000000000000000000000000000000000000000",
