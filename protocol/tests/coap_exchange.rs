@@ -314,3 +314,30 @@ fn malformed_input_is_an_error_and_changes_nothing() {
         vec![EndpointEvent::Acknowledged { handle }]
     );
 }
+
+#[test]
+fn unanswerable_requests_are_not_remembered() {
+    let t0 = Instant::now();
+    let mut device = endpoint(9, 0);
+    // 1000 UpdateAcks (NON, no token) leave nothing behind.
+    for _ in 0..1000 {
+        let mut ack = Message::new(MessageType::NonConfirmable, Code::POST, 0);
+        ack.options = vec![
+            CoapOption::new(option::URI_PATH, b"A".to_vec()),
+            CoapOption::uint(option::CHUNK_INDEX, 1),
+        ];
+        device.send(t0, ack).unwrap();
+    }
+    assert_eq!(device.awaiting_responses(), 0);
+    assert_eq!(device.poll_timeout(), None);
+    // An event (CON, no token) is forgotten once acknowledged.
+    let mut event = Message::new(MessageType::Confirmable, Code::POST, 0);
+    event.options = vec![
+        CoapOption::new(option::URI_PATH, b"E".to_vec()),
+        CoapOption::new(option::URI_PATH, b"x".to_vec()),
+    ];
+    device.send(t0, event).unwrap();
+    assert_eq!(device.awaiting_responses(), 1);
+    device.handle_message(t0, &hex("600003f2")).unwrap();
+    assert_eq!(device.awaiting_responses(), 0);
+}

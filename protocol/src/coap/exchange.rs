@@ -193,7 +193,10 @@ impl<R: RngCore> Endpoint<R> {
         message.message_id = self.next_message_id();
         let bytes = message.emit()?;
         let handle = self.new_handle();
-        if message.code.is_request() {
+        // A response can come back for a request with a token (separate) or for a CON (in the
+        // ACK); a NON without token (UpdateChunk, UpdateAck) is never answered.
+        let answerable = message.kind == MessageType::Confirmable || !message.token.is_empty();
+        if message.code.is_request() && answerable {
             self.awaiting.push(AwaitingResponse {
                 handle,
                 message_id: message.message_id,
@@ -371,7 +374,10 @@ impl<R: RngCore> Endpoint<R> {
             self.awaiting.retain(|a| a.handle != handle);
             self.events.push_back(EndpointEvent::Reset { handle });
         } else if message.code == Code::EMPTY {
-            // A request stays awaiting its separate response.
+            // A request with a token stays awaiting its separate response; without a token none
+            // can be matched to it.
+            self.awaiting
+                .retain(|a| a.handle != handle || !a.token.is_empty());
             self.events
                 .push_back(EndpointEvent::Acknowledged { handle });
         } else {
@@ -447,6 +453,11 @@ impl<R: RngCore> Endpoint<R> {
     /// The next event.
     pub fn poll_event(&mut self) -> Option<EndpointEvent> {
         self.events.pop_front()
+    }
+
+    /// Number of our requests that may still get a response.
+    pub fn awaiting_responses(&self) -> usize {
+        self.awaiting.len()
     }
 
     /// Number of our CONs not yet acknowledged.
