@@ -125,6 +125,11 @@ struct Received {
     reply: Option<Vec<u8>>,
 }
 
+/// `now + duration`, or `now` if that is not representable (an absurd configuration).
+fn later(now: Instant, duration: Duration) -> Instant {
+    now.checked_add(duration).unwrap_or(now)
+}
+
 /// One side of a CoAP conversation (device or cloud), sans-IO.
 #[derive(Debug)]
 pub struct Endpoint<R: RngCore> {
@@ -211,7 +216,7 @@ impl<R: RngCore> Endpoint<R> {
                 bytes: bytes.clone(),
                 transmissions: 1,
                 timeout,
-                deadline: now + timeout,
+                deadline: later(now, timeout),
             });
         }
         self.transmit.push_back(bytes);
@@ -220,9 +225,9 @@ impl<R: RngCore> Endpoint<R> {
 
     /// `ack_timeout << n` plus a random 0..=255/512 of it (Device OS `CoAPMessage`).
     fn initial_timeout(&mut self, n: u32) -> Duration {
-        let base = self.config.ack_timeout * (1u32 << n.min(16));
+        let base = self.config.ack_timeout.saturating_mul(1u32 << n.min(16));
         let jitter = self.rng.next_u32() & 0xFF;
-        base + base * jitter / 512
+        base.saturating_add(base.saturating_mul(jitter) / 512)
     }
 
     /// Sends an empty ACK for a CON request whose response will follow separately.
@@ -258,7 +263,7 @@ impl<R: RngCore> Endpoint<R> {
             Some(entry) => entry.reply = Some(bytes.clone()),
             None => self.received.push_back(Received {
                 message_id,
-                expires: now + self.config.dedup_lifetime,
+                expires: later(now, self.config.dedup_lifetime),
                 reply: Some(bytes.clone()),
             }),
         }
@@ -317,7 +322,7 @@ impl<R: RngCore> Endpoint<R> {
                 }
                 self.received.push_back(Received {
                     message_id: message.message_id,
-                    expires: now + self.config.dedup_lifetime,
+                    expires: later(now, self.config.dedup_lifetime),
                     reply: None,
                 });
                 if message.code.is_empty() {
@@ -434,7 +439,7 @@ impl<R: RngCore> Endpoint<R> {
             let pending = &mut self.pending[index];
             pending.transmissions += 1;
             pending.timeout = timeout;
-            pending.deadline = now + timeout;
+            pending.deadline = later(now, timeout);
             self.transmit.push_back(pending.bytes.clone());
             index += 1;
         }

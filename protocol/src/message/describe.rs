@@ -504,6 +504,52 @@ mod tests {
     }
 
     #[test]
+    fn block1_describe_puts_block1_after_uri_query() {
+        use crate::message::{Body, ParticleMessage};
+        let payload = vec![0x5A; 1200];
+        let blocks = Describe::blocks(DescribeFlags::SYSTEM, Some(42), &payload, 1152);
+        let first = ParticleMessage {
+            kind: MessageType::Confirmable,
+            message_id: 2,
+            token: vec![0x77],
+            body: Body::Describe(blocks[0].clone()),
+        };
+        let bytes = first.emit().unwrap();
+        // 41 02 0002 77 | b1 64 | 11 2a | 31 01 | c1 0e (Block1 NUM 0, M 1, SZX 6) | ff ...
+        assert_eq!(
+            &bytes[..14],
+            &[0x41, 0x02, 0x00, 0x02, 0x77, 0xB1, b'd', 0x11, 0x2A, 0x31, 0x01, 0xC1, 0x0E, 0xFF]
+        );
+        assert_eq!(bytes.len(), 14 + 1024);
+        assert_eq!(ParticleMessage::parse(&bytes).unwrap(), first);
+    }
+
+    #[test]
+    fn server_requested_describe_with_block2_round_trips() {
+        use crate::message::{Body, ParticleMessage};
+        let request = ParticleMessage {
+            kind: MessageType::Confirmable,
+            message_id: 0x0300,
+            token: vec![0x40],
+            body: Body::DescribeRequest(DescribeRequest {
+                flags: DescribeFlags::SYSTEM,
+                block2: Some(BlockOption {
+                    num: 1,
+                    more: false,
+                    size: crate::coap::BlockSize::B1024,
+                }),
+            }),
+        };
+        let bytes = request.emit().unwrap();
+        // 41 01 0300 40 | b1 64 | 41 01 | 81 16 (Block2 = delta 8, NUM 1 SZX 6)
+        assert_eq!(
+            bytes,
+            vec![0x41, 0x01, 0x03, 0x00, 0x40, 0xB1, b'd', 0x41, 0x01, 0x81, 0x16]
+        );
+        assert_eq!(ParticleMessage::parse(&bytes).unwrap(), request);
+    }
+
+    #[test]
     fn describe_response_with_etag_and_block2_round_trips() {
         let response = DescribeResponse {
             etag: Some(7),
