@@ -341,3 +341,113 @@ fn unanswerable_requests_are_not_remembered() {
     device.handle_message(t0, &hex("600003f2")).unwrap();
     assert_eq!(device.awaiting_responses(), 0);
 }
+
+/// A seeded, lossy datagram link between a device endpoint and a cloud endpoint, in virtual time.
+#[test]
+fn lossy_link_delivers_each_request_once_and_ends_every_exchange() {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    struct XorShift(u64);
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+    impl RngCore for XorShift {
+        fn next_u32(&mut self) -> u32 {
+            self.next() as u32
+        }
+        fn next_u64(&mut self) -> u64 {
+            self.next()
+        }
+        fn fill_bytes(&mut self, dest: &mut [u8]) {
+            dest.iter_mut().for_each(|b| *b = self.next() as u8);
+        }
+        fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+            self.fill_bytes(dest);
+            Ok(())
+        }
+    }
+
+    for seed in [1u64, 2, 3, 0xDEAD_BEEF] {
+        let t0 = Instant::now();
+        let config = EndpointConfig {
+            last_message_id: Some(0),
+            ..EndpointConfig::default()
+        };
+        let mut device = Endpoint::new(config.clone(), XorShift(seed));
+        let mut cloud = Endpoint::new(config, XorShift(seed ^ 0x55));
+        let mut link = XorShift(seed.wrapping_mul(31) | 1);
+        let mut handles = BTreeSet::new();
+        for i in 0..20 {
+            let event = ParticleMessage {
+                kind: MessageType::Confirmable,
+                message_id: 0,
+                token: Vec::new(),
+                body: Body::Event(protocol::message::Event::new(format!("e/{i}"), "x")),
+            };
+            handles.insert(device.send(t0, event.to_coap().unwrap()).unwrap());
+        }
+        let mut delivered = BTreeMap::new();
+        let mut ended = BTreeMap::new();
+        let mut now = t0;
+        for _ in 0..10_000 {
+            // 30 % of datagrams are lost, both ways.
+            while let Some(bytes) = device.poll_transmit() {
+                if link.next() % 10 >= 3 {
+                    cloud.handle_message(now, &bytes).unwrap();
+                }
+            }
+            while let Some(event) = cloud.poll_event() {
+                if let EndpointEvent::Request { request, message } = event {
+                    *delivered.entry(message.message_id).or_insert(0) += 1;
+                    let ack = Message::new(MessageType::Acknowledgement, Code::CHANGED, 0);
+                    cloud.respond(now, &request, ack).unwrap();
+                }
+            }
+            while let Some(bytes) = cloud.poll_transmit() {
+                if link.next() % 10 >= 3 {
+                    device.handle_message(now, &bytes).unwrap();
+                }
+            }
+            while let Some(event) = device.poll_event() {
+                match event {
+                    EndpointEvent::Response { handle, .. } => {
+                        assert!(ended.insert(handle, "response").is_none(), "seed {seed}")
+                    }
+                    EndpointEvent::TimedOut { handle } => {
+                        assert!(ended.insert(handle, "timeout").is_none(), "seed {seed}")
+                    }
+                    EndpointEvent::Unmatched { .. } => {}
+                    other => panic!("seed {seed}: unexpected {other:?}"),
+                }
+            }
+            match device.poll_timeout() {
+                Some(deadline) => {
+                    now = deadline;
+                    device.handle_timeout(now);
+                }
+                None => break,
+            }
+        }
+        assert_eq!(
+            ended.keys().copied().collect::<BTreeSet<_>>(),
+            handles,
+            "seed {seed}: every exchange ends once"
+        );
+        assert!(
+            delivered.values().all(|&n| n == 1),
+            "seed {seed}: a request was delivered twice: {delivered:?}"
+        );
+        let responses = ended.values().filter(|&&e| e == "response").count();
+        assert!(
+            responses >= 15,
+            "seed {seed}: only {responses} of 20 answered"
+        );
+        // No retransmission outlives the give-up time of ~93 s.
+        assert!(now - t0 < Duration::from_secs(94), "seed {seed}");
+    }
+}
