@@ -1,6 +1,6 @@
-//! Describe (reference §1.10): device-initiated POST `d` (CON, token, [Content-Format 42],
-//! Uri-Query = one flags byte, [Block1]), server-requested GET `d` (CON, token, Uri-Query flags,
-//! [Block2]) and its response ([Content-Format 42], [ETag], [Block2]).
+//! Describe (reference §1.10): device-initiated POST `d` (CON, token, \[Content-Format 42\],
+//! Uri-Query = one flags byte, \[Block1\]), server-requested GET `d` (CON, token, Uri-Query flags,
+//! \[Block2\]) and its response (\[Content-Format 42\], \[ETag\], \[Block2\]).
 //!
 //! Payloads: the system describe is the protobuf `particle.cloud.SystemDescribe`
 //! (device-os-protobuf `cloud/describe.proto`; the message types below are written from its field
@@ -187,8 +187,8 @@ impl DescribeRequest {
     }
 }
 
-/// The device's answer to a [`DescribeRequest`]: 2.05 with [Content-Format 42], [ETag (1..4-byte
-/// uint, new per describe)] and [Block2] for large describes.
+/// The device's answer to a [`DescribeRequest`]: 2.05 with \[Content-Format 42\], [ETag (1..4-byte
+/// uint, new per describe)] and \[Block2\] for large describes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DescribeResponse {
     pub etag: Option<u32>,

@@ -1,8 +1,8 @@
 //! Events and subscriptions (reference §1.11).
 //!
 //! Publish / incoming event: POST, no token, Uri-Path `E` (or `e`) then the whole name as **one**
-//! Uri-Path option, [Content-Format] only if not text/plain (0), [Max-Age] only if the TTL is
-//! not 60, payload = data. Subscribe: GET, no token, Uri-Path `e` + filter, [Uri-Query `c`|`b`].
+//! Uri-Path option, \[Content-Format\] only if not text/plain (0), \[Max-Age\] only if the TTL is
+//! not 60, payload = data. Subscribe: GET, no token, Uri-Path `e` + filter, \[Uri-Query `c`|`b`\].
 
 use super::{check_options, uint_value, uri_path, CatalogueError};
 use crate::coap::{option, CoapOption, Code, Message};
