@@ -12,11 +12,108 @@
 //! - [`crypto`]: PRF, key block, CCM_8 record protection and the two AAD layouts.
 //! - [`handshake`]: handshake header and every handshake message, plus alerts.
 //!
-//! (The client and server state machines join in later commits.)
+//! - [`Client`] and [`Server`]: the sans-IO state machines.
+//!
+//! # Driving a client or a server
+//!
+//! Nothing here reads a clock, a socket or an unseeded RNG. Time is a [`Duration`] since any
+//! epoch the caller picks (virtual time in tests, `Instant::elapsed()` over real sockets);
+//! randomness is an injected `RngCore + CryptoRng`. The loop over a real UDP socket:
+//!
+//! ```no_run
+//! # use protocol::dtls::*;
+//! # fn run(config: ClientConfig, socket: std::net::UdpSocket) -> std::io::Result<()> {
+//! let start = std::time::Instant::now();
+//! let mut client = Client::connect(config, rand_core::OsRng, start.elapsed());
+//! let mut buf = [0u8; 2048];
+//! loop {
+//!     while let Some(datagram) = client.poll_transmit() {
+//!         socket.send(&datagram)?;
+//!     }
+//!     while let Some(event) = client.poll_event() {
+//!         match event {
+//!             Event::Connected => client.send_application_data(start.elapsed(), b"hi").unwrap(),
+//!             Event::ApplicationData(data) => println!("{data:?}"),
+//!             Event::Closed(reason) => return Ok(println!("closed: {reason}")),
+//!         }
+//!     }
+//!     let wait = client.poll_timeout().map(|t| t.saturating_sub(start.elapsed()));
+//!     socket.set_read_timeout(wait.filter(|w| !w.is_zero()).or(Some(std::time::Duration::from_millis(1))))?;
+//!     match socket.recv(&mut buf) {
+//!         Ok(n) => client.handle_datagram(start.elapsed(), &buf[..n]),
+//!         Err(_) => client.handle_timeout(start.elapsed()),
+//!     }
+//! }
+//! # }
+//! ```
+//!
+//! A [`Server`] is driven the same way with the peer address: `handle_datagram(now, from,
+//! bytes)`, and `poll_transmit()` gives a [`Transmit`] with its destination.
 
+mod client;
+mod conn;
 pub mod crypto;
 pub mod handshake;
+pub mod keys;
 pub mod record;
+mod server;
+mod session;
+
+pub use client::{Client, ClientConfig};
+pub use conn::{ReplayWindow, RetransmitTimeouts};
+pub use server::{ConnectionHandle, Server, ServerConfig, ServerEvent, Transmit};
+pub use session::SessionState;
+
+pub use core::time::Duration;
+
+/// The largest record plaintext Device OS accepts (`MBEDTLS_SSL_MAX_CONTENT_LEN`, reference 1.3).
+pub const MAX_PLAINTEXT: usize = 1152;
+/// Default datagram size limit for handshake flights.
+pub const DEFAULT_MTU: usize = 1280;
+/// Length of the connection ID the server assigns (Device OS requires 8, reference 1.3).
+pub const CID_LEN: usize = 8;
+
+/// How the peers authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertificateMode {
+    /// RFC 7250 raw public keys, the Particle profile: the server sends no Certificate.
+    RawPublicKey,
+    /// X.509 certificates (the server sends Certificate), for tests against other stacks.
+    X509,
+}
+
+/// What a client reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The handshake completed (or a session was resumed).
+    Connected,
+    /// One application-data record's plaintext.
+    ApplicationData(Vec<u8>),
+    /// The association ended; nothing more will be sent or received.
+    Closed(CloseReason),
+}
+
+/// Why an association ended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CloseReason {
+    #[error("closed locally")]
+    Local,
+    #[error("the peer sent close_notify")]
+    PeerClosed,
+    #[error("{0}")]
+    Error(DtlsError),
+}
+
+/// The NSS key log line of a handshake (`CLIENT_RANDOM <client_random> <master_secret>`, hex),
+/// which Wireshark/tshark read with `-o tls.keylog_file:FILE`.
+pub fn nss_key_log_line(client_random: &[u8; 32], master_secret: &[u8; 48]) -> String {
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    format!(
+        "CLIENT_RANDOM {} {}",
+        hex(client_random),
+        hex(master_secret)
+    )
+}
 
 /// Everything that can go wrong, naming what and where. Shown to a person as one sentence.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
