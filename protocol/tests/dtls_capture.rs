@@ -326,3 +326,104 @@ fn every_protected_record_decrypts_to_the_listed_plaintext_and_reencrypts_identi
     }
     assert_eq!((checked, cid_records), (53, 26));
 }
+
+/// The transcript rules (ClientHello with cookie onwards, DTLS headers included), the
+/// ServerKeyExchange and CertificateVerify signatures and both Finished messages of the capture.
+#[test]
+fn transcript_signatures_and_finished_of_both_captured_handshakes_verify() {
+    use p256::ecdsa::signature::Verifier;
+    use p256::ecdsa::Signature;
+    use protocol::dtls::crypto::verify_data;
+    use protocol::dtls::keys::verifying_key_from_spki;
+
+    let read = |n: &str| {
+        std::fs::read(format!(
+            "{}/tests/vectors/wire/{n}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    };
+    let server_pub = verifying_key_from_spki(&read("keys/server_public_key.der")).unwrap();
+    let device_pub = verifying_key_from_spki(&read("keys/device_public_key.der")).unwrap();
+    let logs = keylog();
+    let mut session = 0usize;
+    let mut transcript: Vec<u8> = Vec::new();
+    let (mut client_random, mut server_random) = ([0u8; 32], [0u8; 32]);
+    let mut finished_seen = 0;
+    for r in jsonl("records.jsonl") {
+        let msg: Vec<u8> = if r["content_type"] == 22 && r["epoch"] == 0 {
+            let bytes = unhex(&r["record_hex"]);
+            let (rec, _) = RecordRepr::parse(&bytes, CID_LEN).unwrap();
+            rec.fragment.to_vec()
+        } else if r["protected"] == true
+            && r["real_content_type"]
+                .as_u64()
+                .unwrap_or(r["content_type"].as_u64().unwrap())
+                == 22
+        {
+            unhex(&r["plaintext_hex"])
+        } else {
+            continue;
+        };
+        let (f, _) = FragmentRepr::parse(&msg).unwrap();
+        match f.msg_type {
+            msg_type::CLIENT_HELLO => {
+                let ch = ClientHello::parse(f.fragment).unwrap();
+                client_random = ch.random;
+                transcript.clear();
+                if ch.cookie.is_empty() {
+                    continue; // ClientHello 1 and HelloVerifyRequest stay out of the transcript
+                }
+                session = logs.iter().position(|(cr, _)| *cr == ch.random).unwrap();
+            }
+            msg_type::HELLO_VERIFY_REQUEST => continue,
+            msg_type::SERVER_HELLO => {
+                server_random = ServerHello::parse(f.fragment).unwrap().random
+            }
+            msg_type::SERVER_KEY_EXCHANGE => {
+                let ske = ServerKeyExchange::parse(f.fragment).unwrap();
+                let signed = [&client_random[..], &server_random[..], &ske.params()].concat();
+                server_pub
+                    .verify(&signed, &Signature::from_der(&ske.signature).unwrap())
+                    .unwrap();
+            }
+            msg_type::CERTIFICATE_VERIFY => {
+                let cv = CertificateVerify::parse(f.fragment).unwrap();
+                device_pub
+                    .verify(&transcript, &Signature::from_der(&cv.signature).unwrap())
+                    .unwrap();
+            }
+            msg_type::FINISHED => {
+                let master = &logs[session].1;
+                let label: &[u8] = if r["dir"] == "device_to_cloud" {
+                    b"client finished"
+                } else {
+                    b"server finished"
+                };
+                assert_eq!(
+                    verify_data(master, label, &transcript).to_vec(),
+                    f.fragment,
+                    "record {}",
+                    r["n"]
+                );
+                finished_seen += 1;
+            }
+            _ => {}
+        }
+        transcript.extend_from_slice(&msg);
+    }
+    assert_eq!(finished_seen, 4);
+}
+
+#[test]
+fn nss_key_log_lines_match_the_captured_key_log() {
+    let ours: Vec<String> = keylog()
+        .iter()
+        .map(|(cr, ms)| protocol::dtls::nss_key_log_line(cr, ms))
+        .collect();
+    let theirs: Vec<String> = vectors("keys/keylog.txt")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(ours, theirs);
+}

@@ -605,3 +605,129 @@ fn application_data_over_the_device_limit_is_refused() {
     sim.run_until(sim.now + Duration::from_secs(1), |s| s.in_flight.is_empty());
     assert_eq!(sim.server_data()[0].len(), MAX_PLAINTEXT);
 }
+
+fn record_types(datagram: &[u8]) -> Vec<u8> {
+    parse_datagram(datagram, 8)
+        .unwrap()
+        .iter()
+        .map(|r| r.content_type.to_u8())
+        .collect()
+}
+
+#[test]
+fn resumed_client_sends_at_once_with_type_253_and_the_server_moves_the_session() {
+    let mut sim = Sim::new(31, client_config(), server_config(), Faults::default());
+    sim.run_handshake();
+    let h = sim.handle();
+    sim.client
+        .send_application_data(sim.now, b"before reset")
+        .unwrap();
+    sim.run_until(sim.now + Duration::from_secs(1), |s| s.in_flight.is_empty());
+    let old_record = sim.sent.last().unwrap().1.clone();
+
+    // The device saves its session (as bytes, like retained RAM) and resets.
+    let blob = sim.client.export_session().unwrap().to_bytes();
+    let state = SessionState::from_bytes(&blob).unwrap();
+    assert_eq!(state.cid, sim.server.connection_id(h).unwrap());
+    let sent_before = sim.sent.len();
+
+    // New socket, new port; no handshake at all.
+    sim.client_addr = addr("127.0.0.1:35580");
+    sim.client = Client::resume(
+        client_config(),
+        &state,
+        ChaCha8Rng::seed_from_u64(77),
+        sim.now,
+    );
+    assert!(sim.client.is_connected() && sim.client.is_moving_session());
+    assert_eq!(sim.client.poll_event(), Some(Event::Connected));
+    sim.client
+        .send_application_data(sim.now, b"resumed 1")
+        .unwrap();
+    sim.client
+        .send_application_data(sim.now, b"resumed 2")
+        .unwrap();
+    sim.run_until(sim.now + Duration::from_secs(1), |s| s.in_flight.is_empty());
+    assert_eq!(
+        sim.sent.len(),
+        sent_before + 2,
+        "nothing but the two records was sent"
+    );
+    for (_, d) in &sim.sent[sent_before..] {
+        assert_eq!(record_types(d), vec![253]);
+    }
+    assert!(sim.server_events.contains(&ServerEvent::Moved {
+        handle: h,
+        from: addr(CLIENT_ADDR),
+        to: addr("127.0.0.1:35580"),
+    }));
+    assert_eq!(
+        sim.server_data()[1..],
+        [b"resumed 1".to_vec(), b"resumed 2".to_vec()]
+    );
+    assert_eq!(sim.server.peer(h), Some(addr("127.0.0.1:35580")));
+
+    // The server answers at the new address; after that the client is back to type 25.
+    sim.server
+        .send_application_data(sim.now, h, b"welcome back")
+        .unwrap();
+    sim.run_until(sim.now + Duration::from_secs(1), |s| s.in_flight.is_empty());
+    assert_eq!(sim.client_data(), vec![b"welcome back".to_vec()]);
+    assert!(!sim.client.is_moving_session());
+    sim.client
+        .send_application_data(sim.now, b"normal")
+        .unwrap();
+    sim.run_until(sim.now + Duration::from_secs(1), |s| s.in_flight.is_empty());
+    assert_eq!(record_types(&sim.sent.last().unwrap().1), vec![25]);
+
+    // A replayed record from the old address neither delivers data nor moves the session back.
+    sim.server
+        .handle_datagram(sim.now, addr(CLIENT_ADDR), &old_record);
+    sim.pump();
+    assert_eq!(sim.server.peer(h), Some(addr("127.0.0.1:35580")));
+    assert_eq!(sim.server_data().len(), 4);
+}
+
+#[test]
+fn a_resumed_session_with_a_forged_cid_record_is_not_moved() {
+    let mut sim = Sim::new(32, client_config(), server_config(), Faults::default());
+    sim.run_handshake();
+    let h = sim.handle();
+    let state = sim.client.export_session().unwrap();
+    // Someone else knows the CID but not the keys.
+    let mut forged = state.clone();
+    forged.master_secret = [7; 48];
+    let mut attacker = Client::resume(
+        client_config(),
+        &forged,
+        ChaCha8Rng::seed_from_u64(1),
+        sim.now,
+    );
+    attacker.send_application_data(sim.now, b"evil").unwrap();
+    let d = attacker.poll_transmit().unwrap();
+    sim.server
+        .handle_datagram(sim.now, addr("10.0.0.9:4000"), &d);
+    sim.pump();
+    assert_eq!(sim.server.peer(h), Some(addr(CLIENT_ADDR)));
+    assert_eq!(sim.server.dropped_records(h), 1);
+    assert!(sim.server_data().is_empty());
+}
+
+#[test]
+fn session_blob_round_trips_and_rejects_garbage() {
+    let mut sim = Sim::new(33, client_config(), server_config(), Faults::default());
+    sim.run_handshake();
+    let state = sim.client.export_session().unwrap();
+    let blob = state.to_bytes();
+    assert_eq!(blob.len(), 140 + 8);
+    assert_eq!(SessionState::from_bytes(&blob).unwrap(), state);
+    for n in 0..blob.len() {
+        assert!(SessionState::from_bytes(&blob[..n]).is_err());
+    }
+    let mut bad = blob.clone();
+    bad[0] = 9;
+    assert_eq!(
+        SessionState::from_bytes(&bad),
+        Err(DtlsError::BadSessionBlob("unknown format version"))
+    );
+}
