@@ -44,11 +44,11 @@ fn server_config() -> ServerConfig {
 
 const PEER: &str = "127.0.0.1:40000";
 
+/// Every datagram (to server?, bytes), the client's events and the server's events.
+type Exchange = (Vec<(bool, Vec<u8>)>, Vec<Event>, Vec<ServerEvent>);
+
 /// Runs a lossless exchange to quiescence; returns every datagram (to server?, bytes) and events.
-fn run(
-    client: &mut Client<ChaCha8Rng>,
-    server: &mut Server<ChaCha8Rng>,
-) -> (Vec<(bool, Vec<u8>)>, Vec<Event>, Vec<ServerEvent>) {
+fn run(client: &mut Client<ChaCha8Rng>, server: &mut Server<ChaCha8Rng>) -> Exchange {
     let peer: SocketAddr = PEER.parse().unwrap();
     let (mut sent, mut ce, mut se) = (Vec::new(), Vec::new(), Vec::new());
     let now = Duration::from_secs(1);
