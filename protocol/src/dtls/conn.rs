@@ -328,7 +328,7 @@ impl Core {
     pub fn send_flight_with_timer(&mut self, now: Duration) {
         self.current_timeout = self.timeouts.initial;
         self.transmit_flight();
-        self.timer = Some(now + self.current_timeout);
+        self.timer = Some(now.saturating_add(self.current_timeout));
     }
 
     /// The peer answered our flight: no more retransmissions of it.
@@ -346,7 +346,7 @@ impl Core {
                 }
                 self.current_timeout = (self.current_timeout * 2).min(self.timeouts.max);
                 self.transmit_flight();
-                self.timer = Some(now + self.current_timeout);
+                self.timer = Some(now.saturating_add(self.current_timeout));
                 Ok(())
             }
             _ => Ok(()),
