@@ -8,6 +8,9 @@ use protocol::dtls::record::{parse_datagram, RecordRepr};
 fuzz_target!(|data: &[u8]| {
     for cid_len in [0usize, 8] {
         let Ok(records) = parse_datagram(data, cid_len) else { continue };
+        if records.is_empty() {
+            continue;
+        }
         let mut out = Vec::new();
         for r in &records {
             r.emit(&mut out);

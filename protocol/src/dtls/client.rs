@@ -129,7 +129,9 @@ impl<R: RngCore + CryptoRng> Client<R> {
 
     /// Handshake-less resumption (reference 1.4): restores keys, epoch, counters, replay window
     /// and CID and is connected at once (an [`Event::Connected`] is queued). CID records are
-    /// sent with content type 253 until the first record from the server authenticates.
+    /// sent with content type 253 until the first record from the server authenticates (Device
+    /// OS waits for the first application data; any authenticated record ends it here).
+    /// Counting failed resumptions (`MAXIMUM_SESSION_USES`) is the caller's business.
     pub fn resume(config: ClientConfig, session: &SessionState, rng: R, _now: Duration) -> Self {
         let mut core = Core::new(config.mtu, config.timeouts);
         let keys = KeyBlock::derive(

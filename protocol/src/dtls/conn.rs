@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use super::crypto::{RecordCipher, PROTECTION_OVERHEAD};
 use super::handshake::{alert, whole_message, Alert, FragmentRepr, ALERT_FATAL};
-use super::record::{parse_datagram, ContentType, DTLS_1_2};
+use super::record::{ContentType, DTLS_1_2};
 use super::{CloseReason, DtlsError, Event};
 
 /// Largest handshake message we reassemble (our peers' messages are far below).
@@ -118,7 +118,6 @@ pub(crate) fn split_records(datagram: &[u8], in_cid_len: usize) -> Vec<OwnedReco
             Err(_) => break,
         }
     }
-    let _ = parse_datagram; // the checked splitter for callers who want errors
     out
 }
 

@@ -146,8 +146,9 @@ pub fn aad(
             a.extend_from_slice(&DTLS_1_2.to_be_bytes());
         }
         Some(cid) => {
-            // draft-05: the outer type is always tls12_cid (25), also for the 253 alias
-            // (UNCONFIRMED for 253: reference 1.4 says the records are otherwise byte-identical).
+            // draft-05: the outer type is always tls12_cid (25), also for the 253 alias: Device
+            // OS (`DTLSMessageChannel::send`) overwrites only the first header byte of a record
+            // mbedTLS already protected as type 25, so the AAD keeps 25.
             a.push(ContentType::Cid.to_u8());
             a.extend_from_slice(&DTLS_1_2.to_be_bytes());
             a.extend_from_slice(cid);

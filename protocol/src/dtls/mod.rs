@@ -12,7 +12,15 @@
 //! - [`crypto`]: PRF, key block, CCM_8 record protection and the two AAD layouts.
 //! - [`handshake`]: handshake header and every handshake message, plus alerts.
 //!
-//! - [`Client`] and [`Server`]: the sans-IO state machines.
+//! - [`keys`]: P-256 keys from SEC1/PKCS#8/SPKI DER, the SPKI inside an X.509 certificate.
+//! - [`Client`] and [`Server`]: the sans-IO state machines (shared record and flight machinery
+//!   in `conn.rs`: epochs, replay window, reassembly, fragmentation, retransmission timer).
+//! - [`SessionState`]: what a client persists for handshake-less resumption.
+//!
+//! Tests: `tests/dtls_capture.rs` (conformance with the captured Device OS 6.2.0 session),
+//! `tests/dtls_handshake.rs` (client <-> server in virtual time over a lossy link, resumption),
+//! `tests/dtls_x509.rs`, `tests/dtls_malformed.rs`, `tests/dtls_udp.rs` (real sockets; with
+//! `--ignored` also against `openssl s_server` / `s_client`). Fuzz targets: `protocol/fuzz/`.
 //!
 //! # Driving a client or a server
 //!

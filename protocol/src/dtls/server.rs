@@ -278,6 +278,12 @@ impl<R: RngCore + CryptoRng> Server<R> {
         self.drain(handle);
     }
 
+    /// Forgets an association without telling the peer (e.g. an expired session): its CID no
+    /// longer finds it.
+    pub fn remove(&mut self, handle: ConnectionHandle) {
+        self.forget(handle);
+    }
+
     /// Feeds one UDP payload received from `from`.
     pub fn handle_datagram(&mut self, now: Duration, from: SocketAddr, datagram: &[u8]) {
         if datagram.len() <= 1 {
