@@ -731,3 +731,25 @@ fn session_blob_round_trips_and_rejects_garbage() {
         Err(DtlsError::BadSessionBlob("unknown format version"))
     );
 }
+
+#[test]
+fn a_new_full_handshake_from_the_same_address_replaces_the_old_association() {
+    let mut sim = Sim::new(34, client_config(), server_config(), Faults::default());
+    sim.run_handshake();
+    let old = sim.handle();
+    let old_cid = sim.server.connection_id(old).unwrap().to_vec();
+    // The device discarded its session and handshakes again from the same port.
+    sim.client = Client::connect(client_config(), ChaCha8Rng::seed_from_u64(35), sim.now);
+    sim.server_events.clear();
+    sim.run_handshake();
+    assert!(sim.client.is_connected());
+    let new = sim.handle();
+    assert_ne!(new, old);
+    assert_eq!(sim.server.connections(), vec![new]);
+    assert_ne!(sim.server.connection_id(new).unwrap(), &old_cid[..]);
+    sim.client
+        .send_application_data(sim.now, b"after re-handshake")
+        .unwrap();
+    sim.run_until(sim.now + Duration::from_secs(1), |s| s.in_flight.is_empty());
+    assert_eq!(sim.server_data(), vec![b"after re-handshake".to_vec()]);
+}
