@@ -1,8 +1,13 @@
 //! Everything on the wire and in the binaries, with no I/O and no clock of its own.
 //!
-//! Implements `reference/particle-protocol.md`: section 4 (module binaries) lives in [`module`].
-//! The DTLS, CoAP and OTA v3 layers (sections 1 and 2) will join it here, sans-IO.
+//! Implements `reference/particle-protocol.md`, sans-IO: every state machine takes bytes and a
+//! timestamp in and gives bytes, timer deadlines and events out.
+//! - [`dtls`]: DTLS 1.2 with Particle's profile (sections 1.3, 1.4);
+//! - [`coap`]: CoAP framing and the exchange layer (section 1.5);
+//! - [`message`]: the Particle message catalogue, OTA v3 included (sections 1.6-1.12, 2);
+//! - [`module`]: module binaries (section 4).
 
 pub mod coap;
+pub mod dtls;
 pub mod message;
 pub mod module;

@@ -1,0 +1,266 @@
+//! Key schedule and record protection for TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8 (reference 1.3):
+//! the TLS 1.2 PRF with HMAC-SHA256 (RFC 5246 section 5), the 40-byte key block (no MAC keys),
+//! AES-128-CCM with an 8-byte tag (RFC 6655), and the two AAD layouts: RFC 6347 for ordinary
+//! records and draft-ietf-tls-dtls-connection-id-05 for CID records (as in the README of the
+//! wire vectors: `seq ‖ 25 ‖ version ‖ cid ‖ cid_len ‖ inner_len`).
+
+use aes::Aes128;
+use ccm::aead::{AeadInPlace, KeyInit};
+use ccm::consts::{U12, U8};
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+use super::record::{emit_header, ContentType, DTLS_1_2};
+use super::DtlsError;
+
+type HmacSha256 = Hmac<Sha256>;
+type Aes128Ccm8 = ccm::Ccm<Aes128, U8, U12>;
+
+/// Explicit nonce length in a protected record.
+pub const EXPLICIT_NONCE_LEN: usize = 8;
+/// CCM_8 tag length.
+pub const TAG_LEN: usize = 8;
+/// Bytes a protected record adds to its plaintext (explicit nonce + tag).
+pub const PROTECTION_OVERHEAD: usize = EXPLICIT_NONCE_LEN + TAG_LEN;
+/// DTLSInnerPlaintext padding granularity used by Device OS (mbedTLS CID padding, 16).
+pub const CID_PADDING_GRANULARITY: usize = 16;
+
+/// TLS 1.2 PRF (P_SHA256) filling `out`.
+pub fn prf(secret: &[u8], label: &[u8], seed: &[u8], out: &mut [u8]) {
+    let mac = |parts: &[&[u8]]| {
+        // HMAC accepts keys of any length.
+        let mut m = <HmacSha256 as Mac>::new_from_slice(secret).expect("HMAC takes any key length");
+        for p in parts {
+            m.update(p);
+        }
+        m.finalize().into_bytes()
+    };
+    let mut a = mac(&[label, seed]);
+    let mut filled = 0;
+    while filled < out.len() {
+        let block = mac(&[&a, label, seed]);
+        let n = (out.len() - filled).min(block.len());
+        out[filled..filled + n].copy_from_slice(&block[..n]);
+        filled += n;
+        a = mac(&[&a]);
+    }
+}
+
+/// `master_secret = PRF(pre_master_secret, "master secret", client_random ‖ server_random)[0..48]`.
+pub fn master_secret(
+    pre_master: &[u8],
+    client_random: &[u8; 32],
+    server_random: &[u8; 32],
+) -> [u8; 48] {
+    let mut seed = [0u8; 64];
+    seed[..32].copy_from_slice(client_random);
+    seed[32..].copy_from_slice(server_random);
+    let mut out = [0u8; 48];
+    prf(pre_master, b"master secret", &seed, &mut out);
+    out
+}
+
+/// Finished `verify_data = PRF(master_secret, label, SHA-256(handshake messages))[0..12]`.
+pub fn verify_data(master: &[u8; 48], label: &[u8], transcript: &[u8]) -> [u8; 12] {
+    let hash = Sha256::digest(transcript);
+    let mut out = [0u8; 12];
+    prf(master, label, &hash, &mut out);
+    out
+}
+
+/// The 40-byte key block of CCM_8: keys and 4-byte implicit IVs for both directions.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyBlock {
+    pub client_write_key: [u8; 16],
+    pub server_write_key: [u8; 16],
+    pub client_write_iv: [u8; 4],
+    pub server_write_iv: [u8; 4],
+}
+
+impl core::fmt::Debug for KeyBlock {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("KeyBlock { .. }")
+    }
+}
+
+impl KeyBlock {
+    /// `PRF(master_secret, "key expansion", server_random ‖ client_random)[0..40]`.
+    pub fn derive(master: &[u8; 48], client_random: &[u8; 32], server_random: &[u8; 32]) -> Self {
+        let mut seed = [0u8; 64];
+        seed[..32].copy_from_slice(server_random);
+        seed[32..].copy_from_slice(client_random);
+        let mut kb = [0u8; 40];
+        prf(master, b"key expansion", &seed, &mut kb);
+        let mut out = Self {
+            client_write_key: [0; 16],
+            server_write_key: [0; 16],
+            client_write_iv: [0; 4],
+            server_write_iv: [0; 4],
+        };
+        out.client_write_key.copy_from_slice(&kb[0..16]);
+        out.server_write_key.copy_from_slice(&kb[16..32]);
+        out.client_write_iv.copy_from_slice(&kb[32..36]);
+        out.server_write_iv.copy_from_slice(&kb[36..40]);
+        out
+    }
+
+    /// The (write, read) ciphers of one side.
+    pub fn ciphers(&self, is_client: bool) -> (RecordCipher, RecordCipher) {
+        let c = RecordCipher::new(&self.client_write_key, &self.client_write_iv);
+        let s = RecordCipher::new(&self.server_write_key, &self.server_write_iv);
+        if is_client {
+            (c, s)
+        } else {
+            (s, c)
+        }
+    }
+}
+
+/// One direction's AES-128-CCM-8 state.
+#[derive(Clone)]
+pub struct RecordCipher {
+    aead: Aes128Ccm8,
+    iv: [u8; 4],
+}
+
+impl core::fmt::Debug for RecordCipher {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("RecordCipher { .. }")
+    }
+}
+
+/// Builds the AAD of a record. `cid` selects the draft-05 layout.
+pub fn aad(
+    epoch: u16,
+    seq: u64,
+    content_type: u8,
+    cid: Option<&[u8]>,
+    plaintext_len: usize,
+) -> Vec<u8> {
+    let mut a = Vec::with_capacity(16 + cid.map_or(0, |c| c.len() + 1));
+    a.extend_from_slice(&epoch.to_be_bytes());
+    a.extend_from_slice(&seq.to_be_bytes()[2..]);
+    match cid {
+        None => {
+            a.push(content_type);
+            a.extend_from_slice(&DTLS_1_2.to_be_bytes());
+        }
+        Some(cid) => {
+            // draft-05: the outer type is always tls12_cid (25), also for the 253 alias: Device
+            // OS (`DTLSMessageChannel::send`) overwrites only the first header byte of a record
+            // mbedTLS already protected as type 25, so the AAD keeps 25.
+            a.push(ContentType::Cid.to_u8());
+            a.extend_from_slice(&DTLS_1_2.to_be_bytes());
+            a.extend_from_slice(cid);
+            a.push(cid.len() as u8);
+        }
+    }
+    a.extend_from_slice(&(plaintext_len as u16).to_be_bytes());
+    a
+}
+
+impl RecordCipher {
+    pub fn new(key: &[u8; 16], iv: &[u8; 4]) -> Self {
+        Self {
+            aead: Aes128Ccm8::new(key.into()),
+            iv: *iv,
+        }
+    }
+
+    fn nonce(&self, explicit: &[u8; 8]) -> [u8; 12] {
+        let mut n = [0u8; 12];
+        n[..4].copy_from_slice(&self.iv);
+        n[4..].copy_from_slice(explicit);
+        n
+    }
+
+    /// Protects `content` of `content_type` and returns the complete record. With `cid` the
+    /// record is a CID record (type `outer_type`, 25 or 253) holding the DTLSInnerPlaintext
+    /// padded with zeros to a multiple of 16.
+    #[allow(clippy::too_many_arguments)]
+    pub fn seal(
+        &self,
+        content_type: ContentType,
+        epoch: u16,
+        seq: u64,
+        cid: Option<(&[u8], ContentType)>,
+        content: &[u8],
+    ) -> Vec<u8> {
+        let mut explicit = [0u8; 8];
+        explicit[..2].copy_from_slice(&epoch.to_be_bytes());
+        explicit[2..].copy_from_slice(&seq.to_be_bytes()[2..]);
+        let mut body = content.to_vec();
+        let (outer, cid_bytes) = match cid {
+            Some((cid_bytes, outer)) => {
+                body.push(content_type.to_u8());
+                let padded = body.len().div_ceil(CID_PADDING_GRANULARITY) * CID_PADDING_GRANULARITY;
+                body.resize(padded, 0);
+                (outer, Some(cid_bytes))
+            }
+            None => (content_type, None),
+        };
+        let aad = aad(epoch, seq, outer.to_u8(), cid_bytes, body.len());
+        let nonce = self.nonce(&explicit);
+        let tag = self
+            .aead
+            .encrypt_in_place_detached((&nonce).into(), &aad, &mut body)
+            .expect("CCM accepts any record-sized plaintext");
+        let mut out = Vec::with_capacity(13 + 8 + body.len() + PROTECTION_OVERHEAD);
+        emit_header(
+            &mut out,
+            outer,
+            DTLS_1_2,
+            epoch,
+            seq,
+            cid_bytes,
+            body.len() + PROTECTION_OVERHEAD,
+        );
+        out.extend_from_slice(&explicit);
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&tag);
+        out
+    }
+
+    /// Opens a protected fragment. Returns the real content type and the content (for CID
+    /// records: the DTLSInnerPlaintext with type byte and padding removed).
+    pub fn open(
+        &self,
+        outer: ContentType,
+        epoch: u16,
+        seq: u64,
+        cid: Option<&[u8]>,
+        fragment: &[u8],
+    ) -> Result<(ContentType, Vec<u8>), DtlsError> {
+        if fragment.len() < PROTECTION_OVERHEAD {
+            return Err(DtlsError::Truncated {
+                what: "protected record",
+                offset: fragment.len(),
+            });
+        }
+        let mut explicit = [0u8; 8];
+        explicit.copy_from_slice(&fragment[..EXPLICIT_NONCE_LEN]);
+        let ct_end = fragment.len() - TAG_LEN;
+        let mut body = fragment[EXPLICIT_NONCE_LEN..ct_end].to_vec();
+        let tag = &fragment[ct_end..];
+        let aad = aad(epoch, seq, outer.to_u8(), cid, body.len());
+        let nonce = self.nonce(&explicit);
+        self.aead
+            .decrypt_in_place_detached((&nonce).into(), &aad, &mut body, tag.into())
+            .map_err(|_| DtlsError::BadRecordMac { epoch, seq })?;
+        if !outer.has_cid() {
+            return Ok((outer, body));
+        }
+        let end = body
+            .iter()
+            .rposition(|&b| b != 0)
+            .ok_or(DtlsError::Malformed {
+                what: "DTLSInnerPlaintext without content type",
+                offset: 0,
+            })?;
+        let real = ContentType::from_u8(body[end])
+            .filter(|t| !t.has_cid())
+            .ok_or(DtlsError::UnknownContentType(body[end]))?;
+        body.truncate(end);
+        Ok((real, body))
+    }
+}
