@@ -18,7 +18,7 @@
 //! - Pings (CON 0.00) are answered with an empty ACK automatically.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand_core::RngCore;
 
@@ -107,7 +107,7 @@ struct PendingCon {
     bytes: Vec<u8>,
     transmissions: u32,
     timeout: Duration,
-    deadline: Instant,
+    deadline: Duration,
 }
 
 #[derive(Debug)]
@@ -120,13 +120,13 @@ struct AwaitingResponse {
 #[derive(Debug)]
 struct Received {
     message_id: u16,
-    expires: Instant,
+    expires: Duration,
     /// The ACK or RST we sent; `None` while the application has not answered.
     reply: Option<Vec<u8>>,
 }
 
 /// `now + duration`, or `now` if that is not representable (an absurd configuration).
-fn later(now: Instant, duration: Duration) -> Instant {
+fn later(now: Duration, duration: Duration) -> Duration {
     now.checked_add(duration).unwrap_or(now)
 }
 
@@ -186,7 +186,7 @@ impl<R: RngCore> Endpoint<R> {
     /// until acknowledged. Returns the handle that later events name.
     pub fn send(
         &mut self,
-        now: Instant,
+        now: Duration,
         mut message: Message,
     ) -> Result<RequestHandle, ExchangeError> {
         if !matches!(
@@ -231,7 +231,11 @@ impl<R: RngCore> Endpoint<R> {
     }
 
     /// Sends an empty ACK for a CON request whose response will follow separately.
-    pub fn accept(&mut self, now: Instant, request: &IncomingRequest) -> Result<(), ExchangeError> {
+    pub fn accept(
+        &mut self,
+        now: Duration,
+        request: &IncomingRequest,
+    ) -> Result<(), ExchangeError> {
         if request.kind != MessageType::Confirmable {
             return Ok(());
         }
@@ -240,14 +244,18 @@ impl<R: RngCore> Endpoint<R> {
     }
 
     /// Answers a CON request with RST.
-    pub fn reject(&mut self, now: Instant, request: &IncomingRequest) -> Result<(), ExchangeError> {
+    pub fn reject(
+        &mut self,
+        now: Duration,
+        request: &IncomingRequest,
+    ) -> Result<(), ExchangeError> {
         let rst = Message::reset(request.message_id).emit()?;
         self.reply_once(now, request.message_id, rst)
     }
 
     fn reply_once(
         &mut self,
-        now: Instant,
+        now: Duration,
         message_id: u16,
         bytes: Vec<u8>,
     ) -> Result<(), ExchangeError> {
@@ -277,7 +285,7 @@ impl<R: RngCore> Endpoint<R> {
     /// the request's token. Returns the handle of a separate response.
     pub fn respond(
         &mut self,
-        now: Instant,
+        now: Duration,
         request: &IncomingRequest,
         mut response: Message,
     ) -> Result<Option<RequestHandle>, ExchangeError> {
@@ -301,7 +309,7 @@ impl<R: RngCore> Endpoint<R> {
 
     /// Takes a datagram's CoAP message from the peer. Malformed input is an error and changes
     /// nothing.
-    pub fn handle_message(&mut self, now: Instant, bytes: &[u8]) -> Result<(), ExchangeError> {
+    pub fn handle_message(&mut self, now: Duration, bytes: &[u8]) -> Result<(), ExchangeError> {
         let message = Message::parse(bytes)?;
         self.expire(now);
         match message.kind {
@@ -413,12 +421,12 @@ impl<R: RngCore> Endpoint<R> {
         }
     }
 
-    fn expire(&mut self, now: Instant) {
+    fn expire(&mut self, now: Duration) {
         self.received.retain(|r| r.expires > now);
     }
 
     /// Retransmits or gives up on every CON whose timer is due.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    pub fn handle_timeout(&mut self, now: Duration) {
         self.expire(now);
         let mut index = 0;
         while index < self.pending.len() {
@@ -451,7 +459,7 @@ impl<R: RngCore> Endpoint<R> {
     }
 
     /// When [`Endpoint::handle_timeout`] must be called next.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    pub fn poll_timeout(&self) -> Option<Duration> {
         self.pending.iter().map(|p| p.deadline).min()
     }
 
