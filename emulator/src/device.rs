@@ -428,6 +428,29 @@ impl Device {
         })
     }
 
+    /// Reads a record of the device's power-safe store (what Device OS keeps in LittleFS:
+    /// `/sys/fw_transfer` and the like). Every access goes through the counted flash.
+    pub fn store_get(&mut self, key: &str) -> Result<Option<Vec<u8>>, DeviceError> {
+        self.with_store(|store, flash| Ok(store.get(flash, key)?))
+    }
+
+    /// Writes a record of the power-safe store atomically: after a power cut the old or the new
+    /// value is there, never a mix.
+    pub fn store_put(&mut self, key: &str, value: &[u8]) -> Result<(), DeviceError> {
+        self.with_store(|store, flash| Ok(store.put(flash, key, value)?))
+    }
+
+    /// Removes a record of the power-safe store; `false` if it was not there.
+    pub fn store_remove(&mut self, key: &str) -> Result<bool, DeviceError> {
+        self.with_store(|store, flash| Ok(store.remove(flash, key)?))
+    }
+
+    /// Reads `len` bytes of the staging area from `offset` (for hashing a partial transfer).
+    pub fn read_staging(&self, offset: u32, len: usize) -> Result<Vec<u8>, DeviceError> {
+        let staging = self.staging_region()?;
+        Ok(self.flash.read_vec(self.board.flash_chip(staging.chip), staging.start + offset, len)?)
+    }
+
     /// Pending update slots as the DCT holds them now.
     pub fn pending_slots(&mut self) -> Result<Vec<ModuleSlot>, DeviceError> {
         self.with_store(|store, flash| {
