@@ -621,6 +621,16 @@ fn updates_disabled_refuse_start_with_1380_and_forced_updates_are_accepted() {
         .rx
         .start(rig.now, &mut rig.device, &request, true)
         .is_ok());
+    rig.send(&app, 0, 512, 1);
+    rig.events();
+    // Disabling updates does not stop a running transfer, but a new UpdateStart replaces it
+    // before being refused.
+    assert!(rig
+        .rx
+        .start(rig.now, &mut rig.device, &request, false)
+        .is_err());
+    assert!(!rig.rx.is_running());
+    assert_eq!(rig.events(), vec![OtaEvent::Failed { code: -140 }]);
 }
 
 #[test]
@@ -1018,6 +1028,41 @@ fn an_identical_file_sent_again_after_success_resumes_at_its_end() {
             .resume_offset,
         0
     );
+}
+
+#[test]
+fn a_bad_chunk_written_beyond_the_synced_prefix_is_caught_after_resuming() {
+    // Device OS does not erase when it resumes: bytes written beyond the resumed prefix by the
+    // earlier attempt stay, and rewriting them can only clear bits (NOR). A chunk that arrived
+    // corrupted out of order in the first attempt therefore spoils the file; validation
+    // catches it and the next attempt starts over.
+    let mut rig = Rig::boron();
+    let app = rig.app(&v4(), 8192);
+    rig.start(&start_request(&app, 512, true)).unwrap();
+    for index in 1..=4 {
+        rig.send(&app, 0, 512, index);
+    }
+    let mut bad = chunk_of(&app, 0, 512, 10);
+    bad.data.iter_mut().for_each(|b| *b = !*b);
+    assert_eq!(rig.send_chunk(&bad).0, ChunkOutcome::Written);
+    rig.rx.cancel(&mut rig.device, false).unwrap();
+
+    let accepted = rig.start(&start_request(&app, 512, true)).unwrap();
+    assert_eq!(accepted.resume_offset, 2048);
+    rig.send_all(&app, 2048, 512, 20);
+    let e = rig.finish().unwrap_err();
+    assert_eq!(e.code, -1330, "{e}");
+    rig.rx.cancel(&mut rig.device, false).unwrap();
+    assert_eq!(
+        rig.start(&start_request(&app, 512, true))
+            .unwrap()
+            .resume_offset,
+        0
+    );
+    rig.send_all(&app, 0, 512, 20);
+    rig.finish().unwrap();
+    rig.rx.commit(&mut rig.device).unwrap();
+    assert_eq!(app_version(&rig.reboot()), Some(4));
 }
 
 // ----- timeouts ---------------------------------------------------------------------------

@@ -639,8 +639,11 @@ impl OtaReceiver {
                     // `saveChunk` ends the update itself; the state is closed as it stands.
                     return self.reject(device, t, e);
                 }
-                if let Err(e) = self.advance_state(now, device, &mut t, chunk_offset, &chunk.data) {
-                    debug_assert!(e.is_power_loss());
+                // Only a power loss comes back from here.
+                if self
+                    .advance_state(now, device, &mut t, chunk_offset, &chunk.data)
+                    .is_err()
+                {
                     return self.power_lost();
                 }
                 t.written_bytes = t.written_bytes.saturating_add(len).min(t.file_size);
