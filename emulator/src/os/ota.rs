@@ -28,9 +28,9 @@
 //!
 //! # Resumption (reference 2.4)
 //! Only when UpdateStart carries File-Sha256 and no Discard-Data. The state lives in the
-//! device's store under [`TRANSFER_STATE_KEY`] in Device OS's record format
-//! ([`transfer_state`]). It advances over the contiguous prefix only, is written to the open
-//! file at every advance but reaches flash (the store) only when synced: at most every
+//! device's store under [`TRANSFER_STATE_KEY`] in Device OS's record format ([`TransferFile`],
+//! [`TransferRecord`]). It advances over the contiguous prefix only, is written to the open file
+//! at every advance but reaches flash (the store) only when synced: at most every
 //! [`OtaConfig::sync_interval`], and when the transfer ends. A power loss therefore loses up to
 //! one sync interval of progress; a cancel (disconnect, sleep, reset) loses none.
 
