@@ -9,5 +9,6 @@ pub mod device;
 pub mod firmware;
 pub mod flash;
 pub mod installed;
+pub mod os;
 pub mod placement;
 pub mod store;
