@@ -358,18 +358,22 @@ impl TestDevice {
         self.inbox.remove(index)
     }
 
-    /// Answers a CON request with an empty ACK, then a separate response.
+    /// Answers a CON request with an empty ACK, then a separate response; returns the handle
+    /// of the separate response (the cloud must ACK it).
     pub fn respond_separately(
         &mut self,
         now: Duration,
         request: &IncomingRequest,
         response: Response,
-    ) {
+    ) -> RequestHandle {
         self.coap.accept(now, request).expect("accept");
         let mut message = Message::new(MessageType::Confirmable, response.code, 0);
         message.options = response.options;
         message.payload = response.payload;
-        self.coap.respond(now, request, message).expect("respond");
+        self.coap
+            .respond(now, request, message)
+            .expect("respond")
+            .expect("a separate response")
     }
 
     /// Indices and data of the UpdateChunks received, in order.
