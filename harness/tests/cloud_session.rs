@@ -270,13 +270,13 @@ fn resumption_with_type_253_is_reported_and_the_post_connect_runs_again() {
         matches!(
             tail.as_slice(),
             [
-                SessionChange::Moved { .. },
                 SessionChange::Disconnected {
                     reason: DisconnectReason::ResumedAgain,
                     ..
                 },
-                SessionChange::Resumed { .. },
-            ]
+                SessionChange::Resumed { address, .. },
+                SessionChange::Moved { to, .. },
+            ] if *address == new && *to == new
         ),
         "{tail:?}"
     );
