@@ -406,7 +406,7 @@ fn a_chunk_refused_with_rst_fails_the_job() {
     w.pump();
     assert!(matches!(
         w.cloud.job(job),
-        Some(JobStatus::Failed { code: None, message }) if message.starts_with("the device refused a chunk")
+        Some(JobStatus::Failed { code: None, message }) if message.starts_with("the device refused chunk 1 (RST for message id")
     ));
 }
 
@@ -634,4 +634,70 @@ fn flash_to_an_unknown_device_or_an_empty_file_fails_at_once() {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn two_devices_update_in_parallel_each_on_its_own_session() {
+    let mut w = World::new(39, 2);
+    for i in 0..2 {
+        w.connect(
+            i,
+            hello(device_id(i), 12, 3, GEN3_FLAGS),
+            &system_describe([3; 32]),
+        );
+        w.device(i).ota = Some(AutoOta::new(64, 0));
+    }
+    let a = file(512 * 40, 17);
+    let b = file(512 * 33 + 5, 18);
+    let ja = w.cloud.flash(w.now, device_id(0), a.clone());
+    let jb = w.cloud.flash(w.now, device_id(1), b.clone());
+    w.advance(secs(5));
+    assert!(matches!(w.cloud.job(ja), Some(JobStatus::Committed { .. })));
+    assert!(matches!(w.cloud.job(jb), Some(JobStatus::Committed { .. })));
+    assert_eq!(w.devices[0].ota.as_ref().unwrap().file, a);
+    assert_eq!(w.devices[1].ota.as_ref().unwrap().file, b);
+    assert_ne!(
+        w.cloud.device(device_id(0)).unwrap().connection_id,
+        w.cloud.device(device_id(1)).unwrap().connection_id
+    );
+}
+
+#[test]
+fn nonsense_from_an_authenticated_device_never_breaks_the_cloud() {
+    let mut w = settled(40, GEN3_FLAGS);
+    let job = w.cloud.flash(w.now, device_id(0), file(512 * 8, 19));
+    w.pump();
+    let (request, _, _) = take_start(&mut w);
+    accept_start(&mut w, &request, 8, 0);
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let now = w.now;
+    for round in 0..3000 {
+        let len = (rng.next_u32() % 40) as usize;
+        let mut bytes = vec![0u8; len];
+        rng.fill_bytes(&mut bytes);
+        if round % 3 == 0 && len >= 4 {
+            // Mostly-valid CoAP headers reach deeper: CON/NON POST with Uri-Path A, S, F, E...
+            bytes[0] = 0x40 | ((round as u8 & 1) << 4);
+            bytes[1] = 0x02;
+        }
+        let client = w.devices[0].dtls.as_mut().unwrap();
+        client.send_application_data(now, &bytes).unwrap();
+    }
+    // Absurd acks: beyond the file, a giant bitmap of chunks that do not exist.
+    w.device(0).send_ack(now, 1_000_000, &[]);
+    w.device(0).send_ack(now, 0, &(9..2000).collect::<Vec<_>>());
+    w.pump();
+    assert!(w.cloud.stats().malformed > 0);
+    assert!(w.cloud.device(device_id(0)).unwrap().online);
+    assert!(
+        matches!(
+            w.cloud.job(job),
+            Some(JobStatus::Transferring { acked: 0, .. })
+        ),
+        "{:?}",
+        w.cloud.job(job)
+    );
+    let handle = w.device(0).send_time_request(now);
+    w.pump();
+    assert!(w.devices[0].responses.iter().any(|(h, _)| *h == handle));
 }

@@ -64,7 +64,8 @@
 //! - **Refusals**: a Hello whose device id differs from the one registered for the key closes
 //!   the association (close_notify) and reports both ids; a device whose Hello lacks flag 0x80
 //!   (OTA v3) fails its jobs (the legacy chunked protocol is not supported); an RST from the
-//!   device during a transfer (it refused a chunk) fails the job.
+//!   device for the message id of one of our recent chunks (it refused the chunk) fails the
+//!   job; any other unmatched message is reported and otherwise ignored.
 //! - `spark/device/app-hash` is published when a system describe shows a user-part hash other
 //!   than the last one published.
 
@@ -715,8 +716,7 @@ impl Cloud {
         s.started_at = now;
         s.last_request = now;
         s.pending_sent = false;
-        s.purposes.clear();
-        s.describe = Default::default();
+        s.clear_connection();
         s.endpoint = Some(endpoint);
         let address = s.address;
         self.events
@@ -750,9 +750,7 @@ impl Cloud {
             let was = (s.online, s.fresh);
             s.online = false;
             s.fresh = false;
-            s.endpoint = None;
-            s.purposes.clear();
-            s.describe = Default::default();
+            s.clear_connection();
             was
         };
         if was_online {
@@ -811,17 +809,15 @@ impl Cloud {
             .is_some_and(|s| s.online && s.endpoint.is_some())
     }
 
-    /// Moves the endpoint's datagrams into DTLS records.
-    fn flush_endpoint(&mut self, now: Duration, id: [u8; 12]) {
-        let Some(s) = self.devices.get_mut(&id).and_then(|d| d.session.as_mut()) else {
-            return;
-        };
+    /// Moves the endpoint's datagrams into DTLS records; returns the message id of the last.
+    fn flush_endpoint(&mut self, now: Duration, id: [u8; 12]) -> Option<u16> {
+        let s = self.devices.get_mut(&id).and_then(|d| d.session.as_mut())?;
         let handle = s.handle;
-        let Some(endpoint) = s.endpoint.as_mut() else {
-            return;
-        };
+        let endpoint = s.endpoint.as_mut()?;
         let mut failures = Vec::new();
+        let mut last = None;
         while let Some(bytes) = endpoint.poll_transmit() {
+            last = bytes.get(2..4).map(|m| u16::from_be_bytes([m[0], m[1]]));
             if let Err(e) = self.server.send_application_data(now, handle, &bytes) {
                 failures.push(format!("could not send {} bytes: {e}", bytes.len()));
             }
@@ -829,6 +825,7 @@ impl Cloud {
         for f in failures {
             self.dropped(Some(id), f);
         }
+        last
     }
 
     fn send_request(
@@ -1144,20 +1141,21 @@ impl Cloud {
 
     fn on_unmatched(&mut self, now: Duration, id: [u8; 12], message: Message) {
         if message.kind == MessageType::Reset {
-            if let Some(job) = self.active_job(&id) {
-                if matches!(self.job(job), Some(JobStatus::Transferring { .. })) {
-                    self.fail_job(
-                        now,
-                        job,
-                        None,
-                        format!(
-                            "the device refused a chunk (RST for message id {})",
-                            message.message_id
-                        ),
-                        true,
-                    );
-                    return;
-                }
+            let chunk = self
+                .session_mut(&id)
+                .and_then(|s| s.chunk_of(message.message_id));
+            if let (Some(index), Some(job)) = (chunk, self.active_job(&id)) {
+                self.fail_job(
+                    now,
+                    job,
+                    None,
+                    format!(
+                        "the device refused chunk {index} (RST for message id {})",
+                        message.message_id
+                    ),
+                    true,
+                );
+                return;
             }
         }
         // Duplicate ACKs of retransmitted CONs are normal; anything else is reported.

@@ -207,7 +207,9 @@ impl Cloud {
                 })
                 .collect()
         };
-        for message in messages {
+        // Flushed first, so that each chunk is the last datagram of its own flush.
+        self.flush_endpoint(now, id);
+        for (index, message) in indices.iter().zip(messages) {
             let coap = match message.to_coap() {
                 Ok(m) => m,
                 Err(e) => {
@@ -221,9 +223,14 @@ impl Cloud {
             };
             if let Err(e) = result {
                 self.dropped(Some(id), format!("could not send a chunk: {e}"));
+                continue;
+            }
+            if let Some(mid) = self.flush_endpoint(now, id) {
+                if let Some(s) = self.session_mut(&id) {
+                    s.remember_chunk(mid, *index);
+                }
             }
         }
-        self.flush_endpoint(now, id);
     }
 
     pub(super) fn update_transfer_status(&mut self, job_id: JobId) {

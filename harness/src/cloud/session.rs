@@ -2,7 +2,7 @@
 //! device is online, what our outstanding requests were for, the post-connect timers, and the
 //! reassembly of Block1 describes (reference 1.10).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -47,6 +47,8 @@ pub struct Session {
     pub endpoint: Option<Endpoint<ChaCha8Rng>>,
     pub purposes: HashMap<RequestHandle, Purpose>,
     pub describe: DescribeAssembly,
+    /// Message ids of recent UpdateChunks and their indices (an RST names a refused chunk).
+    chunk_mids: VecDeque<(u16, u32)>,
 }
 
 impl Session {
@@ -71,9 +73,37 @@ impl Session {
             endpoint: None,
             purposes: HashMap::new(),
             describe: DescribeAssembly::default(),
+            chunk_mids: VecDeque::new(),
         }
     }
+
+    pub fn remember_chunk(&mut self, message_id: u16, index: u32) {
+        if self.chunk_mids.len() >= CHUNK_MIDS_KEPT {
+            self.chunk_mids.pop_front();
+        }
+        self.chunk_mids.push_back((message_id, index));
+    }
+
+    /// The chunk index sent with `message_id`, if it was a recent chunk.
+    pub fn chunk_of(&self, message_id: u16) -> Option<u32> {
+        self.chunk_mids
+            .iter()
+            .rev()
+            .find(|(m, _)| *m == message_id)
+            .map(|(_, i)| *i)
+    }
+
+    /// Forgets the endpoint state of a connection that ended.
+    pub fn clear_connection(&mut self) {
+        self.endpoint = None;
+        self.purposes.clear();
+        self.describe = DescribeAssembly::default();
+        self.chunk_mids.clear();
+    }
 }
+
+/// How many chunk message ids are kept (twice the largest window, 256 chunks).
+const CHUNK_MIDS_KEPT: usize = 512;
 
 /// A describe being received, possibly in Block1 blocks.
 #[derive(Debug, Default)]
