@@ -26,8 +26,8 @@ fn every_post_connect_con_is_acknowledged_and_nothing_is_reset() {
     let id = device_id(0);
     w.connect(0, hello(id, 12, 3, GEN3_FLAGS), &system_describe([3; 32]));
     let d = w.device(0);
-    // Hello, describe, 3 events, 2 subscriptions: empty ACKs; the time request: a response.
-    assert_eq!(d.acknowledged.len(), 7);
+    // Hello, 2 describes, 3 events, 2 subscriptions: empty ACKs; the time request: a response.
+    assert_eq!(d.acknowledged.len(), 8);
     assert_eq!(d.responses.len(), 1);
     assert!(d.timed_out.is_empty() && d.resets.is_empty());
     assert!(d.received.iter().all(|m| m.body != Body::Reset));
@@ -40,6 +40,9 @@ fn every_post_connect_con_is_acknowledged_and_nothing_is_reset() {
     assert_eq!(view.hello.as_ref().map(|h| h.product_version), Some(3));
     assert_eq!(view.system_describe, Some(system_describe([3; 32])));
     assert_eq!(view.subscriptions, vec!["particle", "spark"]);
+    let app = view.application_describe.as_ref().unwrap();
+    assert_eq!(app.functions, vec!["reboot"]);
+    assert_eq!(app.variables, vec![("version".to_string(), 2)]);
     assert_eq!(view.updates_enabled, Some(true));
     assert_eq!(view.updates_forced, Some(false));
     assert_eq!(view.last_reset.as_deref(), Some("pin_reset"));

@@ -11,7 +11,7 @@
 //!   Uri-Path first; time requests answered.
 //! - The event stream ([`CloudEvent`]): what devices publish, the cloud's `spark/status` and
 //!   `spark/flash/status`, session changes and typed OTA progress.
-//! - Single-device OTA ([`Cloud::flash`]) with the OTA v3 sender of [`transfer`]: windowed NON
+//! - Single-device OTA ([`Cloud::flash`]) with the OTA v3 sender ([`Transfer`]): windowed NON
 //!   chunks, retransmission from UpdateAck, resume from the device's offset, UpdateFinish, the ACK
 //!   of the 2.04 as commit point, the device's errors with their code and message.
 //!
@@ -54,7 +54,7 @@
 //! - **`spark/flash/status` `success `** is published at the commit point (the 2.04 ACKed), as
 //!   in the captures where it precedes `spark/status` `offline` ("the transfer was handed to
 //!   the device"); the job itself becomes [`JobStatus::Succeeded`] only when the device
-//!   reconnects and its describe shows the file's modules ([`firmware`]); a file that does not
+//!   reconnects and its describe shows the file's modules ([`verify`]); a file that does not
 //!   parse as modules succeeds on the first describe after the commit. `failed ` is published
 //!   when the device reports an error or the cloud refuses the job; a reconnection without the
 //!   new firmware fails the job without a stream event.

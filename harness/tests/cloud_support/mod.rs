@@ -14,8 +14,8 @@ use protocol::coap::{
 };
 use protocol::dtls::{Client, ClientConfig, Event as DtlsEvent, SessionState};
 use protocol::message::{
-    Body, Describe, DescribeFlags, Event, FirmwareModule, Hello, HelloFlags, ParticleMessage,
-    Response, Subscribe, SystemDescribe, UpdateAck, CONTENT_FORMAT_OCTET_STREAM,
+    ApplicationDescribe, Body, Describe, DescribeFlags, Event, FirmwareModule, Hello, HelloFlags,
+    ParticleMessage, Response, Subscribe, SystemDescribe, UpdateAck, CONTENT_FORMAT_OCTET_STREAM,
 };
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -668,6 +668,22 @@ impl World {
         d.publish(now, "spark/device/last_reset", "pin_reset");
         d.publish(now, "particle/device/updates/enabled", "true");
         d.publish(now, "particle/device/updates/forced", "false");
+        let app = ApplicationDescribe {
+            functions: vec!["reboot".into()],
+            variables: vec![("version".into(), 2)],
+        };
+        let token = d.coap.next_token();
+        d.send(
+            now,
+            MessageType::Confirmable,
+            token,
+            Body::Describe(Describe {
+                flags: DescribeFlags::APPLICATION,
+                content_format: None,
+                block1: None,
+                payload: app.emit(),
+            }),
+        );
         d.subscribe(now, "particle");
         d.subscribe(now, "spark");
         self.pump();
