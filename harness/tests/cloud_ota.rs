@@ -701,3 +701,33 @@ fn nonsense_from_an_authenticated_device_never_breaks_the_cloud() {
     w.pump();
     assert!(w.devices[0].responses.iter().any(|(h, _)| *h == handle));
 }
+
+#[test]
+fn a_transfer_without_any_ack_for_300_s_starts_over() {
+    // A Boron: its 23 min keepalive keeps it "online" long after its transfer died.
+    let mut w = World::new(41, 1);
+    w.connect(
+        0,
+        hello(device_id(0), 13, 3, GEN3_FLAGS),
+        &system_describe([3; 32]),
+    );
+    w.advance(secs(3));
+    let job = w.cloud.flash(w.now, device_id(0), file(512 * 10, 20));
+    w.pump();
+    let (request, _, _) = take_start(&mut w);
+    accept_start(&mut w, &request, 4, 0);
+    w.advance(secs(299));
+    assert!(matches!(
+        w.cloud.job(job),
+        Some(JobStatus::Transferring { .. })
+    ));
+    w.advance(secs(2));
+    assert_eq!(w.cloud.job(job), Some(&JobStatus::Starting));
+    let kinds = ota(&w, job);
+    assert!(kinds.contains(&OtaEventKind::Requeued { resume_hint: 0 }));
+    assert!(kinds.contains(&OtaEventKind::Started {
+        attempt: 2,
+        file_size: 5120,
+        chunk_size: 512
+    }));
+}

@@ -50,7 +50,9 @@
 //!   is resent at once the first time, then at most every [`CloudConfig::hole_holdoff`]
 //!   (250 ms); with no new ack information for [`CloudConfig::silence_timeout`] (1 s) while
 //!   chunks are outstanding, the first [`CloudConfig::silence_resend`] (2) unacknowledged chunks
-//!   go again. There is no give-up timer of its own: the device going silent ends the session.
+//!   go again. With no UpdateAck at all for [`CloudConfig::stall_limit`] (300 s, the device's
+//!   own transfer timeout) the job is requeued and, the device still online, started again
+//!   with a new UpdateStart (whose CON times out if the device is gone).
 //! - **`spark/flash/status` `success `** is published at the commit point (the 2.04 ACKed), as
 //!   in the captures where it precedes `spark/status` `offline` ("the transfer was handed to
 //!   the device"); the job itself becomes [`JobStatus::Succeeded`] only when the device
@@ -144,6 +146,7 @@ pub struct CloudConfig {
     pub hole_holdoff: Duration,
     pub silence_timeout: Duration,
     pub silence_resend: u32,
+    pub stall_limit: Duration,
     /// The cloud's CoAP timing (Device OS's defaults: 4 s ACK timeout, 3 retransmissions).
     pub coap: EndpointConfig,
     pub dtls_timeouts: RetransmitTimeouts,
@@ -163,6 +166,7 @@ impl CloudConfig {
             hole_holdoff: Duration::from_millis(250),
             silence_timeout: Duration::from_secs(1),
             silence_resend: 2,
+            stall_limit: Duration::from_secs(300),
             coap: EndpointConfig::default(),
             dtls_timeouts: RetransmitTimeouts::default(),
         }
@@ -600,6 +604,8 @@ impl Cloud {
         if let Some(d) = self.devices.get_mut(&id) {
             d.session = Some(session);
             d.last_address = Some(peer);
+            // A full handshake: the device subscribes again (a resumption may not).
+            d.subscriptions.clear();
         }
         self.by_handle.insert(handle, id);
         self.events
@@ -1224,6 +1230,17 @@ impl Cloud {
             }
             if self.devices.get(&id).is_some_and(|d| d.forced_setting) {
                 self.send_event(now, id, names::UPDATES_FORCED, "true");
+            }
+        }
+        // A transfer without any UpdateAck for the stall limit starts over (new UpdateStart).
+        if let Some(job) = self.active_job(&id) {
+            let stalled = self
+                .jobs
+                .get(&job)
+                .and_then(|j| j.transfer.as_ref())
+                .is_some_and(|t| t.is_stalled(now));
+            if stalled {
+                self.requeue_active(now, id);
             }
         }
         // Silence during a transfer.

@@ -125,6 +125,7 @@ impl Cloud {
             hole_holdoff: self.config.hole_holdoff,
             silence_timeout: self.config.silence_timeout,
             silence_resend: self.config.silence_resend,
+            stall_limit: self.config.stall_limit,
         };
         let chunk_size = self.config.valid_chunk_size();
         let Some(job) = self.jobs.get_mut(&job_id) else {
@@ -333,6 +334,7 @@ impl Cloud {
         job.status = JobStatus::Committed { stats };
         job.committed_at = Some(now);
         job.transfer = None;
+        job.file = Vec::new(); // delivered; the verdict needs only the expected modules
         let id = job.device_id;
         if let Some(d) = self.devices.get_mut(&id) {
             d.queue.retain(|j| *j != job_id);
@@ -408,6 +410,7 @@ impl Cloud {
             message: message.clone(),
         };
         job.transfer = None;
+        job.file = Vec::new();
         let id = job.device_id;
         if let Some(d) = self.devices.get_mut(&id) {
             d.queue.retain(|j| *j != job_id);

@@ -26,6 +26,9 @@ pub struct SenderTiming {
     pub hole_holdoff: Duration,
     pub silence_timeout: Duration,
     pub silence_resend: u32,
+    /// No UpdateAck at all for this long: the transfer is dead (the device cancels its own
+    /// after 300 s without a chunk, reference 2.3).
+    pub stall_limit: Duration,
 }
 
 /// Why an UpdateAck or an UpdateStart response cannot be used.
@@ -59,6 +62,8 @@ pub struct Transfer {
     resends: Vec<u32>,
     /// Last time an ack told us something new (or the silence timer fired).
     last_progress: Duration,
+    /// Last UpdateAck of any kind (or the start).
+    last_ack: Duration,
     /// Chunk transmissions, first sends and retransmissions.
     pub transmissions: u32,
     /// Of those, retransmissions.
@@ -96,6 +101,7 @@ impl Transfer {
             last_sent: vec![None; chunks as usize],
             resends: vec![0; chunks as usize],
             last_progress: now,
+            last_ack: now,
             transmissions: 0,
             retransmissions: 0,
             timing,
@@ -167,6 +173,7 @@ impl Transfer {
                 chunks: self.chunks,
             });
         }
+        self.last_ack = now;
         let stale = ack.cumulative < self.cumulative;
         let mut progress = false;
         if ack.cumulative > self.cumulative {
@@ -232,19 +239,29 @@ impl Transfer {
         (self.cumulative + 1..self.next_new).any(|i| !self.beyond.contains(&i))
     }
 
-    /// When [`Transfer::on_timeout`] has something to do.
+    /// When [`Transfer::on_timeout`] has something to do, or the transfer stalls.
     pub fn deadline(&self) -> Option<Duration> {
         self.outstanding().then(|| {
             self.last_progress
                 .saturating_add(self.timing.silence_timeout)
+                .min(self.last_ack.saturating_add(self.timing.stall_limit))
         })
+    }
+
+    /// No UpdateAck for the stall limit while chunks are outstanding.
+    pub fn is_stalled(&self, now: Duration) -> bool {
+        self.outstanding() && now >= self.last_ack.saturating_add(self.timing.stall_limit)
     }
 
     /// On silence, the first unacknowledged chunks again (they count as sent).
     pub fn on_timeout(&mut self, now: Duration) -> Vec<u32> {
-        match self.deadline() {
-            Some(deadline) if now >= deadline => {}
-            _ => return Vec::new(),
+        if !self.outstanding()
+            || now
+                < self
+                    .last_progress
+                    .saturating_add(self.timing.silence_timeout)
+        {
+            return Vec::new();
         }
         self.last_progress = now;
         let candidates: Vec<u32> = (self.cumulative + 1..self.next_new)
@@ -266,6 +283,7 @@ mod tests {
         hole_holdoff: Duration::from_millis(250),
         silence_timeout: Duration::from_secs(1),
         silence_resend: 2,
+        stall_limit: Duration::from_secs(300),
     };
 
     fn ms(n: u64) -> Duration {
@@ -343,6 +361,8 @@ mod tests {
         assert_eq!(t.on_timeout(ms(1099)), Vec::<u32>::new());
         assert_eq!(t.on_timeout(ms(1100)), vec![3, 5]);
         assert_eq!(t.deadline(), Some(ms(2100)));
+        assert!(!t.is_stalled(ms(300_099)));
+        assert!(t.is_stalled(ms(300_100)));
     }
 
     #[test]
