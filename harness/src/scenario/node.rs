@@ -352,7 +352,7 @@ impl<'a> Fields<'a> {
         convert: impl FnOnce(&'a Node) -> Result<T, SpanError>,
     ) -> Result<T, SpanError> {
         match self.get(key) {
-            Some(node) => convert(node),
+            Some(node) => self.convert(key, node, convert),
             None => Err(SpanError::new(
                 self.span.clone(),
                 format!("{}: missing field `{key}`; expected {form}", self.what),
@@ -366,11 +366,30 @@ impl<'a> Fields<'a> {
         key: &'static str,
         convert: impl FnOnce(&'a Node) -> Result<T, SpanError>,
     ) -> Result<Option<T>, SpanError> {
-        self.get(key).map(convert).transpose()
+        match self.get(key) {
+            Some(node) => self.convert(key, node, convert).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Runs `convert`; an error about the value itself (not something nested in it) is
+    /// prefixed with the table and the key: "step 2 (wait.event): `name`: expected a string".
+    fn convert<T>(
+        &self,
+        key: &str,
+        node: &'a Node,
+        convert: impl FnOnce(&'a Node) -> Result<T, SpanError>,
+    ) -> Result<T, SpanError> {
+        convert(node).map_err(|mut e| {
+            if e.span == node.span {
+                e.message = format!("{}: `{key}`: {}", self.what, e.message);
+            }
+            e
+        })
     }
 
     /// Fails on the first key no `get` asked for, listing the accepted ones.
-    pub fn finish(self) -> Result<(), SpanError> {
+    pub fn finish(&self) -> Result<(), SpanError> {
         for ((key, _), used) in self.entries.iter().zip(&self.used) {
             if !used {
                 return Err(SpanError::new(

@@ -464,6 +464,8 @@ fn read_step(n: &Node, index: usize) -> Result<Step, SpanError> {
         "expect" => {
             let list = read_expectation_fields(&mut f)?;
             if list.is_empty() {
+                // An unknown key explains an empty expect better than "expects nothing".
+                f.finish()?;
                 return Err(SpanError::new(
                     f.span(),
                     format!("step {index} (expect): expects nothing; add e.g. running = {{ app = 4 }} or safe_mode = false"),
