@@ -8,6 +8,7 @@
 pub mod model;
 pub mod node;
 pub mod parse;
+pub mod report;
 pub mod runner;
 pub mod target;
 pub mod trace;
