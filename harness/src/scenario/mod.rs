@@ -6,6 +6,7 @@
 //! `particle-cloud-api.md` sections 4 and 5.
 
 pub mod field;
+pub mod firmware;
 pub mod model;
 pub mod node;
 pub mod parse;
