@@ -2,4 +2,5 @@
 //! power-cut sweep over it (reference sections 5.3-5.5).
 
 pub mod cases;
+pub mod net;
 pub mod sweep;
