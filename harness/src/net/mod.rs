@@ -1,5 +1,5 @@
 //! Transports for the protocol code: the same sans-IO endpoints run over a simulated datagram
-//! network in virtual time ([`sim`]) and over real UDP sockets (`udp`, coming) — DESIGN.md "Two
+//! network in virtual time ([`sim`]) and over real UDP sockets ([`udp`]) — DESIGN.md "Two
 //! transports, one protocol" and reference `particle-protocol.md` 1.1 (Gen3 devices speak UDP
 //! only; the server listens on one port for every device, a device uses one socket and gets a
 //! new source port when it opens a new one after a reset).
@@ -26,6 +26,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub mod sim;
+pub mod udp;
 
 /// A sans-IO datagram endpoint at one address. See the [module documentation](self).
 pub trait Node {
