@@ -2,5 +2,6 @@
 //! power-cut sweep over it (reference sections 5.3-5.5).
 
 pub mod cases;
+pub mod keys;
 pub mod net;
 pub mod sweep;

@@ -1,6 +1,7 @@
 //! Subcommands of `hil`. Each returns the process exit code, or an error that `main` prints.
 
 pub mod boards;
+pub mod keys;
 pub mod module;
 pub mod sweep;
 
