@@ -151,7 +151,7 @@ pub struct DatagramEvent<'a> {
 }
 
 /// Datagram counters. Once nothing is in flight, `sent + duplicated == delivered + dropped`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Stats {
     pub sent: u64,
     pub duplicated: u64,
@@ -159,6 +159,23 @@ pub struct Stats {
     pub dropped: u64,
     /// `dropped`, by reason (indexed by `DropReason as usize`; see [`Stats::dropped_for`]).
     pub dropped_by: [u64; DropReason::ALL.len()],
+}
+
+impl fmt::Debug for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let by_reason: BTreeMap<DropReason, u64> = DropReason::ALL
+            .iter()
+            .map(|&r| (r, self.dropped_for(r)))
+            .filter(|&(_, n)| n > 0)
+            .collect();
+        f.debug_struct("Stats")
+            .field("sent", &self.sent)
+            .field("duplicated", &self.duplicated)
+            .field("delivered", &self.delivered)
+            .field("dropped", &self.dropped)
+            .field("dropped_by", &by_reason)
+            .finish()
+    }
 }
 
 impl Stats {
