@@ -21,6 +21,41 @@
 //!   empty datagrams, and must never panic.
 //! - [`Node::local_addr_generation`] changes when the node opens a new socket (a device after a
 //!   reset): datagrams polled after the change leave from a new source port.
+//!
+//! # Example: one node, both transports
+//!
+//! ```
+//! use std::net::SocketAddr;
+//! use std::time::Duration;
+//! use harness::net::{sim::SimNetwork, Node};
+//!
+//! /// Counts datagrams and answers each with "ok" (but not an "ok").
+//! #[derive(Default)]
+//! struct Counter { out: Vec<(SocketAddr, Vec<u8>)>, seen: usize }
+//!
+//! impl Node for Counter {
+//!     fn handle_datagram(&mut self, _now: Duration, from: SocketAddr, data: &[u8]) {
+//!         self.seen += 1;
+//!         if data != b"ok" {
+//!             self.out.push((from, b"ok".to_vec()));
+//!         }
+//!     }
+//!     fn handle_timeout(&mut self, _now: Duration) {}
+//!     fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> { self.out.pop() }
+//!     fn poll_timeout(&self) -> Option<Duration> { None }
+//! }
+//!
+//! let mut sim = SimNetwork::new(7); // the seed fixes every fault decision
+//! sim.set_loss(0.1);
+//! let server = sim.add_node("10.0.0.1:5684".parse().unwrap(), Counter::default()).unwrap();
+//! let device = sim.add_node("10.0.0.2:40000".parse().unwrap(), Counter::default()).unwrap();
+//! sim.node_mut::<Counter>(device).unwrap().out.push(("10.0.0.1:5684".parse().unwrap(), b"hi".to_vec()));
+//! sim.run_until(Duration::from_secs(1)).unwrap();
+//! let (asked, answered) = (sim.node::<Counter>(server).unwrap().seen, sim.node::<Counter>(device).unwrap().seen);
+//! assert!(answered <= asked && asked <= 1, "{}", sim.context()); // "seed 7, t = 1.000 s"
+//!
+//! // The same node on a real socket: `udp::UdpNode::server(Counter::default(), addr).await`.
+//! ```
 
 use std::net::SocketAddr;
 use std::time::Duration;
