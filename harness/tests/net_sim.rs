@@ -523,6 +523,47 @@ impl Node for Stuck {
     }
 }
 
+/// A transfer timeout pushed 300 s ahead by every datagram (like the OTA receiver's).
+#[derive(Default)]
+struct Deferrer {
+    deadline: Option<Duration>,
+    fired_at: Vec<Duration>,
+}
+
+impl Node for Deferrer {
+    fn handle_datagram(&mut self, now: Duration, _: SocketAddr, _: &[u8]) {
+        self.deadline = Some(now + secs(300));
+    }
+    fn handle_timeout(&mut self, now: Duration) {
+        self.fired_at.push(now);
+        self.deadline = None;
+    }
+    fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        None
+    }
+    fn poll_timeout(&self) -> Option<Duration> {
+        self.deadline
+    }
+}
+
+#[test]
+fn a_timeout_pushed_forward_by_every_datagram_fires_once_and_leaves_no_trail() {
+    let mut sim = SimNetwork::new(21);
+    let d = sim.add_node(addr(SERVER), Deferrer::default()).unwrap();
+    let p = sim
+        .add_node(addr(DEVICE), Pinger::new(addr(SERVER), ms(10)))
+        .unwrap();
+    sim.run_until(secs(100) - ms(5)).unwrap();
+    assert!(sim.queued() < 10, "{} queue entries", sim.queued());
+    sim.remove_node(p);
+    sim.run_until(secs(1000)).unwrap();
+    // the last ping left at 99.99 s and arrived 1 ms later
+    assert_eq!(
+        sim.node::<Deferrer>(d).unwrap().fired_at,
+        vec![secs(99) + ms(991) + secs(300)]
+    );
+}
+
 #[test]
 fn a_node_whose_timeout_never_moves_is_reported_as_a_livelock_with_the_seed() {
     let mut sim = SimNetwork::new(77);

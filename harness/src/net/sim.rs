@@ -41,8 +41,10 @@ use rand_core::{RngCore, SeedableRng};
 use super::Node;
 
 /// How many events may happen at one instant before the run is declared a livelock (a node
-/// whose timeout never moves forward, or two nodes answering each other with zero latency).
+/// whose timeout never moves forward, or two nodes answering each other with zero latency),
+/// and how many more per node (a large fleet whose timers coincide).
 const MAX_EVENTS_PER_INSTANT: u32 = 100_000;
+const MAX_EVENTS_PER_INSTANT_PER_NODE: u32 = 100;
 
 /// Source ports handed to nodes that open a new socket (the IANA dynamic range).
 const EPHEMERAL_PORTS: std::ops::RangeInclusive<u16> = 49152..=65535;
@@ -259,8 +261,13 @@ struct Slot {
     addr: SocketAddr,
     generation: u32,
     muted: bool,
-    /// The timeout last reported by the node, and the token of its queue entry.
+    /// The timeout last reported by the node.
     timer: Option<Duration>,
+    /// When its live queue entry is due, and that entry's token. A timeout that moves later
+    /// keeps the earlier entry, which is moved when it comes up (a node that pushes its
+    /// timeout forward on every datagram, like an OTA transfer timer, leaves no trail of stale
+    /// entries); a timeout that moves earlier gets a new entry and a new token.
+    scheduled: Option<Duration>,
     timer_token: u64,
 }
 
@@ -416,7 +423,7 @@ impl fmt::Debug for SimNetwork {
             .field("seed", &self.seed)
             .field("now", &self.now)
             .field("nodes", &self.nodes.len())
-            .field("in_flight", &self.queue.len())
+            .field("queued", &self.queue.len())
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
@@ -492,6 +499,7 @@ impl SimNetwork {
             generation,
             muted: false,
             timer: None,
+            scheduled: None,
             timer_token: 0,
         });
         self.by_addr.insert(addr, id);
@@ -702,6 +710,12 @@ impl SimNetwork {
             .count()
     }
 
+    /// Entries in the event queue (datagrams in flight and node timers, including superseded
+    /// timer entries not yet discarded): a measure of the simulation's own cost.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
     /// Calls `hook` for every datagram event (see [`Fate`]). Replaces any previous hook.
     pub fn set_trace(&mut self, hook: impl FnMut(&DatagramEvent<'_>) + 'static) {
         self.trace = Some(Box::new(hook));
@@ -804,8 +818,10 @@ impl SimNetwork {
                 }
             }
             Action::Timer { node, .. } => {
+                // peek_valid made sure the entry is live and the timeout is due.
                 if let Some(slot) = self.nodes.get_mut(&node) {
                     slot.timer = None;
+                    slot.scheduled = None;
                     slot.node.handle_timeout(self.now);
                     Some(node)
                 } else {
@@ -815,7 +831,9 @@ impl SimNetwork {
         };
         if let Some(node) = node {
             self.settle(node)?;
-            if self.at_instant > MAX_EVENTS_PER_INSTANT {
+            let limit = MAX_EVENTS_PER_INSTANT
+                .max(MAX_EVENTS_PER_INSTANT_PER_NODE.saturating_mul(self.next_id));
+            if self.at_instant > limit {
                 return Err(SimError::Livelock {
                     at: self.now,
                     node,
@@ -827,20 +845,33 @@ impl SimNetwork {
         Ok(true)
     }
 
-    /// The earliest event still meaningful (stale timer entries are discarded).
+    /// The earliest real event: stale timer entries are dropped, entries whose node moved its
+    /// timeout later are moved to it.
     fn peek_valid(&mut self) -> Option<&Scheduled> {
         while let Some(top) = self.queue.peek() {
-            if let Action::Timer { node, token } = top.action {
-                let live = self
-                    .nodes
-                    .get(&node)
-                    .is_some_and(|s| s.timer.is_some() && s.timer_token == token);
-                if !live {
+            let Action::Timer { node, token } = top.action else {
+                break;
+            };
+            let at = top.at;
+            let slot = self
+                .nodes
+                .get_mut(&node)
+                .filter(|slot| slot.timer_token == token);
+            match slot.map(|slot| (slot.timer, slot)) {
+                Some((Some(due), _)) if due <= at => break,
+                Some((Some(later), slot)) => {
+                    slot.scheduled = Some(later);
                     self.queue.pop();
-                    continue;
+                    self.schedule(later, Action::Timer { node, token });
+                }
+                Some((None, slot)) => {
+                    slot.scheduled = None;
+                    self.queue.pop();
+                }
+                None => {
+                    self.queue.pop();
                 }
             }
-            break;
         }
         self.queue.peek()
     }
@@ -892,8 +923,13 @@ impl SimNetwork {
         Some(dst)
     }
 
+    /// Polls the nodes changed by their owner, in the order they were changed.
     fn settle_dirty(&mut self) -> Result<(), SimError> {
-        while let Some(id) = self.dirty.pop() {
+        if self.dirty.is_empty() {
+            return Ok(());
+        }
+        let dirty = std::mem::take(&mut self.dirty);
+        for id in dirty {
             if self.nodes.contains_key(&id) {
                 self.settle(id)?;
             }
@@ -931,12 +967,14 @@ impl SimNetwork {
             return Ok(());
         };
         let timeout = slot.node.poll_timeout();
-        if timeout != slot.timer {
-            slot.timer = timeout;
-            slot.timer_token += 1;
-            let token = slot.timer_token;
-            if let Some(at) = timeout {
-                self.schedule(at.max(self.now), Action::Timer { node: id, token });
+        slot.timer = timeout;
+        if let Some(due) = timeout {
+            let at = due.max(self.now);
+            if slot.scheduled.is_none_or(|s| s > at) {
+                slot.timer_token += 1;
+                slot.scheduled = Some(at);
+                let token = slot.timer_token;
+                self.schedule(at, Action::Timer { node: id, token });
             }
         }
         Ok(())
