@@ -281,7 +281,12 @@ async fn drive<N: Node>(
             node.poll_timeout()
         };
         for (to, data) in outgoing.drain(..) {
-            match socket.send_to(&data, to).await {
+            // A connected socket sends without an address (some systems refuse one, EISCONN).
+            let sent = match mode {
+                Mode::Client { server, .. } if to == server => socket.send(&data).await,
+                _ => socket.send_to(&data, to).await,
+            };
+            match sent {
                 Ok(_) => counters.sent.fetch_add(1, Ordering::Relaxed),
                 Err(_) => counters.send_errors.fetch_add(1, Ordering::Relaxed),
             };
@@ -298,6 +303,14 @@ async fn drive<N: Node>(
             changed = stop.changed() => {
                 // Asked to stop, or the handle is gone: one more pass sends what is queued.
                 stopping = changed.is_err() || *stop.borrow();
+            }
+            // Before the socket: a flood of datagrams must not starve the node's timers.
+            _ = sleep_until(deadline), if deadline.is_some() => {
+                let mut node = shared.lock();
+                let now = shared.now();
+                if node.poll_timeout().is_some_and(|t| now >= t) {
+                    node.handle_timeout(now);
+                }
             }
             _ = shared.wake.notified() => {}
             received = socket.recv_from(&mut buf) => {
@@ -321,13 +334,6 @@ async fn drive<N: Node>(
                         counters.recv_errors.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => return Err(e),
-                }
-            }
-            _ = sleep_until(deadline), if deadline.is_some() => {
-                let mut node = shared.lock();
-                let now = shared.now();
-                if node.poll_timeout().is_some_and(|t| now >= t) {
-                    node.handle_timeout(now);
                 }
             }
         }
