@@ -491,6 +491,19 @@ fn a_muted_node_neither_sends_nor_receives_but_keeps_its_timers() {
 }
 
 #[test]
+fn ephemeral_ports_are_distinct_and_skip_taken_ones() {
+    let mut sim = SimNetwork::new(22);
+    let ip = addr(DEVICE).ip();
+    sim.add_node(addr("10.0.1.1:49153"), Echo::default())
+        .unwrap();
+    let ids: Vec<NodeId> = (0..3)
+        .map(|_| sim.add_node_ephemeral(ip, Echo::default()).unwrap())
+        .collect();
+    let ports: Vec<u16> = ids.iter().map(|&id| sim.addr(id).unwrap().port()).collect();
+    assert_eq!(ports, vec![49152, 49154, 49155]);
+}
+
+#[test]
 fn set_addr_moves_a_node_and_refuses_a_taken_address() {
     let mut sim = SimNetwork::new(15);
     let echo = sim.add_node(addr(SERVER), Echo::default()).unwrap();

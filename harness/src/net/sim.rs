@@ -507,6 +507,20 @@ impl SimNetwork {
         Ok(id)
     }
 
+    /// Puts `node` at a free ephemeral port of `ip` (a device's first socket).
+    pub fn add_node_ephemeral<N: Node + 'static>(
+        &mut self,
+        ip: std::net::IpAddr,
+        node: N,
+    ) -> Result<NodeId, SimError> {
+        let port = self.free_port(ip).ok_or(SimError::PortsExhausted {
+            ip,
+            node: NodeId(self.next_id),
+            seed: self.seed,
+        })?;
+        self.add_node(SocketAddr::new(ip, port), node)
+    }
+
     /// Takes a node out of the network (a device powered off). Datagrams in flight to its
     /// address are dropped on arrival. `None` if there is no such node or it is not a `N`
     /// (then it stays).
