@@ -25,6 +25,9 @@ enum Command {
     /// Inspect or build Particle module binaries.
     #[command(subcommand)]
     Module(cli::module::ModuleCommand),
+    /// Generate P-256 key pairs for the local cloud and for devices (DER and PEM).
+    #[command(subcommand)]
+    Keys(cli::keys::KeysCommand),
     /// List the built-in boards, or show one board's flash layout.
     Boards {
         /// A built-in board name, or a path to a board TOML file.
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         Command::Run(args) => cli::run::run(args),
         Command::Check(args) => cli::check::run(args),
         Command::Fixture(cmd) => cli::fixture::run(cmd),
+        Command::Keys(cmd) => cli::keys::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -4,5 +4,7 @@
 
 pub mod cases;
 pub mod cloud;
+pub mod keys;
+pub mod net;
 pub mod scenario;
 pub mod sweep;

@@ -3,6 +3,7 @@
 pub mod boards;
 pub mod check;
 pub mod fixture;
+pub mod keys;
 pub mod module;
 pub mod run;
 pub mod sweep;
