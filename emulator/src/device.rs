@@ -448,7 +448,11 @@ impl Device {
     /// Reads `len` bytes of the staging area from `offset` (for hashing a partial transfer).
     pub fn read_staging(&self, offset: u32, len: usize) -> Result<Vec<u8>, DeviceError> {
         let staging = self.staging_region()?;
-        Ok(self.flash.read_vec(self.board.flash_chip(staging.chip), staging.start + offset, len)?)
+        Ok(self.flash.read_vec(
+            self.board.flash_chip(staging.chip),
+            staging.start + offset,
+            len,
+        )?)
     }
 
     /// Pending update slots as the DCT holds them now.

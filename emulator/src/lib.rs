@@ -9,4 +9,5 @@ pub mod device;
 pub mod firmware;
 pub mod flash;
 pub mod installed;
+pub mod os;
 pub mod store;
