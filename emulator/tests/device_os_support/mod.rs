@@ -112,6 +112,8 @@ pub struct TestCloud {
     pub requests: Vec<(ConnectionHandle, protocol::coap::IncomingRequest, Message)>,
     /// Responses to the cloud's own requests.
     pub responses: Vec<(ConnectionHandle, EndpointEvent)>,
+    /// Answer the next confirmable request with RST.
+    pub reset_next_request: bool,
     seed: u64,
 }
 
@@ -129,6 +131,7 @@ impl TestCloud {
             unix_time: 1_733_000_000,
             requests: Vec::new(),
             responses: Vec::new(),
+            reset_next_request: false,
             seed: 1000,
         }
     }
@@ -215,6 +218,10 @@ impl TestCloud {
                     };
                     self.requests.push((h, request.clone(), message));
                     if request.kind != MessageType::Confirmable {
+                        continue;
+                    }
+                    if std::mem::take(&mut self.reset_next_request) {
+                        let _ = self.endpoint(h).reject(now, &request);
                         continue;
                     }
                     let ep = self.endpoint(h);
@@ -464,4 +471,37 @@ impl Sim {
     pub fn trace_since(&self, index: usize) -> Vec<DeviceEvent> {
         self.trace[index..].iter().map(|(_, e)| e.clone()).collect()
     }
+}
+
+/// The application module of `versions` for a Boron-like board, as an OTA file.
+pub fn app_module(board: &str, versions: &Versions) -> Vec<u8> {
+    let b = Board::builtin(board).expect("built-in board");
+    FirmwareSet::new(&b, small_sizes(), 11)
+        .module(
+            emulator::board::RegionKind::UserPart,
+            versions,
+            small_sizes().user_part,
+        )
+        .expect("module")
+}
+
+/// The baseline application with product version 4 (module version 7).
+pub fn v4() -> Versions {
+    Versions {
+        user_part: 7,
+        product_version: 4,
+        ..Versions::BASELINE
+    }
+}
+
+/// Stages `file` and commits its slots the way a finished OTA update does, without the wire.
+pub fn stage_update(device: &mut Device, file: &[u8]) {
+    device.stage_file(file).expect("stage");
+    let staged = device.validate_staged(file.len()).expect("validate");
+    device.commit_staged(&staged).expect("commit");
+}
+
+/// The DTLS record content type of a datagram's first record.
+pub fn first_record_type(datagram: &[u8]) -> u8 {
+    datagram.first().copied().unwrap_or(0)
 }
