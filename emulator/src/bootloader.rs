@@ -15,12 +15,13 @@
 //! makes every step restartable: a slot stays pending until its copy is complete, and the
 //! staged source is never written during apply.
 
-use protocol::module::{decompress, Module, ModuleFunction};
+use protocol::module::ModuleFunction;
 
 use crate::board::{Board, RegionKind};
 use crate::dct::{chip_for_code, slot_flags, ModuleSlot, ModuleSlots};
 use crate::flash::{FlashArray, FlashError};
 use crate::installed::{read_region, FoundModule, RegionContent};
+use crate::placement::{place, PlacementError};
 use crate::store::{Store, StoreError};
 
 /// Bytes copied per program operation. Device OS copies through a RAM buffer; the block size
@@ -49,28 +50,12 @@ pub struct AppliedModule {
 pub enum SlotRefusal {
     #[error("slot source {chip}:{address:#x}+{length} is outside the OTA staging area")]
     SourceOutOfRange { chip: u8, address: u32, length: u32 },
-    #[error("staged module does not parse: {0}")]
-    Unparsable(String),
-    #[error("staged module is for platform {found}, this device is platform {expected}")]
-    WrongPlatform { expected: u16, found: u16 },
     #[error("slot says function {slot} but the module's prefix says {module}")]
     FunctionMismatch { slot: u8, module: u8 },
     #[error("module starts at {module_start:#x} but the slot's destination is {destination:#x}")]
     DestinationNotStart { destination: u32, module_start: u32 },
-    #[error("staged module CRC-32 {stored:#010x} does not match its contents ({computed:#010x})")]
-    CrcMismatch { stored: u32, computed: u32 },
-    #[error("no region on this board holds module function {function} index {index}")]
-    NoRegion { function: u8, index: u8 },
-    #[error("module {start:#x}..{end:#x} does not fit region {region:?} {region_start:#x}..{region_end:#x}")]
-    OutsideRegion {
-        start: u32,
-        end: u32,
-        region: RegionKind,
-        region_start: u32,
-        region_end: u32,
-    },
-    #[error("compressed module does not inflate: {0}")]
-    BadCompression(String),
+    #[error("staged {0}")]
+    Module(#[from] PlacementError),
 }
 
 /// A slot the bootloader refused.
@@ -340,19 +325,12 @@ fn verify_slot(
         }));
     };
     let bytes = flash.read_vec(src_chip, slot.source_address, slot.length as usize)?;
-    let module = match Module::parse(&bytes) {
-        Ok(m) => m,
-        Err(e) => return Ok(Err(SlotRefusal::Unparsable(e.to_string()))),
+    let placement = match place(board, &bytes) {
+        Ok(placement) => placement,
+        Err(e) => return Ok(Err(e.into())),
     };
-    let p = &module.prefix;
+    let p = &placement.module.prefix;
     let function = u8::from(p.function);
-    let exempt_platform = matches!(p.function, ModuleFunction::Resource | ModuleFunction::Asset);
-    if !exempt_platform && p.platform_id != board.platform_id {
-        return Ok(Err(SlotRefusal::WrongPlatform {
-            expected: board.platform_id,
-            found: p.platform_id,
-        }));
-    }
     if slot.flags & slot_flags::VERIFY_FUNCTION != 0 && function != slot.function {
         return Ok(Err(SlotRefusal::FunctionMismatch {
             slot: slot.function,
@@ -365,47 +343,9 @@ fn verify_slot(
             module_start: p.start_address,
         }));
     }
-    if !module.crc_valid() {
-        return Ok(Err(SlotRefusal::CrcMismatch {
-            stored: module.stored_crc,
-            computed: module.computed_crc,
-        }));
-    }
-    let Some(region) = board.region_for_module(function, p.index) else {
-        return Ok(Err(SlotRefusal::NoRegion {
-            function,
-            index: p.index,
-        }));
-    };
-    let image = if module.compressed_header.is_some() {
-        match decompress(&bytes) {
-            Ok(out) => out,
-            Err(e) => return Ok(Err(SlotRefusal::BadCompression(e.to_string()))),
-        }
-    } else if p
-        .flags
-        .contains(protocol::module::ModuleFlags::DROP_MODULE_INFO)
-    {
-        bytes
-            .get(module.prefix_offset + protocol::module::PREFIX_LEN..)
-            .unwrap_or_default()
-            .to_vec()
-    } else {
-        bytes
-    };
-    let end = p.start_address as u64 + image.len() as u64;
-    if p.start_address < region.start || end > region.end as u64 {
-        return Ok(Err(SlotRefusal::OutsideRegion {
-            start: p.start_address,
-            end: end.min(u32::MAX as u64) as u32,
-            region: region.kind,
-            region_start: region.start,
-            region_end: region.end,
-        }));
-    }
     Ok(Ok(VerifiedSlot {
-        region: region.kind,
-        dest_chip: board.flash_chip(region.chip),
+        region: placement.region.kind,
+        dest_chip: board.flash_chip(placement.region.chip),
         destination: p.start_address,
         applied: AppliedModule {
             slot: index,
@@ -413,9 +353,9 @@ fn verify_slot(
             index: p.index,
             version: p.version,
             destination: p.start_address,
-            compressed: module.compressed_header.is_some(),
+            compressed: placement.module.compressed_header.is_some(),
         },
-        image,
+        image: placement.image,
     }))
 }
 
@@ -724,18 +664,9 @@ fn read_region_as(
         return Ok(RegionContent::Empty);
     }
     let bytes = flash.read_vec(chip, region.start, size as usize)?;
-    match Module::parse(&bytes) {
-        Ok(module) => Ok(RegionContent::Module(FoundModule {
-            start: prefix.start_address,
-            crc_valid: module.crc_valid(),
-            prefix: module.prefix,
-            product_version: module.product_version(),
-            sha256: module.sha256(),
-            bytes,
-        })),
-        Err(e) => Ok(RegionContent::Unreadable {
-            start: region.start,
-            problem: e.to_string(),
-        }),
-    }
+    Ok(RegionContent::from_bytes(
+        prefix.start_address,
+        region.start,
+        bytes,
+    ))
 }

@@ -8,12 +8,13 @@
 
 use std::sync::Arc;
 
-use protocol::module::{split_combined, Module, ModuleFlags, ModuleFunction};
+use protocol::module::{split_combined, ModuleFlags};
 
 use crate::board::{Board, RegionKind};
 use crate::bootloader::{self, BootError, BootReport};
 use crate::dct::{device_code, magic, slot_flags, ModuleSlot, ModuleSlots};
 use crate::flash::{ChipId, CutMode, FlashArray, FlashError, FlashGeometry, PowerCut};
+use crate::placement::{place, Placement, PlacementError};
 use crate::store::{Store, StoreError};
 
 /// Sectors of the file-system region used for the device's store (DCT, transfer state). The
@@ -24,33 +25,16 @@ pub const STORE_SECTORS: u32 = 16;
 /// Why a module could not be programmed or staged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeviceError {
-    #[error("module {what}: {source}")]
+    #[error("module file {what}: {source}")]
     Module {
         what: &'static str,
         source: protocol::module::ModuleError,
     },
-    #[error("module is for platform {found}, this {board} is platform {expected}")]
-    WrongPlatform {
+    #[error("{board}: {source}")]
+    Placement {
         board: String,
-        expected: u16,
-        found: u16,
+        source: PlacementError,
     },
-    #[error("no region on {board} holds module function {function} index {index}")]
-    NoRegion {
-        board: String,
-        function: u8,
-        index: u8,
-    },
-    #[error("module {start:#x}..{end:#x} does not fit region {region:?} {region_start:#x}..{region_end:#x}")]
-    OutsideRegion {
-        start: u32,
-        end: u32,
-        region: RegionKind,
-        region_start: u32,
-        region_end: u32,
-    },
-    #[error("module CRC-32 is invalid (stored {stored:#010x}, computed {computed:#010x})")]
-    CrcMismatch { stored: u32, computed: u32 },
     #[error("{board} has no {region:?} region")]
     MissingRegion { board: String, region: RegionKind },
     #[error("OTA file of {len} bytes is larger than the staging area ({capacity} bytes)")]
@@ -66,6 +50,14 @@ pub enum DeviceError {
 }
 
 impl DeviceError {
+    /// The placement problem, when the module itself is what is wrong.
+    pub fn placement(&self) -> Option<&PlacementError> {
+        match self {
+            DeviceError::Placement { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+
     /// True when the error is a power loss (the operation may be retried after `power_on`).
     pub fn is_power_loss(&self) -> bool {
         match self {
@@ -190,65 +182,12 @@ impl Device {
         self.with_store(|store, flash| bootloader::boot(&board, flash, store))
     }
 
-    /// Parses a module file and checks it belongs on this board. Returns the parsed module and
-    /// the bytes to write at its start address (inflated when compressed).
-    fn placed_image(
-        &self,
-        bytes: &[u8],
-    ) -> Result<(Module, Vec<u8>, &crate::board::Region), DeviceError> {
-        let module = Module::parse(bytes).map_err(|source| DeviceError::Module {
-            what: "does not parse",
+    /// [`place`] with this device's board, errors naming the board.
+    fn place<'b>(&self, board: &'b Board, bytes: &[u8]) -> Result<Placement<'b>, DeviceError> {
+        place(board, bytes).map_err(|source| DeviceError::Placement {
+            board: board.name.clone(),
             source,
-        })?;
-        if !module.crc_valid() {
-            return Err(DeviceError::CrcMismatch {
-                stored: module.stored_crc,
-                computed: module.computed_crc,
-            });
-        }
-        let p = &module.prefix;
-        let function = u8::from(p.function);
-        if !matches!(p.function, ModuleFunction::Resource | ModuleFunction::Asset)
-            && p.platform_id != self.board.platform_id
-        {
-            return Err(DeviceError::WrongPlatform {
-                board: self.board.name.clone(),
-                expected: self.board.platform_id,
-                found: p.platform_id,
-            });
-        }
-        let region = self
-            .board
-            .region_for_module(function, p.index)
-            .ok_or_else(|| DeviceError::NoRegion {
-                board: self.board.name.clone(),
-                function,
-                index: p.index,
-            })?;
-        let image = if module.compressed_header.is_some() {
-            protocol::module::decompress(bytes).map_err(|source| DeviceError::Module {
-                what: "does not inflate",
-                source,
-            })?
-        } else if p.flags.contains(ModuleFlags::DROP_MODULE_INFO) {
-            bytes
-                .get(module.prefix_offset + protocol::module::PREFIX_LEN..)
-                .unwrap_or_default()
-                .to_vec()
-        } else {
-            bytes.to_vec()
-        };
-        let end = p.start_address as u64 + image.len() as u64;
-        if p.start_address < region.start || end > region.end as u64 {
-            return Err(DeviceError::OutsideRegion {
-                start: p.start_address,
-                end: end.min(u32::MAX as u64) as u32,
-                region: region.kind,
-                region_start: region.start,
-                region_end: region.end,
-            });
-        }
-        Ok((module, image, region))
+        })
     }
 
     /// Writes a module straight into its region, as a debugger or the factory would (no slot,
@@ -260,16 +199,11 @@ impl Device {
         })?;
         for range in ranges {
             let part = &bytes[range];
-            let (module, image, region) = self.placed_image(part)?;
-            let chip = self.board.flash_chip(region.chip);
             let board = Arc::clone(&self.board);
-            bootloader::copy_bytes(
-                &board,
-                &mut self.flash,
-                chip,
-                module.prefix.start_address,
-                &image,
-            )?;
+            let placed = self.place(&board, part)?;
+            let chip = board.flash_chip(placed.region.chip);
+            let start = placed.module.prefix.start_address;
+            bootloader::copy_bytes(&board, &mut self.flash, chip, start, &placed.image)?;
         }
         Ok(())
     }
@@ -277,7 +211,8 @@ impl Device {
     /// Writes a user part into the factory-app area, from where the bootloader restores it when
     /// the installed user part is invalid.
     pub fn program_factory_app(&mut self, bytes: &[u8]) -> Result<(), DeviceError> {
-        let (_, _, _) = self.placed_image(bytes)?;
+        let board = Arc::clone(&self.board);
+        self.place(&board, bytes)?;
         let factory = self.board.region(RegionKind::FactoryApp).ok_or_else(|| {
             DeviceError::MissingRegion {
                 board: self.board.name.clone(),
@@ -383,7 +318,9 @@ impl Device {
         for range in ranges {
             let offset = range.start as u32;
             let part = &file[range];
-            let (module, _, region) = self.placed_image(part)?;
+            let board = Arc::clone(&self.board);
+            let placed = self.place(&board, part)?;
+            let (module, region) = (&placed.module, placed.region);
             let p = &module.prefix;
             let mut flags = slot_flags::VERIFY_CRC
                 | slot_flags::VERIFY_DEST_IS_START

@@ -13,6 +13,27 @@ use protocol::module::{Extension, Module, ModuleFlags, Prefix, Suffix, PREFIX_LE
 use crate::board::{Anchor, Board, Region};
 use crate::flash::{FlashArray, FlashError};
 
+impl RegionContent {
+    /// What `bytes` (a whole module read from flash, meant to run at `start`) amount to. A parse
+    /// failure is reported at `read_at`, where the bytes were read.
+    pub fn from_bytes(start: u32, read_at: u32, bytes: Vec<u8>) -> RegionContent {
+        match Module::parse(&bytes) {
+            Ok(module) => RegionContent::Module(FoundModule {
+                start,
+                crc_valid: module.crc_valid(),
+                prefix: module.prefix,
+                product_version: module.product_version(),
+                sha256: module.sha256(),
+                bytes,
+            }),
+            Err(e) => RegionContent::Unreadable {
+                start: read_at,
+                problem: e.to_string(),
+            },
+        }
+    }
+}
+
 /// Offsets from a module's start at which its prefix may sit.
 pub const PREFIX_OFFSETS: [u32; 3] = [0, 0x200, 0x20];
 
@@ -134,20 +155,7 @@ pub fn read_region(
         });
     };
     let bytes = flash.read_vec(chip, start, (end - start + 4) as usize)?;
-    match Module::parse(&bytes) {
-        Ok(module) => Ok(RegionContent::Module(FoundModule {
-            start,
-            crc_valid: module.crc_valid(),
-            prefix: module.prefix,
-            product_version: module.product_version(),
-            sha256: module.sha256(),
-            bytes,
-        })),
-        Err(e) => Ok(RegionContent::Unreadable {
-            start,
-            problem: e.to_string(),
-        }),
-    }
+    Ok(RegionContent::from_bytes(start, start, bytes))
 }
 
 /// Whether a module with these flags keeps its prefix at the destination.

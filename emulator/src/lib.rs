@@ -10,4 +10,5 @@ pub mod firmware;
 pub mod flash;
 pub mod installed;
 pub mod os;
+pub mod placement;
 pub mod store;

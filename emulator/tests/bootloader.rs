@@ -6,6 +6,7 @@ use emulator::board::{Board, RegionKind};
 use emulator::bootloader::{BootState, ModuleStatus, SafeModeReason, SlotRefusal};
 use emulator::device::{Device, DeviceError, StagedModule};
 use emulator::firmware::{FirmwareSet, ModuleSizes, Versions};
+use emulator::placement::PlacementError;
 use protocol::module::{combine, compress, ModuleBuilder, ModuleFunction, SuffixStyle};
 
 const SEED: u64 = 7;
@@ -115,15 +116,12 @@ fn module_for_another_platform_is_refused_at_staging_naming_both_platforms() {
         .unwrap();
     device.stage_file(&argon_app).unwrap();
     let err = device.validate_staged(argon_app.len()).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            DeviceError::WrongPlatform {
-                expected: 13,
-                found: 12,
-                ..
-            }
-        ),
+    assert_eq!(
+        err.placement(),
+        Some(&PlacementError::WrongPlatform {
+            expected: 13,
+            found: 12
+        }),
         "{err:?}"
     );
     assert!(err.to_string().contains("platform 12"), "{err}");
@@ -150,10 +148,10 @@ fn slot_naming_a_wrong_platform_module_is_refused_by_the_bootloader_and_the_app_
     assert_eq!(report.refused.len(), 1);
     assert_eq!(
         report.refused[0].reason,
-        SlotRefusal::WrongPlatform {
+        SlotRefusal::Module(PlacementError::WrongPlatform {
             expected: 13,
             found: 12
-        }
+        })
     );
     assert_eq!(report.state, BootState::Running);
     assert_eq!(
@@ -179,7 +177,10 @@ fn corrupted_staged_module_is_refused_before_anything_is_erased() {
 
     let report = device.boot().unwrap();
     assert!(
-        matches!(report.refused[0].reason, SlotRefusal::CrcMismatch { .. }),
+        matches!(
+            report.refused[0].reason,
+            SlotRefusal::Module(PlacementError::CrcMismatch { .. })
+        ),
         "{:?}",
         report.refused
     );
@@ -375,7 +376,14 @@ fn truncated_staged_file_is_refused_naming_the_problem() {
     let cut = &app[..app.len() - 100];
     device.stage_file(cut).unwrap();
     let err = device.validate_staged(cut.len()).unwrap_err();
-    assert!(matches!(err, DeviceError::Module { .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            DeviceError::Module { .. } | DeviceError::Placement { .. }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("module"), "{err}");
 }
 
 #[test]
@@ -453,15 +461,12 @@ fn real_tracker_binary_is_refused_on_a_boron() {
     let tinker = vector("tracker-tinker@5.3.1.bin");
     device.stage_file(&tinker).unwrap();
     let err = device.validate_staged(tinker.len()).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            DeviceError::WrongPlatform {
-                expected: 13,
-                found: 26,
-                ..
-            }
-        ),
+    assert_eq!(
+        err.placement(),
+        Some(&PlacementError::WrongPlatform {
+            expected: 13,
+            found: 26
+        }),
         "{err:?}"
     );
 }

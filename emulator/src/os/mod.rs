@@ -10,12 +10,14 @@
 //! - [`system_info`]: Hello values and the system describe, from what the bootloader found.
 //! - [`session`]: retained RAM (the DTLS session kept for resumption).
 //! - [`link`]: DTLS client + CoAP endpoint of one socket.
+//! - [`ota`]: the OTA v3 receiver (window, bitmap, transfer state, validation, commit).
 
 mod cloud;
 mod device_os;
 pub mod flags;
 pub mod identity;
 pub mod link;
+pub mod ota;
 mod ota_link;
 pub mod profile;
 pub mod session;
