@@ -75,6 +75,8 @@ pub(super) enum Purpose {
     Subscribe,
     Goodbye,
     DescribeResponse,
+    /// NON, never answered: not remembered.
+    UpdateAck,
     Ota(OtaResponse),
 }
 
@@ -291,6 +293,9 @@ impl DeviceOs {
 
     /// Handles everything the link has to say, until it is quiet.
     fn process_link(&mut self, now: Duration) {
+        // Handling an event may end this connection and even start the next one (a reset
+        // after a commit): the rest of this socket's events are then lost with it.
+        let generation = self.socket_generation;
         loop {
             let Some(cloud) = self.cloud.as_mut() else {
                 return;
@@ -300,7 +305,7 @@ impl DeviceOs {
                 break;
             }
             for event in events {
-                if self.cloud.is_none() {
+                if self.cloud.is_none() || self.socket_generation != generation {
                     return;
                 }
                 self.on_link_event(now, event);
@@ -679,9 +684,12 @@ impl DeviceOs {
             self.log("could not encode a message");
             return None;
         };
+        let answerable = kind == MessageType::Confirmable || !msg.token.is_empty();
         match cloud.link.send(now, msg) {
             Ok(handle) => {
-                cloud.requests.insert(handle, purpose);
+                if answerable {
+                    cloud.requests.insert(handle, purpose);
+                }
                 Some(handle)
             }
             Err(e) => {

@@ -77,7 +77,33 @@ pub(super) enum AppCall {
     },
 }
 
-/// One emulated device's Device OS. See the [module documentation](self).
+/// One emulated device's Device OS, sans-IO: datagrams and time in
+/// ([`DeviceOs::handle_datagram`], [`DeviceOs::handle_timeout`]), datagrams, timers and trace
+/// events out ([`DeviceOs::poll_transmit`], [`DeviceOs::poll_timeout`], [`DeviceOs::poll_event`]).
+/// A real-UDP driver rebinds its socket whenever [`DeviceOs::socket_generation`] changes.
+///
+/// ```no_run
+/// # use emulator::os::*;
+/// # fn drive(mut os: DeviceOs, socket: std::net::UdpSocket) -> std::io::Result<()> {
+/// let start = std::time::Instant::now();
+/// os.power_on(start.elapsed());
+/// let mut buf = [0u8; 2048];
+/// loop {
+///     while let Some(d) = os.poll_transmit() {
+///         socket.send(&d)?;
+///     }
+///     while let Some(event) = os.poll_event() {
+///         println!("{event:?}");
+///     }
+///     let wait = os.poll_timeout().map(|t| t.saturating_sub(start.elapsed()));
+///     socket.set_read_timeout(wait.filter(|w| !w.is_zero()).or(Some(std::time::Duration::from_millis(1))))?;
+///     match socket.recv(&mut buf) {
+///         Ok(n) => os.handle_datagram(start.elapsed(), &buf[..n]),
+///         Err(_) => os.handle_timeout(start.elapsed()),
+///     }
+/// }
+/// # }
+/// ```
 pub struct DeviceOs {
     pub(super) identity: Identity,
     pub(super) device: Device,
@@ -182,7 +208,7 @@ impl DeviceOs {
                 reason: DisconnectReason::PowerLost,
             });
         }
-        self.ota.lose_ram(&self.device);
+        self.ota.lose_ram();
         self.outbox.clear();
         self.retained = Retained::default();
         self.power = Power::Off;
@@ -252,6 +278,11 @@ impl DeviceOs {
     /// A reset: the cloud connection ends (without a word unless graceful), retained RAM keeps
     /// the session and the reason, and the bootloader runs.
     pub(super) fn reset_now(&mut self, now: Duration, reason: u32, goodbye: bool) {
+        if !goodbye {
+            // No disconnect command runs before a reset without Goodbye: the transfer is not
+            // cancelled, RAM just goes (its resume state stays as last synced).
+            self.ota.lose_ram();
+        }
         self.teardown(
             now,
             DisconnectReason::Reset {
@@ -260,7 +291,7 @@ impl DeviceOs {
             },
             true,
         );
-        self.ota.lose_ram(&self.device);
+        self.ota.lose_ram();
         self.retained.reset_reason = Some(reason);
         self.power = Power::On;
         self.boot(now);

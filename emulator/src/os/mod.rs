@@ -28,6 +28,5 @@ pub use device_os::{AppBehaviour, DeviceOs};
 pub use flags::{SystemFlags, UpdateStatus};
 pub use identity::Identity;
 pub use trace::{
-    DeviceEvent, DeviceStatus, DisconnectReason, FirmwareUpdateEvent, OtaProgress, RunningVersions,
-    SystemEvent,
+    DeviceEvent, DeviceStatus, DisconnectReason, FirmwareUpdateEvent, RunningVersions, SystemEvent,
 };

@@ -33,10 +33,16 @@
 //! - In single-threaded mode ([`super::AppBehaviour::system_thread`] false) the application's
 //!   loop does not run while a transfer is in progress, so application calls made then
 //!   (`disableUpdates`, `enableReset`, ...) take effect when the transfer ends.
+//! - The trace reports transfer progress ([`super::DeviceEvent::OtaProgress`] and the
+//!   `firmware_update` progress system event) once per tenth of the file
+//!   ([`OTA_PROGRESS_STEPS`]), not for every chunk as Device OS raises its event.
 //! - Incoming datagrams while the device is off, or asleep with the network off, are lost; a
 //!   datagram while it sleeps with the network kept wakes it.
 
 use core::time::Duration;
+
+/// Progress entries in the trace per transfer (see the choices above).
+pub const OTA_PROGRESS_STEPS: u32 = 10;
 
 /// Largest CoAP message the device receives (`PROTOCOL_BUFFER_SIZE`, Hello offset 24).
 pub const MAX_MESSAGE_SIZE: u16 = 1152;

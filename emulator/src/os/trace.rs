@@ -120,16 +120,6 @@ pub struct RunningVersions {
     pub product_version: Option<u16>,
 }
 
-/// Where a transfer stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OtaProgress {
-    pub file_size: u32,
-    /// Offset the transfer resumed from (0 for a fresh one).
-    pub resume_offset: u32,
-    /// Bytes of the file held without a gap (resume offset included).
-    pub received: u32,
-}
-
 /// A snapshot of a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceStatus {
@@ -144,7 +134,7 @@ pub struct DeviceStatus {
     pub flags: SystemFlags,
     pub update_status: UpdateStatus,
     /// The running transfer, if any.
-    pub ota: Option<OtaProgress>,
+    pub ota: Option<super::ota::OtaProgress>,
     /// A DTLS session is kept in retained RAM for resumption.
     pub has_session: bool,
     pub socket_generation: u32,
