@@ -585,3 +585,85 @@ fn single_threaded_application_calls_wait_for_the_end_of_the_transfer() {
     assert!(sim.device.status().ota.is_none());
     assert!(!sim.device.status().flags.reset_enabled);
 }
+
+#[test]
+fn a_power_cut_in_the_flash_during_the_download_turns_the_device_off_and_the_old_app_runs() {
+    use emulator::flash::CutMode;
+    let mut sim = Sim::boron();
+    sim.connect();
+    let file = app_module("boron", &v4());
+    let start = sim.cloud_request(MessageType::Confirmable, update_start(&file, 512));
+    sim.run_for(100 * MS);
+    assert!(sim.cloud_response(start).is_some());
+    // The power goes at the second flash operation from now: inside a chunk write.
+    let at = sim.device.device().flash().op_count() + 2;
+    sim.device.device_mut().schedule_cut(at, CutMode::Torn);
+    for index in 1..=(file.len() as u32).div_ceil(512) {
+        sim.cloud_request(
+            MessageType::NonConfirmable,
+            update_chunk(&file, 512, 0, index),
+        );
+    }
+    sim.run_for(SECOND);
+    assert!(!sim.device.status().powered);
+    assert!(sim.trace.iter().any(|(_, e)| *e == DeviceEvent::PoweredOff));
+    // Power back: the old application runs, the session is gone (full handshake).
+    let from = sim.trace.len();
+    sim.connect();
+    assert_eq!(sim.device.status().versions.product_version, Some(3));
+    assert!(sim
+        .trace_since(from)
+        .contains(&DeviceEvent::Connected { resumed: false }));
+    // The cloud tries again and the update goes through.
+    sim.transfer(&file, 512);
+    sim.run_for(5 * SECOND);
+    assert_eq!(sim.device.status().versions.product_version, Some(4));
+}
+
+#[test]
+fn safe_mode_says_so_at_connect_and_reports_the_unmet_dependency() {
+    let mut sim = Sim::boron();
+    // An application built for a newer Device OS than the one installed.
+    let needs_newer = Versions {
+        system_part: 6300,
+        product_version: 5,
+        ..Versions::BASELINE
+    };
+    sim.device
+        .device_mut()
+        .program_module(&app_module("boron", &needs_newer))
+        .unwrap();
+    sim.connect();
+    assert!(sim.device.status().safe_mode);
+    assert!(sim
+        .trace
+        .iter()
+        .any(|(_, e)| matches!(e, DeviceEvent::SafeMode { .. })));
+    let sent = sim.cloud.sent_by_device();
+    let hello = match sent[0].particle().unwrap().body {
+        Body::Hello(h) => h,
+        other => panic!("{other:?}"),
+    };
+    // Safe mode: product id = platform id; the version only from a user part that validates.
+    assert_eq!((hello.product_id, hello.product_version), (13, 0xFFFF));
+    let events = sim.cloud.published();
+    assert_eq!(
+        events[..2],
+        [
+            ("spark/device/safemode".to_string(), String::new()),
+            (
+                "spark/device/last_reset".to_string(),
+                "power_down".to_string()
+            ),
+        ]
+    );
+    let describe = sent
+        .iter()
+        .find(|s| s.message.option(option::URI_QUERY) == Some(&[1][..]))
+        .unwrap();
+    let d = SystemDescribe::parse(&describe.message.payload).unwrap();
+    let user = d.firmware_modules.iter().find(|m| m.r#type == 5).unwrap();
+    assert_eq!(user.checked_flags, 0x1E);
+    assert_eq!(user.passed_flags, 0x1A, "DEPENDENCIES not passed");
+    assert_eq!(user.dependencies[0].version, 6300);
+}
