@@ -1,0 +1,1384 @@
+//! The local Device Cloud, sans-IO: what Particle's cloud does for Gen3 devices, enough to run
+//! real OTA updates against emulated and physical devices (reference `particle-protocol.md`
+//! sections 1.4-1.11, 2.2-2.7, 3 and the "Cloud simulator must" list of section 8;
+//! `particle-cloud-api.md` sections 3 and 4.8 for the event stream).
+//!
+//! - DTLS for many devices ([`protocol::dtls::Server`]: raw public keys, no Certificate message,
+//!   8-byte CIDs, sessions by CID, address migration); a device is identified by the key it
+//!   authenticated with, and its Hello must carry the same device id.
+//! - One CoAP endpoint per connection ([`protocol::coap::Endpoint`]): every device CON is ACKed
+//!   (Hello, describe blocks, events, pings, separate responses), never RST; 1-byte tokens;
+//!   Uri-Path first; time requests answered.
+//! - The event stream ([`CloudEvent`]): what devices publish, the cloud's `spark/status` and
+//!   `spark/flash/status`, session changes and typed OTA progress.
+//! - Single-device OTA ([`Cloud::flash`]) with the OTA v3 sender ([`Transfer`]): windowed NON
+//!   chunks, retransmission from UpdateAck, resume from the device's offset, UpdateFinish, the ACK
+//!   of the 2.04 as commit point, the device's errors with their code and message.
+//!
+//! Nothing here reads a clock or a socket: time is a [`Duration`] since the caller's epoch
+//! (virtual time in tests, `Instant::elapsed()` over real UDP), randomness comes from the seed.
+//! Drive it like the DTLS server: `handle_datagram` / `handle_timeout` in, `poll_transmit` /
+//! `poll_timeout` / `poll_event` out.
+//!
+//! # Choices where the reference is silent or UNCONFIRMED
+//! All in this one place (timing values are the defaults of [`CloudConfig::new`]):
+//! - **Online** is when the first message of a connection arrives (the Hello after a handshake,
+//!   anything after a resumption); `spark/status` `online` is published then, `offline` when
+//!   the device says Goodbye, goes silent, makes a new handshake, resumes again while online,
+//!   leaves a CON of ours unacknowledged, or its association closes.
+//! - **Silent** means nothing heard for twice the keepalive of the device's platform: cellular
+//!   platforms (Boron 13, B-SoM 23, B5-SoM 25, Tracker 26, Tracker M 28, M-SoM 35) 2 x 23 min,
+//!   others 2 x 25 s (reference 1.9, `particle-cloud-api.md` 4.8); [`CloudConfig::idle_timeout`]
+//!   overrides it. A silent device keeps its session: it may resume.
+//! - **Resumption** is a record of type 253 on a known CID (once per run of 253 records), or any
+//!   record on a session the cloud had taken offline. It is treated like a connection: online,
+//!   pending event, queued jobs start.
+//! - **`particle/device/updates/pending`** `false` is sent [`CloudConfig::pending_event_delay`]
+//!   (1 s) after the connection started, once online, on every connection including
+//!   resumptions; it also appears on the stream (as in the captures). If updates are forced for
+//!   the device ([`Cloud::set_updates_forced`]) `particle/device/updates/forced` `true` follows
+//!   at the same point, because the device's flag does not survive its reboots.
+//! - **Events to devices** are CON POST `E` + the name as one Uri-Path option, no token.
+//! - **Settled**: queued jobs start once the Hello is known, the pending event went out, none
+//!   of our CONs is unacknowledged, and the device sent no request for
+//!   [`CloudConfig::settle_quiet`] (1 s), or [`CloudConfig::settle_max`] (5 s) after the
+//!   connection started at the latest. A job flashed to an online settled device starts at once.
+//! - **UpdateStart** always carries File-Sha256 (resumable) and the configured chunk size (512,
+//!   clamped to 512..=1136 and a multiple of 4), never Discard-Data or Module-Function.
+//!   Every attempt publishes `spark/flash/status` `started `.
+//! - **Retransmission**: a hole in an UpdateAck (a chunk missing below the highest one held)
+//!   is resent at once the first time, then at most every [`CloudConfig::hole_holdoff`]
+//!   (250 ms); with no new ack information for [`CloudConfig::silence_timeout`] (1 s) while
+//!   chunks are outstanding, the first [`CloudConfig::silence_resend`] (2) unacknowledged chunks
+//!   go again. With no UpdateAck at all for [`CloudConfig::stall_limit`] (300 s, the device's
+//!   own transfer timeout) the job is requeued and, the device still online, started again
+//!   with a new UpdateStart (whose CON times out if the device is gone).
+//! - **`spark/flash/status` `success `** is published at the commit point (the 2.04 ACKed), as
+//!   in the captures where it precedes `spark/status` `offline` ("the transfer was handed to
+//!   the device"); the job itself becomes [`JobStatus::Succeeded`] only when the device
+//!   reconnects and its describe shows the file's modules ([`verify`]); a file that does not
+//!   parse as modules succeeds on the first describe after the commit. `failed ` is published
+//!   when the device reports an error or the cloud refuses the job; a reconnection without the
+//!   new firmware fails the job without a stream event.
+//! - **Disconnect mid-transfer** (Starting, Transferring, Finishing) requeues the job; the next
+//!   attempt is a new UpdateStart and the device says where it resumes. A job requeued while
+//!   Finishing succeeds without a new transfer if the device reconnects running its firmware.
+//! - **Refusals**: a Hello whose device id differs from the one registered for the key closes
+//!   the association (close_notify) and reports both ids; a device whose Hello lacks flag 0x80
+//!   (OTA v3) fails its jobs (the legacy chunked protocol is not supported); an RST from the
+//!   device for the message id of one of our recent chunks (it refused the chunk) fails the
+//!   job; any other unmatched message is reported and otherwise ignored.
+//! - `spark/device/app-hash` is published when a system describe shows a user-part hash other
+//!   than the last one published.
+
+mod event;
+mod firmware;
+mod job;
+mod ota;
+mod session;
+mod transfer;
+
+pub use event::{
+    device_id_hex, iso8601_millis, CloudEvent, DisconnectReason, OtaEvent, OtaEventKind, Publisher,
+    SessionChange, StreamEvent,
+};
+pub use firmware::{expected_modules, verify, ExpectedModule};
+pub use job::{JobId, JobStatus};
+pub use transfer::{SenderTiming, Transfer, TransferError};
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use p256::ecdsa::{SigningKey, VerifyingKey};
+use protocol::coap::{
+    Code, Endpoint, EndpointConfig, EndpointEvent, IncomingRequest, Message, MessageType,
+    RequestHandle,
+};
+use protocol::dtls::{
+    CloseReason, ConnectionHandle, RetransmitTimeouts, Server, ServerConfig, ServerEvent,
+};
+use protocol::message::{
+    ApplicationDescribe, Body, DescribeFlags, Event, Hello, ParticleMessage, SystemDescribe,
+    TimeResponse, MAX_OTA_CHUNK_SIZE, MIN_OTA_CHUNK_SIZE,
+};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use sha2::{Digest, Sha256};
+
+use job::Job;
+use session::{DescribeProgress, Purpose, Session};
+
+/// Event names the cloud uses.
+pub mod names {
+    pub const STATUS: &str = "spark/status";
+    pub const FLASH_STATUS: &str = "spark/flash/status";
+    pub const APP_HASH: &str = "spark/device/app-hash";
+    pub const LAST_RESET: &str = "spark/device/last_reset";
+    pub const UPDATES_PENDING: &str = "particle/device/updates/pending";
+    pub const UPDATES_FORCED: &str = "particle/device/updates/forced";
+    pub const UPDATES_ENABLED: &str = "particle/device/updates/enabled";
+    /// `spark/flash/status` data, with the trailing space of the 2024 captures.
+    pub const FLASH_STARTED: &str = "started ";
+    pub const FLASH_SUCCESS: &str = "success ";
+    pub const FLASH_FAILED: &str = "failed ";
+}
+
+/// Platforms whose keepalive is the cellular one (23 min, reference 1.9).
+const CELLULAR_PLATFORMS: [u16; 6] = [13, 23, 25, 26, 28, 35];
+const CELLULAR_KEEPALIVE: Duration = Duration::from_secs(23 * 60);
+const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(25);
+
+/// How the cloud behaves. [`CloudConfig::new`] gives the defaults described in the module docs.
+#[derive(Debug, Clone)]
+pub struct CloudConfig {
+    /// Signs the DTLS ServerKeyExchange; devices pin its public key.
+    pub server_key: SigningKey,
+    /// Unix time (seconds) at the caller's time zero: time responses and `published_at`.
+    pub unix_time_at_epoch: u64,
+    /// OTA chunk size (512; clamped to 512..=1136, a multiple of 4).
+    pub chunk_size: u32,
+    pub pending_event_delay: Duration,
+    pub settle_quiet: Duration,
+    pub settle_max: Duration,
+    /// `None`: twice the keepalive of the device's platform.
+    pub idle_timeout: Option<Duration>,
+    pub hole_holdoff: Duration,
+    pub silence_timeout: Duration,
+    pub silence_resend: u32,
+    pub stall_limit: Duration,
+    /// The cloud's CoAP timing (Device OS's defaults: 4 s ACK timeout, 3 retransmissions).
+    pub coap: EndpointConfig,
+    pub dtls_timeouts: RetransmitTimeouts,
+}
+
+impl CloudConfig {
+    pub fn new(server_key: SigningKey) -> CloudConfig {
+        CloudConfig {
+            server_key,
+            // 2024-01-01T00:00:00Z.
+            unix_time_at_epoch: 1_704_067_200,
+            chunk_size: 512,
+            pending_event_delay: Duration::from_secs(1),
+            settle_quiet: Duration::from_secs(1),
+            settle_max: Duration::from_secs(5),
+            idle_timeout: None,
+            hole_holdoff: Duration::from_millis(250),
+            silence_timeout: Duration::from_secs(1),
+            silence_resend: 2,
+            stall_limit: Duration::from_secs(300),
+            coap: EndpointConfig::default(),
+            dtls_timeouts: RetransmitTimeouts::default(),
+        }
+    }
+
+    fn valid_chunk_size(&self) -> u32 {
+        (self
+            .chunk_size
+            .clamp(MIN_OTA_CHUNK_SIZE, MAX_OTA_CHUNK_SIZE)
+            / 4)
+            * 4
+    }
+}
+
+/// Counters of what came in and what could not be used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CloudStats {
+    pub datagrams: u64,
+    /// Application records from devices.
+    pub messages: u64,
+    /// CoAP or catalogue messages that did not parse.
+    pub malformed: u64,
+    /// [`CloudEvent::Dropped`] reports.
+    pub dropped: u64,
+}
+
+/// What the cloud knows about a device, as an operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceView {
+    pub device_id: [u8; 12],
+    pub online: bool,
+    /// Current (or last) address of its session.
+    pub address: Option<SocketAddr>,
+    /// The current connection is a handshake-less resumption.
+    pub resumed: bool,
+    pub connection_id: Option<Vec<u8>>,
+    /// The last Hello: product id / version, system version, platform, flags.
+    pub hello: Option<Hello>,
+    pub system_describe: Option<SystemDescribe>,
+    pub application_describe: Option<ApplicationDescribe>,
+    pub subscriptions: Vec<String>,
+    /// Last values the device published for `particle/device/updates/enabled` and `/forced`.
+    pub updates_enabled: Option<bool>,
+    pub updates_forced: Option<bool>,
+    /// The cloud's force-enable setting for the device.
+    pub updates_forced_setting: bool,
+    pub last_reset: Option<String>,
+    /// Jobs not finished, in order (the first is the current one).
+    pub jobs: Vec<JobId>,
+}
+
+#[derive(Debug)]
+struct DeviceRecord {
+    key: VerifyingKey,
+    session: Option<Session>,
+    last_address: Option<SocketAddr>,
+    hello: Option<Hello>,
+    system_describe: Option<SystemDescribe>,
+    application_describe: Option<ApplicationDescribe>,
+    subscriptions: Vec<String>,
+    updates_enabled: Option<bool>,
+    updates_forced: Option<bool>,
+    forced_setting: bool,
+    last_reset: Option<String>,
+    app_hash: Option<Vec<u8>>,
+    /// Queued and active jobs; the first is the current one.
+    queue: VecDeque<JobId>,
+    /// Committed jobs waiting for the device to come back running their firmware.
+    committed: Vec<JobId>,
+}
+
+/// What kind of record a datagram starts with (reference 1.4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RecordKind {
+    /// Type 253: a resumed session, with its CID.
+    Move(Vec<u8>),
+    /// Type 25.
+    Cid,
+    Other,
+}
+
+fn record_kind(datagram: &[u8]) -> RecordKind {
+    const CID: std::ops::Range<usize> = 11..19;
+    match datagram.first() {
+        Some(253) => datagram
+            .get(CID)
+            .map_or(RecordKind::Other, |c| RecordKind::Move(c.to_vec())),
+        Some(25) => RecordKind::Cid,
+        _ => RecordKind::Other,
+    }
+}
+
+fn key_bytes(key: &VerifyingKey) -> Vec<u8> {
+    key.to_encoded_point(true).as_bytes().to_vec()
+}
+
+fn parse_flag(data: &[u8]) -> bool {
+    data == b"true"
+}
+
+/// The local Device Cloud. See the [module documentation](self).
+pub struct Cloud {
+    config: CloudConfig,
+    rng: ChaCha8Rng,
+    server: Server<ChaCha8Rng>,
+    devices: BTreeMap<[u8; 12], DeviceRecord>,
+    by_key: BTreeMap<Vec<u8>, [u8; 12]>,
+    by_handle: BTreeMap<ConnectionHandle, [u8; 12]>,
+    jobs: BTreeMap<JobId, Job>,
+    next_job: u64,
+    events: VecDeque<CloudEvent>,
+    stats: CloudStats,
+}
+
+impl std::fmt::Debug for Cloud {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cloud")
+            .field("devices", &self.devices.len())
+            .field("jobs", &self.jobs.len())
+            .finish()
+    }
+}
+
+impl Cloud {
+    pub fn new(config: CloudConfig, seed: u64) -> Cloud {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut dtls = ServerConfig::new(config.server_key.clone(), Vec::new());
+        dtls.timeouts = config.dtls_timeouts;
+        let server = Server::new(dtls, ChaCha8Rng::seed_from_u64(rng.next_u64()));
+        Cloud {
+            config,
+            rng,
+            server,
+            devices: BTreeMap::new(),
+            by_key: BTreeMap::new(),
+            by_handle: BTreeMap::new(),
+            jobs: BTreeMap::new(),
+            next_job: 1,
+            events: VecDeque::new(),
+            stats: CloudStats::default(),
+        }
+    }
+
+    /// Registers a device: its id and the public key it authenticates with. Registering the
+    /// same id again replaces its key; a key registered for another id moves to this one.
+    pub fn register_device(&mut self, device_id: [u8; 12], public_key: VerifyingKey) {
+        let bytes = key_bytes(&public_key);
+        if let Some(old) = self.devices.get(&device_id).map(|d| key_bytes(&d.key)) {
+            self.by_key.remove(&old);
+        }
+        self.by_key.insert(bytes, device_id);
+        self.server.register_device_key(public_key);
+        match self.devices.get_mut(&device_id) {
+            Some(d) => d.key = public_key,
+            None => {
+                self.devices.insert(
+                    device_id,
+                    DeviceRecord {
+                        key: public_key,
+                        session: None,
+                        last_address: None,
+                        hello: None,
+                        system_describe: None,
+                        application_describe: None,
+                        subscriptions: Vec::new(),
+                        updates_enabled: None,
+                        updates_forced: None,
+                        forced_setting: false,
+                        last_reset: None,
+                        app_hash: None,
+                        queue: VecDeque::new(),
+                        committed: Vec::new(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Registered device ids.
+    pub fn devices(&self) -> Vec<[u8; 12]> {
+        self.devices.keys().copied().collect()
+    }
+
+    /// Feeds one UDP payload received from `from`.
+    pub fn handle_datagram(&mut self, now: Duration, from: SocketAddr, datagram: &[u8]) {
+        self.stats.datagrams += 1;
+        let kind = record_kind(datagram);
+        self.server.handle_datagram(now, from, datagram);
+        self.process_server_events(now, &kind);
+    }
+
+    /// Runs every timer that is due at `now`.
+    pub fn handle_timeout(&mut self, now: Duration) {
+        self.server.handle_timeout(now);
+        self.process_server_events(now, &RecordKind::Other);
+        let ids: Vec<[u8; 12]> = self.devices.keys().copied().collect();
+        for id in ids {
+            let events = match self.endpoint(&id) {
+                Some(e) => {
+                    e.handle_timeout(now);
+                    drain_events(e)
+                }
+                None => continue,
+            };
+            self.handle_endpoint_events(now, id, events);
+            if let Some(deadline) = self.idle_deadline(&id) {
+                if now >= deadline {
+                    self.go_offline(now, id, DisconnectReason::Silent);
+                    continue;
+                }
+            }
+            self.service(now, id);
+        }
+    }
+
+    /// The next datagram to send and its destination.
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.server
+            .poll_transmit()
+            .map(|t| (t.destination, t.payload))
+    }
+
+    /// When [`Cloud::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        let mut next = self.server.poll_timeout();
+        let mut consider = |t: Option<Duration>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        };
+        for (id, device) in &self.devices {
+            let Some(session) = &device.session else {
+                continue;
+            };
+            let Some(endpoint) = &session.endpoint else {
+                continue;
+            };
+            consider(endpoint.poll_timeout());
+            if !session.online {
+                continue;
+            }
+            consider(self.idle_deadline(id));
+            if !session.pending_sent {
+                consider(Some(session.started_at + self.config.pending_event_delay));
+            }
+            consider(self.start_deadline(device, session));
+            if let Some(job) = device.queue.front().and_then(|j| self.jobs.get(j)) {
+                consider(job.transfer.as_ref().and_then(|t| t.deadline()));
+            }
+        }
+        next
+    }
+
+    /// The next event of the stream.
+    pub fn poll_event(&mut self) -> Option<CloudEvent> {
+        self.events.pop_front()
+    }
+
+    pub fn stats(&self) -> CloudStats {
+        self.stats
+    }
+
+    /// The NSS key log line of the device's current session (for Wireshark).
+    pub fn key_log_line(&self, device_id: [u8; 12]) -> Option<String> {
+        let handle = self.devices.get(&device_id)?.session.as_ref()?.handle;
+        self.server.key_log_line(handle)
+    }
+
+    /// "Flash this file to the device": queued, started when the device is online and its
+    /// post-connect sequence settled (at once if it already is).
+    pub fn flash(&mut self, now: Duration, device_id: [u8; 12], file: Vec<u8>) -> JobId {
+        let id = JobId(self.next_job);
+        self.next_job += 1;
+        let sha256: [u8; 32] = Sha256::digest(&file).into();
+        let expected = expected_modules(&file);
+        let refusal = if !self.devices.contains_key(&device_id) {
+            Some(format!(
+                "device {} is not registered with this cloud",
+                device_id_hex(&device_id)
+            ))
+        } else if file.is_empty() {
+            Some("the file is empty (the device refuses a File-Size of 0)".to_string())
+        } else if u32::try_from(file.len()).is_err() {
+            Some(format!(
+                "the file is {} bytes, beyond what File-Size can carry",
+                file.len()
+            ))
+        } else {
+            None
+        };
+        self.jobs.insert(
+            id,
+            Job {
+                device_id,
+                file,
+                sha256,
+                status: JobStatus::Queued,
+                attempts: 0,
+                expected,
+                transfer: None,
+                committed_at: None,
+                maybe_committed: false,
+            },
+        );
+        self.ota_event(now, id, device_id, OtaEventKind::Queued);
+        if let Some(message) = refusal {
+            self.fail_job(now, id, None, message, true);
+            return id;
+        }
+        if let Some(d) = self.devices.get_mut(&device_id) {
+            d.queue.push_back(id);
+        }
+        self.service(now, device_id);
+        id
+    }
+
+    pub fn job(&self, id: JobId) -> Option<&JobStatus> {
+        self.jobs.get(&id).map(|j| &j.status)
+    }
+
+    /// The device a job is for.
+    pub fn job_device(&self, id: JobId) -> Option<[u8; 12]> {
+        self.jobs.get(&id).map(|j| j.device_id)
+    }
+
+    /// Force-enables (or not) updates for a device (reference 4.6): the setting is kept and the
+    /// device is sent `particle/device/updates/forced` now if online (and at each connection
+    /// while true).
+    pub fn set_updates_forced(&mut self, now: Duration, device_id: [u8; 12], forced: bool) {
+        let Some(d) = self.devices.get_mut(&device_id) else {
+            return;
+        };
+        d.forced_setting = forced;
+        if self.is_online(&device_id) {
+            self.send_event(
+                now,
+                device_id,
+                names::UPDATES_FORCED,
+                if forced { "true" } else { "false" },
+            );
+        }
+    }
+
+    /// Sends an event to an online device (CON POST `E/<name>`); `false` if it is offline.
+    pub fn send_event(
+        &mut self,
+        now: Duration,
+        device_id: [u8; 12],
+        name: &str,
+        data: &str,
+    ) -> bool {
+        let message = ParticleMessage {
+            kind: MessageType::Confirmable,
+            message_id: 0,
+            token: Vec::new(),
+            body: Body::Event(Event::new(name, data.as_bytes().to_vec())),
+        };
+        self.send_request(now, device_id, message, Purpose::Event)
+            .is_some()
+    }
+
+    pub fn device(&self, device_id: [u8; 12]) -> Option<DeviceView> {
+        let d = self.devices.get(&device_id)?;
+        let session = d.session.as_ref();
+        Some(DeviceView {
+            device_id,
+            online: session.is_some_and(|s| s.online),
+            address: session.map(|s| s.address).or(d.last_address),
+            resumed: session.is_some_and(|s| s.resumed),
+            connection_id: session.and_then(|s| s.cid.clone()),
+            hello: d.hello.clone(),
+            system_describe: d.system_describe.clone(),
+            application_describe: d.application_describe.clone(),
+            subscriptions: d.subscriptions.clone(),
+            updates_enabled: d.updates_enabled,
+            updates_forced: d.updates_forced,
+            updates_forced_setting: d.forced_setting,
+            last_reset: d.last_reset.clone(),
+            jobs: d.queue.iter().chain(d.committed.iter()).copied().collect(),
+        })
+    }
+
+    // ---- DTLS ----
+
+    fn process_server_events(&mut self, now: Duration, kind: &RecordKind) {
+        while let Some(event) = self.server.poll_event() {
+            match event {
+                ServerEvent::Connected {
+                    handle,
+                    peer,
+                    device_key,
+                } => self.on_connected(now, handle, peer, device_key),
+                ServerEvent::ApplicationData { handle, data } => {
+                    self.on_application_data(now, handle, &data, kind)
+                }
+                ServerEvent::Moved { handle, from, to } => {
+                    self.on_moved(now, handle, from, to, kind)
+                }
+                ServerEvent::Closed { handle, reason } => self.on_closed(now, handle, reason),
+            }
+        }
+    }
+
+    fn on_connected(
+        &mut self,
+        now: Duration,
+        handle: ConnectionHandle,
+        peer: SocketAddr,
+        device_key: Option<VerifyingKey>,
+    ) {
+        let id = device_key.and_then(|k| self.by_key.get(&key_bytes(&k)).copied());
+        let Some(id) = id else {
+            self.dropped(
+                None,
+                "a DTLS handshake completed with an unregistered key".into(),
+            );
+            self.server.close(now, handle);
+            return;
+        };
+        if let Some(old) = self
+            .devices
+            .get(&id)
+            .and_then(|d| d.session.as_ref())
+            .map(|s| s.handle)
+        {
+            self.go_offline(now, id, DisconnectReason::Replaced);
+            self.end_session(id);
+            if old != handle {
+                self.server.remove(old);
+            }
+        }
+        let cid = self.server.connection_id(handle).map(<[u8]>::to_vec);
+        let mut session = Session::new(handle, cid, peer, now);
+        session.endpoint = Some(self.new_endpoint());
+        if let Some(d) = self.devices.get_mut(&id) {
+            d.session = Some(session);
+            d.last_address = Some(peer);
+            // A full handshake: the device subscribes again (a resumption may not).
+            d.subscriptions.clear();
+        }
+        self.by_handle.insert(handle, id);
+        self.events
+            .push_back(CloudEvent::Session(SessionChange::Connected {
+                at: now,
+                device_id: id,
+                address: peer,
+            }));
+    }
+
+    fn on_moved(
+        &mut self,
+        now: Duration,
+        handle: ConnectionHandle,
+        from: SocketAddr,
+        to: SocketAddr,
+        kind: &RecordKind,
+    ) {
+        let Some(id) = self.by_handle.get(&handle).copied() else {
+            return;
+        };
+        if let Some(d) = self.devices.get_mut(&id) {
+            d.last_address = Some(to);
+            if let Some(s) = d.session.as_mut() {
+                s.address = to;
+            }
+        }
+        // A resumed device usually comes from a new port: report the resumption first.
+        self.detect_resumption(now, id, kind);
+        self.events
+            .push_back(CloudEvent::Session(SessionChange::Moved {
+                at: now,
+                device_id: id,
+                from,
+                to,
+            }));
+    }
+
+    fn on_closed(&mut self, now: Duration, handle: ConnectionHandle, reason: CloseReason) {
+        let Some(id) = self.by_handle.get(&handle).copied() else {
+            return;
+        };
+        self.go_offline(now, id, DisconnectReason::Closed(reason.to_string()));
+        self.end_session(id);
+    }
+
+    fn on_application_data(
+        &mut self,
+        now: Duration,
+        handle: ConnectionHandle,
+        data: &[u8],
+        kind: &RecordKind,
+    ) {
+        let Some(id) = self.by_handle.get(&handle).copied() else {
+            return;
+        };
+        self.stats.messages += 1;
+        self.detect_resumption(now, id, kind);
+        let events = match self.endpoint(&id) {
+            Some(e) => match e.handle_message(now, data) {
+                Ok(()) => drain_events(e),
+                Err(error) => {
+                    self.stats.malformed += 1;
+                    self.dropped(Some(id), format!("malformed CoAP message: {error}"));
+                    return;
+                }
+            },
+            None => return,
+        };
+        self.handle_endpoint_events(now, id, events);
+        // Not a Hello (a ping after all): the device is online anyway.
+        if self.session_mut(&id).is_some_and(|s| s.fresh) {
+            self.go_online(now, id);
+        }
+        self.service(now, id);
+    }
+
+    /// An authenticated record arrived: a first type-253 record, or any record on a session
+    /// the cloud had taken offline, is a resumption (reference 1.4).
+    fn detect_resumption(&mut self, now: Duration, id: [u8; 12], kind: &RecordKind) {
+        let (resume, again) = {
+            let Some(s) = self.session_mut(&id) else {
+                return;
+            };
+            s.last_heard = now;
+            let mut resume = false;
+            match kind {
+                RecordKind::Move(cid) if !s.moving && s.cid.as_deref() == Some(cid.as_slice()) => {
+                    s.moving = true;
+                    resume = true;
+                }
+                RecordKind::Cid => s.moving = false,
+                _ => {}
+            }
+            if !s.online && !s.fresh {
+                resume = true;
+            }
+            (resume, resume && s.online)
+        };
+        if again {
+            self.go_offline(now, id, DisconnectReason::ResumedAgain);
+        }
+        if resume {
+            self.resume(now, id);
+        }
+    }
+
+    fn resume(&mut self, now: Duration, id: [u8; 12]) {
+        let endpoint = self.new_endpoint();
+        let Some(s) = self.session_mut(&id) else {
+            return;
+        };
+        s.resumed = true;
+        s.started_at = now;
+        s.last_request = now;
+        s.pending_sent = false;
+        s.clear_connection();
+        s.endpoint = Some(endpoint);
+        let address = s.address;
+        self.events
+            .push_back(CloudEvent::Session(SessionChange::Resumed {
+                at: now,
+                device_id: id,
+                address,
+            }));
+        self.go_online(now, id);
+    }
+
+    fn go_online(&mut self, now: Duration, id: [u8; 12]) {
+        let Some(s) = self.session_mut(&id) else {
+            return;
+        };
+        if s.online {
+            return;
+        }
+        s.online = true;
+        s.fresh = false;
+        self.publish_cloud(now, id, names::STATUS, "online");
+    }
+
+    /// Takes the device offline (its session, if any, stays for a resumption).
+    fn go_offline(&mut self, now: Duration, id: [u8; 12], reason: DisconnectReason) {
+        self.flush_endpoint(now, id);
+        let (was_online, was_fresh) = {
+            let Some(s) = self.session_mut(&id) else {
+                return;
+            };
+            let was = (s.online, s.fresh);
+            s.online = false;
+            s.fresh = false;
+            s.clear_connection();
+            was
+        };
+        if was_online {
+            self.publish_cloud(now, id, names::STATUS, "offline");
+        } else if !was_fresh {
+            return; // already offline
+        }
+        self.events
+            .push_back(CloudEvent::Session(SessionChange::Disconnected {
+                at: now,
+                device_id: id,
+                reason,
+            }));
+        self.requeue_active(now, id);
+    }
+
+    /// Forgets the device's session (after a close, a refusal or a new handshake).
+    fn end_session(&mut self, id: [u8; 12]) {
+        if let Some(s) = self.devices.get_mut(&id).and_then(|d| d.session.take()) {
+            self.by_handle.remove(&s.handle);
+        }
+    }
+
+    fn refuse(&mut self, now: Duration, id: [u8; 12], reason: String) {
+        self.dropped(Some(id), reason.clone());
+        let handle = self.session_mut(&id).map(|s| s.handle);
+        self.go_offline(now, id, DisconnectReason::Refused(reason));
+        self.end_session(id);
+        if let Some(handle) = handle {
+            self.server.close(now, handle);
+            self.process_server_events(now, &RecordKind::Other);
+        }
+    }
+
+    // ---- CoAP ----
+
+    fn new_endpoint(&mut self) -> Endpoint<ChaCha8Rng> {
+        Endpoint::new(
+            self.config.coap.clone(),
+            ChaCha8Rng::seed_from_u64(self.rng.next_u64()),
+        )
+    }
+
+    fn session_mut(&mut self, id: &[u8; 12]) -> Option<&mut Session> {
+        self.devices.get_mut(id)?.session.as_mut()
+    }
+
+    fn endpoint(&mut self, id: &[u8; 12]) -> Option<&mut Endpoint<ChaCha8Rng>> {
+        self.session_mut(id)?.endpoint.as_mut()
+    }
+
+    fn is_online(&self, id: &[u8; 12]) -> bool {
+        self.devices
+            .get(id)
+            .and_then(|d| d.session.as_ref())
+            .is_some_and(|s| s.online && s.endpoint.is_some())
+    }
+
+    /// Moves the endpoint's datagrams into DTLS records; returns the message id of the last.
+    fn flush_endpoint(&mut self, now: Duration, id: [u8; 12]) -> Option<u16> {
+        let s = self.devices.get_mut(&id).and_then(|d| d.session.as_mut())?;
+        let handle = s.handle;
+        let endpoint = s.endpoint.as_mut()?;
+        let mut failures = Vec::new();
+        let mut last = None;
+        while let Some(bytes) = endpoint.poll_transmit() {
+            last = bytes.get(2..4).map(|m| u16::from_be_bytes([m[0], m[1]]));
+            if let Err(e) = self.server.send_application_data(now, handle, &bytes) {
+                failures.push(format!("could not send {} bytes: {e}", bytes.len()));
+            }
+        }
+        for f in failures {
+            self.dropped(Some(id), f);
+        }
+        last
+    }
+
+    fn send_request(
+        &mut self,
+        now: Duration,
+        id: [u8; 12],
+        message: ParticleMessage,
+        purpose: Purpose,
+    ) -> Option<RequestHandle> {
+        if !self.is_online(&id) {
+            return None;
+        }
+        let coap = match message.to_coap() {
+            Ok(m) => m,
+            Err(e) => {
+                self.dropped(Some(id), format!("could not encode a message: {e}"));
+                return None;
+            }
+        };
+        let result = self.endpoint(&id)?.send(now, coap);
+        match result {
+            Ok(handle) => {
+                if let Some(s) = self.session_mut(&id) {
+                    s.purposes.insert(handle, purpose);
+                }
+                self.flush_endpoint(now, id);
+                Some(handle)
+            }
+            Err(e) => {
+                self.dropped(Some(id), format!("could not send a message: {e}"));
+                None
+            }
+        }
+    }
+
+    fn accept(&mut self, now: Duration, id: [u8; 12], request: &IncomingRequest) {
+        let result = match self.endpoint(&id) {
+            Some(e) => e.accept(now, request),
+            None => return,
+        };
+        if let Err(e) = result {
+            self.dropped(Some(id), format!("could not acknowledge: {e}"));
+        }
+        self.flush_endpoint(now, id);
+    }
+
+    fn handle_endpoint_events(&mut self, now: Duration, id: [u8; 12], events: Vec<EndpointEvent>) {
+        for event in events {
+            if !self.is_online(&id) && !self.session_mut(&id).is_some_and(|s| s.fresh) {
+                break; // went offline while handling an earlier event
+            }
+            match event {
+                EndpointEvent::Request { request, message } => {
+                    self.on_request(now, id, request, message)
+                }
+                EndpointEvent::Response { handle, message } => {
+                    self.on_response(now, id, handle, message)
+                }
+                EndpointEvent::Acknowledged { handle } => {
+                    if let Some(s) = self.session_mut(&id) {
+                        if s.purposes.get(&handle) == Some(&Purpose::Event) {
+                            s.purposes.remove(&handle);
+                        }
+                    }
+                }
+                EndpointEvent::Reset { handle } => self.on_reset(now, id, handle),
+                EndpointEvent::TimedOut { .. } => {
+                    self.go_offline(now, id, DisconnectReason::MessageTimeout)
+                }
+                EndpointEvent::Unmatched { message } => self.on_unmatched(now, id, message),
+            }
+        }
+        self.flush_endpoint(now, id);
+    }
+
+    fn on_request(
+        &mut self,
+        now: Duration,
+        id: [u8; 12],
+        request: IncomingRequest,
+        message: Message,
+    ) {
+        if let Some(s) = self.session_mut(&id) {
+            s.last_request = now;
+        }
+        let parsed = match ParticleMessage::from_coap(&message) {
+            Ok(p) => p,
+            Err(e) => {
+                self.stats.malformed += 1;
+                // Never RST casually (reference 1.4): a CON we cannot use is still ACKed.
+                self.accept(now, id, &request);
+                self.dropped(Some(id), format!("malformed {} request: {e}", message.code));
+                if self.session_mut(&id).is_some_and(|s| s.fresh) {
+                    self.go_online(now, id);
+                }
+                return;
+            }
+        };
+        if let Body::Hello(hello) = &parsed.body {
+            if hello.device_id != id {
+                self.refuse(
+                    now,
+                    id,
+                    format!(
+                        "the Hello carries device id {} but the DTLS key is registered for {}",
+                        device_id_hex(&hello.device_id),
+                        device_id_hex(&id)
+                    ),
+                );
+                return;
+            }
+            if let Some(d) = self.devices.get_mut(&id) {
+                d.hello = Some(hello.clone());
+            }
+            self.accept(now, id, &request);
+            self.go_online(now, id);
+            return;
+        }
+        if self.session_mut(&id).is_some_and(|s| s.fresh) {
+            self.go_online(now, id);
+        }
+        match parsed.body {
+            Body::TimeRequest => {
+                let unix = self.config.unix_time_at_epoch.saturating_add(now.as_secs());
+                let response = TimeResponse {
+                    unix_time: Some(u32::try_from(unix).unwrap_or(u32::MAX)),
+                }
+                .emit();
+                let mut reply = Message::new(MessageType::Acknowledgement, response.code, 0);
+                reply.options = response.options;
+                reply.payload = response.payload;
+                let result = match self.endpoint(&id) {
+                    Some(e) => e.respond(now, &request, reply),
+                    None => return,
+                };
+                if let Err(e) = result {
+                    self.dropped(Some(id), format!("could not answer a time request: {e}"));
+                }
+            }
+            Body::Describe(describe) => {
+                self.accept(now, id, &request);
+                self.on_describe(now, id, describe);
+            }
+            Body::Event(event) => {
+                self.accept(now, id, &request);
+                self.on_device_event(now, id, event);
+            }
+            Body::Subscribe(subscribe) => {
+                self.accept(now, id, &request);
+                if let Some(d) = self.devices.get_mut(&id) {
+                    if !d.subscriptions.contains(&subscribe.filter) {
+                        d.subscriptions.push(subscribe.filter);
+                    }
+                }
+            }
+            Body::Goodbye(goodbye) => {
+                self.accept(now, id, &request);
+                self.go_offline(
+                    now,
+                    id,
+                    DisconnectReason::Goodbye {
+                        cloud_reason: goodbye.cloud_reason,
+                        reset_reason: goodbye.reset_reason,
+                    },
+                );
+            }
+            Body::UpdateAck(ack) => self.on_update_ack(now, id, ack),
+            other => {
+                self.accept(now, id, &request);
+                self.dropped(
+                    Some(id),
+                    format!("unexpected request from the device: {other:?}"),
+                );
+            }
+        }
+        self.flush_endpoint(now, id);
+    }
+
+    fn on_describe(&mut self, now: Duration, id: [u8; 12], describe: protocol::message::Describe) {
+        let progress = match self.session_mut(&id) {
+            Some(s) => s.describe.add(describe),
+            None => return,
+        };
+        let (flags, payload) = match progress {
+            DescribeProgress::Partial => return,
+            DescribeProgress::OutOfSequence { expected, got } => {
+                self.dropped(
+                    Some(id),
+                    format!("describe block {got} arrived while block {expected} was expected"),
+                );
+                return;
+            }
+            DescribeProgress::Complete { flags, payload, .. } => (flags, payload),
+        };
+        if flags.0 & DescribeFlags::SYSTEM.0 != 0 {
+            match SystemDescribe::parse(&payload) {
+                Ok(describe) => self.on_system_describe(now, id, describe),
+                Err(e) => {
+                    self.stats.malformed += 1;
+                    self.dropped(Some(id), format!("system describe: {e}"));
+                }
+            }
+        } else if flags.0 & DescribeFlags::APPLICATION.0 != 0 {
+            match ApplicationDescribe::parse(&payload) {
+                Ok(describe) => {
+                    if let Some(d) = self.devices.get_mut(&id) {
+                        d.application_describe = Some(describe);
+                    }
+                }
+                Err(e) => {
+                    self.stats.malformed += 1;
+                    self.dropped(Some(id), format!("application describe: {e}"));
+                }
+            }
+        }
+    }
+
+    fn on_system_describe(&mut self, now: Duration, id: [u8; 12], describe: SystemDescribe) {
+        let user_hash = describe
+            .firmware_modules
+            .iter()
+            .find(|m| m.r#type == 5)
+            .and_then(|m| m.hash.clone())
+            .filter(|h| !h.is_empty());
+        let (publish_hash, hello, started_at) = {
+            let Some(d) = self.devices.get_mut(&id) else {
+                return;
+            };
+            let publish = user_hash.is_some() && d.app_hash != user_hash;
+            if publish {
+                d.app_hash = user_hash.clone();
+            }
+            d.system_describe = Some(describe.clone());
+            let started = d.session.as_ref().map_or(now, |s| s.started_at);
+            (publish, d.hello.clone(), started)
+        };
+        if publish_hash {
+            let hex: String = user_hash
+                .unwrap_or_default()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            self.publish_cloud(now, id, names::APP_HASH, &hex);
+        }
+        self.check_committed(now, id, &describe, hello.as_ref(), started_at);
+    }
+
+    fn on_device_event(&mut self, now: Duration, id: [u8; 12], event: Event) {
+        if let Some(d) = self.devices.get_mut(&id) {
+            match event.name.as_str() {
+                names::UPDATES_ENABLED => d.updates_enabled = Some(parse_flag(&event.data)),
+                names::UPDATES_FORCED => d.updates_forced = Some(parse_flag(&event.data)),
+                names::LAST_RESET => {
+                    d.last_reset = Some(String::from_utf8_lossy(&event.data).into_owned())
+                }
+                _ => {}
+            }
+        }
+        let public = event.scope == protocol::message::EventScope::Public;
+        self.publish(
+            now,
+            id,
+            Publisher::Device,
+            &event.name,
+            &String::from_utf8_lossy(&event.data),
+            event.ttl(),
+            public,
+        );
+    }
+
+    fn on_response(
+        &mut self,
+        now: Duration,
+        id: [u8; 12],
+        handle: RequestHandle,
+        message: Message,
+    ) {
+        let purpose = self
+            .session_mut(&id)
+            .and_then(|s| s.purposes.remove(&handle));
+        match purpose {
+            Some(Purpose::UpdateStart(job)) => self.on_start_response(now, id, job, &message),
+            Some(Purpose::UpdateFinish(job)) => self.on_finish_response(now, job, &message),
+            Some(Purpose::Event) | None => {
+                if message.code.class() != 2 {
+                    self.dropped(
+                        Some(id),
+                        format!("the device answered {} to a message of ours", message.code),
+                    );
+                }
+            }
+        }
+    }
+
+    fn on_reset(&mut self, now: Duration, id: [u8; 12], handle: RequestHandle) {
+        let purpose = self
+            .session_mut(&id)
+            .and_then(|s| s.purposes.remove(&handle));
+        match purpose {
+            Some(Purpose::UpdateStart(job)) | Some(Purpose::UpdateFinish(job)) => self.fail_job(
+                now,
+                job,
+                None,
+                "the device answered the OTA request with RST".into(),
+                true,
+            ),
+            _ => self.dropped(
+                Some(id),
+                "the device answered a message of ours with RST".into(),
+            ),
+        }
+    }
+
+    fn on_unmatched(&mut self, now: Duration, id: [u8; 12], message: Message) {
+        if message.kind == MessageType::Reset {
+            let chunk = self
+                .session_mut(&id)
+                .and_then(|s| s.chunk_of(message.message_id));
+            if let (Some(index), Some(job)) = (chunk, self.active_job(&id)) {
+                self.fail_job(
+                    now,
+                    job,
+                    None,
+                    format!(
+                        "the device refused chunk {index} (RST for message id {})",
+                        message.message_id
+                    ),
+                    true,
+                );
+                return;
+            }
+        }
+        // Duplicate ACKs of retransmitted CONs are normal; anything else is reported.
+        if !(message.kind == MessageType::Acknowledgement && message.code == Code::EMPTY) {
+            self.dropped(
+                Some(id),
+                format!(
+                    "unmatched {:?} {} message id {}",
+                    message.kind, message.code, message.message_id
+                ),
+            );
+        }
+    }
+
+    // ---- timers ----
+
+    fn idle_deadline(&self, id: &[u8; 12]) -> Option<Duration> {
+        let d = self.devices.get(id)?;
+        let s = d.session.as_ref().filter(|s| s.online)?;
+        let timeout = self.config.idle_timeout.unwrap_or_else(|| {
+            let cellular = d
+                .hello
+                .as_ref()
+                .is_some_and(|h| CELLULAR_PLATFORMS.contains(&h.platform_id));
+            2 * if cellular {
+                CELLULAR_KEEPALIVE
+            } else {
+                DEFAULT_KEEPALIVE
+            }
+        });
+        Some(s.last_heard.saturating_add(timeout))
+    }
+
+    /// When a queued job may start, if one is waiting and only settling holds it back.
+    fn start_deadline(&self, device: &DeviceRecord, session: &Session) -> Option<Duration> {
+        let front = self.jobs.get(device.queue.front()?)?;
+        if front.status != JobStatus::Queued
+            || !session.online
+            || !session.pending_sent
+            || device.hello.is_none()
+            || session
+                .endpoint
+                .as_ref()
+                .is_none_or(|e| e.unacknowledged() > 0)
+        {
+            return None;
+        }
+        Some(
+            (session.last_request + self.config.settle_quiet)
+                .min(session.started_at + self.config.settle_max),
+        )
+    }
+
+    /// Post-connect steps and job starts that are due.
+    fn service(&mut self, now: Duration, id: [u8; 12]) {
+        let delay = self.config.pending_event_delay;
+        let due_pending = self
+            .session_mut(&id)
+            .is_some_and(|s| s.online && !s.pending_sent && now >= s.started_at + delay);
+        if due_pending {
+            if let Some(s) = self.session_mut(&id) {
+                s.pending_sent = true;
+            }
+            if self.send_event(now, id, names::UPDATES_PENDING, "false") {
+                self.publish_cloud(now, id, names::UPDATES_PENDING, "false");
+            }
+            if self.devices.get(&id).is_some_and(|d| d.forced_setting) {
+                self.send_event(now, id, names::UPDATES_FORCED, "true");
+            }
+        }
+        // A transfer without any UpdateAck for the stall limit starts over (new UpdateStart).
+        if let Some(job) = self.active_job(&id) {
+            let stalled = self
+                .jobs
+                .get(&job)
+                .and_then(|j| j.transfer.as_ref())
+                .is_some_and(|t| t.is_stalled(now));
+            if stalled {
+                self.requeue_active(now, id);
+            }
+        }
+        // Silence during a transfer.
+        if let Some(job) = self.active_job(&id) {
+            let resend = self
+                .jobs
+                .get_mut(&job)
+                .and_then(|j| j.transfer.as_mut())
+                .map(|t| t.on_timeout(now))
+                .unwrap_or_default();
+            if !resend.is_empty() {
+                self.send_chunks(now, id, job, &resend);
+                self.ota_event(
+                    now,
+                    job,
+                    id,
+                    OtaEventKind::Retransmitted { indices: resend },
+                );
+                self.update_transfer_status(job);
+            }
+        }
+        // Start the next job once settled.
+        loop {
+            let start = {
+                let Some(d) = self.devices.get(&id) else {
+                    return;
+                };
+                let Some(s) = d.session.as_ref() else {
+                    return;
+                };
+                match self.start_deadline(d, s) {
+                    Some(at) if now >= at => d.queue.front().copied(),
+                    _ => None,
+                }
+            };
+            let Some(job) = start else {
+                break;
+            };
+            self.start_job(now, id, job);
+            // Started, or could not be sent: stop. Refused (failed, dequeued): try the next.
+            if self.devices.get(&id).and_then(|d| d.queue.front()) == Some(&job) {
+                break;
+            }
+        }
+    }
+
+    // ---- event stream ----
+
+    fn ota_event(&mut self, now: Duration, job: JobId, device_id: [u8; 12], kind: OtaEventKind) {
+        self.events.push_back(CloudEvent::Ota(OtaEvent {
+            at: now,
+            job,
+            device_id,
+            kind,
+        }));
+    }
+
+    fn dropped(&mut self, device_id: Option<[u8; 12]>, reason: String) {
+        self.stats.dropped += 1;
+        self.events
+            .push_back(CloudEvent::Dropped { device_id, reason });
+    }
+
+    fn publish_cloud(&mut self, now: Duration, id: [u8; 12], name: &str, data: &str) {
+        self.publish(now, id, Publisher::Cloud, name, data, 60, false);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn publish(
+        &mut self,
+        now: Duration,
+        id: [u8; 12],
+        publisher: Publisher,
+        name: &str,
+        data: &str,
+        ttl: u32,
+        public: bool,
+    ) {
+        let (product_id, product_version) = self
+            .devices
+            .get(&id)
+            .and_then(|d| d.hello.as_ref())
+            .map_or((0xFFFF, 0xFFFF), |h| (h.product_id, h.product_version));
+        self.events.push_back(CloudEvent::Stream(StreamEvent {
+            at: now,
+            device_id: id,
+            publisher,
+            name: name.to_string(),
+            data: data.to_string(),
+            ttl,
+            public,
+            product_id,
+            product_version,
+        }));
+    }
+}
+
+fn drain_events(endpoint: &mut Endpoint<ChaCha8Rng>) -> Vec<EndpointEvent> {
+    std::iter::from_fn(|| endpoint.poll_event()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cloud_can_move_to_a_transport_thread() {
+        fn send<T: Send + 'static>() {}
+        send::<Cloud>();
+        send::<CloudEvent>();
+    }
+
+    #[test]
+    fn chunk_size_is_kept_within_what_the_device_accepts() {
+        let key = SigningKey::from_slice(&[7u8; 32]).unwrap();
+        let mut config = CloudConfig::new(key);
+        for (asked, used) in [
+            (512, 512),
+            (100, 512),
+            (1024, 1024),
+            (1023, 1020),
+            (4096, 1136),
+        ] {
+            config.chunk_size = asked;
+            assert_eq!(config.valid_chunk_size(), used);
+        }
+    }
+
+    #[test]
+    fn record_kind_reads_the_cid_of_a_move_record() {
+        let mut datagram = vec![253, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 5];
+        datagram.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8, 0, 0]);
+        assert_eq!(
+            record_kind(&datagram),
+            RecordKind::Move(vec![1, 2, 3, 4, 5, 6, 7, 8])
+        );
+        assert_eq!(record_kind(&[253, 1]), RecordKind::Other);
+        assert_eq!(record_kind(&[25]), RecordKind::Cid);
+        assert_eq!(record_kind(&[]), RecordKind::Other);
+    }
+}

@@ -1,0 +1,373 @@
+//! The OTA v3 sender of one transfer (reference `particle-protocol.md` 2.2, 2.4 and section 8
+//! "Cloud simulator must"): which chunks go out when, given the device's window, its resume
+//! offset and its UpdateAcks. Pure bookkeeping, no messages and no clock: the [`super::Cloud`]
+//! turns the indices this returns into UpdateChunk messages.
+//!
+//! ```text
+//! indices      1-based, relative to the resume offset: chunk k covers file bytes
+//!              [resume_offset + (k-1)*chunk_size, ..), the last one ends the file
+//! window       never send k > cumulative + window
+//! UpdateAck    cumulative N (chunks 1..=N held) + bitmap (bit b of word w <=> chunk N+32w+b+1 held)
+//! holes        a chunk below the highest one the ack reports held, not held itself: resent at
+//!              once the first time, then at most every `hole_holdoff`
+//! silence      no new ack information for `silence_timeout` while chunks are outstanding:
+//!              the first `silence_resend` unacknowledged chunks go out again
+//! ```
+
+use std::collections::BTreeSet;
+use std::ops::Range;
+use std::time::Duration;
+
+use protocol::message::UpdateAck;
+
+/// Timing of the sender (values in [`super::CloudConfig`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SenderTiming {
+    pub hole_holdoff: Duration,
+    pub silence_timeout: Duration,
+    pub silence_resend: u32,
+    /// No UpdateAck at all for this long: the transfer is dead (the device cancels its own
+    /// after 300 s without a chunk, reference 2.3).
+    pub stall_limit: Duration,
+}
+
+/// Why an UpdateAck or an UpdateStart response cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransferError {
+    #[error("the device returned resume offset {offset} beyond the file size {file_size}")]
+    ResumeBeyondFile { offset: u32, file_size: u32 },
+    #[error("UpdateAck reports {cumulative} chunks received, the transfer has only {chunks}")]
+    AckBeyondFile { cumulative: u32, chunks: u32 },
+}
+
+/// One transfer in progress.
+#[derive(Debug, Clone)]
+pub struct Transfer {
+    pub file_size: u32,
+    pub chunk_size: u32,
+    pub resume_offset: u32,
+    /// Chunks after the resume offset.
+    pub chunks: u32,
+    /// The device's receive window, in chunks (at least 1).
+    pub window: u32,
+    /// Chunks 1..=cumulative are held by the device.
+    cumulative: u32,
+    /// Chunks beyond `cumulative` the device reported held.
+    beyond: BTreeSet<u32>,
+    /// The lowest index never sent.
+    next_new: u32,
+    /// When each chunk (index - 1) was last sent.
+    last_sent: Vec<Option<Duration>>,
+    /// How often each chunk (index - 1) was sent again.
+    resends: Vec<u32>,
+    /// Last time an ack told us something new (or the silence timer fired).
+    last_progress: Duration,
+    /// Last UpdateAck of any kind (or the start).
+    last_ack: Duration,
+    /// Chunk transmissions, first sends and retransmissions.
+    pub transmissions: u32,
+    /// Of those, retransmissions.
+    pub retransmissions: u32,
+    timing: SenderTiming,
+}
+
+impl Transfer {
+    /// A transfer of `file_size` bytes starting at the device's `resume_offset`.
+    pub fn new(
+        now: Duration,
+        file_size: u32,
+        chunk_size: u32,
+        resume_offset: u32,
+        window: u32,
+        timing: SenderTiming,
+    ) -> Result<Transfer, TransferError> {
+        if resume_offset > file_size {
+            return Err(TransferError::ResumeBeyondFile {
+                offset: resume_offset,
+                file_size,
+            });
+        }
+        let chunk_size = chunk_size.max(1);
+        let chunks = (file_size - resume_offset).div_ceil(chunk_size);
+        Ok(Transfer {
+            file_size,
+            chunk_size,
+            resume_offset,
+            chunks,
+            window: window.max(1),
+            cumulative: 0,
+            beyond: BTreeSet::new(),
+            next_new: 1,
+            last_sent: vec![None; chunks as usize],
+            resends: vec![0; chunks as usize],
+            last_progress: now,
+            last_ack: now,
+            transmissions: 0,
+            retransmissions: 0,
+            timing,
+        })
+    }
+
+    /// Chunks the device holds without a gap.
+    pub fn cumulative(&self) -> u32 {
+        self.cumulative
+    }
+
+    /// Chunks the device reported held (cumulative plus the bitmap).
+    pub fn acked(&self) -> u32 {
+        self.cumulative + self.beyond.len() as u32
+    }
+
+    /// Distinct chunks sent at least once.
+    pub fn sent(&self) -> u32 {
+        self.next_new - 1
+    }
+
+    /// Every chunk is held: UpdateFinish may go.
+    pub fn is_complete(&self) -> bool {
+        self.cumulative >= self.chunks
+    }
+
+    /// The file bytes of chunk `index` (1-based, relative to the resume offset).
+    pub fn chunk_range(&self, index: u32) -> Range<usize> {
+        let start = u64::from(self.resume_offset)
+            + u64::from(index.saturating_sub(1)) * u64::from(self.chunk_size);
+        let end = (start + u64::from(self.chunk_size)).min(u64::from(self.file_size));
+        start as usize..end as usize
+    }
+
+    fn held(&self, index: u32) -> bool {
+        index <= self.cumulative || self.beyond.contains(&index)
+    }
+
+    fn mark_sent(&mut self, now: Duration, index: u32) {
+        let slot = (index - 1) as usize;
+        if self.last_sent[slot].is_some() {
+            self.resends[slot] += 1;
+            self.retransmissions += 1;
+        }
+        self.last_sent[slot] = Some(now);
+        self.transmissions += 1;
+    }
+
+    /// New chunks the window allows now, in order; they count as sent.
+    pub fn next_chunks(&mut self, now: Duration) -> Vec<u32> {
+        let limit = self.cumulative.saturating_add(self.window).min(self.chunks);
+        let mut out = Vec::new();
+        while self.next_new <= limit {
+            let index = self.next_new;
+            self.next_new += 1;
+            if !self.held(index) {
+                self.mark_sent(now, index);
+                out.push(index);
+            }
+        }
+        out
+    }
+
+    /// Takes an UpdateAck; returns the holes to send again (they count as sent).
+    pub fn on_ack(&mut self, now: Duration, ack: &UpdateAck) -> Result<Vec<u32>, TransferError> {
+        if ack.cumulative > self.chunks {
+            return Err(TransferError::AckBeyondFile {
+                cumulative: ack.cumulative,
+                chunks: self.chunks,
+            });
+        }
+        self.last_ack = now;
+        let stale = ack.cumulative < self.cumulative;
+        let mut progress = false;
+        if ack.cumulative > self.cumulative {
+            self.cumulative = ack.cumulative;
+            progress = true;
+        }
+        let mut highest = ack.cumulative;
+        for (w, word) in ack.bitmap.iter().enumerate() {
+            for b in 0..32u32 {
+                if word & (1 << b) == 0 {
+                    continue;
+                }
+                let Some(index) = u32::try_from(w)
+                    .ok()
+                    .and_then(|w| w.checked_mul(32))
+                    .and_then(|x| x.checked_add(ack.cumulative))
+                    .and_then(|x| x.checked_add(b + 1))
+                else {
+                    continue;
+                };
+                if index > self.chunks {
+                    continue;
+                }
+                highest = highest.max(index);
+                if index > self.cumulative && self.beyond.insert(index) {
+                    progress = true;
+                }
+            }
+        }
+        while self.beyond.remove(&(self.cumulative + 1)) {
+            self.cumulative += 1;
+        }
+        self.beyond.retain(|&i| i > self.cumulative);
+        if progress {
+            self.last_progress = now;
+        }
+        if stale {
+            // An old ack overtaken by a newer one: its holes may already be filled.
+            return Ok(Vec::new());
+        }
+        let limit = self.cumulative.saturating_add(self.window);
+        let mut resend = Vec::new();
+        for index in self.cumulative + 1..highest.min(limit) {
+            if self.held(index) {
+                continue;
+            }
+            let slot = (index - 1) as usize;
+            let due = match self.last_sent[slot] {
+                None => false, // never sent: next_chunks sends it
+                Some(at) => {
+                    self.resends[slot] == 0 || now.saturating_sub(at) >= self.timing.hole_holdoff
+                }
+            };
+            if due {
+                self.mark_sent(now, index);
+                resend.push(index);
+            }
+        }
+        Ok(resend)
+    }
+
+    fn outstanding(&self) -> bool {
+        (self.cumulative + 1..self.next_new).any(|i| !self.beyond.contains(&i))
+    }
+
+    /// When [`Transfer::on_timeout`] has something to do, or the transfer stalls.
+    pub fn deadline(&self) -> Option<Duration> {
+        self.outstanding().then(|| {
+            self.last_progress
+                .saturating_add(self.timing.silence_timeout)
+                .min(self.last_ack.saturating_add(self.timing.stall_limit))
+        })
+    }
+
+    /// No UpdateAck for the stall limit while chunks are outstanding.
+    pub fn is_stalled(&self, now: Duration) -> bool {
+        self.outstanding() && now >= self.last_ack.saturating_add(self.timing.stall_limit)
+    }
+
+    /// On silence, the first unacknowledged chunks again (they count as sent).
+    pub fn on_timeout(&mut self, now: Duration) -> Vec<u32> {
+        if !self.outstanding()
+            || now
+                < self
+                    .last_progress
+                    .saturating_add(self.timing.silence_timeout)
+        {
+            return Vec::new();
+        }
+        self.last_progress = now;
+        let candidates: Vec<u32> = (self.cumulative + 1..self.next_new)
+            .filter(|i| !self.beyond.contains(i))
+            .take(self.timing.silence_resend.max(1) as usize)
+            .collect();
+        for &index in &candidates {
+            self.mark_sent(now, index);
+        }
+        candidates
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMING: SenderTiming = SenderTiming {
+        hole_holdoff: Duration::from_millis(250),
+        silence_timeout: Duration::from_secs(1),
+        silence_resend: 2,
+        stall_limit: Duration::from_secs(300),
+    };
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn ack(cumulative: u32, held: &[u32]) -> UpdateAck {
+        UpdateAck::from_received(cumulative, held.iter().copied())
+    }
+
+    #[test]
+    fn chunk_ranges_are_relative_to_the_resume_offset() {
+        let t = Transfer::new(ms(0), 2000, 512, 1024, 8, TIMING).unwrap();
+        assert_eq!(t.chunks, 2);
+        assert_eq!(t.chunk_range(1), 1024..1536);
+        assert_eq!(t.chunk_range(2), 1536..2000);
+    }
+
+    #[test]
+    fn resume_offset_beyond_the_file_is_refused() {
+        assert_eq!(
+            Transfer::new(ms(0), 100, 512, 101, 8, TIMING).unwrap_err(),
+            TransferError::ResumeBeyondFile {
+                offset: 101,
+                file_size: 100
+            }
+        );
+        let t = Transfer::new(ms(0), 100, 512, 100, 8, TIMING).unwrap();
+        assert_eq!(t.chunks, 0);
+        assert!(t.is_complete());
+    }
+
+    #[test]
+    fn window_limits_the_chunks_beyond_the_cumulative_ack() {
+        let mut t = Transfer::new(ms(0), 512 * 10, 512, 0, 4, TIMING).unwrap();
+        assert_eq!(t.next_chunks(ms(0)), vec![1, 2, 3, 4]);
+        assert_eq!(t.next_chunks(ms(0)), Vec::<u32>::new());
+        // Holding 1, 3 and 4 moves the window by one only.
+        assert_eq!(t.on_ack(ms(10), &ack(1, &[3, 4])).unwrap(), vec![2]);
+        assert_eq!(t.next_chunks(ms(10)), vec![5]);
+        assert_eq!(t.on_ack(ms(20), &ack(4, &[])).unwrap(), Vec::<u32>::new());
+        assert_eq!(t.next_chunks(ms(20)), vec![6, 7, 8]);
+    }
+
+    #[test]
+    fn a_hole_is_resent_once_then_after_the_holdoff() {
+        let mut t = Transfer::new(ms(0), 512 * 8, 512, 0, 8, TIMING).unwrap();
+        t.next_chunks(ms(0));
+        assert_eq!(t.on_ack(ms(5), &ack(2, &[4])).unwrap(), vec![3]);
+        assert_eq!(
+            t.on_ack(ms(6), &ack(2, &[4, 5, 6])).unwrap(),
+            Vec::<u32>::new()
+        );
+        assert_eq!(t.on_ack(ms(300), &ack(2, &[4, 5, 6])).unwrap(), vec![3]);
+        assert_eq!(t.retransmissions, 2);
+        assert_eq!(t.on_ack(ms(301), &ack(8, &[])).unwrap(), Vec::<u32>::new());
+        assert!(t.is_complete());
+    }
+
+    #[test]
+    fn a_stale_ack_changes_nothing_and_resends_nothing() {
+        let mut t = Transfer::new(ms(0), 512 * 8, 512, 0, 8, TIMING).unwrap();
+        t.next_chunks(ms(0));
+        t.on_ack(ms(5), &ack(6, &[])).unwrap();
+        assert_eq!(t.on_ack(ms(6), &ack(2, &[4])).unwrap(), Vec::<u32>::new());
+        assert_eq!(t.cumulative(), 6);
+    }
+
+    #[test]
+    fn silence_resends_the_first_unacknowledged_chunks() {
+        let mut t = Transfer::new(ms(0), 512 * 8, 512, 0, 8, TIMING).unwrap();
+        t.next_chunks(ms(0));
+        t.on_ack(ms(100), &ack(2, &[4])).unwrap(); // resends 3
+        assert_eq!(t.deadline(), Some(ms(1100)));
+        assert_eq!(t.on_timeout(ms(1099)), Vec::<u32>::new());
+        assert_eq!(t.on_timeout(ms(1100)), vec![3, 5]);
+        assert_eq!(t.deadline(), Some(ms(2100)));
+        assert!(!t.is_stalled(ms(300_099)));
+        assert!(t.is_stalled(ms(300_100)));
+    }
+
+    #[test]
+    fn an_ack_beyond_the_file_is_an_error() {
+        let mut t = Transfer::new(ms(0), 512 * 2, 512, 0, 8, TIMING).unwrap();
+        assert!(t.on_ack(ms(0), &ack(3, &[])).is_err());
+    }
+}
