@@ -3,6 +3,11 @@
 //! Window-Size, UpdateAcks with cumulative index and bitmap, a separate 2.04 with the JSON
 //! stats), the commit on the cloud's ACK, the reset, the new version in Hello and describe, and
 //! what the system flags, sleep, resets and disconnects do to a transfer.
+//!
+//! After its post-update reset the captured device made a full DTLS handshake: the host build
+//! keeps the session in process memory, which its reset (a process restart) loses. A Gen3
+//! device keeps it in retained RAM and resumes (reference 1.4); because the firmware changed,
+//! it then sends a Hello and its describes again, which is what these tests expect.
 
 mod device_os_support;
 

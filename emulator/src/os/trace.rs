@@ -26,7 +26,9 @@ pub enum DeviceEvent {
     PoweredOff,
     /// A new UDP socket and a DTLS handshake (`resume == false`) or a resumption.
     Connecting { resume: bool },
-    /// Every handshake message was acknowledged (`cloud_status_connected`).
+    /// Every handshake message was acknowledged (`cloud_status_connected`). `resumed`: the
+    /// DTLS session was resumed without a handshake (a Hello is still sent when the firmware
+    /// changed since the session was made).
     Connected { resumed: bool },
     /// The connection ended.
     Disconnected { reason: DisconnectReason },
