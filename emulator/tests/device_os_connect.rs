@@ -366,3 +366,33 @@ fn nothing_follows_the_hello_until_it_is_acknowledged() {
         .iter()
         .all(|s| s.message.message_id == 1 && s.message.payload.len() == 32));
 }
+
+#[test]
+fn a_describe_request_is_acknowledged_then_answered_separately() {
+    use protocol::coap::Code;
+    use protocol::message::{DescribeFlags, DescribeRequest};
+    let mut sim = Sim::boron();
+    sim.connect();
+    let request = sim.cloud_request(
+        MessageType::Confirmable,
+        Body::DescribeRequest(DescribeRequest {
+            flags: DescribeFlags::SYSTEM,
+            block2: None,
+        }),
+    );
+    sim.run_for(Duration::from_secs(1));
+    let answer = sim.cloud_response(request).expect("answered");
+    assert_eq!(answer.kind, MessageType::Confirmable, "separate response");
+    assert_eq!(answer.code, Code::CONTENT);
+    assert_eq!(answer.option(option::CONTENT_FORMAT), Some(&[42][..]));
+    let d = SystemDescribe::parse(&answer.payload).unwrap();
+    assert_eq!(d.firmware_modules.len(), 4);
+    // The empty ACK came first.
+    let acks = sim
+        .cloud
+        .sent_by_device()
+        .iter()
+        .filter(|s| s.message.kind == MessageType::Acknowledgement)
+        .count();
+    assert_eq!(acks, 1);
+}
