@@ -33,6 +33,13 @@ enum Command {
         #[arg(long)]
         file: Option<PathBuf>,
     },
+    /// Run scenario files (or folders of them) against a target.
+    Run(cli::run::RunArgs),
+    /// Validate scenario files without running them.
+    Check(cli::check::CheckArgs),
+    /// Make scenario fixtures (from a saved event stream of a field device).
+    #[command(subcommand)]
+    Fixture(cli::fixture::FixtureCommand),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +48,9 @@ fn main() -> ExitCode {
         Command::Sweep(args) => cli::sweep::run(args),
         Command::Module(cmd) => cli::module::run(cmd),
         Command::Boards { board, file } => cli::boards::run(board, file),
+        Command::Run(args) => cli::run::run(args),
+        Command::Check(args) => cli::check::run(args),
+        Command::Fixture(cmd) => cli::fixture::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -1,7 +1,10 @@
 //! Subcommands of `hil`. Each returns the process exit code, or an error that `main` prints.
 
 pub mod boards;
+pub mod check;
+pub mod fixture;
 pub mod module;
+pub mod run;
 pub mod sweep;
 
 /// An error shown to the user as one sentence.

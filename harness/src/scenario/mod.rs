@@ -1,0 +1,21 @@
+//! Scenarios: data files (TOML) that drive a [`target::Target`] through an OTA story — set-up,
+//! steps, expectations — and the runner that turns one into cases, results and traces.
+//!
+//! The file format is documented with examples in `fixtures/README.md`; the behaviours the
+//! steps exercise are those of reference `particle-protocol.md` sections 2, 3 and 5 and
+//! `particle-cloud-api.md` sections 4 and 5.
+
+pub mod field;
+pub mod firmware;
+pub mod model;
+pub mod node;
+pub mod parse;
+pub mod report;
+pub mod runner;
+pub mod target;
+pub mod trace;
+
+pub use model::*;
+pub use parse::{load, parse, ScenarioError, STEP_KINDS};
+pub use target::{Capability, Target, TargetError};
+pub use trace::{Trace, TraceEntry, TraceKind};

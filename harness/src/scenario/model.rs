@@ -1,0 +1,1026 @@
+//! The typed form of a scenario file: set-up, steps and expectations (format in
+//! `fixtures/README.md`). Every step and expectation knows the target [`Capability`]s it needs
+//! and prints itself in one canonical line, used in traces and failure reports.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use emulator::firmware::Versions;
+use emulator::flash::CutMode;
+
+use super::target::Capability;
+
+/// The seed of a scenario that names none (and is not given one on the command line).
+pub const DEFAULT_SEED: u64 = 1;
+
+/// One scenario file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scenario {
+    /// The file as the user named it (used in every message).
+    pub file: PathBuf,
+    pub name: String,
+    pub description: Option<String>,
+    /// The file's seed; the command line's `--seed` overrides it.
+    pub seed: Option<u64>,
+    pub setup: Setup,
+    pub steps: Vec<StepAt>,
+    /// Checked after the last step.
+    pub expect: Vec<Expectation>,
+    /// The `[report]` table of a field-bug reproduction, kept as written (key, TOML text).
+    pub report: Vec<(String, String)>,
+}
+
+impl Scenario {
+    /// The seed a run uses: the override, else the file's, else [`DEFAULT_SEED`].
+    pub fn seed(&self, seed_override: Option<u64>) -> u64 {
+        seed_override.or(self.seed).unwrap_or(DEFAULT_SEED)
+    }
+
+    /// The sweep step, if the scenario has one (at most one; the parser enforces it).
+    pub fn sweep(&self) -> Option<(&StepAt, &Sweep)> {
+        self.steps.iter().find_map(|s| match &s.step {
+            Step::Sweep(sweep) => Some((s, sweep)),
+            _ => None,
+        })
+    }
+}
+
+/// What exists before the first step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Setup {
+    /// A built-in board name (`hil boards`).
+    pub board: String,
+    pub firmware: InitialFirmware,
+    pub app: AppBehaviour,
+    pub cloud: CloudSetup,
+}
+
+impl Setup {
+    /// Capabilities a target needs to establish this set-up.
+    pub fn capabilities(&self) -> Vec<Capability> {
+        let mut caps = vec![Capability::InstallFirmware];
+        if self.app != AppBehaviour::default() {
+            caps.push(Capability::AppControl);
+        }
+        if self.cloud.devices.iter().any(|d| d.updates_forced) {
+            caps.push(Capability::CloudForceUpdates);
+        }
+        caps
+    }
+}
+
+/// A Device OS version as a module version number (6.2.0 = 6200).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DeviceOsVersion(pub u16);
+
+impl DeviceOsVersion {
+    /// Parses `major.minor.patch` (minor < 10, patch < 100, as module versions encode them).
+    pub fn parse(text: &str) -> Option<DeviceOsVersion> {
+        let mut parts = text.split('.');
+        let major: u16 = parts.next()?.parse().ok()?;
+        let minor: u16 = parts.next()?.parse().ok()?;
+        let patch: u16 = parts.next()?.parse().ok()?;
+        if parts.next().is_some() || minor >= 10 || patch >= 100 || major >= 65 {
+            return None;
+        }
+        Some(DeviceOsVersion(major * 1000 + minor * 100 + patch))
+    }
+}
+
+impl fmt::Display for DeviceOsVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = self.0;
+        write!(f, "{}.{}.{}", v / 1000, (v / 100) % 10, v % 100)
+    }
+}
+
+/// The firmware installed before the first step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InitialFirmware {
+    pub device_os: DeviceOsVersion,
+    /// The application's product version (`PRODUCT_VERSION(n)`).
+    pub app: u16,
+    /// The user part's module version.
+    pub app_module: u16,
+    pub bootloader: u16,
+}
+
+impl Default for InitialFirmware {
+    fn default() -> Self {
+        let b = Versions::BASELINE;
+        InitialFirmware {
+            device_os: DeviceOsVersion(b.system_part),
+            app: b.product_version,
+            app_module: b.user_part,
+            bootloader: b.bootloader,
+        }
+    }
+}
+
+impl InitialFirmware {
+    /// The module versions the emulator's firmware set builds.
+    pub fn versions(&self) -> Versions {
+        Versions {
+            bootloader: self.bootloader,
+            system_part: self.device_os.0,
+            user_part: self.app_module,
+            product_version: self.app,
+        }
+    }
+}
+
+/// How the application behaves from boot (reference: particle-cloud-api.md 5.1-5.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppBehaviour {
+    /// `false`: the app calls `System.disableUpdates()` in `setup()`.
+    pub updates_enabled: bool,
+    /// `false`: the app calls `System.disableReset()` in `setup()`.
+    pub resets_enabled: bool,
+    /// `SYSTEM_THREAD(ENABLED)` (the default on Device OS 6.2.0).
+    pub system_thread: bool,
+    pub mode: SystemMode,
+}
+
+impl Default for AppBehaviour {
+    fn default() -> Self {
+        AppBehaviour {
+            updates_enabled: true,
+            resets_enabled: true,
+            system_thread: true,
+            mode: SystemMode::Automatic,
+        }
+    }
+}
+
+/// `SYSTEM_MODE(...)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SystemMode {
+    Automatic,
+    SemiAutomatic,
+    Manual,
+}
+
+/// The local cloud before the first step. Products, releases and groups come with the fleet
+/// issue; the parser refuses them with a clear message until then.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudSetup {
+    /// Exactly one today: the device under test.
+    pub devices: Vec<CloudDevice>,
+}
+
+impl Default for CloudSetup {
+    fn default() -> Self {
+        CloudSetup {
+            devices: vec![CloudDevice::default()],
+        }
+    }
+}
+
+/// A device the cloud knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudDevice {
+    pub name: String,
+    /// 24 lowercase hex characters; derived from the seed when absent.
+    pub id: Option<String>,
+    /// The cloud forces updates for this device from the start (`updates/forced` = true).
+    pub updates_forced: bool,
+}
+
+impl Default for CloudDevice {
+    fn default() -> Self {
+        CloudDevice {
+            name: "dut".into(),
+            id: None,
+            updates_forced: false,
+        }
+    }
+}
+
+/// A step with where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepAt {
+    /// 1-based position in the scenario's step list.
+    pub index: usize,
+    /// Line and column of the step in its file.
+    pub line: usize,
+    pub column: usize,
+    pub step: Step,
+}
+
+/// One step of a scenario.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Something the target does (cloud, power, application, link).
+    Action(Action),
+    Wait(Wait),
+    /// Checks at this point; several may share a step.
+    Expect(Vec<Expectation>),
+    /// Cut power at every flash operation of a phase: expands into one case per cut point.
+    Sweep(Sweep),
+}
+
+impl Step {
+    /// The step kind as written after `do =`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Step::Action(a) => a.kind(),
+            Step::Wait(w) => w.kind(),
+            Step::Expect(_) => "expect",
+            Step::Sweep(_) => "sweep",
+        }
+    }
+
+    /// Capabilities the target needs for the step as a whole (for `expect`, see each
+    /// expectation instead: they are checked or skipped one by one).
+    pub fn capabilities(&self) -> Vec<Capability> {
+        match self {
+            Step::Action(a) => a.capabilities(),
+            Step::Wait(w) => w.capabilities(),
+            Step::Expect(_) => Vec::new(),
+            Step::Sweep(_) => vec![
+                Capability::PowerControl,
+                Capability::PowerCutAtFlashOp,
+                Capability::VirtualTime,
+            ],
+        }
+    }
+}
+
+/// Everything a target is asked to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// The cloud flashes the device with a file built from the spec (single-device OTA).
+    CloudFlash(FirmwareSpec),
+    /// The cloud sets or clears "updates forced" for the device.
+    CloudForceUpdates {
+        forced: bool,
+    },
+    PowerCut(PowerCut),
+    PowerOn,
+    App(AppAction),
+    Link(LinkAction),
+}
+
+impl Action {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::CloudFlash(_) => "cloud.flash",
+            Action::CloudForceUpdates { .. } => "cloud.force_updates",
+            Action::PowerCut(_) => "power.cut",
+            Action::PowerOn => "power.on",
+            Action::App(a) => match a {
+                AppAction::DisableUpdates => "app.disable_updates",
+                AppAction::EnableUpdates => "app.enable_updates",
+                AppAction::DisableReset => "app.disable_reset",
+                AppAction::EnableReset => "app.enable_reset",
+                AppAction::Reset { .. } => "app.reset",
+                AppAction::Sleep(_) => "app.sleep",
+                AppAction::Wake => "app.wake",
+            },
+            Action::Link(l) => match l {
+                LinkAction::Faults { .. } => "link.faults",
+                LinkAction::Drop { .. } => "link.drop",
+                LinkAction::Partition { .. } => "link.partition",
+            },
+        }
+    }
+
+    pub fn capabilities(&self) -> Vec<Capability> {
+        use Capability::*;
+        match self {
+            Action::CloudFlash(_) => vec![CloudFlash],
+            Action::CloudForceUpdates { .. } => vec![CloudForceUpdates],
+            Action::PowerCut(cut) => match cut.at {
+                CutPoint::Now => vec![PowerControl],
+                CutPoint::FlashOp(_) | CutPoint::Phase { .. } => {
+                    vec![PowerControl, PowerCutAtFlashOp]
+                }
+                CutPoint::Chunk(_) => vec![PowerControl, PowerCutAtChunk],
+            },
+            Action::PowerOn => vec![PowerControl],
+            Action::App(AppAction::Sleep(_)) | Action::App(AppAction::Wake) => {
+                vec![AppControl, Sleep]
+            }
+            Action::App(_) => vec![AppControl],
+            Action::Link(LinkAction::Partition { .. }) => vec![LinkPartition],
+            Action::Link(_) => vec![LinkFaults],
+        }
+    }
+}
+
+/// What file the cloud flashes, built with the module builder for the scenario's board.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FirmwareSpec {
+    /// A user part with this product version.
+    pub app: Option<u16>,
+    /// A system part at this Device OS version.
+    pub device_os: Option<DeviceOsVersion>,
+    /// A bootloader at this module version.
+    pub bootloader: Option<u16>,
+    /// Compress the module(s) (reference 4.5).
+    pub compressed: bool,
+    /// Send the modules as one combined file (reference 4.6); needs two modules.
+    pub combined: bool,
+    /// Build for this other built-in board instead (a module for the wrong platform).
+    pub platform: Option<String>,
+    /// Damage the file after building it.
+    pub corrupt: Option<Corruption>,
+    /// Size of the user part in bytes (default: the firmware set's).
+    pub size: Option<u32>,
+}
+
+/// How a built file is damaged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Corruption {
+    /// One byte of the first module's body flipped: the module CRC no longer matches.
+    Crc,
+    /// The last quarter of the file cut off.
+    Truncated,
+}
+
+impl Corruption {
+    pub const WORDS: [(&'static str, Corruption); 2] = [
+        ("crc", Corruption::Crc),
+        ("truncated", Corruption::Truncated),
+    ];
+}
+
+/// Where power is lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PowerCut {
+    pub at: CutPoint,
+    /// Before, during (torn) or after the flash operation; `Before` for [`CutPoint::Now`].
+    pub mode: CutMode,
+    /// Power comes back by itself after this long (virtual time); otherwise `power.on`.
+    pub off_for: Option<Duration>,
+}
+
+/// When an armed power cut fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutPoint {
+    /// Immediately.
+    Now,
+    /// At the Nth flash operation (0-based) after the step.
+    FlashOp(u64),
+    /// At the first flash operation that writes OTA chunk K (0-based) to the staging area.
+    Chunk(u32),
+    /// At the Nth flash operation (0-based) of the next occurrence of a phase.
+    Phase { phase: Phase, op: u64 },
+}
+
+/// The phases of an update, as flash operations see them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Phase {
+    /// Chunks written to the OTA staging area (and the resume state synced).
+    Download,
+    /// Validation done: the DCT module slots written.
+    Commit,
+    /// The bootloader copies staged modules into place.
+    Apply,
+    /// The first boot of the new firmware (validation, safe-mode decision).
+    FirstBoot,
+}
+
+impl Phase {
+    pub const WORDS: [(&'static str, Phase); 4] = [
+        ("download", Phase::Download),
+        ("commit", Phase::Commit),
+        ("apply", Phase::Apply),
+        ("first_boot", Phase::FirstBoot),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Download => "download",
+            Phase::Commit => "commit",
+            Phase::Apply => "apply",
+            Phase::FirstBoot => "first_boot",
+        }
+    }
+}
+
+pub const CUT_MODE_WORDS: [(&str, CutMode); 3] = [
+    ("before", CutMode::Before),
+    ("torn", CutMode::Torn),
+    ("after", CutMode::After),
+];
+
+pub fn cut_mode_str(mode: CutMode) -> &'static str {
+    match mode {
+        CutMode::Before => "before",
+        CutMode::Torn => "torn",
+        CutMode::After => "after",
+    }
+}
+
+/// What the application does when told (reference: particle-cloud-api.md 5.1, 5.2, 5.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppAction {
+    DisableUpdates,
+    EnableUpdates,
+    DisableReset,
+    EnableReset,
+    /// `System.reset()`; `no_wait` = `RESET_NO_WAIT`.
+    Reset {
+        no_wait: bool,
+    },
+    Sleep(Sleep),
+    /// Wake a sleeping device now (a GPIO wake source).
+    Wake,
+}
+
+/// `System.sleep(SystemSleepConfiguration)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sleep {
+    pub mode: SleepMode,
+    /// Timed wake; without it the device sleeps until `app.wake` (or network data in standby).
+    pub duration: Option<Duration>,
+    pub network: SleepNetwork,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SleepMode {
+    Stop,
+    UltraLowPower,
+    Hibernate,
+}
+
+impl SleepMode {
+    pub const WORDS: [(&'static str, SleepMode); 3] = [
+        ("stop", SleepMode::Stop),
+        ("ultra_low_power", SleepMode::UltraLowPower),
+        ("hibernate", SleepMode::Hibernate),
+    ];
+}
+
+/// The network during sleep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SleepNetwork {
+    Off,
+    /// `.network(interface)`: kept connected, incoming data wakes the device.
+    Standby,
+    /// `INACTIVE_STANDBY`: kept powered, does not wake on data.
+    InactiveStandby,
+}
+
+impl SleepNetwork {
+    pub const WORDS: [(&'static str, SleepNetwork); 3] = [
+        ("off", SleepNetwork::Off),
+        ("standby", SleepNetwork::Standby),
+        ("inactive_standby", SleepNetwork::InactiveStandby),
+    ];
+}
+
+/// Faults on the device <-> cloud link.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LinkAction {
+    /// Rates from 0 to 1, for every datagram from now on (all zero = a clean link).
+    Faults {
+        loss: f64,
+        duplicate: f64,
+        reorder: f64,
+    },
+    /// Drop the next N datagrams (either direction).
+    Drop { next: u32 },
+    /// Nothing passes for this long.
+    Partition { duration: Duration },
+}
+
+/// Waiting, in the target's time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wait {
+    /// Until an event not matched by an earlier wait appears in the event stream.
+    Event {
+        event: EventPattern,
+        timeout: Duration,
+    },
+    /// Until the device is in a state.
+    State {
+        state: DeviceState,
+        timeout: Duration,
+    },
+    /// For a duration.
+    Time(Duration),
+}
+
+/// Timeout of a wait that names none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+impl Wait {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Wait::Event { .. } => "wait.event",
+            Wait::State { .. } => "wait.state",
+            Wait::Time(_) => "wait.time",
+        }
+    }
+
+    pub fn capabilities(&self) -> Vec<Capability> {
+        match self {
+            Wait::Event { .. } => vec![Capability::ObserveEvents],
+            Wait::State { state, .. } => vec![state.capability()],
+            Wait::Time(_) => Vec::new(),
+        }
+    }
+}
+
+/// An event by name and, optionally, data. Data is compared with surrounding whitespace
+/// trimmed on both sides (the cloud's `spark/flash/status` values end in a space).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventPattern {
+    pub name: String,
+    pub data: Option<String>,
+}
+
+impl EventPattern {
+    pub fn matches(&self, name: &str, data: &str) -> bool {
+        self.name == name && self.data.as_deref().is_none_or(|d| d.trim() == data.trim())
+    }
+}
+
+impl fmt::Display for EventPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.data {
+            Some(d) => write!(f, "{}={:?}", self.name, d),
+            None => write!(f, "{}", self.name),
+        }
+    }
+}
+
+/// States a wait can wait for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceState {
+    /// Connected to the cloud.
+    Online,
+    Offline,
+    PoweredOff,
+    /// Powered, booted, running its application (not safe mode).
+    Running,
+    SafeMode,
+    Sleeping,
+    /// An OTA transfer is running.
+    Updating,
+    /// `System.resetPending()`.
+    ResetPending,
+    /// `System.updatesPending()`.
+    UpdatePending,
+}
+
+impl DeviceState {
+    pub const WORDS: [(&'static str, DeviceState); 9] = [
+        ("online", DeviceState::Online),
+        ("offline", DeviceState::Offline),
+        ("powered_off", DeviceState::PoweredOff),
+        ("running", DeviceState::Running),
+        ("safe_mode", DeviceState::SafeMode),
+        ("sleeping", DeviceState::Sleeping),
+        ("updating", DeviceState::Updating),
+        ("reset_pending", DeviceState::ResetPending),
+        ("update_pending", DeviceState::UpdatePending),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        Self::WORDS
+            .iter()
+            .find(|(_, s)| *s == self)
+            .map(|(w, _)| *w)
+            .unwrap_or("?")
+    }
+
+    /// What the target must observe to tell this state.
+    pub fn capability(self) -> Capability {
+        match self {
+            DeviceState::ResetPending | DeviceState::UpdatePending => Capability::ObserveFlags,
+            DeviceState::Updating => Capability::ObserveOta,
+            _ => Capability::ObserveState,
+        }
+    }
+}
+
+/// One check of the device or the event stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expectation {
+    /// The running firmware's versions (only the ones given are compared).
+    Running(RunningExpect),
+    /// In safe mode (`true`) or running the application (`false`).
+    SafeMode(bool),
+    /// These events appeared, in this order (others may come between).
+    Events(Vec<EventPattern>),
+    /// None of these events appeared.
+    EventsAbsent(Vec<EventPattern>),
+    /// System flags (only the ones given are compared).
+    Flags(FlagsExpect),
+    /// The OTA transfer's state (only the fields given are compared).
+    Ota(OtaExpect),
+    /// Nothing lost: the old firmware is intact, or the new one complete (never a mix, never
+    /// a half-written module reported valid).
+    NothingLost,
+    /// `spark/device/last_reset` of the current boot.
+    LastReset(String),
+    /// Connected to the cloud (`true`) or not.
+    Online(bool),
+}
+
+impl Expectation {
+    /// The key it is written under in an `expect` table.
+    pub fn key(&self) -> &'static str {
+        match self {
+            Expectation::Running(_) => "running",
+            Expectation::SafeMode(_) => "safe_mode",
+            Expectation::Events(_) => "events",
+            Expectation::EventsAbsent(_) => "events_absent",
+            Expectation::Flags(_) => "flags",
+            Expectation::Ota(_) => "ota",
+            Expectation::NothingLost => "nothing_lost",
+            Expectation::LastReset(_) => "last_reset",
+            Expectation::Online(_) => "online",
+        }
+    }
+
+    pub fn capabilities(&self) -> Vec<Capability> {
+        use Capability::*;
+        match self {
+            Expectation::Running(_) => vec![ObserveVersions],
+            Expectation::SafeMode(_) | Expectation::Online(_) | Expectation::LastReset(_) => {
+                vec![ObserveState]
+            }
+            Expectation::Events(_) | Expectation::EventsAbsent(_) => vec![ObserveEvents],
+            Expectation::Flags(_) => vec![ObserveFlags],
+            Expectation::Ota(_) => vec![ObserveOta],
+            Expectation::NothingLost => vec![FlashInspection],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RunningExpect {
+    pub device_os: Option<DeviceOsVersion>,
+    /// Product version of the application.
+    pub app: Option<u16>,
+    pub bootloader: Option<u16>,
+}
+
+/// Device OS system flags (reference: particle-protocol.md 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FlagsExpect {
+    pub updates_enabled: Option<bool>,
+    pub updates_pending: Option<bool>,
+    pub updates_forced: Option<bool>,
+    pub reset_enabled: Option<bool>,
+    pub reset_pending: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OtaExpect {
+    pub state: Option<OtaState>,
+    /// At least this percentage of the file received.
+    pub min_percent: Option<u8>,
+    /// Whether the last transfer resumed from a persisted offset (not from zero).
+    pub resumed: Option<bool>,
+    /// The Device OS error code the last transfer failed with (e.g. -1360).
+    pub error: Option<i32>,
+}
+
+/// The state of the last OTA transfer, as the device sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtaState {
+    /// No transfer seen since the device booted.
+    Idle,
+    InProgress,
+    /// Received, validated and committed (a reset applies it).
+    Complete,
+    Failed,
+    /// Cancelled (sleep, connection loss) with resumable state kept.
+    Cancelled,
+}
+
+impl OtaState {
+    pub const WORDS: [(&'static str, OtaState); 5] = [
+        ("idle", OtaState::Idle),
+        ("in_progress", OtaState::InProgress),
+        ("complete", OtaState::Complete),
+        ("failed", OtaState::Failed),
+        ("cancelled", OtaState::Cancelled),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        Self::WORDS
+            .iter()
+            .find(|(_, s)| *s == self)
+            .map(|(w, _)| *w)
+            .unwrap_or("?")
+    }
+}
+
+/// The sweep: one case per (flash operation of the phase, mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sweep {
+    pub phase: Phase,
+    pub modes: Vec<CutMode>,
+    /// How long power stays off after each cut.
+    pub off_for: Duration,
+}
+
+/// Writes a duration the way scenario files do: `1m30s`, `250ms`, `0s`.
+pub fn format_duration(d: Duration) -> String {
+    let mut ms = d.as_millis();
+    if ms == 0 {
+        return "0s".into();
+    }
+    let mut out = String::new();
+    for (unit, size) in [
+        ("d", 86_400_000u128),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
+        if ms >= size {
+            out.push_str(&format!("{}{unit}", ms / size));
+            ms %= size;
+        }
+    }
+    if ms > 0 {
+        out.push_str(&format!("{ms}ms"));
+    }
+    out
+}
+
+/// Reads `250ms`, `30s`, `5m`, `2h`, `1d` and sums like `1m30s`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let mut total: u128 = 0;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return None;
+        }
+        let n: u128 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1000,
+            "m" | "min" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total = total.checked_add(n.checked_mul(scale)?)?;
+    }
+    Some(Duration::from_millis(u64::try_from(total).ok()?))
+}
+
+impl fmt::Display for FirmwareSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(app) = self.app {
+            parts.push(format!("app={app}"));
+        }
+        if let Some(v) = self.device_os {
+            parts.push(format!("device_os={v}"));
+        }
+        if let Some(v) = self.bootloader {
+            parts.push(format!("bootloader={v}"));
+        }
+        if self.compressed {
+            parts.push("compressed".into());
+        }
+        if self.combined {
+            parts.push("combined".into());
+        }
+        if let Some(p) = &self.platform {
+            parts.push(format!("platform={p}"));
+        }
+        if let Some(c) = self.corrupt {
+            parts.push(format!(
+                "corrupt={}",
+                match c {
+                    Corruption::Crc => "crc",
+                    Corruption::Truncated => "truncated",
+                }
+            ));
+        }
+        if let Some(s) = self.size {
+            parts.push(format!("size={s}"));
+        }
+        f.write_str(&parts.join(" "))
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.kind())?;
+        match self {
+            Action::CloudFlash(spec) => write!(f, " {spec}"),
+            Action::CloudForceUpdates { forced } => write!(f, " forced={forced}"),
+            Action::PowerCut(cut) => {
+                match cut.at {
+                    CutPoint::Now => f.write_str(" now")?,
+                    CutPoint::FlashOp(n) => write!(f, " flash_op={n}")?,
+                    CutPoint::Chunk(k) => write!(f, " chunk={k}")?,
+                    CutPoint::Phase { phase, op } => {
+                        write!(f, " phase={} op={op}", phase.as_str())?
+                    }
+                }
+                if cut.at != CutPoint::Now {
+                    write!(f, " mode={}", cut_mode_str(cut.mode))?;
+                }
+                if let Some(d) = cut.off_for {
+                    write!(f, " off_for={}", format_duration(d))?;
+                }
+                Ok(())
+            }
+            Action::PowerOn => Ok(()),
+            Action::App(AppAction::Reset { no_wait }) if *no_wait => f.write_str(" no_wait"),
+            Action::App(AppAction::Sleep(s)) => {
+                let mode = SleepMode::WORDS
+                    .iter()
+                    .find(|(_, m)| *m == s.mode)
+                    .map(|(w, _)| *w)
+                    .unwrap_or("?");
+                let net = SleepNetwork::WORDS
+                    .iter()
+                    .find(|(_, m)| *m == s.network)
+                    .map(|(w, _)| *w)
+                    .unwrap_or("?");
+                write!(f, " mode={mode} network={net}")?;
+                if let Some(d) = s.duration {
+                    write!(f, " duration={}", format_duration(d))?;
+                }
+                Ok(())
+            }
+            Action::App(_) => Ok(()),
+            Action::Link(LinkAction::Faults {
+                loss,
+                duplicate,
+                reorder,
+            }) => write!(f, " loss={loss} duplicate={duplicate} reorder={reorder}"),
+            Action::Link(LinkAction::Drop { next }) => write!(f, " next={next}"),
+            Action::Link(LinkAction::Partition { duration }) => {
+                write!(f, " duration={}", format_duration(*duration))
+            }
+        }
+    }
+}
+
+impl fmt::Display for Wait {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Wait::Event { event, timeout } => {
+                write!(
+                    f,
+                    "wait.event {event} timeout={}",
+                    format_duration(*timeout)
+                )
+            }
+            Wait::State { state, timeout } => write!(
+                f,
+                "wait.state {} timeout={}",
+                state.as_str(),
+                format_duration(*timeout)
+            ),
+            Wait::Time(d) => write!(f, "wait.time {}", format_duration(*d)),
+        }
+    }
+}
+
+fn opt<T: fmt::Display>(parts: &mut Vec<String>, key: &str, v: Option<T>) {
+    if let Some(v) = v {
+        parts.push(format!("{key}={v}"));
+    }
+}
+
+impl fmt::Display for Expectation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let list = |l: &[EventPattern]| {
+            l.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match self {
+            Expectation::Running(r) => {
+                let mut p = Vec::new();
+                opt(&mut p, "device_os", r.device_os);
+                opt(&mut p, "app", r.app);
+                opt(&mut p, "bootloader", r.bootloader);
+                write!(f, "running {}", p.join(" "))
+            }
+            Expectation::SafeMode(b) => write!(f, "safe_mode={b}"),
+            Expectation::Events(l) => write!(f, "events [{}]", list(l)),
+            Expectation::EventsAbsent(l) => write!(f, "events_absent [{}]", list(l)),
+            Expectation::Flags(x) => {
+                let mut p = Vec::new();
+                opt(&mut p, "updates_enabled", x.updates_enabled);
+                opt(&mut p, "updates_pending", x.updates_pending);
+                opt(&mut p, "updates_forced", x.updates_forced);
+                opt(&mut p, "reset_enabled", x.reset_enabled);
+                opt(&mut p, "reset_pending", x.reset_pending);
+                write!(f, "flags {}", p.join(" "))
+            }
+            Expectation::Ota(o) => {
+                let mut p = Vec::new();
+                opt(&mut p, "state", o.state.map(OtaState::as_str));
+                opt(&mut p, "min_percent", o.min_percent);
+                opt(&mut p, "resumed", o.resumed);
+                opt(&mut p, "error", o.error);
+                write!(f, "ota {}", p.join(" "))
+            }
+            Expectation::NothingLost => f.write_str("nothing_lost"),
+            Expectation::LastReset(r) => write!(f, "last_reset={r:?}"),
+            Expectation::Online(b) => write!(f, "online={b}"),
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::Action(a) => write!(f, "{a}"),
+            Step::Wait(w) => write!(f, "{w}"),
+            Step::Expect(list) => {
+                f.write_str("expect")?;
+                for (i, e) in list.iter().enumerate() {
+                    write!(f, "{}{e}", if i == 0 { " " } else { "; " })?;
+                }
+                Ok(())
+            }
+            Step::Sweep(s) => {
+                let modes: Vec<&str> = s.modes.iter().map(|m| cut_mode_str(*m)).collect();
+                write!(
+                    f,
+                    "sweep phase={} modes={} off_for={}",
+                    s.phase.as_str(),
+                    modes.join(","),
+                    format_duration(s.off_for)
+                )
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_and_write_in_the_same_form() {
+        for (text, ms) in [
+            ("250ms", 250),
+            ("30s", 30_000),
+            ("5m", 300_000),
+            ("1m30s", 90_000),
+            ("2h", 7_200_000),
+            ("1d", 86_400_000),
+            ("0s", 0),
+        ] {
+            let d = parse_duration(text).unwrap();
+            assert_eq!(d, Duration::from_millis(ms), "{text}");
+            assert_eq!(format_duration(d), text);
+        }
+        for bad in [
+            "",
+            "5",
+            "s",
+            "5x",
+            "-1s",
+            "1.5s",
+            "99999999999999999999999d",
+        ] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn device_os_versions_are_module_versions() {
+        assert_eq!(DeviceOsVersion::parse("6.2.0"), Some(DeviceOsVersion(6200)));
+        assert_eq!(
+            DeviceOsVersion::parse("5.5.12"),
+            Some(DeviceOsVersion(5512))
+        );
+        assert_eq!(DeviceOsVersion(3100).to_string(), "3.1.0");
+        for bad in ["6.2", "6.10.0", "6.2.0-rc.1", "x.y.z", "6.2.0.1"] {
+            assert_eq!(DeviceOsVersion::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn event_data_is_compared_trimmed() {
+        let p = EventPattern {
+            name: "spark/flash/status".into(),
+            data: Some("started".into()),
+        };
+        assert!(p.matches("spark/flash/status", "started "));
+        assert!(!p.matches("spark/flash/status", "success "));
+        assert!(!p.matches("spark/status", "started"));
+    }
+}

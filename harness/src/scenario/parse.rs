@@ -1,0 +1,764 @@
+//! Reads scenario files (TOML, format in `fixtures/README.md`) into a [`Scenario`].
+//!
+//! Every problem is reported as `file:line:column: what is wrong; what was expected`: unknown
+//! steps and fields list the accepted ones, missing fields show the expected form, wrong types
+//! say what was found.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use emulator::board::Board;
+use emulator::flash::CutMode;
+
+use super::model::*;
+use super::node::{self, Fields, Node, SpanError, Value};
+
+/// A problem with a scenario file, at a position when there is one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScenarioError {
+    pub file: PathBuf,
+    /// 1-based line and column.
+    pub at: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl fmt::Display for ScenarioError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.at {
+            Some((line, col)) => {
+                write!(f, "{}:{line}:{col}: {}", self.file.display(), self.message)
+            }
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+impl std::error::Error for ScenarioError {}
+
+/// Reads and parses one scenario file.
+pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ScenarioError {
+        file: path.to_path_buf(),
+        at: None,
+        message: format!("cannot read the file: {e}"),
+    })?;
+    parse(&text, path)
+}
+
+/// Parses scenario text; `file` names it in errors and becomes [`Scenario::file`].
+pub fn parse(text: &str, file: &Path) -> Result<Scenario, ScenarioError> {
+    let err = |e: SpanError| ScenarioError {
+        file: file.to_path_buf(),
+        at: Some(node::line_col(text, e.span.start)),
+        message: e.message,
+    };
+    let doc = node::parse_document(text).map_err(err)?;
+    let mut scenario = read_scenario(&doc, text, file).map_err(err)?;
+    // Step positions are known only with the text.
+    for step in &mut scenario.steps {
+        let (line, column) = node::line_col(text, step.line);
+        step.line = line;
+        step.column = column;
+    }
+    Ok(scenario)
+}
+
+/// Every step kind, in the order error messages list them.
+pub const STEP_KINDS: [&str; 19] = [
+    "cloud.flash",
+    "cloud.force_updates",
+    "power.cut",
+    "power.on",
+    "app.disable_updates",
+    "app.enable_updates",
+    "app.disable_reset",
+    "app.enable_reset",
+    "app.reset",
+    "app.sleep",
+    "app.wake",
+    "link.faults",
+    "link.drop",
+    "link.partition",
+    "wait.event",
+    "wait.state",
+    "wait.time",
+    "expect",
+    "sweep",
+];
+
+/// Step kinds reserved for the fleet issue (products, releases, groups, locks).
+const FLEET_STEPS: [&str; 5] = [
+    "cloud.release",
+    "cloud.lock",
+    "cloud.unlock",
+    "cloud.group",
+    "cloud.product",
+];
+
+fn read_scenario(doc: &Node, text: &str, file: &Path) -> Result<Scenario, SpanError> {
+    let mut top = Fields::new(doc, "the scenario")?;
+    let name = top.optional("name", node::as_string)?.unwrap_or_else(|| {
+        file.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    });
+    let description = top.optional("description", node::as_string)?;
+    let seed = top.optional("seed", node::as_u64)?;
+    let board = top.required("board", "board = \"boron\"", read_board)?;
+    let firmware = top.required(
+        "firmware",
+        "a [firmware] table: device_os = \"6.2.0\", app = 3",
+        read_initial_firmware,
+    )?;
+    let app = top.optional("app", read_app)?.unwrap_or_default();
+    let cloud = top.optional("cloud", read_cloud)?.unwrap_or_default();
+    let steps = match top.get("step") {
+        Some(n) => read_steps(n)?,
+        None => Vec::new(),
+    };
+    let expect = match top.get("expect") {
+        Some(n) => read_expectations(n, "the final [expect] table")?,
+        None => Vec::new(),
+    };
+    let report = match top.get("report") {
+        Some(n) => read_report(n, text)?,
+        None => Vec::new(),
+    };
+    top.finish()?;
+    Ok(Scenario {
+        file: file.to_path_buf(),
+        name,
+        description,
+        seed,
+        setup: Setup {
+            board,
+            firmware,
+            app,
+            cloud,
+        },
+        steps,
+        expect,
+        report,
+    })
+}
+
+fn read_board(n: &Node) -> Result<String, SpanError> {
+    let name = node::as_str(n)?;
+    if Board::builtin_names().contains(&name) {
+        Ok(name.to_string())
+    } else {
+        Err(SpanError::new(
+            n.span.clone(),
+            format!(
+                "unknown board \"{name}\"; expected one of: {}",
+                Board::builtin_names().join(", ")
+            ),
+        ))
+    }
+}
+
+fn read_device_os(n: &Node) -> Result<DeviceOsVersion, SpanError> {
+    let bad = || {
+        SpanError::new(
+            n.span.clone(),
+            "expected a Device OS version like \"6.2.0\" (or its module version, 6200)",
+        )
+    };
+    match &n.value {
+        Value::String(s) => DeviceOsVersion::parse(s).ok_or_else(bad),
+        Value::Integer(_) => node::as_u16(n).map(DeviceOsVersion),
+        _ => Err(bad()),
+    }
+}
+
+fn read_duration(n: &Node) -> Result<Duration, SpanError> {
+    let bad = || {
+        SpanError::new(
+            n.span.clone(),
+            format!(
+                "expected a duration like \"30s\", \"5m\", \"1m30s\" or \"250ms\", found {}",
+                match &n.value {
+                    Value::String(s) => format!("\"{s}\""),
+                    other => other.kind().to_string(),
+                }
+            ),
+        )
+    };
+    match &n.value {
+        Value::String(s) => parse_duration(s).ok_or_else(bad),
+        _ => Err(bad()),
+    }
+}
+
+fn read_initial_firmware(n: &Node) -> Result<InitialFirmware, SpanError> {
+    let mut f = Fields::new(n, "[firmware]")?;
+    let device_os = f.required("device_os", "device_os = \"6.2.0\"", read_device_os)?;
+    let app = f.required("app", "app = 3 (the product version)", node::as_u16)?;
+    let d = InitialFirmware::default();
+    let app_module = f
+        .optional("app_module", node::as_u16)?
+        .unwrap_or(d.app_module);
+    let bootloader = f
+        .optional("bootloader", node::as_u16)?
+        .unwrap_or(d.bootloader);
+    f.finish()?;
+    Ok(InitialFirmware {
+        device_os,
+        app,
+        app_module,
+        bootloader,
+    })
+}
+
+fn read_app(n: &Node) -> Result<AppBehaviour, SpanError> {
+    let mut f = Fields::new(n, "[app]")?;
+    let d = AppBehaviour::default();
+    let out = AppBehaviour {
+        updates_enabled: f
+            .optional("updates_enabled", node::as_bool)?
+            .unwrap_or(d.updates_enabled),
+        resets_enabled: f
+            .optional("resets_enabled", node::as_bool)?
+            .unwrap_or(d.resets_enabled),
+        system_thread: f
+            .optional("system_thread", node::as_bool)?
+            .unwrap_or(d.system_thread),
+        mode: f
+            .optional("mode", |n| {
+                node::as_word(
+                    n,
+                    &[
+                        ("automatic", SystemMode::Automatic),
+                        ("semi_automatic", SystemMode::SemiAutomatic),
+                        ("manual", SystemMode::Manual),
+                    ],
+                )
+            })?
+            .unwrap_or(d.mode),
+    };
+    f.finish()?;
+    Ok(out)
+}
+
+fn fleet_not_yet(key_span: std::ops::Range<usize>, what: &str) -> SpanError {
+    SpanError::new(
+        key_span,
+        format!("{what} are not supported yet (they come with the fleet issue)"),
+    )
+}
+
+fn read_cloud(n: &Node) -> Result<CloudSetup, SpanError> {
+    let mut f = Fields::new(n, "[cloud]")?;
+    for (key, what) in [
+        ("product", "[cloud.product] products"),
+        ("releases", "[[cloud.releases]] product releases"),
+        ("groups", "[[cloud.groups]] device groups"),
+    ] {
+        if let Some(span) = f.key_span(key) {
+            return Err(fleet_not_yet(span, what));
+        }
+    }
+    let devices = match f.get("device") {
+        None => vec![CloudDevice::default()],
+        Some(list) => {
+            let items = node::as_array(list)?;
+            if items.len() > 1 {
+                return Err(SpanError::new(
+                    items[1].span.clone(),
+                    "scenarios with several devices are not supported yet (they come with the fleet issue); keep one [[cloud.device]]",
+                ));
+            }
+            items
+                .iter()
+                .map(read_cloud_device)
+                .collect::<Result<_, _>>()?
+        }
+    };
+    f.finish()?;
+    Ok(CloudSetup { devices })
+}
+
+fn read_cloud_device(n: &Node) -> Result<CloudDevice, SpanError> {
+    let mut f = Fields::new(n, "[[cloud.device]]")?;
+    let d = CloudDevice::default();
+    let id = f.optional("id", |n| {
+        let s = node::as_str(n)?;
+        if s.len() == 24
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            Ok(s.to_string())
+        } else {
+            Err(SpanError::new(
+                n.span.clone(),
+                "expected a device id: 24 lowercase hex characters",
+            ))
+        }
+    })?;
+    let out = CloudDevice {
+        name: f.optional("name", node::as_string)?.unwrap_or(d.name),
+        id,
+        updates_forced: f
+            .optional("updates_forced", node::as_bool)?
+            .unwrap_or(false),
+    };
+    f.finish()?;
+    Ok(out)
+}
+
+fn read_report(n: &Node, text: &str) -> Result<Vec<(String, String)>, SpanError> {
+    match &n.value {
+        Value::Table(entries) => Ok(entries
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.name.clone(),
+                    text.get(v.span.clone()).unwrap_or_default().to_string(),
+                )
+            })
+            .collect()),
+        other => Err(SpanError::new(
+            n.span.clone(),
+            format!("[report] must be a table, found {}", other.kind()),
+        )),
+    }
+}
+
+fn read_steps(n: &Node) -> Result<Vec<StepAt>, SpanError> {
+    let items = match &n.value {
+        Value::Array(items) => items,
+        other => {
+            return Err(SpanError::new(
+                n.span.clone(),
+                format!(
+                    "`step` must be an array of tables ([[step]]), found {}",
+                    other.kind()
+                ),
+            ))
+        }
+    };
+    let mut out = Vec::new();
+    let mut sweep_seen = false;
+    for (i, item) in items.iter().enumerate() {
+        let index = i + 1;
+        let step = read_step(item, index)?;
+        if let Step::Sweep(_) = step {
+            if sweep_seen {
+                return Err(SpanError::new(
+                    item.span.clone(),
+                    format!("step {index}: only one sweep step per scenario"),
+                ));
+            }
+            sweep_seen = true;
+        }
+        out.push(StepAt {
+            index,
+            // Byte offset for now; `parse` turns it into line and column.
+            line: item.span.start,
+            column: 0,
+            step,
+        });
+    }
+    Ok(out)
+}
+
+fn step_form(kind: &str) -> &'static str {
+    match kind {
+        "cloud.flash" => "{ do = \"cloud.flash\", app = 4 } (also device_os, bootloader, compressed, combined, platform, corrupt, size)",
+        "cloud.force_updates" => "{ do = \"cloud.force_updates\", forced = true }",
+        "power.cut" => "{ do = \"power.cut\" } (now), or with one of flash_op = N, chunk = K, phase = \"download\" (and op = N), plus mode = \"before\"|\"torn\"|\"after\"",
+        "app.sleep" => "{ do = \"app.sleep\", mode = \"stop\", duration = \"10m\", network = \"off\" }",
+        "link.faults" => "{ do = \"link.faults\", loss = 0.2, duplicate = 0.0, reorder = 0.1 }",
+        "link.drop" => "{ do = \"link.drop\", next = 5 }",
+        "link.partition" => "{ do = \"link.partition\", duration = \"45s\" }",
+        "wait.event" => "{ do = \"wait.event\", name = \"spark/flash/status\", data = \"success\", timeout = \"5m\" }",
+        "wait.state" => "{ do = \"wait.state\", state = \"online\", timeout = \"5m\" }",
+        "wait.time" => "{ do = \"wait.time\", duration = \"30s\" }",
+        "sweep" => "{ do = \"sweep\", phase = \"apply\", modes = [\"before\", \"torn\", \"after\"] }",
+        _ => "a step table with `do` and the step's fields",
+    }
+}
+
+fn read_step(n: &Node, index: usize) -> Result<Step, SpanError> {
+    let mut f = Fields::new(n, format!("step {index}"))?;
+    let kind_node = f.required(
+        "do",
+        "the step kind, e.g. do = \"power.cut\"",
+        Ok::<&Node, SpanError>,
+    )?;
+    let kind = node::as_str(kind_node)?;
+    if FLEET_STEPS.contains(&kind) {
+        return Err(SpanError::new(
+            kind_node.span.clone(),
+            format!("step `{kind}` is not supported yet (products, releases, locks and groups come with the fleet issue)"),
+        ));
+    }
+    if !STEP_KINDS.contains(&kind) {
+        return Err(SpanError::new(
+            kind_node.span.clone(),
+            format!(
+                "unknown step `{kind}`; expected one of: {}",
+                STEP_KINDS.join(", ")
+            ),
+        ));
+    }
+    let mut f = Fields::new(n, format!("step {index} ({kind})"))?;
+    f.get("do");
+    let form = step_form(kind);
+    let step = match kind {
+        "cloud.flash" => Step::Action(Action::CloudFlash(read_firmware_spec(&mut f, form)?)),
+        "cloud.force_updates" => Step::Action(Action::CloudForceUpdates {
+            forced: f.required("forced", form, node::as_bool)?,
+        }),
+        "power.cut" => Step::Action(Action::PowerCut(read_power_cut(&mut f, form)?)),
+        "power.on" => Step::Action(Action::PowerOn),
+        "app.disable_updates" => Step::Action(Action::App(AppAction::DisableUpdates)),
+        "app.enable_updates" => Step::Action(Action::App(AppAction::EnableUpdates)),
+        "app.disable_reset" => Step::Action(Action::App(AppAction::DisableReset)),
+        "app.enable_reset" => Step::Action(Action::App(AppAction::EnableReset)),
+        "app.reset" => Step::Action(Action::App(AppAction::Reset {
+            no_wait: f.optional("no_wait", node::as_bool)?.unwrap_or(false),
+        })),
+        "app.sleep" => Step::Action(Action::App(AppAction::Sleep(Sleep {
+            mode: f.required("mode", form, |n| node::as_word(n, &SleepMode::WORDS))?,
+            duration: f.optional("duration", read_duration)?,
+            network: f
+                .optional("network", |n| node::as_word(n, &SleepNetwork::WORDS))?
+                .unwrap_or(SleepNetwork::Off),
+        }))),
+        "app.wake" => Step::Action(Action::App(AppAction::Wake)),
+        "link.faults" => {
+            let mut rate = |k: &'static str| f.optional(k, node::as_rate).map(|r| r.unwrap_or(0.0));
+            Step::Action(Action::Link(LinkAction::Faults {
+                loss: rate("loss")?,
+                duplicate: rate("duplicate")?,
+                reorder: rate("reorder")?,
+            }))
+        }
+        "link.drop" => Step::Action(Action::Link(LinkAction::Drop {
+            next: f.required("next", form, |n| {
+                node::as_int(n, 1, u32::MAX as i64).map(|i| i as u32)
+            })?,
+        })),
+        "link.partition" => Step::Action(Action::Link(LinkAction::Partition {
+            duration: f.required("duration", form, read_duration)?,
+        })),
+        "wait.event" => {
+            let name = f.required("name", form, node::as_string)?;
+            let data = f.optional("data", node::as_string)?;
+            Step::Wait(Wait::Event {
+                event: EventPattern { name, data },
+                timeout: f
+                    .optional("timeout", read_duration)?
+                    .unwrap_or(DEFAULT_TIMEOUT),
+            })
+        }
+        "wait.state" => Step::Wait(Wait::State {
+            state: f.required("state", form, |n| node::as_word(n, &DeviceState::WORDS))?,
+            timeout: f
+                .optional("timeout", read_duration)?
+                .unwrap_or(DEFAULT_TIMEOUT),
+        }),
+        "wait.time" => Step::Wait(Wait::Time(f.required("duration", form, read_duration)?)),
+        "expect" => {
+            let list = read_expectation_fields(&mut f)?;
+            if list.is_empty() {
+                // An unknown key explains an empty expect better than "expects nothing".
+                f.finish()?;
+                return Err(SpanError::new(
+                    f.span(),
+                    format!("step {index} (expect): expects nothing; add e.g. running = {{ app = 4 }} or safe_mode = false"),
+                ));
+            }
+            Step::Expect(list)
+        }
+        "sweep" => Step::Sweep(Sweep {
+            phase: f.required("phase", form, |n| node::as_word(n, &Phase::WORDS))?,
+            modes: f
+                .optional("modes", read_modes)?
+                .unwrap_or_else(|| CutMode::ALL.to_vec()),
+            off_for: f
+                .optional("off_for", read_duration)?
+                .unwrap_or(Duration::from_secs(1)),
+        }),
+        // Listed in STEP_KINDS and handled above.
+        _ => {
+            return Err(SpanError::new(
+                kind_node.span.clone(),
+                format!("step `{kind}` has no reader"),
+            ))
+        }
+    };
+    f.finish()?;
+    Ok(step)
+}
+
+fn read_modes(n: &Node) -> Result<Vec<CutMode>, SpanError> {
+    let items = node::as_array(n)?;
+    if items.is_empty() {
+        return Err(SpanError::new(
+            n.span.clone(),
+            "expected at least one of \"before\", \"torn\", \"after\"",
+        ));
+    }
+    let mut out = Vec::new();
+    for item in items {
+        let m = node::as_word(item, &CUT_MODE_WORDS)?;
+        if !out.contains(&m) {
+            out.push(m);
+        }
+    }
+    Ok(out)
+}
+
+fn read_firmware_spec(f: &mut Fields, form: &str) -> Result<FirmwareSpec, SpanError> {
+    let spec = FirmwareSpec {
+        app: f.optional("app", node::as_u16)?,
+        device_os: f.optional("device_os", read_device_os)?,
+        bootloader: f.optional("bootloader", node::as_u16)?,
+        compressed: f.optional("compressed", node::as_bool)?.unwrap_or(false),
+        combined: f.optional("combined", node::as_bool)?.unwrap_or(false),
+        platform: f.optional("platform", read_board)?,
+        corrupt: f.optional("corrupt", |n| node::as_word(n, &Corruption::WORDS))?,
+        size: f.optional("size", read_size)?,
+    };
+    let modules = [
+        spec.app.is_some(),
+        spec.device_os.is_some(),
+        spec.bootloader.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    if modules == 0 {
+        return Err(SpanError::new(
+            f.span(),
+            format!("{}: names no module; expected {form}", f.what()),
+        ));
+    }
+    if spec.combined && modules < 2 {
+        return Err(SpanError::new(
+            f.key_span("combined").unwrap_or_else(|| f.span()),
+            format!(
+                "{}: a combined file needs two modules (e.g. device_os and app)",
+                f.what()
+            ),
+        ));
+    }
+    if modules > 1 && !spec.combined {
+        return Err(SpanError::new(
+            f.span(),
+            format!(
+                "{}: several modules in one flash need combined = true (or one cloud.flash per module)",
+                f.what()
+            ),
+        ));
+    }
+    Ok(spec)
+}
+
+/// A size in bytes: an integer, or a string like "64KiB" / "1MiB".
+fn read_size(n: &Node) -> Result<u32, SpanError> {
+    let bad = || {
+        SpanError::new(
+            n.span.clone(),
+            "expected a size in bytes (65536) or like \"64KiB\" or \"1MiB\"",
+        )
+    };
+    match &n.value {
+        Value::Integer(_) => node::as_int(n, 1, u32::MAX as i64).map(|i| i as u32),
+        Value::String(s) => {
+            let (num, scale) = if let Some(x) = s.strip_suffix("KiB") {
+                (x, 1024)
+            } else if let Some(x) = s.strip_suffix("MiB") {
+                (x, 1024 * 1024)
+            } else {
+                (s.as_str(), 1)
+            };
+            num.trim()
+                .parse::<u32>()
+                .ok()
+                .and_then(|v| v.checked_mul(scale))
+                .filter(|v| *v > 0)
+                .ok_or_else(bad)
+        }
+        _ => Err(bad()),
+    }
+}
+
+fn read_power_cut(f: &mut Fields, form: &str) -> Result<PowerCut, SpanError> {
+    let flash_op = f.optional("flash_op", node::as_u64)?;
+    let chunk = f.optional("chunk", node::as_u32)?;
+    let phase = f.optional("phase", |n| node::as_word(n, &Phase::WORDS))?;
+    let op = f.optional("op", node::as_u64)?;
+    let mode = f.optional("mode", |n| node::as_word(n, &CUT_MODE_WORDS))?;
+    let off_for = f.optional("off_for", read_duration)?;
+    let given = [flash_op.is_some(), chunk.is_some(), phase.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
+    if given > 1 {
+        return Err(SpanError::new(
+            f.span(),
+            format!(
+                "{}: give at most one of flash_op, chunk, phase; expected {form}",
+                f.what()
+            ),
+        ));
+    }
+    if op.is_some() && phase.is_none() {
+        return Err(SpanError::new(
+            f.key_span("op").unwrap_or_else(|| f.span()),
+            format!("{}: `op` counts operations of a phase; add phase = \"download\"|\"commit\"|\"apply\"|\"first_boot\"", f.what()),
+        ));
+    }
+    let at = match (flash_op, chunk, phase) {
+        (Some(n), _, _) => CutPoint::FlashOp(n),
+        (_, Some(k), _) => CutPoint::Chunk(k),
+        (_, _, Some(phase)) => CutPoint::Phase {
+            phase,
+            op: op.unwrap_or(0),
+        },
+        _ => CutPoint::Now,
+    };
+    if at == CutPoint::Now && mode.is_some() {
+        return Err(SpanError::new(
+            f.key_span("mode").unwrap_or_else(|| f.span()),
+            format!("{}: `mode` applies to a cut at a flash operation; a cut now has none (add flash_op, chunk or phase)", f.what()),
+        ));
+    }
+    Ok(PowerCut {
+        at,
+        mode: mode.unwrap_or(CutMode::Before),
+        off_for,
+    })
+}
+
+fn read_event_pattern(n: &Node) -> Result<EventPattern, SpanError> {
+    match &n.value {
+        Value::String(name) => Ok(EventPattern {
+            name: name.clone(),
+            data: None,
+        }),
+        Value::Table(_) => {
+            let mut f = Fields::new(n, "an event")?;
+            let name = f.required(
+                "name",
+                "{ name = \"spark/flash/status\", data = \"success\" }",
+                node::as_string,
+            )?;
+            let data = f.optional("data", node::as_string)?;
+            f.finish()?;
+            Ok(EventPattern { name, data })
+        }
+        other => Err(SpanError::new(
+            n.span.clone(),
+            format!(
+                "expected an event name or {{ name = \"...\", data = \"...\" }}, found {}",
+                other.kind()
+            ),
+        )),
+    }
+}
+
+fn read_events(n: &Node) -> Result<Vec<EventPattern>, SpanError> {
+    let items = node::as_array(n)?;
+    if items.is_empty() {
+        return Err(SpanError::new(
+            n.span.clone(),
+            "expected at least one event",
+        ));
+    }
+    items.iter().map(read_event_pattern).collect()
+}
+
+fn read_expectations(n: &Node, what: &str) -> Result<Vec<Expectation>, SpanError> {
+    let mut f = Fields::new(n, what)?;
+    let list = read_expectation_fields(&mut f)?;
+    f.finish()?;
+    Ok(list)
+}
+
+/// Reads every expectation key present in `f` (in the order listed here).
+fn read_expectation_fields(f: &mut Fields) -> Result<Vec<Expectation>, SpanError> {
+    let mut out = Vec::new();
+    if let Some(n) = f.get("running") {
+        let mut t = Fields::new(n, "running")?;
+        let r = RunningExpect {
+            device_os: t.optional("device_os", read_device_os)?,
+            app: t.optional("app", node::as_u16)?,
+            bootloader: t.optional("bootloader", node::as_u16)?,
+        };
+        if r == RunningExpect::default() {
+            return Err(SpanError::new(
+                n.span.clone(),
+                "running: expected at least one of device_os, app, bootloader",
+            ));
+        }
+        t.finish()?;
+        out.push(Expectation::Running(r));
+    }
+    if let Some(n) = f.get("safe_mode") {
+        out.push(Expectation::SafeMode(node::as_bool(n)?));
+    }
+    if let Some(n) = f.get("online") {
+        out.push(Expectation::Online(node::as_bool(n)?));
+    }
+    if let Some(n) = f.get("last_reset") {
+        out.push(Expectation::LastReset(node::as_string(n)?));
+    }
+    if let Some(n) = f.get("events") {
+        out.push(Expectation::Events(read_events(n)?));
+    }
+    if let Some(n) = f.get("events_absent") {
+        out.push(Expectation::EventsAbsent(read_events(n)?));
+    }
+    if let Some(n) = f.get("flags") {
+        let mut t = Fields::new(n, "flags")?;
+        let x = FlagsExpect {
+            updates_enabled: t.optional("updates_enabled", node::as_bool)?,
+            updates_pending: t.optional("updates_pending", node::as_bool)?,
+            updates_forced: t.optional("updates_forced", node::as_bool)?,
+            reset_enabled: t.optional("reset_enabled", node::as_bool)?,
+            reset_pending: t.optional("reset_pending", node::as_bool)?,
+        };
+        if x == FlagsExpect::default() {
+            return Err(SpanError::new(
+                n.span.clone(),
+                "flags: expected at least one of updates_enabled, updates_pending, updates_forced, reset_enabled, reset_pending",
+            ));
+        }
+        t.finish()?;
+        out.push(Expectation::Flags(x));
+    }
+    if let Some(n) = f.get("ota") {
+        let mut t = Fields::new(n, "ota")?;
+        let x = OtaExpect {
+            state: t.optional("state", |n| node::as_word(n, &OtaState::WORDS))?,
+            min_percent: t.optional("min_percent", |n| node::as_int(n, 0, 100).map(|i| i as u8))?,
+            resumed: t.optional("resumed", node::as_bool)?,
+            error: t.optional("error", |n| {
+                node::as_int(n, i32::MIN as i64, i32::MAX as i64).map(|i| i as i32)
+            })?,
+        };
+        if x == OtaExpect::default() {
+            return Err(SpanError::new(
+                n.span.clone(),
+                "ota: expected at least one of state, min_percent, resumed, error",
+            ));
+        }
+        t.finish()?;
+        out.push(Expectation::Ota(x));
+    }
+    if let Some(n) = f.get("nothing_lost") {
+        if !node::as_bool(n)? {
+            return Err(SpanError::new(
+                n.span.clone(),
+                "nothing_lost = false checks nothing; remove it",
+            ));
+        }
+        out.push(Expectation::NothingLost);
+    }
+    Ok(out)
+}

@@ -1,0 +1,246 @@
+//! What a scenario drives: the [`Target`] trait, the [`Capability`]s a target declares, and what
+//! it reports back ([`Observation`], [`FirmwareIntegrity`], trace entries).
+//!
+//! The trait is kept honest: every step and expectation names the capabilities it needs, the
+//! runner compares them with [`Target::capabilities`] before asking anything, and a step the
+//! target cannot do is reported skipped with the reason. The emulator can do everything,
+//! precisely; a physical board does what hardware allows (a relay cuts power "now", not at flash
+//! operation 17) and says so here.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::time::Duration;
+
+use super::model::{Action, DeviceOsVersion, OtaState, Phase, Setup};
+use super::trace::TraceEntry;
+
+/// Something a target can do or observe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Capability {
+    /// Build and install the initial firmware at given versions.
+    InstallFirmware,
+    /// Ask the cloud to flash a file to the device.
+    CloudFlash,
+    /// Set the cloud's "updates forced" for the device.
+    CloudForceUpdates,
+    /// Cut power now and restore it.
+    PowerControl,
+    /// Cut power at a numbered flash operation (or one of a phase), before/torn/after.
+    PowerCutAtFlashOp,
+    /// Cut power when a given OTA chunk is written.
+    PowerCutAtChunk,
+    /// Drive the application: update and reset controls, `System.reset`.
+    AppControl,
+    /// Put the application to sleep and wake it.
+    Sleep,
+    /// Loss, duplication and reordering rates; dropping the next N datagrams.
+    LinkFaults,
+    /// Partition the link for a duration.
+    LinkPartition,
+    /// Time is simulated: waits cost no wall time, so hundreds of sweep cases are cheap.
+    VirtualTime,
+    /// The cloud's event stream.
+    ObserveEvents,
+    /// Power, connection, safe mode, last reset reason.
+    ObserveState,
+    /// The running firmware's versions.
+    ObserveVersions,
+    /// Device OS system flags (updates enabled / pending / forced, reset enabled / pending).
+    ObserveFlags,
+    /// The OTA transfer's state and progress.
+    ObserveOta,
+    /// Read the flash to check that nothing was lost.
+    FlashInspection,
+}
+
+impl Capability {
+    pub const ALL: [Capability; 17] = [
+        Capability::InstallFirmware,
+        Capability::CloudFlash,
+        Capability::CloudForceUpdates,
+        Capability::PowerControl,
+        Capability::PowerCutAtFlashOp,
+        Capability::PowerCutAtChunk,
+        Capability::AppControl,
+        Capability::Sleep,
+        Capability::LinkFaults,
+        Capability::LinkPartition,
+        Capability::VirtualTime,
+        Capability::ObserveEvents,
+        Capability::ObserveState,
+        Capability::ObserveVersions,
+        Capability::ObserveFlags,
+        Capability::ObserveOta,
+        Capability::FlashInspection,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Capability::InstallFirmware => "install-firmware",
+            Capability::CloudFlash => "cloud-flash",
+            Capability::CloudForceUpdates => "cloud-force-updates",
+            Capability::PowerControl => "power-control",
+            Capability::PowerCutAtFlashOp => "power-cut-at-flash-op",
+            Capability::PowerCutAtChunk => "power-cut-at-chunk",
+            Capability::AppControl => "app-control",
+            Capability::Sleep => "sleep",
+            Capability::LinkFaults => "link-faults",
+            Capability::LinkPartition => "link-partition",
+            Capability::VirtualTime => "virtual-time",
+            Capability::ObserveEvents => "observe-events",
+            Capability::ObserveState => "observe-state",
+            Capability::ObserveVersions => "observe-versions",
+            Capability::ObserveFlags => "observe-flags",
+            Capability::ObserveOta => "observe-ota",
+            Capability::FlashInspection => "flash-inspection",
+        }
+    }
+}
+
+impl fmt::Display for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The capabilities in `needed` that `have` lacks, in order.
+pub fn missing(needed: &[Capability], have: &BTreeSet<Capability>) -> Vec<Capability> {
+    let mut out: Vec<Capability> = needed
+        .iter()
+        .copied()
+        .filter(|c| !have.contains(c))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Versions of the firmware a device runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunningVersions {
+    pub device_os: DeviceOsVersion,
+    /// Product version of the application (`PRODUCT_VERSION`).
+    pub app: u16,
+    pub bootloader: u16,
+}
+
+/// Device OS system flags (reference: particle-protocol.md 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SystemFlags {
+    pub updates_enabled: bool,
+    pub updates_pending: bool,
+    pub updates_forced: bool,
+    pub reset_enabled: bool,
+    pub reset_pending: bool,
+}
+
+/// The last OTA transfer as the device sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OtaStatus {
+    pub state: OtaState,
+    pub received: u64,
+    pub total: u64,
+    /// The offset the transfer resumed from, when it did not start at zero.
+    pub resumed_from: Option<u64>,
+    /// Device OS error code of a failed transfer (e.g. -1360 wrong platform).
+    pub error: Option<i32>,
+}
+
+impl OtaStatus {
+    pub fn percent(&self) -> u64 {
+        (self.received.saturating_mul(100))
+            .checked_div(self.total)
+            .unwrap_or(0)
+    }
+}
+
+/// What the runner can ask the target about the device. A field the target cannot tell is
+/// `None`; the runner only reads fields whose capability the target declared, and a declared
+/// capability answered with `None` fails the expectation ("target did not report ...").
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Observation {
+    pub powered: Option<bool>,
+    pub online: Option<bool>,
+    pub sleeping: Option<bool>,
+    /// `Some(None)`: powered but running nothing (unbootable, or off).
+    pub running: Option<Option<RunningVersions>>,
+    pub safe_mode: Option<bool>,
+    pub flags: Option<SystemFlags>,
+    pub ota: Option<OtaStatus>,
+    /// Reset reason of the current boot as `spark/device/last_reset` names it.
+    pub last_reset: Option<String>,
+}
+
+/// What reading the flash found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FirmwareIntegrity {
+    /// The old firmware is installed, intact (the update, if any, is not complete yet).
+    OldIntact,
+    /// The new firmware is complete and installed.
+    NewComplete,
+    /// Neither: a mix, or a module half-written yet reported valid.
+    Lost { detail: String },
+}
+
+/// Why a target could not do what it was asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetError {
+    /// The target cannot be built or reached ("target emulator is not available yet").
+    Unavailable(String),
+    /// A step failed on the target (with what failed).
+    Step(String),
+}
+
+impl fmt::Display for TargetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TargetError::Unavailable(why) | TargetError::Step(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for TargetError {}
+
+/// A device (and its cloud) a scenario drives.
+///
+/// Time is the target's own: virtual for the emulator, wall-clock since set-up for a board.
+/// Every method that lets time pass queues [`TraceEntry`]s (events of the cloud's stream,
+/// boots, resets, OTA progress, faults injected) that the runner collects with
+/// [`Target::drain_trace`]; their timestamps are the target's time.
+pub trait Target {
+    /// A short name for reports ("emulator").
+    fn name(&self) -> &str;
+
+    /// What this target can do and observe. Must not change during a run.
+    fn capabilities(&self) -> &BTreeSet<Capability>;
+
+    /// Establishes the set-up (firmware installed, application behaviour, cloud knows the
+    /// device), powers the device on and lets it boot. `seed` drives every random choice.
+    fn setup(&mut self, setup: &Setup, seed: u64) -> Result<(), TargetError>;
+
+    /// Does one action (cloud, power, application, link). An armed power cut returns at once;
+    /// it fires later, while time passes.
+    fn apply(&mut self, action: &Action) -> Result<(), TargetError>;
+
+    /// Time since set-up.
+    fn now(&self) -> Duration;
+
+    /// Lets time pass until `deadline`, or returns earlier as soon as something happened
+    /// (new trace entries). Returns without advancing only when `deadline` has passed.
+    fn advance(&mut self, deadline: Duration) -> Result<(), TargetError>;
+
+    /// Trace entries since the last call, oldest first.
+    fn drain_trace(&mut self) -> Vec<TraceEntry>;
+
+    /// The device's current state.
+    fn observe(&mut self) -> Result<Observation, TargetError>;
+
+    /// Reads the flash: is the old firmware intact or the new one complete? (needs
+    /// [`Capability::FlashInspection`]).
+    fn inspect_firmware(&mut self) -> Result<FirmwareIntegrity, TargetError>;
+
+    /// How many flash operations the last completed occurrence of `phase` took in this run
+    /// (`None`: the phase has not run). Sweeps use it after their clean run (needs
+    /// [`Capability::PowerCutAtFlashOp`]).
+    fn phase_ops(&mut self, phase: Phase) -> Result<Option<u64>, TargetError>;
+}

@@ -1,0 +1,326 @@
+//! Scenario files: every step kind and expectation parses into its typed form, and every
+//! mistake is reported as file:line:column with the expected form.
+
+use std::path::Path;
+use std::time::Duration;
+
+use emulator::flash::CutMode;
+use harness::scenario::{
+    parse, Action, AppAction, CutPoint, DeviceOsVersion, Expectation, LinkAction, Phase, Step,
+    Wait, STEP_KINDS,
+};
+
+const HEAD: &str = "board = \"boron\"\n[firmware]\ndevice_os = \"6.2.0\"\napp = 3\n";
+
+const EVERY_STEP: &str = r#"
+name = "every step"
+description = "one of each"
+board = "boron"
+seed = 42
+
+[firmware]
+device_os = "6.2.0"
+app = 3
+app_module = 6
+bootloader = 3100
+
+[app]
+updates_enabled = false
+resets_enabled = false
+system_thread = true
+mode = "semi_automatic"
+
+[[cloud.device]]
+name = "dut"
+id = "e00fce68ece1d3d21a73dcc9"
+updates_forced = false
+
+[[step]]
+do = "cloud.flash"
+app = 4
+compressed = true
+
+[[step]]
+do = "cloud.flash"
+device_os = "6.2.1"
+app = 4
+combined = true
+
+[[step]]
+do = "cloud.flash"
+app = 4
+platform = "argon"
+
+[[step]]
+do = "cloud.flash"
+app = 4
+corrupt = "crc"
+size = "64KiB"
+
+[[step]]
+do = "cloud.force_updates"
+forced = true
+
+[[step]]
+do = "power.cut"
+
+[[step]]
+do = "power.cut"
+flash_op = 17
+mode = "torn"
+
+[[step]]
+do = "power.cut"
+chunk = 10
+mode = "after"
+off_for = "2s"
+
+[[step]]
+do = "power.cut"
+phase = "first_boot"
+op = 2
+
+[[step]]
+do = "power.on"
+
+[[step]]
+do = "app.disable_updates"
+
+[[step]]
+do = "app.enable_updates"
+
+[[step]]
+do = "app.disable_reset"
+
+[[step]]
+do = "app.enable_reset"
+
+[[step]]
+do = "app.reset"
+no_wait = true
+
+[[step]]
+do = "app.sleep"
+mode = "ultra_low_power"
+duration = "10m"
+network = "standby"
+
+[[step]]
+do = "app.wake"
+
+[[step]]
+do = "link.faults"
+loss = 0.2
+reorder = 0.1
+
+[[step]]
+do = "link.drop"
+next = 5
+
+[[step]]
+do = "link.partition"
+duration = "45s"
+
+[[step]]
+do = "wait.event"
+name = "spark/flash/status"
+data = "success"
+timeout = "5m"
+
+[[step]]
+do = "wait.state"
+state = "reset_pending"
+
+[[step]]
+do = "wait.time"
+duration = "1m30s"
+
+[[step]]
+do = "sweep"
+phase = "apply"
+
+[[step]]
+do = "expect"
+running = { device_os = "6.2.0", app = 4, bootloader = 3100 }
+safe_mode = false
+online = true
+last_reset = "update"
+events = ["spark/status", { name = "spark/flash/status", data = "success" }]
+events_absent = [{ name = "spark/flash/status", data = "failed" }]
+flags = { updates_enabled = false, updates_pending = true, updates_forced = false, reset_enabled = false, reset_pending = true }
+ota = { state = "complete", min_percent = 100, resumed = true, error = -1360 }
+nothing_lost = true
+
+[expect]
+running = { app = 4 }
+
+[report]
+platform = "boron (13)"
+observed = ["a", "b"]
+"#;
+
+#[test]
+fn every_step_kind_parses_into_its_typed_form() {
+    let s = parse(EVERY_STEP, Path::new("every.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.name, "every step");
+    assert_eq!(s.seed, Some(42));
+    assert!(!s.setup.app.updates_enabled);
+    assert_eq!(
+        s.setup.cloud.devices[0].id.as_deref(),
+        Some("e00fce68ece1d3d21a73dcc9")
+    );
+    let kinds: std::collections::BTreeSet<&str> = s.steps.iter().map(|s| s.step.kind()).collect();
+    for kind in STEP_KINDS {
+        assert!(kinds.contains(kind), "{kind} not covered");
+    }
+    assert_eq!(
+        s.steps[6].step,
+        Step::Action(Action::PowerCut(harness::scenario::PowerCut {
+            at: CutPoint::FlashOp(17),
+            mode: CutMode::Torn,
+            off_for: None,
+        }))
+    );
+    assert_eq!(
+        s.steps[8].step,
+        Step::Action(Action::PowerCut(harness::scenario::PowerCut {
+            at: CutPoint::Phase {
+                phase: Phase::FirstBoot,
+                op: 2
+            },
+            mode: CutMode::Before,
+            off_for: None,
+        }))
+    );
+    assert_eq!(
+        s.steps[14].step,
+        Step::Action(Action::App(AppAction::Reset { no_wait: true }))
+    );
+    assert_eq!(
+        s.steps[17].step,
+        Step::Action(Action::Link(LinkAction::Faults {
+            loss: 0.2,
+            duplicate: 0.0,
+            reorder: 0.1
+        }))
+    );
+    assert_eq!(
+        s.steps[22].step,
+        Step::Wait(Wait::Time(Duration::from_secs(90)))
+    );
+    let Step::Expect(list) = &s.steps[24].step else {
+        panic!("not an expect step")
+    };
+    assert_eq!(list.len(), 9);
+    assert_eq!(
+        s.expect,
+        vec![Expectation::Running(harness::scenario::RunningExpect {
+            app: Some(4),
+            ..Default::default()
+        })]
+    );
+    assert_eq!(s.report[0], ("platform".into(), "\"boron (13)\"".into()));
+    assert_eq!(s.setup.firmware.device_os, DeviceOsVersion(6200));
+    // Positions of the steps are the [[step]] headers.
+    assert_eq!((s.steps[0].line, s.steps[0].column), (24, 1));
+    // The canonical one-line form of every step (what traces and failures print).
+    let lines: Vec<String> = s
+        .steps
+        .iter()
+        .map(|s| format!("{:>2} line {:>3}: {}", s.index, s.line, s.step))
+        .collect();
+    insta::assert_snapshot!(lines.join("\n"));
+}
+
+#[test]
+fn steps_may_also_be_written_inline() {
+    // An array of inline tables is the same TOML as [[step]] tables (it must come before the
+    // first [table] header, or it would belong to that table).
+    let text = "board = \"boron\"\nstep = [\n  { do = \"cloud.flash\", app = 4 },\n  { do = \"wait.event\", name = \"spark/flash/status\", data = \"success\" },\n]\n[firmware]\ndevice_os = \"6.2.0\"\napp = 3\n";
+    let s = parse(text, Path::new("inline.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.steps.len(), 2);
+    assert_eq!((s.steps[1].line, s.steps[1].column), (4, 3));
+}
+
+/// Each broken file and the one error it gives.
+const BROKEN: &[(&str, &str)] = &[
+    ("unknown step", "[[step]]\ndo = \"powr\"\n"),
+    ("fleet step", "[[step]]\ndo = \"cloud.release\"\nversion = 4\n"),
+    ("missing do", "[[step]]\nname = \"x\"\n"),
+    ("missing field", "[[step]]\ndo = \"wait.event\"\ntimeout = \"5m\"\n"),
+    ("wrong type", "[[step]]\ndo = \"wait.event\"\nname = 5\n"),
+    ("unknown field", "[[step]]\ndo = \"wait.time\"\nduration = \"5s\"\ntimout = \"1m\"\n"),
+    ("bad duration", "[[step]]\ndo = \"wait.time\"\nduration = 5\n"),
+    ("bad word", "[[step]]\ndo = \"power.cut\"\nphase = \"download\"\nmode = \"tron\"\n"),
+    ("two cut points", "[[step]]\ndo = \"power.cut\"\nchunk = 1\nflash_op = 2\n"),
+    ("op without phase", "[[step]]\ndo = \"power.cut\"\nop = 2\n"),
+    ("mode for a cut now", "[[step]]\ndo = \"power.cut\"\nmode = \"torn\"\n"),
+    ("flash nothing", "[[step]]\ndo = \"cloud.flash\"\ncompressed = true\n"),
+    ("combined one module", "[[step]]\ndo = \"cloud.flash\"\napp = 4\ncombined = true\n"),
+    ("two modules uncombined", "[[step]]\ndo = \"cloud.flash\"\napp = 4\ndevice_os = \"6.2.1\"\n"),
+    ("wrong platform name", "[[step]]\ndo = \"cloud.flash\"\napp = 4\nplatform = \"photon3\"\n"),
+    ("rate out of range", "[[step]]\ndo = \"link.faults\"\nloss = 1.5\n"),
+    ("empty expect", "[[step]]\ndo = \"expect\"\n"),
+    ("unknown expectation", "[[step]]\ndo = \"expect\"\nrunnig = { app = 4 }\n"),
+    ("unknown running field", "[[step]]\ndo = \"expect\"\nrunning = { app = 4, os = \"6.2.0\" }\n"),
+    ("nothing_lost false", "[expect]\nnothing_lost = false\n"),
+    ("bad event", "[expect]\nevents = [{ nam = \"spark/status\" }]\n"),
+    ("two sweeps", "[[step]]\ndo = \"sweep\"\nphase = \"apply\"\n[[step]]\ndo = \"sweep\"\nphase = \"commit\"\n"),
+    ("product", "[cloud.product]\nid = 30301\n"),
+    ("two devices", "[[cloud.device]]\nname = \"a\"\n[[cloud.device]]\nname = \"b\"\n"),
+    ("bad device id", "[[cloud.device]]\nid = \"E00F\"\n"),
+    ("bad app mode", "[app]\nmode = \"auto\"\n"),
+    ("date", "[[step]]\ndo = \"wait.time\"\nduration = 2024-05-13\n"),
+    ("syntax", "[[step]\ndo = \"power.on\"\n"),
+    ("step not an array", "[step]\ndo = \"power.on\"\n"),
+];
+
+#[test]
+fn mistakes_are_reported_with_file_line_column_and_the_expected_form() {
+    let mut out = Vec::new();
+    for (what, body) in BROKEN {
+        let text = format!("{HEAD}{body}");
+        match parse(&text, Path::new("fixtures/broken.toml")) {
+            Ok(_) => panic!("{what}: parsed"),
+            Err(e) => out.push(format!("{what}:\n  {e}")),
+        }
+    }
+    // Set-up mistakes.
+    for (what, text) in [
+        ("no board", "[firmware]\ndevice_os = \"6.2.0\"\napp = 3\n"),
+        (
+            "unknown board",
+            "board = \"boronn\"\n[firmware]\ndevice_os = \"6.2.0\"\napp = 3\n",
+        ),
+        ("no firmware", "board = \"boron\"\n"),
+        (
+            "bad device os",
+            "board = \"boron\"\n[firmware]\ndevice_os = \"6.2\"\napp = 3\n",
+        ),
+        (
+            "app too big",
+            "board = \"boron\"\n[firmware]\ndevice_os = \"6.2.0\"\napp = 70000\n",
+        ),
+        (
+            "unknown top-level key",
+            "board = \"boron\"\nbaord = 1\n[firmware]\ndevice_os = \"6.2.0\"\napp = 3\n",
+        ),
+    ] {
+        match parse(text, Path::new("fixtures/broken.toml")) {
+            Ok(_) => panic!("{what}: parsed"),
+            Err(e) => out.push(format!("{what}:\n  {e}")),
+        }
+    }
+    insta::assert_snapshot!(out.join("\n"));
+}
+
+#[test]
+fn the_unknown_step_message_has_the_documented_shape() {
+    let text = format!("{HEAD}\n[[step]]\n  do = \"powr\"\n");
+    let e = parse(&text, Path::new("fixtures/x.toml")).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("fixtures/x.toml:7:8: unknown step `powr`; expected one of: cloud.flash, cloud.force_updates, power.cut,"),
+        "{e}"
+    );
+}

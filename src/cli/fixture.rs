@@ -1,0 +1,56 @@
+//! `hil fixture`: makes scenario fixtures; `from-events` turns a field device's saved event
+//! stream into a scenario skeleton for `fixtures/field/`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use harness::scenario::field::{parse_events, skeleton};
+
+use super::CliResult;
+
+#[derive(Subcommand)]
+pub enum FixtureCommand {
+    /// Turn a saved Particle event stream (SSE text, or `particle subscribe` output) into a
+    /// scenario skeleton with the facts of the report.
+    FromEvents {
+        /// The saved stream.
+        file: PathBuf,
+        /// Write the skeleton here (default: standard output).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+}
+
+pub fn run(cmd: FixtureCommand) -> CliResult {
+    match cmd {
+        FixtureCommand::FromEvents { file, output } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| format!("{}: cannot read the file: {e}", file.display()))?;
+            let (events, form) = parse_events(&text, &file)?;
+            let source = file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| file.display().to_string());
+            let toml = skeleton(&events, form, &source);
+            // The skeleton must be a valid scenario; a failure here is a bug in the generator.
+            if let Err(e) = harness::scenario::parse(&toml, &PathBuf::from("(skeleton)")) {
+                return Err(format!("the generated skeleton does not parse ({e}); please report this with the capture").into());
+            }
+            match output {
+                Some(path) => {
+                    std::fs::write(&path, &toml)
+                        .map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
+                    eprintln!(
+                        "wrote {} ({} events read, {})",
+                        path.display(),
+                        events.len(),
+                        form.as_str()
+                    );
+                }
+                None => print!("{toml}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

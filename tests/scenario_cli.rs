@@ -1,0 +1,183 @@
+//! `hil check`, `hil run` and `hil fixture from-events` as a user runs them.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn hil() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hil"))
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hil-scenario-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+const GOOD: &str = "board = \"boron\"\n[firmware]\ndevice_os = \"6.2.0\"\napp = 3\n[[step]]\ndo = \"cloud.flash\"\napp = 4\n";
+
+#[test]
+fn check_reports_a_broken_file_with_line_and_column_and_fails() {
+    let dir = tempdir("broken");
+    std::fs::write(dir.join("good.toml"), GOOD).unwrap();
+    std::fs::write(
+        dir.join("bad.toml"),
+        GOOD.replace("do = \"cloud.flash\"", "do = \"cloud.flsh\""),
+    )
+    .unwrap();
+    std::fs::write(dir.join("README.toml"), "not a scenario").unwrap();
+    let out = hil().arg("check").arg(&dir).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let want = format!(
+        "{}:6:6: unknown step `cloud.flsh`; expected one of: cloud.flash,",
+        dir.join("bad.toml").display()
+    );
+    assert!(err.contains(&want), "{err}");
+    assert!(!err.contains("README"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("good.toml"), "{stdout}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn check_accepts_every_readme_example_and_the_fixtures_folder() {
+    let dir = tempdir("readme");
+    let readme = std::fs::read_to_string(root().join("fixtures/README.md")).unwrap();
+    let mut n = 0;
+    for block in readme.split("```toml\n").skip(1) {
+        let body = block.split("```").next().unwrap();
+        if let Some(name) = body
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# fixture: "))
+        {
+            std::fs::write(dir.join(format!("{}.toml", name.trim())), body).unwrap();
+            n += 1;
+        }
+    }
+    assert_eq!(n, 9);
+    let out = hil()
+        .arg("check")
+        .arg(&dir)
+        .arg(root().join("fixtures"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("10 scenario files ok"), "{stdout}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn check_of_an_empty_folder_is_an_error() {
+    let dir = tempdir("empty");
+    let out = hil().arg("check").arg(&dir).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no scenario files"));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn run_says_the_emulator_target_is_not_available_yet_and_runs_nothing() {
+    let dir = tempdir("run");
+    std::fs::write(dir.join("a.toml"), GOOD).unwrap();
+    let junit = dir.join("out.xml");
+    let out = hil()
+        .arg("run")
+        .arg(dir.join("a.toml"))
+        .arg("--junit")
+        .arg(&junit)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("target emulator is not available yet"),
+        "{err}"
+    );
+    assert!(!junit.exists(), "no report of a run that did not happen");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("PASS"));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn run_refuses_an_unknown_target_and_broken_files() {
+    let dir = tempdir("target");
+    std::fs::write(dir.join("a.toml"), GOOD).unwrap();
+    let out = hil()
+        .arg("run")
+        .arg(&dir)
+        .args(["--target", "rack"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown target `rack`; expected one of: emulator"),
+        "{err}"
+    );
+
+    std::fs::write(dir.join("b.toml"), "board = 1\n").unwrap();
+    let out = hil().arg("run").arg(&dir).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("b.toml:1:9:"), "{err}");
+    assert!(err.contains("nothing was run"), "{err}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn fixture_from_events_writes_the_skeleton_of_the_worked_example() {
+    let dir = tempdir("field");
+    let out_file = dir.join("bug.toml");
+    let out = hil()
+        .args(["fixture", "from-events"])
+        .arg(root().join("fixtures/field/example-safe-mode-after-update.events"))
+        .arg("-o")
+        .arg(&out_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&out_file).unwrap();
+    assert!(text.contains("[report]"));
+    assert!(text.contains("platform = \"boron (13)\""));
+    let check = hil().arg("check").arg(&out_file).output().unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn fixture_from_events_names_the_malformed_line() {
+    let dir = tempdir("badevents");
+    let file = dir.join("cap.events");
+    std::fs::write(&file, ":ok\n\nevent: spark/status\ndata: {oops\n\n").unwrap();
+    let out = hil()
+        .args(["fixture", "from-events"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cap.events:3: the data of event `spark/status` is not JSON"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
