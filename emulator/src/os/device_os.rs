@@ -1,0 +1,614 @@
+//! [`DeviceOs`]: one emulated Particle device's Device OS, sans-IO (reference sections 1, 2.3,
+//! 3 and 5.5). This file holds the device's life: power, boot, reset, sleep, the application's
+//! controls and the system flags. The cloud connection is in `cloud.rs`, the OTA wiring in
+//! `ota_link.rs`; all three are `impl DeviceOs` blocks over the same state.
+//!
+//! Time is a [`Duration`] since any epoch the caller picks; randomness comes from the seed.
+//! Nothing here reads a clock or touches a socket: the caller moves datagrams
+//! ([`DeviceOs::handle_datagram`], [`DeviceOs::poll_transmit`]) and time
+//! ([`DeviceOs::poll_timeout`], [`DeviceOs::handle_timeout`]), and rebinds its UDP socket when
+//! [`DeviceOs::socket_generation`] changes.
+
+use core::time::Duration;
+use std::collections::VecDeque;
+
+use rand_core::{RngCore, SeedableRng};
+
+use crate::bootloader::{BootError, BootState};
+use crate::device::Device;
+
+use super::cloud::Cloud;
+use super::flags::{SystemFlags, UpdateStatus};
+use super::identity::Identity;
+use super::link::Rng;
+use super::ota_link::OtaLink;
+use super::profile::{self, reset_reason};
+use super::session::Retained;
+use super::system_info::SystemInfo;
+use super::trace::{DeviceEvent, DeviceStatus, DisconnectReason, SystemEvent};
+
+/// What the application firmware does that the system cares about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppBehaviour {
+    /// `System.disableUpdates()` in `STARTUP()`/`setup()` when false.
+    pub updates_enabled_at_boot: bool,
+    /// `System.disableReset()` in `STARTUP()`/`setup()` when false.
+    pub reset_enabled_at_boot: bool,
+    /// `SYSTEM_THREAD(ENABLED)`: without it the application's calls wait while a transfer runs.
+    pub system_thread: bool,
+    /// `Particle.setDisconnectOptions(CloudDisconnectOptions().graceful(true))`: resets and
+    /// sleep send a Goodbye and wait for it to be acknowledged. Device OS's default is false
+    /// (see [`super::profile`]).
+    pub graceful_disconnect: bool,
+}
+
+impl Default for AppBehaviour {
+    /// An application that leaves every control at Device OS's default, threaded.
+    fn default() -> Self {
+        AppBehaviour {
+            updates_enabled_at_boot: true,
+            reset_enabled_at_boot: true,
+            system_thread: true,
+            graceful_disconnect: false,
+        }
+    }
+}
+
+/// Whether the device has power and is awake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Power {
+    Off,
+    On,
+    Sleeping {
+        wake_at: Duration,
+        network_kept: bool,
+    },
+}
+
+/// An application call deferred while a transfer runs (single-threaded mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AppCall {
+    SetUpdatesEnabled(bool),
+    SetResetEnabled(bool),
+    SystemReset,
+    Sleep {
+        duration: Duration,
+        network_kept: bool,
+    },
+}
+
+/// One emulated device's Device OS, sans-IO: datagrams and time in
+/// ([`DeviceOs::handle_datagram`], [`DeviceOs::handle_timeout`]), datagrams, timers and trace
+/// events out ([`DeviceOs::poll_transmit`], [`DeviceOs::poll_timeout`], [`DeviceOs::poll_event`]).
+/// A real-UDP driver rebinds its socket whenever [`DeviceOs::socket_generation`] changes.
+///
+/// ```no_run
+/// # use emulator::os::*;
+/// # fn drive(mut os: DeviceOs, socket: std::net::UdpSocket) -> std::io::Result<()> {
+/// let start = std::time::Instant::now();
+/// os.power_on(start.elapsed());
+/// let mut buf = [0u8; 2048];
+/// loop {
+///     while let Some(d) = os.poll_transmit() {
+///         socket.send(&d)?;
+///     }
+///     while let Some(event) = os.poll_event() {
+///         println!("{event:?}");
+///     }
+///     let wait = os.poll_timeout().map(|t| t.saturating_sub(start.elapsed()));
+///     socket.set_read_timeout(wait.filter(|w| !w.is_zero()).or(Some(std::time::Duration::from_millis(1))))?;
+///     match socket.recv(&mut buf) {
+///         Ok(n) => os.handle_datagram(start.elapsed(), &buf[..n]),
+///         Err(_) => os.handle_timeout(start.elapsed()),
+///     }
+/// }
+/// # }
+/// ```
+pub struct DeviceOs {
+    pub(super) identity: Identity,
+    pub(super) device: Device,
+    pub(super) app: AppBehaviour,
+    pub(super) rng: Rng,
+    pub(super) keepalive: Duration,
+    pub(super) power: Power,
+    /// This boot: how it ended and what the system reports about itself.
+    pub(super) boot_state: Option<BootState>,
+    pub(super) system: Option<SystemInfo>,
+    /// Why this boot happened (`spark/device/last_reset`), and whether that was published.
+    pub(super) reset_reason: u32,
+    pub(super) last_reset_published: bool,
+    pub(super) flags: SystemFlags,
+    /// A `particle/device/updates/pending` event arrived this boot.
+    pub(super) pending_event_received: bool,
+    /// Reason of the reset a committed update waits for (`system_pending_shutdown`).
+    pub(super) pending_reset_reason: u32,
+    pub(super) retained: Retained,
+    pub(super) cloud: Option<Cloud>,
+    pub(super) reconnect_at: Option<Duration>,
+    pub(super) failed_attempts: u32,
+    pub(super) socket_generation: u32,
+    pub(super) ota: OtaLink,
+    pub(super) deferred: Vec<AppCall>,
+    pub(super) events: VecDeque<DeviceEvent>,
+    pub(super) outbox: VecDeque<Vec<u8>>,
+    pub(super) malformed: u64,
+}
+
+impl core::fmt::Debug for DeviceOs {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("DeviceOs")
+            .field("identity", &self.identity)
+            .field("power", &self.power)
+            .field("flags", &self.flags)
+            .field("cloud", &self.cloud)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeviceOs {
+    /// A device with `identity` and `device`'s flash, powered off.
+    pub fn new(identity: Identity, device: Device, app: AppBehaviour, seed: u64) -> Self {
+        let keepalive = profile::keepalive_interval(&device.board().name);
+        let ota = OtaLink::new(&device);
+        DeviceOs {
+            identity,
+            device,
+            app,
+            rng: Rng::seed_from_u64(seed),
+            keepalive,
+            power: Power::Off,
+            boot_state: None,
+            system: None,
+            reset_reason: reset_reason::NONE,
+            last_reset_published: false,
+            flags: SystemFlags::default(),
+            pending_event_received: false,
+            pending_reset_reason: reset_reason::UPDATE,
+            retained: Retained::default(),
+            cloud: None,
+            reconnect_at: None,
+            failed_attempts: 0,
+            socket_generation: 0,
+            ota,
+            deferred: Vec::new(),
+            events: VecDeque::new(),
+            outbox: VecDeque::new(),
+            malformed: 0,
+        }
+    }
+
+    // ----- power -------------------------------------------------------------------------
+
+    /// Powers the device on: the bootloader applies staged slots and validates, then the system
+    /// connects to the cloud. Does nothing if it is already on.
+    pub fn power_on(&mut self, now: Duration) {
+        if self.power != Power::Off {
+            self.log("power_on ignored: the device is already on");
+            return;
+        }
+        self.device.power_on();
+        self.power = Power::On;
+        self.boot(now);
+        self.after(now);
+    }
+
+    /// Cuts the power: RAM is lost (DTLS session, flags, transfer state), flash is kept.
+    pub fn power_cut(&mut self, now: Duration) {
+        if self.power == Power::Off {
+            return;
+        }
+        self.device.flash_mut().lose_power();
+        self.lose_power(now);
+    }
+
+    /// Everything in RAM goes; what was handed to the socket already is gone too.
+    pub(super) fn lose_power(&mut self, _now: Duration) {
+        if self.cloud.take().is_some() {
+            self.events.push_back(DeviceEvent::Disconnected {
+                reason: DisconnectReason::PowerLost,
+            });
+        }
+        self.ota.lose_ram();
+        self.outbox.clear();
+        self.retained = Retained::default();
+        self.power = Power::Off;
+        self.system = None;
+        self.boot_state = None;
+        self.reconnect_at = None;
+        self.deferred.clear();
+        self.events.push_back(DeviceEvent::PoweredOff);
+    }
+
+    /// Boots: the bootloader runs, RAM starts fresh (retained RAM survives), and the system
+    /// connects unless nothing can run.
+    pub(super) fn boot(&mut self, now: Duration) {
+        let reason = self
+            .retained
+            .reset_reason
+            .take()
+            .unwrap_or(reset_reason::POWER_DOWN);
+        self.reset_reason = reason;
+        self.last_reset_published = false;
+        self.flags = SystemFlags {
+            updates_enabled: self.app.updates_enabled_at_boot,
+            reset_enabled: self.app.reset_enabled_at_boot,
+            ..SystemFlags::default()
+        };
+        self.pending_event_received = false;
+        self.pending_reset_reason = reset_reason::UPDATE;
+        self.deferred.clear();
+        self.failed_attempts = 0;
+        self.reconnect_at = None;
+        self.system = None;
+        self.boot_state = None;
+        let report = match self.device.boot() {
+            Ok(report) => report,
+            Err(BootError::PowerLost(_)) => return self.lose_power(now),
+            Err(e) => {
+                // The store or the flash refuses to work: nothing runs.
+                self.log(format!("boot failed: {e}"));
+                return;
+            }
+        };
+        let system = match SystemInfo::collect(self.device.board(), self.device.flash(), &report) {
+            Ok(system) => system,
+            Err(_) => return self.lose_power(now),
+        };
+        self.events.push_back(DeviceEvent::Booted {
+            reset_reason: reason,
+            applied: report.applied.clone(),
+            refused: report.refused.clone(),
+            factory_restored: report.factory_restored,
+            state: report.state.clone(),
+            versions: system.versions,
+        });
+        if let BootState::SafeMode(reason) = &report.state {
+            self.events.push_back(DeviceEvent::SafeMode {
+                reason: reason.clone(),
+            });
+        }
+        let runs = !matches!(report.state, BootState::Unbootable { .. });
+        self.boot_state = Some(report.state);
+        self.system = Some(system);
+        if runs {
+            self.connect(now);
+        }
+    }
+
+    /// A reset: the cloud connection ends (without a word unless graceful), retained RAM keeps
+    /// the session and the reason, and the bootloader runs.
+    pub(super) fn reset_now(&mut self, now: Duration, reason: u32, goodbye: bool) {
+        if !goodbye {
+            // No disconnect command runs before a reset without Goodbye: the transfer is not
+            // cancelled, RAM just goes (its resume state stays as last synced).
+            self.ota.lose_ram();
+        }
+        self.teardown(
+            now,
+            DisconnectReason::Reset {
+                reset_reason: reason,
+                goodbye,
+            },
+            true,
+        );
+        self.ota.lose_ram();
+        self.retained.reset_reason = Some(reason);
+        self.power = Power::On;
+        self.boot(now);
+    }
+
+    /// Starts a reset for `reason`: with graceful disconnects, a Goodbye first.
+    pub(super) fn begin_reset(&mut self, now: Duration, reason: u32) {
+        if self.app.graceful_disconnect && self.start_goodbye_reset(now, reason) {
+            return;
+        }
+        self.reset_now(now, reason, false);
+    }
+
+    /// `system_shutdown_if_needed`: a committed update resets when resets are enabled.
+    pub(super) fn shutdown_if_needed(&mut self, now: Duration) {
+        if self.power != Power::On || !self.flags.reset_pending || !self.flags.reset_enabled {
+            return;
+        }
+        if self.is_closing() {
+            return;
+        }
+        self.events
+            .push_back(DeviceEvent::SystemEvent(SystemEvent::Reset));
+        self.begin_reset(now, self.pending_reset_reason);
+    }
+
+    /// `system_pending_shutdown(reason)`: flags the reset once and tells the application.
+    pub(super) fn pending_shutdown(&mut self, now: Duration, reason: u32) {
+        if !self.flags.reset_pending {
+            self.flags.reset_pending = true;
+            self.pending_reset_reason = reason;
+            self.events
+                .push_back(DeviceEvent::SystemEvent(SystemEvent::ResetPending));
+        }
+        self.shutdown_if_needed(now);
+    }
+
+    // ----- the application's controls ----------------------------------------------------
+
+    /// `System.disableUpdates()`.
+    pub fn disable_updates(&mut self, now: Duration) {
+        self.app_call(now, AppCall::SetUpdatesEnabled(false));
+    }
+
+    /// `System.enableUpdates()`.
+    pub fn enable_updates(&mut self, now: Duration) {
+        self.app_call(now, AppCall::SetUpdatesEnabled(true));
+    }
+
+    /// `System.disableReset()`.
+    pub fn disable_reset(&mut self, now: Duration) {
+        self.app_call(now, AppCall::SetResetEnabled(false));
+    }
+
+    /// `System.enableReset()`: a reset waiting for it happens now.
+    pub fn enable_reset(&mut self, now: Duration) {
+        self.app_call(now, AppCall::SetResetEnabled(true));
+    }
+
+    /// `System.reset()` (reset reason `user`): the bootloader applies any staged update.
+    pub fn system_reset(&mut self, now: Duration) {
+        self.app_call(now, AppCall::SystemReset);
+    }
+
+    /// `System.sleep(...)` for `duration`, with the network kept on (the cloud connection stays
+    /// and a datagram wakes the device) or off (the device disconnects, keeping the session).
+    /// A running transfer is cancelled first; its resumable state is kept.
+    pub fn sleep(&mut self, now: Duration, duration: Duration, network_kept: bool) {
+        self.app_call(
+            now,
+            AppCall::Sleep {
+                duration,
+                network_kept,
+            },
+        );
+    }
+
+    /// Wakes a sleeping device (a pin or another wake source).
+    pub fn wake(&mut self, now: Duration) {
+        if let Power::Sleeping { network_kept, .. } = self.power {
+            self.power = Power::On;
+            self.events.push_back(DeviceEvent::Woke);
+            if network_kept {
+                self.force_ping(now);
+            } else {
+                self.connect(now);
+            }
+            self.after(now);
+        }
+    }
+
+    fn app_call(&mut self, now: Duration, call: AppCall) {
+        if self.power == Power::Off {
+            self.log(format!("{call:?} ignored: the device is off"));
+            return;
+        }
+        if !self.app.system_thread && self.ota.is_running() {
+            self.deferred.push(call);
+            return;
+        }
+        self.apply(now, call);
+        self.after(now);
+    }
+
+    pub(super) fn apply(&mut self, now: Duration, call: AppCall) {
+        match call {
+            AppCall::SetUpdatesEnabled(enabled) => {
+                if self.flags.updates_enabled != enabled {
+                    self.flags.updates_enabled = enabled;
+                    self.publish_system_event(
+                        now,
+                        profile::event_name::UPDATES_ENABLED,
+                        super::flags::flag_data(enabled),
+                    );
+                }
+            }
+            AppCall::SetResetEnabled(enabled) => {
+                self.flags.reset_enabled = enabled;
+                if enabled {
+                    self.shutdown_if_needed(now);
+                }
+            }
+            AppCall::SystemReset => self.begin_reset(now, reset_reason::USER),
+            AppCall::Sleep {
+                duration,
+                network_kept,
+            } => self.enter_sleep(now, duration, network_kept),
+        }
+    }
+
+    fn enter_sleep(&mut self, now: Duration, duration: Duration, network_kept: bool) {
+        if self.power != Power::On {
+            return;
+        }
+        // system_sleep_ext_impl cancels the firmware update before anything else.
+        self.ota_cancel(now);
+        self.events.push_back(DeviceEvent::Sleeping {
+            duration,
+            network_kept,
+        });
+        if network_kept {
+            self.power = Power::Sleeping {
+                wake_at: now.saturating_add(duration),
+                network_kept: true,
+            };
+            return;
+        }
+        if self.app.graceful_disconnect && self.start_goodbye_sleep(now, duration) {
+            return;
+        }
+        self.teardown(now, DisconnectReason::Sleep { goodbye: false }, true);
+        self.reconnect_at = None;
+        self.power = Power::Sleeping {
+            wake_at: now.saturating_add(duration),
+            network_kept: false,
+        };
+    }
+
+    /// Falls asleep after the Goodbye of a graceful sleep was acknowledged.
+    pub(super) fn sleep_after_goodbye(&mut self, now: Duration, duration: Duration) {
+        self.teardown(now, DisconnectReason::Sleep { goodbye: true }, true);
+        self.reconnect_at = None;
+        self.power = Power::Sleeping {
+            wake_at: now.saturating_add(duration),
+            network_kept: false,
+        };
+    }
+
+    // ----- the driver's interface --------------------------------------------------------
+
+    /// Takes a datagram from the server.
+    pub fn handle_datagram(&mut self, now: Duration, datagram: &[u8]) {
+        match self.power {
+            Power::Off
+            | Power::Sleeping {
+                network_kept: false,
+                ..
+            } => return,
+            Power::Sleeping {
+                network_kept: true, ..
+            } => self.wake(now),
+            Power::On => {}
+        }
+        self.cloud_datagram(now, datagram);
+        self.after(now);
+    }
+
+    /// Lets every timer due at `now` fire.
+    pub fn handle_timeout(&mut self, now: Duration) {
+        match self.power {
+            Power::Off => return,
+            Power::Sleeping { wake_at, .. } => {
+                if now >= wake_at {
+                    self.wake(now);
+                }
+                return;
+            }
+            Power::On => {}
+        }
+        if self.reconnect_at.is_some_and(|t| t <= now) && self.cloud.is_none() {
+            self.reconnect_at = None;
+            self.connect(now);
+        }
+        self.cloud_timeout(now);
+        self.ota_timeout(now);
+        self.after(now);
+    }
+
+    /// The next datagram for the server.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.outbox.pop_front()
+    }
+
+    /// When [`DeviceOs::handle_timeout`] should be called next.
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        match self.power {
+            Power::Off => None,
+            Power::Sleeping { wake_at, .. } => Some(wake_at),
+            Power::On => [
+                self.reconnect_at.filter(|_| self.cloud.is_none()),
+                self.cloud_poll_timeout(),
+                self.ota.poll_timeout(),
+            ]
+            .into_iter()
+            .flatten()
+            .min(),
+        }
+    }
+
+    /// Bumped whenever Device OS opens a new UDP socket (each connection attempt): a real-UDP
+    /// driver rebinds so that the cloud sees a new source port.
+    pub fn socket_generation(&self) -> u32 {
+        self.socket_generation
+    }
+
+    /// The next entry of the device's trace.
+    pub fn poll_event(&mut self) -> Option<DeviceEvent> {
+        self.events.pop_front()
+    }
+
+    /// A snapshot of the device.
+    pub fn status(&self) -> DeviceStatus {
+        DeviceStatus {
+            powered: self.power != Power::Off,
+            sleeping: matches!(self.power, Power::Sleeping { .. }),
+            connected: self.is_cloud_connected(),
+            safe_mode: matches!(self.boot_state, Some(BootState::SafeMode(_))),
+            boot_state: self.boot_state.clone(),
+            versions: self.system.as_ref().map(|s| s.versions).unwrap_or_default(),
+            flags: self.flags,
+            update_status: self.update_status(),
+            ota: self.ota.progress(),
+            has_session: self.retained.session.is_some(),
+            socket_generation: self.socket_generation,
+            malformed: self.malformed,
+        }
+    }
+
+    /// The device's flash and store.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The device's flash and store, e.g. to schedule a power cut at a flash operation.
+    pub fn device_mut(&mut self) -> &mut Device {
+        &mut self.device
+    }
+
+    /// The device's identity.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// `System.updateStatus()`.
+    pub fn update_status(&self) -> UpdateStatus {
+        if self.ota.is_running() {
+            UpdateStatus::InProgress
+        } else if !self.pending_event_received {
+            UpdateStatus::Unknown
+        } else if self.flags.updates_pending {
+            UpdateStatus::Pending
+        } else {
+            UpdateStatus::NotAvailable
+        }
+    }
+
+    // ----- housekeeping ------------------------------------------------------------------
+
+    /// After every entry point: collect what the link produced, let the OTA receiver speak,
+    /// run deferred application calls, and notice a power loss the flash scheduled.
+    pub(super) fn after(&mut self, now: Duration) {
+        for _ in 0..8 {
+            if self.power != Power::Off && self.device.flash().power_lost() {
+                self.lose_power(now);
+                return;
+            }
+            self.ota_poll(now);
+            self.drain_link();
+            if !self.deferred.is_empty() && !self.ota.is_running() {
+                for call in std::mem::take(&mut self.deferred) {
+                    self.apply(now, call);
+                }
+                continue;
+            }
+            break;
+        }
+        if self.power != Power::Off && self.device.flash().power_lost() {
+            self.lose_power(now);
+        }
+    }
+
+    /// A seed for a new component's RNG.
+    pub(super) fn next_seed(&mut self) -> u64 {
+        self.rng.next_u64()
+    }
+
+    pub(super) fn log(&mut self, line: impl Into<String>) {
+        self.events.push_back(DeviceEvent::Log(line.into()));
+    }
+}
