@@ -8,3 +8,5 @@ pub mod keys;
 pub mod net;
 pub mod scenario;
 pub mod sweep;
+pub mod testbed;
+pub mod trace_text;

@@ -1,0 +1,469 @@
+//! A testbed: the local Device Cloud and emulated devices on one simulated network, in virtual
+//! time (DESIGN.md "Two transports, one protocol"). The same `Cloud` and `DeviceOs` run over
+//! real UDP through [`crate::net::udp`]; here they run over [`SimNetwork`], seeded, so a run
+//! replays exactly from its seed.
+//!
+//! [`CloudNode`] and [`DeviceNode`] adapt the sans-IO cloud and device to [`Node`], keeping
+//! their events with the virtual time they happened at; [`Testbed`] wires them together and
+//! merges those events into one machine-independent trace.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use emulator::board::Board;
+use emulator::device::Device;
+use emulator::firmware::{FirmwareError, FirmwareSet, ModuleSizes, Versions};
+use emulator::os::{AppBehaviour, DeviceEvent, DeviceOs, DeviceStatus, Identity};
+use p256::ecdsa::SigningKey;
+use rand_chacha::ChaCha8Rng;
+use rand_core::SeedableRng;
+
+use crate::cloud::{Cloud, CloudConfig, CloudEvent, JobId, JobStatus};
+use crate::net::sim::{NodeId, SimError, SimNetwork};
+use crate::net::Node;
+
+/// Where the cloud listens on the simulated network (Particle's UDP port).
+pub const CLOUD_ADDR: &str = "10.0.0.1:5684";
+
+/// The cloud as a network node; its events are kept with their virtual time.
+pub struct CloudNode {
+    pub cloud: Cloud,
+    pub events: Vec<(Duration, CloudEvent)>,
+    now: Duration,
+}
+
+impl CloudNode {
+    pub fn new(cloud: Cloud) -> Self {
+        CloudNode {
+            cloud,
+            events: Vec::new(),
+            now: Duration::ZERO,
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(event) = self.cloud.poll_event() {
+            self.events.push((self.now, event));
+        }
+    }
+}
+
+impl Node for CloudNode {
+    fn handle_datagram(&mut self, now: Duration, from: SocketAddr, data: &[u8]) {
+        self.now = now;
+        self.cloud.handle_datagram(now, from, data);
+        self.drain();
+    }
+
+    fn handle_timeout(&mut self, now: Duration) {
+        self.now = now;
+        self.cloud.handle_timeout(now);
+        self.drain();
+    }
+
+    fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.cloud.poll_transmit()
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        self.cloud.poll_timeout()
+    }
+}
+
+/// An emulated device as a network node talking to one server address.
+pub struct DeviceNode {
+    pub os: DeviceOs,
+    pub server: SocketAddr,
+    pub events: Vec<(Duration, DeviceEvent)>,
+    now: Duration,
+}
+
+impl DeviceNode {
+    pub fn new(os: DeviceOs, server: SocketAddr) -> Self {
+        DeviceNode {
+            os,
+            server,
+            events: Vec::new(),
+            now: Duration::ZERO,
+        }
+    }
+
+    /// Moves the device's pending events into [`DeviceNode::events`] at time `now`.
+    pub fn drain(&mut self, now: Duration) {
+        self.now = self.now.max(now);
+        while let Some(event) = self.os.poll_event() {
+            self.events.push((self.now, event));
+        }
+    }
+}
+
+impl Node for DeviceNode {
+    fn handle_datagram(&mut self, now: Duration, from: SocketAddr, data: &[u8]) {
+        // A device only talks to its server; anything else is dropped as the socket would.
+        if from == self.server {
+            self.os.handle_datagram(now, data);
+        }
+        self.drain(now);
+    }
+
+    fn handle_timeout(&mut self, now: Duration) {
+        self.os.handle_timeout(now);
+        self.drain(now);
+    }
+
+    fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.os.poll_transmit().map(|d| (self.server, d))
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        self.os.poll_timeout()
+    }
+
+    fn local_addr_generation(&self) -> u32 {
+        self.os.socket_generation()
+    }
+}
+
+/// What to put on a new emulated device.
+#[derive(Debug, Clone)]
+pub struct DeviceSpec {
+    pub board: Board,
+    pub versions: Versions,
+    pub app: AppBehaviour,
+    pub sizes: ModuleSizes,
+}
+
+impl DeviceSpec {
+    /// A board running the Device OS 6.2.0 baseline with `product_version` as its app version.
+    pub fn new(board: Board, product_version: u16) -> Self {
+        DeviceSpec {
+            board,
+            versions: Versions {
+                product_version,
+                ..Versions::BASELINE
+            },
+            app: AppBehaviour::default(),
+            sizes: ModuleSizes::default(),
+        }
+    }
+}
+
+/// One device of the testbed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceHandle(pub usize);
+
+/// Errors that stop a testbed run.
+#[derive(Debug, thiserror::Error)]
+pub enum TestbedError {
+    #[error(transparent)]
+    Sim(#[from] SimError),
+    #[error("building firmware: {0}")]
+    Firmware(#[from] FirmwareError),
+    #[error("no device {0:?} on this testbed")]
+    NoDevice(DeviceHandle),
+    #[error("seed {seed}: {what} did not happen within {within:?} (at t = {at:?})")]
+    Timeout {
+        seed: u64,
+        what: String,
+        within: Duration,
+        at: Duration,
+    },
+}
+
+/// Where a trace line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Source {
+    Cloud,
+    Device(usize),
+}
+
+/// One line of the merged trace: virtual time, source, what happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceLine {
+    pub at: Duration,
+    pub source: Source,
+    pub text: String,
+}
+
+impl std::fmt::Display for TraceLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let who = match self.source {
+            Source::Cloud => "cloud".to_string(),
+            Source::Device(n) => format!("dev{n}"),
+        };
+        write!(
+            f,
+            "{:>6}.{:03}s {who:<5} {}",
+            self.at.as_secs(),
+            self.at.subsec_millis(),
+            self.text
+        )
+    }
+}
+
+/// The local cloud and emulated devices on one simulated network.
+pub struct Testbed {
+    pub net: SimNetwork,
+    cloud: NodeId,
+    devices: Vec<(NodeId, [u8; 12])>,
+    server_key: SigningKey,
+    cloud_addr: SocketAddr,
+    trace: Vec<TraceLine>,
+    /// How many cloud / device events of each node are already in `trace`.
+    seen_cloud: usize,
+    seen_devices: Vec<usize>,
+}
+
+impl Testbed {
+    /// A testbed with a cloud whose key and randomness come from `seed`.
+    pub fn new(seed: u64) -> Result<Testbed, TestbedError> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xC10D);
+        let server_key = SigningKey::random(&mut rng);
+        let cloud = Cloud::new(CloudConfig::new(server_key.clone()), seed);
+        let mut net = SimNetwork::new(seed);
+        let cloud_addr: SocketAddr = CLOUD_ADDR.parse().map_err(|_| SimError::Deadline {
+            seed,
+            deadline: Duration::ZERO,
+        })?;
+        let cloud = net.add_node(cloud_addr, CloudNode::new(cloud))?;
+        Ok(Testbed {
+            net,
+            cloud,
+            devices: Vec::new(),
+            server_key,
+            cloud_addr,
+            trace: Vec::new(),
+            seen_cloud: 0,
+            seen_devices: Vec::new(),
+        })
+    }
+
+    pub fn seed(&self) -> u64 {
+        self.net.seed()
+    }
+
+    pub fn now(&self) -> Duration {
+        self.net.now()
+    }
+
+    /// Provisions a device (flash programmed with `spec`'s firmware), registers its key with
+    /// the cloud and puts it on the network, powered off. Its id and key derive from the
+    /// testbed seed and its number.
+    pub fn add_device(&mut self, spec: &DeviceSpec) -> Result<DeviceHandle, TestbedError> {
+        let n = self.devices.len();
+        let seed = self.seed() ^ ((n as u64 + 1) << 32);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let key = SigningKey::random(&mut rng);
+        let mut device_id = [0u8; 12];
+        rand_core::RngCore::fill_bytes(&mut rng, &mut device_id);
+        let (device, _) =
+            FirmwareSet::new(&spec.board, spec.sizes, seed).provision(&spec.versions)?;
+        self.add_provisioned(device, key, device_id, spec.app, seed)
+    }
+
+    /// Puts an already provisioned device with a known identity on the network.
+    pub fn add_provisioned(
+        &mut self,
+        device: Device,
+        key: SigningKey,
+        device_id: [u8; 12],
+        app: AppBehaviour,
+        seed: u64,
+    ) -> Result<DeviceHandle, TestbedError> {
+        let identity = Identity {
+            device_id,
+            server_key: *self.server_key.verifying_key(),
+            key,
+        };
+        self.cloud_mut()
+            .register_device(device_id, identity.public_key());
+        let os = DeviceOs::new(identity, device, app, seed);
+        let ip = std::net::IpAddr::from([10, 0, 1, (self.devices.len() % 250) as u8 + 1]);
+        let node = self
+            .net
+            .add_node_ephemeral(ip, DeviceNode::new(os, self.cloud_addr))?;
+        self.devices.push((node, device_id));
+        self.seen_devices.push(0);
+        Ok(DeviceHandle(self.devices.len() - 1))
+    }
+
+    fn node_of(&self, device: DeviceHandle) -> Result<NodeId, TestbedError> {
+        self.devices
+            .get(device.0)
+            .map(|(id, _)| *id)
+            .ok_or(TestbedError::NoDevice(device))
+    }
+
+    pub fn device_id(&self, device: DeviceHandle) -> Option<[u8; 12]> {
+        self.devices.get(device.0).map(|(_, id)| *id)
+    }
+
+    pub fn device_node(&self, device: DeviceHandle) -> Option<NodeId> {
+        self.devices.get(device.0).map(|(id, _)| *id)
+    }
+
+    pub fn cloud_node(&self) -> NodeId {
+        self.cloud
+    }
+
+    pub fn cloud(&self) -> &Cloud {
+        &self
+            .net
+            .node::<CloudNode>(self.cloud)
+            .expect("the cloud node is never removed")
+            .cloud
+    }
+
+    pub fn cloud_mut(&mut self) -> &mut Cloud {
+        &mut self
+            .net
+            .node_mut::<CloudNode>(self.cloud)
+            .expect("the cloud node is never removed")
+            .cloud
+    }
+
+    pub fn os(&self, device: DeviceHandle) -> Result<&DeviceOs, TestbedError> {
+        let id = self.node_of(device)?;
+        self.net
+            .node::<DeviceNode>(id)
+            .map(|n| &n.os)
+            .ok_or(TestbedError::NoDevice(device))
+    }
+
+    /// Runs `f` on a device (an application control, a power cut...) at the current time;
+    /// the network polls the device again afterwards.
+    pub fn with_device<R>(
+        &mut self,
+        device: DeviceHandle,
+        f: impl FnOnce(&mut DeviceOs, Duration) -> R,
+    ) -> Result<R, TestbedError> {
+        let id = self.node_of(device)?;
+        let now = self.net.now();
+        let node = self
+            .net
+            .node_mut::<DeviceNode>(id)
+            .ok_or(TestbedError::NoDevice(device))?;
+        let r = f(&mut node.os, now);
+        node.drain(now);
+        Ok(r)
+    }
+
+    pub fn status(&self, device: DeviceHandle) -> Result<DeviceStatus, TestbedError> {
+        Ok(self.os(device)?.status())
+    }
+
+    pub fn power_on(&mut self, device: DeviceHandle) -> Result<(), TestbedError> {
+        self.with_device(device, |os, now| os.power_on(now))
+    }
+
+    pub fn power_cut(&mut self, device: DeviceHandle) -> Result<(), TestbedError> {
+        self.with_device(device, |os, now| os.power_cut(now))
+    }
+
+    /// Asks the cloud to flash `file` to `device` (queued while it is offline).
+    pub fn flash(&mut self, device: DeviceHandle, file: Vec<u8>) -> Result<JobId, TestbedError> {
+        let id = self
+            .device_id(device)
+            .ok_or(TestbedError::NoDevice(device))?;
+        let now = self.net.now();
+        let job = self.cloud_mut().flash(now, id, file);
+        Ok(job)
+    }
+
+    pub fn job(&self, job: JobId) -> Option<JobStatus> {
+        self.cloud().job(job).cloned()
+    }
+
+    /// Runs until `done` holds (checked after every event) or `within` of virtual time passed.
+    pub fn run_until(
+        &mut self,
+        what: &str,
+        within: Duration,
+        mut done: impl FnMut(&Testbed) -> bool,
+    ) -> Result<Duration, TestbedError> {
+        let deadline = self.net.now() + within;
+        loop {
+            self.collect_trace();
+            if done(self) {
+                return Ok(self.net.now());
+            }
+            match self.net.next_event()? {
+                Some(t) if t <= deadline => {}
+                _ => {
+                    self.collect_trace();
+                    if done(self) {
+                        return Ok(self.net.now());
+                    }
+                    return Err(TestbedError::Timeout {
+                        seed: self.seed(),
+                        what: what.to_string(),
+                        within,
+                        at: self.net.now(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Runs for `duration` of virtual time.
+    pub fn run_for(&mut self, duration: Duration) -> Result<(), TestbedError> {
+        self.net.run_for(duration)?;
+        self.collect_trace();
+        Ok(())
+    }
+
+    /// Moves new cloud and device events into the merged trace.
+    fn collect_trace(&mut self) {
+        let mut new = Vec::new();
+        if let Some(node) = self.net.node::<CloudNode>(self.cloud) {
+            for (at, event) in node.events.iter().skip(self.seen_cloud) {
+                if let Some(text) = crate::trace_text::cloud_event(event) {
+                    new.push(TraceLine {
+                        at: *at,
+                        source: Source::Cloud,
+                        text,
+                    });
+                }
+            }
+            self.seen_cloud = node.events.len();
+        }
+        for (n, (id, _)) in self.devices.iter().enumerate() {
+            if let Some(node) = self.net.node::<DeviceNode>(*id) {
+                for (at, event) in node.events.iter().skip(self.seen_devices[n]) {
+                    if let Some(text) = crate::trace_text::device_event(event) {
+                        new.push(TraceLine {
+                            at: *at,
+                            source: Source::Device(n),
+                            text,
+                        });
+                    }
+                }
+                self.seen_devices[n] = node.events.len();
+            }
+        }
+        new.sort_by_key(|l| (l.at, l.source));
+        self.trace.extend(new);
+    }
+
+    /// The merged trace so far.
+    pub fn trace(&self) -> &[TraceLine] {
+        &self.trace
+    }
+
+    /// Device `device`'s events so far, with their virtual time.
+    pub fn device_events(&self, device: DeviceHandle) -> &[(Duration, DeviceEvent)] {
+        self.node_of(device)
+            .ok()
+            .and_then(|id| self.net.node::<DeviceNode>(id))
+            .map(|n| n.events.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// The cloud's events so far, with their virtual time.
+    pub fn cloud_events(&self) -> &[(Duration, CloudEvent)] {
+        self.net
+            .node::<CloudNode>(self.cloud)
+            .map(|n| n.events.as_slice())
+            .unwrap_or(&[])
+    }
+}
