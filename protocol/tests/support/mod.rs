@@ -2,7 +2,7 @@
 //! that cannot outlive a test, a client driver over a real UDP socket, and a pcap writer.
 #![allow(dead_code)] // each test crate uses a different part of this module
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -38,8 +38,11 @@ pub fn require_tool(tool: &str, args: &[&str]) -> bool {
     if std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1") {
         panic!("{REQUIRE_ENV}=1 but `{tool}` was not found on PATH (CI installs it in .ci/run)");
     }
-    println!("skipped: {tool} not found (set {REQUIRE_ENV}=1 to make this a failure)");
-    eprintln!("skipped: {tool} not found (set {REQUIRE_ENV}=1 to make this a failure)");
+    // Straight to the process's stderr, past libtest's capture, so that `cargo test` shows it.
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped: {tool} not found (set {REQUIRE_ENV}=1 to make this a failure)"
+    );
     false
 }
 
