@@ -168,20 +168,20 @@ pub fn drive_client_recording(
     let mut events = Vec::new();
     let mut buf = [0u8; 2048];
     while start.elapsed() < limit {
+        let mut stop = false;
+        while let Some(e) = client.poll_event() {
+            stop |= on_event(client, &e);
+            events.push(e);
+            if stop {
+                break;
+            }
+        }
         while let Some(d) = client.poll_transmit() {
             record(true, &d);
             socket.send(&d).unwrap();
         }
-        while let Some(e) = client.poll_event() {
-            let stop = on_event(client, &e);
-            events.push(e);
-            if stop {
-                while let Some(d) = client.poll_transmit() {
-                    record(true, &d);
-                    socket.send(&d).unwrap();
-                }
-                return events;
-            }
+        if stop {
+            return events;
         }
         let wait = client
             .poll_timeout()
