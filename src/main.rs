@@ -25,6 +25,9 @@ enum Command {
     /// Inspect or build Particle module binaries.
     #[command(subcommand)]
     Module(cli::module::ModuleCommand),
+    /// Benchmarks: `hil bench dtls` compares our DTLS with the `dtls` crate.
+    #[command(subcommand)]
+    Bench(cli::bench::BenchCommand),
     /// List the built-in boards, or show one board's flash layout.
     Boards {
         /// A built-in board name, or a path to a board TOML file.
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         Command::Sweep(args) => cli::sweep::run(args),
         Command::Module(cmd) => cli::module::run(cmd),
         Command::Boards { board, file } => cli::boards::run(board, file),
+        Command::Bench(cmd) => cli::bench::run(cmd),
     };
     match result {
         Ok(code) => code,
