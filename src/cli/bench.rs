@@ -94,13 +94,30 @@ fn dtls(args: DtlsArgs) -> CliResult {
     };
     let keys = Keys::generate()?;
     let theirs = Theirs::new(&keys)?;
+    // The measurements alternate in rounds, so that a change in the machine's load during the
+    // run weighs on both implementations alike.
+    let rounds: u32 = if args.quick { 1 } else { 4 };
+    let slice = |b: Budget| Budget {
+        min_iterations: b.min_iterations.div_ceil(u64::from(rounds)),
+        time: b.time / rounds,
+    };
+    let (handshakes, records) = (slice(handshakes), slice(records));
+    let mut t = [Tally::default(); 6];
+    for _ in 0..rounds {
+        t[0] += ours_handshakes(&keys, CertificateMode::RawPublicKey, handshakes)?;
+        t[1] += theirs.handshakes(handshakes)?;
+        t[2] += ours_handshakes(&keys, CertificateMode::X509, handshakes)?;
+        t[3] += ours_throughput(&keys, CertificateMode::RawPublicKey, records)?;
+        t[4] += theirs.throughput(records)?;
+        t[5] += ours_throughput(&keys, CertificateMode::X509, records)?;
+    }
     let f = Figures {
-        ours_handshakes: ours_handshakes(&keys, CertificateMode::RawPublicKey, handshakes)?,
-        ours_x509_handshakes: ours_handshakes(&keys, CertificateMode::X509, handshakes)?,
-        theirs_handshakes: theirs.handshakes(handshakes)?,
-        ours_mb: ours_throughput(&keys, CertificateMode::RawPublicKey, records)?,
-        ours_x509_mb: ours_throughput(&keys, CertificateMode::X509, records)?,
-        theirs_mb: theirs.throughput(records)?,
+        ours_handshakes: t[0].per_second(),
+        theirs_handshakes: t[1].per_second(),
+        ours_x509_handshakes: t[2].per_second(),
+        ours_mb: t[3].per_second() / 1e6,
+        theirs_mb: t[4].per_second() / 1e6,
+        ours_x509_mb: t[5].per_second() / 1e6,
     };
     if args.json {
         let json = serde_json::json!({
@@ -189,22 +206,37 @@ fn print_table(f: &Figures, quick: bool) {
     );
 }
 
-/// Runs `step` until the budget is spent; returns (iterations, time spent in `step`).
+/// What one measurement did: `n` handshakes or bytes in `spent` (only the timed part).
+#[derive(Clone, Copy, Default)]
+struct Tally {
+    n: u64,
+    spent: Duration,
+}
+
+impl std::ops::AddAssign for Tally {
+    fn add_assign(&mut self, other: Tally) {
+        self.n += other.n;
+        self.spent += other.spent;
+    }
+}
+
+impl Tally {
+    fn per_second(self) -> f64 {
+        self.n as f64 / self.spent.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Runs `step` until the budget is spent; returns the iterations and the time spent in `step`.
 fn measure(
     budget: Budget,
     mut step: impl FnMut() -> Result<Duration, String>,
-) -> Result<(u64, Duration), String> {
-    let mut n = 0;
-    let mut spent = Duration::ZERO;
-    while n < budget.min_iterations || spent < budget.time {
-        spent += step()?;
-        n += 1;
+) -> Result<Tally, String> {
+    let mut t = Tally::default();
+    while t.n < budget.min_iterations || t.spent < budget.time {
+        t.spent += step()?;
+        t.n += 1;
     }
-    Ok((n, spent))
-}
-
-fn per_second(n: u64, spent: Duration) -> f64 {
-    n as f64 / spent.as_secs_f64().max(1e-9)
+    Ok(t)
 }
 
 /// The key pairs and certificates both sides use: one P-256 key and a self-signed certificate
@@ -270,11 +302,11 @@ fn pump(client: &mut Client<ChaCha8Rng>, server: &mut Server<ChaCha8Rng>, from: 
     }
 }
 
-fn ours_handshakes(keys: &Keys, mode: CertificateMode, budget: Budget) -> Result<f64, String> {
+fn ours_handshakes(keys: &Keys, mode: CertificateMode, budget: Budget) -> Result<Tally, String> {
     let (client_config, server_config) = keys.ours(mode)?;
     let mut server = Server::new(server_config, ChaCha8Rng::seed_from_u64(1));
     let mut i = 0u64;
-    let (n, spent) = measure(budget, || {
+    measure(budget, || {
         i += 1;
         let start = Instant::now();
         let from = peer(i);
@@ -297,11 +329,11 @@ fn ours_handshakes(keys: &Keys, mode: CertificateMode, budget: Budget) -> Result
             }
             _ => Err("our handshake did not complete".to_string()),
         }
-    })?;
-    Ok(per_second(n, spent))
+    })
 }
 
-fn ours_throughput(keys: &Keys, mode: CertificateMode, budget: Budget) -> Result<f64, String> {
+/// Bytes of application data delivered, and the time it took.
+fn ours_throughput(keys: &Keys, mode: CertificateMode, budget: Budget) -> Result<Tally, String> {
     let (client_config, server_config) = keys.ours(mode)?;
     let mut server = Server::new(server_config, ChaCha8Rng::seed_from_u64(2));
     let mut client = Client::connect(client_config, ChaCha8Rng::seed_from_u64(3), Duration::ZERO);
@@ -320,7 +352,7 @@ fn ours_throughput(keys: &Keys, mode: CertificateMode, budget: Budget) -> Result
         ..budget
     };
     let mut delivered = 0usize;
-    let (n, spent) = measure(budget, || {
+    let batches = measure(budget, || {
         let start = Instant::now();
         for _ in 0..BATCH {
             client
@@ -337,13 +369,14 @@ fn ours_throughput(keys: &Keys, mode: CertificateMode, budget: Budget) -> Result
         }
         Ok(start.elapsed())
     })?;
-    if delivered != (n * BATCH) as usize * RECORD {
-        return Err(format!(
-            "our server received {delivered} of {} bytes",
-            n * BATCH * RECORD as u64
-        ));
+    let sent = batches.n * BATCH * RECORD as u64;
+    if delivered as u64 != sent {
+        return Err(format!("our server received {delivered} of {sent} bytes"));
     }
-    Ok(delivered as f64 / 1e6 / spent.as_secs_f64().max(1e-9))
+    Ok(Tally {
+        n: sent,
+        spent: batches.spent,
+    })
 }
 
 /// The `dtls` crate's side: a runtime and the configurations (made once, cloned per connection
@@ -391,8 +424,8 @@ impl Theirs {
         Ok((client, server))
     }
 
-    fn handshakes(&self, budget: Budget) -> Result<f64, String> {
-        let (n, spent) = measure(budget, || {
+    fn handshakes(&self, budget: Budget) -> Result<Tally, String> {
+        measure(budget, || {
             self.runtime.block_on(async {
                 let start = Instant::now();
                 let (client, server) =
@@ -404,11 +437,11 @@ impl Theirs {
                 let _ = server.close().await;
                 Ok(spent)
             })
-        })?;
-        Ok(per_second(n, spent))
+        })
     }
 
-    fn throughput(&self, budget: Budget) -> Result<f64, String> {
+    /// Bytes of application data delivered, and the time it took.
+    fn throughput(&self, budget: Budget) -> Result<Tally, String> {
         self.runtime.block_on(async {
             let (client, server) = tokio::time::timeout(Duration::from_secs(10), self.connect())
                 .await
@@ -451,8 +484,10 @@ impl Theirs {
             }
             let _ = client.close().await;
             let _ = server.close().await;
-            let bytes = batches * BATCH * RECORD as u64;
-            Ok(bytes as f64 / 1e6 / spent.as_secs_f64().max(1e-9))
+            Ok(Tally {
+                n: batches * BATCH * RECORD as u64,
+                spent,
+            })
         })
     }
 }
