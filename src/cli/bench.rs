@@ -190,6 +190,7 @@ fn print_table(f: &Figures, quick: bool) {
     println!("        sans-IO client and server in one thread, datagrams passed as Vec<u8>.");
     println!("        A handshake: new client, cookie round trip, both flights, both Finished;");
     println!("        one server for all handshakes (the association is removed after each).");
+    println!("        The X.509 rows: ours with theirs' certificates, no raw keys, no CID.");
     println!("theirs: dtls crate 0.17.2, X.509 self-signed certificates both ways (chains not");
     println!("        verified, as ours), cookie, extended master secret; two DTLSConn over");
     println!("        webrtc-util's in-memory pipe on a single-thread tokio runtime. A handshake:");

@@ -22,7 +22,8 @@
 //! `tests/dtls_x509.rs`, `tests/dtls_malformed.rs`, `tests/dtls_udp.rs` (real sockets, and
 //! against `openssl s_server` / `s_client`), `tests/dtls_interop_webrtc.rs` (the `dtls` crate),
 //! `tests/dtls_tshark.rs` (captures decrypted by tshark with our key log) and
-//! `tests/dtls_gnutls.rs` (raw public keys against GnuTLS); findings in `tests/INTEROP.md`.
+//! `tests/dtls_gnutls.rs` (raw public keys against GnuTLS, and why they do not interoperate);
+//! findings in `tests/INTEROP.md`.
 //! Tests that need an external tool skip with a message when it is missing, and fail instead
 //! when `HIL_REQUIRE_INTEROP=1` (as in CI). Fuzz targets: `protocol/fuzz/`.
 //!
