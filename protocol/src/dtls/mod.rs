@@ -6,6 +6,8 @@
 //! HelloVerifyRequest cookies, connection ID draft-05 (extension 254, record type 25, 8-byte CID
 //! assigned by the server), handshake-less session resumption (record type 253 until the first
 //! server record), and an X.509 mode for tests against independent implementations.
+//! Off the profile, for RFC 7250 peers such as GnuTLS: `rfc7250_server_certificate` on both
+//! configs has the server send its raw key in a Certificate message as RFC 7250 prescribes.
 //!
 //! Layers, one file each:
 //! - [`record`]: the record header (checked view + [`record::RecordRepr`]).
