@@ -1,13 +1,17 @@
 //! Raw public keys (RFC 7250) against GnuTLS: `gnutls-cli` against our server and our client
 //! against `gnutls-serv`, both in RPK mode with TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8 over DTLS 1.2.
 //!
-//! They do not interoperate, and these tests pin down why (details in `tests/INTEROP.md`):
-//! RFC 7250 has the server send a Certificate message carrying its SubjectPublicKeyInfo, and
-//! GnuTLS does; Particle's profile — which we speak — sends none (the device pins the server
-//! key and checks the ServerKeyExchange signature). So gnutls-cli aborts with
+//! In Particle's profile they do not interoperate, and three tests pin down why (details in
+//! `tests/INTEROP.md`): RFC 7250 has the server send a Certificate message carrying its
+//! SubjectPublicKeyInfo, and GnuTLS does; Particle's profile sends none (the device pins the
+//! server key and checks the ServerKeyExchange signature). So gnutls-cli aborts with
 //! unexpected_message when our ServerKeyExchange arrives, and our client aborts when
 //! gnutls-serv's Certificate arrives. Offering the draft-05 connection ID as the device does
 //! fails earlier: GnuTLS does not answer extension 254, and the profile needs an 8-byte CID.
+//!
+//! With `rfc7250_server_certificate` (and no CID) both directions work: handshake with raw
+//! keys both ways, one record through (gnutls-cli signs its CertificateVerify with ECDSA/SHA-384,
+//! which our CertificateRequest — the cloud's, byte for byte — offers).
 //!
 //! Without gnutls-cli/gnutls-serv: `skipped: ... not found`, or a failure under
 //! `HIL_REQUIRE_INTEROP=1`.
@@ -55,24 +59,22 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-#[test]
-fn gnutls_cli_refuses_our_server_because_it_sends_no_certificate_message() {
+/// gnutls-cli (raw keys both ways) against our server in raw-public-key mode; returns our
+/// server's events (until it closes or gets a record), what gnutls-cli printed, and whether it
+/// exited with success.
+fn gnutls_cli_against_our_server(rfc7250_server_certificate: bool) -> (Vec<ServerEvent>, String) {
     use std::io::Write;
-    if !require_tool("gnutls-cli", &["--version"]) {
-        return;
-    }
-    let dir = temp_dir("gnutls-cli");
+    let dir = temp_dir(&format!("gnutls-cli-{rfc7250_server_certificate}"));
     let (key, public) = key_files(&dir, "device");
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = socket.local_addr().unwrap().port();
     let device_pub = verifying_key_from_spki(&read("wire/keys/device_public_key.der")).unwrap();
-    let mut server = Server::new(
-        ServerConfig::new(
-            signing_key_from_der(&read("wire/keys/server_private_key.der")).unwrap(),
-            vec![device_pub],
-        ),
-        ChaCha8Rng::seed_from_u64(31),
+    let mut config = ServerConfig::new(
+        signing_key_from_der(&read("wire/keys/server_private_key.der")).unwrap(),
+        vec![device_pub],
     );
+    config.rfc7250_server_certificate = rfc7250_server_certificate;
+    let mut server = Server::new(config, ChaCha8Rng::seed_from_u64(31));
     let mut child = Guarded::spawn(
         Command::new("gnutls-cli")
             .args(["--udp", "--port", &port.to_string(), "127.0.0.1"])
@@ -92,18 +94,22 @@ fn gnutls_cli_refuses_our_server_because_it_sends_no_certificate_message() {
     socket
         .set_read_timeout(Some(Duration::from_millis(10)))
         .unwrap();
-    while start.elapsed() < LIMIT
-        && !events
-            .iter()
-            .any(|e| matches!(e, ServerEvent::Closed { .. }))
-    {
+    let done = |events: &[ServerEvent]| {
+        events.iter().any(|e| {
+            matches!(
+                e,
+                ServerEvent::Closed { .. } | ServerEvent::ApplicationData { .. }
+            )
+        })
+    };
+    while start.elapsed() < LIMIT && !done(&events) {
         if let Ok((n, from)) = socket.recv_from(&mut buf) {
             server.handle_datagram(start.elapsed(), from, &buf[..n]);
         }
         server.handle_timeout(start.elapsed());
         while let Some(e) = server.poll_event() {
             if let (ServerEvent::Connected { .. }, Some(stdin)) = (&e, stdin.as_mut()) {
-                let _ = stdin.write_all(b"hello server\n");
+                let _ = stdin.write_all(b"hello from gnutls-cli\n");
             }
             events.push(e);
         }
@@ -114,7 +120,18 @@ fn gnutls_cli_refuses_our_server_because_it_sends_no_certificate_message() {
     drop(stdin.take());
     let (out, _) = child.finish(Duration::from_secs(1));
     let _ = std::fs::remove_dir_all(&dir);
-    let log = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    (
+        events,
+        format!("{}{}", text(&out.stdout), text(&out.stderr)),
+    )
+}
+
+#[test]
+fn gnutls_cli_refuses_our_server_because_it_sends_no_certificate_message() {
+    if !require_tool("gnutls-cli", &["--version"]) {
+        return;
+    }
+    let (events, log) = gnutls_cli_against_our_server(false);
     // gnutls-cli accepts raw public keys both ways, then expects the server's Certificate and
     // gets our ServerKeyExchange: it sends a fatal unexpected_message (10) alert.
     assert!(
@@ -136,13 +153,34 @@ fn gnutls_cli_refuses_our_server_because_it_sends_no_certificate_message() {
         ),
         "{events:?}\n{log}"
     );
-    assert!(!out.status.success(), "{log}");
+}
+
+#[test]
+fn gnutls_cli_connects_to_our_server_sending_an_rfc7250_certificate() {
+    if !require_tool("gnutls-cli", &["--version"]) {
+        return;
+    }
+    let (events, log) = gnutls_cli_against_our_server(true);
+    let device_pub = verifying_key_from_spki(&read("wire/keys/device_public_key.der")).unwrap();
+    assert!(
+        matches!(&events[0], ServerEvent::Connected { device_key: Some(k), .. } if *k == device_pub),
+        "{events:?}\n{log}"
+    );
+    assert!(
+        matches!(&events[1], ServerEvent::ApplicationData { data, .. } if data == b"hello from gnutls-cli\n"),
+        "{events:?}\n{log}"
+    );
 }
 
 /// Our client in raw-public-key mode against gnutls-serv; returns our client's events and the
 /// server's log.
-fn our_client_against_gnutls_serv(offer_connection_id: bool) -> (Vec<Event>, String) {
-    let dir = temp_dir(&format!("gnutls-serv-{offer_connection_id}"));
+fn our_client_against_gnutls_serv(
+    offer_connection_id: bool,
+    rfc7250_server_certificate: bool,
+) -> (Vec<Event>, String) {
+    let dir = temp_dir(&format!(
+        "gnutls-serv-{offer_connection_id}-{rfc7250_server_certificate}"
+    ));
     let (key, public) = key_files(&dir, "server");
     let port = free_udp_port();
     let server = Guarded::spawn(
@@ -163,6 +201,7 @@ fn our_client_against_gnutls_serv(offer_connection_id: bool) -> (Vec<Event>, Str
         server_pub,
     );
     config.offer_connection_id = offer_connection_id;
+    config.rfc7250_server_certificate = rfc7250_server_certificate;
     // Repeat the ClientHello quickly in case gnutls-serv is not listening yet.
     config.timeouts = RetransmitTimeouts {
         initial: Duration::from_millis(200),
@@ -174,7 +213,7 @@ fn our_client_against_gnutls_serv(offer_connection_id: bool) -> (Vec<Event>, Str
     let mut client = Client::connect(config, ChaCha8Rng::seed_from_u64(32), start.elapsed());
     let events = drive_client(&mut client, &socket, start, LIMIT, |c, e| {
         if *e == Event::Connected {
-            let _ = c.send_application_data(start.elapsed(), b"hello gnutls\n");
+            let _ = c.send_application_data(start.elapsed(), b"hello gnutls-serv\n");
             return false;
         }
         true
@@ -192,7 +231,7 @@ fn our_client_refuses_gnutls_serv_because_it_sends_a_certificate_message() {
     if !require_tool("gnutls-serv", &["--version"]) {
         return;
     }
-    let (events, log) = our_client_against_gnutls_serv(false);
+    let (events, log) = our_client_against_gnutls_serv(false, false);
     // gnutls-serv agrees on raw public keys both ways and queues Certificate (its SPKI); the
     // Particle profile expects ServerKeyExchange right after ServerHello.
     assert!(log.contains("CERTIFICATE was queued"), "{log}");
@@ -213,12 +252,29 @@ fn our_client_offering_a_connection_id_refuses_gnutls_serv_which_assigns_none() 
     if !require_tool("gnutls-serv", &["--version"]) {
         return;
     }
-    let (events, log) = our_client_against_gnutls_serv(true);
+    let (events, log) = our_client_against_gnutls_serv(true, false);
     assert_eq!(
         events,
         vec![Event::Closed(CloseReason::Error(
             DtlsError::BadConnectionId(0)
         ))],
+        "{log}"
+    );
+}
+
+#[test]
+fn our_client_expecting_an_rfc7250_certificate_connects_to_gnutls_serv() {
+    if !require_tool("gnutls-serv", &["--version"]) {
+        return;
+    }
+    let (events, log) = our_client_against_gnutls_serv(false, true);
+    // gnutls-serv --echo sends the record back.
+    assert_eq!(
+        events,
+        vec![
+            Event::Connected,
+            Event::ApplicationData(b"hello gnutls-serv\n".to_vec())
+        ],
         "{log}"
     );
 }
