@@ -134,77 +134,86 @@ fn dtls(args: DtlsArgs) -> CliResult {
             "ours": "hil-protocol DTLS, Particle profile: RFC 7250 raw public keys, HelloVerifyRequest cookie, 8-byte CID, mutual ECDSA P-256, TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8; sans-IO client and server in one thread",
             "theirs": "dtls crate 0.17.2: X.509 self-signed P-256 certificates both ways (chains not verified), cookie, extended master secret, TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8; two DTLSConn over webrtc-util's in-memory pipe on a single-thread tokio runtime",
             "quick": args.quick,
+            "release_build": !cfg!(debug_assertions),
         });
-        println!("{json:#}");
+        print(&format!("{json:#}\n"));
     } else {
-        print_table(&f, args.quick);
+        print(&table(&f, args.quick));
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_table(f: &Figures, quick: bool) {
-    println!(
-        "DTLS 1.2, TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8, P-256; one process, in memory, no sockets"
+/// The side-by-side table and what each figure includes.
+fn table(f: &Figures, quick: bool) -> String {
+    let mut out = String::from(
+        "DTLS 1.2, TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8, P-256; one process, in memory, no sockets\n",
     );
     if quick {
-        println!("(--quick: a few iterations only; the figures mean little)");
+        out += "(--quick: a few iterations only; the figures mean little)\n";
     }
-    println!();
-    println!(
-        "{:<34} {:>14} {:>14} {:>12}",
+    if cfg!(debug_assertions) {
+        out += "(debug build: our code is unoptimised, ring's assembly is not; use --release)\n";
+    }
+    out += &format!(
+        "\n{:<34} {:>14} {:>14} {:>12}\n",
         "", "ours", "dtls crate", "ours/theirs"
     );
-    println!(
-        "{:<34} {:>14.1} {:>14.1} {:>11.2}x",
+    let row = |name: &str, ours: f64, theirs: Option<f64>, base: f64| {
+        let theirs = theirs.map_or(String::new(), |t| format!("{t:.1}"));
+        format!(
+            "{name:<34} {ours:>14.1} {theirs:>14} {:>11.2}x\n",
+            ours / base
+        )
+    };
+    out += &row(
         "full handshakes per second",
         f.ours_handshakes,
+        Some(f.theirs_handshakes),
         f.theirs_handshakes,
-        f.ours_handshakes / f.theirs_handshakes
     );
-    println!(
-        "{:<34} {:>14.1} {:>14.1} {:>11.2}x",
+    out += &row(
         "application data MB/s (1 KiB)",
         f.ours_mb,
+        Some(f.theirs_mb),
         f.theirs_mb,
-        f.ours_mb / f.theirs_mb
     );
-    println!(
-        "{:<34} {:>14.1} {:>14} {:>11.2}x",
+    out += &row(
         "  ours in X.509 mode: handshakes/s",
         f.ours_x509_handshakes,
-        "",
-        f.ours_x509_handshakes / f.theirs_handshakes
+        None,
+        f.theirs_handshakes,
     );
-    println!(
-        "{:<34} {:>14.1} {:>14} {:>11.2}x",
+    out += &row(
         "  ours in X.509 mode: MB/s",
         f.ours_x509_mb,
-        "",
-        f.ours_x509_mb / f.theirs_mb
+        None,
+        f.theirs_mb,
     );
-    println!();
-    println!(
-        "ours:   hil-protocol, Particle profile: RFC 7250 raw public keys, HelloVerifyRequest"
-    );
-    println!("        cookie, 8-byte connection ID (CID records client -> server), mutual ECDSA;");
-    println!("        sans-IO client and server in one thread, datagrams passed as Vec<u8>.");
-    println!("        A handshake: new client, cookie round trip, both flights, both Finished;");
-    println!("        one server for all handshakes (the association is removed after each).");
-    println!("        The X.509 rows: ours with theirs' certificates, no raw keys, no CID.");
-    println!("theirs: dtls crate 0.17.2, X.509 self-signed certificates both ways (chains not");
-    println!("        verified, as ours), cookie, extended master secret; two DTLSConn over");
-    println!("        webrtc-util's in-memory pipe on a single-thread tokio runtime. A handshake:");
-    println!("        new pipe, a Config per side (their API takes it by value), DTLSConn::new on");
-    println!("        both sides until both return; closing is not timed.");
-    println!("MB/s:   10^6 bytes of application data per second, 1 KiB records, client -> server,");
-    println!("        encrypt + decrypt + delivery to the receiving application (ours: the");
-    println!("        event queue; theirs: conn.read on a concurrent task).");
-    println!(
-        "crypto: ECDSA sign/verify is RustCrypto p256 (pure Rust) in ours and ring (assembly)"
-    );
-    println!(
-        "        in theirs; ECDH is RustCrypto p256 in both; AES-CCM_8 is RustCrypto in both."
-    );
+    out += "
+ours:   hil-protocol, Particle profile: RFC 7250 raw public keys, HelloVerifyRequest
+        cookie, 8-byte connection ID (CID records client -> server), mutual ECDSA;
+        sans-IO client and server in one thread, datagrams passed as Vec<u8>.
+        A handshake: new client, cookie round trip, both flights, both Finished;
+        one server for all handshakes (the association is removed after each).
+        The X.509 rows: ours with theirs' certificates, no raw keys, no CID.
+theirs: dtls crate 0.17.2, X.509 self-signed certificates both ways (chains not
+        verified, as ours), cookie, extended master secret; two DTLSConn over
+        webrtc-util's in-memory pipe on a single-thread tokio runtime. A handshake:
+        new pipe, a Config per side (their API takes it by value), DTLSConn::new on
+        both sides until both return; closing is not timed.
+MB/s:   10^6 bytes of application data per second, 1 KiB records, client -> server,
+        encrypt + decrypt + delivery to the receiving application (ours: the
+        event queue; theirs: conn.read on a concurrent task).
+crypto: ECDSA sign/verify is RustCrypto p256 (pure Rust) in ours and ring (assembly)
+        in theirs; ECDH is RustCrypto p256 in both; AES-CCM_8 is RustCrypto in both.
+";
+    out
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error worth a panic.
+fn print(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().write_all(text.as_bytes());
 }
 
 /// What one measurement did: `n` handshakes or bytes in `spent` (only the timed part).
