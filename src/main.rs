@@ -28,6 +28,9 @@ enum Command {
     /// Generate P-256 key pairs for the local cloud and for devices (DER and PEM).
     #[command(subcommand)]
     Keys(cli::keys::KeysCommand),
+    /// Benchmarks: `hil bench dtls` compares our DTLS with the `dtls` crate.
+    #[command(subcommand)]
+    Bench(cli::bench::BenchCommand),
     /// List the built-in boards, or show one board's flash layout.
     Boards {
         /// A built-in board name, or a path to a board TOML file.
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Command::Check(args) => cli::check::run(args),
         Command::Fixture(cmd) => cli::fixture::run(cmd),
         Command::Keys(cmd) => cli::keys::run(cmd),
+        Command::Bench(cmd) => cli::bench::run(cmd),
     };
     match result {
         Ok(code) => code,

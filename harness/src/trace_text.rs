@@ -57,7 +57,10 @@ pub fn device_event(event: &DeviceEvent) -> Option<String> {
             file_size,
             resume_offset,
         } => format!("ota started: {file_size} bytes, resuming at {resume_offset}"),
-        DeviceEvent::OtaProgress { received, file_size } => {
+        DeviceEvent::OtaProgress {
+            received,
+            file_size,
+        } => {
             format!("ota progress {received}/{file_size}")
         }
         DeviceEvent::OtaFailed { code, message } => format!("ota failed {code}: {message}"),
@@ -81,7 +84,12 @@ pub fn cloud_event(event: &CloudEvent) -> Option<String> {
                 Publisher::Device => "device",
                 Publisher::Cloud => "cloud",
             };
-            format!("stream {} {} = {:?} (by {by})", hex(&e.device_id), e.name, e.data)
+            format!(
+                "stream {} {} = {:?} (by {by})",
+                hex(&e.device_id),
+                e.name,
+                e.data
+            )
         }
         CloudEvent::Session(SessionChange::Connected { device_id, .. }) => {
             format!("session {} connected", hex(device_id))

@@ -1,59 +1,30 @@
 //! Driving the sans-IO client and server over real UDP sockets on loopback (the way a test rig
-//! or the interop tests do it), and — when `openssl` is installed and the test is asked for —
-//! against `openssl s_server` and `openssl s_client` in X.509 mode.
+//! or the interop tests do it), and against `openssl s_server` and `openssl s_client` in X.509
+//! mode with CCM8. The openssl tests run whenever `openssl` is on PATH; without it they print
+//! `skipped: openssl not found`, unless `HIL_REQUIRE_INTEROP=1` (CI) makes that a failure.
+
+mod support;
 
 use std::net::UdpSocket;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use protocol::dtls::keys::{signing_key_from_der, spki_from_certificate, verifying_key_from_spki};
 use protocol::dtls::*;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use support::{drive_client, free_udp_port, read, require_tool, vector_path, Guarded};
 
-fn read(name: &str) -> Vec<u8> {
-    std::fs::read(vector_path(name)).unwrap()
-}
+/// Everything one openssl test may take; a hung tool fails the test instead of hanging it.
+const LIMIT: Duration = Duration::from_secs(10);
 
-fn vector_path(name: &str) -> String {
-    format!("{}/tests/vectors/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Runs a client over `socket` until `done` says so or `limit` passes; returns its events.
-fn drive_client(
-    client: &mut Client<ChaCha8Rng>,
-    socket: &UdpSocket,
-    start: Instant,
-    limit: Duration,
-    mut on_event: impl FnMut(&mut Client<ChaCha8Rng>, &Event) -> bool,
-) -> Vec<Event> {
-    let mut events = Vec::new();
-    let mut buf = [0u8; 2048];
-    while start.elapsed() < limit {
-        while let Some(d) = client.poll_transmit() {
-            socket.send(&d).unwrap();
-        }
-        while let Some(e) = client.poll_event() {
-            let stop = on_event(client, &e);
-            events.push(e);
-            if stop {
-                while let Some(d) = client.poll_transmit() {
-                    socket.send(&d).unwrap();
-                }
-                return events;
-            }
-        }
-        let wait = client
-            .poll_timeout()
-            .map(|t| t.saturating_sub(start.elapsed()))
-            .unwrap_or(Duration::from_millis(50))
-            .clamp(Duration::from_millis(1), Duration::from_millis(50));
-        socket.set_read_timeout(Some(wait)).unwrap();
-        match socket.recv(&mut buf) {
-            Ok(n) => client.handle_datagram(start.elapsed(), &buf[..n]),
-            Err(_) => client.handle_timeout(start.elapsed()),
-        }
+/// Short retransmission timers, so that a ClientHello sent before `s_server` listens is
+/// repeated at once rather than after the profile's 3 s.
+fn quick_timeouts() -> RetransmitTimeouts {
+    RetransmitTimeouts {
+        initial: Duration::from_millis(200),
+        max: Duration::from_secs(1),
     }
-    events
 }
 
 #[test]
@@ -134,56 +105,43 @@ fn our_client_and_server_over_loopback_udp() {
     server_thread.join().unwrap();
 }
 
-fn openssl_available() -> bool {
-    std::process::Command::new("openssl")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// Our client (X.509 mode, no CID) against `openssl s_server -dtls1_2` with CCM8.
-/// Run with `cargo test -p hil-protocol --test dtls_udp -- --ignored`.
+/// Our client (X.509 mode, no CID) against `openssl s_server -dtls1_2` with CCM8: the record
+/// we send arrives on s_server's stdout.
 #[test]
-#[ignore = "needs the openssl command; run with --ignored"]
 fn our_client_against_openssl_s_server() {
-    if !openssl_available() {
-        eprintln!("openssl not installed: skipped");
+    if !require_tool("openssl", &["version"]) {
         return;
     }
-    let port = UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = std::process::Command::new("openssl")
-        .args([
-            "s_server",
-            "-dtls1_2",
-            "-cipher",
-            "ECDHE-ECDSA-AES128-CCM8",
-            "-naccept",
-            "1",
-            "-quiet",
-        ])
-        .args([
-            "-cert",
-            &vector_path("x509/server_cert.der"),
-            "-certform",
-            "DER",
-        ])
-        .args([
-            "-key",
-            &vector_path("wire/keys/server_private_key.der"),
-            "-keyform",
-            "DER",
-        ])
-        .args(["-accept", &format!("127.0.0.1:{port}")])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let port = free_udp_port();
+    let server = Guarded::spawn(
+        Command::new("openssl")
+            .args([
+                "s_server",
+                "-dtls1_2",
+                "-cipher",
+                "ECDHE-ECDSA-AES128-CCM8",
+                "-naccept",
+                "1",
+                "-quiet",
+            ])
+            .args([
+                "-cert",
+                &vector_path("x509/server_cert.der"),
+                "-certform",
+                "DER",
+            ])
+            .args([
+                "-key",
+                &vector_path("wire/keys/server_private_key.der"),
+                "-keyform",
+                "DER",
+            ])
+            .args(["-accept", &format!("127.0.0.1:{port}")])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    std::thread::sleep(Duration::from_millis(200));
     let server_pub =
         verifying_key_from_spki(&spki_from_certificate(&read("x509/server_cert.der")).unwrap())
             .unwrap();
@@ -193,41 +151,34 @@ fn our_client_against_openssl_s_server() {
     );
     config.mode = CertificateMode::X509;
     config.offer_connection_id = false;
+    config.timeouts = quick_timeouts();
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     socket.connect(("127.0.0.1", port)).unwrap();
     let start = Instant::now();
     let mut client = Client::connect(config, ChaCha8Rng::seed_from_u64(3), start.elapsed());
-    let events = drive_client(
-        &mut client,
-        &socket,
-        start,
-        Duration::from_secs(10),
-        |c, e| {
-            if *e == Event::Connected {
-                c.send_application_data(start.elapsed(), b"hello openssl\n")
-                    .unwrap();
-                c.close(start.elapsed());
-            }
-            true
-        },
-    );
-    let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(events, vec![Event::Connected]);
+    let events = drive_client(&mut client, &socket, start, LIMIT, |c, e| {
+        if *e == Event::Connected {
+            c.send_application_data(start.elapsed(), b"hello openssl\n")
+                .unwrap();
+            c.close(start.elapsed());
+        }
+        true
+    });
+    // s_server exits after its one connection closes (-naccept 1).
+    let (out, _) = server.finish(Duration::from_secs(2));
+    assert_eq!(events, vec![Event::Connected], "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("hello openssl"),
         "{out:?}"
     );
 }
 
-/// `openssl s_client -dtls1_2` with CCM8 against our server (X.509 mode, no client certificate).
-/// Run with `cargo test -p hil-protocol --test dtls_udp -- --ignored`.
+/// `openssl s_client -dtls1_2` with CCM8 against our server (X.509 mode, no client
+/// certificate): a line written to s_client's stdin arrives as one record.
 #[test]
-#[ignore = "needs the openssl command; run with --ignored"]
 fn openssl_s_client_against_our_server() {
     use std::io::Write;
-    if !openssl_available() {
-        eprintln!("openssl not installed: skipped");
+    if !require_tool("openssl", &["version"]) {
         return;
     }
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -240,28 +191,28 @@ fn openssl_s_client_against_our_server() {
     config.server_certificate = Some(read("x509/server_cert.der"));
     config.require_client_certificate = false;
     let mut server = Server::new(config, ChaCha8Rng::seed_from_u64(4));
-    let mut child = std::process::Command::new("openssl")
-        .args([
-            "s_client",
-            "-dtls1_2",
-            "-cipher",
-            "ECDHE-ECDSA-AES128-CCM8",
-            "-quiet",
-        ])
-        .args(["-connect", &format!("127.0.0.1:{port}")])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
+    let mut child = Guarded::spawn(
+        Command::new("openssl")
+            .args([
+                "s_client",
+                "-dtls1_2",
+                "-cipher",
+                "ECDHE-ECDSA-AES128-CCM8",
+                "-quiet",
+            ])
+            .args(["-connect", &format!("127.0.0.1:{port}")])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let mut stdin = child.child().stdin.take().unwrap();
     let start = Instant::now();
     let mut buf = [0u8; 2048];
     let mut got = Vec::new();
     socket
         .set_read_timeout(Some(Duration::from_millis(20)))
         .unwrap();
-    while start.elapsed() < Duration::from_secs(10) && got.is_empty() {
+    while start.elapsed() < LIMIT && got.is_empty() {
         if let Ok((n, from)) = socket.recv_from(&mut buf) {
             server.handle_datagram(start.elapsed(), from, &buf[..n]);
         }
@@ -277,7 +228,7 @@ fn openssl_s_client_against_our_server() {
             socket.send_to(&t.payload, t.destination).unwrap();
         }
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    assert_eq!(got, b"hello server\n");
+    drop(stdin);
+    let (out, _) = child.finish(Duration::ZERO);
+    assert_eq!(got, b"hello server\n", "{out:?}");
 }

@@ -1,5 +1,6 @@
 //! Subcommands of `hil`. Each returns the process exit code, or an error that `main` prints.
 
+pub mod bench;
 pub mod boards;
 pub mod check;
 pub mod fixture;

@@ -32,6 +32,10 @@ pub struct ClientConfig {
     pub server_key: VerifyingKey,
     /// Offer the connection ID extension (254) with an empty own CID, as the device does.
     pub offer_connection_id: bool,
+    /// Raw-public-key mode only: expect the server's key in a Certificate message, as RFC 7250
+    /// section 3 prescribes and GnuTLS does, and check it is the pinned key. The Particle
+    /// cloud sends no Certificate, so this is off in [`ClientConfig::new`].
+    pub rfc7250_server_certificate: bool,
     /// Largest datagram a flight uses.
     pub mtu: usize,
     pub timeouts: RetransmitTimeouts,
@@ -46,6 +50,7 @@ impl ClientConfig {
             device_certificate: None,
             server_key,
             offer_connection_id: true,
+            rfc7250_server_certificate: false,
             mtu: DEFAULT_MTU,
             timeouts: RetransmitTimeouts::default(),
         }
@@ -435,7 +440,7 @@ impl<R: RngCore + CryptoRng> Client<R> {
                 self.server_random = sh.random;
                 self.core.flight_acknowledged();
                 self.core.flight.clear();
-                self.state = if raw {
+                self.state = if raw && !self.config.rfc7250_server_certificate {
                     State::ExpectServerKeyExchange
                 } else {
                     State::ExpectCertificate
@@ -443,13 +448,17 @@ impl<R: RngCore + CryptoRng> Client<R> {
                 Ok(())
             }
             (State::ExpectCertificate, msg_type::CERTIFICATE) => {
-                let Certificate::X509(chain) = Certificate::parse(body, false)? else {
-                    return Err(self.unexpected(typ));
+                let raw = self.config.mode == CertificateMode::RawPublicKey;
+                let spki = match Certificate::parse(body, raw)? {
+                    Certificate::RawPublicKey(spki) => spki,
+                    Certificate::X509(chain) => {
+                        let leaf = chain.first().ok_or(DtlsError::BadKey(
+                            "the server sent an empty certificate list",
+                        ))?;
+                        spki_from_certificate(leaf)?
+                    }
                 };
-                let leaf = chain.first().ok_or(DtlsError::BadKey(
-                    "the server sent an empty certificate list",
-                ))?;
-                let key = verifying_key_from_spki(&spki_from_certificate(leaf)?)?;
+                let key = verifying_key_from_spki(&spki)?;
                 if key != self.config.server_key {
                     return Err(DtlsError::ServerKeyMismatch);
                 }

@@ -61,6 +61,9 @@ pub const TLS_EMPTY_RENEGOTIATION_INFO_SCSV: u16 = 0x00ff;
 pub const SECP256R1: u16 = 0x0017;
 /// SignatureAndHashAlgorithm ecdsa_secp256r1_sha256 (hash 4 = SHA-256, signature 3 = ECDSA).
 pub const ECDSA_SHA256: u16 = 0x0403;
+/// SignatureAndHashAlgorithm ECDSA with SHA-384 (hash 5), which the Particle cloud's
+/// CertificateRequest offers second after RSA; RFC 7250 clients such as GnuTLS pick it.
+pub const ECDSA_SHA384: u16 = 0x0503;
 /// Certificate type RawPublicKey (RFC 7250).
 pub const CERT_TYPE_RAW_PUBLIC_KEY: u8 = 2;
 /// Certificate type X.509 (RFC 7250).

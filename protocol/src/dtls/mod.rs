@@ -6,6 +6,8 @@
 //! HelloVerifyRequest cookies, connection ID draft-05 (extension 254, record type 25, 8-byte CID
 //! assigned by the server), handshake-less session resumption (record type 253 until the first
 //! server record), and an X.509 mode for tests against independent implementations.
+//! Off the profile, for RFC 7250 peers such as GnuTLS: `rfc7250_server_certificate` on both
+//! configs has the server send its raw key in a Certificate message as RFC 7250 prescribes.
 //!
 //! Layers, one file each:
 //! - [`record`]: the record header (checked view + [`record::RecordRepr`]).
@@ -19,8 +21,13 @@
 //!
 //! Tests: `tests/dtls_capture.rs` (conformance with the captured Device OS 6.2.0 session),
 //! `tests/dtls_handshake.rs` (client <-> server in virtual time over a lossy link, resumption),
-//! `tests/dtls_x509.rs`, `tests/dtls_malformed.rs`, `tests/dtls_udp.rs` (real sockets; with
-//! `--ignored` also against `openssl s_server` / `s_client`). Fuzz targets: `protocol/fuzz/`.
+//! `tests/dtls_x509.rs`, `tests/dtls_malformed.rs`, `tests/dtls_udp.rs` (real sockets, and
+//! against `openssl s_server` / `s_client`), `tests/dtls_interop_webrtc.rs` (the `dtls` crate),
+//! `tests/dtls_tshark.rs` (captures decrypted by tshark with our key log) and
+//! `tests/dtls_gnutls.rs` (raw public keys against GnuTLS, and why they do not interoperate);
+//! findings in `tests/INTEROP.md`.
+//! Tests that need an external tool skip with a message when it is missing, and fail instead
+//! when `HIL_REQUIRE_INTEROP=1` (as in CI). Fuzz targets: `protocol/fuzz/`.
 //!
 //! # Driving a client or a server
 //!

@@ -7,15 +7,16 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 
 use hmac::{Hmac, Mac};
+use p256::ecdsa::signature::hazmat::PrehashVerifier;
 use p256::ecdsa::signature::{Signer, Verifier};
 use p256::ecdsa::{DerSignature, Signature, SigningKey, VerifyingKey};
 use rand_core::{CryptoRng, RngCore};
-use sha2::Sha256;
+use sha2::{Digest, Sha256, Sha384};
 
 use super::conn::{split_records, Core, FlightItem, Item, OwnedRecord, Phase, RetransmitTimeouts};
 use super::crypto::{master_secret, verify_data, KeyBlock};
 use super::handshake::*;
-use super::keys::{spki_from_certificate, verifying_key_from_spki};
+use super::keys::{spki_from_certificate, spki_of, verifying_key_from_spki};
 use super::record::{ContentType, DTLS_1_2};
 use super::{
     nss_key_log_line, CertificateMode, CloseReason, DtlsError, Event, CID_LEN, DEFAULT_MTU,
@@ -38,6 +39,10 @@ pub struct ServerConfig {
     pub require_cookie: bool,
     /// Assign an 8-byte connection ID to clients that offer extension 254.
     pub assign_connection_id: bool,
+    /// Raw-public-key mode only: send the server key in a Certificate message, as RFC 7250
+    /// section 3 prescribes and GnuTLS expects. The Particle cloud sends none, so this is off
+    /// in [`ServerConfig::new`].
+    pub rfc7250_server_certificate: bool,
     pub mtu: usize,
     pub timeouts: RetransmitTimeouts,
 }
@@ -53,6 +58,7 @@ impl ServerConfig {
             require_client_certificate: true,
             require_cookie: true,
             assign_connection_id: true,
+            rfc7250_server_certificate: false,
             mtu: DEFAULT_MTU,
             timeouts: RetransmitTimeouts::default(),
         }
@@ -649,13 +655,17 @@ fn server_flight<R: RngCore + CryptoRng>(
     sh.emit(&mut b);
     a.core.queue_handshake(0, msg_type::SERVER_HELLO, b);
 
-    if !raw {
-        let cert = config
-            .server_certificate
-            .clone()
-            .ok_or(DtlsError::BadKey("X.509 mode needs a server certificate"))?;
+    if !raw || config.rfc7250_server_certificate {
+        let cert = if raw {
+            Certificate::RawPublicKey(spki_of(config.server_key.verifying_key()))
+        } else {
+            Certificate::X509(vec![config
+                .server_certificate
+                .clone()
+                .ok_or(DtlsError::BadKey("X.509 mode needs a server certificate"))?])
+        };
         let mut b = Vec::new();
-        Certificate::X509(vec![cert]).emit(&mut b);
+        cert.emit(&mut b);
         a.core.queue_handshake(0, msg_type::CERTIFICATE, b);
     }
 
@@ -800,14 +810,23 @@ fn on_handshake(
         }
         (State::ExpectCertificateVerify, msg_type::CERTIFICATE_VERIFY) => {
             let cv = CertificateVerify::parse(body)?;
-            if cv.signature_scheme != ECDSA_SHA256 {
-                return Err(DtlsError::Unsupported("CertificateVerify signature scheme"));
-            }
             let key = a.device_key.ok_or(DtlsError::UnknownDeviceKey)?;
             let sig = Signature::from_der(&cv.signature)
                 .map_err(|_| DtlsError::BadSignature("CertificateVerify"))?;
-            key.verify(&a.core.transcript[..transcript_before], &sig)
-                .map_err(|_| DtlsError::BadSignature("CertificateVerify"))?;
+            let transcript = &a.core.transcript[..transcript_before];
+            // The device signs with SHA-256. Our CertificateRequest (the cloud's, byte for byte)
+            // also offers ECDSA with SHA-384, which RFC 7250 peers such as GnuTLS choose; its
+            // ECDSA/SHA-1 entry stays refused.
+            let verified = match cv.signature_scheme {
+                ECDSA_SHA256 => key.verify(transcript, &sig).is_ok(),
+                ECDSA_SHA384 => key
+                    .verify_prehash(&Sha384::digest(transcript), &sig)
+                    .is_ok(),
+                _ => return Err(DtlsError::Unsupported("CertificateVerify signature scheme")),
+            };
+            if !verified {
+                return Err(DtlsError::BadSignature("CertificateVerify"));
+            }
             a.state = State::ExpectFinished;
             Ok(())
         }

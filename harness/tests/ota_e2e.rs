@@ -1,0 +1,264 @@
+//! End-to-end OTA in virtual time: the emulated Device OS and the local Device Cloud over the
+//! simulated network, seeded (issue 4, "Done means"). Each failure message names the seed.
+
+use std::time::Duration;
+
+use emulator::board::{Board, RegionKind};
+use emulator::firmware::{FirmwareSet, ModuleSizes, Versions};
+use emulator::flash::CutMode;
+use harness::cloud::JobStatus;
+use harness::testbed::{DeviceHandle, DeviceSpec, Testbed};
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn sizes() -> ModuleSizes {
+    ModuleSizes {
+        user_part: 24 * 1024,
+        ..ModuleSizes::default()
+    }
+}
+
+/// A testbed with one device running app v3, online.
+fn online(board: &str, seed: u64) -> (Testbed, DeviceHandle, Board) {
+    let board = Board::builtin(board).unwrap();
+    let mut bed = Testbed::new(seed).unwrap();
+    let mut spec = DeviceSpec::new(board.clone(), 3);
+    spec.sizes = sizes();
+    let dev = bed.add_device(&spec).unwrap();
+    bed.power_on(dev).unwrap();
+    bed.run_until("device online", MINUTE, |b| {
+        b.status(dev).map(|s| s.connected).unwrap_or(false)
+    })
+    .unwrap();
+    (bed, dev, board)
+}
+
+/// An app of product version `version` for `board`, 24 KiB.
+fn app(board: &Board, version: u16, seed: u64) -> Vec<u8> {
+    let versions = Versions {
+        product_version: version,
+        ..Versions::BASELINE
+    };
+    FirmwareSet::new(board, sizes(), seed)
+        .module(RegionKind::UserPart, &versions, 24 * 1024)
+        .unwrap()
+}
+
+fn product_version(bed: &Testbed, dev: DeviceHandle) -> Option<u16> {
+    bed.status(dev).unwrap().versions.product_version
+}
+
+fn job_done(bed: &Testbed, job: harness::cloud::JobId) -> bool {
+    matches!(
+        bed.job(job),
+        Some(JobStatus::Succeeded) | Some(JobStatus::Failed { .. })
+    )
+}
+
+fn trace_tail(bed: &Testbed) -> String {
+    let t = bed.trace();
+    t[t.len().saturating_sub(25)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn user_app_ota_from_v3_to_v4_completes_and_the_device_runs_v4() {
+    let (mut bed, dev, board) = online("boron", 1);
+    assert_eq!(product_version(&bed, dev), Some(3));
+    let job = bed.flash(dev, app(&board, 4, 1)).unwrap();
+    bed.run_until("job finished", 10 * MINUTE, |b| job_done(b, job))
+        .unwrap_or_else(|e| panic!("{e}\n{}", trace_tail(&bed)));
+    assert_eq!(
+        bed.job(job),
+        Some(JobStatus::Succeeded),
+        "{}",
+        trace_tail(&bed)
+    );
+    assert_eq!(product_version(&bed, dev), Some(4));
+    let lines: Vec<String> = bed.trace().iter().map(|l| l.text.clone()).collect();
+    let find = |needle: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in the trace:\n{}", lines.join("\n")))
+    };
+    // The order a fleet operator sees.
+    assert!(find("spark/flash/status = \"started \"") < find("ota started"));
+    assert!(find("ota started") < find("spark/flash/status = \"success \""));
+    assert!(find("ResetPending") < find("spark/device/last_reset = \"update\""));
+}
+
+#[test]
+fn ota_completes_with_20_percent_loss_and_reordering() {
+    for seed in [2, 3, 4] {
+        let (mut bed, dev, board) = online("argon", seed);
+        bed.net.set_loss(0.2);
+        bed.net.set_reorder(0.2, Duration::from_millis(80));
+        let job = bed.flash(dev, app(&board, 4, seed)).unwrap();
+        bed.run_until("job finished", 30 * MINUTE, |b| job_done(b, job))
+            .unwrap_or_else(|e| panic!("{e}\n{}", trace_tail(&bed)));
+        assert_eq!(
+            bed.job(job),
+            Some(JobStatus::Succeeded),
+            "seed {seed}\n{}",
+            trace_tail(&bed)
+        );
+        assert_eq!(product_version(&bed, dev), Some(4), "seed {seed}");
+    }
+}
+
+#[test]
+fn a_link_cut_mid_transfer_resumes_at_the_persisted_offset() {
+    let (mut bed, dev, board) = online("boron", 5);
+    let job = bed.flash(dev, app(&board, 4, 5)).unwrap();
+    // Let part of the file through, then cut the link for longer than the device's patience.
+    bed.run_until("half the file", 10 * MINUTE, |b| {
+        b.status(dev)
+            .ok()
+            .and_then(|s| s.ota)
+            .is_some_and(|p| p.contiguous_bytes >= 12 * 1024)
+    })
+    .unwrap();
+    bed.net.partition(6 * MINUTE);
+    bed.run_until("job finished", 30 * MINUTE, |b| job_done(b, job))
+        .unwrap_or_else(|e| panic!("{e}\n{}", trace_tail(&bed)));
+    assert_eq!(
+        bed.job(job),
+        Some(JobStatus::Succeeded),
+        "{}",
+        trace_tail(&bed)
+    );
+    let resumed = bed
+        .trace()
+        .iter()
+        .any(|l| l.text.contains("ota started") && !l.text.ends_with("resuming at 0"));
+    assert!(resumed, "the second attempt resumed:\n{}", trace_tail(&bed));
+}
+
+#[test]
+fn a_power_cut_during_download_leaves_v3_and_the_next_attempt_completes() {
+    let (mut bed, dev, board) = online("boron", 6);
+    let job = bed.flash(dev, app(&board, 4, 6)).unwrap();
+    bed.run_until("a third of the file", 10 * MINUTE, |b| {
+        b.status(dev)
+            .ok()
+            .and_then(|s| s.ota)
+            .is_some_and(|p| p.contiguous_bytes >= 8 * 1024)
+    })
+    .unwrap();
+    // Cut power at the next flash operation, torn.
+    bed.with_device(dev, |os, _| {
+        let at = os.device().flash().op_count();
+        os.device_mut().schedule_cut(at, CutMode::Torn);
+    })
+    .unwrap();
+    bed.run_until("power lost", MINUTE, |b| !b.status(dev).unwrap().powered)
+        .unwrap();
+    // Off for a while: the cloud notices, then the device comes back on the old app.
+    bed.run_for(2 * MINUTE).unwrap();
+    bed.power_on(dev).unwrap();
+    bed.run_until("back online", MINUTE, |b| b.status(dev).unwrap().connected)
+        .unwrap();
+    assert_eq!(
+        product_version(&bed, dev),
+        Some(3),
+        "the old app keeps running"
+    );
+    bed.run_until("job finished", 30 * MINUTE, |b| job_done(b, job))
+        .unwrap_or_else(|e| panic!("{e}\n{}", trace_tail(&bed)));
+    assert_eq!(
+        bed.job(job),
+        Some(JobStatus::Succeeded),
+        "{}",
+        trace_tail(&bed)
+    );
+    assert_eq!(product_version(&bed, dev), Some(4));
+}
+
+#[test]
+fn a_module_for_another_platform_is_refused_with_1360_and_v3_keeps_running() {
+    let (mut bed, dev, _) = online("boron", 7);
+    let argon = Board::builtin("argon").unwrap();
+    let job = bed.flash(dev, app(&argon, 4, 7)).unwrap();
+    bed.run_until("job finished", 10 * MINUTE, |b| job_done(b, job))
+        .unwrap();
+    match bed.job(job) {
+        Some(JobStatus::Failed { code, .. }) => assert_eq!(code, Some(-1360)),
+        other => panic!("{other:?}\n{}", trace_tail(&bed)),
+    }
+    bed.run_for(MINUTE).unwrap();
+    assert_eq!(product_version(&bed, dev), Some(3));
+    assert!(bed.status(dev).unwrap().connected);
+}
+
+#[test]
+fn a_corrupted_transfer_is_caught_and_v3_keeps_running() {
+    let (mut bed, dev, board) = online("boron", 8);
+    let mut file = app(&board, 4, 8);
+    let mid = file.len() / 2;
+    file[mid] ^= 0x40; // The module's CRC no longer matches; the file hash the cloud sends does.
+    let job = bed.flash(dev, file).unwrap();
+    bed.run_until("job finished", 10 * MINUTE, |b| job_done(b, job))
+        .unwrap();
+    match bed.job(job) {
+        Some(JobStatus::Failed { code, .. }) => {
+            assert!(matches!(code, Some(-1330) | Some(-1331)), "{code:?}")
+        }
+        other => panic!("{other:?}\n{}", trace_tail(&bed)),
+    }
+    bed.run_for(MINUTE).unwrap();
+    assert_eq!(product_version(&bed, dev), Some(3));
+}
+
+#[test]
+fn updates_disabled_refuse_with_1380_and_forced_updates_are_accepted() {
+    let (mut bed, dev, board) = online("boron", 9);
+    bed.with_device(dev, |os, now| os.disable_updates(now))
+        .unwrap();
+    bed.run_for(Duration::from_secs(5)).unwrap();
+    let job = bed.flash(dev, app(&board, 4, 9)).unwrap();
+    bed.run_until("job finished", 10 * MINUTE, |b| job_done(b, job))
+        .unwrap();
+    match bed.job(job) {
+        Some(JobStatus::Failed { code, .. }) => assert_eq!(code, Some(-1380)),
+        other => panic!("{other:?}\n{}", trace_tail(&bed)),
+    }
+    assert_eq!(product_version(&bed, dev), Some(3));
+
+    let id = bed.device_id(dev).unwrap();
+    let now = bed.now();
+    bed.cloud_mut().set_updates_forced(now, id, true);
+    bed.run_until("forced seen", MINUTE, |b| {
+        b.status(dev).unwrap().flags.updates_forced
+    })
+    .unwrap();
+    let job = bed.flash(dev, app(&board, 4, 9)).unwrap();
+    bed.run_until("job finished", 10 * MINUTE, |b| job_done(b, job))
+        .unwrap();
+    assert_eq!(
+        bed.job(job),
+        Some(JobStatus::Succeeded),
+        "{}",
+        trace_tail(&bed)
+    );
+    assert_eq!(product_version(&bed, dev), Some(4));
+}
+
+#[test]
+fn the_same_seed_gives_the_same_trace() {
+    let run = || {
+        let (mut bed, dev, board) = online("p2", 10);
+        bed.net.set_loss(0.1);
+        let job = bed.flash(dev, app(&board, 4, 10)).unwrap();
+        bed.run_until("job finished", 30 * MINUTE, |b| job_done(b, job))
+            .unwrap();
+        bed.trace()
+            .iter()
+            .map(|l| l.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(run(), run());
+}
