@@ -387,20 +387,18 @@ impl Testbed {
             if done(self) {
                 return Ok(self.net.now());
             }
-            match self.net.next_event()? {
-                Some(t) if t <= deadline => {}
-                _ => {
-                    self.collect_trace();
-                    if done(self) {
-                        return Ok(self.net.now());
-                    }
-                    return Err(TestbedError::Timeout {
-                        seed: self.seed(),
-                        what: what.to_string(),
-                        within,
-                        at: self.net.now(),
-                    });
+            if !self.net.step(deadline)? {
+                self.net.run_until(deadline)?;
+                self.collect_trace();
+                if done(self) {
+                    return Ok(self.net.now());
                 }
+                return Err(TestbedError::Timeout {
+                    seed: self.seed(),
+                    what: what.to_string(),
+                    within,
+                    at: self.net.now(),
+                });
             }
         }
     }

@@ -807,6 +807,12 @@ impl SimNetwork {
         Ok(self.peek_valid().map(|s| s.at))
     }
 
+    /// Processes the next event if it is due by `deadline`; false if there is none (the clock
+    /// is then left where it is). For callers that check their own condition between events.
+    pub fn step(&mut self, deadline: Duration) -> Result<bool, SimError> {
+        self.step_before(deadline)
+    }
+
     /// Processes the next event if it is due by `deadline`; false if there is none.
     fn step_before(&mut self, deadline: Duration) -> Result<bool, SimError> {
         self.settle_dirty()?;
