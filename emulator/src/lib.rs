@@ -10,5 +10,6 @@ pub mod firmware;
 pub mod flash;
 pub mod installed;
 pub mod os;
+pub mod persist;
 pub mod placement;
 pub mod store;
