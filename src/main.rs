@@ -46,6 +46,14 @@ enum Command {
     /// Make scenario fixtures (from a saved event stream of a field device).
     #[command(subcommand)]
     Fixture(cli::fixture::FixtureCommand),
+    /// Run the local Device Cloud over UDP, printing its event stream.
+    Cloud(cli::cloud::CloudArgs),
+    /// Run one emulated device against a cloud over UDP, printing its log.
+    Device(cli::device::DeviceArgs),
+    /// Ask a running `hil cloud` to flash a device and wait for the outcome.
+    Flash(cli::flash::FlashArgs),
+    /// A complete OTA (app v3 -> v4) in one process, in virtual time, printing the trace.
+    Demo(cli::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +67,10 @@ fn main() -> ExitCode {
         Command::Fixture(cmd) => cli::fixture::run(cmd),
         Command::Keys(cmd) => cli::keys::run(cmd),
         Command::Bench(cmd) => cli::bench::run(cmd),
+        Command::Cloud(args) => cli::cloud::run(args),
+        Command::Device(args) => cli::device::run(args),
+        Command::Flash(args) => cli::flash::run(args),
+        Command::Demo(args) => cli::demo::run(args),
     };
     match result {
         Ok(code) => code,

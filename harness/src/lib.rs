@@ -4,6 +4,7 @@
 
 pub mod cases;
 pub mod cloud;
+pub mod control;
 pub mod keys;
 pub mod net;
 pub mod scenario;

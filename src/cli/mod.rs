@@ -3,7 +3,11 @@
 pub mod bench;
 pub mod boards;
 pub mod check;
+pub mod cloud;
+pub mod demo;
+pub mod device;
 pub mod fixture;
+pub mod flash;
 pub mod keys;
 pub mod module;
 pub mod run;

@@ -1,0 +1,250 @@
+//! `hil cloud`: the local Device Cloud over real UDP, printing its event stream, with a local
+//! control endpoint for `hil flash` (protocol: `harness::control`).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use harness::cloud::{Cloud, CloudConfig, CloudEvent, SessionChange};
+use harness::control::{self, FileSource, FlashRequest};
+use harness::keys::KeyDir;
+use harness::net::udp::UdpNode;
+use harness::testbed::CloudNode;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::CliResult;
+
+const CONTROL_HELP: &str = "\
+Keys (in --keys DIR, as `hil keys` writes them): server.der (the server's private key) and
+every device-<id>.pub.der / .pub.pem (or <id>.pub.pem) is registered. See `hil keys --help`.
+
+Control endpoint (TCP, --control, default 127.0.0.1:<listen port + 1>): JSON lines. Send one
+request line
+  {\"flash\": {\"device\": \"<24 hex>\", \"file_hex\": \"<file as hex>\"}}
+  {\"flash\": {\"device\": \"<24 hex>\", \"path\": \"<file on this host>\"}}
+and read one line per job status change until the job finished:
+  {\"job\": 1, \"status\": \"queued\"}   ... \"starting\", \"transferring\" (acked, chunks),
+  \"finishing\", \"committed\", then {\"job\": 1, \"status\": \"succeeded\"} or
+  {\"job\": 1, \"status\": \"failed\", \"code\": -1360, \"message\": \"...\"}.
+A bad request gets {\"error\": \"<sentence>\"}. `hil flash` speaks this protocol.
+
+Output: one line per cloud event, `<seconds since start> <event>`, and
+`hello <id>: product version N, system version S, platform P` when a device says Hello.";
+
+#[derive(Args)]
+#[command(after_help = CONTROL_HELP)]
+pub struct CloudArgs {
+    /// UDP address to serve devices on, e.g. 0.0.0.0:5684.
+    #[arg(long, value_name = "ADDR")]
+    listen: SocketAddr,
+    /// Key directory: server key and the device public keys to register.
+    #[arg(long, value_name = "DIR")]
+    keys: PathBuf,
+    /// Append NSS key-log lines (one per session) for Wireshark to decrypt the traffic.
+    #[arg(long, value_name = "FILE")]
+    keylog: Option<PathBuf>,
+    /// TCP address of the control endpoint (default 127.0.0.1:<listen port + 1>).
+    #[arg(long, value_name = "ADDR")]
+    control: Option<SocketAddr>,
+    /// Seed of the cloud's randomness.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+type Shared = Arc<UdpNode<CloudNode>>;
+
+fn stamp(at: Duration) -> String {
+    format!("{:>6}.{:03}s", at.as_secs(), at.subsec_millis())
+}
+
+pub fn run(args: CloudArgs) -> CliResult {
+    let keys = KeyDir::new(&args.keys);
+    let server_key = keys.server_key()?;
+    let devices = keys.device_keys()?;
+    let mut cloud = Cloud::new(CloudConfig::new(server_key), args.seed);
+    for (id, key) in &devices {
+        cloud.register_device(*id, *key);
+    }
+    let control_addr = match args.control {
+        Some(a) => a,
+        None => SocketAddr::from((
+            [127, 0, 0, 1],
+            args.listen
+                .port()
+                .checked_add(1)
+                .ok_or("--control is needed when --listen uses port 65535")?,
+        )),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let node: Shared = Arc::new(UdpNode::server(CloudNode::new(cloud), args.listen).await?);
+        let listener = TcpListener::bind(control_addr)
+            .await
+            .map_err(|e| format!("control endpoint {control_addr}: {e}"))?;
+        println!(
+            "cloud listening on udp {} ({} device keys registered), control on tcp {}",
+            node.local_addr(),
+            devices.len(),
+            listener.local_addr()?
+        );
+        let accept_node = node.clone();
+        tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        tokio::spawn(serve(accept_node.clone(), stream));
+                    }
+                    // Out of file descriptors and the like: try again shortly.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        print_events(node, args.keylog).await
+    })
+}
+
+/// Prints the cloud's events (and Hellos) as they come; never returns unless stdout closes.
+async fn print_events(node: Shared, keylog: Option<PathBuf>) -> CliResult {
+    let mut hellos: BTreeMap<[u8; 12], (u16, u16)> = BTreeMap::new();
+    let mut out = std::io::stdout();
+    loop {
+        if node.is_finished() {
+            return Err("the cloud's UDP socket failed".into());
+        }
+        let (events, new_hellos, keylines) = node.with_node(|n, _| {
+            let events = std::mem::take(&mut n.events);
+            let mut keylines = Vec::new();
+            for (_, e) in &events {
+                if let CloudEvent::Session(
+                    SessionChange::Connected { device_id, .. }
+                    | SessionChange::Resumed { device_id, .. },
+                ) = e
+                {
+                    hellos.remove(device_id);
+                    if let Some(l) = n.cloud.key_log_line(*device_id) {
+                        keylines.push(l);
+                    }
+                }
+            }
+            let mut new_hellos = Vec::new();
+            for id in n.cloud.devices() {
+                if let Some(h) = n.cloud.device(id).and_then(|v| v.hello) {
+                    let key = (h.product_version, h.system_version);
+                    if hellos.get(&id) != Some(&key) {
+                        hellos.insert(id, key);
+                        new_hellos.push((id, h));
+                    }
+                }
+            }
+            (events, new_hellos, keylines)
+        });
+        let mut text = String::new();
+        for (at, e) in &events {
+            if let Some(line) = harness::trace_text::cloud_event(e) {
+                text.push_str(&format!("{} {line}\n", stamp(*at)));
+            }
+        }
+        for (id, h) in new_hellos {
+            text.push_str(&format!(
+                "{} hello {}: product version {}, system version {}, platform {}\n",
+                stamp(node.now()),
+                hex::encode(id),
+                h.product_version,
+                h.system_version,
+                h.platform_id
+            ));
+        }
+        if !text.is_empty() {
+            if out.write_all(text.as_bytes()).is_err() || out.flush().is_err() {
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+        if let (Some(path), false) = (&keylog, keylines.is_empty()) {
+            let written = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .and_then(|mut f| {
+                    keylines
+                        .iter()
+                        .try_for_each(|l| writeln!(f, "{}", l.trim_end()))
+                });
+            if let Err(e) = written {
+                eprintln!("hil cloud: key log {}: {e}", path.display());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Serves one control connection; every failure is a JSON error line or a closed connection.
+async fn serve(node: Shared, stream: TcpStream) {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read.take(control::MAX_REQUEST));
+    let mut line = String::new();
+    let request = match reader.read_line(&mut line).await {
+        Ok(0) => return,
+        Ok(_) => FlashRequest::parse(&line),
+        Err(e) => Err(format!("reading the request: {e}")),
+    };
+    let request = match request {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = write.write_all(control::error_line(&e).as_bytes()).await;
+            return;
+        }
+    };
+    let file = match request.file {
+        FileSource::Bytes(b) => b,
+        FileSource::Path(p) => match tokio::fs::read(&p).await {
+            Ok(b) => b,
+            Err(e) => {
+                let msg = format!("{p}: {e}");
+                let _ = write.write_all(control::error_line(&msg).as_bytes()).await;
+                return;
+            }
+        },
+    };
+    let device = request.device;
+    let job = node.with_node(|n, now| {
+        n.cloud
+            .device(device)
+            .is_some()
+            .then(|| n.cloud.flash(now, device, file))
+    });
+    let Some(job) = job else {
+        let msg = format!("device {} is not registered", hex::encode(device));
+        let _ = write.write_all(control::error_line(&msg).as_bytes()).await;
+        return;
+    };
+    let mut last = None;
+    loop {
+        let status = node.with_node(|n, _| n.cloud.job(job).cloned());
+        let Some(status) = status else {
+            let _ = write
+                .write_all(control::error_line("the job disappeared").as_bytes())
+                .await;
+            return;
+        };
+        let line = control::status_line(job, &status);
+        if last.as_ref() != Some(&line) {
+            if write.write_all(line.as_bytes()).await.is_err() {
+                return;
+            }
+            last = Some(line);
+        }
+        if status.is_finished() {
+            let _ = write.shutdown().await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

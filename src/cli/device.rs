@@ -1,0 +1,161 @@
+//! `hil device`: one emulated device (Device OS on the emulator) against a cloud over real
+//! UDP, printing its log. With `--state DIR` its flash persists (`emulator::persist`), so it
+//! can be stopped and started again: a restart is a power cycle (flash kept, RAM lost).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use emulator::board::Board;
+use emulator::device::Device;
+use emulator::firmware::{FirmwareSet, ModuleSizes, Versions};
+use emulator::os::{AppBehaviour, DeviceEvent, DeviceOs, Identity};
+use emulator::persist;
+use harness::keys::{load_signing_key, load_verifying_key, DeviceId};
+use harness::net::udp::UdpNode;
+use harness::testbed::DeviceNode;
+
+use super::CliResult;
+
+#[derive(Args)]
+#[command(after_help = "\
+State (--state DIR): flash-internal.bin and flash-external.bin, the device's flash chips
+(format: emulator::persist). Saved after every boot (so after every applied update), every
+second while flash changes, and written atomically (temp file + rename), so killing the process
+loses at most the last second of flash writes, like a power cut. On first start the board is
+provisioned with Device OS 6.2.0 and the app at --app-version; later starts ignore it.")]
+pub struct DeviceArgs {
+    /// The cloud's UDP address.
+    #[arg(long, value_name = "ADDR")]
+    server: SocketAddr,
+    /// The server's public key (server.pub.der or .pem; a private key file works too).
+    #[arg(long, value_name = "FILE")]
+    server_key: PathBuf,
+    /// The device's private key (device-<id>.der or .pem).
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
+    /// The device id, 24 hex digits.
+    #[arg(long, value_name = "HEX")]
+    id: String,
+    /// Built-in board name (boron, argon, p2, msom, ...).
+    #[arg(long, value_name = "NAME")]
+    platform: String,
+    /// Product version of the app provisioned on first start.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    app_version: u16,
+    /// Size of the provisioned user part, bytes.
+    #[arg(long, default_value_t = 24 * 1024)]
+    user_part_size: u32,
+    /// Directory the flash image persists in (created if missing).
+    #[arg(long, value_name = "DIR")]
+    state: Option<PathBuf>,
+}
+
+fn seed_of(id: &[u8; 12]) -> u64 {
+    id.iter()
+        .fold(0xD3u64, |s, b| s.rotate_left(8) ^ u64::from(*b))
+}
+
+fn stamp(at: Duration) -> String {
+    format!("{:>6}.{:03}s", at.as_secs(), at.subsec_millis())
+}
+
+pub fn run(args: DeviceArgs) -> CliResult {
+    let id: DeviceId = args.id.parse()?;
+    let board = Board::builtin(&args.platform)?;
+    let key = load_signing_key(&args.key)?;
+    let server_key = load_verifying_key(&args.server_key)?;
+    let seed = seed_of(&id.0);
+    let device = match &args.state {
+        Some(dir) if persist::exists(dir) => {
+            let mut device = Device::new(board, seed)?;
+            persist::load_into(device.flash_mut(), dir)?;
+            println!("loaded the flash image from {}", dir.display());
+            device
+        }
+        _ => {
+            let sizes = ModuleSizes {
+                user_part: args.user_part_size,
+                ..ModuleSizes::default()
+            };
+            let versions = Versions {
+                product_version: args.app_version,
+                ..Versions::BASELINE
+            };
+            let (device, _) = FirmwareSet::new(&board, sizes, seed).provision(&versions)?;
+            if let Some(dir) = &args.state {
+                persist::save(device.flash(), dir)?;
+            }
+            println!(
+                "provisioned {} with Device OS 6.2.0 and app v{}",
+                args.platform, args.app_version
+            );
+            device
+        }
+    };
+    let identity = Identity {
+        device_id: id.0,
+        server_key,
+        key,
+    };
+    let os = DeviceOs::new(identity, device, AppBehaviour::default(), seed);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(drive(os, args.server, args.state))
+}
+
+async fn drive(os: DeviceOs, server: SocketAddr, state: Option<PathBuf>) -> CliResult {
+    let node = UdpNode::client(DeviceNode::new(os, server), server).await?;
+    node.with_node(|n, now| {
+        n.os.power_on(now);
+        n.drain(now);
+    });
+    let mut out = std::io::stdout();
+    let mut saved_ops = None;
+    let mut last_save = Instant::now();
+    loop {
+        if node.is_finished() {
+            save(&node, state.as_deref());
+            return Err("the device's UDP socket failed".into());
+        }
+        let (events, ops) = node.with_node(|n, now| {
+            n.drain(now);
+            (
+                std::mem::take(&mut n.events),
+                n.os.device().flash().op_count(),
+            )
+        });
+        let mut text = String::new();
+        let mut booted = false;
+        for (at, e) in &events {
+            booted |= matches!(e, DeviceEvent::Booted { .. });
+            if let Some(line) = harness::trace_text::device_event(e) {
+                text.push_str(&format!("{} {line}\n", stamp(*at)));
+            }
+        }
+        if !text.is_empty() && (out.write_all(text.as_bytes()).is_err() || out.flush().is_err()) {
+            save(&node, state.as_deref());
+            return Ok(ExitCode::SUCCESS);
+        }
+        let changed = saved_ops != Some(ops);
+        if booted || (changed && last_save.elapsed() >= Duration::from_secs(1)) {
+            save(&node, state.as_deref());
+            saved_ops = Some(ops);
+            last_save = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Saves the flash (a cheap copy-on-write snapshot taken under the lock, written outside it).
+fn save(node: &UdpNode<DeviceNode>, state: Option<&Path>) {
+    let Some(dir) = state else { return };
+    let flash = node.with_node(|n, _| n.os.device().flash().clone());
+    if let Err(e) = persist::save(&flash, dir) {
+        eprintln!("hil device: saving the flash image: {e}");
+    }
+}
