@@ -162,10 +162,8 @@ async fn print_events(node: Shared, keylog: Option<PathBuf>) -> CliResult {
                 h.platform_id
             ));
         }
-        if !text.is_empty() {
-            if out.write_all(text.as_bytes()).is_err() || out.flush().is_err() {
-                return Ok(ExitCode::SUCCESS);
-            }
+        if !text.is_empty() && (out.write_all(text.as_bytes()).is_err() || out.flush().is_err()) {
+            return Ok(ExitCode::SUCCESS);
         }
         if let (Some(path), false) = (&keylog, keylines.is_empty()) {
             let written = std::fs::OpenOptions::new()
