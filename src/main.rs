@@ -28,7 +28,8 @@ enum Command {
     /// Generate P-256 key pairs for the local cloud and for devices (DER and PEM).
     #[command(subcommand)]
     Keys(cli::keys::KeysCommand),
-    /// Benchmarks: `hil bench dtls` compares our DTLS with the `dtls` crate.
+    /// Benchmarks: `hil bench dtls` compares our DTLS with the `dtls` crate; `hil bench ota`
+    /// measures OTA throughput, virtual-time speed and devices per process.
     #[command(subcommand)]
     Bench(cli::bench::BenchCommand),
     /// List the built-in boards, or show one board's flash layout.

@@ -28,6 +28,9 @@ use super::CliResult;
 pub enum BenchCommand {
     /// Handshakes per second and MB/s of our DTLS against the `dtls` crate, side by side.
     Dtls(DtlsArgs),
+    /// OTA MB/s over real UDP loopback DTLS (and the ratio to raw UDP), simulated seconds per
+    /// wall second in virtual time, and how many devices one process keeps connected.
+    Ota(super::bench_ota::OtaArgs),
 }
 
 #[derive(Args)]
@@ -47,6 +50,7 @@ pub struct DtlsArgs {
 pub fn run(cmd: BenchCommand) -> CliResult {
     match cmd {
         BenchCommand::Dtls(args) => dtls(args),
+        BenchCommand::Ota(args) => super::bench_ota::ota(args),
     }
 }
 
