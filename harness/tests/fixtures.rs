@@ -10,7 +10,12 @@ use rstest::rstest;
 
 #[rstest]
 fn fixture(#[files("../fixtures/*.toml")] path: PathBuf) {
-    let scenario = load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let mut scenario = load(&path).unwrap_or_else(|e| panic!("{e}"));
+    // Machine-independent: the path as written from the workspace root.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = root.canonicalize().unwrap();
+    let abs = path.canonicalize().unwrap();
+    scenario.file = abs.strip_prefix(&root).unwrap_or(&abs).to_path_buf();
     let key = scenario.file.display().to_string();
     let mut factory = || Ok(Box::new(EmulatorTarget::new(&key)) as Box<dyn Target>);
     let result = runner::run(&scenario, None, &mut factory);

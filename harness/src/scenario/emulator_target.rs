@@ -157,6 +157,7 @@ impl EmulatorTarget {
             ));
         }
         let mut enabled_again = false;
+        let mut pending_cleared = false;
         for (at, event) in cloud {
             if let CloudEvent::Stream(e) = event {
                 if e.device_id != id {
@@ -164,6 +165,9 @@ impl EmulatorTarget {
                 }
                 if e.name == ENABLED && e.data.trim() == "true" {
                     enabled_again = true;
+                }
+                if e.name == PENDING && e.data.trim() == "false" {
+                    pending_cleared = true;
                 }
                 let source = match e.publisher {
                     Publisher::Device => EventSource::Device,
@@ -199,11 +203,27 @@ impl EmulatorTarget {
                         o.error = Some(*code);
                     }
                 }
-                DeviceEvent::SystemEvent(emulator::os::SystemEvent::ResetPending) => {
+                DeviceEvent::SystemEvent(emulator::os::SystemEvent::ResetPending)
+                | DeviceEvent::SystemEvent(emulator::os::SystemEvent::FirmwareUpdate(
+                    emulator::os::FirmwareUpdateEvent::Complete,
+                )) => {
                     if let Some(o) = &mut self.last_ota {
                         o.state = OtaState::Complete;
                         o.received = o.total;
                     }
+                }
+                DeviceEvent::Received { name, data }
+                    if name == PENDING && data == "true" && self.held.is_some() =>
+                {
+                    // The stream shows the cloud's own event once the device has it.
+                    self.queue.push(TraceEntry::new(
+                        *at,
+                        TraceKind::Event {
+                            source: EventSource::Cloud,
+                            name: name.clone(),
+                            data: data.clone(),
+                        },
+                    ));
                 }
                 DeviceEvent::PoweredOff => {
                     self.queue
@@ -216,8 +236,12 @@ impl EmulatorTarget {
         let status = bed.status(dev).map_err(err)?;
         if let Some(p) = status.ota {
             if let Some(o) = &mut self.last_ota {
-                o.state = OtaState::InProgress;
                 o.received = p.contiguous_bytes as u64;
+                o.state = if p.validated {
+                    OtaState::Complete
+                } else {
+                    OtaState::InProgress
+                };
             }
             if let Some(cut) = self.chunk_cut {
                 if p.cumulative_chunks >= cut.chunk {
@@ -242,7 +266,9 @@ impl EmulatorTarget {
             }
         } else if let Some(o) = &mut self.last_ota {
             // The transfer stopped without a commit or failure: cancelled (sleep, power).
-            if o.state == OtaState::InProgress {
+            if o.state == OtaState::InProgress && o.received >= o.total && o.total > 0 {
+                o.state = OtaState::Complete;
+            } else if o.state == OtaState::InProgress {
                 o.state = OtaState::Cancelled;
             }
         }
@@ -290,7 +316,12 @@ impl EmulatorTarget {
                 self.power_back_at = Some(bed.now() + off);
             }
         }
-        // The held update: pending at each connection, started once enabled.
+        // The held update: pending at each connection (the local cloud's post-connect
+        // `pending` = false knows nothing of it), started once enabled.
+        if pending_cleared && !enabled_again && self.held.is_some() {
+            let now = bed.now();
+            bed.cloud_mut().send_event(now, id, PENDING, "true");
+        }
         if enabled_again {
             if let Some(file) = self.held.take() {
                 let now = bed.now();
@@ -442,14 +473,6 @@ impl Target for EmulatorTarget {
                 if disabled {
                     bed.cloud_mut().send_event(now, id, PENDING, "true");
                     self.held = Some(file);
-                    self.queue.push(TraceEntry::new(
-                        now,
-                        TraceKind::Event {
-                            source: EventSource::Cloud,
-                            name: PENDING.into(),
-                            data: "true".into(),
-                        },
-                    ));
                 } else {
                     bed.flash(dev, file).map_err(err)?;
                 }
