@@ -8,6 +8,10 @@ use harness::scenario::runner::{self, Outcome};
 use harness::scenario::{load, Target};
 use rstest::rstest;
 
+// `fixtures/field/` is not run yet: its worked example needs an app built against a newer
+// Device OS than the device runs (a user part whose dependency is system part 6.2.0 on a 5.8.0
+// device), which `cloud.flash` cannot express (an app-only file depends on the running Device
+// OS), so the emulator boots it normally instead of into safe mode.
 #[rstest]
 fn fixture(#[files("../fixtures/*.toml")] path: PathBuf) {
     let mut scenario = load(&path).unwrap_or_else(|e| panic!("{e}"));
