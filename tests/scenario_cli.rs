@@ -73,7 +73,16 @@ fn check_accepts_every_readme_example_and_the_fixtures_folder() {
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("10 scenario files ok"), "{stdout}");
+    let fixtures = std::fs::read_dir(root().join("fixtures"))
+        .unwrap()
+        .chain(std::fs::read_dir(root().join("fixtures/field")).unwrap())
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "toml"))
+        })
+        .count();
+    let want = format!("{} scenario files ok", 9 + fixtures);
+    assert!(stdout.contains(&want), "{stdout}");
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -87,7 +96,7 @@ fn check_of_an_empty_folder_is_an_error() {
 }
 
 #[test]
-fn run_says_the_emulator_target_is_not_available_yet_and_runs_nothing() {
+fn run_drives_the_emulator_target_and_writes_the_report() {
     let dir = tempdir("run");
     std::fs::write(dir.join("a.toml"), GOOD).unwrap();
     let junit = dir.join("out.xml");
@@ -98,14 +107,9 @@ fn run_says_the_emulator_target_is_not_available_yet_and_runs_nothing() {
         .arg(&junit)
         .output()
         .unwrap();
-    assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("target emulator is not available yet"),
-        "{err}"
-    );
-    assert!(!junit.exists(), "no report of a run that did not happen");
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("PASS"));
+    assert!(!err.contains("not available yet"), "{err}");
+    assert!(junit.exists(), "the run wrote its report: {err}");
     std::fs::remove_dir_all(dir).ok();
 }
 

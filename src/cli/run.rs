@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
+use harness::scenario::emulator_target::EmulatorTarget;
 use harness::scenario::report::{json_report, junit, summary_table};
 use harness::scenario::runner::{self, Outcome, ScenarioResult};
 use harness::scenario::{Scenario, Target, TargetError};
@@ -37,18 +38,12 @@ pub struct RunArgs {
     trace: bool,
 }
 
-/// Builds the target a scenario runs on. The one place targets are constructed: the emulator
-/// target is plugged in here once the end-to-end stack (emulated Device OS, local cloud,
-/// simulated link) exists.
+/// Builds the target a scenario runs on. The one place targets are constructed.
 pub fn make_target(name: &str, scenario: &Scenario) -> Result<Box<dyn Target>, TargetError> {
-    let _ = scenario;
     match name {
-        "emulator" => Err(TargetError::Unavailable(
-            "target emulator is not available yet: it needs the emulated Device OS, the local \
-             cloud and the simulated link (the end-to-end OTA issue); `hil check` validates \
-             scenario files meanwhile"
-                .into(),
-        )),
+        "emulator" => Ok(Box::new(EmulatorTarget::new(
+            &scenario.file.display().to_string(),
+        ))),
         other => Err(TargetError::Unavailable(format!(
             "unknown target `{other}`; expected one of: {}",
             TARGETS.join(", ")

@@ -1,0 +1,756 @@
+//! The emulator as a scenario [`Target`]: one emulated device and the local cloud on the
+//! simulated network of a [`Testbed`], in virtual time.
+//!
+//! What it can do precisely: power cuts now, at a numbered flash operation, when an OTA chunk
+//! is written (the cut is scheduled at the next flash operation once the device holds chunk
+//! K-1, i.e. on the write of chunk K), and at flash operation N of the bootloader's copy
+//! (`phase = "apply"`, see [`EmulatorTarget::phase_ops`]). Phase cuts at `download`, `commit`
+//! and `first_boot` are refused with a step error (not located yet).
+//!
+//! The cloud behaviour the target adds (small, from the reference): a `cloud.flash` for a
+//! device that reported `particle/device/updates/enabled` = false (and is not forced) is held
+//! back; the cloud sends `particle/device/updates/pending` = true instead and starts the
+//! transfer once the device reports updates enabled again.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use emulator::board::{Board, RegionKind};
+use emulator::firmware::{FirmwareSet, ModuleSizes, Versions};
+use emulator::flash::CutMode;
+use emulator::os::{AppBehaviour as OsApp, DeviceEvent};
+
+use super::firmware::build_file;
+use super::model::*;
+use super::target::{
+    Capability, FirmwareIntegrity, Observation, OtaStatus, RunningVersions, SystemFlags, Target,
+    TargetError,
+};
+use super::trace::{EventSource, TraceEntry, TraceKind};
+use crate::cloud::{CloudEvent, Publisher};
+use crate::testbed::{DeviceHandle, DeviceSpec, Testbed};
+
+const PENDING: &str = "particle/device/updates/pending";
+const ENABLED: &str = "particle/device/updates/enabled";
+
+/// Where each completed apply started (absolute flash op) and how many ops it took, per
+/// (scenario file, seed), filled by a run (the sweep's clean run) and read by later runs of
+/// the same scenario: runs are deterministic, so the ops before the cut are the same.
+type ApplyMap = HashMap<(String, u64), Vec<(u64, u64)>>;
+static APPLY_MAP: Mutex<Option<ApplyMap>> = Mutex::new(None);
+
+fn err(e: impl std::fmt::Display) -> TargetError {
+    TargetError::Step(e.to_string())
+}
+
+/// A pending cut that fires when a chunk is written.
+#[derive(Debug, Clone, Copy)]
+struct ChunkCut {
+    chunk: u32,
+    mode: CutMode,
+    off_for: Option<Duration>,
+}
+
+pub struct EmulatorTarget {
+    key: String,
+    caps: BTreeSet<Capability>,
+    bed: Option<Testbed>,
+    dev: DeviceHandle,
+    board: Option<Board>,
+    sizes: ModuleSizes,
+    dev_seed: u64,
+    current: InitialFirmware,
+    old_images: BTreeMap<RegionKind, Vec<u8>>,
+    new_images: BTreeMap<RegionKind, Vec<u8>>,
+    seen_trace: usize,
+    seen_dev_events: usize,
+    seen_cloud_events: usize,
+    queue: Vec<TraceEntry>,
+    chunk_cut: Option<ChunkCut>,
+    /// Power returns by itself at this time.
+    power_back_at: Option<Duration>,
+    /// A cut is armed at a flash op with `off_for`; once it fired, power returns after it.
+    armed_off_for: Option<Duration>,
+    /// A file the cloud holds back while the device has updates disabled.
+    held: Option<Vec<u8>>,
+    forced: bool,
+    applies: Vec<(u64, u64)>,
+    last_ota: Option<OtaStatus>,
+    seed: u64,
+}
+
+impl EmulatorTarget {
+    /// `key` names the scenario (its file) so a sweep's cases find their clean run's map.
+    pub fn new(key: &str) -> Self {
+        EmulatorTarget {
+            key: key.to_string(),
+            caps: Capability::ALL.into_iter().collect(),
+            bed: None,
+            dev: DeviceHandle(0),
+            board: None,
+            sizes: ModuleSizes {
+                user_part: 24 * 1024,
+                ..ModuleSizes::default()
+            },
+            dev_seed: 0,
+            current: InitialFirmware::default(),
+            old_images: BTreeMap::new(),
+            new_images: BTreeMap::new(),
+            seen_trace: 0,
+            seen_dev_events: 0,
+            seen_cloud_events: 0,
+            queue: Vec::new(),
+            chunk_cut: None,
+            power_back_at: None,
+            armed_off_for: None,
+            held: None,
+            forced: false,
+            applies: Vec::new(),
+            last_ota: None,
+            seed: 0,
+        }
+    }
+
+    fn bed(&mut self) -> Result<&mut Testbed, TargetError> {
+        self.bed
+            .as_mut()
+            .ok_or_else(|| TargetError::Step("the target is not set up".into()))
+    }
+
+    fn device_id(&self) -> [u8; 12] {
+        self.bed
+            .as_ref()
+            .and_then(|b| b.device_id(self.dev))
+            .unwrap_or_default()
+    }
+
+    /// Moves new testbed lines and events into the queue; tracks OTA state, applies, held
+    /// updates and chunk cuts.
+    fn collect(&mut self) -> Result<(), TargetError> {
+        let dev = self.dev;
+        let id = self.device_id();
+        let Some(bed) = self.bed.as_mut() else {
+            return Ok(());
+        };
+        // Notes: every testbed line except stream events (those become events) and progress.
+        let lines: Vec<_> = bed.trace()[self.seen_trace..].to_vec();
+        self.seen_trace = bed.trace().len();
+        // Stream events from the cloud's record (device- and cloud-published).
+        let cloud: Vec<_> = bed.cloud_events()[self.seen_cloud_events..].to_vec();
+        self.seen_cloud_events = bed.cloud_events().len();
+        let dev_events: Vec<_> = bed.device_events(dev)[self.seen_dev_events..].to_vec();
+        self.seen_dev_events = bed.device_events(dev).len();
+        for line in lines {
+            if line.text.starts_with("stream ") || line.text.starts_with("ota progress") {
+                continue;
+            }
+            let who = match line.source {
+                crate::testbed::Source::Cloud => "cloud",
+                crate::testbed::Source::Device(_) => "dev",
+            };
+            self.queue.push(TraceEntry::new(
+                line.at,
+                TraceKind::Note {
+                    text: format!("{who}: {}", line.text),
+                },
+            ));
+        }
+        let mut enabled_again = false;
+        let mut pending_cleared = false;
+        for (at, event) in cloud {
+            if let CloudEvent::Stream(e) = event {
+                if e.device_id != id {
+                    continue;
+                }
+                if e.name == ENABLED && e.data.trim() == "true" {
+                    enabled_again = true;
+                }
+                if e.name == PENDING && e.data.trim() == "false" {
+                    pending_cleared = true;
+                }
+                let source = match e.publisher {
+                    Publisher::Device => EventSource::Device,
+                    Publisher::Cloud => EventSource::Cloud,
+                };
+                self.queue.push(TraceEntry::new(
+                    at,
+                    TraceKind::Event {
+                        source,
+                        name: e.name,
+                        data: e.data,
+                    },
+                ));
+            }
+        }
+        for (at, event) in &dev_events {
+            match event {
+                DeviceEvent::OtaStarted {
+                    file_size,
+                    resume_offset,
+                } => {
+                    self.last_ota = Some(OtaStatus {
+                        state: OtaState::InProgress,
+                        received: *resume_offset as u64,
+                        total: *file_size as u64,
+                        resumed_from: (*resume_offset > 0).then_some(*resume_offset as u64),
+                        error: None,
+                    });
+                }
+                DeviceEvent::OtaFailed { code, .. } => {
+                    if let Some(o) = &mut self.last_ota {
+                        o.state = OtaState::Failed;
+                        o.error = Some(*code);
+                    }
+                }
+                DeviceEvent::SystemEvent(emulator::os::SystemEvent::ResetPending)
+                | DeviceEvent::SystemEvent(emulator::os::SystemEvent::FirmwareUpdate(
+                    emulator::os::FirmwareUpdateEvent::Complete,
+                )) => {
+                    if let Some(o) = &mut self.last_ota {
+                        o.state = OtaState::Complete;
+                        o.received = o.total;
+                    }
+                }
+                DeviceEvent::Received { name, data }
+                    if name == PENDING && data == "true" && self.held.is_some() =>
+                {
+                    // The stream shows the cloud's own event once the device has it.
+                    self.queue.push(TraceEntry::new(
+                        *at,
+                        TraceKind::Event {
+                            source: EventSource::Cloud,
+                            name: name.clone(),
+                            data: data.clone(),
+                        },
+                    ));
+                }
+                DeviceEvent::PoweredOff => {
+                    self.queue
+                        .push(TraceEntry::new(*at, TraceKind::Power { on: false }));
+                }
+                _ => {}
+            }
+        }
+        // Live progress of a running transfer.
+        let status = bed.status(dev).map_err(err)?;
+        if let Some(p) = status.ota {
+            if let Some(o) = &mut self.last_ota {
+                o.received = p.contiguous_bytes as u64;
+                o.state = if p.validated {
+                    OtaState::Complete
+                } else {
+                    OtaState::InProgress
+                };
+            }
+            if let Some(cut) = self.chunk_cut {
+                if p.cumulative_chunks >= cut.chunk {
+                    self.chunk_cut = None;
+                    let now = bed.now();
+                    bed.with_device(dev, |os, _| {
+                        let at = os.device().flash().op_count();
+                        os.device_mut().schedule_cut(at, cut.mode);
+                    })
+                    .map_err(err)?;
+                    self.armed_off_for = cut.off_for;
+                    self.queue.push(TraceEntry::new(
+                        now,
+                        TraceKind::Fault {
+                            what: format!(
+                                "power cut armed at the next flash op (chunk {} written)",
+                                cut.chunk
+                            ),
+                        },
+                    ));
+                }
+            }
+        } else if let Some(o) = &mut self.last_ota {
+            // The transfer stopped without a commit or failure: cancelled (sleep, power).
+            if o.state == OtaState::InProgress && o.received >= o.total && o.total > 0 {
+                o.state = OtaState::Complete;
+            } else if o.state == OtaState::InProgress {
+                o.state = OtaState::Cancelled;
+            }
+        }
+        // Applies: ops on module regions, from the op log.
+        let board = self.board.clone();
+        if let Some(board) = board {
+            let log = bed
+                .with_device(dev, |os, _| os.device_mut().flash_mut().take_log())
+                .map_err(err)?;
+            let regions: Vec<_> = board
+                .module_regions()
+                .filter(|r| {
+                    matches!(
+                        r.kind,
+                        RegionKind::UserPart | RegionKind::SystemPart | RegionKind::Bootloader
+                    )
+                })
+                .map(|r| (board.flash_chip(r.chip), r.start, r.end))
+                .collect();
+            let mut run: Option<(u64, u64)> = None;
+            for op in log {
+                let hit = regions
+                    .iter()
+                    .any(|(c, s, e)| *c == op.chip && op.addr >= *s && op.addr < *e);
+                if hit {
+                    run = Some(match run {
+                        Some((first, _)) => (first, op.seq),
+                        None => match self.applies.last() {
+                            Some(&(first, n)) if first + n + 8 >= op.seq => {
+                                self.applies.pop();
+                                (first, op.seq)
+                            }
+                            _ => (op.seq, op.seq),
+                        },
+                    });
+                }
+            }
+            if let Some((first, last)) = run {
+                self.applies.push((first, last - first + 1));
+            }
+        }
+        // Power back after a fired cut.
+        if !status.powered {
+            if let Some(off) = self.armed_off_for.take() {
+                self.power_back_at = Some(bed.now() + off);
+            }
+        }
+        // The held update: pending at each connection (the local cloud's post-connect
+        // `pending` = false knows nothing of it), started once enabled.
+        if pending_cleared && !enabled_again && self.held.is_some() {
+            let now = bed.now();
+            bed.cloud_mut().send_event(now, id, PENDING, "true");
+        }
+        if enabled_again {
+            if let Some(file) = self.held.take() {
+                let now = bed.now();
+                bed.flash(dev, file).map_err(err)?;
+                self.queue.push(TraceEntry::new(
+                    now,
+                    TraceKind::Note {
+                        text: "target: updates enabled again, the held update starts".into(),
+                    },
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn save_applies(&self) {
+        if self.applies.is_empty() {
+            return;
+        }
+        let mut map = APPLY_MAP.lock().unwrap_or_else(|p| p.into_inner());
+        map.get_or_insert_with(HashMap::new)
+            .entry((self.key.clone(), self.seed))
+            .or_insert_with(|| self.applies.clone());
+    }
+
+    fn images(&self, spec: &FirmwareSpec) -> BTreeMap<RegionKind, Vec<u8>> {
+        let mut out = BTreeMap::new();
+        let Some(board) = &self.board else {
+            return out;
+        };
+        if spec.platform.is_some() || spec.corrupt.is_some() || spec.compressed {
+            return out;
+        }
+        let mut v: Versions = self.current.versions();
+        if let Some(a) = spec.app {
+            v.product_version = a;
+        }
+        if let Some(d) = spec.device_os {
+            v.system_part = d.0;
+        }
+        if let Some(b) = spec.bootloader {
+            v.bootloader = b;
+        }
+        let sizes = ModuleSizes {
+            user_part: spec.size.unwrap_or(self.sizes.user_part),
+            ..self.sizes
+        };
+        let set = FirmwareSet::new(board, sizes, self.dev_seed);
+        let mut add = |k: RegionKind, len: u32| {
+            if let Ok(m) = set.module(k, &v, len) {
+                out.insert(k, m);
+            }
+        };
+        if spec.app.is_some() {
+            add(RegionKind::UserPart, sizes.user_part);
+        }
+        if spec.device_os.is_some() {
+            add(RegionKind::SystemPart, sizes.system_part);
+        }
+        if spec.bootloader.is_some() {
+            add(RegionKind::Bootloader, sizes.bootloader);
+        }
+        out
+    }
+}
+
+impl Drop for EmulatorTarget {
+    fn drop(&mut self) {
+        self.save_applies();
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty()
+        && hay.len() >= needle.len()
+        && (hay.starts_with(needle)
+            || hay.ends_with(needle)
+            || hay.windows(needle.len()).any(|w| w == needle))
+}
+
+impl Target for EmulatorTarget {
+    fn name(&self) -> &str {
+        "emulator"
+    }
+
+    fn capabilities(&self) -> &BTreeSet<Capability> {
+        &self.caps
+    }
+
+    fn setup(&mut self, setup: &Setup, seed: u64) -> Result<(), TargetError> {
+        self.seed = seed;
+        let board = Board::builtin(&setup.board).map_err(err)?;
+        let mut bed = Testbed::new(seed).map_err(err)?;
+        let mut spec = DeviceSpec::new(board.clone(), setup.firmware.app);
+        spec.versions = setup.firmware.versions();
+        spec.sizes = self.sizes;
+        spec.app = OsApp {
+            updates_enabled_at_boot: setup.app.updates_enabled,
+            reset_enabled_at_boot: setup.app.resets_enabled,
+            system_thread: setup.app.system_thread,
+            ..OsApp::default()
+        };
+        // Same derivation as Testbed::add_device, to know the images it provisions.
+        self.dev_seed = seed ^ (1u64 << 32);
+        let (_, images) = FirmwareSet::new(&board, self.sizes, self.dev_seed)
+            .provision(&spec.versions)
+            .map_err(err)?;
+        self.old_images = images
+            .into_iter()
+            .filter(|(k, _)| {
+                matches!(
+                    k,
+                    RegionKind::UserPart | RegionKind::SystemPart | RegionKind::Bootloader
+                )
+            })
+            .collect();
+        self.dev = bed.add_device(&spec).map_err(err)?;
+        bed.with_device(self.dev, |os, _| os.device_mut().flash_mut().enable_log())
+            .map_err(err)?;
+        self.current = setup.firmware;
+        self.board = Some(board);
+        if setup.cloud.devices.iter().any(|d| d.updates_forced) {
+            self.forced = true;
+            let id = bed.device_id(self.dev).unwrap_or_default();
+            bed.cloud_mut().set_updates_forced(Duration::ZERO, id, true);
+        }
+        bed.power_on(self.dev).map_err(err)?;
+        self.queue
+            .push(TraceEntry::new(bed.now(), TraceKind::Power { on: true }));
+        self.bed = Some(bed);
+        self.collect()
+    }
+
+    fn apply(&mut self, action: &Action) -> Result<(), TargetError> {
+        let dev = self.dev;
+        let now = self.now();
+        match action {
+            Action::CloudFlash(spec) => {
+                let board = self.board.clone().ok_or_else(|| err("not set up"))?;
+                let file = build_file(&board, spec, &self.current, self.sizes, self.dev_seed)
+                    .map_err(err)?;
+                self.new_images = self.images(spec);
+                let id = self.device_id();
+                let bed = self.bed()?;
+                let view = bed.cloud().device(id);
+                let disabled = view.as_ref().is_some_and(|v| {
+                    v.updates_enabled == Some(false) && v.updates_forced != Some(true)
+                });
+                if disabled {
+                    bed.cloud_mut().send_event(now, id, PENDING, "true");
+                    self.held = Some(file);
+                } else {
+                    bed.flash(dev, file).map_err(err)?;
+                }
+            }
+            Action::CloudForceUpdates { forced } => {
+                let id = self.device_id();
+                self.forced = *forced;
+                self.bed()?.cloud_mut().set_updates_forced(now, id, *forced);
+                if *forced {
+                    if let Some(file) = self.held.take() {
+                        self.bed()?.flash(dev, file).map_err(err)?;
+                    }
+                }
+            }
+            Action::PowerCut(cut) => {
+                let what = match cut.at {
+                    CutPoint::Now => {
+                        self.bed()?.power_cut(dev).map_err(err)?;
+                        if let Some(off) = cut.off_for {
+                            self.power_back_at = Some(now + off);
+                        }
+                        "power cut now".to_string()
+                    }
+                    CutPoint::FlashOp(n) => {
+                        let mode = cut.mode;
+                        let at = self
+                            .bed()?
+                            .with_device(dev, |os, _| {
+                                let at = os.device().flash().op_count() + n;
+                                os.device_mut().schedule_cut(at, mode);
+                                at
+                            })
+                            .map_err(err)?;
+                        self.armed_off_for = cut.off_for;
+                        format!("power cut armed at flash op {at} ({})", cut_mode_str(mode))
+                    }
+                    CutPoint::Chunk(k) => {
+                        self.chunk_cut = Some(ChunkCut {
+                            chunk: k,
+                            mode: cut.mode,
+                            off_for: cut.off_for,
+                        });
+                        format!(
+                            "power cut armed at OTA chunk {k} ({})",
+                            cut_mode_str(cut.mode)
+                        )
+                    }
+                    CutPoint::Phase { phase, op } => {
+                        if phase != Phase::Apply {
+                            return Err(TargetError::Step(format!(
+                                "the emulator target cannot locate phase {} yet (only apply)",
+                                phase.as_str()
+                            )));
+                        }
+                        let map = APPLY_MAP.lock().unwrap_or_else(|p| p.into_inner());
+                        let applies = map
+                            .as_ref()
+                            .and_then(|m| m.get(&(self.key.clone(), self.seed)))
+                            .cloned();
+                        drop(map);
+                        let Some(applies) = applies else {
+                            return Err(TargetError::Step(
+                                "a cut at a phase needs the op map of a clean run of this \
+                                 scenario (a sweep's clean case); none was recorded"
+                                    .into(),
+                            ));
+                        };
+                        let mode = cut.mode;
+                        let count = self
+                            .bed()?
+                            .with_device(dev, |os, _| os.device().flash().op_count())
+                            .map_err(err)?;
+                        let Some(&(first, _)) = applies.iter().find(|(f, _)| *f >= count) else {
+                            return Err(TargetError::Step(
+                                "the clean run had no apply after this point".into(),
+                            ));
+                        };
+                        let at = first + op;
+                        self.bed()?
+                            .with_device(dev, |os, _| os.device_mut().schedule_cut(at, mode))
+                            .map_err(err)?;
+                        self.armed_off_for = cut.off_for;
+                        format!(
+                            "power cut armed at apply op {op} = flash op {at} ({})",
+                            cut_mode_str(mode)
+                        )
+                    }
+                };
+                self.queue
+                    .push(TraceEntry::new(now, TraceKind::Fault { what }));
+            }
+            Action::PowerOn => {
+                self.power_back_at = None;
+                self.bed()?.power_on(dev).map_err(err)?;
+                self.queue
+                    .push(TraceEntry::new(now, TraceKind::Power { on: true }));
+            }
+            Action::App(a) => {
+                let a = *a;
+                self.bed()?
+                    .with_device(dev, |os, now| match a {
+                        AppAction::DisableUpdates => os.disable_updates(now),
+                        AppAction::EnableUpdates => os.enable_updates(now),
+                        AppAction::DisableReset => os.disable_reset(now),
+                        AppAction::EnableReset => os.enable_reset(now),
+                        AppAction::Reset { .. } => os.system_reset(now),
+                        AppAction::Sleep(s) => os.sleep(
+                            now,
+                            s.duration.unwrap_or(Duration::from_secs(365 * 86400)),
+                            s.network == SleepNetwork::Standby,
+                        ),
+                        AppAction::Wake => os.wake(now),
+                    })
+                    .map_err(err)?;
+            }
+            Action::Link(l) => {
+                let what = match *l {
+                    LinkAction::Faults {
+                        loss,
+                        duplicate,
+                        reorder,
+                    } => {
+                        let net = &mut self.bed()?.net;
+                        net.set_loss(loss);
+                        net.set_duplicate(duplicate);
+                        net.set_reorder(reorder, Duration::from_millis(80));
+                        format!("link loss {loss} duplicate {duplicate} reorder {reorder}")
+                    }
+                    LinkAction::Drop { next } => {
+                        let bed = self.bed()?;
+                        let (c, d) = (bed.cloud_node(), bed.device_node(dev));
+                        if let Some(d) = d {
+                            bed.net.drop_next(c, d, next as u64);
+                            bed.net.drop_next(d, c, next as u64);
+                        }
+                        format!("drop the next {next} datagrams")
+                    }
+                    LinkAction::Partition { duration } => {
+                        self.bed()?.net.partition(duration);
+                        format!("partition for {}", format_duration(duration))
+                    }
+                };
+                self.queue
+                    .push(TraceEntry::new(now, TraceKind::Fault { what }));
+            }
+        }
+        self.collect()
+    }
+
+    fn now(&self) -> Duration {
+        self.bed.as_ref().map(|b| b.now()).unwrap_or_default()
+    }
+
+    fn advance(&mut self, deadline: Duration) -> Result<(), TargetError> {
+        let dev = self.dev;
+        let mut deadline = deadline;
+        if let Some(back) = self.power_back_at {
+            if back <= self.now() {
+                self.power_back_at = None;
+                self.bed()?.power_on(dev).map_err(err)?;
+                let now = self.now();
+                self.queue
+                    .push(TraceEntry::new(now, TraceKind::Power { on: true }));
+                return self.collect();
+            }
+            deadline = deadline.min(back);
+        }
+        let bed = self.bed()?;
+        if bed.now() >= deadline {
+            return Ok(());
+        }
+        if !bed.net.step(deadline).map_err(err)? {
+            bed.net.run_until(deadline).map_err(err)?;
+        }
+        bed.run_for(Duration::ZERO).map_err(err)?;
+        self.collect()
+    }
+
+    fn drain_trace(&mut self) -> Vec<TraceEntry> {
+        let mut q = std::mem::take(&mut self.queue);
+        q.sort_by_key(|e| e.at);
+        q
+    }
+
+    fn observe(&mut self) -> Result<Observation, TargetError> {
+        let bed = self.bed.as_ref().ok_or_else(|| err("not set up"))?;
+        let s = bed.status(self.dev).map_err(err)?;
+        let running = match (s.versions.system_part, s.versions.product_version) {
+            (Some(dos), Some(app)) if s.powered => Some(RunningVersions {
+                device_os: DeviceOsVersion(dos),
+                app,
+                bootloader: s.versions.bootloader.unwrap_or(0),
+            }),
+            _ => None,
+        };
+        let last_reset = bed
+            .device_events(self.dev)
+            .iter()
+            .rev()
+            .find_map(|(_, e)| match e {
+                DeviceEvent::Booted { reset_reason, .. } => {
+                    Some(emulator::os::profile::reset_reason::name(*reset_reason))
+                }
+                _ => None,
+            });
+        Ok(Observation {
+            powered: Some(s.powered),
+            online: Some(s.connected),
+            sleeping: Some(s.sleeping),
+            running: Some(running),
+            safe_mode: Some(s.safe_mode),
+            flags: Some(SystemFlags {
+                updates_enabled: s.flags.updates_enabled,
+                updates_pending: s.flags.updates_pending,
+                updates_forced: s.flags.updates_forced,
+                reset_enabled: s.flags.reset_enabled,
+                reset_pending: s.flags.reset_pending,
+            }),
+            ota: Some(self.last_ota.unwrap_or(OtaStatus {
+                state: OtaState::Idle,
+                received: 0,
+                total: 0,
+                resumed_from: None,
+                error: None,
+            })),
+            last_reset,
+        })
+    }
+
+    fn inspect_firmware(&mut self) -> Result<FirmwareIntegrity, TargetError> {
+        let board = self.board.clone().ok_or_else(|| err("not set up"))?;
+        let bed = self.bed.as_ref().ok_or_else(|| err("not set up"))?;
+        let flash = bed.os(self.dev).map_err(err)?.device().flash();
+        let (mut old, mut new) = (true, true);
+        let mut detail = Vec::new();
+        for (kind, old_img) in &self.old_images {
+            let region = board
+                .region(*kind)
+                .ok_or_else(|| err(format!("no region {kind:?}")))?;
+            let chip = board.flash_chip(region.chip);
+            let bytes = flash
+                .read_vec(chip, region.start, (region.end - region.start) as usize)
+                .map_err(err)?;
+            let new_img = self.new_images.get(kind).unwrap_or(old_img);
+            let has_old = contains(&bytes, old_img);
+            let has_new = contains(&bytes, new_img);
+            old &= has_old;
+            new &= has_new;
+            if !has_old && !has_new {
+                detail.push(format!("{kind:?} holds neither the old nor the new image"));
+            }
+        }
+        Ok(if !detail.is_empty() {
+            FirmwareIntegrity::Lost {
+                detail: detail.join("; "),
+            }
+        } else if old {
+            FirmwareIntegrity::OldIntact
+        } else if new {
+            FirmwareIntegrity::NewComplete
+        } else {
+            FirmwareIntegrity::Lost {
+                detail: "a mix of old and new modules".into(),
+            }
+        })
+    }
+
+    fn phase_ops(&mut self, phase: Phase) -> Result<Option<u64>, TargetError> {
+        self.collect()?;
+        match phase {
+            Phase::Apply => {
+                self.save_applies();
+                Ok(self.applies.last().map(|(_, n)| *n))
+            }
+            other => Err(TargetError::Step(format!(
+                "the emulator target does not count the flash operations of phase {} yet",
+                other.as_str()
+            ))),
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! Runs every scenario file under `fixtures/` against the emulator target and snapshots each
+//! case's trace (virtual time only, so the snapshots do not depend on the machine).
+
+use std::path::PathBuf;
+
+use harness::scenario::emulator_target::EmulatorTarget;
+use harness::scenario::runner::{self, Outcome};
+use harness::scenario::{load, Target};
+use rstest::rstest;
+
+// `fixtures/field/` is not run yet: its worked example needs an app built against a newer
+// Device OS than the device runs (a user part whose dependency is system part 6.2.0 on a 5.8.0
+// device), which `cloud.flash` cannot express (an app-only file depends on the running Device
+// OS), so the emulator boots it normally instead of into safe mode.
+#[rstest]
+fn fixture(#[files("../fixtures/*.toml")] path: PathBuf) {
+    let mut scenario = load(&path).unwrap_or_else(|e| panic!("{e}"));
+    // Machine-independent: the path as written from the workspace root.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = root.canonicalize().unwrap();
+    let abs = path.canonicalize().unwrap();
+    scenario.file = abs.strip_prefix(&root).unwrap_or(&abs).to_path_buf();
+    let key = scenario.file.display().to_string();
+    let mut factory = || Ok(Box::new(EmulatorTarget::new(&key)) as Box<dyn Target>);
+    let result = runner::run(&scenario, None, &mut factory);
+    let stem = path.file_stem().unwrap().to_string_lossy().to_string();
+    let mut text = String::new();
+    for case in &result.cases {
+        text.push_str(&format!(
+            "=== case {} : {}\n",
+            case.name,
+            case.outcome.as_str()
+        ));
+        if let Some(f) = &case.failure {
+            text.push_str(&format!("{f}\n"));
+        }
+        for s in &case.skipped {
+            text.push_str(&format!("skipped: {s}\n"));
+        }
+        // Sweep cases: the outcome only (their traces differ by the cut point).
+        if result.cases.len() == 1 || case.name == "clean" {
+            text.push_str(&case.trace.render());
+            text.push('\n');
+        }
+    }
+    insta::with_settings!({ snapshot_suffix => stem.clone(), prepend_module_to_snapshot => false }, {
+        insta::assert_snapshot!("fixture", text);
+    });
+    let failed: Vec<String> = result
+        .cases
+        .iter()
+        .filter(|c| c.outcome == Outcome::Fail)
+        .map(|c| {
+            c.failure
+                .as_ref()
+                .map(|f| f.to_string())
+                .unwrap_or_default()
+        })
+        .collect();
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
