@@ -242,7 +242,7 @@ pub fn boot(
             // The source was verified before the copy record was written, and apply never
             // writes the staging area, so verifying again can only fail on a corrupt record.
             if let Ok(v) = verify_slot(board, flash, 0, &slot)? {
-                write_image(board, flash, &v)?;
+                copy_bytes(flash, v.dest_chip, v.destination, &v.image)?;
                 report.finished_bootloader_copy = true;
             }
         }
@@ -276,12 +276,12 @@ pub fn boot(
                 slot.emit(&mut raw);
                 store.put(flash, BOOTLOADER_COPY_KEY, &raw)?;
                 free_slot(store, flash, i)?;
-                write_image(board, flash, &v)?;
+                copy_bytes(flash, v.dest_chip, v.destination, &v.image)?;
                 store.remove(flash, BOOTLOADER_COPY_KEY)?;
                 report.applied.push(v.applied);
             }
             Ok(v) => {
-                write_image(board, flash, &v)?;
+                copy_bytes(flash, v.dest_chip, v.destination, &v.image)?;
                 invalidate_legacy_user_part(board, flash, &v)?;
                 free_slot(store, flash, i)?;
                 report.applied.push(v.applied);
@@ -359,15 +359,8 @@ fn verify_slot(
     }))
 }
 
-/// Erases the destination sectors and programs the image in [`COPY_BLOCK_LEN`] blocks.
-fn write_image(board: &Board, flash: &mut FlashArray, v: &VerifiedSlot) -> Result<(), FlashError> {
-    let _ = v.region;
-    copy_bytes(board, flash, v.dest_chip, v.destination, &v.image)
-}
-
 /// Erases the sectors covering `dest..dest+image.len()` and programs `image` there.
 pub(crate) fn copy_bytes(
-    board: &Board,
     flash: &mut FlashArray,
     chip: crate::flash::ChipId,
     dest: u32,
@@ -383,7 +376,6 @@ pub(crate) fn copy_bytes(
         flash.erase_sector(chip, addr as u32)?;
         addr += sector as u64;
     }
-    let _ = board;
     for (n, block) in image.chunks(COPY_BLOCK_LEN).enumerate() {
         let at = dest + (n * COPY_BLOCK_LEN) as u32;
         if block.len().is_multiple_of(unit) {
@@ -529,7 +521,7 @@ fn validate(
         ) {
             if let RegionContent::Module(m) = read_region_as(board, flash, factory, user)? {
                 if m.crc_valid && m.prefix.platform_id == board.platform_id {
-                    copy_bytes(board, flash, board.flash_chip(user.chip), m.start, &m.bytes)?;
+                    copy_bytes(flash, board.flash_chip(user.chip), m.start, &m.bytes)?;
                     report.factory_restored = true;
                     let content = read_region(board, flash, user)?;
                     if let Some(entry) = found.iter_mut().find(|(k, ..)| *k == RegionKind::UserPart)

@@ -203,7 +203,7 @@ impl Device {
             let placed = self.place(&board, part)?;
             let chip = board.flash_chip(placed.region.chip);
             let start = placed.module.prefix.start_address;
-            bootloader::copy_bytes(&board, &mut self.flash, chip, start, &placed.image)?;
+            bootloader::copy_bytes(&mut self.flash, chip, start, &placed.image)?;
         }
         Ok(())
     }
@@ -227,8 +227,7 @@ impl Device {
         }
         let chip = self.board.flash_chip(factory.chip);
         let start = factory.start;
-        let board = Arc::clone(&self.board);
-        bootloader::copy_bytes(&board, &mut self.flash, chip, start, bytes)?;
+        bootloader::copy_bytes(&mut self.flash, chip, start, bytes)?;
         Ok(())
     }
 

@@ -400,11 +400,7 @@ mod tests {
     use crate::message::{Body, ParticleMessage};
 
     fn hex(s: &str) -> Vec<u8> {
-        let s: String = s.split_whitespace().collect();
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
+        hex::decode(s.split_whitespace().collect::<String>()).expect("hex literal")
     }
 
     #[test]
