@@ -13,7 +13,7 @@ use protocol::module::{split_combined, ModuleFlags};
 use crate::board::{Board, RegionKind};
 use crate::bootloader::{self, BootError, BootReport};
 use crate::dct::{device_code, magic, slot_flags, ModuleSlot, ModuleSlots};
-use crate::flash::{ChipId, CutMode, FlashArray, FlashError, FlashGeometry, PowerCut};
+use crate::flash::{Activity, ChipId, CutMode, FlashArray, FlashError, FlashGeometry, PowerCut};
 use crate::placement::{place, Placement, PlacementError};
 use crate::store::{Store, StoreError};
 
@@ -179,7 +179,22 @@ impl Device {
         // A reset loses RAM: the store is mounted afresh from flash, as the real device does.
         self.store = None;
         let board = Arc::clone(&self.board);
-        self.with_store(|store, flash| bootloader::boot(&board, flash, store))
+        self.flash.set_activity(Activity::Apply);
+        let report = self.with_store(|store, flash| bootloader::boot(&board, flash, store));
+        let applied = report.as_ref().is_ok_and(|r| {
+            !r.applied.is_empty() || r.finished_bootloader_copy || r.factory_restored
+        });
+        self.flash.set_activity(if applied {
+            Activity::FirstBoot
+        } else {
+            Activity::Other
+        });
+        report
+    }
+
+    /// Labels flash operations from now on (see [`Activity`]).
+    pub fn set_activity(&mut self, activity: Activity) {
+        self.flash.set_activity(activity);
     }
 
     /// [`place`] with this device's board, errors naming the board.

@@ -146,6 +146,36 @@ pub struct PowerCut {
     pub mode: CutMode,
 }
 
+/// What the device was doing when it changed flash, recorded with each logged operation so a
+/// harness can find "flash operation N of the download" (see [`FlashArray::set_activity`]).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Activity {
+    /// Anything else (provisioning, the application, idle store writes).
+    #[default]
+    Other,
+    /// An OTA transfer: staging-area erases and chunk writes, resume-state syncs, the state
+    /// kept at a cancel.
+    Download,
+    /// The commit point: the resume state closed and the module slots written.
+    Commit,
+    /// The bootloader applying slots (copy or inflate, slot cleanup).
+    Apply,
+    /// From the end of an apply until the new firmware's first cloud connection.
+    FirstBoot,
+}
+
+/// Lose power at the `skip`+1-th operation labelled `activity` from now on (see
+/// [`FlashArray::schedule_activity_cut`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ActivityCut {
+    pub activity: Activity,
+    pub skip: u64,
+    pub mode: CutMode,
+}
+
 /// One entry of the operation log (see [`FlashArray::enable_log`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlashOp {
@@ -157,6 +187,9 @@ pub struct FlashOp {
     pub len: u32,
     /// The power cut that hit this operation, if any.
     pub cut: Option<CutMode>,
+    /// What the device was doing.
+    #[serde(default)]
+    pub activity: Activity,
 }
 
 /// How much sector data a [`FlashArray`] holds (see [`FlashArray::memory`]).
@@ -261,8 +294,10 @@ pub struct FlashArray {
     seed: u64,
     next_op: u64,
     cuts: Vec<PowerCut>,
+    activity_cuts: Vec<ActivityCut>,
     lost_at: Option<u64>,
     log: Option<Vec<FlashOp>>,
+    activity: Activity,
 }
 
 impl FlashArray {
@@ -286,9 +321,21 @@ impl FlashArray {
             seed,
             next_op: 0,
             cuts: Vec::new(),
+            activity_cuts: Vec::new(),
             lost_at: None,
             log: None,
+            activity: Activity::Other,
         })
+    }
+
+    /// Labels the operations from now on in the log (the device's firmware says what it is
+    /// doing; the flash itself behaves the same).
+    pub fn set_activity(&mut self, activity: Activity) {
+        self.activity = activity;
+    }
+
+    pub fn activity(&self) -> Activity {
+        self.activity
     }
 
     /// The seed torn operations are drawn from.
@@ -327,6 +374,19 @@ impl FlashArray {
     /// Forget all pending cuts.
     pub fn clear_cuts(&mut self) {
         self.cuts.clear();
+        self.activity_cuts.clear();
+    }
+
+    /// Schedules a power cut at an operation the firmware labels `cut.activity` (operation
+    /// `cut.skip` of that activity, counting from now, across power cycles), e.g. "the 5th
+    /// flash operation of the next download".
+    pub fn schedule_activity_cut(&mut self, cut: ActivityCut) {
+        self.activity_cuts.push(cut);
+    }
+
+    /// Activity cuts scheduled and not yet fired.
+    pub fn pending_activity_cuts(&self) -> &[ActivityCut] {
+        &self.activity_cuts
     }
 
     /// Lose power now, between operations (a relay, a pulled battery).
@@ -349,6 +409,7 @@ impl FlashArray {
     /// Restore power. Contents stay as they were when power was lost.
     pub fn power_on(&mut self) {
         self.lost_at = None;
+        self.activity = Activity::Other;
     }
 
     // ----- log ---------------------------------------------------------------------------
@@ -573,11 +634,27 @@ impl FlashArray {
     ) -> (u64, Option<CutMode>) {
         let seq = self.next_op;
         self.next_op += 1;
-        let cut = self
+        let mut cut = self
             .cuts
             .iter()
             .position(|c| c.at_op == seq)
             .map(|i| self.cuts.remove(i).mode);
+        let activity = self.activity;
+        let mut fired = None;
+        for (i, c) in self.activity_cuts.iter_mut().enumerate() {
+            if c.activity != activity {
+                continue;
+            }
+            if c.skip == 0 {
+                fired = fired.or(Some(i));
+            } else {
+                c.skip -= 1;
+            }
+        }
+        if let Some(i) = fired {
+            let c = self.activity_cuts.remove(i);
+            cut = cut.or(Some(c.mode));
+        }
         if let Some(log) = &mut self.log {
             log.push(FlashOp {
                 seq,
@@ -586,6 +663,7 @@ impl FlashArray {
                 addr,
                 len,
                 cut,
+                activity: self.activity,
             });
         }
         (seq, cut)

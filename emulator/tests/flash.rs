@@ -1,7 +1,8 @@
 //! NOR rules, operation numbering, power cuts and copy-on-write snapshots of the simulated flash.
 
 use emulator::flash::{
-    ChipId, CutMode, FlashArray, FlashError, FlashGeometry, OpKind, PowerCut, ERASED,
+    Activity, ActivityCut, ChipId, CutMode, FlashArray, FlashError, FlashGeometry, OpKind,
+    PowerCut, ERASED,
 };
 
 const INTERNAL: FlashGeometry = FlashGeometry {
@@ -405,6 +406,50 @@ fn several_cuts_fire_in_turn_and_op_numbers_keep_counting() {
         [[0u8; 12].as_slice(), &[ERASED; 4]].concat()
     );
     assert!(flash.pending_cuts().is_empty());
+}
+
+#[test]
+fn an_activity_cut_counts_only_the_operations_of_that_activity_and_labels_the_log() {
+    let mut flash = two_chips(4);
+    flash.enable_log();
+    flash.schedule_activity_cut(ActivityCut {
+        activity: Activity::Download,
+        skip: 1,
+        mode: CutMode::Before,
+    });
+    // Operations of other activities do not count.
+    flash.program(ChipId::External, 0, &[0; 4]).unwrap();
+    flash.set_activity(Activity::Download);
+    flash.program(ChipId::External, 4, &[0; 4]).unwrap();
+    flash.set_activity(Activity::Commit);
+    flash.program(ChipId::External, 8, &[0; 4]).unwrap();
+    flash.set_activity(Activity::Download);
+    assert_eq!(
+        flash.program(ChipId::External, 12, &[0; 4]),
+        Err(FlashError::PowerLost { op: 3 })
+    );
+    assert!(flash.pending_activity_cuts().is_empty());
+    // Power on: the firmware starts afresh, so does the label.
+    flash.power_on();
+    assert_eq!(flash.activity(), Activity::Other);
+    let log: Vec<_> = flash
+        .take_log()
+        .iter()
+        .map(|o| (o.seq, o.activity, o.cut))
+        .collect();
+    assert_eq!(
+        log,
+        [
+            (0, Activity::Other, None),
+            (1, Activity::Download, None),
+            (2, Activity::Commit, None),
+            (3, Activity::Download, Some(CutMode::Before)),
+        ]
+    );
+    assert_eq!(
+        flash.read_vec(ChipId::External, 12, 4).unwrap(),
+        [ERASED; 4]
+    );
 }
 
 #[test]

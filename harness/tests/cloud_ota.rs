@@ -103,6 +103,24 @@ fn flash_status(w: &World) -> Vec<String> {
 }
 
 #[test]
+fn a_new_flash_supersedes_the_jobs_still_waiting_for_the_device() {
+    let mut w = World::new(22, 1);
+    let id = device_id(0);
+    let first = w.cloud.flash(w.now, id, file(3000, 1));
+    let second = w.cloud.flash(w.now, id, file(3000, 2));
+    // The older job ends without a stream event; only the newest one is delivered.
+    assert!(matches!(
+        w.cloud.job(first),
+        Some(JobStatus::Failed { code: None, message }) if message.contains("superseded by job")
+    ));
+    assert_eq!(w.cloud.job(second), Some(&JobStatus::Queued));
+    w.connect(0, hello(id, 12, 3, GEN3_FLAGS), &system_describe([3; 32]));
+    w.advance(secs(3));
+    assert_eq!(w.cloud.job(second), Some(&JobStatus::Starting));
+    assert!(!flash_status(&w).iter().any(|d| d.trim() == "failed"));
+}
+
+#[test]
 fn flash_to_an_offline_device_is_queued_and_starts_after_its_post_connect_sequence() {
     let mut w = World::new(21, 1);
     let id = device_id(0);

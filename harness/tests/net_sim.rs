@@ -101,6 +101,7 @@ fn the_same_seed_replays_the_same_trace_and_another_seed_does_not() {
             duplicate: 0.1,
             reorder: 0.2,
             reorder_delay: ms(500),
+            bandwidth: 0,
         });
         let trace = record_trace(&mut sim);
         sim.node_mut::<DtlsClientNode>(cli).unwrap().ping_every = Some(secs(5));
@@ -129,6 +130,7 @@ fn dtls_handshake_and_pings_survive_20_percent_loss_duplication_and_reordering()
             duplicate: 0.05,
             reorder: 0.3,
             reorder_delay: ms(300),
+            bandwidth: 0,
         });
         sim.node_mut::<DtlsClientNode>(cli).unwrap().ping_every = Some(secs(1));
         // Device OS retransmits after 3, 9, 21 s.. and gives up after 24 s backoff; a 20%
@@ -154,6 +156,7 @@ fn counters_balance_once_nothing_is_in_flight() {
             duplicate: 0.3,
             reorder: 0.3,
             reorder_delay: secs(1),
+            bandwidth: 0,
         });
         let echo = sim.add_node(addr(SERVER), Echo::default()).unwrap();
         let pinger = sim
@@ -185,6 +188,7 @@ fn delivery_times_respect_latency_jitter_and_reorder_bounds() {
         duplicate: 0.0,
         reorder: 0.25,
         reorder_delay: ms(400),
+        bandwidth: 0,
     };
     sim.set_faults(faults);
     let sent_at: Times = Rc::default();
@@ -229,6 +233,50 @@ fn delivery_times_respect_latency_jitter_and_reorder_bounds() {
         pings.windows(2).any(|w| w[0] > w[1]),
         "reordering never reordered"
     );
+}
+
+#[test]
+fn a_bandwidth_limit_queues_datagrams_and_spaces_their_arrivals() {
+    let mut sim = SimNetwork::new(3);
+    // 100 bytes/s: a 6-byte "ping N" takes 60 ms to send; pings leave every 10 ms, so they
+    // queue, none is lost, and they arrive in order, at least their send time apart.
+    sim.set_faults(LinkFaults {
+        latency: ms(5),
+        bandwidth: 100,
+        ..LinkFaults::PERFECT
+    });
+    let sent_at: Times = Rc::default();
+    let arrivals: Times = Rc::default();
+    let (s, a) = (sent_at.clone(), arrivals.clone());
+    sim.set_trace(move |e| match e.fate {
+        Fate::Sent => s.borrow_mut().push((e.data.to_vec(), e.at)),
+        Fate::Delivered => a.borrow_mut().push((e.data.to_vec(), e.at)),
+        _ => {}
+    });
+    sim.add_node(addr(SERVER), Echo::default()).unwrap();
+    sim.add_node(addr(DEVICE), Pinger::new(addr(SERVER), ms(10)))
+        .unwrap();
+    sim.run_until(secs(2)).unwrap();
+    let arrivals = arrivals.borrow();
+    let pings: Vec<_> = arrivals
+        .iter()
+        .filter(|(d, _)| d.starts_with(b"ping "))
+        .collect();
+    assert!(pings.len() >= 20, "{} pings arrived", pings.len());
+    for pair in pings.windows(2) {
+        let ((_, first), (data, second)) = (pair[0], pair[1]);
+        let transmit = Duration::from_millis(data.len() as u64 * 10);
+        assert!(*second >= *first + transmit, "{first:?} then {second:?}");
+    }
+    let sent_at = sent_at.borrow();
+    let (data, arrived) = pings.last().unwrap();
+    let sent = sent_at.iter().find(|(d, _)| d == data).unwrap().1;
+    assert!(
+        *arrived - sent > secs(1),
+        "the queue grew: the last ping waited {:?}",
+        *arrived - sent
+    );
+    assert_eq!(sim.stats().dropped_for(DropReason::Loss), 0);
 }
 
 #[test]
@@ -687,6 +735,7 @@ fn ten_devices_connect_to_one_server_over_a_lossy_link() {
         duplicate: 0.05,
         reorder: 0.1,
         reorder_delay: ms(200),
+        bandwidth: 0,
     });
     let devices: Vec<u64> = (100..110).collect();
     let srv = sim
@@ -811,6 +860,7 @@ fn chaos_run(seed: u64) -> Vec<(Duration, SocketAddr, SocketAddr, usize, Fate)> 
                 duplicate: pick(30) as f64 / 100.0,
                 reorder: pick(50) as f64 / 100.0,
                 reorder_delay: ms(pick(2000)),
+                bandwidth: 0,
             }),
             1 => sim.partition(secs(pick(20))),
             2 => sim.isolate(node, secs(pick(30))),

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use emulator::flash::CutMode;
 use harness::scenario::{
-    parse, Action, AppAction, CutPoint, DeviceOsVersion, Expectation, LinkAction, Phase, Step,
-    Wait, STEP_KINDS,
+    parse, Action, AppAction, CutPoint, DeviceOsVersion, Expectation, LinkAction, OtaProgress,
+    Phase, Step, Wait, STEP_KINDS,
 };
 
 const HEAD: &str = "board = \"boron\"\n[firmware]\ndevice_os = \"6.2.0\"\napp = 3\n";
@@ -112,6 +112,9 @@ do = "app.wake"
 do = "link.faults"
 loss = 0.2
 reorder = 0.1
+latency = "300ms"
+jitter = "50ms"
+bandwidth = "2KiB/s"
 
 [[step]]
 do = "link.drop"
@@ -150,6 +153,10 @@ events_absent = [{ name = "spark/flash/status", data = "failed" }]
 flags = { updates_enabled = false, updates_pending = true, updates_forced = false, reset_enabled = false, reset_pending = true }
 ota = { state = "complete", min_percent = 100, resumed = true, error = -1360 }
 nothing_lost = true
+
+[[step]]
+do = "wait.ota"
+min_percent = 40
 
 [expect]
 running = { app = 4 }
@@ -201,7 +208,10 @@ fn every_step_kind_parses_into_its_typed_form() {
         Step::Action(Action::Link(LinkAction::Faults {
             loss: 0.2,
             duplicate: 0.0,
-            reorder: 0.1
+            reorder: 0.1,
+            latency: Duration::from_millis(300),
+            jitter: Duration::from_millis(50),
+            bandwidth: 2048,
         }))
     );
     assert_eq!(
@@ -260,6 +270,10 @@ const BROKEN: &[(&str, &str)] = &[
     ("two modules uncombined", "[[step]]\ndo = \"cloud.flash\"\napp = 4\ndevice_os = \"6.2.1\"\n"),
     ("wrong platform name", "[[step]]\ndo = \"cloud.flash\"\napp = 4\nplatform = \"photon3\"\n"),
     ("rate out of range", "[[step]]\ndo = \"link.faults\"\nloss = 1.5\n"),
+    ("bandwidth without /s", "[[step]]\ndo = \"link.faults\"\nbandwidth = \"2KiB\"\n"),
+    ("wait.ota without progress", "[[step]]\ndo = \"wait.ota\"\ntimeout = \"1m\"\n"),
+    ("wait.ota both", "[[step]]\ndo = \"wait.ota\"\nmin_percent = 50\nreceived = \"8KiB\"\n"),
+    ("wait.ota percent over 100", "[[step]]\ndo = \"wait.ota\"\nmin_percent = 150\n"),
     ("empty expect", "[[step]]\ndo = \"expect\"\n"),
     ("unknown expectation", "[[step]]\ndo = \"expect\"\nrunnig = { app = 4 }\n"),
     ("unknown running field", "[[step]]\ndo = \"expect\"\nrunning = { app = 4, os = \"6.2.0\" }\n"),
@@ -322,5 +336,31 @@ fn the_unknown_step_message_has_the_documented_shape() {
         e.to_string()
             .starts_with("fixtures/x.toml:7:8: unknown step `powr`; expected one of: cloud.flash, cloud.force_updates, power.cut,"),
         "{e}"
+    );
+}
+
+#[test]
+fn wait_ota_takes_a_percentage_or_a_size() {
+    let text = format!(
+        "{HEAD}[[step]]\ndo = \"wait.ota\"\nmin_percent = 40\n\n[[step]]\ndo = \"wait.ota\"\nreceived = \"8KiB\"\ntimeout = \"2m\"\n"
+    );
+    let s = parse(&text, Path::new("ota.toml")).unwrap();
+    assert_eq!(
+        s.steps[0].step,
+        Step::Wait(Wait::Ota {
+            progress: OtaProgress::Percent(40),
+            timeout: Duration::from_secs(600),
+        })
+    );
+    assert_eq!(
+        s.steps[1].step,
+        Step::Wait(Wait::Ota {
+            progress: OtaProgress::Bytes(8192),
+            timeout: Duration::from_secs(120),
+        })
+    );
+    assert_eq!(
+        s.steps[1].step.to_string(),
+        "wait.ota received=8192 timeout=2m"
     );
 }

@@ -39,11 +39,9 @@ pub struct RunArgs {
 }
 
 /// Builds the target a scenario runs on. The one place targets are constructed.
-pub fn make_target(name: &str, scenario: &Scenario) -> Result<Box<dyn Target>, TargetError> {
+pub fn make_target(name: &str, _scenario: &Scenario) -> Result<Box<dyn Target>, TargetError> {
     match name {
-        "emulator" => Ok(Box::new(EmulatorTarget::new(
-            &scenario.file.display().to_string(),
-        ))),
+        "emulator" => Ok(Box::new(EmulatorTarget::new())),
         other => Err(TargetError::Unavailable(format!(
             "unknown target `{other}`; expected one of: {}",
             TARGETS.join(", ")

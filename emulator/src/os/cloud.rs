@@ -39,6 +39,7 @@ use super::profile::{
 };
 use super::session::{AppState, PersistedSession};
 use super::trace::{DeviceEvent, DisconnectReason, SystemEvent};
+use crate::flash::Activity;
 
 /// Where a connection is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -578,6 +579,10 @@ impl DeviceOs {
             let resumed = cloud.link.resumed;
             self.failed_attempts = 0;
             self.events.push_back(DeviceEvent::Connected { resumed });
+            // The first boot of new firmware ends with its first connection.
+            if self.device.flash().activity() == Activity::FirstBoot {
+                self.device.set_activity(Activity::Other);
+            }
         }
     }
 

@@ -25,6 +25,7 @@ use protocol::message::{
 };
 
 use crate::device::Device;
+use crate::flash::Activity;
 
 use super::cloud::{response, Purpose};
 use super::device_os::DeviceOs;
@@ -159,11 +160,13 @@ impl DeviceOs {
         }
         self.accept(now, request);
         let allowed = self.flags.updates_allowed();
-        match self
+        self.device.set_activity(Activity::Download);
+        let started = self
             .ota
             .receiver
-            .start(now, &mut self.device, start, allowed)
-        {
+            .start(now, &mut self.device, start, allowed);
+        self.device.set_activity(Activity::Other);
+        match started {
             Ok(accepted) => {
                 // startUpdate clears the "updates pending" flag.
                 self.flags.updates_pending = false;
@@ -186,7 +189,10 @@ impl DeviceOs {
     }
 
     fn update_chunk(&mut self, now: Duration, request: &IncomingRequest, chunk: &UpdateChunk) {
-        match self.ota.receiver.chunk(now, &mut self.device, chunk) {
+        self.device.set_activity(Activity::Download);
+        let outcome = self.ota.receiver.chunk(now, &mut self.device, chunk);
+        self.device.set_activity(Activity::Other);
+        match outcome {
             ChunkOutcome::Written | ChunkOutcome::Duplicate | ChunkOutcome::OutOfWindow => {}
             ChunkOutcome::NotRunning => self.reject(now, request),
             ChunkOutcome::Rejected(e) => {
@@ -202,7 +208,10 @@ impl DeviceOs {
 
     fn update_finish(&mut self, now: Duration, request: &IncomingRequest, finish: &UpdateFinish) {
         self.accept(now, request);
-        match self.ota.receiver.finish(now, &mut self.device, finish) {
+        self.device.set_activity(Activity::Download);
+        let finished = self.ota.receiver.finish(now, &mut self.device, finish);
+        self.device.set_activity(Activity::Other);
+        match finished {
             Ok(FinishOutcome::Validated(stats)) => {
                 let r = stats.response();
                 self.respond_ota(
@@ -266,7 +275,9 @@ impl DeviceOs {
             OtaResponse::Started | OtaResponse::Cancelled => {}
             OtaResponse::Finished => {
                 // The commit point (`responseAck`).
+                self.device.set_activity(Activity::Commit);
                 let result = self.ota.receiver.commit(&mut self.device);
+                self.device.set_activity(Activity::Other);
                 self.ota_events();
                 match result {
                     Ok(()) => self.pending_shutdown(now, reset_reason::UPDATE),
@@ -296,7 +307,9 @@ impl DeviceOs {
             return;
         }
         // Only a power loss can fail, and `after` notices it.
+        self.device.set_activity(Activity::Download);
         let _ = self.ota.receiver.cancel(&mut self.device, false);
+        self.device.set_activity(Activity::Other);
         self.ota_events();
     }
 
@@ -305,7 +318,9 @@ impl DeviceOs {
         if !self.ota.is_running() {
             return;
         }
+        self.device.set_activity(Activity::Download);
         let ended = self.ota.receiver.handle_timeout(now, &mut self.device);
+        self.device.set_activity(Activity::Other);
         self.ota_events();
         match ended {
             Some(e) if e.is_power_loss() => {}

@@ -60,6 +60,9 @@
 //!   parse as modules succeeds on the first describe after the commit. `failed ` is published
 //!   when the device reports an error or the cloud refuses the job; a reconnection without the
 //!   new firmware fails the job without a stream event.
+//! - **A new flash supersedes** the device's jobs still queued (offline, or requeued after a
+//!   disconnect): they fail with "superseded" and no stream event; a job whose transfer is
+//!   running keeps going and the new one waits behind it.
 //! - **Disconnect mid-transfer** (Starting, Transferring, Finishing) requeues the job; the next
 //!   attempt is a new UpdateStart and the device says where it resumes. A job requeued while
 //!   Finishing succeeds without a new transfer if the device reconnects running its firmware.
@@ -475,6 +478,27 @@ impl Cloud {
         if let Some(message) = refusal {
             self.fail_job(now, id, None, message, true);
             return id;
+        }
+        // The newest flash wins over jobs still waiting for the device (offline, or requeued
+        // after a disconnect): the cloud delivers what was flashed last, once. A job with a
+        // transfer running (or committed) is left to finish; the new one queues behind it.
+        let waiting: Vec<JobId> = self
+            .devices
+            .get(&device_id)
+            .map(|d| {
+                d.queue
+                    .iter()
+                    .copied()
+                    .filter(|j| {
+                        self.jobs.get(j).is_some_and(|job| {
+                            job.status == JobStatus::Queued && !job.maybe_committed
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        for old in waiting {
+            self.fail_job(now, old, None, format!("superseded by job {}", id.0), false);
         }
         if let Some(d) = self.devices.get_mut(&device_id) {
             d.queue.push_back(id);

@@ -17,8 +17,10 @@
 //! 3. a cut: the whole network ([`SimNetwork::partition`]), one node ([`SimNetwork::isolate`]) or
 //!    the link between two nodes ([`SimNetwork::cut_link`]), each for a span of virtual time;
 //! 4. "drop the next N" of that direction ([`SimNetwork::drop_next`]);
-//! 5. the link's [`LinkFaults`] (per direction, else the global ones): loss, then latency +
-//!    uniform jitter, plus with probability `reorder` an extra uniform delay up to
+//! 5. the link's [`LinkFaults`] (per direction, else the global ones): the bandwidth queue
+//!    (with `bandwidth` set, a datagram leaves once the ones before it in that direction have
+//!    been sent, taking `len / bandwidth`; the queue is unbounded, as a modem's buffer that
+//!    never fills), then loss, then latency + uniform jitter, plus with probability `reorder` an extra uniform delay up to
 //!    `reorder_delay`; with probability `duplicate` a second copy with its own delay.
 //!
 //! A datagram is checked again when it arrives: a cut that started while it was in flight, a
@@ -74,6 +76,8 @@ pub struct LinkFaults {
     /// Probability that a datagram is held back by an extra uniform delay up to `reorder_delay`.
     pub reorder: f64,
     pub reorder_delay: Duration,
+    /// Bytes per second one direction carries (0 = unlimited): a slow cellular link.
+    pub bandwidth: u64,
 }
 
 impl LinkFaults {
@@ -86,6 +90,7 @@ impl LinkFaults {
         duplicate: 0.0,
         reorder: 0.0,
         reorder_delay: Duration::ZERO,
+        bandwidth: 0,
     };
 }
 
@@ -410,6 +415,8 @@ pub struct SimNetwork {
     isolated_until: BTreeMap<NodeId, Duration>,
     cut_until: BTreeMap<(NodeId, NodeId), Duration>,
     drop_next: BTreeMap<(NodeId, NodeId), u64>,
+    /// With a bandwidth limit: when each direction has finished sending what it holds.
+    busy_until: BTreeMap<(NodeId, NodeId), Duration>,
     stats: Stats,
     link_stats: BTreeMap<(NodeId, NodeId), Stats>,
     trace: Option<TraceHook>,
@@ -451,6 +458,7 @@ impl SimNetwork {
             isolated_until: BTreeMap::new(),
             cut_until: BTreeMap::new(),
             drop_next: BTreeMap::new(),
+            busy_until: BTreeMap::new(),
             stats: Stats::default(),
             link_stats: BTreeMap::new(),
             trace: None,
@@ -627,6 +635,11 @@ impl SimNetwork {
     pub fn set_latency(&mut self, latency: Duration, jitter: Duration) {
         self.faults.latency = latency;
         self.faults.jitter = jitter;
+    }
+
+    /// Global bandwidth per direction in bytes per second (0 = unlimited).
+    pub fn set_bandwidth(&mut self, bytes_per_second: u64) {
+        self.faults.bandwidth = bytes_per_second;
     }
 
     /// Global duplication probability.
@@ -1062,6 +1075,7 @@ impl SimNetwork {
         let Some(dst) = dst else { return };
 
         let faults = self.link_faults(src, dst);
+        let departs = self.departure(src, dst, data.len(), faults.bandwidth);
         if self.chance(faults.loss) {
             event.fate = Fate::Dropped(DropReason::Loss);
             self.record(event);
@@ -1078,7 +1092,7 @@ impl SimNetwork {
                 src,
                 data: data.clone(),
             };
-            self.schedule_flight(self.now.saturating_add(delay), copy);
+            self.schedule_flight(departs.saturating_add(delay), copy);
         }
         let delay = self.delay(&faults);
         let flight = Flight {
@@ -1087,7 +1101,7 @@ impl SimNetwork {
             src,
             data,
         };
-        self.schedule_flight(self.now.saturating_add(delay), flight);
+        self.schedule_flight(departs.saturating_add(delay), flight);
     }
 
     fn schedule_flight(&mut self, at: Duration, flight: Flight) {
@@ -1135,6 +1149,25 @@ impl SimNetwork {
             delay = delay.saturating_add(self.uniform(faults.reorder_delay));
         }
         delay
+    }
+
+    /// When a datagram of `len` bytes has left `src` towards `dst`: now without a bandwidth
+    /// limit, else after the queue ahead of it and its own transmission time.
+    fn departure(&mut self, src: NodeId, dst: NodeId, len: usize, bandwidth: u64) -> Duration {
+        if bandwidth == 0 {
+            self.busy_until.remove(&(src, dst));
+            return self.now;
+        }
+        let start = self
+            .busy_until
+            .get(&(src, dst))
+            .copied()
+            .unwrap_or_default()
+            .max(self.now);
+        let nanos = (len as u128 * 1_000_000_000).div_ceil(bandwidth as u128);
+        let done = start.saturating_add(Duration::from_nanos(nanos.min(u64::MAX as u128) as u64));
+        self.busy_until.insert((src, dst), done);
+        done
     }
 
     fn take_drop_next(&mut self, src: NodeId, dst: NodeId) -> bool {

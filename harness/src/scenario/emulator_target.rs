@@ -3,22 +3,22 @@
 //!
 //! What it can do precisely: power cuts now, at a numbered flash operation, when an OTA chunk
 //! is written (the cut is scheduled at the next flash operation once the device holds chunk
-//! K-1, i.e. on the write of chunk K), and at flash operation N of the bootloader's copy
-//! (`phase = "apply"`, see [`EmulatorTarget::phase_ops`]). Phase cuts at `download`, `commit`
-//! and `first_boot` are refused with a step error (not located yet).
+//! K-1, i.e. on the write of chunk K), and at flash operation N of a phase: the emulated
+//! firmware labels every flash operation with what it is doing ([`Activity`]: download,
+//! commit, apply, first boot), the target groups the logged operations into runs per phase,
+//! and a sweep's clean run records where each run started (see [`EmulatorTarget::phase_ops`]).
 //!
 //! The cloud behaviour the target adds (small, from the reference): a `cloud.flash` for a
 //! device that reported `particle/device/updates/enabled` = false (and is not forced) is held
 //! back; the cloud sends `particle/device/updates/pending` = true instead and starts the
 //! transfer once the device reports updates enabled again.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use emulator::board::{Board, RegionKind};
 use emulator::firmware::{FirmwareSet, ModuleSizes, Versions};
-use emulator::flash::CutMode;
+use emulator::flash::{Activity, ActivityCut, CutMode};
 use emulator::os::{AppBehaviour as OsApp, DeviceEvent};
 
 use super::firmware::build_file;
@@ -34,11 +34,19 @@ use crate::testbed::{DeviceHandle, DeviceSpec, Testbed};
 const PENDING: &str = "particle/device/updates/pending";
 const ENABLED: &str = "particle/device/updates/enabled";
 
-/// Where each completed apply started (absolute flash op) and how many ops it took, per
-/// (scenario file, seed), filled by a run (the sweep's clean run) and read by later runs of
-/// the same scenario: runs are deterministic, so the ops before the cut are the same.
-type ApplyMap = HashMap<(String, u64), Vec<(u64, u64)>>;
-static APPLY_MAP: Mutex<Option<ApplyMap>> = Mutex::new(None);
+/// Runs of flash operations per phase: where each started (absolute flash op) and how many
+/// ops it took.
+type PhaseRuns = BTreeMap<Phase, Vec<(u64, u64)>>;
+
+fn phase_of(activity: Activity) -> Option<Phase> {
+    match activity {
+        Activity::Download => Some(Phase::Download),
+        Activity::Commit => Some(Phase::Commit),
+        Activity::Apply => Some(Phase::Apply),
+        Activity::FirstBoot => Some(Phase::FirstBoot),
+        Activity::Other => None,
+    }
+}
 
 fn err(e: impl std::fmt::Display) -> TargetError {
     TargetError::Step(e.to_string())
@@ -53,7 +61,6 @@ struct ChunkCut {
 }
 
 pub struct EmulatorTarget {
-    key: String,
     caps: BTreeSet<Capability>,
     bed: Option<Testbed>,
     dev: DeviceHandle,
@@ -75,16 +82,25 @@ pub struct EmulatorTarget {
     /// A file the cloud holds back while the device has updates disabled.
     held: Option<Vec<u8>>,
     forced: bool,
-    applies: Vec<(u64, u64)>,
+    runs: PhaseRuns,
+    /// Cut power as soon as new firmware has booted (a first boot with no flash op to cut at).
+    boot_cut: Option<CutMode>,
+    boot_cut_off_for: Option<Duration>,
+    /// The phase of the last logged op, and whether its run is still open.
+    open_run: Option<Phase>,
     last_ota: Option<OtaStatus>,
     seed: u64,
 }
 
+impl Default for EmulatorTarget {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl EmulatorTarget {
-    /// `key` names the scenario (its file) so a sweep's cases find their clean run's map.
-    pub fn new(key: &str) -> Self {
+    pub fn new() -> Self {
         EmulatorTarget {
-            key: key.to_string(),
             caps: Capability::ALL.into_iter().collect(),
             bed: None,
             dev: DeviceHandle(0),
@@ -106,7 +122,10 @@ impl EmulatorTarget {
             armed_off_for: None,
             held: None,
             forced: false,
-            applies: Vec::new(),
+            runs: PhaseRuns::new(),
+            boot_cut: None,
+            boot_cut_off_for: None,
+            open_run: None,
             last_ota: None,
             seed: 0,
         }
@@ -183,6 +202,7 @@ impl EmulatorTarget {
                 ));
             }
         }
+        let mut first_boots = 0;
         for (at, event) in &dev_events {
             match event {
                 DeviceEvent::OtaStarted {
@@ -229,6 +249,11 @@ impl EmulatorTarget {
                     self.queue
                         .push(TraceEntry::new(*at, TraceKind::Power { on: false }));
                 }
+                DeviceEvent::Booted {
+                    applied,
+                    factory_restored,
+                    ..
+                } if !applied.is_empty() || *factory_restored => first_boots += 1,
                 _ => {}
             }
         }
@@ -265,49 +290,49 @@ impl EmulatorTarget {
                 }
             }
         } else if let Some(o) = &mut self.last_ota {
-            // The transfer stopped without a commit or failure: cancelled (sleep, power).
-            if o.state == OtaState::InProgress && o.received >= o.total && o.total > 0 {
-                o.state = OtaState::Complete;
-            } else if o.state == OtaState::InProgress {
+            // The transfer stopped without a commit or failure: cancelled (sleep, power), even
+            // with every byte received (the commit is what completes it).
+            if o.state == OtaState::InProgress {
                 o.state = OtaState::Cancelled;
             }
         }
-        // Applies: ops on module regions, from the op log.
-        let board = self.board.clone();
-        if let Some(board) = board {
-            let log = bed
-                .with_device(dev, |os, _| os.device_mut().flash_mut().take_log())
-                .map_err(err)?;
-            let regions: Vec<_> = board
-                .module_regions()
-                .filter(|r| {
-                    matches!(
-                        r.kind,
-                        RegionKind::UserPart | RegionKind::SystemPart | RegionKind::Bootloader
-                    )
-                })
-                .map(|r| (board.flash_chip(r.chip), r.start, r.end))
-                .collect();
-            let mut run: Option<(u64, u64)> = None;
-            for op in log {
-                let hit = regions
-                    .iter()
-                    .any(|(c, s, e)| *c == op.chip && op.addr >= *s && op.addr < *e);
-                if hit {
-                    run = Some(match run {
-                        Some((first, _)) => (first, op.seq),
-                        None => match self.applies.last() {
-                            Some(&(first, n)) if first + n + 8 >= op.seq => {
-                                self.applies.pop();
-                                (first, op.seq)
-                            }
-                            _ => (op.seq, op.seq),
-                        },
-                    });
+        // Phase runs, from the op log: consecutive ops with the same activity form a run.
+        let log = bed
+            .with_device(dev, |os, _| os.device_mut().flash_mut().take_log())
+            .map_err(err)?;
+        for op in log {
+            let phase = phase_of(op.activity);
+            match (phase, self.open_run) {
+                (Some(p), Some(open)) if p == open => {
+                    if let Some(run) = self.runs.get_mut(&p).and_then(|r| r.last_mut()) {
+                        run.1 = op.seq - run.0 + 1;
+                    }
+                }
+                (Some(p), _) => self.runs.entry(p).or_default().push((op.seq, 1)),
+                (None, _) => {}
+            }
+            self.open_run = phase;
+        }
+        // A first boot that wrote nothing still is a point to cut at: a zero-length run right
+        // after its apply.
+        if first_boots > 0 {
+            if let Some(&(first, len)) = self.runs.get(&Phase::Apply).and_then(|r| r.last()) {
+                let at = first + len;
+                let boots = self.runs.entry(Phase::FirstBoot).or_default();
+                if boots.last().is_none_or(|(f, _)| *f < at) {
+                    boots.push((at, 0));
                 }
             }
-            if let Some((first, last)) = run {
-                self.applies.push((first, last - first + 1));
+            if self.boot_cut.take().is_some() {
+                bed.power_cut(dev).map_err(err)?;
+                let now = bed.now();
+                self.queue.push(TraceEntry::new(
+                    now,
+                    TraceKind::Fault {
+                        what: "power cut as the new firmware booted (first boot)".into(),
+                    },
+                ));
+                self.armed_off_for = self.boot_cut_off_for.take();
             }
         }
         // Power back after a fired cut.
@@ -335,16 +360,6 @@ impl EmulatorTarget {
             }
         }
         Ok(())
-    }
-
-    fn save_applies(&self) {
-        if self.applies.is_empty() {
-            return;
-        }
-        let mut map = APPLY_MAP.lock().unwrap_or_else(|p| p.into_inner());
-        map.get_or_insert_with(HashMap::new)
-            .entry((self.key.clone(), self.seed))
-            .or_insert_with(|| self.applies.clone());
     }
 
     fn images(&self, spec: &FirmwareSpec) -> BTreeMap<RegionKind, Vec<u8>> {
@@ -385,12 +400,6 @@ impl EmulatorTarget {
             add(RegionKind::Bootloader, sizes.bootloader);
         }
         out
-    }
-}
-
-impl Drop for EmulatorTarget {
-    fn drop(&mut self) {
-        self.save_applies();
     }
 }
 
@@ -520,43 +529,41 @@ impl Target for EmulatorTarget {
                             cut_mode_str(cut.mode)
                         )
                     }
+                    CutPoint::Phase {
+                        phase: Phase::FirstBoot,
+                        op: 0,
+                    } => {
+                        // Op 0 of a first boot is the boot itself (Device OS may write
+                        // nothing before it connects): power goes as soon as new firmware
+                        // has booted. The mode does not apply.
+                        self.boot_cut = Some(cut.mode);
+                        self.boot_cut_off_for = cut.off_for;
+                        "power cut armed at the next first boot of new firmware, as it boots"
+                            .to_string()
+                    }
                     CutPoint::Phase { phase, op } => {
-                        if phase != Phase::Apply {
-                            return Err(TargetError::Step(format!(
-                                "the emulator target cannot locate phase {} yet (only apply)",
-                                phase.as_str()
-                            )));
-                        }
-                        let map = APPLY_MAP.lock().unwrap_or_else(|p| p.into_inner());
-                        let applies = map
-                            .as_ref()
-                            .and_then(|m| m.get(&(self.key.clone(), self.seed)))
-                            .cloned();
-                        drop(map);
-                        let Some(applies) = applies else {
-                            return Err(TargetError::Step(
-                                "a cut at a phase needs the op map of a clean run of this \
-                                 scenario (a sweep's clean case); none was recorded"
-                                    .into(),
-                            ));
+                        let (activity, skip) = match phase {
+                            Phase::Download => (Activity::Download, op),
+                            Phase::Commit => (Activity::Commit, op),
+                            Phase::Apply => (Activity::Apply, op),
+                            Phase::FirstBoot => (Activity::FirstBoot, op - 1),
                         };
                         let mode = cut.mode;
-                        let count = self
-                            .bed()?
-                            .with_device(dev, |os, _| os.device().flash().op_count())
-                            .map_err(err)?;
-                        let Some(&(first, _)) = applies.iter().find(|(f, _)| *f >= count) else {
-                            return Err(TargetError::Step(
-                                "the clean run had no apply after this point".into(),
-                            ));
-                        };
-                        let at = first + op;
                         self.bed()?
-                            .with_device(dev, |os, _| os.device_mut().schedule_cut(at, mode))
+                            .with_device(dev, |os, _| {
+                                os.device_mut()
+                                    .flash_mut()
+                                    .schedule_activity_cut(ActivityCut {
+                                        activity,
+                                        skip,
+                                        mode,
+                                    })
+                            })
                             .map_err(err)?;
                         self.armed_off_for = cut.off_for;
                         format!(
-                            "power cut armed at apply op {op} = flash op {at} ({})",
+                            "power cut armed at {} op {op} ({})",
+                            phase.as_str(),
                             cut_mode_str(mode)
                         )
                     }
@@ -594,12 +601,31 @@ impl Target for EmulatorTarget {
                         loss,
                         duplicate,
                         reorder,
+                        latency,
+                        jitter,
+                        bandwidth,
                     } => {
                         let net = &mut self.bed()?.net;
                         net.set_loss(loss);
                         net.set_duplicate(duplicate);
                         net.set_reorder(reorder, Duration::from_millis(80));
-                        format!("link loss {loss} duplicate {duplicate} reorder {reorder}")
+                        // The testbed's clean link has 1 ms latency (zero lets two nodes
+                        // answer each other forever at one instant).
+                        net.set_latency(latency.max(Duration::from_millis(1)), jitter);
+                        net.set_bandwidth(bandwidth);
+                        let mut what =
+                            format!("link loss {loss} duplicate {duplicate} reorder {reorder}");
+                        if !latency.is_zero() || !jitter.is_zero() {
+                            what.push_str(&format!(
+                                " latency {} jitter {}",
+                                format_duration(latency),
+                                format_duration(jitter)
+                            ));
+                        }
+                        if bandwidth > 0 {
+                            what.push_str(&format!(" bandwidth {bandwidth} B/s"));
+                        }
+                        what
                     }
                     LinkAction::Drop { next } => {
                         let bed = self.bed()?;
@@ -742,15 +768,13 @@ impl Target for EmulatorTarget {
 
     fn phase_ops(&mut self, phase: Phase) -> Result<Option<u64>, TargetError> {
         self.collect()?;
-        match phase {
-            Phase::Apply => {
-                self.save_applies();
-                Ok(self.applies.last().map(|(_, n)| *n))
+        // A first boot's cut points are the boot itself (op 0), then its flash operations.
+        Ok(self.runs.get(&phase).and_then(|r| r.last()).map(|(_, n)| {
+            if phase == Phase::FirstBoot {
+                n + 1
+            } else {
+                *n
             }
-            other => Err(TargetError::Step(format!(
-                "the emulator target does not count the flash operations of phase {} yet",
-                other.as_str()
-            ))),
-        }
+        }))
     }
 }

@@ -475,11 +475,18 @@ impl SleepNetwork {
 /// Faults on the device <-> cloud link.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum LinkAction {
-    /// Rates from 0 to 1, for every datagram from now on (all zero = a clean link).
+    /// Rates from 0 to 1, delay and bandwidth, for every datagram from now on (all zero = a
+    /// clean link).
     Faults {
         loss: f64,
         duplicate: f64,
         reorder: f64,
+        /// One-way delay of every datagram.
+        latency: Duration,
+        /// Extra uniform delay in `0..=jitter` per datagram.
+        jitter: Duration,
+        /// Bytes per second each direction carries (0 = unlimited).
+        bandwidth: u64,
     },
     /// Drop the next N datagrams (either direction).
     Drop { next: u32 },
@@ -500,8 +507,42 @@ pub enum Wait {
         state: DeviceState,
         timeout: Duration,
     },
+    /// Until the running transfer has received at least this much of its file (counting a
+    /// resumed prefix).
+    Ota {
+        progress: OtaProgress,
+        timeout: Duration,
+    },
     /// For a duration.
     Time(Duration),
+}
+
+/// How far a transfer has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtaProgress {
+    /// Percent of the file, 1-100.
+    Percent(u8),
+    /// Bytes of the file.
+    Bytes(u32),
+}
+
+impl OtaProgress {
+    /// Whether `received` of `total` bytes reach this point (never for an unknown total).
+    pub fn reached(self, received: u64, total: u64) -> bool {
+        match self {
+            OtaProgress::Percent(p) => total > 0 && received * 100 >= total * p as u64,
+            OtaProgress::Bytes(b) => total > 0 && received >= b as u64,
+        }
+    }
+}
+
+impl fmt::Display for OtaProgress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OtaProgress::Percent(p) => write!(f, "min_percent={p}"),
+            OtaProgress::Bytes(b) => write!(f, "received={b}"),
+        }
+    }
 }
 
 /// Timeout of a wait that names none.
@@ -512,6 +553,7 @@ impl Wait {
         match self {
             Wait::Event { .. } => "wait.event",
             Wait::State { .. } => "wait.state",
+            Wait::Ota { .. } => "wait.ota",
             Wait::Time(_) => "wait.time",
         }
     }
@@ -520,6 +562,7 @@ impl Wait {
         match self {
             Wait::Event { .. } => vec![Capability::ObserveEvents],
             Wait::State { state, .. } => vec![state.capability()],
+            Wait::Ota { .. } => vec![Capability::ObserveOta],
             Wait::Time(_) => Vec::new(),
         }
     }
@@ -863,7 +906,22 @@ impl fmt::Display for Action {
                 loss,
                 duplicate,
                 reorder,
-            }) => write!(f, " loss={loss} duplicate={duplicate} reorder={reorder}"),
+                latency,
+                jitter,
+                bandwidth,
+            }) => {
+                write!(f, " loss={loss} duplicate={duplicate} reorder={reorder}")?;
+                if !latency.is_zero() {
+                    write!(f, " latency={}", format_duration(*latency))?;
+                }
+                if !jitter.is_zero() {
+                    write!(f, " jitter={}", format_duration(*jitter))?;
+                }
+                if *bandwidth > 0 {
+                    write!(f, " bandwidth={bandwidth}B/s")?;
+                }
+                Ok(())
+            }
             Action::Link(LinkAction::Drop { next }) => write!(f, " next={next}"),
             Action::Link(LinkAction::Partition { duration }) => {
                 write!(f, " duration={}", format_duration(*duration))
@@ -886,6 +944,11 @@ impl fmt::Display for Wait {
                 f,
                 "wait.state {} timeout={}",
                 state.as_str(),
+                format_duration(*timeout)
+            ),
+            Wait::Ota { progress, timeout } => write!(
+                f,
+                "wait.ota {progress} timeout={}",
                 format_duration(*timeout)
             ),
             Wait::Time(d) => write!(f, "wait.time {}", format_duration(*d)),

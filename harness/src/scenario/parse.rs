@@ -65,7 +65,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Scenario, ScenarioError> {
 }
 
 /// Every step kind, in the order error messages list them.
-pub const STEP_KINDS: [&str; 19] = [
+pub const STEP_KINDS: [&str; 20] = [
     "cloud.flash",
     "cloud.force_updates",
     "power.cut",
@@ -82,6 +82,7 @@ pub const STEP_KINDS: [&str; 19] = [
     "link.partition",
     "wait.event",
     "wait.state",
+    "wait.ota",
     "wait.time",
     "expect",
     "sweep",
@@ -369,11 +370,12 @@ fn step_form(kind: &str) -> &'static str {
         "cloud.force_updates" => "{ do = \"cloud.force_updates\", forced = true }",
         "power.cut" => "{ do = \"power.cut\" } (now), or with one of flash_op = N, chunk = K, phase = \"download\" (and op = N), plus mode = \"before\"|\"torn\"|\"after\"",
         "app.sleep" => "{ do = \"app.sleep\", mode = \"stop\", duration = \"10m\", network = \"off\" }",
-        "link.faults" => "{ do = \"link.faults\", loss = 0.2, duplicate = 0.0, reorder = 0.1 }",
+        "link.faults" => "{ do = \"link.faults\", loss = 0.2, duplicate = 0.0, reorder = 0.1, latency = \"300ms\", jitter = \"50ms\", bandwidth = \"2KiB/s\" }",
         "link.drop" => "{ do = \"link.drop\", next = 5 }",
         "link.partition" => "{ do = \"link.partition\", duration = \"45s\" }",
         "wait.event" => "{ do = \"wait.event\", name = \"spark/flash/status\", data = \"success\", timeout = \"5m\" }",
         "wait.state" => "{ do = \"wait.state\", state = \"online\", timeout = \"5m\" }",
+        "wait.ota" => "{ do = \"wait.ota\", min_percent = 40, timeout = \"5m\" } or { do = \"wait.ota\", received = \"8KiB\" }",
         "wait.time" => "{ do = \"wait.time\", duration = \"30s\" }",
         "sweep" => "{ do = \"sweep\", phase = \"apply\", modes = [\"before\", \"torn\", \"after\"] }",
         _ => "a step table with `do` and the step's fields",
@@ -430,10 +432,19 @@ fn read_step(n: &Node, index: usize) -> Result<Step, SpanError> {
         "app.wake" => Step::Action(Action::App(AppAction::Wake)),
         "link.faults" => {
             let mut rate = |k: &'static str| f.optional(k, node::as_rate).map(|r| r.unwrap_or(0.0));
+            let (loss, duplicate, reorder) = (rate("loss")?, rate("duplicate")?, rate("reorder")?);
+            let mut delay = |k: &'static str| {
+                f.optional(k, read_duration)
+                    .map(|d| d.unwrap_or(Duration::ZERO))
+            };
+            let (latency, jitter) = (delay("latency")?, delay("jitter")?);
             Step::Action(Action::Link(LinkAction::Faults {
-                loss: rate("loss")?,
-                duplicate: rate("duplicate")?,
-                reorder: rate("reorder")?,
+                loss,
+                duplicate,
+                reorder,
+                latency,
+                jitter,
+                bandwidth: f.optional("bandwidth", read_bandwidth)?.unwrap_or(0),
             }))
         }
         "link.drop" => Step::Action(Action::Link(LinkAction::Drop {
@@ -460,6 +471,28 @@ fn read_step(n: &Node, index: usize) -> Result<Step, SpanError> {
                 .optional("timeout", read_duration)?
                 .unwrap_or(DEFAULT_TIMEOUT),
         }),
+        "wait.ota" => {
+            let percent = f.optional("min_percent", |n| {
+                node::as_int(n, 1, 100).map(|p| OtaProgress::Percent(p as u8))
+            })?;
+            let bytes = f.optional("received", |n| read_size(n).map(OtaProgress::Bytes))?;
+            let progress = match (percent, bytes) {
+                (Some(p), None) | (None, Some(p)) => p,
+                _ => {
+                    f.finish()?;
+                    return Err(SpanError::new(
+                        f.span(),
+                        format!("step {index} (wait.ota): give exactly one of min_percent or received, e.g. {form}"),
+                    ));
+                }
+            };
+            Step::Wait(Wait::Ota {
+                progress,
+                timeout: f
+                    .optional("timeout", read_duration)?
+                    .unwrap_or(DEFAULT_TIMEOUT),
+            })
+        }
         "wait.time" => Step::Wait(Wait::Time(f.required("duration", form, read_duration)?)),
         "expect" => {
             let list = read_expectation_fields(&mut f)?;
@@ -559,6 +592,28 @@ fn read_firmware_spec(f: &mut Fields, form: &str) -> Result<FirmwareSpec, SpanEr
 }
 
 /// A size in bytes: an integer, or a string like "64KiB" / "1MiB".
+/// Bytes per second: an integer, or a size with "/s" (`"2KiB/s"`).
+fn read_bandwidth(n: &Node) -> Result<u64, SpanError> {
+    let bad = || {
+        SpanError::new(
+            n.span.clone(),
+            "expected a bandwidth in bytes per second (2048) or like \"2KiB/s\"",
+        )
+    };
+    match &n.value {
+        Value::Integer(_) => node::as_int(n, 1, u32::MAX as i64).map(|i| i as u64),
+        Value::String(s) => {
+            let per = s.strip_suffix("/s").ok_or_else(bad)?;
+            let size = Node {
+                span: n.span.clone(),
+                value: Value::String(per.to_string()),
+            };
+            read_size(&size).map(u64::from).map_err(|_| bad())
+        }
+        _ => Err(bad()),
+    }
+}
+
 fn read_size(n: &Node) -> Result<u32, SpanError> {
     let bad = || {
         SpanError::new(

@@ -316,12 +316,13 @@ pub fn run(
         not_run(Outcome::Skip, lacks(target.name(), &lacking), &mut result);
         return result;
     }
-    if result.cases[0].outcome != Outcome::Pass {
+    let clean = result.cases.last().map_or(Outcome::Fail, |c| c.outcome);
+    if clean != Outcome::Pass {
         not_run(
             Outcome::Skip,
             format!(
                 "the clean run did not pass ({}), so the sweep has nothing to compare with",
-                result.cases[0].outcome.as_str()
+                clean.as_str()
             ),
             &mut result,
         );
@@ -823,6 +824,7 @@ fn wait_for(run: &mut CaseRun, target: &mut dyn Target, wait: &Wait) -> Result<(
     let (deadline, what) = match wait {
         Wait::Event { timeout, event } => (start + *timeout, format!("event {event}")),
         Wait::State { timeout, state } => (start + *timeout, format!("state {}", state.as_str())),
+        Wait::Ota { timeout, progress } => (start + *timeout, format!("OTA progress {progress}")),
         Wait::Time(d) => (start + *d, String::new()),
     };
     let mut stalls = 0;
@@ -845,6 +847,13 @@ fn wait_for(run: &mut CaseRun, target: &mut dyn Target, wait: &Wait) -> Result<(
                     .observe()
                     .map_err(|e| format!("observing the device failed: {e}"))?;
                 in_state(&obs, *state)?
+            }
+            Wait::Ota { progress, .. } => {
+                let obs = target
+                    .observe()
+                    .map_err(|e| format!("observing the device failed: {e}"))?;
+                let ota = obs.ota.ok_or_else(|| not_reported("the OTA state"))?;
+                ota.state != OtaState::Idle && progress.reached(ota.received, ota.total)
             }
             Wait::Time(_) => false,
         };
