@@ -476,6 +476,9 @@ fn read_step(n: &Node, index: usize) -> Result<Step, SpanError> {
                 node::as_int(n, 1, 100).map(|p| OtaProgress::Percent(p as u8))
             })?;
             let bytes = f.optional("received", |n| read_size(n).map(OtaProgress::Bytes))?;
+            let timeout = f
+                .optional("timeout", read_duration)?
+                .unwrap_or(DEFAULT_TIMEOUT);
             let progress = match (percent, bytes) {
                 (Some(p), None) | (None, Some(p)) => p,
                 _ => {
@@ -486,12 +489,7 @@ fn read_step(n: &Node, index: usize) -> Result<Step, SpanError> {
                     ));
                 }
             };
-            Step::Wait(Wait::Ota {
-                progress,
-                timeout: f
-                    .optional("timeout", read_duration)?
-                    .unwrap_or(DEFAULT_TIMEOUT),
-            })
+            Step::Wait(Wait::Ota { progress, timeout })
         }
         "wait.time" => Step::Wait(Wait::Time(f.required("duration", form, read_duration)?)),
         "expect" => {
