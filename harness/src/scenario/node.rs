@@ -1,14 +1,13 @@
 //! A TOML document as a tree whose every key and value keeps its byte span, so that the
 //! scenario parser can say "file:line:column" for any problem, not only for TOML syntax errors.
 //!
-//! The tree is read through toml's own deserializer (`toml::Spanned` on every key and value);
-//! [`Fields`] then walks a table the way a schema does: take the fields it knows, report the
-//! first missing or unknown one with the expected form.
+//! The tree is read from toml_edit's parsed document (`ImDocument`), whose keys, values and
+//! tables know their spans; [`Fields`] then walks a table the way a schema does: take the fields
+//! it knows, report the first missing or unknown one with the expected form.
 
-use std::fmt;
 use std::ops::Range;
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use toml_edit::{ImDocument, Item, TableLike};
 
 /// One TOML value with its span in the source text.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,12 +65,12 @@ impl SpanError {
     }
 }
 
-/// Parses `text` into a spanned tree. Syntax errors keep toml's message and span.
+/// Parses `text` into a spanned tree. Syntax errors keep toml_edit's message and span.
 pub fn parse_document(text: &str) -> Result<Node, SpanError> {
-    let doc: MaybeSpanned = toml::from_str(text).map_err(|e| {
+    let doc = ImDocument::parse(text).map_err(|e| {
         SpanError::new(e.span().unwrap_or(0..0), e.message().trim_end().to_string())
     })?;
-    Ok(doc.into_node(0..0))
+    item_node(doc.as_item(), 0..0)
 }
 
 /// 1-based line and column (in characters) of byte offset `at` in `text`.
@@ -84,203 +83,72 @@ pub fn line_col(text: &str, at: usize) -> (usize, usize) {
     (line, col)
 }
 
-// toml hands out spans through serde_spanned's private struct protocol (the names below, as
-// serde_spanned 0.6 defines them for toml 0.8). `toml::Spanned` itself cannot be used for
-// values: tables made implicitly by dotted keys (`[cloud.product]`, `a.b = 1`) have no span,
-// and `Spanned` then fails. This reader takes the span when there is one and falls back to the
-// key's span when there is none.
-const SPANNED_NAME: &str = "$__serde_spanned_private_Spanned";
-const SPANNED_START: &str = "$__serde_spanned_private_start";
-const SPANNED_END: &str = "$__serde_spanned_private_end";
-const SPANNED_VALUE: &str = "$__serde_spanned_private_value";
-const SPANNED_FIELDS: &[&str] = &[SPANNED_START, SPANNED_END, SPANNED_VALUE];
-/// toml's private encoding of a date-time: a map with this one key.
-const DATETIME_KEY: &str = "$__toml_private_datetime";
-
 const DATETIME_MESSAGE: &str =
     "dates and times are not part of the scenario format; write a quoted string";
 
-/// A value with its span when toml knows it.
-struct MaybeSpanned {
-    span: Option<Range<usize>>,
-    value: Value,
+/// The node of one item. `fallback` is used when toml_edit knows no span: tables made
+/// implicitly by a dotted key or header (`a.b = 1`, `[cloud.product]` makes `a` and `cloud`)
+/// take the span of their key.
+fn item_node(item: &Item, fallback: Range<usize>) -> Result<Node, SpanError> {
+    let span = item.span().unwrap_or(fallback);
+    let value = match item {
+        Item::Value(v) => return value_node(v, span),
+        Item::Table(t) => table_value(t)?,
+        Item::ArrayOfTables(tables) => Value::Array(
+            tables
+                .iter()
+                .map(|t| {
+                    Ok(Node {
+                        span: t.span().unwrap_or(0..0),
+                        value: table_value(t)?,
+                    })
+                })
+                .collect::<Result<_, SpanError>>()?,
+        ),
+        // Only a document built by hand holds an empty item; a parsed one never does.
+        Item::None => return Err(SpanError::new(span, "a key without a value")),
+    };
+    Ok(Node { span, value })
 }
 
-impl MaybeSpanned {
-    fn into_node(self, fallback: Range<usize>) -> Node {
-        Node {
-            span: self.span.unwrap_or(fallback),
-            value: self.value,
-        }
-    }
+/// The node of one value; `span` is its own or its fallback.
+fn value_node(value: &toml_edit::Value, span: Range<usize>) -> Result<Node, SpanError> {
+    use toml_edit::Value as V;
+    let value = match value {
+        V::String(s) => Value::String(s.value().clone()),
+        V::Integer(i) => Value::Integer(*i.value()),
+        V::Float(f) => Value::Float(*f.value()),
+        V::Boolean(b) => Value::Boolean(*b.value()),
+        V::Datetime(_) => return Err(SpanError::new(span, DATETIME_MESSAGE)),
+        V::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|item| value_node(item, item.span().unwrap_or(0..0)))
+                .collect::<Result<_, SpanError>>()?,
+        ),
+        V::InlineTable(t) => table_value(t)?,
+    };
+    Ok(Node { span, value })
 }
 
-impl<'de> Deserialize<'de> for MaybeSpanned {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_struct(SPANNED_NAME, SPANNED_FIELDS, NodeVisitor)
+/// The entries of a table or inline table, in document order, each key with its span.
+fn table_value(table: &dyn TableLike) -> Result<Value, SpanError> {
+    let mut out = Vec::new();
+    for (name, _) in table.iter() {
+        let Some((key, item)) = table.get_key_value(name) else {
+            continue;
+        };
+        let key_span = key.span().unwrap_or(0..0);
+        let node = item_node(item, key_span.clone())?;
+        out.push((
+            Key {
+                span: key_span,
+                name: name.to_string(),
+            },
+            node,
+        ));
     }
-}
-
-/// The plain value inside a spanned wrapper.
-struct PlainValue(Value);
-
-impl<'de> Deserialize<'de> for PlainValue {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer
-            .deserialize_any(NodeVisitor)
-            .map(|m| PlainValue(m.value))
-    }
-}
-
-/// A table key, spanned or plain (the keys of toml's private maps are plain strings).
-struct MaybeSpannedKey {
-    span: Option<Range<usize>>,
-    name: String,
-}
-
-impl<'de> Deserialize<'de> for MaybeSpannedKey {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_struct(SPANNED_NAME, SPANNED_FIELDS, KeyVisitor)
-    }
-}
-
-struct KeyVisitor;
-
-impl<'de> Visitor<'de> for KeyVisitor {
-    type Value = MaybeSpannedKey;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a table key")
-    }
-
-    fn visit_str<E>(self, v: &str) -> Result<MaybeSpannedKey, E> {
-        Ok(MaybeSpannedKey {
-            span: None,
-            name: v.to_string(),
-        })
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MaybeSpannedKey, A::Error> {
-        let (start, end) = read_span(&mut map)?;
-        let name: String = map.next_value()?;
-        Ok(MaybeSpannedKey {
-            span: Some(start..end),
-            name,
-        })
-    }
-}
-
-/// Reads the start and end fields of a spanned wrapper and positions `map` on its value.
-fn read_span<'de, A: MapAccess<'de>>(map: &mut A) -> Result<(usize, usize), A::Error> {
-    let mut start = None;
-    let mut end = None;
-    while let Some(key) = map.next_key::<String>()? {
-        match key.as_str() {
-            SPANNED_START => start = Some(map.next_value::<usize>()?),
-            SPANNED_END => end = Some(map.next_value::<usize>()?),
-            SPANNED_VALUE => {
-                return match (start, end) {
-                    (Some(s), Some(e)) => Ok((s, e)),
-                    _ => Err(de::Error::custom("span without start or end")),
-                }
-            }
-            other => return Err(de::Error::custom(format!("unexpected span field {other}"))),
-        }
-    }
-    Err(de::Error::custom("span without a value"))
-}
-
-struct NodeVisitor;
-
-impl NodeVisitor {
-    fn plain(value: Value) -> MaybeSpanned {
-        MaybeSpanned { span: None, value }
-    }
-}
-
-impl<'de> Visitor<'de> for NodeVisitor {
-    type Value = MaybeSpanned;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a TOML value")
-    }
-
-    fn visit_bool<E>(self, v: bool) -> Result<MaybeSpanned, E> {
-        Ok(Self::plain(Value::Boolean(v)))
-    }
-
-    fn visit_i64<E>(self, v: i64) -> Result<MaybeSpanned, E> {
-        Ok(Self::plain(Value::Integer(v)))
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<MaybeSpanned, E> {
-        i64::try_from(v)
-            .map(|i| Self::plain(Value::Integer(i)))
-            .map_err(|_| E::custom("integer out of range"))
-    }
-
-    fn visit_f64<E>(self, v: f64) -> Result<MaybeSpanned, E> {
-        Ok(Self::plain(Value::Float(v)))
-    }
-
-    fn visit_str<E>(self, v: &str) -> Result<MaybeSpanned, E> {
-        Ok(Self::plain(Value::String(v.to_string())))
-    }
-
-    fn visit_string<E>(self, v: String) -> Result<MaybeSpanned, E> {
-        Ok(Self::plain(Value::String(v)))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<MaybeSpanned, A::Error> {
-        let mut out = Vec::new();
-        while let Some(item) = seq.next_element::<MaybeSpanned>()? {
-            out.push(item.into_node(0..0));
-        }
-        Ok(Self::plain(Value::Array(out)))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MaybeSpanned, A::Error> {
-        let mut out = Vec::new();
-        let mut first = true;
-        while let Some(key) = map.next_key::<MaybeSpannedKey>()? {
-            if first && key.span.is_none() {
-                match key.name.as_str() {
-                    // The spanned wrapper of a value: start, end, then the value itself.
-                    SPANNED_START => {
-                        let start: usize = map.next_value()?;
-                        let end = match map.next_key::<String>()?.as_deref() {
-                            Some(SPANNED_END) => map.next_value::<usize>()?,
-                            _ => return Err(de::Error::custom("span without an end")),
-                        };
-                        return match map.next_key::<String>()?.as_deref() {
-                            Some(SPANNED_VALUE) => {
-                                let PlainValue(value) = map.next_value()?;
-                                Ok(MaybeSpanned {
-                                    span: Some(start..end),
-                                    value,
-                                })
-                            }
-                            _ => Err(de::Error::custom("span without a value")),
-                        };
-                    }
-                    DATETIME_KEY => return Err(de::Error::custom(DATETIME_MESSAGE)),
-                    _ => {}
-                }
-            }
-            first = false;
-            let value = map.next_value::<MaybeSpanned>()?;
-            let key_span = key.span.unwrap_or(0..0);
-            let node = value.into_node(key_span.clone());
-            out.push((
-                Key {
-                    span: key_span,
-                    name: key.name,
-                },
-                node,
-            ));
-        }
-        Ok(Self::plain(Value::Table(out)))
-    }
+    Ok(Value::Table(out))
 }
 
 /// Walks one table: typed access to its fields, then [`Fields::finish`] reports unknown keys.
@@ -503,23 +371,148 @@ pub fn as_word<T: Copy>(node: &Node, words: &[(&str, T)]) -> Result<T, SpanError
 mod tests {
     use super::*;
 
+    /// The entries of a table node.
+    fn entries(node: &Node) -> &[(Key, Node)] {
+        match &node.value {
+            Value::Table(entries) => entries,
+            other => panic!("expected a table, found {}", other.kind()),
+        }
+    }
+
+    fn items(node: &Node) -> &[Node] {
+        match &node.value {
+            Value::Array(items) => items,
+            other => panic!("expected an array, found {}", other.kind()),
+        }
+    }
+
+    /// The source text of a span.
+    fn src(text: &str, span: &Range<usize>) -> String {
+        text[span.clone()].to_string()
+    }
+
     #[test]
     fn keys_and_values_keep_their_spans_in_arrays_of_tables() {
-        let text = "board = \"boron\"\n[[step]]\ndo = \"power.on\"\n";
+        let text =
+            "board = \"boron\"\n[[step]]\ndo = \"power.on\"\n\n[[step]]\n  do = \"power.cut\"\n";
         let doc = parse_document(text).unwrap();
-        let Value::Table(entries) = &doc.value else {
-            panic!("not a table")
-        };
-        assert_eq!(&text[entries[0].0.span.clone()], "board");
-        assert_eq!(&text[entries[0].1.span.clone()], "\"boron\"");
-        let Value::Array(steps) = &entries[1].1.value else {
-            panic!("not an array")
-        };
-        let Value::Table(step) = &steps[0].value else {
-            panic!("not a table")
-        };
-        assert_eq!(&text[step[0].0.span.clone()], "do");
-        assert_eq!(line_col(text, step[0].1.span.start), (3, 6));
+        let top = entries(&doc);
+        assert_eq!(src(text, &top[0].0.span), "board");
+        assert_eq!(src(text, &top[0].1.span), "\"boron\"");
+        // The key of the array of tables is the name in its first header.
+        let (step_key, steps) = &top[1];
+        assert_eq!(step_key.name, "step");
+        assert_eq!(line_col(text, step_key.span.start), (2, 3));
+        assert_eq!(src(text, &step_key.span), "step");
+        // Each table starts at its own header.
+        let steps = items(steps);
+        assert_eq!(steps.len(), 2);
+        assert_eq!(line_col(text, steps[0].span.start), (2, 1));
+        assert_eq!(line_col(text, steps[1].span.start), (5, 1));
+        let first = entries(&steps[0]);
+        assert_eq!(src(text, &first[0].0.span), "do");
+        assert_eq!(line_col(text, first[0].1.span.start), (3, 6));
+        let second = entries(&steps[1]);
+        assert_eq!(line_col(text, second[0].0.span.start), (6, 3));
+        assert_eq!(src(text, &second[0].1.span), "\"power.cut\"");
+    }
+
+    #[test]
+    fn values_inside_an_inline_table_keep_their_spans() {
+        let text = "running = { app = 4, os = \"6.2.0\" }\n";
+        let doc = parse_document(text).unwrap();
+        let (key, table) = &entries(&doc)[0];
+        assert_eq!(src(text, &key.span), "running");
+        assert_eq!(src(text, &table.span), "{ app = 4, os = \"6.2.0\" }");
+        let inner = entries(table);
+        assert_eq!(inner[0].0.name, "app");
+        assert_eq!(src(text, &inner[0].1.span), "4");
+        assert_eq!(inner[1].0.name, "os");
+        assert_eq!(line_col(text, inner[1].0.span.start), (1, 22));
+        assert_eq!(src(text, &inner[1].1.span), "\"6.2.0\"");
+        assert_eq!(inner[1].1.value, Value::String("6.2.0".into()));
+    }
+
+    #[test]
+    fn each_key_of_a_dotted_key_keeps_its_span() {
+        let text = "x = 0\na.b = 1\na.c = \"two\"\n[cloud.product]\nid = 3\n";
+        let doc = parse_document(text).unwrap();
+        let top = entries(&doc);
+        let names: Vec<&str> = top.iter().map(|(k, _)| k.name.as_str()).collect();
+        assert_eq!(names, ["x", "a", "cloud"]);
+        // `a` is a table made by the dotted keys: it has no text of its own, so it is placed at
+        // its first key.
+        let (a, a_table) = &top[1];
+        assert_eq!(line_col(text, a.span.start), (2, 1));
+        assert_eq!(src(text, &a.span), "a");
+        assert_eq!(a_table.span, a.span);
+        let inner = entries(a_table);
+        assert_eq!(inner[0].0.name, "b");
+        assert_eq!(line_col(text, inner[0].0.span.start), (2, 3));
+        assert_eq!(src(text, &inner[0].0.span), "b");
+        assert_eq!(line_col(text, inner[0].1.span.start), (2, 7));
+        assert_eq!(line_col(text, inner[1].0.span.start), (3, 3));
+        assert_eq!(src(text, &inner[1].1.span), "\"two\"");
+        // The same for a dotted table header: `cloud` is at its name, `product` at its own.
+        let (cloud, cloud_table) = &top[2];
+        assert_eq!(line_col(text, cloud.span.start), (4, 2));
+        assert_eq!(cloud_table.span, cloud.span);
+        let (product, _) = &entries(cloud_table)[0];
+        assert_eq!(line_col(text, product.span.start), (4, 8));
+        assert_eq!(src(text, &product.span), "product");
+    }
+
+    #[test]
+    fn array_elements_keep_their_spans() {
+        let text = "list = [\n  1,\n  \"two\", { k = 3 },\n  [4.5],\n]\n";
+        let doc = parse_document(text).unwrap();
+        let (_, list) = &entries(&doc)[0];
+        assert_eq!(line_col(text, list.span.start), (1, 8));
+        let list = items(list);
+        assert_eq!(list.len(), 4);
+        assert_eq!(line_col(text, list[0].span.start), (2, 3));
+        assert_eq!(src(text, &list[0].span), "1");
+        assert_eq!(line_col(text, list[1].span.start), (3, 3));
+        assert_eq!(src(text, &list[1].span), "\"two\"");
+        assert_eq!(src(text, &list[2].span), "{ k = 3 }");
+        let (k, three) = &entries(&list[2])[0];
+        assert_eq!(line_col(text, k.span.start), (3, 12));
+        assert_eq!(src(text, &three.span), "3");
+        assert_eq!(line_col(text, list[3].span.start), (4, 3));
+        assert_eq!(src(text, &items(&list[3])[0].span), "4.5");
+    }
+
+    #[test]
+    fn keys_are_in_document_order_with_tables_at_their_headers() {
+        let text = "z = 1\n[b.c]\nq = 1\n[a]\nr = 2\n[b]\ns = 3\n";
+        let doc = parse_document(text).unwrap();
+        let names: Vec<&str> = entries(&doc).iter().map(|(k, _)| k.name.as_str()).collect();
+        // A table named first by `[b.c]` and defined later by its own `[b]` header takes the
+        // place of that header.
+        assert_eq!(names, ["z", "a", "b"]);
+        let (_, b) = &entries(&doc)[2];
+        let names: Vec<&str> = entries(b).iter().map(|(k, _)| k.name.as_str()).collect();
+        assert_eq!(names, ["c", "s"]);
+        // `[b]` comes after `[b.c]`: the table is at its own header, not at the implicit name.
+        assert_eq!(line_col(text, b.span.start), (6, 1));
+    }
+
+    #[test]
+    fn a_syntax_error_keeps_its_message_and_position() {
+        let text = "board = \"boron\"\n[[step]\ndo = \"power.on\"\n";
+        let err = parse_document(text).unwrap_err();
+        assert_eq!(line_col(text, err.span.start), (2, 7));
+        assert_eq!(err.message, "invalid table header\nexpected `.`, `]]`");
+
+        let text = "list = [1, 2\nx = 3\n";
+        let err = parse_document(text).unwrap_err();
+        assert!(err.message.contains("invalid array"), "{}", err.message);
+        assert_eq!(line_col(text, err.span.start).0, 2);
+
+        let text = "a = 1\n[t]\nb = 2\nb = 3\n";
+        let err = parse_document(text).unwrap_err();
+        assert!(err.message.contains("duplicate key `b`"), "{}", err.message);
+        assert_eq!(line_col(text, err.span.start), (4, 1));
     }
 
     #[test]
