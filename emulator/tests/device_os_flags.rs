@@ -146,7 +146,9 @@ fn sleep_sends_goodbye_with_reason_6_and_the_duration_then_resumes_after_waking(
     sim.connect();
     let (trace, messages) = (sim.trace.len(), sim.cloud.sent_by_device().len());
     let now = sim.now;
-    sim.device.sleep(now, Duration::from_secs(600), false);
+    sim.device
+        .sleep(now, sleep_for(Duration::from_secs(600), false))
+        .unwrap();
     sim.run_for(SECOND);
     assert_eq!(
         goodbyes(&sim),
@@ -188,7 +190,9 @@ fn by_default_sleep_and_reset_close_the_socket_without_a_goodbye() {
     let mut sim = Sim::boron();
     sim.connect();
     let now = sim.now;
-    sim.device.sleep(now, Duration::from_secs(10), false);
+    sim.device
+        .sleep(now, sleep_for(Duration::from_secs(10), false))
+        .unwrap();
     sim.run_for(20 * SECOND);
     let now = sim.now;
     sim.device.system_reset(now);
@@ -231,7 +235,9 @@ fn sleep_with_the_network_kept_stays_connected_and_a_message_wakes_the_device() 
     sim.connect();
     let generation = sim.device.socket_generation();
     let now = sim.now;
-    sim.device.sleep(now, Duration::from_secs(3600), true);
+    sim.device
+        .sleep(now, sleep_for(Duration::from_secs(3600), true))
+        .unwrap();
     sim.run_for(10 * SECOND);
     assert!(sim.device.status().sleeping);
     assert!(goodbyes(&sim).is_empty());
@@ -261,4 +267,17 @@ fn a_disabled_reset_waits_for_enable_reset() {
     sim.run_for(SECOND);
     assert!(sim.device.status().flags.reset_enabled);
     assert!(sim.device.status().connected, "nothing was pending");
+}
+
+/// STOP mode for `duration`, the network kept (standby) or off.
+fn sleep_for(duration: Duration, network_kept: bool) -> emulator::os::SleepConfig {
+    emulator::os::SleepConfig {
+        mode: emulator::os::SleepMode::Stop,
+        duration: Some(duration),
+        network: if network_kept {
+            emulator::os::SleepNetwork::Standby
+        } else {
+            emulator::os::SleepNetwork::Off
+        },
+    }
 }

@@ -426,7 +426,9 @@ fn sleep_cancels_a_running_transfer_which_resumes_after_waking() {
     }
     sim.run_for(SECOND);
     let now = sim.now;
-    sim.device.sleep(now, Duration::from_secs(60), false);
+    sim.device
+        .sleep(now, sleep_for(Duration::from_secs(60), false))
+        .unwrap();
     sim.run_for(MS);
     assert!(sim.device.status().ota.is_none());
     assert!(sim.trace.iter().any(|(_, e)| *e
@@ -671,4 +673,17 @@ fn safe_mode_says_so_at_connect_and_reports_the_unmet_dependency() {
     assert_eq!(user.checked_flags, 0x1E);
     assert_eq!(user.passed_flags, 0x1A, "DEPENDENCIES not passed");
     assert_eq!(user.dependencies[0].version, 6300);
+}
+
+/// STOP mode for `duration`, the network kept (standby) or off.
+fn sleep_for(duration: Duration, network_kept: bool) -> emulator::os::SleepConfig {
+    emulator::os::SleepConfig {
+        mode: emulator::os::SleepMode::Stop,
+        duration: Some(duration),
+        network: if network_kept {
+            emulator::os::SleepNetwork::Standby
+        } else {
+            emulator::os::SleepNetwork::Off
+        },
+    }
 }

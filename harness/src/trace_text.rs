@@ -67,10 +67,10 @@ pub fn device_event(event: &DeviceEvent) -> Option<String> {
         DeviceEvent::Sleeping {
             duration,
             network_kept,
-        } => format!(
-            "sleeping {} s (network kept: {network_kept})",
-            duration.as_secs()
-        ),
+        } => match duration {
+            Some(d) => format!("sleeping {} s (network kept: {network_kept})", d.as_secs()),
+            None => format!("sleeping until woken (network kept: {network_kept})"),
+        },
         DeviceEvent::Woke => "woke".into(),
         DeviceEvent::Log(text) => format!("log: {text}"),
     })

@@ -158,6 +158,12 @@ nothing_lost = true
 do = "wait.ota"
 min_percent = 40
 
+[[step]]
+do = "app.disconnect"
+
+[[step]]
+do = "app.connect"
+
 [expect]
 running = { app = 4 }
 

@@ -29,7 +29,7 @@ use protocol::message::{
 };
 use rand_core::SeedableRng;
 
-use super::device_os::{DeviceOs, Power};
+use super::device_os::{DeviceOs, Power, SleepConfig};
 use super::flags::{data_to_flag, flag_data, update_control_event, UpdateControlEvent};
 use super::link::{Link, LinkEvent, Rng};
 use super::ota_link::OtaResponse;
@@ -61,7 +61,7 @@ pub(super) enum Phase {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum AfterClose {
     Reset(u32),
-    Sleep(Duration),
+    Sleep(SleepConfig),
 }
 
 /// Why the device sent a message, to know what its answer means.
@@ -150,7 +150,11 @@ impl DeviceOs {
     /// Opens a new socket and starts a DTLS handshake, or resumes the retained session
     /// (reference 1.4: at most [`profile::MAXIMUM_SESSION_USES`] unanswered resumptions).
     pub(super) fn connect(&mut self, now: Duration) {
-        if self.cloud.is_some() || self.power != Power::On || self.system.is_none() {
+        if self.cloud.is_some()
+            || self.power != Power::On
+            || self.system.is_none()
+            || !self.cloud_wanted
+        {
             return;
         }
         self.reconnect_at = None;
@@ -818,14 +822,15 @@ impl DeviceOs {
     }
 
     /// Goodbye (cloud reason 6 "sleep" with the duration in seconds), then sleep.
-    pub(super) fn start_goodbye_sleep(&mut self, now: Duration, duration: Duration) -> bool {
+    pub(super) fn start_goodbye_sleep(&mut self, now: Duration, config: SleepConfig) -> bool {
+        let duration = config.duration.unwrap_or(Duration::ZERO);
         let seconds = u32::try_from(duration.as_secs()).unwrap_or(u32::MAX);
         let goodbye = Goodbye {
             cloud_reason: Some(protocol::message::CloudDisconnectReason::SLEEP),
             sleep_duration: (seconds != 0).then_some(seconds),
             ..Goodbye::default()
         };
-        self.start_goodbye(now, goodbye, AfterClose::Sleep(duration))
+        self.start_goodbye(now, goodbye, AfterClose::Sleep(config))
     }
 
     /// Ends a graceful disconnect once every CON is acknowledged or the wait timed out.
@@ -841,7 +846,7 @@ impl DeviceOs {
         }
         match then {
             AfterClose::Reset(reason) => self.reset_now(now, reason, true),
-            AfterClose::Sleep(duration) => self.sleep_after_goodbye(now, duration),
+            AfterClose::Sleep(config) => self.sleep_after_goodbye(now, config),
         }
     }
 

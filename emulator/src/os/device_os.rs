@@ -40,6 +40,80 @@ pub struct AppBehaviour {
     /// sleep send a Goodbye and wait for it to be acknowledged. Device OS's default is false
     /// (see [`super::profile`]).
     pub graceful_disconnect: bool,
+    /// `SYSTEM_MODE(...)`: whether the system connects at boot.
+    pub mode: SystemMode,
+}
+
+/// `SYSTEM_MODE(...)` (reference particle-cloud-api.md 5.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SystemMode {
+    /// Connects at boot (the default).
+    #[default]
+    Automatic,
+    /// Connects only when the application calls `Particle.connect()`.
+    SemiAutomatic,
+    /// As semi-automatic here. Device OS also needs the application to call
+    /// `Particle.process()` every ~20 s; the emulated application's loop does (a choice: an
+    /// application that stops calling it is not modelled).
+    Manual,
+}
+
+/// `SystemSleepMode` (reference particle-cloud-api.md 5.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SleepMode {
+    /// RAM kept; execution continues after the sleep call.
+    Stop,
+    /// As `Stop`, with fewer wake sources on a real board (the same here).
+    UltraLowPower,
+    /// Wakes like a reset: `setup()` runs again and a staged update is applied.
+    Hibernate,
+}
+
+/// What the network does while the device sleeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SleepNetwork {
+    /// Radio off; the device reconnects (resuming its session) when it wakes.
+    Off,
+    /// `.network(interface)`: the radio stays connected and incoming cloud data wakes the
+    /// device.
+    Standby,
+    /// `.network(interface, INACTIVE_STANDBY)`: the radio stays connected but data does not
+    /// wake the device; what arrives while it sleeps is lost.
+    InactiveStandby,
+}
+
+/// A `SystemSleepConfiguration`: mode, the network, and an RTC wake after `duration` (none:
+/// only [`DeviceOs::wake`], a GPIO, wakes it, or data in network standby).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SleepConfig {
+    pub mode: SleepMode,
+    pub duration: Option<Duration>,
+    pub network: SleepNetwork,
+}
+
+impl SleepConfig {
+    /// Why Device OS refuses this configuration on `board` (`System.sleep` returns
+    /// `SYSTEM_ERROR_NOT_SUPPORTED` and the device keeps running), if it does.
+    ///
+    /// UNCONFIRMED choices (reference 5.5): Gen3 (nRF52840) cannot wake from HIBERNATE by time
+    /// (no RTC then), so a duration is refused there; network standby is refused with
+    /// HIBERNATE on every platform (the radio is off in hibernate).
+    pub fn refusal(&self, board: &crate::board::Board) -> Option<String> {
+        if self.mode != SleepMode::Hibernate {
+            return None;
+        }
+        if self.duration.is_some() && board.mcu == crate::board::McuFamily::Nrf52840 {
+            return Some(format!(
+                "{} (nRF52840) cannot wake from HIBERNATE after a duration: the RTC does not run \
+                 in hibernate; wake it with a pin (app.wake)",
+                board.name
+            ));
+        }
+        if self.network != SleepNetwork::Off {
+            return Some("HIBERNATE turns the radio off: network standby is not supported".into());
+        }
+        None
+    }
 }
 
 impl Default for AppBehaviour {
@@ -50,6 +124,7 @@ impl Default for AppBehaviour {
             reset_enabled_at_boot: true,
             system_thread: true,
             graceful_disconnect: false,
+            mode: SystemMode::Automatic,
         }
     }
 }
@@ -60,8 +135,13 @@ pub(super) enum Power {
     Off,
     On,
     Sleeping {
-        wake_at: Duration,
+        /// The RTC wake, if any.
+        wake_at: Option<Duration>,
         network_kept: bool,
+        /// Incoming data wakes the device (network standby, not inactive standby).
+        wake_on_data: bool,
+        /// Waking is a reset (HIBERNATE).
+        hibernate: bool,
     },
 }
 
@@ -71,10 +151,11 @@ pub(super) enum AppCall {
     SetUpdatesEnabled(bool),
     SetResetEnabled(bool),
     SystemReset,
-    Sleep {
-        duration: Duration,
-        network_kept: bool,
-    },
+    Sleep(SleepConfig),
+    /// `Particle.connect()`.
+    Connect,
+    /// `Particle.disconnect()`.
+    Disconnect,
 }
 
 /// One emulated device's Device OS, sans-IO: datagrams and time in
@@ -125,6 +206,9 @@ pub struct DeviceOs {
     pub(super) retained: Retained,
     pub(super) cloud: Option<Cloud>,
     pub(super) reconnect_at: Option<Duration>,
+    /// The application wants the cloud: set at boot in automatic mode, by
+    /// `Particle.connect()`, cleared by `Particle.disconnect()`.
+    pub(super) cloud_wanted: bool,
     pub(super) failed_attempts: u32,
     pub(super) socket_generation: u32,
     pub(super) ota: OtaLink,
@@ -167,6 +251,7 @@ impl DeviceOs {
             retained: Retained::default(),
             cloud: None,
             reconnect_at: None,
+            cloud_wanted: false,
             failed_attempts: 0,
             socket_generation: 0,
             ota,
@@ -239,6 +324,7 @@ impl DeviceOs {
         self.deferred.clear();
         self.failed_attempts = 0;
         self.reconnect_at = None;
+        self.cloud_wanted = self.app.mode == SystemMode::Automatic;
         self.system = None;
         self.boot_state = None;
         let report = match self.device.boot() {
@@ -356,24 +442,48 @@ impl DeviceOs {
         self.app_call(now, AppCall::SystemReset);
     }
 
-    /// `System.sleep(...)` for `duration`, with the network kept on (the cloud connection stays
-    /// and a datagram wakes the device) or off (the device disconnects, keeping the session).
-    /// A running transfer is cancelled first; its resumable state is kept.
-    pub fn sleep(&mut self, now: Duration, duration: Duration, network_kept: bool) {
-        self.app_call(
-            now,
-            AppCall::Sleep {
-                duration,
-                network_kept,
-            },
-        );
+    /// `System.sleep(config)`. A running transfer is cancelled first; its resumable state is
+    /// kept. A configuration Device OS refuses on this board ([`SleepConfig::refusal`]) is an
+    /// error and the device keeps running. In single-threaded mode during a transfer the call
+    /// waits for the transfer to end (and is checked then).
+    pub fn sleep(&mut self, now: Duration, config: SleepConfig) -> Result<(), String> {
+        if let Some(why) = config.refusal(self.device.board()) {
+            self.log(format!("System.sleep refused: {why}"));
+            return Err(why);
+        }
+        self.app_call(now, AppCall::Sleep(config));
+        Ok(())
+    }
+
+    /// `Particle.connect()`: the system connects now (and after every disconnect).
+    pub fn particle_connect(&mut self, now: Duration) {
+        self.app_call(now, AppCall::Connect);
+    }
+
+    /// `Particle.disconnect()`: the connection ends (a running transfer is cancelled, its
+    /// resumable state kept) and stays down until `Particle.connect()`.
+    pub fn particle_disconnect(&mut self, now: Duration) {
+        self.app_call(now, AppCall::Disconnect);
     }
 
     /// Wakes a sleeping device (a pin or another wake source).
     pub fn wake(&mut self, now: Duration) {
-        if let Power::Sleeping { network_kept, .. } = self.power {
+        if let Power::Sleeping {
+            network_kept,
+            hibernate,
+            ..
+        } = self.power
+        {
             self.power = Power::On;
             self.events.push_back(DeviceEvent::Woke);
+            if hibernate {
+                // UNCONFIRMED: the reset reason after HIBERNATE is power management, and
+                // retained RAM (the DTLS session) survives it.
+                self.retained.reset_reason = Some(reset_reason::POWER_MANAGEMENT);
+                self.boot(now);
+                self.after(now);
+                return;
+            }
             if network_kept {
                 self.force_ping(now);
             } else {
@@ -415,48 +525,63 @@ impl DeviceOs {
                 }
             }
             AppCall::SystemReset => self.begin_reset(now, reset_reason::USER),
-            AppCall::Sleep {
-                duration,
-                network_kept,
-            } => self.enter_sleep(now, duration, network_kept),
+            AppCall::Sleep(config) => self.enter_sleep(now, config),
+            AppCall::Connect => {
+                self.cloud_wanted = true;
+                self.connect(now);
+            }
+            AppCall::Disconnect => {
+                self.cloud_wanted = false;
+                self.reconnect_at = None;
+                self.teardown(now, DisconnectReason::Requested, true);
+            }
         }
     }
 
-    fn enter_sleep(&mut self, now: Duration, duration: Duration, network_kept: bool) {
+    fn enter_sleep(&mut self, now: Duration, config: SleepConfig) {
         if self.power != Power::On {
             return;
         }
         // system_sleep_ext_impl cancels the firmware update before anything else.
         self.ota_cancel(now);
+        let network_kept = config.network != SleepNetwork::Off;
+        let wake_at = config.duration.map(|d| now.saturating_add(d));
         self.events.push_back(DeviceEvent::Sleeping {
-            duration,
+            duration: config.duration,
             network_kept,
         });
+        let hibernate = config.mode == SleepMode::Hibernate;
         if network_kept {
             self.power = Power::Sleeping {
-                wake_at: now.saturating_add(duration),
+                wake_at,
                 network_kept: true,
+                wake_on_data: config.network == SleepNetwork::Standby,
+                hibernate,
             };
             return;
         }
-        if self.app.graceful_disconnect && self.start_goodbye_sleep(now, duration) {
+        if self.app.graceful_disconnect && self.start_goodbye_sleep(now, config) {
             return;
         }
         self.teardown(now, DisconnectReason::Sleep { goodbye: false }, true);
         self.reconnect_at = None;
         self.power = Power::Sleeping {
-            wake_at: now.saturating_add(duration),
+            wake_at,
             network_kept: false,
+            wake_on_data: false,
+            hibernate,
         };
     }
 
     /// Falls asleep after the Goodbye of a graceful sleep was acknowledged.
-    pub(super) fn sleep_after_goodbye(&mut self, now: Duration, duration: Duration) {
+    pub(super) fn sleep_after_goodbye(&mut self, now: Duration, config: SleepConfig) {
         self.teardown(now, DisconnectReason::Sleep { goodbye: true }, true);
         self.reconnect_at = None;
         self.power = Power::Sleeping {
-            wake_at: now.saturating_add(duration),
+            wake_at: config.duration.map(|d| now.saturating_add(d)),
             network_kept: false,
+            wake_on_data: false,
+            hibernate: config.mode == SleepMode::Hibernate,
         };
     }
 
@@ -471,7 +596,11 @@ impl DeviceOs {
                 ..
             } => return,
             Power::Sleeping {
-                network_kept: true, ..
+                wake_on_data: false,
+                ..
+            } => return,
+            Power::Sleeping {
+                wake_on_data: true, ..
             } => self.wake(now),
             Power::On => {}
         }
@@ -484,7 +613,7 @@ impl DeviceOs {
         match self.power {
             Power::Off => return,
             Power::Sleeping { wake_at, .. } => {
-                if now >= wake_at {
+                if wake_at.is_some_and(|t| now >= t) {
                     self.wake(now);
                 }
                 return;
@@ -509,7 +638,7 @@ impl DeviceOs {
     pub fn poll_timeout(&self) -> Option<Duration> {
         match self.power {
             Power::Off => None,
-            Power::Sleeping { wake_at, .. } => Some(wake_at),
+            Power::Sleeping { wake_at, .. } => wake_at,
             Power::On => [
                 self.reconnect_at.filter(|_| self.cloud.is_none()),
                 self.cloud_poll_timeout(),

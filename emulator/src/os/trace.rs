@@ -46,7 +46,8 @@ pub enum DeviceEvent {
     OtaFailed { code: i32, message: String },
     /// The application went to sleep.
     Sleeping {
-        duration: Duration,
+        /// The RTC wake after this long, if any.
+        duration: Option<Duration>,
         network_kept: bool,
     },
     /// The device woke up.
@@ -92,6 +93,8 @@ pub enum DisconnectReason {
     Sleep { goodbye: bool },
     /// Power lost: nothing was sent.
     PowerLost,
+    /// The application called `Particle.disconnect()`.
+    Requested,
     /// The DTLS handshake or the Hello exchange failed.
     HandshakeFailed { error: String },
     /// A ping got no answer within 30 s.

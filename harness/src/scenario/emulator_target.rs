@@ -431,6 +431,7 @@ impl Target for EmulatorTarget {
             updates_enabled_at_boot: setup.app.updates_enabled,
             reset_enabled_at_boot: setup.app.resets_enabled,
             system_thread: setup.app.system_thread,
+            mode: setup.app.mode,
             ..OsApp::default()
         };
         // Same derivation as Testbed::add_device, to know the images it provisions.
@@ -579,21 +580,29 @@ impl Target for EmulatorTarget {
             }
             Action::App(a) => {
                 let a = *a;
-                self.bed()?
-                    .with_device(dev, |os, now| match a {
-                        AppAction::DisableUpdates => os.disable_updates(now),
-                        AppAction::EnableUpdates => os.enable_updates(now),
-                        AppAction::DisableReset => os.disable_reset(now),
-                        AppAction::EnableReset => os.enable_reset(now),
-                        AppAction::Reset { .. } => os.system_reset(now),
-                        AppAction::Sleep(s) => os.sleep(
-                            now,
-                            s.duration.unwrap_or(Duration::from_secs(365 * 86400)),
-                            s.network == SleepNetwork::Standby,
-                        ),
-                        AppAction::Wake => os.wake(now),
+                let refused = self
+                    .bed()?
+                    .with_device(dev, |os, now| {
+                        match a {
+                            AppAction::DisableUpdates => os.disable_updates(now),
+                            AppAction::EnableUpdates => os.enable_updates(now),
+                            AppAction::DisableReset => os.disable_reset(now),
+                            AppAction::EnableReset => os.enable_reset(now),
+                            AppAction::Reset { .. } => os.system_reset(now),
+                            AppAction::Sleep(config) => return os.sleep(now, config),
+                            AppAction::Wake => os.wake(now),
+                            AppAction::Connect => os.particle_connect(now),
+                            AppAction::Disconnect => os.particle_disconnect(now),
+                        }
+                        Ok(())
                     })
                     .map_err(err)?;
+                if let Err(why) = refused {
+                    return Err(TargetError::Step(format!(
+                        "Device OS refuses this sleep (System.sleep returns \
+                         SYSTEM_ERROR_NOT_SUPPORTED): {why}"
+                    )));
+                }
             }
             Action::Link(l) => {
                 let what = match *l {

@@ -153,13 +153,27 @@ impl Default for AppBehaviour {
     }
 }
 
-/// `SYSTEM_MODE(...)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SystemMode {
-    Automatic,
-    SemiAutomatic,
-    Manual,
-}
+/// `SYSTEM_MODE(...)`, `SystemSleepMode` and the sleep network: the emulated Device OS's own
+/// types, named in scenario files by these words.
+pub use emulator::os::{SleepMode, SleepNetwork, SystemMode};
+
+pub const SYSTEM_MODE_WORDS: [(&str, SystemMode); 3] = [
+    ("automatic", SystemMode::Automatic),
+    ("semi_automatic", SystemMode::SemiAutomatic),
+    ("manual", SystemMode::Manual),
+];
+
+pub const SLEEP_MODE_WORDS: [(&str, SleepMode); 3] = [
+    ("stop", SleepMode::Stop),
+    ("ultra_low_power", SleepMode::UltraLowPower),
+    ("hibernate", SleepMode::Hibernate),
+];
+
+pub const SLEEP_NETWORK_WORDS: [(&str, SleepNetwork); 3] = [
+    ("off", SleepNetwork::Off),
+    ("standby", SleepNetwork::Standby),
+    ("inactive_standby", SleepNetwork::InactiveStandby),
+];
 
 /// The local cloud before the first step. Products, releases and groups come with the fleet
 /// issue; the parser refuses them with a clear message until then.
@@ -277,6 +291,8 @@ impl Action {
                 AppAction::Reset { .. } => "app.reset",
                 AppAction::Sleep(_) => "app.sleep",
                 AppAction::Wake => "app.wake",
+                AppAction::Connect => "app.connect",
+                AppAction::Disconnect => "app.disconnect",
             },
             Action::Link(l) => match l {
                 LinkAction::Faults { .. } => "link.faults",
@@ -428,49 +444,15 @@ pub enum AppAction {
     Sleep(Sleep),
     /// Wake a sleeping device now (a GPIO wake source).
     Wake,
+    /// `Particle.connect()` (semi-automatic and manual modes connect only then).
+    Connect,
+    /// `Particle.disconnect()`.
+    Disconnect,
 }
 
-/// `System.sleep(SystemSleepConfiguration)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Sleep {
-    pub mode: SleepMode,
-    /// Timed wake; without it the device sleeps until `app.wake` (or network data in standby).
-    pub duration: Option<Duration>,
-    pub network: SleepNetwork,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SleepMode {
-    Stop,
-    UltraLowPower,
-    Hibernate,
-}
-
-impl SleepMode {
-    pub const WORDS: [(&'static str, SleepMode); 3] = [
-        ("stop", SleepMode::Stop),
-        ("ultra_low_power", SleepMode::UltraLowPower),
-        ("hibernate", SleepMode::Hibernate),
-    ];
-}
-
-/// The network during sleep.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SleepNetwork {
-    Off,
-    /// `.network(interface)`: kept connected, incoming data wakes the device.
-    Standby,
-    /// `INACTIVE_STANDBY`: kept powered, does not wake on data.
-    InactiveStandby,
-}
-
-impl SleepNetwork {
-    pub const WORDS: [(&'static str, SleepNetwork); 3] = [
-        ("off", SleepNetwork::Off),
-        ("standby", SleepNetwork::Standby),
-        ("inactive_standby", SleepNetwork::InactiveStandby),
-    ];
-}
+/// `System.sleep(SystemSleepConfiguration)`: mode, an RTC wake after `duration` (without it
+/// the device sleeps until `app.wake`, or network data in standby), the network.
+pub type Sleep = emulator::os::SleepConfig;
 
 /// Faults on the device <-> cloud link.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -885,12 +867,12 @@ impl fmt::Display for Action {
             Action::PowerOn => Ok(()),
             Action::App(AppAction::Reset { no_wait }) if *no_wait => f.write_str(" no_wait"),
             Action::App(AppAction::Sleep(s)) => {
-                let mode = SleepMode::WORDS
+                let mode = SLEEP_MODE_WORDS
                     .iter()
                     .find(|(_, m)| *m == s.mode)
                     .map(|(w, _)| *w)
                     .unwrap_or("?");
-                let net = SleepNetwork::WORDS
+                let net = SLEEP_NETWORK_WORDS
                     .iter()
                     .find(|(_, m)| *m == s.network)
                     .map(|(w, _)| *w)

@@ -65,7 +65,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Scenario, ScenarioError> {
 }
 
 /// Every step kind, in the order error messages list them.
-pub const STEP_KINDS: [&str; 20] = [
+pub const STEP_KINDS: [&str; 22] = [
     "cloud.flash",
     "cloud.force_updates",
     "power.cut",
@@ -77,6 +77,8 @@ pub const STEP_KINDS: [&str; 20] = [
     "app.reset",
     "app.sleep",
     "app.wake",
+    "app.connect",
+    "app.disconnect",
     "link.faults",
     "link.drop",
     "link.partition",
@@ -226,16 +228,7 @@ fn read_app(n: &Node) -> Result<AppBehaviour, SpanError> {
             .optional("system_thread", node::as_bool)?
             .unwrap_or(d.system_thread),
         mode: f
-            .optional("mode", |n| {
-                node::as_word(
-                    n,
-                    &[
-                        ("automatic", SystemMode::Automatic),
-                        ("semi_automatic", SystemMode::SemiAutomatic),
-                        ("manual", SystemMode::Manual),
-                    ],
-                )
-            })?
+            .optional("mode", |n| node::as_word(n, &SYSTEM_MODE_WORDS))?
             .unwrap_or(d.mode),
     };
     f.finish()?;
@@ -375,6 +368,8 @@ fn step_form(kind: &str) -> &'static str {
         "link.partition" => "{ do = \"link.partition\", duration = \"45s\" }",
         "wait.event" => "{ do = \"wait.event\", name = \"spark/flash/status\", data = \"success\", timeout = \"5m\" }",
         "wait.state" => "{ do = \"wait.state\", state = \"online\", timeout = \"5m\" }",
+        "app.connect" => "{ do = \"app.connect\" }",
+        "app.disconnect" => "{ do = \"app.disconnect\" }",
         "wait.ota" => "{ do = \"wait.ota\", min_percent = 40, timeout = \"5m\" } or { do = \"wait.ota\", received = \"8KiB\" }",
         "wait.time" => "{ do = \"wait.time\", duration = \"30s\" }",
         "sweep" => "{ do = \"sweep\", phase = \"apply\", modes = [\"before\", \"torn\", \"after\"] }",
@@ -423,13 +418,15 @@ fn read_step(n: &Node, index: usize) -> Result<Step, SpanError> {
             no_wait: f.optional("no_wait", node::as_bool)?.unwrap_or(false),
         })),
         "app.sleep" => Step::Action(Action::App(AppAction::Sleep(Sleep {
-            mode: f.required("mode", form, |n| node::as_word(n, &SleepMode::WORDS))?,
+            mode: f.required("mode", form, |n| node::as_word(n, &SLEEP_MODE_WORDS))?,
             duration: f.optional("duration", read_duration)?,
             network: f
-                .optional("network", |n| node::as_word(n, &SleepNetwork::WORDS))?
+                .optional("network", |n| node::as_word(n, &SLEEP_NETWORK_WORDS))?
                 .unwrap_or(SleepNetwork::Off),
         }))),
         "app.wake" => Step::Action(Action::App(AppAction::Wake)),
+        "app.connect" => Step::Action(Action::App(AppAction::Connect)),
+        "app.disconnect" => Step::Action(Action::App(AppAction::Disconnect)),
         "link.faults" => {
             let mut rate = |k: &'static str| f.optional(k, node::as_rate).map(|r| r.unwrap_or(0.0));
             let (loss, duplicate, reorder) = (rate("loss")?, rate("duplicate")?, rate("reorder")?);
