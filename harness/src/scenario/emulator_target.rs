@@ -7,6 +7,12 @@
 //! (`phase = "apply"`, see [`EmulatorTarget::phase_ops`]). Phase cuts at `download`, `commit`
 //! and `first_boot` are refused with a step error (not located yet).
 //!
+//! Known limit of chunk cuts: [`Target::advance`] runs every event of a virtual instant before
+//! it looks at the device, and a transfer window (256 chunks with the emulated Device OS) arrives in one instant. So the
+//! device holds every chunk of a window before the cut is armed, and the cut fires at the first
+//! flash operation after the window: for a file of one window (every fixture's today) that is
+//! the device's commit, after the cloud's `success`, whatever K is (up to the chunk count).
+//!
 //! The cloud behaviour the target adds (small, from the reference): a `cloud.flash` for a
 //! device that reported `particle/device/updates/enabled` = false (and is not forced) is held
 //! back; the cloud sends `particle/device/updates/pending` = true instead and starts the
