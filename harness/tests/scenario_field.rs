@@ -189,10 +189,22 @@ fn any_stream_gives_a_skeleton_that_parses() {
         "{\"name\":\"spark/flash/status\",\"data\":\"started \",\"coreid\":\"zz\"}\n",
         "{\"name\":\"spark/status/safe-mode\",\"data\":\"{\\\"p\\\":999}\",\"coreid\":\"e00fce68ece1d3d21a73dcc9\"}\n",
         "{\"name\":\"weird \\\"name\\\"\\u0007\",\"data\":\"\\u007f\\n\",\"coreid\":\"a\"}\n{\"name\":\"x\",\"data\":\"\",\"coreid\":\"b\"}\n",
+        // Versions that have no dotted form, or are no module version at all.
+        concat!(
+            "{\"name\":\"spark/flash/status\",\"data\":\"started \",\"coreid\":\"e00fce68ece1d3d21a73dcc9\"}\n",
+            "{\"name\":\"spark/status/safe-mode\",\"data\":\"{\\\"p\\\":13,\\\"m\\\":[{\\\"f\\\":\\\"s\\\",\\\"n\\\":\\\"1\\\",\\\"v\\\":65100,\\\"vc\\\":30,\\\"vv\\\":30},{\\\"f\\\":\\\"u\\\",\\\"n\\\":\\\"1\\\",\\\"v\\\":6,\\\"vc\\\":30,\\\"vv\\\":26,\\\"d\\\":[{\\\"f\\\":\\\"s\\\",\\\"n\\\":\\\"1\\\",\\\"v\\\":65535}]}]}\",\"coreid\":\"e00fce68ece1d3d21a73dcc9\"}\n",
+            "{\"name\":\"spark/flash/status\",\"data\":\"started \",\"coreid\":\"e00fce68ece1d3d21a73dcc9\"}\n",
+            "{\"name\":\"spark/status/safe-mode\",\"data\":\"{\\\"m\\\":[{\\\"f\\\":\\\"u\\\",\\\"vc\\\":30,\\\"vv\\\":26,\\\"d\\\":[{\\\"f\\\":\\\"s\\\",\\\"v\\\":99999}]}]}\",\"coreid\":\"e00fce68ece1d3d21a73dcc9\"}\n",
+        ),
     ] {
         let (events, form) = parse_events(text, Path::new("f")).unwrap();
         let toml = skeleton(&events, form, "f");
         parse(&toml, Path::new("skeleton.toml")).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        if text.contains("65535") {
+            // No dotted form reads back as 65100 or 65535: the integer form is written.
+            assert!(toml.contains("\ndevice_os = 65100 "), "{toml}");
+            assert!(toml.contains("\nbuilt_against = 65535 "), "{toml}");
+        }
     }
 }
 

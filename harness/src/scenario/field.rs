@@ -353,6 +353,20 @@ fn read_describe(data: &str) -> Option<Describe> {
     Some(d)
 }
 
+/// A Device OS version as a scenario value: `"6.2.0"` when that form reads back as the same
+/// module version, else the module version as an integer; `None` when it is no u16.
+fn device_os_value(v: u64) -> Option<String> {
+    let v = u16::try_from(v).ok()?;
+    let text = DeviceOsVersion(v).to_string();
+    Some(
+        if DeviceOsVersion::parse(&text) == Some(DeviceOsVersion(v)) {
+            toml_string(&text)
+        } else {
+            v.to_string()
+        },
+    )
+}
+
 fn board_for_platform(id: u64) -> Option<&'static str> {
     Board::builtin_names().iter().copied().find(|name| {
         Board::builtin(name)
@@ -470,9 +484,13 @@ pub fn skeleton(events: &[FieldEvent], form: StreamForm, source: &str) -> String
     // [firmware]
     let initial_app = events.iter().filter_map(|e| e.version).find(|v| *v != 0);
     let _ = writeln!(w, "[firmware]");
-    match describe.as_ref().and_then(|d| d.system) {
-        Some(v) if v <= u16::MAX as u64 => {
-            let _ = writeln!(w, "device_os = {}   # system part in spark/status/safe-mode (TODO: that is after the update; was it the same before?)", toml_string(&DeviceOsVersion(v as u16).to_string()));
+    match describe
+        .as_ref()
+        .and_then(|d| d.system)
+        .and_then(device_os_value)
+    {
+        Some(value) => {
+            let _ = writeln!(w, "device_os = {value}   # system part in spark/status/safe-mode (TODO: that is after the update; was it the same before?)");
         }
         _ => {
             let _ = writeln!(
@@ -621,14 +639,18 @@ pub fn skeleton(events: &[FieldEvent], form: StreamForm, source: &str) -> String
                     .iter()
                     .filter_map(|x| x.version)
                     .find(|v| *v != 0 && Some(*v) != initial_app);
+                let needed_value = describe
+                    .as_ref()
+                    .and_then(|d| d.needed_system)
+                    .and_then(device_os_value);
                 let needed = describe
                     .as_ref()
                     .and_then(|d| d.needed_system)
                     .filter(|v| *v <= u16::MAX as u64)
                     .map(|v| DeviceOsVersion(v as u16).to_string());
                 if safe_mode {
-                    let body = match &needed {
-                        Some(v) => format!("do = \"cloud.flash\"\ndevice_os = {}   # the system part the app depends on\n", toml_string(v)),
+                    let body = match &needed_value {
+                        Some(v) => format!("do = \"cloud.flash\"\ndevice_os = {v}   # the system part the app depends on\n"),
                         None => "do = \"cloud.flash\"\ndevice_os = \"6.2.0\"   # TODO: which module did the healer send?\n".to_string(),
                     };
                     step(
@@ -651,15 +673,15 @@ pub fn skeleton(events: &[FieldEvent], form: StreamForm, source: &str) -> String
                     .filter(|x| x.name == "spark/status/safe-mode")
                     .find_map(|x| read_describe(&x.data))
                     .and_then(|d| {
-                        let v = d.app_built_against.filter(|v| *v <= u16::MAX as u64)?;
+                        let v = d.app_built_against?;
+                        let value = device_os_value(v)?;
                         let has = d
                             .system
                             .filter(|v| *v <= u16::MAX as u64)
                             .map(|s| DeviceOsVersion(s as u16).to_string())
                             .unwrap_or_else(|| "?".into());
                         Some(format!(
-                            "built_against = {}   # spark/status/safe-mode afterwards: the app needs Device OS {}, the device has {has}\n",
-                            toml_string(&DeviceOsVersion(v as u16).to_string()),
+                            "built_against = {value}   # spark/status/safe-mode afterwards: the app needs Device OS {}, the device has {has}\n",
                             DeviceOsVersion(v as u16)
                         ))
                     });
