@@ -7,7 +7,10 @@ mod cloud_support;
 use cloud_support::*;
 use harness::cloud::{CloudEvent, DisconnectReason, SessionChange};
 use protocol::coap::{option, Code, MessageType};
-use protocol::message::{Body, Goodbye, TimeResponse};
+use protocol::message::{
+    Body, FirmwareModule, FirmwareModuleDependency, Goodbye, SystemDescribe, TimeResponse,
+};
+use std::time::Duration;
 
 fn sessions(world: &World) -> Vec<SessionChange> {
     world
@@ -460,4 +463,160 @@ fn forcing_updates_sends_the_forced_event_now_and_at_each_connection() {
             "particle/device/updates/forced"
         ]
     );
+}
+
+/// The describe of a Boron in safe mode after an app that needs Device OS 6.2.0 was installed
+/// on 5.8.0: the user part's dependency check fails (checked 0x1e, passed 0x1a).
+fn safe_mode_describe() -> SystemDescribe {
+    let module =
+        |r#type, index, version, max_size, passed, deps: Vec<(i32, u32, u32)>| FirmwareModule {
+            r#type,
+            index,
+            version,
+            store: 0,
+            max_size,
+            checked_flags: 0x1e,
+            passed_flags: passed,
+            hash: (r#type == 5).then(|| vec![0x5c; 32]),
+            dependencies: deps
+                .into_iter()
+                .map(|(r#type, index, version)| FirmwareModuleDependency {
+                    r#type,
+                    index,
+                    version,
+                })
+                .collect(),
+            size: 1024,
+            ..Default::default()
+        };
+    SystemDescribe {
+        firmware_modules: vec![
+            module(2, 0, 2300, 49_152, 0x1e, vec![]),
+            module(4, 1, 5800, 671_744, 0x1e, vec![(2, 0, 2300)]),
+            module(5, 1, 6, 262_144, 0x1a, vec![(4, 1, 6200)]),
+        ],
+        imei: Some("352753090000000".into()),
+        ..Default::default()
+    }
+}
+
+/// Handshake and what Device OS sends after it in safe mode (reference 1.8): Hello, the system
+/// describe, `spark/device/safemode` (when `says_so`), last_reset.
+fn connect_in_safe_mode(w: &mut World, describe: &SystemDescribe, says_so: bool) {
+    w.handshake(0);
+    let now = w.now;
+    let d = w.device(0);
+    d.send_hello(now, hello(device_id(0), 13, 0xFFFF, GEN3_FLAGS));
+    d.send_system_describe(now, describe);
+    if says_so {
+        d.publish(now, "spark/device/safemode", "");
+    }
+    d.publish(now, "spark/device/last_reset", "update");
+    w.pump();
+}
+
+fn safe_mode_events(w: &World) -> Vec<(Duration, String)> {
+    w.stream_events()
+        .filter(|e| e.name == "spark/status/safe-mode")
+        .map(|e| (e.at, e.data.clone()))
+        .collect()
+}
+
+#[test]
+fn a_device_in_safe_mode_gets_spark_status_safe_mode_with_its_modules_once_per_connection() {
+    let mut w = World::new(15, 1);
+    connect_in_safe_mode(&mut w, &safe_mode_describe(), true);
+    // Not at the describe: at the post-connect point, after the device's connect events.
+    assert!(safe_mode_events(&w).is_empty());
+    w.advance(secs(3));
+    let events = safe_mode_events(&w);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].0, ms(1000));
+    let json: serde_json::Value = serde_json::from_str(&events[0].1).unwrap();
+    assert_eq!(json["p"], 13);
+    assert_eq!(json["imei"], "352753090000000");
+    assert!(json.get("iccid").is_none() && json.get("cellfw").is_none());
+    let m = json["m"].as_array().unwrap();
+    assert_eq!(m.len(), 3);
+    assert_eq!(m[0]["f"], "b");
+    assert_eq!(m[0]["n"], "0");
+    assert_eq!(m[0]["s"], 49_152);
+    assert_eq!(m[0]["l"], "m");
+    assert_eq!(m[0]["d"], serde_json::json!([]));
+    assert!(m[0].get("u").is_none());
+    assert_eq!(m[1]["f"], "s");
+    assert_eq!(m[1]["v"], 5800);
+    assert_eq!(
+        m[1]["d"],
+        serde_json::json!([{"f": "b", "n": "0", "v": 2300}])
+    );
+    assert_eq!(m[2]["f"], "u");
+    assert_eq!(m[2]["n"], "1");
+    assert_eq!(
+        (m[2]["vc"].as_u64(), m[2]["vv"].as_u64()),
+        (Some(30), Some(26))
+    );
+    assert_eq!(m[2]["u"], "5c".repeat(32));
+    assert_eq!(
+        m[2]["d"],
+        serde_json::json!([{"f": "s", "n": "1", "v": 6200}])
+    );
+    // The order of the captures: the device's events, then safe-mode, then pending.
+    let names: Vec<String> = w.stream().into_iter().map(|(n, _)| n).collect();
+    let at = |name: &str| names.iter().position(|n| n == name).unwrap();
+    assert!(at("spark/device/safemode") < at("spark/status/safe-mode"));
+    assert!(at("spark/device/last_reset") < at("spark/status/safe-mode"));
+    assert!(at("spark/status/safe-mode") < at("particle/device/updates/pending"));
+    // Once per connection: another describe on the same connection publishes nothing.
+    let now = w.now;
+    w.device(0).send_system_describe(now, &safe_mode_describe());
+    w.advance(secs(3));
+    assert_eq!(safe_mode_events(&w).len(), 1);
+    // A new connection in safe mode: again.
+    connect_in_safe_mode(&mut w, &safe_mode_describe(), true);
+    w.advance(secs(3));
+    assert_eq!(safe_mode_events(&w).len(), 2);
+}
+
+#[test]
+fn safe_mode_is_known_from_the_devices_word_or_from_a_failed_check() {
+    // The device says so, and no module fails a check (an app that fails its CRC is left out
+    // of the describe): published.
+    let mut w = World::new(16, 1);
+    connect_in_safe_mode(&mut w, &system_describe([3; 32]), true);
+    w.advance(secs(3));
+    let events = safe_mode_events(&w);
+    assert_eq!(events.len(), 1);
+    let json: serde_json::Value = serde_json::from_str(&events[0].1).unwrap();
+    assert_eq!(json["m"][1]["f"], "u");
+    // A module fails a check and the device's event is missing: published too.
+    let mut w = World::new(17, 1);
+    connect_in_safe_mode(&mut w, &safe_mode_describe(), false);
+    w.advance(secs(3));
+    assert_eq!(safe_mode_events(&w).len(), 1);
+    // Neither: nothing (a running device, as every other test here shows in its stream).
+    let mut w = World::new(18, 1);
+    connect_in_safe_mode(&mut w, &system_describe([3; 32]), false);
+    w.advance(secs(3));
+    assert!(safe_mode_events(&w).is_empty());
+}
+
+#[test]
+fn a_late_describe_publishes_safe_mode_when_it_arrives() {
+    let mut w = World::new(19, 1);
+    w.handshake(0);
+    let now = w.now;
+    let d = w.device(0);
+    d.send_hello(now, hello(device_id(0), 13, 0xFFFF, GEN3_FLAGS));
+    d.publish(now, "spark/device/safemode", "");
+    w.pump();
+    w.advance(secs(3));
+    // Without the describe of this connection the cloud has no module list yet.
+    assert!(safe_mode_events(&w).is_empty());
+    let now = w.now;
+    w.device(0).send_system_describe(now, &safe_mode_describe());
+    w.pump();
+    let events = safe_mode_events(&w);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].0, now);
 }

@@ -1,4 +1,5 @@
-//! Runs every scenario file under `fixtures/` against the emulator target and snapshots each
+//! Runs every scenario file in `fixtures/` (the documented OTA behaviours) and
+//! `fixtures/field/` (field-bug reproductions) against the emulator target and snapshots each
 //! case's trace (virtual time only, so the snapshots do not depend on the machine).
 
 use std::path::PathBuf;
@@ -8,12 +9,12 @@ use harness::scenario::runner::{self, Outcome};
 use harness::scenario::{load, Target};
 use rstest::rstest;
 
-// `fixtures/field/` is not run yet: its worked example needs an app built against a newer
-// Device OS than the device runs (a user part whose dependency is system part 6.2.0 on a 5.8.0
-// device), which `cloud.flash` cannot express (an app-only file depends on the running Device
-// OS), so the emulator boots it normally instead of into safe mode.
 #[rstest]
-fn fixture(#[files("../fixtures/*.toml")] path: PathBuf) {
+fn fixture(
+    #[files("../fixtures/*.toml")]
+    #[files("../fixtures/field/*.toml")]
+    path: PathBuf,
+) {
     let mut scenario = load(&path).unwrap_or_else(|e| panic!("{e}"));
     // Machine-independent: the path as written from the workspace root.
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -22,7 +23,11 @@ fn fixture(#[files("../fixtures/*.toml")] path: PathBuf) {
     scenario.file = abs.strip_prefix(&root).unwrap_or(&abs).to_path_buf();
     let mut factory = || Ok(Box::new(EmulatorTarget::new()) as Box<dyn Target>);
     let result = runner::run(&scenario, None, &mut factory);
-    let stem = path.file_stem().unwrap().to_string_lossy().to_string();
+    // Snapshot names: the file stem, prefixed with `field-` for a field bug.
+    let mut stem = path.file_stem().unwrap().to_string_lossy().to_string();
+    if path.parent().and_then(|p| p.file_name()) == Some(std::ffi::OsStr::new("field")) {
+        stem = format!("field-{stem}");
+    }
     let mut text = String::new();
     for case in &result.cases {
         text.push_str(&format!(

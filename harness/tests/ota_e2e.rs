@@ -4,9 +4,12 @@
 use std::time::Duration;
 
 use emulator::board::{Board, RegionKind};
+use emulator::bootloader::{BootState, SafeModeReason};
 use emulator::firmware::{FirmwareSet, ModuleSizes, Versions};
 use emulator::flash::CutMode;
-use harness::cloud::JobStatus;
+use harness::cloud::{CloudEvent, JobStatus};
+use harness::scenario::firmware::build_file;
+use harness::scenario::{DeviceOsVersion, FirmwareSpec, InitialFirmware};
 use harness::testbed::{DeviceHandle, DeviceSpec, Testbed};
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -261,4 +264,94 @@ fn the_same_seed_gives_the_same_trace() {
             .collect::<Vec<_>>()
     };
     assert_eq!(run(), run());
+}
+
+#[test]
+fn an_app_built_against_a_newer_device_os_is_accepted_then_boots_into_safe_mode() {
+    // A Boron on Device OS 5.8.0 with app v3; the cloud flashes app v4 built against 6.2.0
+    // (`cloud.flash app = 4, built_against = "6.2.0"`).
+    let board = Board::builtin("boron").unwrap();
+    let mut bed = Testbed::new(21).unwrap();
+    let mut spec = DeviceSpec::new(board.clone(), 3);
+    spec.sizes = sizes();
+    spec.versions.system_part = 5800;
+    let dev = bed.add_device(&spec).unwrap();
+    bed.power_on(dev).unwrap();
+    bed.run_until("device online", MINUTE, |b| {
+        b.status(dev).map(|s| s.connected).unwrap_or(false)
+    })
+    .unwrap();
+    let current = InitialFirmware {
+        device_os: DeviceOsVersion(5800),
+        ..InitialFirmware::default()
+    };
+    let flash = FirmwareSpec {
+        app: Some(4),
+        built_against: Some(DeviceOsVersion(6200)),
+        ..FirmwareSpec::default()
+    };
+    let file = build_file(&board, &flash, &current, sizes(), 21).unwrap();
+    let job = bed.flash(dev, file).unwrap();
+    bed.run_until("job finished", 10 * MINUTE, |b| job_done(b, job))
+        .unwrap_or_else(|e| panic!("{e}\n{}", trace_tail(&bed)));
+    // The OTA receiver validates user parts with userDepsOptional: accepted, installed, and the
+    // cloud finds the new user part in the describe after the reboot.
+    assert_eq!(
+        bed.job(job),
+        Some(JobStatus::Succeeded),
+        "{}",
+        trace_tail(&bed)
+    );
+    // The bootloader's validation fails the user part's dependency: safe mode, no app.
+    let status = bed.status(dev).unwrap();
+    assert!(status.safe_mode, "{}", trace_tail(&bed));
+    assert_eq!(
+        status.boot_state,
+        Some(BootState::SafeMode(
+            SafeModeReason::UserPartDependencyUnmet {
+                function: 4,
+                index: 1,
+                needed: 6200,
+                installed: Some(5800),
+            }
+        ))
+    );
+    assert_eq!(status.versions.product_version, None);
+    // Online in safe mode, and the cloud says so with the module list a second later.
+    bed.run_for(Duration::from_secs(2)).unwrap();
+    assert!(bed.status(dev).unwrap().connected);
+    let safe_mode: Vec<String> = bed
+        .cloud_events()
+        .iter()
+        .filter_map(|(_, e)| match e {
+            CloudEvent::Stream(s) if s.name == "spark/status/safe-mode" => Some(s.data.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(safe_mode.len(), 1, "{}", trace_tail(&bed));
+    let json: serde_json::Value = serde_json::from_str(&safe_mode[0]).unwrap();
+    assert_eq!(json["p"], 13);
+    let user = json["m"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["f"] == "u")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (user["vc"].as_u64(), user["vv"].as_u64()),
+        (Some(0x1e), Some(0x1a))
+    );
+    assert_eq!(
+        user["d"],
+        serde_json::json!([{"f": "s", "n": "1", "v": 6200}])
+    );
+    let system = json["m"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["f"] == "s")
+        .unwrap()
+        .clone();
+    assert_eq!(system["v"], 5800);
 }

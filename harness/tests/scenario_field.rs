@@ -3,8 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
+use harness::cloud::safe_mode::legacy_describe_json;
 use harness::scenario::field::{parse_events, parse_timestamp, skeleton, toml_string, StreamForm};
-use harness::scenario::parse;
+use harness::scenario::{parse, Action, DeviceOsVersion, Expectation, FirmwareSpec, Step};
+use protocol::message::{FirmwareModule, FirmwareModuleDependency, SystemDescribe};
 
 fn example() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -29,7 +31,82 @@ fn the_worked_example_becomes_a_skeleton_that_parses() {
         .report
         .iter()
         .any(|(k, v)| k == "platform" && v == "\"boron (13)\""));
+    // The app that led to safe mode was built against the Device OS its user part depends on.
+    let flashes: Vec<&FirmwareSpec> = s
+        .steps
+        .iter()
+        .filter_map(|st| match &st.step {
+            Step::Action(Action::CloudFlash(spec)) => Some(spec),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(flashes[0].app, Some(4));
+    assert_eq!(flashes[0].built_against, Some(DeviceOsVersion(6200)));
+    assert_eq!(flashes[1].device_os, Some(DeviceOsVersion(6200)));
+    assert_eq!(flashes[1].built_against, None);
     insta::assert_snapshot!(toml);
+}
+
+#[test]
+fn what_the_local_cloud_publishes_in_safe_mode_is_what_the_generator_reads() {
+    // The describe of an emulated Boron on 5.8.0 running an app built against 6.2.0, as our
+    // cloud turns it into spark/status/safe-mode.
+    let module = |r#type, index, version, passed, dep: Option<(i32, u32, u32)>| FirmwareModule {
+        r#type,
+        index,
+        version,
+        max_size: 262_144,
+        checked_flags: 0x1e,
+        passed_flags: passed,
+        hash: (r#type == 5).then(|| vec![0xae; 32]),
+        dependencies: dep
+            .map(|(r#type, index, version)| FirmwareModuleDependency {
+                r#type,
+                index,
+                version,
+            })
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    };
+    let describe = SystemDescribe {
+        firmware_modules: vec![
+            module(2, 0, 2300, 0x1e, None),
+            module(4, 1, 5800, 0x1e, Some((2, 0, 2300))),
+            module(5, 2, 6, 0x1a, Some((4, 1, 6200))),
+        ],
+        ..Default::default()
+    };
+    let data = legacy_describe_json(Some(13), &describe);
+    let event = |name: &str, data: &str, version: u16| {
+        format!(
+            "event: {name}\ndata: {{\"data\":{},\"ttl\":60,\"published_at\":\"2024-05-13T11:03:55.015Z\",\"coreid\":\"e00fce68ece1d3d21a73dcc9\",\"version\":{version}}}\n\n",
+            serde_json::Value::String(data.to_string())
+        )
+    };
+    let text = [
+        event("spark/status", "online", 3),
+        event("spark/flash/status", "started ", 3),
+        event("spark/flash/status", "success ", 3),
+        event("spark/device/last_reset", "update", 0),
+        event("spark/status/safe-mode", &data, 0),
+    ]
+    .concat();
+    let (events, form) = parse_events(&text, Path::new("ours.events")).unwrap();
+    let toml = skeleton(&events, form, "ours.events");
+    let s = parse(&toml, Path::new("skeleton.toml")).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+    assert_eq!(s.setup.board, "boron");
+    assert_eq!(s.setup.firmware.device_os, DeviceOsVersion(5800));
+    assert_eq!(s.setup.firmware.bootloader, 2300);
+    assert!(toml.contains("u2 v6 fails checks (checked 0x1e, passed 0x1a); depends on s1 v6200"));
+    assert!(s.steps.iter().any(|st| matches!(
+        &st.step,
+        Step::Action(Action::CloudFlash(spec)) if spec.built_against == Some(DeviceOsVersion(6200))
+    )));
+    assert!(s
+        .steps
+        .iter()
+        .any(|st| st.step == Step::Expect(vec![Expectation::SafeMode(true)])));
 }
 
 #[test]
@@ -112,10 +189,22 @@ fn any_stream_gives_a_skeleton_that_parses() {
         "{\"name\":\"spark/flash/status\",\"data\":\"started \",\"coreid\":\"zz\"}\n",
         "{\"name\":\"spark/status/safe-mode\",\"data\":\"{\\\"p\\\":999}\",\"coreid\":\"e00fce68ece1d3d21a73dcc9\"}\n",
         "{\"name\":\"weird \\\"name\\\"\\u0007\",\"data\":\"\\u007f\\n\",\"coreid\":\"a\"}\n{\"name\":\"x\",\"data\":\"\",\"coreid\":\"b\"}\n",
+        // Versions that have no dotted form, or are no module version at all.
+        concat!(
+            "{\"name\":\"spark/flash/status\",\"data\":\"started \",\"coreid\":\"e00fce68ece1d3d21a73dcc9\"}\n",
+            "{\"name\":\"spark/status/safe-mode\",\"data\":\"{\\\"p\\\":13,\\\"m\\\":[{\\\"f\\\":\\\"s\\\",\\\"n\\\":\\\"1\\\",\\\"v\\\":65100,\\\"vc\\\":30,\\\"vv\\\":30},{\\\"f\\\":\\\"u\\\",\\\"n\\\":\\\"1\\\",\\\"v\\\":6,\\\"vc\\\":30,\\\"vv\\\":26,\\\"d\\\":[{\\\"f\\\":\\\"s\\\",\\\"n\\\":\\\"1\\\",\\\"v\\\":65535}]}]}\",\"coreid\":\"e00fce68ece1d3d21a73dcc9\"}\n",
+            "{\"name\":\"spark/flash/status\",\"data\":\"started \",\"coreid\":\"e00fce68ece1d3d21a73dcc9\"}\n",
+            "{\"name\":\"spark/status/safe-mode\",\"data\":\"{\\\"m\\\":[{\\\"f\\\":\\\"u\\\",\\\"vc\\\":30,\\\"vv\\\":26,\\\"d\\\":[{\\\"f\\\":\\\"s\\\",\\\"v\\\":99999}]}]}\",\"coreid\":\"e00fce68ece1d3d21a73dcc9\"}\n",
+        ),
     ] {
         let (events, form) = parse_events(text, Path::new("f")).unwrap();
         let toml = skeleton(&events, form, "f");
         parse(&toml, Path::new("skeleton.toml")).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        if text.contains("65535") {
+            // No dotted form reads back as 65100 or 65535: the integer form is written.
+            assert!(toml.contains("\ndevice_os = 65100 "), "{toml}");
+            assert!(toml.contains("\nbuilt_against = 65535 "), "{toml}");
+        }
     }
 }
 

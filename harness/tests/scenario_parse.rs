@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use emulator::flash::CutMode;
 use harness::scenario::{
-    parse, Action, AppAction, CutPoint, DeviceOsVersion, Expectation, LinkAction, OtaProgress,
-    Phase, Step, Wait, STEP_KINDS,
+    parse, Action, AppAction, CutPoint, DeviceOsVersion, Expectation, FirmwareSpec, LinkAction,
+    OtaProgress, Phase, Step, Wait, STEP_KINDS,
 };
 
 const HEAD: &str = "board = \"boron\"\n[firmware]\ndevice_os = \"6.2.0\"\napp = 3\n";
@@ -56,6 +56,18 @@ do = "cloud.flash"
 app = 4
 corrupt = "crc"
 size = "64KiB"
+
+[[step]]
+do = "cloud.flash"
+app = 4
+built_against = "6.2.0"
+
+[[step]]
+do = "cloud.flash"
+app = 4
+device_os = 6100
+built_against = 6200
+combined = true
 
 [[step]]
 do = "cloud.force_updates"
@@ -186,8 +198,27 @@ fn every_step_kind_parses_into_its_typed_form() {
     for kind in STEP_KINDS {
         assert!(kinds.contains(kind), "{kind} not covered");
     }
+    // An app built against a newer Device OS, alone and combined with another system part.
     assert_eq!(
-        s.steps[6].step,
+        s.steps[4].step,
+        Step::Action(Action::CloudFlash(FirmwareSpec {
+            app: Some(4),
+            built_against: Some(DeviceOsVersion(6200)),
+            ..FirmwareSpec::default()
+        }))
+    );
+    assert_eq!(
+        s.steps[5].step,
+        Step::Action(Action::CloudFlash(FirmwareSpec {
+            app: Some(4),
+            device_os: Some(DeviceOsVersion(6100)),
+            built_against: Some(DeviceOsVersion(6200)),
+            combined: true,
+            ..FirmwareSpec::default()
+        }))
+    );
+    assert_eq!(
+        s.steps[8].step,
         Step::Action(Action::PowerCut(harness::scenario::PowerCut {
             at: CutPoint::FlashOp(17),
             mode: CutMode::Torn,
@@ -195,7 +226,7 @@ fn every_step_kind_parses_into_its_typed_form() {
         }))
     );
     assert_eq!(
-        s.steps[8].step,
+        s.steps[10].step,
         Step::Action(Action::PowerCut(harness::scenario::PowerCut {
             at: CutPoint::Phase {
                 phase: Phase::FirstBoot,
@@ -206,11 +237,11 @@ fn every_step_kind_parses_into_its_typed_form() {
         }))
     );
     assert_eq!(
-        s.steps[14].step,
+        s.steps[16].step,
         Step::Action(Action::App(AppAction::Reset { no_wait: true }))
     );
     assert_eq!(
-        s.steps[17].step,
+        s.steps[19].step,
         Step::Action(Action::Link(LinkAction::Faults {
             loss: 0.2,
             duplicate: 0.0,
@@ -221,10 +252,10 @@ fn every_step_kind_parses_into_its_typed_form() {
         }))
     );
     assert_eq!(
-        s.steps[22].step,
+        s.steps[24].step,
         Step::Wait(Wait::Time(Duration::from_secs(90)))
     );
-    let Step::Expect(list) = &s.steps[24].step else {
+    let Step::Expect(list) = &s.steps[26].step else {
         panic!("not an expect step")
     };
     assert_eq!(list.len(), 9);
@@ -275,6 +306,9 @@ const BROKEN: &[(&str, &str)] = &[
     ("combined one module", "[[step]]\ndo = \"cloud.flash\"\napp = 4\ncombined = true\n"),
     ("two modules uncombined", "[[step]]\ndo = \"cloud.flash\"\napp = 4\ndevice_os = \"6.2.1\"\n"),
     ("wrong platform name", "[[step]]\ndo = \"cloud.flash\"\napp = 4\nplatform = \"photon3\"\n"),
+    ("built_against without app", "[[step]]\ndo = \"cloud.flash\"\ndevice_os = \"6.2.0\"\nbuilt_against = \"6.2.0\"\n"),
+    ("bad built_against", "[[step]]\ndo = \"cloud.flash\"\napp = 4\nbuilt_against = \"6.2\"\n"),
+    ("built_against of the wrong type", "[[step]]\ndo = \"cloud.flash\"\napp = 4\nbuilt_against = true\n"),
     ("rate out of range", "[[step]]\ndo = \"link.faults\"\nloss = 1.5\n"),
     ("bandwidth without /s", "[[step]]\ndo = \"link.faults\"\nbandwidth = \"2KiB\"\n"),
     ("wait.ota without progress", "[[step]]\ndo = \"wait.ota\"\ntimeout = \"1m\"\n"),

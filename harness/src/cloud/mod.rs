@@ -73,11 +73,17 @@
 //!   job; any other unmatched message is reported and otherwise ignored.
 //! - `spark/device/app-hash` is published when a system describe shows a user-part hash other
 //!   than the last one published.
+//! - **`spark/status/safe-mode`** (the legacy JSON describe) is published once per connection
+//!   of a device in safe mode: the device said `spark/device/safemode` or its describe shows a
+//!   module failing a check, at the post-connect point of the pending event or once the
+//!   connection's describe arrives (the rule and why: [`safe_mode`]). There is no safe-mode
+//!   healer: nothing is flashed because of it.
 
 mod event;
 mod firmware;
 mod job;
 mod ota;
+pub mod safe_mode;
 mod session;
 mod transfer;
 
@@ -121,6 +127,10 @@ pub mod names {
     pub const UPDATES_PENDING: &str = "particle/device/updates/pending";
     pub const UPDATES_FORCED: &str = "particle/device/updates/forced";
     pub const UPDATES_ENABLED: &str = "particle/device/updates/enabled";
+    /// Published by the device at connect, only in safe mode.
+    pub const DEVICE_SAFE_MODE: &str = "spark/device/safemode";
+    /// Published by the cloud for a device in safe mode, with its modules.
+    pub const SAFE_MODE: &str = "spark/status/safe-mode";
     /// `spark/flash/status` data, with the trailing space of the 2024 captures.
     pub const FLASH_STARTED: &str = "started ";
     pub const FLASH_SUCCESS: &str = "success ";
@@ -739,6 +749,11 @@ impl Cloud {
 
     fn resume(&mut self, now: Duration, id: [u8; 12]) {
         let endpoint = self.new_endpoint();
+        // A resumption sends a describe only when something changed: the last one counts.
+        let describe_known = self
+            .devices
+            .get(&id)
+            .is_some_and(|d| d.system_describe.is_some());
         let Some(s) = self.session_mut(&id) else {
             return;
         };
@@ -746,6 +761,9 @@ impl Cloud {
         s.started_at = now;
         s.last_request = now;
         s.pending_sent = false;
+        s.describe_seen = describe_known;
+        s.safe_mode_said = false;
+        s.safe_mode_published = false;
         s.clear_connection();
         s.endpoint = Some(endpoint);
         let address = s.address;
@@ -1089,6 +1107,9 @@ impl Cloud {
                 d.app_hash = user_hash.clone();
             }
             d.system_describe = Some(describe.clone());
+            if let Some(s) = d.session.as_mut() {
+                s.describe_seen = true;
+            }
             let started = d.session.as_ref().map_or(now, |s| s.started_at);
             (publish, d.hello.clone(), started)
         };
@@ -1110,6 +1131,11 @@ impl Cloud {
                 names::UPDATES_FORCED => d.updates_forced = Some(parse_flag(&event.data)),
                 names::LAST_RESET => {
                     d.last_reset = Some(String::from_utf8_lossy(&event.data).into_owned())
+                }
+                names::DEVICE_SAFE_MODE => {
+                    if let Some(s) = d.session.as_mut() {
+                        s.safe_mode_said = true;
+                    }
                 }
                 _ => {}
             }
@@ -1239,8 +1265,34 @@ impl Cloud {
         )
     }
 
+    /// The data of `spark/status/safe-mode` if it is due for this connection now (rule in
+    /// [`safe_mode`]).
+    fn safe_mode_due(&self, now: Duration, id: &[u8; 12]) -> Option<String> {
+        let d = self.devices.get(id)?;
+        let s = d.session.as_ref()?;
+        if !s.online
+            || s.safe_mode_published
+            || !s.describe_seen
+            || now < s.started_at + self.config.pending_event_delay
+        {
+            return None;
+        }
+        let describe = d.system_describe.as_ref()?;
+        if !s.safe_mode_said && !safe_mode::shows_failed_checks(describe) {
+            return None;
+        }
+        let platform = d.hello.as_ref().map(|h| h.platform_id);
+        Some(safe_mode::legacy_describe_json(platform, describe))
+    }
+
     /// Post-connect steps and job starts that are due.
     fn service(&mut self, now: Duration, id: [u8; 12]) {
+        if let Some(data) = self.safe_mode_due(now, &id) {
+            if let Some(s) = self.session_mut(&id) {
+                s.safe_mode_published = true;
+            }
+            self.publish_cloud(now, id, names::SAFE_MODE, &data);
+        }
         let delay = self.config.pending_event_delay;
         let due_pending = self
             .session_mut(&id)

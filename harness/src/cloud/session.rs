@@ -43,6 +43,12 @@ pub struct Session {
     pub last_request: Duration,
     /// `particle/device/updates/pending` sent for this connection.
     pub pending_sent: bool,
+    /// A system describe arrived on this connection (a resumption counts the last one known).
+    pub describe_seen: bool,
+    /// The device published `spark/device/safemode` on this connection.
+    pub safe_mode_said: bool,
+    /// `spark/status/safe-mode` published for this connection.
+    pub safe_mode_published: bool,
     /// The CoAP endpoint of this connection (`None` while offline: a resumption starts anew).
     pub endpoint: Option<Endpoint<ChaCha8Rng>>,
     pub purposes: HashMap<RequestHandle, Purpose>,
@@ -70,6 +76,9 @@ impl Session {
             last_heard: now,
             last_request: now,
             pending_sent: false,
+            describe_seen: false,
+            safe_mode_said: false,
+            safe_mode_published: false,
             endpoint: None,
             purposes: HashMap::new(),
             describe: DescribeAssembly::default(),

@@ -8,6 +8,12 @@
 //! commit, apply, first boot), the target groups the logged operations into runs per phase,
 //! and a sweep's clean run records where each run started (see [`EmulatorTarget::phase_ops`]).
 //!
+//! Known limit of chunk cuts: [`Target::advance`] runs every event of a virtual instant before
+//! it looks at the device, and a transfer window (256 chunks with the emulated Device OS) arrives in one instant. So the
+//! device holds every chunk of a window before the cut is armed, and the cut fires at the first
+//! flash operation after the window: for a file of one window (every fixture's today) that is
+//! the device's commit, after the cloud's `success`, whatever K is (up to the chunk count).
+//!
 //! The cloud behaviour the target adds (small, from the reference): a `cloud.flash` for a
 //! device that reported `particle/device/updates/enabled` = false (and is not forced) is held
 //! back; the cloud sends `particle/device/updates/pending` = true instead and starts the
@@ -17,11 +23,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use emulator::board::{Board, RegionKind};
-use emulator::firmware::{FirmwareSet, ModuleSizes, Versions};
+use emulator::firmware::{FirmwareSet, ModuleSizes};
 use emulator::flash::{Activity, ActivityCut, CutMode};
 use emulator::os::{AppBehaviour as OsApp, DeviceEvent};
 
-use super::firmware::build_file;
+use super::firmware::{build_file, build_modules};
 use super::model::*;
 use super::target::{
     Capability, FirmwareIntegrity, Observation, OtaStatus, RunningVersions, SystemFlags, Target,
@@ -362,44 +368,19 @@ impl EmulatorTarget {
         Ok(())
     }
 
+    /// The images a complete install of `spec` leaves in the module regions: the modules
+    /// `build_file` sends, as the same function builds them (none for a file that cannot
+    /// install: wrong platform, corrupt; compressed modules are not compared).
     fn images(&self, spec: &FirmwareSpec) -> BTreeMap<RegionKind, Vec<u8>> {
-        let mut out = BTreeMap::new();
         let Some(board) = &self.board else {
-            return out;
+            return BTreeMap::new();
         };
         if spec.platform.is_some() || spec.corrupt.is_some() || spec.compressed {
-            return out;
+            return BTreeMap::new();
         }
-        let mut v: Versions = self.current.versions();
-        if let Some(a) = spec.app {
-            v.product_version = a;
-        }
-        if let Some(d) = spec.device_os {
-            v.system_part = d.0;
-        }
-        if let Some(b) = spec.bootloader {
-            v.bootloader = b;
-        }
-        let sizes = ModuleSizes {
-            user_part: spec.size.unwrap_or(self.sizes.user_part),
-            ..self.sizes
-        };
-        let set = FirmwareSet::new(board, sizes, self.dev_seed);
-        let mut add = |k: RegionKind, len: u32| {
-            if let Ok(m) = set.module(k, &v, len) {
-                out.insert(k, m);
-            }
-        };
-        if spec.app.is_some() {
-            add(RegionKind::UserPart, sizes.user_part);
-        }
-        if spec.device_os.is_some() {
-            add(RegionKind::SystemPart, sizes.system_part);
-        }
-        if spec.bootloader.is_some() {
-            add(RegionKind::Bootloader, sizes.bootloader);
-        }
-        out
+        build_modules(board, spec, &self.current, self.sizes, self.dev_seed)
+            .map(|modules| modules.into_iter().collect())
+            .unwrap_or_default()
     }
 }
 

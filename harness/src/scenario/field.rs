@@ -287,6 +287,9 @@ struct Describe {
     failing: Vec<String>,
     /// The system part version a failing module depends on (what safe mode waits for).
     needed_system: Option<u64>,
+    /// The system part version a failing user part depends on, when it is newer than the
+    /// system part installed: an app built against a newer Device OS.
+    app_built_against: Option<u64>,
 }
 
 fn read_describe(data: &str) -> Option<Describe> {
@@ -309,7 +312,11 @@ fn read_describe(data: &str) -> Option<Describe> {
         if vc != vv {
             for dep in m.get("d").and_then(Json::as_array).into_iter().flatten() {
                 if dep.get("f").and_then(Json::as_str) == Some("s") {
-                    d.needed_system = dep.get("v").and_then(Json::as_u64).or(d.needed_system);
+                    let needed = dep.get("v").and_then(Json::as_u64);
+                    d.needed_system = needed.or(d.needed_system);
+                    if f == "u" {
+                        d.app_built_against = needed.or(d.app_built_against);
+                    }
                 }
             }
             let deps: Vec<String> = m
@@ -337,7 +344,27 @@ fn read_describe(data: &str) -> Option<Describe> {
             ));
         }
     }
+    // Only a dependency on a newer system part than the one installed says "built against".
+    if d.app_built_against
+        .is_some_and(|v| d.system.is_none_or(|s| v <= s))
+    {
+        d.app_built_against = None;
+    }
     Some(d)
+}
+
+/// A Device OS version as a scenario value: `"6.2.0"` when that form reads back as the same
+/// module version, else the module version as an integer; `None` when it is no u16.
+fn device_os_value(v: u64) -> Option<String> {
+    let v = u16::try_from(v).ok()?;
+    let text = DeviceOsVersion(v).to_string();
+    Some(
+        if DeviceOsVersion::parse(&text) == Some(DeviceOsVersion(v)) {
+            toml_string(&text)
+        } else {
+            v.to_string()
+        },
+    )
 }
 
 fn board_for_platform(id: u64) -> Option<&'static str> {
@@ -457,9 +484,13 @@ pub fn skeleton(events: &[FieldEvent], form: StreamForm, source: &str) -> String
     // [firmware]
     let initial_app = events.iter().filter_map(|e| e.version).find(|v| *v != 0);
     let _ = writeln!(w, "[firmware]");
-    match describe.as_ref().and_then(|d| d.system) {
-        Some(v) if v <= u16::MAX as u64 => {
-            let _ = writeln!(w, "device_os = {}   # system part in spark/status/safe-mode (TODO: that is after the update; was it the same before?)", toml_string(&DeviceOsVersion(v as u16).to_string()));
+    match describe
+        .as_ref()
+        .and_then(|d| d.system)
+        .and_then(device_os_value)
+    {
+        Some(value) => {
+            let _ = writeln!(w, "device_os = {value}   # system part in spark/status/safe-mode (TODO: that is after the update; was it the same before?)");
         }
         _ => {
             let _ = writeln!(
@@ -608,14 +639,18 @@ pub fn skeleton(events: &[FieldEvent], form: StreamForm, source: &str) -> String
                     .iter()
                     .filter_map(|x| x.version)
                     .find(|v| *v != 0 && Some(*v) != initial_app);
+                let needed_value = describe
+                    .as_ref()
+                    .and_then(|d| d.needed_system)
+                    .and_then(device_os_value);
                 let needed = describe
                     .as_ref()
                     .and_then(|d| d.needed_system)
                     .filter(|v| *v <= u16::MAX as u64)
                     .map(|v| DeviceOsVersion(v as u16).to_string());
                 if safe_mode {
-                    let body = match &needed {
-                        Some(v) => format!("do = \"cloud.flash\"\ndevice_os = {}   # the system part the app depends on\n", toml_string(v)),
+                    let body = match &needed_value {
+                        Some(v) => format!("do = \"cloud.flash\"\ndevice_os = {v}   # the system part the app depends on\n"),
                         None => "do = \"cloud.flash\"\ndevice_os = \"6.2.0\"   # TODO: which module did the healer send?\n".to_string(),
                     };
                     step(
@@ -627,17 +662,44 @@ pub fn skeleton(events: &[FieldEvent], form: StreamForm, source: &str) -> String
                     prev_ms = e.at_ms.or(prev_ms);
                     continue;
                 }
-                let body = match next {
+                // The safe mode this transfer led to (before the next transfer starts): an app
+                // whose dependency names a newer system part than the device has was built
+                // against that Device OS.
+                let built_against = events[i + 1..]
+                    .iter()
+                    .take_while(|x| {
+                        !(x.name == "spark/flash/status" && x.data.trim() == "started")
+                    })
+                    .filter(|x| x.name == "spark/status/safe-mode")
+                    .find_map(|x| read_describe(&x.data))
+                    .and_then(|d| {
+                        let v = d.app_built_against?;
+                        let value = device_os_value(v)?;
+                        let has = d
+                            .system
+                            .filter(|v| *v <= u16::MAX as u64)
+                            .map(|s| DeviceOsVersion(s as u16).to_string())
+                            .unwrap_or_else(|| "?".into());
+                        Some(format!(
+                            "built_against = {value}   # spark/status/safe-mode afterwards: the app needs Device OS {}, the device has {has}\n",
+                            DeviceOsVersion(v as u16)
+                        ))
+                    });
+                let mut body = match next {
                     Some(v) => format!("do = \"cloud.flash\"\napp = {v}   # the version reported after the update\n"),
                     None => format!(
                         "do = \"cloud.flash\"\napp = {}   # TODO: the new version is not in the events{}\n",
                         initial_app.unwrap_or(1) + 1,
-                        match &needed {
-                            Some(v) => format!("; safe mode afterwards says the app needs Device OS {v}"),
-                            None => "; Device OS too? (device_os, combined)".into(),
+                        match (&needed, &built_against) {
+                            (_, Some(_)) => String::new(),
+                            (Some(v), None) => format!("; safe mode afterwards says the app needs Device OS {v}"),
+                            (None, None) => "; Device OS too? (device_os, combined)".into(),
                         }
                     ),
                 };
+                if let Some(line) = built_against {
+                    body.push_str(&line);
+                }
                 step(w, e, "the cloud starts a transfer", &body);
             }
             ("spark/flash/status", "success") | ("spark/flash/status", "failed") => {

@@ -20,15 +20,18 @@ pub enum FileBuildError {
     Module { what: String, source: ModuleError },
 }
 
-/// The file for `spec` on `board`, whose device currently runs `current`. Modules not named in
-/// the spec keep the current versions (an app-only file depends on the running Device OS).
-pub fn build_file(
+/// The modules of the file for `spec` on `board`, whose device currently runs `current`, in
+/// file order (bootloader, system part, user part), before compression, combining and
+/// damage. Modules not named in the spec keep the current versions (an app-only file depends
+/// on the running Device OS, unless `built_against` names another). [`build_file`] sends
+/// these; a target that checks "nothing lost" expects them in flash afterwards.
+pub fn build_modules(
     board: &Board,
     spec: &FirmwareSpec,
     current: &InitialFirmware,
     sizes: ModuleSizes,
     seed: u64,
-) -> Result<Vec<u8>, FileBuildError> {
+) -> Result<Vec<(RegionKind, Vec<u8>)>, FileBuildError> {
     let other;
     let target_board = match &spec.platform {
         Some(name) if *name != board.name => {
@@ -50,6 +53,13 @@ pub fn build_file(
     if let Some(b) = spec.bootloader {
         versions.bootloader = b;
     }
+    // The user part's dependency: the Device OS it was built against, which is the file's (or
+    // the running) system part unless the spec says otherwise. Its own copy, so that a
+    // combined file still carries the system part at `device_os`.
+    let mut user_versions = versions;
+    if let Some(dos) = spec.built_against {
+        user_versions.system_part = dos.0;
+    }
     let sizes = ModuleSizes {
         user_part: spec.size.unwrap_or(sizes.user_part),
         ..sizes
@@ -57,14 +67,33 @@ pub fn build_file(
     let set = FirmwareSet::new(target_board, sizes, seed);
     let mut modules = Vec::new();
     if spec.bootloader.is_some() {
-        modules.push(set.module(RegionKind::Bootloader, &versions, sizes.bootloader)?);
+        let m = set.module(RegionKind::Bootloader, &versions, sizes.bootloader)?;
+        modules.push((RegionKind::Bootloader, m));
     }
     if spec.device_os.is_some() {
-        modules.push(set.module(RegionKind::SystemPart, &versions, sizes.system_part)?);
+        let m = set.module(RegionKind::SystemPart, &versions, sizes.system_part)?;
+        modules.push((RegionKind::SystemPart, m));
     }
     if spec.app.is_some() {
-        modules.push(set.module(RegionKind::UserPart, &versions, sizes.user_part)?);
+        let m = set.module(RegionKind::UserPart, &user_versions, sizes.user_part)?;
+        modules.push((RegionKind::UserPart, m));
     }
+    Ok(modules)
+}
+
+/// The file for `spec` on `board`, whose device currently runs `current`: the modules of
+/// [`build_modules`], compressed, combined and damaged as the spec says.
+pub fn build_file(
+    board: &Board,
+    spec: &FirmwareSpec,
+    current: &InitialFirmware,
+    sizes: ModuleSizes,
+    seed: u64,
+) -> Result<Vec<u8>, FileBuildError> {
+    let mut modules: Vec<Vec<u8>> = build_modules(board, spec, current, sizes, seed)?
+        .into_iter()
+        .map(|(_, m)| m)
+        .collect();
     let module_err = |what: &str, source| FileBuildError::Module {
         what: what.into(),
         source,
@@ -99,7 +128,7 @@ pub fn build_file(
 mod tests {
     use super::*;
     use crate::scenario::model::DeviceOsVersion;
-    use protocol::module::{split_combined, Module};
+    use protocol::module::{split_combined, split_combined_modules, Module, ModuleFunction};
 
     fn boron() -> Board {
         Board::builtin("boron").unwrap()
@@ -138,6 +167,96 @@ mod tests {
             ..FirmwareSpec::default()
         });
         assert_eq!(split_combined(&file).unwrap().len(), 2);
+    }
+
+    /// The system part version the user part in `file` (plain or combined) depends on, and
+    /// the system part module's own version if the file carries one.
+    fn user_dependency_and_system(file: &[u8]) -> (Option<u16>, Option<u16>) {
+        let (mut dep, mut system) = (None, None);
+        for range in split_combined(file).unwrap() {
+            let m = Module::parse(&file[range]).unwrap();
+            match m.prefix.function {
+                ModuleFunction::UserPart => {
+                    dep = m
+                        .prefix
+                        .dependencies
+                        .iter()
+                        .find(|d| d.function == ModuleFunction::SystemPart)
+                        .map(|d| d.version)
+                }
+                ModuleFunction::SystemPart => system = Some(m.prefix.version),
+                _ => {}
+            }
+        }
+        (dep, system)
+    }
+
+    #[test]
+    fn built_against_sets_the_user_parts_system_dependency_only() {
+        let on_5_8 = InitialFirmware {
+            device_os: DeviceOsVersion(5800),
+            ..InitialFirmware::default()
+        };
+        let build_on = |spec: FirmwareSpec| {
+            build_file(&boron(), &spec, &on_5_8, ModuleSizes::default(), 1).unwrap()
+        };
+        // Without it, an app depends on the Device OS the device runs.
+        let plain = build_on(FirmwareSpec {
+            app: Some(4),
+            ..FirmwareSpec::default()
+        });
+        assert_eq!(user_dependency_and_system(&plain), (Some(5800), None));
+        let newer = build_on(FirmwareSpec {
+            app: Some(4),
+            built_against: Some(DeviceOsVersion(6200)),
+            ..FirmwareSpec::default()
+        });
+        assert_eq!(user_dependency_and_system(&newer), (Some(6200), None));
+        assert!(Module::parse(&newer).unwrap().crc_valid());
+        // Combined: the system part keeps its own version, the app names the other one.
+        let combined = build_on(FirmwareSpec {
+            app: Some(4),
+            device_os: Some(DeviceOsVersion(6100)),
+            built_against: Some(DeviceOsVersion(6200)),
+            combined: true,
+            ..FirmwareSpec::default()
+        });
+        assert_eq!(
+            user_dependency_and_system(&combined),
+            (Some(6200), Some(6100))
+        );
+        // A combined file without it: the app depends on the system part in the file.
+        let combined = build_on(FirmwareSpec {
+            app: Some(4),
+            device_os: Some(DeviceOsVersion(6100)),
+            combined: true,
+            ..FirmwareSpec::default()
+        });
+        assert_eq!(
+            user_dependency_and_system(&combined),
+            (Some(6100), Some(6100))
+        );
+    }
+
+    #[test]
+    fn build_modules_gives_the_modules_the_file_carries() {
+        let spec = FirmwareSpec {
+            app: Some(4),
+            device_os: Some(DeviceOsVersion(6201)),
+            built_against: Some(DeviceOsVersion(6201)),
+            combined: true,
+            ..FirmwareSpec::default()
+        };
+        let current = InitialFirmware::default();
+        let sizes = ModuleSizes::default();
+        let modules = build_modules(&boron(), &spec, &current, sizes, 1).unwrap();
+        let file = build_file(&boron(), &spec, &current, sizes, 1).unwrap();
+        // Each module as the device installs it (COMBINED cleared, as Device OS splits it).
+        let parts = split_combined_modules(&file).unwrap();
+        let kinds: Vec<RegionKind> = modules.iter().map(|(k, _)| *k).collect();
+        assert_eq!(kinds, vec![RegionKind::SystemPart, RegionKind::UserPart]);
+        let bytes: Vec<Vec<u8>> = modules.into_iter().map(|(_, m)| m).collect();
+        assert_eq!(parts, bytes);
     }
 
     #[test]

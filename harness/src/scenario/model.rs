@@ -334,6 +334,10 @@ pub struct FirmwareSpec {
     pub device_os: Option<DeviceOsVersion>,
     /// A bootloader at this module version.
     pub bootloader: Option<u16>,
+    /// The Device OS the app was compiled against: the user part's dependency names this
+    /// system part version instead of the one the file carries or the device runs (an app built
+    /// for a newer Device OS than the device has). Needs `app`.
+    pub built_against: Option<DeviceOsVersion>,
     /// Compress the module(s) (reference 4.5).
     pub compressed: bool,
     /// Send the modules as one combined file (reference 4.6); needs two modules.
@@ -815,6 +819,9 @@ impl fmt::Display for FirmwareSpec {
         }
         if let Some(v) = self.bootloader {
             parts.push(format!("bootloader={v}"));
+        }
+        if let Some(v) = self.built_against {
+            parts.push(format!("built_against={v}"));
         }
         if self.compressed {
             parts.push("compressed".into());

@@ -359,7 +359,7 @@ fn read_steps(n: &Node) -> Result<Vec<StepAt>, SpanError> {
 
 fn step_form(kind: &str) -> &'static str {
     match kind {
-        "cloud.flash" => "{ do = \"cloud.flash\", app = 4 } (also device_os, bootloader, compressed, combined, platform, corrupt, size)",
+        "cloud.flash" => "{ do = \"cloud.flash\", app = 4 } (also device_os, bootloader, built_against, compressed, combined, platform, corrupt, size)",
         "cloud.force_updates" => "{ do = \"cloud.force_updates\", forced = true }",
         "power.cut" => "{ do = \"power.cut\" } (now), or with one of flash_op = N, chunk = K, phase = \"download\" (and op = N), plus mode = \"before\"|\"torn\"|\"after\"",
         "app.sleep" => "{ do = \"app.sleep\", mode = \"stop\", duration = \"10m\", network = \"off\" }",
@@ -545,6 +545,7 @@ fn read_firmware_spec(f: &mut Fields, form: &str) -> Result<FirmwareSpec, SpanEr
         app: f.optional("app", node::as_u16)?,
         device_os: f.optional("device_os", read_device_os)?,
         bootloader: f.optional("bootloader", node::as_u16)?,
+        built_against: f.optional("built_against", read_device_os)?,
         compressed: f.optional("compressed", node::as_bool)?.unwrap_or(false),
         combined: f.optional("combined", node::as_bool)?.unwrap_or(false),
         platform: f.optional("platform", read_board)?,
@@ -563,6 +564,15 @@ fn read_firmware_spec(f: &mut Fields, form: &str) -> Result<FirmwareSpec, SpanEr
         return Err(SpanError::new(
             f.span(),
             format!("{}: names no module; expected {form}", f.what()),
+        ));
+    }
+    if spec.built_against.is_some() && spec.app.is_none() {
+        return Err(SpanError::new(
+            f.key_span("built_against").unwrap_or_else(|| f.span()),
+            format!(
+                "{}: built_against is the Device OS an app was compiled against; it needs app = N (e.g. app = 4, built_against = \"6.2.0\")",
+                f.what()
+            ),
         ));
     }
     if spec.combined && modules < 2 {
