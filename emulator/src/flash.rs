@@ -366,6 +366,13 @@ impl FlashArray {
         self.cuts.push(cut);
     }
 
+    /// Withdraws a scheduled cut that has not fired (no-op otherwise).
+    pub fn cancel_cut(&mut self, cut: PowerCut) {
+        if let Some(i) = self.cuts.iter().position(|c| *c == cut) {
+            self.cuts.remove(i);
+        }
+    }
+
     /// Cuts scheduled and not yet fired.
     pub fn pending_cuts(&self) -> &[PowerCut] {
         &self.cuts

@@ -628,6 +628,33 @@ fn a_power_cut_in_the_flash_during_the_download_turns_the_device_off_and_the_old
 }
 
 #[test]
+fn a_chunk_cut_fires_while_that_chunk_is_written_even_when_chunks_arrive_together() {
+    use emulator::flash::CutMode;
+    let mut sim = Sim::boron();
+    sim.connect();
+    let file = app_module("boron", &v4());
+    let start = sim.cloud_request(MessageType::Confirmable, update_start(&file, 512));
+    sim.run_for(100 * MS);
+    assert!(sim.cloud_response(start).is_some());
+    sim.device.cut_power_at_chunk(5, CutMode::After);
+    // A duplicate of a held chunk writes nothing: the cut keeps waiting.
+    for index in [1, 2, 2, 3, 4, 5, 6, 7, 8] {
+        sim.cloud_request(
+            MessageType::NonConfirmable,
+            update_chunk(&file, 512, 0, index),
+        );
+    }
+    sim.run_for(SECOND);
+    assert!(!sim.device.status().powered);
+    assert!(!sim.device.chunk_cut_pending());
+    // "After": chunk 5 reached the flash, chunk 6 never did (read with the flash powered).
+    sim.device.device_mut().power_on();
+    let staging = sim.device.device().read_staging(0, 6 * 512).unwrap();
+    assert_eq!(staging[..5 * 512], file[..5 * 512]);
+    assert_ne!(staging[5 * 512..], file[5 * 512..6 * 512]);
+}
+
+#[test]
 fn safe_mode_says_so_at_connect_and_reports_the_unmet_dependency() {
     let mut sim = Sim::boron();
     // An application built for a newer Device OS than the one installed.

@@ -6,7 +6,7 @@
 mod cloud_support;
 
 use cloud_support::*;
-use harness::cloud::{CloudEvent, JobId, JobStatus, OtaEventKind};
+use harness::cloud::{CloudEvent, Interrupted, JobId, JobStatus, OtaEventKind};
 use protocol::coap::{option, Code, IncomingRequest, MessageType};
 use protocol::message::{
     Body, Diagnostic, FinishStats, ParticleMessage, Response, UpdateStart, UpdateStartResponse,
@@ -460,6 +460,36 @@ fn a_resume_offset_at_the_end_of_the_file_goes_straight_to_finish() {
     accept_start(&mut w, &request, 8, 2000);
     assert!(indices(&w).is_empty());
     assert_eq!(w.cloud.job(job), Some(&JobStatus::Finishing));
+}
+
+#[test]
+fn with_interrupted_fail_a_disconnect_mid_transfer_fails_the_job_and_publishes_failed() {
+    let mut w = settled(34, GEN3_FLAGS);
+    w.cloud.set_interrupted(Interrupted::Fail);
+    let id = device_id(0);
+    let job = w.cloud.flash(w.now, id, file(512 * 12, 14));
+    w.pump();
+    let (request, _, _) = take_start(&mut w);
+    accept_start(&mut w, &request, 8, 0);
+    let now = w.now;
+    w.device(0).send_ack(now, 4, &[]);
+    w.pump();
+    w.device(0).link_up = false;
+    w.advance(secs(60));
+    assert!(matches!(
+        w.cloud.job(job),
+        Some(JobStatus::Failed { code: None, message }) if message.contains("offline")
+    ));
+    let stream = w.cloud_stream();
+    let offline = stream
+        .iter()
+        .position(|(n, d)| n == "spark/status" && d == "offline")
+        .expect("offline");
+    let failed = stream
+        .iter()
+        .position(|(n, d)| n == "spark/flash/status" && d.trim() == "failed")
+        .expect("failed");
+    assert!(offline < failed, "offline, then failed: {stream:?}");
 }
 
 #[test]

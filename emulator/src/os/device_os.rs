@@ -16,6 +16,7 @@ use rand_core::{RngCore, SeedableRng};
 
 use crate::bootloader::{BootError, BootState};
 use crate::device::Device;
+use crate::flash::CutMode;
 
 use super::cloud::Cloud;
 use super::flags::{SystemFlags, UpdateStatus};
@@ -209,6 +210,8 @@ pub struct DeviceOs {
     /// The application wants the cloud: set at boot in automatic mode, by
     /// `Particle.connect()`, cleared by `Particle.disconnect()`.
     pub(super) cloud_wanted: bool,
+    /// A harness asked for power to go while OTA chunk K (its Chunk-Index) is written.
+    pub(super) chunk_cut: Option<(u32, CutMode)>,
     pub(super) failed_attempts: u32,
     pub(super) socket_generation: u32,
     pub(super) ota: OtaLink,
@@ -252,6 +255,7 @@ impl DeviceOs {
             cloud: None,
             reconnect_at: None,
             cloud_wanted: false,
+            chunk_cut: None,
             failed_attempts: 0,
             socket_generation: 0,
             ota,
@@ -275,6 +279,19 @@ impl DeviceOs {
         self.power = Power::On;
         self.boot(now);
         self.after(now);
+    }
+
+    /// Loses power at the first flash operation of writing OTA chunk `chunk` (the 1-based
+    /// Chunk-Index of a transfer, counted from its resume offset), in `mode`, in whichever
+    /// transfer first writes such a chunk. A duplicate of a chunk already held writes nothing
+    /// and does not count.
+    pub fn cut_power_at_chunk(&mut self, chunk: u32, mode: CutMode) {
+        self.chunk_cut = Some((chunk, mode));
+    }
+
+    /// Whether a cut asked for by [`DeviceOs::cut_power_at_chunk`] is still waiting.
+    pub fn chunk_cut_pending(&self) -> bool {
+        self.chunk_cut.is_some()
     }
 
     /// Cuts the power: RAM is lost (DTLS session, flags, transfer state), flash is kept.

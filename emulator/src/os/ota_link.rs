@@ -25,7 +25,7 @@ use protocol::message::{
 };
 
 use crate::device::Device;
-use crate::flash::Activity;
+use crate::flash::{Activity, PowerCut};
 
 use super::cloud::{response, Purpose};
 use super::device_os::DeviceOs;
@@ -190,7 +190,24 @@ impl DeviceOs {
 
     fn update_chunk(&mut self, now: Duration, request: &IncomingRequest, chunk: &UpdateChunk) {
         self.device.set_activity(Activity::Download);
+        // A harness's chunk cut: scheduled at the next flash operation, kept only if writing
+        // this chunk performs one (a duplicate or out-of-window chunk writes nothing).
+        let armed = match self.chunk_cut {
+            Some((k, mode)) if k == chunk.index => {
+                let at_op = self.device.flash().op_count();
+                self.device.schedule_cut(at_op, mode);
+                Some(PowerCut { at_op, mode })
+            }
+            _ => None,
+        };
         let outcome = self.ota.receiver.chunk(now, &mut self.device, chunk);
+        if let Some(cut) = armed {
+            if self.device.flash().op_count() > cut.at_op {
+                self.chunk_cut = None;
+            } else {
+                self.device.flash_mut().cancel_cut(cut);
+            }
+        }
         self.device.set_activity(Activity::Other);
         match outcome {
             ChunkOutcome::Written | ChunkOutcome::Duplicate | ChunkOutcome::OutOfWindow => {}

@@ -63,7 +63,9 @@
 //! - **A new flash supersedes** the device's jobs still queued (offline, or requeued after a
 //!   disconnect): they fail with "superseded" and no stream event; a job whose transfer is
 //!   running keeps going and the new one waits behind it.
-//! - **Disconnect mid-transfer** (Starting, Transferring, Finishing) requeues the job; the next
+//! - **Disconnect mid-transfer** (Starting, Transferring, Finishing), with the default
+//!   [`Interrupted::Retry`], requeues the job; with [`Interrupted::Fail`] it fails with
+//!   `failed `. Requeued, the next
 //!   attempt is a new UpdateStart and the device says where it resumes. A job requeued while
 //!   Finishing succeeds without a new transfer if the device reconnects running its firmware.
 //! - **Refusals**: a Hello whose device id differs from the one registered for the key closes
@@ -163,6 +165,21 @@ pub struct CloudConfig {
     /// The cloud's CoAP timing (Device OS's defaults: 4 s ACK timeout, 3 retransmissions).
     pub coap: EndpointConfig,
     pub dtls_timeouts: RetransmitTimeouts,
+    /// What happens to a job whose transfer the device dropped (went offline, or stalled).
+    pub interrupted: Interrupted,
+}
+
+/// What the cloud does with a transfer the device dropped mid-way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Interrupted {
+    /// Keep the job queued and start it again (the device resumes from its synced state) at
+    /// the next connection, as product releases are delivered until the device runs them.
+    #[default]
+    Retry,
+    /// The job fails and `spark/flash/status` `failed ` is published, as the single-device
+    /// flash in the field captures shows (offline, then `failed ` 5 ms later); the next
+    /// attempt is a new flash.
+    Fail,
 }
 
 impl CloudConfig {
@@ -182,6 +199,7 @@ impl CloudConfig {
             stall_limit: Duration::from_secs(300),
             coap: EndpointConfig::default(),
             dtls_timeouts: RetransmitTimeouts::default(),
+            interrupted: Interrupted::Retry,
         }
     }
 
@@ -529,6 +547,11 @@ impl Cloud {
     /// Force-enables (or not) updates for a device (reference 4.6): the setting is kept and the
     /// device is sent `particle/device/updates/forced` now if online (and at each connection
     /// while true).
+    /// Changes what happens to transfers the device drops from now on.
+    pub fn set_interrupted(&mut self, policy: Interrupted) {
+        self.config.interrupted = policy;
+    }
+
     pub fn set_updates_forced(&mut self, now: Duration, device_id: [u8; 12], forced: bool) {
         let Some(d) = self.devices.get_mut(&device_id) else {
             return;
@@ -812,7 +835,7 @@ impl Cloud {
                 device_id: id,
                 reason,
             }));
-        self.requeue_active(now, id);
+        self.interrupt_active(now, id, "the device went offline during the transfer");
     }
 
     /// Forgets the device's session (after a close, a refusal or a new handshake).
@@ -1316,7 +1339,7 @@ impl Cloud {
                 .and_then(|j| j.transfer.as_ref())
                 .is_some_and(|t| t.is_stalled(now));
             if stalled {
-                self.requeue_active(now, id);
+                self.interrupt_active(now, id, "no UpdateAck for the stall limit");
             }
         }
         // Silence during a transfer.

@@ -367,6 +367,19 @@ impl Cloud {
         self.fail_job(now, job_id, code, text, true);
     }
 
+    /// The device dropped the active transfer: requeued or failed per
+    /// [`CloudConfig::interrupted`](super::CloudConfig).
+    pub(super) fn interrupt_active(&mut self, now: Duration, id: [u8; 12], why: &str) {
+        match self.config.interrupted {
+            super::Interrupted::Retry => self.requeue_active(now, id),
+            super::Interrupted::Fail => {
+                if let Some(job_id) = self.active_job(&id) {
+                    self.fail_job(now, job_id, None, why.to_string(), true);
+                }
+            }
+        }
+    }
+
     pub(super) fn requeue_active(&mut self, now: Duration, id: [u8; 12]) {
         let Some(job_id) = self.active_job(&id) else {
             return;

@@ -1,18 +1,14 @@
 //! The emulator as a scenario [`Target`]: one emulated device and the local cloud on the
 //! simulated network of a [`Testbed`], in virtual time.
 //!
-//! What it can do precisely: power cuts now, at a numbered flash operation, when an OTA chunk
-//! is written (the cut is scheduled at the next flash operation once the device holds chunk
-//! K-1, i.e. on the write of chunk K), and at flash operation N of a phase: the emulated
-//! firmware labels every flash operation with what it is doing ([`Activity`]: download,
-//! commit, apply, first boot), the target groups the logged operations into runs per phase,
-//! and a sweep's clean run records where each run started (see [`EmulatorTarget::phase_ops`]).
-//!
-//! Known limit of chunk cuts: [`Target::advance`] runs every event of a virtual instant before
-//! it looks at the device, and a transfer window (256 chunks with the emulated Device OS) arrives in one instant. So the
-//! device holds every chunk of a window before the cut is armed, and the cut fires at the first
-//! flash operation after the window: for a file of one window (every fixture's today) that is
-//! the device's commit, after the cloud's `success`, whatever K is (up to the chunk count).
+//! What it can do precisely: power cuts now, at a numbered flash operation, while OTA chunk K
+//! is written (the emulated Device OS arms the cut at the first flash operation of writing the
+//! chunk with that Chunk-Index, [`emulator::os::DeviceOs::cut_power_at_chunk`]), and at flash
+//! operation N of a phase: the emulated firmware labels every flash operation with what it is
+//! doing ([`Activity`]: download, commit, apply, first boot) and the flash cuts at the Nth
+//! operation of that activity from the moment the cut is armed; the target groups the logged
+//! operations into runs per phase to tell a sweep how many there are
+//! ([`EmulatorTarget::phase_ops`]).
 //!
 //! The cloud behaviour the target adds (small, from the reference): a `cloud.flash` for a
 //! device that reported `particle/device/updates/enabled` = false (and is not forced) is held
@@ -58,14 +54,6 @@ fn err(e: impl std::fmt::Display) -> TargetError {
     TargetError::Step(e.to_string())
 }
 
-/// A pending cut that fires when a chunk is written.
-#[derive(Debug, Clone, Copy)]
-struct ChunkCut {
-    chunk: u32,
-    mode: CutMode,
-    off_for: Option<Duration>,
-}
-
 pub struct EmulatorTarget {
     caps: BTreeSet<Capability>,
     bed: Option<Testbed>,
@@ -80,7 +68,6 @@ pub struct EmulatorTarget {
     seen_dev_events: usize,
     seen_cloud_events: usize,
     queue: Vec<TraceEntry>,
-    chunk_cut: Option<ChunkCut>,
     /// Power returns by itself at this time.
     power_back_at: Option<Duration>,
     /// A cut is armed at a flash op with `off_for`; once it fired, power returns after it.
@@ -123,7 +110,6 @@ impl EmulatorTarget {
             seen_dev_events: 0,
             seen_cloud_events: 0,
             queue: Vec::new(),
-            chunk_cut: None,
             power_back_at: None,
             armed_off_for: None,
             held: None,
@@ -265,41 +251,20 @@ impl EmulatorTarget {
         }
         // Live progress of a running transfer.
         let status = bed.status(dev).map_err(err)?;
-        if let Some(p) = status.ota {
-            if let Some(o) = &mut self.last_ota {
-                o.received = p.contiguous_bytes as u64;
-                o.state = if p.validated {
-                    OtaState::Complete
-                } else {
-                    OtaState::InProgress
-                };
-            }
-            if let Some(cut) = self.chunk_cut {
-                if p.cumulative_chunks >= cut.chunk {
-                    self.chunk_cut = None;
-                    let now = bed.now();
-                    bed.with_device(dev, |os, _| {
-                        let at = os.device().flash().op_count();
-                        os.device_mut().schedule_cut(at, cut.mode);
-                    })
-                    .map_err(err)?;
-                    self.armed_off_for = cut.off_for;
-                    self.queue.push(TraceEntry::new(
-                        now,
-                        TraceKind::Fault {
-                            what: format!(
-                                "power cut armed at the next flash op (chunk {} written)",
-                                cut.chunk
-                            ),
-                        },
-                    ));
+        if let Some(o) = &mut self.last_ota {
+            match status.ota {
+                Some(p) => {
+                    o.received = p.contiguous_bytes as u64;
+                    o.state = if p.validated {
+                        OtaState::Complete
+                    } else {
+                        OtaState::InProgress
+                    };
                 }
-            }
-        } else if let Some(o) = &mut self.last_ota {
-            // The transfer stopped without a commit or failure: cancelled (sleep, power), even
-            // with every byte received (the commit is what completes it).
-            if o.state == OtaState::InProgress {
-                o.state = OtaState::Cancelled;
+                // The transfer stopped without a commit or failure: cancelled (sleep, power),
+                // even with every byte received (the commit is what completes it).
+                None if o.state == OtaState::InProgress => o.state = OtaState::Cancelled,
+                None => {}
             }
         }
         // Phase runs, from the op log: consecutive ops with the same activity form a run.
@@ -434,6 +399,8 @@ impl Target for EmulatorTarget {
             .map_err(err)?;
         self.current = setup.firmware;
         self.board = Some(board);
+        bed.cloud_mut()
+            .set_interrupted(setup.cloud.interrupted_transfer);
         if setup.cloud.devices.iter().any(|d| d.updates_forced) {
             self.forced = true;
             let id = bed.device_id(self.dev).unwrap_or_default();
@@ -501,11 +468,11 @@ impl Target for EmulatorTarget {
                         format!("power cut armed at flash op {at} ({})", cut_mode_str(mode))
                     }
                     CutPoint::Chunk(k) => {
-                        self.chunk_cut = Some(ChunkCut {
-                            chunk: k,
-                            mode: cut.mode,
-                            off_for: cut.off_for,
-                        });
+                        let mode = cut.mode;
+                        self.bed()?
+                            .with_device(dev, |os, _| os.cut_power_at_chunk(k, mode))
+                            .map_err(err)?;
+                        self.armed_off_for = cut.off_for;
                         format!(
                             "power cut armed at OTA chunk {k} ({})",
                             cut_mode_str(cut.mode)

@@ -181,12 +181,20 @@ pub const SLEEP_NETWORK_WORDS: [(&str, SleepNetwork); 3] = [
 pub struct CloudSetup {
     /// Exactly one today: the device under test.
     pub devices: Vec<CloudDevice>,
+    /// What the cloud does with a transfer the device drops (offline mid-transfer).
+    pub interrupted_transfer: Interrupted,
 }
+
+pub use crate::cloud::Interrupted;
+
+pub const INTERRUPTED_WORDS: [(&str, Interrupted); 2] =
+    [("retry", Interrupted::Retry), ("fail", Interrupted::Fail)];
 
 impl Default for CloudSetup {
     fn default() -> Self {
         CloudSetup {
             devices: vec![CloudDevice::default()],
+            interrupted_transfer: Interrupted::Retry,
         }
     }
 }

@@ -269,8 +269,16 @@ fn read_cloud(n: &Node) -> Result<CloudSetup, SpanError> {
                 .collect::<Result<_, _>>()?
         }
     };
+    let interrupted_transfer = f
+        .optional("interrupted_transfer", |n| {
+            node::as_word(n, &INTERRUPTED_WORDS)
+        })?
+        .unwrap_or_default();
     f.finish()?;
-    Ok(CloudSetup { devices })
+    Ok(CloudSetup {
+        devices,
+        interrupted_transfer,
+    })
 }
 
 fn read_cloud_device(n: &Node) -> Result<CloudDevice, SpanError> {
