@@ -241,3 +241,36 @@ fn parse_element(s: &str, pos: &mut usize) -> Result<Element, String> {
         el.children.push(parse_element(s, pos)?);
     }
 }
+
+#[test]
+fn a_sweeps_passing_cases_share_one_row_and_its_failures_keep_theirs() {
+    use harness::scenario::runner::{CaseResult, Outcome};
+    use std::time::Duration;
+    let case = |name: &str, outcome: Outcome| CaseResult {
+        name: name.to_string(),
+        outcome,
+        duration: Duration::from_secs(600),
+        failure: None,
+        skipped: Vec::new(),
+        trace: Default::default(),
+    };
+    let result = ScenarioResult {
+        file: "fixtures/sweep.toml".into(),
+        name: "sweep".into(),
+        seed: 1,
+        cases: vec![
+            case("clean", Outcome::Pass),
+            case("sweep apply op 0 before", Outcome::Pass),
+            case("sweep apply op 0 torn", Outcome::Pass),
+            case("sweep apply op 1 before", Outcome::Fail),
+            case("sweep apply op 1 torn", Outcome::Pass),
+        ],
+    };
+    let table = summary_table(&[result]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 5, "{table}");
+    assert!(lines[1].starts_with("PASS   fixtures/sweep.toml [clean]"));
+    assert!(lines[2].starts_with("PASS   fixtures/sweep.toml [sweep apply: 3 cases]"));
+    assert!(lines[3].starts_with("FAIL   fixtures/sweep.toml [sweep apply op 1 before]"));
+    assert_eq!(lines[4], "4 passed, 1 failed, 0 skipped");
+}

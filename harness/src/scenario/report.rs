@@ -37,7 +37,9 @@ fn seconds(case: &CaseResult) -> String {
     format!("{:.3}", case.duration.as_secs_f64())
 }
 
-/// One line per case, then the totals line ("N passed, N failed, N skipped").
+/// One line per case, except that a sweep's passing cases share one line ("sweep apply: 93
+/// cases"; its failing and skipped cases keep theirs), then the totals line ("N passed, N
+/// failed, N skipped").
 pub fn summary_table(results: &[ScenarioResult]) -> String {
     let mut rows = vec![(
         "result".to_string(),
@@ -46,12 +48,37 @@ pub fn summary_table(results: &[ScenarioResult]) -> String {
         "reason".to_string(),
     )];
     for r in results {
+        let is_sweep_pass =
+            |c: &CaseResult| c.outcome == Outcome::Pass && c.name.starts_with("sweep ");
+        let mut sweep_row_done = false;
         for c in &r.cases {
+            if !is_sweep_pass(c) {
+                rows.push((
+                    c.outcome.as_str().to_uppercase(),
+                    format!("{} [{}]", r.file.display(), c.name),
+                    format!("{}s", seconds(c)),
+                    c.reason(),
+                ));
+                continue;
+            }
+            if sweep_row_done {
+                continue;
+            }
+            sweep_row_done = true;
+            let passed: Vec<&CaseResult> = r.cases.iter().filter(|c| is_sweep_pass(c)).collect();
+            // "sweep apply op 3 torn" -> "sweep apply".
+            let label = c.name.split(" op ").next().unwrap_or(&c.name);
+            let longest = passed.iter().map(|c| c.duration).max().unwrap_or_default();
             rows.push((
-                c.outcome.as_str().to_uppercase(),
-                format!("{} [{}]", r.file.display(), c.name),
-                format!("{}s", seconds(c)),
-                c.reason(),
+                "PASS".to_string(),
+                format!(
+                    "{} [{label}: {} case{}]",
+                    r.file.display(),
+                    passed.len(),
+                    if passed.len() == 1 { "" } else { "s" }
+                ),
+                format!("{:.3}s", longest.as_secs_f64()),
+                String::new(),
             ));
         }
     }
