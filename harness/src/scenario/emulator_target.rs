@@ -153,7 +153,13 @@ impl EmulatorTarget {
         let dev_events: Vec<_> = bed.device_events(dev)[self.seen_dev_events..].to_vec();
         self.seen_dev_events = bed.device_events(dev).len();
         for line in lines {
-            if line.text.starts_with("stream ") || line.text.starts_with("ota progress") {
+            // Stream events become events, OTA milestones OTA entries (below).
+            if line.text.starts_with("stream ")
+                || line.text.starts_with("ota progress")
+                || line.text.starts_with("ota started")
+                || line.text.starts_with("ota failed")
+                || line.text == "system event firmware_update Progress"
+            {
                 continue;
             }
             let who = match line.source {
@@ -201,6 +207,19 @@ impl EmulatorTarget {
                     file_size,
                     resume_offset,
                 } => {
+                    self.queue.push(TraceEntry::new(
+                        *at,
+                        TraceKind::Ota {
+                            state: OtaState::InProgress,
+                            received: *resume_offset as u64,
+                            total: *file_size as u64,
+                            detail: if *resume_offset > 0 {
+                                format!("started, resuming at {resume_offset}")
+                            } else {
+                                "started".into()
+                            },
+                        },
+                    ));
                     self.last_ota = Some(OtaStatus {
                         state: OtaState::InProgress,
                         received: *resume_offset as u64,
@@ -209,16 +228,51 @@ impl EmulatorTarget {
                         error: None,
                     });
                 }
-                DeviceEvent::OtaFailed { code, .. } => {
+                DeviceEvent::OtaProgress {
+                    received,
+                    file_size,
+                } => self.queue.push(TraceEntry::new(
+                    *at,
+                    TraceKind::Ota {
+                        state: OtaState::InProgress,
+                        received: *received as u64,
+                        total: *file_size as u64,
+                        detail: String::new(),
+                    },
+                )),
+                DeviceEvent::OtaFailed { code, message } => {
                     if let Some(o) = &mut self.last_ota {
                         o.state = OtaState::Failed;
                         o.error = Some(*code);
+                        self.queue.push(TraceEntry::new(
+                            *at,
+                            TraceKind::Ota {
+                                state: OtaState::Failed,
+                                received: o.received,
+                                total: o.total,
+                                detail: format!("error {code}: {message}"),
+                            },
+                        ));
                     }
                 }
-                DeviceEvent::SystemEvent(emulator::os::SystemEvent::ResetPending)
-                | DeviceEvent::SystemEvent(emulator::os::SystemEvent::FirmwareUpdate(
+                DeviceEvent::SystemEvent(emulator::os::SystemEvent::FirmwareUpdate(
                     emulator::os::FirmwareUpdateEvent::Complete,
                 )) => {
+                    if let Some(o) = &mut self.last_ota {
+                        o.state = OtaState::Complete;
+                        o.received = o.total;
+                        self.queue.push(TraceEntry::new(
+                            *at,
+                            TraceKind::Ota {
+                                state: OtaState::Complete,
+                                received: o.total,
+                                total: o.total,
+                                detail: "committed".into(),
+                            },
+                        ));
+                    }
+                }
+                DeviceEvent::SystemEvent(emulator::os::SystemEvent::ResetPending) => {
                     if let Some(o) = &mut self.last_ota {
                         o.state = OtaState::Complete;
                         o.received = o.total;
@@ -263,7 +317,18 @@ impl EmulatorTarget {
                 }
                 // The transfer stopped without a commit or failure: cancelled (sleep, power),
                 // even with every byte received (the commit is what completes it).
-                None if o.state == OtaState::InProgress => o.state = OtaState::Cancelled,
+                None if o.state == OtaState::InProgress => {
+                    o.state = OtaState::Cancelled;
+                    self.queue.push(TraceEntry::new(
+                        bed.now(),
+                        TraceKind::Ota {
+                            state: OtaState::Cancelled,
+                            received: o.received,
+                            total: o.total,
+                            detail: "stopped without a commit".into(),
+                        },
+                    ));
+                }
                 None => {}
             }
         }
