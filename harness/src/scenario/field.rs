@@ -544,6 +544,23 @@ pub fn skeleton(events: &[FieldEvent], form: StreamForm, source: &str) -> String
         "resets_enabled = true   # TODO: resets are device-local; the events cannot tell"
     );
     let _ = writeln!(w);
+    // A transfer the cloud failed because the device went offline during it (offline, then
+    // `failed ` with nothing between): the cloud's `interrupted_transfer = "fail"` behaviour.
+    let dropped = events.windows(2).find(|pair| {
+        pair[0].name == "spark/status"
+            && pair[0].data.trim() == "offline"
+            && pair[1].name == "spark/flash/status"
+            && pair[1].data.trim() == "failed"
+    });
+    if let Some(pair) = dropped {
+        let _ = writeln!(w, "[cloud]");
+        let _ = writeln!(
+            w,
+            "interrupted_transfer = \"fail\"   # lines {} and {}: offline during a transfer, then `failed `",
+            pair[0].line, pair[1].line
+        );
+        let _ = writeln!(w);
+    }
     let _ = writeln!(w, "[[cloud.device]]");
     if let Some(id) = &device {
         if id.len() == 24
