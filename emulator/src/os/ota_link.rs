@@ -145,6 +145,15 @@ impl DeviceOs {
         self.ota_fail(now, SystemError::PROTOCOL);
     }
 
+    /// Runs `f` with the flash operations it causes labelled `activity` (see
+    /// [`crate::flash::Activity`]), back to `Other` after.
+    fn in_activity<R>(&mut self, activity: Activity, f: impl FnOnce(&mut Self) -> R) -> R {
+        self.device.set_activity(activity);
+        let r = f(self);
+        self.device.set_activity(Activity::Other);
+        r
+    }
+
     /// Ends the running update and the connection after an OTA protocol error.
     fn ota_fail(&mut self, now: Duration, code: i32) {
         self.ota_cancel(now);
@@ -160,12 +169,9 @@ impl DeviceOs {
         }
         self.accept(now, request);
         let allowed = self.flags.updates_allowed();
-        self.device.set_activity(Activity::Download);
-        let started = self
-            .ota
-            .receiver
-            .start(now, &mut self.device, start, allowed);
-        self.device.set_activity(Activity::Other);
+        let started = self.in_activity(Activity::Download, |os| {
+            os.ota.receiver.start(now, &mut os.device, start, allowed)
+        });
         match started {
             Ok(accepted) => {
                 // startUpdate clears the "updates pending" flag.
@@ -189,7 +195,6 @@ impl DeviceOs {
     }
 
     fn update_chunk(&mut self, now: Duration, request: &IncomingRequest, chunk: &UpdateChunk) {
-        self.device.set_activity(Activity::Download);
         // A harness's chunk cut: scheduled at the next flash operation, kept only if writing
         // this chunk performs one (a duplicate or out-of-window chunk writes nothing).
         let armed = match self.chunk_cut {
@@ -200,7 +205,9 @@ impl DeviceOs {
             }
             _ => None,
         };
-        let outcome = self.ota.receiver.chunk(now, &mut self.device, chunk);
+        let outcome = self.in_activity(Activity::Download, |os| {
+            os.ota.receiver.chunk(now, &mut os.device, chunk)
+        });
         if let Some(cut) = armed {
             if self.device.flash().op_count() > cut.at_op {
                 self.chunk_cut = None;
@@ -208,7 +215,6 @@ impl DeviceOs {
                 self.device.flash_mut().cancel_cut(cut);
             }
         }
-        self.device.set_activity(Activity::Other);
         match outcome {
             ChunkOutcome::Written | ChunkOutcome::Duplicate | ChunkOutcome::OutOfWindow => {}
             ChunkOutcome::NotRunning => self.reject(now, request),
@@ -225,9 +231,9 @@ impl DeviceOs {
 
     fn update_finish(&mut self, now: Duration, request: &IncomingRequest, finish: &UpdateFinish) {
         self.accept(now, request);
-        self.device.set_activity(Activity::Download);
-        let finished = self.ota.receiver.finish(now, &mut self.device, finish);
-        self.device.set_activity(Activity::Other);
+        let finished = self.in_activity(Activity::Download, |os| {
+            os.ota.receiver.finish(now, &mut os.device, finish)
+        });
         match finished {
             Ok(FinishOutcome::Validated(stats)) => {
                 let r = stats.response();
@@ -292,9 +298,9 @@ impl DeviceOs {
             OtaResponse::Started | OtaResponse::Cancelled => {}
             OtaResponse::Finished => {
                 // The commit point (`responseAck`).
-                self.device.set_activity(Activity::Commit);
-                let result = self.ota.receiver.commit(&mut self.device);
-                self.device.set_activity(Activity::Other);
+                let result = self.in_activity(Activity::Commit, |os| {
+                    os.ota.receiver.commit(&mut os.device)
+                });
                 self.ota_events();
                 match result {
                     Ok(()) => self.pending_shutdown(now, reset_reason::UPDATE),
@@ -324,9 +330,9 @@ impl DeviceOs {
             return;
         }
         // Only a power loss can fail, and `after` notices it.
-        self.device.set_activity(Activity::Download);
-        let _ = self.ota.receiver.cancel(&mut self.device, false);
-        self.device.set_activity(Activity::Other);
+        let _ = self.in_activity(Activity::Download, |os| {
+            os.ota.receiver.cancel(&mut os.device, false)
+        });
         self.ota_events();
     }
 
@@ -335,9 +341,9 @@ impl DeviceOs {
         if !self.ota.is_running() {
             return;
         }
-        self.device.set_activity(Activity::Download);
-        let ended = self.ota.receiver.handle_timeout(now, &mut self.device);
-        self.device.set_activity(Activity::Other);
+        let ended = self.in_activity(Activity::Download, |os| {
+            os.ota.receiver.handle_timeout(now, &mut os.device)
+        });
         self.ota_events();
         match ended {
             Some(e) if e.is_power_loss() => {}
