@@ -136,15 +136,14 @@ impl EmulatorTarget {
             .unwrap_or_default()
     }
 
-    /// Moves new testbed lines and events into the queue; tracks OTA state, applies, held
-    /// updates and chunk cuts.
+    /// Moves new testbed lines and events into the queue; tracks the OTA state, the phase runs
+    /// of the flash log, held updates and the first-boot cut.
     fn collect(&mut self) -> Result<(), TargetError> {
         let dev = self.dev;
         let id = self.device_id();
         let Some(bed) = self.bed.as_mut() else {
             return Ok(());
         };
-        // Notes: every testbed line except stream events (those become events) and progress.
         let lines: Vec<_> = bed.trace()[self.seen_trace..].to_vec();
         self.seen_trace = bed.trace().len();
         // Stream events from the cloud's record (device- and cloud-published).
