@@ -228,9 +228,23 @@ impl<N: Node> UdpNode<N> {
     }
 }
 
+/// What a server socket asks the kernel to buffer: a cloud gets bursts (a rack of devices
+/// handshaking at once) that the default (~200 KiB, about 100 small datagrams on Linux, each
+/// costing its buffer's true size) drops, costing each device a retransmission timeout. The
+/// kernel caps it (`net.core.rmem_max`); a refusal leaves the default.
+const SERVER_RECV_BUFFER: usize = 4 << 20;
+
 async fn bind(mode: Mode) -> io::Result<UdpSocket> {
     match mode {
-        Mode::Server { bind } => UdpSocket::bind(bind).await,
+        Mode::Server { bind } => {
+            let domain = socket2::Domain::for_address(bind);
+            let socket =
+                socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+            let _ = socket.set_recv_buffer_size(SERVER_RECV_BUFFER);
+            socket.set_nonblocking(true)?;
+            socket.bind(&bind.into())?;
+            UdpSocket::from_std(socket.into())
+        }
         Mode::Client { bind, server } => {
             let socket = UdpSocket::bind(bind).await?;
             socket.connect(server).await?;
