@@ -268,16 +268,3 @@ fn a_disabled_reset_waits_for_enable_reset() {
     assert!(sim.device.status().flags.reset_enabled);
     assert!(sim.device.status().connected, "nothing was pending");
 }
-
-/// STOP mode for `duration`, the network kept (standby) or off.
-fn sleep_for(duration: Duration, network_kept: bool) -> emulator::os::SleepConfig {
-    emulator::os::SleepConfig {
-        mode: emulator::os::SleepMode::Stop,
-        duration: Some(duration),
-        network: if network_kept {
-            emulator::os::SleepNetwork::Standby
-        } else {
-            emulator::os::SleepNetwork::Off
-        },
-    }
-}

@@ -701,16 +701,3 @@ fn safe_mode_says_so_at_connect_and_reports_the_unmet_dependency() {
     assert_eq!(user.passed_flags, 0x1A, "DEPENDENCIES not passed");
     assert_eq!(user.dependencies[0].version, 6300);
 }
-
-/// STOP mode for `duration`, the network kept (standby) or off.
-fn sleep_for(duration: Duration, network_kept: bool) -> emulator::os::SleepConfig {
-    emulator::os::SleepConfig {
-        mode: emulator::os::SleepMode::Stop,
-        duration: Some(duration),
-        network: if network_kept {
-            emulator::os::SleepNetwork::Standby
-        } else {
-            emulator::os::SleepNetwork::Off
-        },
-    }
-}

@@ -606,3 +606,16 @@ impl Sim {
         finish
     }
 }
+
+/// STOP mode for `duration`, the network kept (standby) or off.
+pub fn sleep_for(duration: Duration, network_kept: bool) -> emulator::os::SleepConfig {
+    emulator::os::SleepConfig {
+        mode: emulator::os::SleepMode::Stop,
+        duration: Some(duration),
+        network: if network_kept {
+            emulator::os::SleepNetwork::Standby
+        } else {
+            emulator::os::SleepNetwork::Off
+        },
+    }
+}
