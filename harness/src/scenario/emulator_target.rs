@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use emulator::board::{Board, RegionKind};
 use emulator::firmware::{FirmwareSet, ModuleSizes};
-use emulator::flash::{Activity, ActivityCut, CutMode};
+use emulator::flash::{Activity, ActivityCut};
 use emulator::os::{AppBehaviour as OsApp, DeviceEvent};
 
 use super::firmware::{build_file, build_modules};
@@ -36,18 +36,49 @@ use crate::testbed::{DeviceHandle, DeviceSpec, Testbed};
 const PENDING: &str = "particle/device/updates/pending";
 const ENABLED: &str = "particle/device/updates/enabled";
 
-/// Runs of flash operations per phase: where each started (absolute flash op) and how many
-/// ops it took.
-type PhaseRuns = BTreeMap<Phase, Vec<(u64, u64)>>;
+/// The latest run of flash operations per phase: where it started (absolute flash op) and
+/// how many ops it took.
+type PhaseRuns = BTreeMap<Phase, (u64, u64)>;
+
+/// The flash activity of each phase (the emulated firmware labels its writes with these).
+const PHASE_ACTIVITIES: [(Phase, Activity); 4] = [
+    (Phase::Download, Activity::Download),
+    (Phase::Commit, Activity::Commit),
+    (Phase::Apply, Activity::Apply),
+    (Phase::FirstBoot, Activity::FirstBoot),
+];
 
 fn phase_of(activity: Activity) -> Option<Phase> {
-    match activity {
-        Activity::Download => Some(Phase::Download),
-        Activity::Commit => Some(Phase::Commit),
-        Activity::Apply => Some(Phase::Apply),
-        Activity::FirstBoot => Some(Phase::FirstBoot),
-        Activity::Other => None,
-    }
+    PHASE_ACTIVITIES
+        .iter()
+        .find(|(_, a)| *a == activity)
+        .map(|(p, _)| *p)
+}
+
+fn activity_of(phase: Phase) -> Activity {
+    PHASE_ACTIVITIES
+        .iter()
+        .find(|(p, _)| *p == phase)
+        .map_or(Activity::Other, |(_, a)| *a)
+}
+
+/// A trace line for an OTA milestone.
+fn ota_entry(
+    at: Duration,
+    state: OtaState,
+    received: u64,
+    total: u64,
+    detail: String,
+) -> TraceEntry {
+    TraceEntry::new(
+        at,
+        TraceKind::Ota {
+            state,
+            received,
+            total,
+            detail,
+        },
+    )
 }
 
 fn err(e: impl std::fmt::Display) -> TargetError {
@@ -76,9 +107,9 @@ pub struct EmulatorTarget {
     held: Option<Vec<u8>>,
     forced: bool,
     runs: PhaseRuns,
-    /// Cut power as soon as new firmware has booted (a first boot with no flash op to cut at).
-    boot_cut: Option<CutMode>,
-    boot_cut_off_for: Option<Duration>,
+    /// Cut power as soon as new firmware has booted (a first boot with no flash op to cut at);
+    /// the inner value is the cut's `off_for`.
+    boot_cut: Option<Option<Duration>>,
     /// The phase of the last logged op, and whether its run is still open.
     open_run: Option<Phase>,
     last_ota: Option<OtaStatus>,
@@ -116,7 +147,6 @@ impl EmulatorTarget {
             forced: false,
             runs: PhaseRuns::new(),
             boot_cut: None,
-            boot_cut_off_for: None,
             open_run: None,
             last_ota: None,
             seed: 0,
@@ -206,17 +236,15 @@ impl EmulatorTarget {
                     file_size,
                     resume_offset,
                 } => {
-                    self.queue.push(TraceEntry::new(
+                    self.queue.push(ota_entry(
                         *at,
-                        TraceKind::Ota {
-                            state: OtaState::InProgress,
-                            received: *resume_offset as u64,
-                            total: *file_size as u64,
-                            detail: if *resume_offset > 0 {
-                                format!("started, resuming at {resume_offset}")
-                            } else {
-                                "started".into()
-                            },
+                        OtaState::InProgress,
+                        *resume_offset as u64,
+                        *file_size as u64,
+                        if *resume_offset > 0 {
+                            format!("started, resuming at {resume_offset}")
+                        } else {
+                            "started".into()
                         },
                     ));
                     self.last_ota = Some(OtaStatus {
@@ -230,27 +258,23 @@ impl EmulatorTarget {
                 DeviceEvent::OtaProgress {
                     received,
                     file_size,
-                } => self.queue.push(TraceEntry::new(
+                } => self.queue.push(ota_entry(
                     *at,
-                    TraceKind::Ota {
-                        state: OtaState::InProgress,
-                        received: *received as u64,
-                        total: *file_size as u64,
-                        detail: String::new(),
-                    },
+                    OtaState::InProgress,
+                    *received as u64,
+                    *file_size as u64,
+                    String::new(),
                 )),
                 DeviceEvent::OtaFailed { code, message } => {
                     if let Some(o) = &mut self.last_ota {
                         o.state = OtaState::Failed;
                         o.error = Some(*code);
-                        self.queue.push(TraceEntry::new(
+                        self.queue.push(ota_entry(
                             *at,
-                            TraceKind::Ota {
-                                state: OtaState::Failed,
-                                received: o.received,
-                                total: o.total,
-                                detail: format!("error {code}: {message}"),
-                            },
+                            OtaState::Failed,
+                            o.received,
+                            o.total,
+                            format!("error {code}: {message}"),
                         ));
                     }
                 }
@@ -260,14 +284,12 @@ impl EmulatorTarget {
                     if let Some(o) = &mut self.last_ota {
                         o.state = OtaState::Complete;
                         o.received = o.total;
-                        self.queue.push(TraceEntry::new(
+                        self.queue.push(ota_entry(
                             *at,
-                            TraceKind::Ota {
-                                state: OtaState::Complete,
-                                received: o.total,
-                                total: o.total,
-                                detail: "committed".into(),
-                            },
+                            OtaState::Complete,
+                            o.total,
+                            o.total,
+                            "committed".into(),
                         ));
                     }
                 }
@@ -318,14 +340,12 @@ impl EmulatorTarget {
                 // even with every byte received (the commit is what completes it).
                 None if o.state == OtaState::InProgress => {
                     o.state = OtaState::Cancelled;
-                    self.queue.push(TraceEntry::new(
+                    self.queue.push(ota_entry(
                         bed.now(),
-                        TraceKind::Ota {
-                            state: OtaState::Cancelled,
-                            received: o.received,
-                            total: o.total,
-                            detail: "stopped without a commit".into(),
-                        },
+                        OtaState::Cancelled,
+                        o.received,
+                        o.total,
+                        "stopped without a commit".into(),
                     ));
                 }
                 None => {}
@@ -339,11 +359,13 @@ impl EmulatorTarget {
             let phase = phase_of(op.activity);
             match (phase, self.open_run) {
                 (Some(p), Some(open)) if p == open => {
-                    if let Some(run) = self.runs.get_mut(&p).and_then(|r| r.last_mut()) {
+                    if let Some(run) = self.runs.get_mut(&p) {
                         run.1 = op.seq - run.0 + 1;
                     }
                 }
-                (Some(p), _) => self.runs.entry(p).or_default().push((op.seq, 1)),
+                (Some(p), _) => {
+                    self.runs.insert(p, (op.seq, 1));
+                }
                 (None, _) => {}
             }
             self.open_run = phase;
@@ -351,14 +373,17 @@ impl EmulatorTarget {
         // A first boot that wrote nothing still is a point to cut at: a zero-length run right
         // after its apply.
         if first_boots > 0 {
-            if let Some(&(first, len)) = self.runs.get(&Phase::Apply).and_then(|r| r.last()) {
+            if let Some(&(first, len)) = self.runs.get(&Phase::Apply) {
                 let at = first + len;
-                let boots = self.runs.entry(Phase::FirstBoot).or_default();
-                if boots.last().is_none_or(|(f, _)| *f < at) {
-                    boots.push((at, 0));
+                if self
+                    .runs
+                    .get(&Phase::FirstBoot)
+                    .is_none_or(|(f, _)| *f < at)
+                {
+                    self.runs.insert(Phase::FirstBoot, (at, 0));
                 }
             }
-            if self.boot_cut.take().is_some() {
+            if let Some(off_for) = self.boot_cut.take() {
                 bed.power_cut(dev).map_err(err)?;
                 let now = bed.now();
                 self.queue.push(TraceEntry::new(
@@ -367,7 +392,7 @@ impl EmulatorTarget {
                         what: "power cut as the new firmware booted (first boot)".into(),
                     },
                 ));
-                self.armed_off_for = self.boot_cut_off_for.take();
+                self.armed_off_for = off_for;
             }
         }
         // Power back after a fired cut.
@@ -549,17 +574,17 @@ impl Target for EmulatorTarget {
                         // Op 0 of a first boot is the boot itself (Device OS may write
                         // nothing before it connects): power goes as soon as new firmware
                         // has booted. The mode does not apply.
-                        self.boot_cut = Some(cut.mode);
-                        self.boot_cut_off_for = cut.off_for;
+                        self.boot_cut = Some(cut.off_for);
                         "power cut armed at the next first boot of new firmware, as it boots"
                             .to_string()
                     }
                     CutPoint::Phase { phase, op } => {
-                        let (activity, skip) = match phase {
-                            Phase::Download => (Activity::Download, op),
-                            Phase::Commit => (Activity::Commit, op),
-                            Phase::Apply => (Activity::Apply, op),
-                            Phase::FirstBoot => (Activity::FirstBoot, op - 1),
+                        let activity = activity_of(phase);
+                        // First boot: op 0 is the boot itself (above), op N its Nth write.
+                        let skip = if phase == Phase::FirstBoot {
+                            op - 1
+                        } else {
+                            op
                         };
                         let mode = cut.mode;
                         self.bed()?
@@ -790,12 +815,9 @@ impl Target for EmulatorTarget {
     fn phase_ops(&mut self, phase: Phase) -> Result<Option<u64>, TargetError> {
         self.collect()?;
         // A first boot's cut points are the boot itself (op 0), then its flash operations.
-        Ok(self.runs.get(&phase).and_then(|r| r.last()).map(|(_, n)| {
-            if phase == Phase::FirstBoot {
-                n + 1
-            } else {
-                *n
-            }
-        }))
+        Ok(self
+            .runs
+            .get(&phase)
+            .map(|(_, n)| if phase == Phase::FirstBoot { n + 1 } else { *n }))
     }
 }
