@@ -48,6 +48,8 @@ pub struct SweepConfig {
     pub seed: u64,
     /// Replay one cut point only: the absolute operation number a failure printed.
     pub only_op: Option<u64>,
+    /// Threads the cut points are spread over (the report is the same for any count).
+    pub threads: usize,
 }
 
 impl Default for SweepConfig {
@@ -57,6 +59,7 @@ impl Default for SweepConfig {
             extra_cuts: 0,
             seed: 0,
             only_op: None,
+            threads: 1,
         }
     }
 }

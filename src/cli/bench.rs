@@ -31,6 +31,9 @@ pub enum BenchCommand {
     /// OTA MB/s over real UDP loopback DTLS (and the ratio to raw UDP), simulated seconds per
     /// wall second in virtual time, and how many devices one process keeps connected.
     Ota(super::bench_ota::OtaArgs),
+    /// Power-cut points the sweep verifies per second (128 KiB user part, 500 KiB system part,
+    /// Boron, all three cut modes).
+    PowerCut(super::bench_power_cut::PowerCutArgs),
 }
 
 #[derive(Args)]
@@ -51,6 +54,7 @@ pub fn run(cmd: BenchCommand) -> CliResult {
     match cmd {
         BenchCommand::Dtls(args) => dtls(args),
         BenchCommand::Ota(args) => super::bench_ota::ota(args),
+        BenchCommand::PowerCut(args) => super::bench_power_cut::power_cut(args),
     }
 }
 
