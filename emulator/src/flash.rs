@@ -25,6 +25,7 @@
 //! the sector it touches.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use rand_chacha::ChaCha8Rng;
@@ -249,6 +250,30 @@ struct Chip {
     geometry: FlashGeometry,
     /// One entry per sector; `None` means every byte is erased.
     sectors: Vec<Option<Arc<[u8]>>>,
+    /// One entry per sector: which version of its contents it holds (see [`ContentKey`]);
+    /// 0 for an erased sector.
+    versions: Vec<u64>,
+}
+
+/// Source of sector versions: unique across every array of the process, so that two sectors
+/// (of one array, or of a snapshot and its original) carry the same version only when one is
+/// a copy of the other. Never read by any logic but content-identity caches.
+static NEXT_VERSION: AtomicU64 = AtomicU64::new(1);
+
+fn next_version() -> u64 {
+    NEXT_VERSION.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Identifies the contents of a range of flash without reading it: equal keys mean equal
+/// bytes (in this array, its snapshots and their descendants). Unequal keys say nothing: a
+/// sector rewritten with the same bytes gets a new version. Used to remember what parsing a
+/// region found until the region changes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ContentKey {
+    pub chip: ChipId,
+    pub addr: u32,
+    pub len: u32,
+    versions: Vec<u64>,
 }
 
 impl Chip {
@@ -269,6 +294,37 @@ impl Chip {
         }
     }
 
+    /// Index in `data` of the first byte that programming `data` at `offset` would have to
+    /// turn a 0 bit into 1 for, if any.
+    fn first_bit_set_by(&self, offset: u32, data: &[u8]) -> Option<usize> {
+        let ss = self.geometry.sector_size as usize;
+        let mut pos = offset as usize;
+        let mut done = 0;
+        while done < data.len() {
+            let (sector, within) = (pos / ss, pos % ss);
+            let n = (ss - within).min(data.len() - done);
+            if let Some(old) = &self.sectors[sector] {
+                let (old, new) = (&old[within..within + n], &data[done..done + n]);
+                // Word at a time; only a word with an offending bit is searched byte by byte.
+                let mut i = 0;
+                while i + 8 <= n {
+                    let o = u64::from_ne_bytes(old[i..i + 8].try_into().unwrap_or([0; 8]));
+                    let w = u64::from_ne_bytes(new[i..i + 8].try_into().unwrap_or([0; 8]));
+                    if w & !o != 0 {
+                        break;
+                    }
+                    i += 8;
+                }
+                if let Some(j) = (i..n).find(|&j| new[j] & !old[j] != 0) {
+                    return Some(done + j);
+                }
+            }
+            pos += n;
+            done += n;
+        }
+        None
+    }
+
     fn write(&mut self, offset: u32, bytes: &[u8]) {
         let ss = self.geometry.sector_size as usize;
         let mut pos = offset as usize;
@@ -279,6 +335,7 @@ impl Chip {
             let slot = &mut self.sectors[sector];
             let data = slot.get_or_insert_with(|| Arc::from(vec![ERASED; ss]));
             Arc::make_mut(data)[within..within + n].copy_from_slice(&bytes[done..done + n]);
+            self.versions[sector] = next_version();
             pos += n;
             done += n;
         }
@@ -298,6 +355,59 @@ pub struct FlashArray {
     lost_at: Option<u64>,
     log: Option<Vec<FlashOp>>,
     activity: Activity,
+    /// The array as it was before each operation, while recording (see
+    /// [`FlashArray::record_snapshots`]).
+    snapshots: Option<Vec<OpSnapshot>>,
+}
+
+/// The flash just before one numbered operation, and that operation: enough to produce the
+/// flash as a power cut at that operation leaves it, in any mode, without running what led
+/// there (see [`FlashArray::record_snapshots`]).
+#[derive(Debug, Clone)]
+pub struct OpSnapshot {
+    seq: u64,
+    before: FlashArray,
+    op: RecordedOp,
+}
+
+#[derive(Debug, Clone)]
+enum RecordedOp {
+    Erase {
+        chip: ChipId,
+        addr: u32,
+    },
+    Program {
+        chip: ChipId,
+        addr: u32,
+        data: Vec<u8>,
+    },
+}
+
+impl OpSnapshot {
+    /// The operation's number.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The flash as a power cut in `mode` at this operation leaves it: power lost, the
+    /// operation not done, torn or done. The operation runs again on the snapshot through the
+    /// same code as always, so the result is exactly what the cut run would have produced.
+    /// `None` if the operation does not reach the flash again (it did when recorded).
+    pub fn cut(&self, mode: CutMode) -> Option<FlashArray> {
+        let mut flash = self.before.clone();
+        flash.schedule_cut(PowerCut {
+            at_op: self.seq,
+            mode,
+        });
+        let result = match &self.op {
+            RecordedOp::Erase { chip, addr } => flash.erase_sector(*chip, *addr),
+            RecordedOp::Program { chip, addr, data } => flash.program(*chip, *addr, data),
+        };
+        match result {
+            Err(FlashError::PowerLost { op }) if op == self.seq => Some(flash),
+            _ => None,
+        }
+    }
 }
 
 impl FlashArray {
@@ -314,6 +424,7 @@ impl FlashArray {
                 id,
                 geometry,
                 sectors: vec![None; geometry.sector_count() as usize],
+                versions: vec![0; geometry.sector_count() as usize],
             });
         }
         Ok(FlashArray {
@@ -325,7 +436,36 @@ impl FlashArray {
             lost_at: None,
             log: None,
             activity: Activity::Other,
+            snapshots: None,
         })
+    }
+
+    /// From now on, keep a snapshot of the array before every operation with the operation
+    /// itself ([`OpSnapshot`]): a power-cut sweep forks its cut runs from these instead of
+    /// replaying each from the start. Snapshots share sector buffers (copy-on-write), so each
+    /// costs about a pointer per sector.
+    pub fn record_snapshots(&mut self) {
+        self.snapshots.get_or_insert_with(Vec::new);
+    }
+
+    /// The snapshots recorded so far, in operation order; recording stops.
+    pub fn take_snapshots(&mut self) -> Vec<OpSnapshot> {
+        self.snapshots.take().unwrap_or_default()
+    }
+
+    fn record(&mut self, op: RecordedOp) {
+        if self.snapshots.is_some() {
+            let snapshots = self.snapshots.take();
+            let before = self.clone();
+            if let Some(mut list) = snapshots {
+                list.push(OpSnapshot {
+                    seq: self.next_op,
+                    before,
+                    op,
+                });
+                self.snapshots = Some(list);
+            }
+        }
     }
 
     /// Labels the operations from now on in the log (the device's firmware says what it is
@@ -494,6 +634,23 @@ impl FlashArray {
         Ok(true)
     }
 
+    /// The identity of the contents of `addr..addr+len` (see [`ContentKey`]).
+    pub fn content_key(&self, chip: ChipId, addr: u32, len: u32) -> Result<ContentKey, FlashError> {
+        self.check_power()?;
+        let (index, offset) = self.locate(chip, addr, u64::from(len))?;
+        let c = &self.chips[index];
+        let ss = c.geometry.sector_size;
+        let first = (offset / ss) as usize;
+        let last = (offset + len).div_ceil(ss).max(offset / ss + 1) as usize;
+        let versions = c.versions[first..last.min(c.versions.len())].to_vec();
+        Ok(ContentKey {
+            chip,
+            addr,
+            len,
+            versions,
+        })
+    }
+
     /// Erase the sector starting at `addr` (one numbered operation).
     pub fn erase_sector(&mut self, chip: ChipId, addr: u32) -> Result<(), FlashError> {
         self.check_power()?;
@@ -532,20 +689,27 @@ impl FlashArray {
                 alignment: unit,
             });
         }
-        let mut old = vec![0; data.len()];
-        c.read(offset, &mut old);
-        if let Some(i) = old.iter().zip(data).position(|(o, n)| n & !o != 0) {
+        if let Some(i) = c.first_bit_set_by(offset, data) {
             return Err(FlashError::ProgramWouldSetBits {
                 chip,
                 addr: addr + i as u32,
             });
         }
 
+        if self.snapshots.is_some() {
+            self.record(RecordedOp::Program {
+                chip,
+                addr,
+                data: data.to_vec(),
+            });
+        }
         let (seq, cut) = self.begin_op(chip, OpKind::Program, addr, data.len() as u32);
         match cut {
             None => self.chips[index].write(offset, data),
             Some(CutMode::Before) => {}
             Some(CutMode::Torn) => {
+                let mut old = vec![0; data.len()];
+                self.chips[index].read(offset, &mut old);
                 let clearing: Vec<u8> = old.iter().zip(data).map(|(o, n)| o & !n).collect();
                 let mask = self.tear_mask(seq, &clearing);
                 let torn: Vec<u8> = old.iter().zip(&mask).map(|(o, m)| o & !m).collect();
@@ -615,9 +779,15 @@ impl FlashArray {
         let (chip, ss) = (c.id, c.geometry.sector_size);
         let addr = c.geometry.base + offset;
         let sector = (offset / ss) as usize;
+        if self.snapshots.is_some() {
+            self.record(RecordedOp::Erase { chip, addr });
+        }
         let (seq, cut) = self.begin_op(chip, OpKind::Erase, addr, ss);
         match cut {
-            None | Some(CutMode::After) => self.chips[index].sectors[sector] = None,
+            None | Some(CutMode::After) => {
+                self.chips[index].sectors[sector] = None;
+                self.chips[index].versions[sector] = 0;
+            }
             Some(CutMode::Before) => {}
             Some(CutMode::Torn) => {
                 if let Some(old) = self.chips[index].sectors[sector].clone() {
