@@ -233,8 +233,12 @@ impl BootCaches {
     ) -> Result<Arc<RegionContent>, FlashError> {
         let chip = board.flash_chip(region.chip);
         let key = flash.content_key(chip, region.start, region.end - region.start)?;
-        self.regions
-            .get_or_compute(0, key, || read_region(board, flash, region))
+        self.regions.get_or_compute(
+            0,
+            key,
+            |k| flash.holds(k),
+            || read_region(board, flash, region),
+        )
     }
 }
 
@@ -410,7 +414,8 @@ fn verify_slot(
     let source = match caches {
         Some(c) => {
             let key = flash.content_key(src_chip, slot.source_address, slot.length)?;
-            c.sources.get_or_compute(0, key, compute)?
+            c.sources
+                .get_or_compute(0, key, |k| flash.holds(k), compute)?
         }
         None => Arc::new(compute()?),
     };

@@ -31,19 +31,37 @@ impl<V> Default for ContentCache<V> {
     }
 }
 
+/// Entries of the same range whose bytes are compared with the range's when the key misses.
+const COMPARED: usize = 4;
+
 impl<V> ContentCache<V> {
-    /// The remembered result for `key`, or `compute()`'s, remembered. `compute` runs without
-    /// the lock held; two threads may compute the same entry, which only costs time.
+    /// The remembered result for `key`, or `compute()`'s, remembered. When no entry has `key`
+    /// exactly, the few latest entries for the same range are asked `holds` (do the bytes they
+    /// were computed from equal the range's bytes now?): a region rewritten with the same
+    /// image gets the same result, the same `Arc`. `compute` runs without the lock held; two
+    /// threads may compute the same entry, which only costs time.
     pub fn get_or_compute<E>(
         &self,
         tag: u64,
         key: ContentKey,
+        holds: impl Fn(&ContentKey) -> Result<bool, E>,
         compute: impl FnOnce() -> Result<V, E>,
     ) -> Result<Arc<V>, E> {
-        if let Some(hit) = self.get(tag, &key) {
+        let (hit, candidates) = self.lookup(tag, &key);
+        if let Some(hit) = hit {
             return Ok(hit);
         }
-        let value = Arc::new(compute()?);
+        let mut found = None;
+        for (candidate, value) in candidates {
+            if holds(&candidate)? {
+                found = Some(value);
+                break;
+            }
+        }
+        let value = match found {
+            Some(value) => value,
+            None => Arc::new(compute()?),
+        };
         if let Ok(mut entries) = self.entries.lock() {
             if entries.len() >= CAPACITY {
                 entries.pop_front();
@@ -53,12 +71,27 @@ impl<V> ContentCache<V> {
         Ok(value)
     }
 
-    fn get(&self, tag: u64, key: &ContentKey) -> Option<Arc<V>> {
-        let entries = self.entries.lock().ok()?;
-        entries
-            .iter()
-            .rev()
-            .find(|(t, k, _)| *t == tag && k == key)
-            .map(|(_, _, v)| Arc::clone(v))
+    /// The entry with exactly `key`, or else the latest entries for the same range.
+    #[allow(clippy::type_complexity)]
+    fn lookup(&self, tag: u64, key: &ContentKey) -> (Option<Arc<V>>, Vec<(ContentKey, Arc<V>)>) {
+        let Ok(entries) = self.entries.lock() else {
+            return (None, Vec::new());
+        };
+        if let Some((_, _, v)) = entries.iter().rev().find(|(t, k, _)| *t == tag && k == key) {
+            return (Some(Arc::clone(v)), Vec::new());
+        }
+        let mut candidates: Vec<(ContentKey, Arc<V>)> = Vec::new();
+        for (t, k, v) in entries.iter().rev() {
+            if candidates.len() >= COMPARED {
+                break;
+            }
+            if *t == tag
+                && k.same_range(key)
+                && !candidates.iter().any(|(_, seen)| Arc::ptr_eq(seen, v))
+            {
+                candidates.push((k.clone(), Arc::clone(v)));
+            }
+        }
+        (None, candidates)
     }
 }

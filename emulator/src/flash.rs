@@ -264,16 +264,34 @@ fn next_version() -> u64 {
     NEXT_VERSION.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Identifies the contents of a range of flash without reading it: equal keys mean equal
-/// bytes (in this array, its snapshots and their descendants). Unequal keys say nothing: a
-/// sector rewritten with the same bytes gets a new version. Used to remember what parsing a
-/// region found until the region changes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Identifies the contents of a range of flash: equal keys mean equal bytes (in this array,
+/// its snapshots and their descendants). Unequal keys say nothing: a sector rewritten with the
+/// same bytes gets a new version; [`FlashArray::holds`] compares the bytes then. Used to
+/// remember what parsing a region found until the region changes. A key keeps the sector
+/// buffers it names alive (they are shared, not copied).
+#[derive(Debug, Clone)]
 pub struct ContentKey {
     pub chip: ChipId,
     pub addr: u32,
     pub len: u32,
     versions: Vec<u64>,
+    sectors: Vec<Option<Arc<[u8]>>>,
+}
+
+impl PartialEq for ContentKey {
+    fn eq(&self, other: &Self) -> bool {
+        (self.chip, self.addr, self.len, &self.versions)
+            == (other.chip, other.addr, other.len, &other.versions)
+    }
+}
+
+impl Eq for ContentKey {}
+
+impl ContentKey {
+    /// Whether `other` names the same range (possibly with other contents).
+    pub fn same_range(&self, other: &ContentKey) -> bool {
+        (self.chip, self.addr, self.len) == (other.chip, other.addr, other.len)
+    }
 }
 
 impl Chip {
@@ -305,18 +323,11 @@ impl Chip {
             let n = (ss - within).min(data.len() - done);
             if let Some(old) = &self.sectors[sector] {
                 let (old, new) = (&old[within..within + n], &data[done..done + n]);
-                // Word at a time; only a word with an offending bit is searched byte by byte.
-                let mut i = 0;
-                while i + 8 <= n {
-                    let o = u64::from_ne_bytes(old[i..i + 8].try_into().unwrap_or([0; 8]));
-                    let w = u64::from_ne_bytes(new[i..i + 8].try_into().unwrap_or([0; 8]));
-                    if w & !o != 0 {
-                        break;
-                    }
-                    i += 8;
-                }
-                if let Some(j) = (i..n).find(|&j| new[j] & !old[j] != 0) {
-                    return Some(done + j);
+                // A branch-free pass over the whole range (it vectorises); only a range with an
+                // offending bit is searched for the first one.
+                let offending = old.iter().zip(new).fold(0u8, |acc, (o, n)| acc | (n & !o));
+                if offending != 0 {
+                    return (0..n).find(|&j| new[j] & !old[j] != 0).map(|j| done + j);
                 }
             }
             pos += n;
@@ -642,13 +653,34 @@ impl FlashArray {
         let ss = c.geometry.sector_size;
         let first = (offset / ss) as usize;
         let last = (offset + len).div_ceil(ss).max(offset / ss + 1) as usize;
-        let versions = c.versions[first..last.min(c.versions.len())].to_vec();
+        let last = last.min(c.versions.len());
         Ok(ContentKey {
             chip,
             addr,
             len,
-            versions,
+            versions: c.versions[first..last].to_vec(),
+            sectors: c.sectors[first..last].to_vec(),
         })
+    }
+
+    /// Whether the sectors `key` names hold, byte for byte, what they held when `key` was
+    /// taken (in this array or in another with the same geometry).
+    pub fn holds(&self, key: &ContentKey) -> Result<bool, FlashError> {
+        let now = self.content_key(key.chip, key.addr, key.len)?;
+        if now == *key {
+            return Ok(true);
+        }
+        Ok(now.sectors.len() == key.sectors.len()
+            && now
+                .sectors
+                .iter()
+                .zip(&key.sectors)
+                .all(|(a, b)| match (a, b) {
+                    (None, None) => true,
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a[..] == b[..],
+                    // A written sector may read all 0xFF like an erased one.
+                    (Some(d), None) | (None, Some(d)) => d.iter().all(|&x| x == ERASED),
+                }))
     }
 
     /// Erase the sector starting at `addr` (one numbered operation).

@@ -599,3 +599,31 @@ fn equal_content_keys_mean_unchanged_contents() {
     flash.erase_sector(ChipId::Internal, INTERNAL.base).unwrap();
     assert_ne!(key(&flash), before);
 }
+
+#[test]
+fn holds_compares_bytes_when_the_versions_differ() {
+    let mut flash = prepared(1);
+    let key = flash
+        .content_key(ChipId::Internal, INTERNAL.base, 8192)
+        .unwrap();
+    // Erase and write the same bytes again: new versions, same contents.
+    flash.erase_sector(ChipId::Internal, INTERNAL.base).unwrap();
+    flash
+        .program(ChipId::Internal, INTERNAL.base, &pattern(4096, 1))
+        .unwrap();
+    assert_ne!(
+        flash
+            .content_key(ChipId::Internal, INTERNAL.base, 8192)
+            .unwrap(),
+        key
+    );
+    assert!(flash.holds(&key).unwrap());
+    flash
+        .program(
+            ChipId::Internal,
+            INTERNAL.base + 4096,
+            &[0xFE, 0xFF, 0xFF, 0xFF],
+        )
+        .unwrap();
+    assert!(!flash.holds(&key).unwrap());
+}
