@@ -212,8 +212,9 @@ theirs: dtls crate 0.17.2, X.509 self-signed certificates both ways (chains not
 MB/s:   10^6 bytes of application data per second, 1 KiB records, client -> server,
         encrypt + decrypt + delivery to the receiving application (ours: the
         event queue; theirs: conn.read on a concurrent task).
-crypto: ECDSA sign/verify is RustCrypto p256 (pure Rust) in ours and ring (assembly)
-        in theirs; ECDH is RustCrypto p256 in both; AES-CCM_8 is RustCrypto in both.
+crypto: ours verifies ECDSA with ring, signs (RFC 6979) and makes ECDH keys with p256
+        and a precomputed generator table (protocol::dtls::ec); theirs signs and verifies
+        with ring; ECDH secrets are RustCrypto p256 and AES-CCM_8 RustCrypto in both.
 ";
     out
 }
