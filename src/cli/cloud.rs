@@ -55,6 +55,9 @@ pub struct CloudArgs {
     /// Seed of the cloud's randomness.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Write every datagram sent and received to this pcap file (`hil pcap decrypt`).
+    #[arg(long, value_name = "FILE")]
+    pcap: Option<PathBuf>,
 }
 
 type Shared = Arc<UdpNode<CloudNode>>;
@@ -86,6 +89,9 @@ pub fn run(args: CloudArgs) -> CliResult {
         .build()?;
     rt.block_on(async move {
         let node: Shared = Arc::new(UdpNode::server(CloudNode::new(cloud), args.listen).await?);
+        if let Some(path) = &args.pcap {
+            node.capture(super::pcap::capture_to(path)?);
+        }
         let listener = TcpListener::bind(control_addr)
             .await
             .map_err(|e| format!("control endpoint {control_addr}: {e}"))?;

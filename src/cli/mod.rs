@@ -12,6 +12,7 @@ pub mod fixture;
 pub mod flash;
 pub mod keys;
 pub mod module;
+pub mod pcap;
 pub mod run;
 pub mod sweep;
 
