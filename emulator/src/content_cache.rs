@@ -14,7 +14,7 @@ use crate::flash::ContentKey;
 
 /// Entries kept; the oldest is dropped first. A sweep needs a handful (one per region, one
 /// per staged module) plus the changed regions of the boots in flight.
-const CAPACITY: usize = 64;
+const CAPACITY: usize = 24;
 
 /// Results computed from flash contents, by [`ContentKey`] and a caller's tag (which
 /// computation; the region or slot).

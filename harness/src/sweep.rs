@@ -3,10 +3,12 @@
 //! valid image (reference 5.3-5.5; the discipline is MCUboot's simulator's).
 //!
 //! One clean run counts the flash operations of the window: the DCT slot commit, then the boot
-//! that applies the update. Then, for every operation `n` of the window and every [`CutMode`],
-//! a copy-on-write snapshot of the device taken just before the commit is cut at `n`, powered
-//! on, and booted again and again (optionally cut again during those recovery boots, at seeded
-//! random points) until a boot completes. Checked after every completed boot:
+//! that applies the update, keeping a copy-on-write snapshot of the flash before each of them.
+//! Then, for every operation `n` of the window and every [`CutMode`], the snapshot before `n`
+//! has operation `n` done again with the cut (exactly what a run replayed from the commit would
+//! leave: the same code on the same bytes), is powered on, and booted again and again
+//! (optionally cut again during those recovery boots, at seeded random points) until a boot
+//! completes. Checked after every completed boot:
 //! - the device runs (no safe mode, not unbootable);
 //! - what runs is exactly the old firmware or exactly the new, never a mix;
 //! - every module the bootloader reports valid is byte-for-byte a known image for its region

@@ -17,6 +17,10 @@
 //! - Devices: N real `DeviceOs` instances, each on its own UDP socket and task, all connected
 //!   to one cloud socket at once; memory per device from `/proc/self/status` VmRSS before and
 //!   after (emulated flash is sparse: only written sectors take memory).
+//!
+//! Profiling the transfer alone: `hil bench ota --profile-ota N` runs only the 1.5 MiB OTA, N
+//! times; with `HIL_PERF_CTL=FIFO` it writes `enable`/`disable` to FIFO around each flash ->
+//! commit, for `perf record --control fifo:FIFO -D -1 ...`.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -413,6 +417,14 @@ async fn udp_ota(board: &Board, size: u32, seed: u64) -> Result<UdpOta, String> 
     {
         return Err("the device did not connect over loopback within 30 s".into());
     }
+    // `perf record --control fifo:CTL -D -1` with HIL_PERF_CTL=CTL profiles only from here to
+    // the commit (the transfer, the device's validation and commit).
+    let perf = |command: &str| {
+        if let Some(path) = std::env::var_os("HIL_PERF_CTL") {
+            let _ = std::fs::write(path, command);
+        }
+    };
+    perf("enable\n");
     let start = Instant::now();
     let job = cloud.with_node(|c, now| c.cloud.flash(now, device_id, file));
     // Checked after every pass of the cloud's driver, so only the events new since the last
@@ -430,6 +442,7 @@ async fn udp_ota(board: &Board, size: u32, seed: u64) -> Result<UdpOta, String> 
         })
         .await;
     let to_committed = start.elapsed();
+    perf("disable\n");
     let outcome = cloud.with_node(|c, _| {
         let started = ota_event(&c.events, job, |k| {
             matches!(k, OtaEventKind::Started { .. })
