@@ -1,6 +1,6 @@
 //! Remembering what was computed from a range of flash until that range changes: what a
 //! region holds (parse, CRC, SHA), and what a staged slot verifies to. Keyed by
-//! [`ContentKey`], which names the exact sector versions the result was computed from, so a
+//! [`ContentKey`], which names the exact sector buffers the result was computed from, so a
 //! hit gives exactly what computing again would: nothing is guessed from addresses or sizes.
 //!
 //! A power-cut sweep boots thousands of forks of one device whose system part, bootloader and

@@ -174,6 +174,12 @@ impl Device {
         self.caches.get_or_insert_with(Default::default);
     }
 
+    /// Like [`Device::share_boot_caches`] with new, empty caches: this device and its clones
+    /// from now on no longer share them with the clones made before.
+    pub fn fresh_boot_caches(&mut self) {
+        self.caches = Some(Default::default());
+    }
+
     /// This device with `flash` in place of its own, as after a power cycle (nothing of the
     /// store is in RAM): how a sweep forks a device from a flash snapshot.
     pub fn with_flash(&self, flash: FlashArray) -> Device {

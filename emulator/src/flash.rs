@@ -25,7 +25,6 @@
 //! the sector it touches.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use rand_chacha::ChaCha8Rng;
@@ -250,38 +249,35 @@ struct Chip {
     geometry: FlashGeometry,
     /// One entry per sector; `None` means every byte is erased.
     sectors: Vec<Option<Arc<[u8]>>>,
-    /// One entry per sector: which version of its contents it holds (see [`ContentKey`]);
-    /// 0 for an erased sector.
-    versions: Vec<u64>,
 }
 
-/// Source of sector versions: unique across every array of the process, so that two sectors
-/// (of one array, or of a snapshot and its original) carry the same version only when one is
-/// a copy of the other. Never read by any logic but content-identity caches.
-static NEXT_VERSION: AtomicU64 = AtomicU64::new(1);
-
-fn next_version() -> u64 {
-    NEXT_VERSION.fetch_add(1, Ordering::Relaxed)
-}
-
-/// Identifies the contents of a range of flash: equal keys mean equal bytes (in this array,
-/// its snapshots and their descendants). Unequal keys say nothing: a sector rewritten with the
-/// same bytes gets a new version; [`FlashArray::holds`] compares the bytes then. Used to
-/// remember what parsing a region found until the region changes. A key keeps the sector
-/// buffers it names alive (they are shared, not copied).
+/// Identifies the contents of a range of flash without reading it: the sector buffers that
+/// hold it, shared with the flash (not copied). Equal keys mean equal bytes: a key keeps its
+/// buffers alive, and a shared buffer is never written in place (a write copies it first), so
+/// the same buffer always holds the same bytes. Unequal keys say nothing: a sector rewritten
+/// with the same bytes is a new buffer; [`FlashArray::holds`] compares the bytes then. Used to
+/// remember what parsing a region found until the region changes.
 #[derive(Debug, Clone)]
 pub struct ContentKey {
     pub chip: ChipId,
     pub addr: u32,
     pub len: u32,
-    versions: Vec<u64>,
     sectors: Vec<Option<Arc<[u8]>>>,
 }
 
 impl PartialEq for ContentKey {
     fn eq(&self, other: &Self) -> bool {
-        (self.chip, self.addr, self.len, &self.versions)
-            == (other.chip, other.addr, other.len, &other.versions)
+        (self.chip, self.addr, self.len) == (other.chip, other.addr, other.len)
+            && self.sectors.len() == other.sectors.len()
+            && self
+                .sectors
+                .iter()
+                .zip(&other.sectors)
+                .all(|(a, b)| match (a, b) {
+                    (None, None) => true,
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    _ => false,
+                })
     }
 }
 
@@ -346,7 +342,6 @@ impl Chip {
             let slot = &mut self.sectors[sector];
             let data = slot.get_or_insert_with(|| Arc::from(vec![ERASED; ss]));
             Arc::make_mut(data)[within..within + n].copy_from_slice(&bytes[done..done + n]);
-            self.versions[sector] = next_version();
             pos += n;
             done += n;
         }
@@ -381,6 +376,14 @@ pub struct OpSnapshot {
     op: RecordedOp,
 }
 
+/// The buffers [`OpSnapshot::private_copy`] made so far, by the original's address (the
+/// original is kept alive here so that its address is not reused).
+#[derive(Debug, Default)]
+pub struct SectorCopies(std::collections::HashMap<usize, (Sector, Sector)>);
+
+/// One sector's buffer.
+type Sector = Arc<[u8]>;
+
 #[derive(Debug, Clone)]
 enum RecordedOp {
     Erase {
@@ -395,6 +398,30 @@ enum RecordedOp {
 }
 
 impl OpSnapshot {
+    /// A copy with sector buffers of its own: buffers shared between the snapshots copied with
+    /// the same `copies` stay shared between the copies, and nothing is shared with the
+    /// originals. Forks of one snapshot on several threads update the reference counts of the
+    /// buffers they share; each thread working from its own copy keeps those counts (and their
+    /// cache lines) to itself.
+    pub fn private_copy(&self, copies: &mut SectorCopies) -> OpSnapshot {
+        let mut before = self.before.clone();
+        for chip in &mut before.chips {
+            for sector in chip.sectors.iter_mut().flatten() {
+                let key = Arc::as_ptr(sector) as *const u8 as usize;
+                let copy = copies
+                    .0
+                    .entry(key)
+                    .or_insert_with(|| (Arc::clone(sector), Arc::from(&sector[..])));
+                *sector = Arc::clone(&copy.1);
+            }
+        }
+        OpSnapshot {
+            seq: self.seq,
+            before,
+            op: self.op.clone(),
+        }
+    }
+
     /// The operation's number.
     pub fn seq(&self) -> u64 {
         self.seq
@@ -435,7 +462,6 @@ impl FlashArray {
                 id,
                 geometry,
                 sectors: vec![None; geometry.sector_count() as usize],
-                versions: vec![0; geometry.sector_count() as usize],
             });
         }
         Ok(FlashArray {
@@ -653,12 +679,11 @@ impl FlashArray {
         let ss = c.geometry.sector_size;
         let first = (offset / ss) as usize;
         let last = (offset + len).div_ceil(ss).max(offset / ss + 1) as usize;
-        let last = last.min(c.versions.len());
+        let last = last.min(c.sectors.len());
         Ok(ContentKey {
             chip,
             addr,
             len,
-            versions: c.versions[first..last].to_vec(),
             sectors: c.sectors[first..last].to_vec(),
         })
     }
@@ -818,7 +843,6 @@ impl FlashArray {
         match cut {
             None | Some(CutMode::After) => {
                 self.chips[index].sectors[sector] = None;
-                self.chips[index].versions[sector] = 0;
             }
             Some(CutMode::Before) => {}
             Some(CutMode::Torn) => {

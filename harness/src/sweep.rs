@@ -23,7 +23,7 @@ use std::sync::Arc;
 use emulator::board::RegionKind;
 use emulator::bootloader::{BootError, BootReport, BootState, ModuleStatus};
 use emulator::device::{Device, StagedModule};
-use emulator::flash::{CutMode, OpSnapshot};
+use emulator::flash::{CutMode, OpSnapshot, SectorCopies};
 use emulator::installed::RegionContent;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -298,10 +298,13 @@ pub fn sweep(case: &SweepCase, config: &SweepConfig) -> Result<SweepReport, Swee
         .filter(|op| config.only_op.is_none_or(|only| only == *op))
         .flat_map(|op| config.modes.iter().map(move |&mode| (op, mode)))
         .collect();
-    let run = |judge: &mut Judge, &(op, mode): &(u64, CutMode)| {
+    let run_at = |base: &Device,
+                  snapshots: &[OpSnapshot],
+                  judge: &mut Judge,
+                  &(op, mode): &(u64, CutMode)| {
         let mut tally = RunTally::default();
         let snapshot = &snapshots[(op - start) as usize];
-        let result = run_one(&base, judge, config, snapshot, mode, commit_end, &mut tally);
+        let result = run_one(base, judge, config, snapshot, mode, commit_end, &mut tally);
         (tally, result.err())
     };
     let threads = config.threads.clamp(1, points.len().max(1));
@@ -310,7 +313,7 @@ pub fn sweep(case: &SweepCase, config: &SweepConfig) -> Result<SweepReport, Swee
         points
             .iter()
             .enumerate()
-            .map(|(i, p)| (i, run(&mut judge, p)))
+            .map(|(i, p)| (i, run_at(&base, &snapshots, &mut judge, p)))
             .collect()
     } else {
         let next = AtomicUsize::new(0);
@@ -318,12 +321,23 @@ pub fn sweep(case: &SweepCase, config: &SweepConfig) -> Result<SweepReport, Swee
             let workers: Vec<_> = (0..threads)
                 .map(|_| {
                     scope.spawn(|| {
+                        // Each thread forks from its own copy of the snapshots and keeps its
+                        // own boot caches: shared buffers would have both threads update the
+                        // same reference counts at every fork.
+                        let mut copies = SectorCopies::default();
+                        let snapshots: Vec<OpSnapshot> = snapshots
+                            .iter()
+                            .map(|s| s.private_copy(&mut copies))
+                            .collect();
+                        drop(copies);
+                        let mut base = base.clone();
+                        base.fresh_boot_caches();
                         let mut judge = Judge::new(case);
                         let mut done = Vec::new();
                         loop {
                             let i = next.fetch_add(1, Ordering::Relaxed);
                             let Some(p) = points.get(i) else { break };
-                            done.push((i, run(&mut judge, p)));
+                            done.push((i, run_at(&base, &snapshots, &mut judge, p)));
                         }
                         done
                     })
