@@ -232,13 +232,9 @@ impl BootCaches {
         region: &crate::board::Region,
     ) -> Result<Arc<RegionContent>, FlashError> {
         let chip = board.flash_chip(region.chip);
-        let key = flash.content_key(chip, region.start, region.end - region.start)?;
-        self.regions.get_or_compute(
-            0,
-            key,
-            |k| flash.holds(k),
-            || read_region(board, flash, region),
-        )
+        let range = (chip, region.start, region.end - region.start);
+        self.regions
+            .get_or_compute(0, flash, range, || read_region(board, flash, region))
     }
 }
 
@@ -413,9 +409,8 @@ fn verify_slot(
     };
     let source = match caches {
         Some(c) => {
-            let key = flash.content_key(src_chip, slot.source_address, slot.length)?;
-            c.sources
-                .get_or_compute(0, key, |k| flash.holds(k), compute)?
+            let range = (src_chip, slot.source_address, slot.length);
+            c.sources.get_or_compute(0, flash, range, compute)?
         }
         None => Arc::new(compute()?),
     };

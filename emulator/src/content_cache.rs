@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use crate::flash::ContentKey;
+use crate::flash::{ChipId, ContentKey, FlashArray, FlashError};
 
 /// Entries kept; the oldest is dropped first. A sweep needs a handful (one per region, one
 /// per staged module) plus the changed regions of the boots in flight.
@@ -35,25 +35,29 @@ impl<V> Default for ContentCache<V> {
 const COMPARED: usize = 4;
 
 impl<V> ContentCache<V> {
-    /// The remembered result for `key`, or `compute()`'s, remembered. When no entry has `key`
-    /// exactly, the few latest entries for the same range are asked `holds` (do the bytes they
-    /// were computed from equal the range's bytes now?): a region rewritten with the same
-    /// image gets the same result, the same `Arc`. `compute` runs without the lock held; two
-    /// threads may compute the same entry, which only costs time.
-    pub fn get_or_compute<E>(
+    /// The remembered result for the contents of `chip:addr+len` in `flash`, or
+    /// `compute()`'s, remembered. An entry whose key is current (the same sector buffers) is a
+    /// hit; otherwise the few latest entries for the same range are asked whether the bytes
+    /// they were computed from equal the range's bytes now ([`FlashArray::holds`]): a region
+    /// rewritten with the same image gets the same result, the same `Arc`. `compute` runs
+    /// without the lock held; two threads may compute the same entry, which only costs time.
+    pub fn get_or_compute<E: From<FlashError>>(
         &self,
         tag: u64,
-        key: ContentKey,
-        holds: impl Fn(&ContentKey) -> Result<bool, E>,
+        flash: &FlashArray,
+        (chip, addr, len): (ChipId, u32, u32),
         compute: impl FnOnce() -> Result<V, E>,
     ) -> Result<Arc<V>, E> {
-        let (hit, candidates) = self.lookup(tag, &key);
+        // Fails exactly when reading the range would (power lost, out of range).
+        flash.is_current(&ContentKey::empty(chip, addr, len))?;
+        let (hit, candidates) = self.lookup(tag, (chip, addr, len), flash);
         if let Some(hit) = hit {
             return Ok(hit);
         }
+        let key = flash.content_key(chip, addr, len)?;
         let mut found = None;
         for (candidate, value) in candidates {
-            if holds(&candidate)? {
+            if flash.holds(&candidate)? {
                 found = Some(value);
                 break;
             }
@@ -71,22 +75,26 @@ impl<V> ContentCache<V> {
         Ok(value)
     }
 
-    /// The entry with exactly `key`, or else the latest entries for the same range.
+    /// The entry whose key is current in `flash`, or else the latest entries for the range.
     #[allow(clippy::type_complexity)]
-    fn lookup(&self, tag: u64, key: &ContentKey) -> (Option<Arc<V>>, Vec<(ContentKey, Arc<V>)>) {
+    fn lookup(
+        &self,
+        tag: u64,
+        range: (ChipId, u32, u32),
+        flash: &FlashArray,
+    ) -> (Option<Arc<V>>, Vec<(ContentKey, Arc<V>)>) {
         let Ok(entries) = self.entries.lock() else {
             return (None, Vec::new());
         };
-        if let Some((_, _, v)) = entries.iter().rev().find(|(t, k, _)| *t == tag && k == key) {
-            return (Some(Arc::clone(v)), Vec::new());
-        }
         let mut candidates: Vec<(ContentKey, Arc<V>)> = Vec::new();
         for (t, k, v) in entries.iter().rev() {
-            if candidates.len() >= COMPARED {
-                break;
+            if *t != tag || k.range() != range {
+                continue;
             }
-            if *t == tag
-                && k.same_range(key)
+            if flash.is_current(k).unwrap_or(false) {
+                return (Some(Arc::clone(v)), Vec::new());
+            }
+            if candidates.len() < COMPARED
                 && !candidates.iter().any(|(_, seen)| Arc::ptr_eq(seen, v))
             {
                 candidates.push((k.clone(), Arc::clone(v)));

@@ -284,9 +284,20 @@ impl PartialEq for ContentKey {
 impl Eq for ContentKey {}
 
 impl ContentKey {
-    /// Whether `other` names the same range (possibly with other contents).
-    pub fn same_range(&self, other: &ContentKey) -> bool {
-        (self.chip, self.addr, self.len) == (other.chip, other.addr, other.len)
+    /// (chip, address, length) of the range the key names.
+    pub fn range(&self) -> (ChipId, u32, u32) {
+        (self.chip, self.addr, self.len)
+    }
+
+    /// A key naming no sectors (current for no range but an empty one): for checking that a
+    /// range can be read at all.
+    pub fn empty(chip: ChipId, addr: u32, len: u32) -> ContentKey {
+        ContentKey {
+            chip,
+            addr,
+            len,
+            sectors: Vec::new(),
+        }
     }
 }
 
@@ -340,7 +351,8 @@ impl Chip {
             let (sector, within) = (pos / ss, pos % ss);
             let n = (ss - within).min(bytes.len() - done);
             let slot = &mut self.sectors[sector];
-            let data = slot.get_or_insert_with(|| Arc::from(vec![ERASED; ss]));
+            // One allocation, filled in place (`Arc::from(vec)` would allocate and copy again).
+            let data = slot.get_or_insert_with(|| std::iter::repeat_n(ERASED, ss).collect());
             Arc::make_mut(data)[within..within + n].copy_from_slice(&bytes[done..done + n]);
             pos += n;
             done += n;
@@ -688,13 +700,31 @@ impl FlashArray {
         })
     }
 
+    /// Whether the range `key` names is held by exactly the sector buffers of `key` (what
+    /// `content_key` would return now equals `key`), without taking a key.
+    pub fn is_current(&self, key: &ContentKey) -> Result<bool, FlashError> {
+        self.check_power()?;
+        let (index, offset) = self.locate(key.chip, key.addr, u64::from(key.len))?;
+        let c = &self.chips[index];
+        let ss = c.geometry.sector_size;
+        let first = (offset / ss) as usize;
+        let now = c.sectors.get(first..first + key.sectors.len());
+        Ok(now.is_some_and(|now| {
+            now.iter().zip(&key.sectors).all(|(a, b)| match (a, b) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            })
+        }))
+    }
+
     /// Whether the sectors `key` names hold, byte for byte, what they held when `key` was
     /// taken (in this array or in another with the same geometry).
     pub fn holds(&self, key: &ContentKey) -> Result<bool, FlashError> {
-        let now = self.content_key(key.chip, key.addr, key.len)?;
-        if now == *key {
+        if self.is_current(key)? {
             return Ok(true);
         }
+        let now = self.content_key(key.chip, key.addr, key.len)?;
         Ok(now.sectors.len() == key.sectors.len()
             && now
                 .sectors
