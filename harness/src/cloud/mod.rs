@@ -81,10 +81,13 @@
 //!   connection's describe arrives (the rule and why: [`safe_mode`]). There is no safe-mode
 //!   healer: nothing is flashed because of it.
 
+mod device_id;
 mod event;
+pub mod fleet;
 mod firmware;
 mod job;
 mod ota;
+mod products;
 pub mod safe_mode;
 mod session;
 mod transfer;
@@ -93,7 +96,9 @@ pub use event::{
     device_id_hex, iso8601_millis, CloudEvent, DisconnectReason, OtaEvent, OtaEventKind, Publisher,
     SessionChange, StreamEvent,
 };
+pub use device_id::{DeviceId, DeviceIdError};
 pub use firmware::{expected_modules, verify, ExpectedModule};
+pub use fleet::Fleet;
 pub use job::{JobId, JobStatus};
 pub use transfer::{SenderTiming, Transfer, TransferError};
 
@@ -310,6 +315,7 @@ pub struct Cloud {
     next_job: u64,
     events: VecDeque<CloudEvent>,
     stats: CloudStats,
+    fleet: Fleet,
 }
 
 impl std::fmt::Debug for Cloud {
@@ -338,6 +344,7 @@ impl Cloud {
             next_job: 1,
             events: VecDeque::new(),
             stats: CloudStats::default(),
+            fleet: Fleet::new(),
         }
     }
 
@@ -458,6 +465,17 @@ impl Cloud {
 
     pub fn stats(&self) -> CloudStats {
         self.stats
+    }
+
+    /// Products, their firmware and devices.
+    pub fn fleet(&self) -> &Fleet {
+        &self.fleet
+    }
+
+    /// Acts on a change of the fleet for these devices (see [`products`]).
+    fn fleet_changed(&mut self, now: Duration, devices: &[DeviceId], delivery: products::Delivery) {
+        // Filled in by the desired-state reconciliation.
+        let _ = (now, devices, delivery);
     }
 
     /// The NSS key log line of the device's current session (for Wireshark).
