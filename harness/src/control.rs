@@ -93,6 +93,8 @@ pub fn error_line(message: &str) -> String {
 pub fn status_line(job: JobId, status: &JobStatus) -> String {
     let v = match status {
         JobStatus::Queued => json!({"job": job.0, "status": "queued"}),
+        JobStatus::Held => json!({"job": job.0, "status": "held",
+                    "message": "updates are disabled on the device; it was told an update is pending"}),
         JobStatus::Starting => json!({"job": job.0, "status": "starting"}),
         JobStatus::Transferring {
             resume_offset,

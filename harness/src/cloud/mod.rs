@@ -87,7 +87,9 @@ pub mod fleet;
 mod firmware;
 mod job;
 mod ota;
+pub mod policy;
 mod products;
+mod reconcile;
 pub mod safe_mode;
 mod session;
 mod transfer;
@@ -97,9 +99,10 @@ pub use event::{
     SessionChange, StreamEvent,
 };
 pub use device_id::{DeviceId, DeviceIdError};
-pub use firmware::{expected_modules, verify, ExpectedModule};
+pub use firmware::{compare, expected_modules, verify, Comparison, ExpectedModule};
 pub use fleet::Fleet;
-pub use job::{JobId, JobStatus};
+pub use job::{JobId, JobInfo, JobKind, JobStatus};
+pub use policy::{DeviceOsLibrary, LibraryModule};
 pub use transfer::{SenderTiming, Transfer, TransferError};
 
 use std::collections::{BTreeMap, VecDeque};
@@ -172,6 +175,8 @@ pub struct CloudConfig {
     pub dtls_timeouts: RetransmitTimeouts,
     /// What happens to a job whose transfer the device dropped (went offline, or stalled).
     pub interrupted: Interrupted,
+    /// UpdateStarts per target before the cloud gives up ([`policy`]).
+    pub max_attempts: u32,
 }
 
 /// What the cloud does with a transfer the device dropped mid-way.
@@ -205,6 +210,7 @@ impl CloudConfig {
             coap: EndpointConfig::default(),
             dtls_timeouts: RetransmitTimeouts::default(),
             interrupted: Interrupted::Retry,
+            max_attempts: policy::DEFAULT_MAX_ATTEMPTS,
         }
     }
 
@@ -272,6 +278,12 @@ struct DeviceRecord {
     queue: VecDeque<JobId>,
     /// Committed jobs waiting for the device to come back running their firmware.
     committed: Vec<JobId>,
+    /// The product firmware the cloud delivers to this device (armed at each full handshake
+    /// for a standard release, at once for an intelligent one; [`policy`]).
+    armed: Option<fleet::TargetFirmware>,
+    /// SHA-256 of the files the cloud gave up delivering automatically (product firmware or
+    /// Device OS modules that can never be installed): not retried.
+    gave_up: Vec<[u8; 32]>,
 }
 
 /// What kind of record a datagram starts with (reference 1.4).
@@ -316,6 +328,7 @@ pub struct Cloud {
     events: VecDeque<CloudEvent>,
     stats: CloudStats,
     fleet: Fleet,
+    library: DeviceOsLibrary,
 }
 
 impl std::fmt::Debug for Cloud {
@@ -345,6 +358,7 @@ impl Cloud {
             events: VecDeque::new(),
             stats: CloudStats::default(),
             fleet: Fleet::new(),
+            library: DeviceOsLibrary::default(),
         }
     }
 
@@ -377,6 +391,8 @@ impl Cloud {
                         app_hash: None,
                         queue: VecDeque::new(),
                         committed: Vec::new(),
+                        armed: None,
+                        gave_up: Vec::new(),
                     },
                 );
             }
@@ -450,7 +466,9 @@ impl Cloud {
             if !session.pending_sent {
                 consider(Some(session.started_at + self.config.pending_event_delay));
             }
-            consider(self.start_deadline(device, session));
+            if !session.settled {
+                consider(self.settle_deadline(device, session));
+            }
             if let Some(job) = device.queue.front().and_then(|j| self.jobs.get(j)) {
                 consider(job.transfer.as_ref().and_then(|t| t.deadline()));
             }
@@ -472,10 +490,14 @@ impl Cloud {
         &self.fleet
     }
 
-    /// Acts on a change of the fleet for these devices (see [`products`]).
-    fn fleet_changed(&mut self, now: Duration, devices: &[DeviceId], delivery: products::Delivery) {
-        // Filled in by the desired-state reconciliation.
-        let _ = (now, devices, delivery);
+    /// Adds a Device OS module (bootloader, system part, radio stack) that safe-mode healing
+    /// may send ([`policy`]).
+    pub fn add_device_os_module(&mut self, file: Vec<u8>) -> Result<LibraryModule, String> {
+        self.library.add(file)
+    }
+
+    pub fn device_os_library(&self) -> &DeviceOsLibrary {
+        &self.library
     }
 
     /// The NSS key log line of the device's current session (for Wireshark).
@@ -509,8 +531,9 @@ impl Cloud {
         self.jobs.insert(
             id,
             Job {
+                kind: JobKind::Flash,
                 device_id,
-                file,
+                file: std::sync::Arc::new(file),
                 sha256,
                 status: JobStatus::Queued,
                 attempts: 0,
@@ -518,6 +541,9 @@ impl Cloud {
                 transfer: None,
                 committed_at: None,
                 maybe_committed: false,
+                finish_token: None,
+                last_reason: None,
+                awaiting_heal: false,
             },
         );
         self.ota_event(now, id, device_id, OtaEventKind::Queued);
@@ -537,7 +563,8 @@ impl Cloud {
                     .copied()
                     .filter(|j| {
                         self.jobs.get(j).is_some_and(|job| {
-                            job.status == JobStatus::Queued && !job.maybe_committed
+                            matches!(job.status, JobStatus::Queued | JobStatus::Held)
+                                && !job.maybe_committed
                         })
                     })
                     .collect()
@@ -555,6 +582,17 @@ impl Cloud {
 
     pub fn job(&self, id: JobId) -> Option<&JobStatus> {
         self.jobs.get(&id).map(|j| &j.status)
+    }
+
+    /// A job's kind, status, attempts and the reason its last attempt did not end it.
+    pub fn job_info(&self, id: JobId) -> Option<JobInfo> {
+        self.jobs.get(&id).map(|j| JobInfo {
+            kind: j.kind.clone(),
+            device_id: j.device_id,
+            status: j.status.clone(),
+            attempts: j.attempts,
+            last_reason: j.last_reason.clone(),
+        })
     }
 
     /// The device a job is for.
@@ -583,6 +621,7 @@ impl Cloud {
                 if forced { "true" } else { "false" },
             );
         }
+        self.service(now, device_id);
     }
 
     /// Sends an event to an online device (CON POST `E/<name>`); `false` if it is offline.
@@ -676,11 +715,14 @@ impl Cloud {
         let cid = self.server.connection_id(handle).map(<[u8]>::to_vec);
         let mut session = Session::new(handle, cid, peer, now);
         session.endpoint = Some(self.new_endpoint());
+        let armed = self.fleet.target(DeviceId(id)).firmware().cloned();
         if let Some(d) = self.devices.get_mut(&id) {
             d.session = Some(session);
             d.last_address = Some(peer);
             // A full handshake: the device subscribes again (a resumption may not).
             d.subscriptions.clear();
+            // A new secure session: standard releases and locks reach the device now.
+            d.armed = armed;
         }
         self.by_handle.insert(handle, id);
         self.events
@@ -790,11 +832,6 @@ impl Cloud {
 
     fn resume(&mut self, now: Duration, id: [u8; 12]) {
         let endpoint = self.new_endpoint();
-        // A resumption sends a describe only when something changed: the last one counts.
-        let describe_known = self
-            .devices
-            .get(&id)
-            .is_some_and(|d| d.system_describe.is_some());
         let Some(s) = self.session_mut(&id) else {
             return;
         };
@@ -802,7 +839,13 @@ impl Cloud {
         s.started_at = now;
         s.last_request = now;
         s.pending_sent = false;
-        s.describe_seen = describe_known;
+        // A resumption sends no describe (the device may have reset, failed to apply, or
+        // be in safe mode): the cloud asks for one before it acts.
+        s.describe_seen = false;
+        s.describe_requested = false;
+        s.pending_true_sent = false;
+        s.settled = false;
+        s.stalled_at = None;
         s.safe_mode_said = false;
         s.safe_mode_published = false;
         s.clear_connection();
@@ -1206,6 +1249,7 @@ impl Cloud {
         match purpose {
             Some(Purpose::UpdateStart(job)) => self.on_start_response(now, id, job, &message),
             Some(Purpose::UpdateFinish(job)) => self.on_finish_response(now, job, &message),
+            Some(Purpose::Describe) => self.on_describe_response(now, id, &message),
             Some(Purpose::Event) | None => {
                 if message.code.class() != 2 {
                     self.dropped(
@@ -1237,6 +1281,9 @@ impl Cloud {
     }
 
     fn on_unmatched(&mut self, now: Duration, id: [u8; 12], message: Message) {
+        if message.code == Code::CHANGED && self.late_finish_response(now, id, &message) {
+            return;
+        }
         if message.kind == MessageType::Reset {
             let chunk = self
                 .session_mut(&id)
@@ -1286,26 +1333,6 @@ impl Cloud {
         Some(s.last_heard.saturating_add(timeout))
     }
 
-    /// When a queued job may start, if one is waiting and only settling holds it back.
-    fn start_deadline(&self, device: &DeviceRecord, session: &Session) -> Option<Duration> {
-        let front = self.jobs.get(device.queue.front()?)?;
-        if front.status != JobStatus::Queued
-            || !session.online
-            || !session.pending_sent
-            || device.hello.is_none()
-            || session
-                .endpoint
-                .as_ref()
-                .is_none_or(|e| e.unacknowledged() > 0)
-        {
-            return None;
-        }
-        Some(
-            (session.last_request + self.config.settle_quiet)
-                .min(session.started_at + self.config.settle_max),
-        )
-    }
-
     /// The data of `spark/status/safe-mode` if it is due for this connection now (rule in
     /// [`safe_mode`]).
     fn safe_mode_due(&self, now: Duration, id: &[u8; 12]) -> Option<String> {
@@ -1339,11 +1366,15 @@ impl Cloud {
             .session_mut(&id)
             .is_some_and(|s| s.online && !s.pending_sent && now >= s.started_at + delay);
         if due_pending {
+            // A held update says so at once; otherwise `false`, as in the captures.
+            let held = self.held_job(&id).is_some();
             if let Some(s) = self.session_mut(&id) {
                 s.pending_sent = true;
+                s.pending_true_sent = held;
             }
-            if self.send_event(now, id, names::UPDATES_PENDING, "false") {
-                self.publish_cloud(now, id, names::UPDATES_PENDING, "false");
+            let data = if held { "true" } else { "false" };
+            if self.send_event(now, id, names::UPDATES_PENDING, data) {
+                self.publish_cloud(now, id, names::UPDATES_PENDING, data);
             }
             if self.devices.get(&id).is_some_and(|d| d.forced_setting) {
                 self.send_event(now, id, names::UPDATES_FORCED, "true");
@@ -1358,6 +1389,11 @@ impl Cloud {
                 .is_some_and(|t| t.is_stalled(now));
             if stalled {
                 self.interrupt_active(now, id, "no UpdateAck for the stall limit");
+                // Not again on this silence: a sleeping device would get an UpdateStart
+                // (and the stream a `started `) every stall limit.
+                if let Some(s) = self.session_mut(&id) {
+                    s.stalled_at = Some(now);
+                }
             }
         }
         // Silence during a transfer.
@@ -1379,29 +1415,7 @@ impl Cloud {
                 self.update_transfer_status(job);
             }
         }
-        // Start the next job once settled.
-        loop {
-            let start = {
-                let Some(d) = self.devices.get(&id) else {
-                    return;
-                };
-                let Some(s) = d.session.as_ref() else {
-                    return;
-                };
-                match self.start_deadline(d, s) {
-                    Some(at) if now >= at => d.queue.front().copied(),
-                    _ => None,
-                }
-            };
-            let Some(job) = start else {
-                break;
-            };
-            self.start_job(now, id, job);
-            // Started, or could not be sent: stop. Refused (failed, dequeued): try the next.
-            if self.devices.get(&id).and_then(|d| d.queue.front()) == Some(&job) {
-                break;
-            }
-        }
+        self.reconcile(now, id);
     }
 
     // ---- event stream ----

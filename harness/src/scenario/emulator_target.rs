@@ -10,10 +10,8 @@
 //! operations into runs per phase to tell a sweep how many there are
 //! ([`EmulatorTarget::phase_ops`]).
 //!
-//! The cloud behaviour the target adds (small, from the reference): a `cloud.flash` for a
-//! device that reported `particle/device/updates/enabled` = false (and is not forced) is held
-//! back; the cloud sends `particle/device/updates/pending` = true instead and starts the
-//! transfer once the device reports updates enabled again.
+//! The target adds no cloud behaviour of its own: holding an update while the device has
+//! updates disabled, retries and healing are the local cloud's ([`crate::cloud::policy`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -33,8 +31,6 @@ use super::trace::{EventSource, TraceEntry, TraceKind};
 use crate::cloud::{CloudEvent, Publisher};
 use crate::testbed::{DeviceHandle, DeviceSpec, Testbed};
 
-const PENDING: &str = "particle/device/updates/pending";
-const ENABLED: &str = "particle/device/updates/enabled";
 
 /// The latest run of flash operations per phase: where it started (absolute flash op) and
 /// how many ops it took.
@@ -104,7 +100,6 @@ pub struct EmulatorTarget {
     /// A cut is armed at a flash op with `off_for`; once it fired, power returns after it.
     armed_off_for: Option<Duration>,
     /// A file the cloud holds back while the device has updates disabled.
-    held: Option<Vec<u8>>,
     forced: bool,
     runs: PhaseRuns,
     /// Cut power as soon as new firmware has booted (a first boot with no flash op to cut at);
@@ -143,7 +138,6 @@ impl EmulatorTarget {
             queue: Vec::new(),
             power_back_at: None,
             armed_off_for: None,
-            held: None,
             forced: false,
             runs: PhaseRuns::new(),
             boot_cut: None,
@@ -202,18 +196,10 @@ impl EmulatorTarget {
                 },
             ));
         }
-        let mut enabled_again = false;
-        let mut pending_cleared = false;
         for (at, event) in cloud {
             if let CloudEvent::Stream(e) = event {
                 if e.device_id != id {
                     continue;
-                }
-                if e.name == ENABLED && e.data.trim() == "true" {
-                    enabled_again = true;
-                }
-                if e.name == PENDING && e.data.trim() == "false" {
-                    pending_cleared = true;
                 }
                 let source = match e.publisher {
                     Publisher::Device => EventSource::Device,
@@ -298,19 +284,6 @@ impl EmulatorTarget {
                         o.state = OtaState::Complete;
                         o.received = o.total;
                     }
-                }
-                DeviceEvent::Received { name, data }
-                    if name == PENDING && data == "true" && self.held.is_some() =>
-                {
-                    // The stream shows the cloud's own event once the device has it.
-                    self.queue.push(TraceEntry::new(
-                        *at,
-                        TraceKind::Event {
-                            source: EventSource::Cloud,
-                            name: name.clone(),
-                            data: data.clone(),
-                        },
-                    ));
                 }
                 DeviceEvent::PoweredOff => {
                     self.queue
@@ -399,24 +372,6 @@ impl EmulatorTarget {
         if !status.powered {
             if let Some(off) = self.armed_off_for.take() {
                 self.power_back_at = Some(bed.now() + off);
-            }
-        }
-        // The held update: pending at each connection (the local cloud's post-connect
-        // `pending` = false knows nothing of it), started once enabled.
-        if pending_cleared && !enabled_again && self.held.is_some() {
-            let now = bed.now();
-            bed.cloud_mut().send_event(now, id, PENDING, "true");
-        }
-        if enabled_again {
-            if let Some(file) = self.held.take() {
-                let now = bed.now();
-                bed.flash(dev, file).map_err(err)?;
-                self.queue.push(TraceEntry::new(
-                    now,
-                    TraceKind::Note {
-                        text: "target: updates enabled again, the held update starts".into(),
-                    },
-                ));
             }
         }
         Ok(())
@@ -511,28 +466,12 @@ impl Target for EmulatorTarget {
                 let file = build_file(&board, spec, &self.current, self.sizes, self.dev_seed)
                     .map_err(err)?;
                 self.new_images = self.images(spec);
-                let id = self.device_id();
-                let bed = self.bed()?;
-                let view = bed.cloud().device(id);
-                let disabled = view.as_ref().is_some_and(|v| {
-                    v.updates_enabled == Some(false) && v.updates_forced != Some(true)
-                });
-                if disabled {
-                    bed.cloud_mut().send_event(now, id, PENDING, "true");
-                    self.held = Some(file);
-                } else {
-                    bed.flash(dev, file).map_err(err)?;
-                }
+                self.bed()?.flash(dev, file).map_err(err)?;
             }
             Action::CloudForceUpdates { forced } => {
                 let id = self.device_id();
                 self.forced = *forced;
                 self.bed()?.cloud_mut().set_updates_forced(now, id, *forced);
-                if *forced {
-                    if let Some(file) = self.held.take() {
-                        self.bed()?.flash(dev, file).map_err(err)?;
-                    }
-                }
             }
             Action::PowerCut(cut) => {
                 let what = match cut.at {
