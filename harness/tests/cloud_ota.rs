@@ -366,7 +366,7 @@ fn an_error_response_fails_the_job_with_the_devices_code_and_message() {
 }
 
 #[test]
-fn an_update_start_refused_with_updates_disabled_fails_with_minus_1380() {
+fn an_update_start_refused_with_updates_disabled_is_held_until_the_device_enables_updates() {
     let mut w = settled(28, GEN3_FLAGS);
     let job = w.cloud.flash(w.now, device_id(0), file(4000, 8));
     w.pump();
@@ -382,14 +382,22 @@ fn an_update_start_refused_with_updates_disabled_fails_with_minus_1380() {
         },
     );
     w.pump();
-    assert_eq!(
-        w.cloud.job(job),
-        Some(&JobStatus::Failed {
-            code: Some(-1380),
-            message: "Firmware updates are disabled".into()
-        })
-    );
+    assert_eq!(w.cloud.job(job), Some(&JobStatus::Held));
     assert!(w.devices[0].acknowledged.contains(&error));
+    // The device is told an update is pending, and nothing else is tried meanwhile.
+    assert!(w
+        .cloud_stream()
+        .contains(&("particle/device/updates/pending".into(), "true".into())));
+    w.advance(secs(600));
+    assert_eq!(w.cloud.job(job), Some(&JobStatus::Held));
+    assert_eq!(flash_status(&w), vec!["started "]);
+    // Enabled: the update starts.
+    let now = w.now;
+    w.device(0)
+        .publish(now, "particle/device/updates/enabled", "true");
+    w.advance(secs(2));
+    assert_eq!(w.cloud.job(job), Some(&JobStatus::Starting));
+    assert_eq!(flash_status(&w), vec!["started ", "started "]);
 }
 
 #[test]
@@ -613,7 +621,7 @@ fn the_job_succeeds_when_the_device_returns_running_the_file() {
 }
 
 #[test]
-fn a_device_back_without_the_new_firmware_fails_the_committed_job() {
+fn a_device_back_without_the_new_firmware_is_sent_it_again_then_given_up() {
     let mut w = World::new(36, 1);
     let id = device_id(0);
     let v3 = app(3, 3000);
@@ -627,11 +635,36 @@ fn a_device_back_without_the_new_firmware_fails_the_committed_job() {
     let job = w.cloud.flash(w.now, id, v4);
     w.advance(secs(5));
     w.advance(secs(2));
+    assert!(matches!(
+        w.cloud.job(job),
+        Some(JobStatus::Committed { .. })
+    ));
+    // The device comes back still running v3 (the commit was lost): not success, not a
+    // failure either: the cloud sends it again, and says why.
     w.connect(
         0,
         hello(id, 12, 3, GEN3_FLAGS),
         &system_describe(app_hash(&v3)),
     );
+    let info = w.cloud.job_info(job).unwrap();
+    assert!(!info.status.is_finished(), "{info:?}");
+    assert!(
+        info.last_reason.as_deref().is_some_and(|r| r.starts_with(
+            "the update was committed but the device came back without it: the device reports user part 2 as version 6 hash"
+        )),
+        "{info:?}"
+    );
+    w.advance(secs(7));
+    assert_eq!(w.cloud.job_info(job).unwrap().attempts, 2);
+    // It never takes: bounded, then reported as given up.
+    for _ in 0..6 {
+        w.connect(
+            0,
+            hello(id, 12, 3, GEN3_FLAGS),
+            &system_describe(app_hash(&v3)),
+        );
+        w.advance(secs(7));
+    }
     let Some(JobStatus::Failed {
         code: None,
         message,
@@ -640,12 +673,15 @@ fn a_device_back_without_the_new_firmware_fails_the_committed_job() {
         panic!("{:?}", w.cloud.job(job))
     };
     assert!(
-        message.starts_with(
-            "the update was committed but the device reconnected without it: the device reports user part 2 as version 6 hash"
-        ),
+        message.starts_with("gave up after 5 attempts: the update was committed but the device came back without it"),
         "{message}"
     );
-    assert_eq!(flash_status(&w), vec!["started ", "success "]);
+    assert_eq!(w.cloud.job_info(job).unwrap().attempts, 5);
+    assert_eq!(
+        flash_status(&w),
+        ["started ", "success "].repeat(5),
+        "each attempt is a transfer of its own on the stream"
+    );
 }
 
 #[test]
@@ -751,7 +787,7 @@ fn nonsense_from_an_authenticated_device_never_breaks_the_cloud() {
 }
 
 #[test]
-fn a_transfer_without_any_ack_for_300_s_starts_over() {
+fn a_transfer_without_any_ack_for_300_s_waits_for_the_device_then_starts_over() {
     // A Boron: its 23 min keepalive keeps it "online" long after its transfer died.
     let mut w = World::new(41, 1);
     w.connect(
@@ -770,10 +806,19 @@ fn a_transfer_without_any_ack_for_300_s_starts_over() {
         Some(JobStatus::Transferring { .. })
     ));
     w.advance(secs(2));
+    assert_eq!(w.cloud.job(job), Some(&JobStatus::Queued));
+    assert!(ota(&w, job).contains(&OtaEventKind::Requeued { resume_hint: 0 }));
+    // Silent (asleep without a Goodbye): no new UpdateStart, no `started ` every 300 s.
+    w.advance(secs(1200));
+    assert_eq!(w.cloud.job(job), Some(&JobStatus::Queued));
+    assert_eq!(flash_status(&w), vec!["started "]);
+    // Heard from again: the next attempt starts.
+    let now = w.now;
+    w.device(0)
+        .send(now, MessageType::Confirmable, Vec::new(), Body::Ping);
+    w.pump();
     assert_eq!(w.cloud.job(job), Some(&JobStatus::Starting));
-    let kinds = ota(&w, job);
-    assert!(kinds.contains(&OtaEventKind::Requeued { resume_hint: 0 }));
-    assert!(kinds.contains(&OtaEventKind::Started {
+    assert!(ota(&w, job).contains(&OtaEventKind::Started {
         attempt: 2,
         file_size: 5120,
         chunk_size: 512

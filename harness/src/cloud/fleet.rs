@@ -34,7 +34,10 @@ pub enum FleetError {
     #[error("product {0} already exists")]
     ProductExists(ProductId),
     #[error("device {device} is not in product {product}")]
-    NotInProduct { product: ProductId, device: DeviceId },
+    NotInProduct {
+        product: ProductId,
+        device: DeviceId,
+    },
     #[error("device {device} is already in product {other}")]
     InOtherProduct { device: DeviceId, other: ProductId },
     #[error("product {product} has no firmware version {version}")]
@@ -266,7 +269,11 @@ impl Fleet {
     }
 
     /// Removes a device from its product.
-    pub fn remove_device(&mut self, product: ProductId, device: DeviceId) -> Result<(), FleetError> {
+    pub fn remove_device(
+        &mut self,
+        product: ProductId,
+        device: DeviceId,
+    ) -> Result<(), FleetError> {
         let p = self.product_mut(product)?;
         if p.devices.remove(&device).is_none() {
             return Err(FleetError::NotInProduct { product, device });
@@ -475,11 +482,12 @@ impl Fleet {
             }
         }
         // Highest version released to any of the device's groups.
-        let group = p
-            .firmware
-            .values()
-            .rev()
-            .find_map(|f| d.groups.iter().find(|g| f.groups.contains(*g)).map(|g| (f, g)));
+        let group = p.firmware.values().rev().find_map(|f| {
+            d.groups
+                .iter()
+                .find(|g| f.groups.contains(*g))
+                .map(|g| (f, g))
+        });
         if let Some((f, g)) = group {
             return pick(f, Rule::Group(g.clone()));
         }

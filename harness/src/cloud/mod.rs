@@ -83,8 +83,8 @@
 
 mod device_id;
 mod event;
-pub mod fleet;
 mod firmware;
+pub mod fleet;
 mod job;
 mod ota;
 pub mod policy;
@@ -94,11 +94,11 @@ pub mod safe_mode;
 mod session;
 mod transfer;
 
+pub use device_id::{DeviceId, DeviceIdError};
 pub use event::{
     device_id_hex, iso8601_millis, CloudEvent, DisconnectReason, OtaEvent, OtaEventKind, Publisher,
     SessionChange, StreamEvent,
 };
-pub use device_id::{DeviceId, DeviceIdError};
 pub use firmware::{compare, expected_modules, verify, Comparison, ExpectedModule};
 pub use fleet::Fleet;
 pub use job::{JobId, JobInfo, JobKind, JobStatus};

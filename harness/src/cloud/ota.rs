@@ -409,7 +409,11 @@ impl Cloud {
         match code {
             Some(policy::UPDATES_DISABLED) => self.hold_job(now, job_id, Some(text)),
             Some(c) if !policy::is_permanent(c) => {
-                self.requeue_job(now, job_id, format!("the device answered {what}: {text} ({c})"));
+                self.requeue_job(
+                    now,
+                    job_id,
+                    format!("the device answered {what}: {text} ({c})"),
+                );
                 self.publish_for(job_id, now, names::FLASH_FAILED);
             }
             _ => self.fail_job(now, job_id, code, text, true),
@@ -608,8 +612,9 @@ impl Cloud {
                 }
                 Comparison::Invalid { message, .. } | Comparison::Differs(message) => {
                     self.remove_committed(id, job_id);
-                    let reason =
-                        format!("the update was committed but the device came back without it: {message}");
+                    let reason = format!(
+                        "the update was committed but the device came back without it: {message}"
+                    );
                     let Some(job) = self.jobs.get_mut(&job_id) else {
                         continue;
                     };

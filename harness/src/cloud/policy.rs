@@ -136,7 +136,12 @@ impl DeviceOsLibrary {
         };
         self.modules.retain(|m| {
             (m.platform_id, m.function, m.index, m.version)
-                != (entry.platform_id, entry.function, entry.index, entry.version)
+                != (
+                    entry.platform_id,
+                    entry.function,
+                    entry.index,
+                    entry.version,
+                )
         });
         self.modules.push(entry.clone());
         Ok(entry)
@@ -178,9 +183,10 @@ impl Need {
 }
 
 fn met(describe: &SystemDescribe, need: &Need) -> bool {
-    describe.firmware_modules.iter().any(|m| {
-        m.r#type == need.module_type && m.index == need.index && m.version >= need.version
-    })
+    describe
+        .firmware_modules
+        .iter()
+        .any(|m| m.r#type == need.module_type && m.index == need.index && m.version >= need.version)
 }
 
 /// What healing needs next.
@@ -194,7 +200,11 @@ pub enum Heal<'a> {
 }
 
 /// The next Device OS module to send a device whose describe shows unmet dependencies.
-pub fn heal<'a>(describe: &SystemDescribe, platform: u16, library: &'a DeviceOsLibrary) -> Heal<'a> {
+pub fn heal<'a>(
+    describe: &SystemDescribe,
+    platform: u16,
+    library: &'a DeviceOsLibrary,
+) -> Heal<'a> {
     let mut unmet = Vec::new();
     for m in &describe.firmware_modules {
         let failed = m.checked_flags & !m.passed_flags;
@@ -277,7 +287,11 @@ pub enum Gate {
 
 /// `updates_enabled`: what the device last said; `forced_setting`: the cloud's force-enable;
 /// `forced_echo`: what the device last said about forced.
-pub fn gate(updates_enabled: Option<bool>, forced_setting: bool, forced_echo: Option<bool>) -> Gate {
+pub fn gate(
+    updates_enabled: Option<bool>,
+    forced_setting: bool,
+    forced_echo: Option<bool>,
+) -> Gate {
     if updates_enabled != Some(false) || (forced_setting && forced_echo == Some(true)) {
         Gate::Open
     } else {
@@ -306,13 +320,15 @@ pub enum Step<'a> {
 
 /// The decision (rules in the module docs). `target` is the comparison of the device's
 /// describe with its target, `None` without a target; `attempts` the UpdateStarts already
-/// made for it.
+/// made for it and `last_reason` why the last one did not end it (the give-up sentence
+/// names it, else what the describe shows).
 pub fn next_step<'a>(
     target: Option<&Comparison>,
     heal: Heal<'a>,
     gate: Gate,
     attempts: u32,
     max_attempts: u32,
+    last_reason: Option<&str>,
 ) -> Step<'a> {
     let gated = |step: Step<'a>| match gate {
         Gate::Open => step,
@@ -320,8 +336,8 @@ pub fn next_step<'a>(
     };
     let exhausted = |what: &str| {
         Step::GiveUp(format!(
-            "gave up after {attempts} attempts: {what}",
-            attempts = attempts
+            "gave up after {attempts} attempts: {}",
+            last_reason.unwrap_or(what)
         ))
     };
     match target {
@@ -431,14 +447,18 @@ mod tests {
             .unwrap();
         let describe = safe_mode_describe();
         match heal(&describe, 13, &library) {
-            Heal::Send(m) => assert_eq!((m.function, m.version), (ModuleFunction::Bootloader, 3000)),
+            Heal::Send(m) => {
+                assert_eq!((m.function, m.version), (ModuleFunction::Bootloader, 3000))
+            }
             other => panic!("{other:?}"),
         }
         // With the bootloader in place, the lowest system part that satisfies the app.
         let mut after = describe.clone();
         after.firmware_modules[0].version = 3000;
         match heal(&after, 13, &library) {
-            Heal::Send(m) => assert_eq!((m.function, m.version), (ModuleFunction::SystemPart, 6200)),
+            Heal::Send(m) => {
+                assert_eq!((m.function, m.version), (ModuleFunction::SystemPart, 6200))
+            }
             other => panic!("{other:?}"),
         }
         // Another platform's library has nothing for it.
@@ -501,28 +521,38 @@ mod tests {
     fn steps() {
         let differs = Comparison::Differs("old app".into());
         assert_eq!(
-            next_step(Some(&differs), Heal::Healthy, Gate::Open, 0, 5),
+            next_step(Some(&differs), Heal::Healthy, Gate::Open, 0, 5, None),
             Step::SendTarget
         );
         assert_eq!(
-            next_step(Some(&differs), Heal::Healthy, Gate::Held, 0, 5),
+            next_step(Some(&differs), Heal::Healthy, Gate::Held, 0, 5, None),
             Step::Hold
         );
         assert!(matches!(
-            next_step(Some(&differs), Heal::Healthy, Gate::Open, 5, 5),
-            Step::GiveUp(m) if m.contains("gave up after 5 attempts")
+            next_step(Some(&differs), Heal::Healthy, Gate::Open, 5, 5, Some("interrupted")),
+            Step::GiveUp(m) if m == "gave up after 5 attempts: interrupted"
         ));
         assert_eq!(
-            next_step(Some(&Comparison::OnTarget), Heal::Healthy, Gate::Held, 9, 5),
+            next_step(
+                Some(&Comparison::OnTarget),
+                Heal::Healthy,
+                Gate::Held,
+                9,
+                5,
+                None
+            ),
             Step::OnTarget
         );
-        assert_eq!(next_step(None, Heal::Healthy, Gate::Open, 0, 5), Step::Nothing);
+        assert_eq!(
+            next_step(None, Heal::Healthy, Gate::Open, 0, 5, None),
+            Step::Nothing
+        );
         let unmet = Comparison::Invalid {
             message: "app needs system part".into(),
             unmet_dependency: true,
         };
         assert!(matches!(
-            next_step(Some(&unmet), Heal::Stuck("no module".into()), Gate::Open, 1, 5),
+            next_step(Some(&unmet), Heal::Stuck("no module".into()), Gate::Open, 1, 5, None),
             Step::GiveUp(m) if m.contains("no module")
         ));
     }

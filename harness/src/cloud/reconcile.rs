@@ -20,9 +20,7 @@ use super::job::{Job, JobKind};
 use super::policy::{self, Heal, Step};
 use super::products::Delivery;
 use super::session::{Purpose, Session};
-use super::{
-    names, Cloud, DeviceId, DeviceRecord, JobId, JobStatus, OtaEventKind,
-};
+use super::{names, Cloud, DeviceId, DeviceRecord, JobId, JobStatus, OtaEventKind};
 
 /// What the device should run, as far as a job or the armed target says.
 enum Target {
@@ -36,7 +34,11 @@ impl Cloud {
     /// When the post-connect sequence of this connection has settled: the Hello is known,
     /// the pending event went out, none of our CONs is unacknowledged, and the device sent no
     /// request for `settle_quiet`, or `settle_max` after the connection started at the latest.
-    pub(super) fn settle_deadline(&self, device: &DeviceRecord, session: &Session) -> Option<Duration> {
+    pub(super) fn settle_deadline(
+        &self,
+        device: &DeviceRecord,
+        session: &Session,
+    ) -> Option<Duration> {
         if !session.online
             || !session.pending_sent
             || device.hello.is_none()
@@ -109,11 +111,11 @@ impl Cloud {
         // The target: the queue's front job, a committed job waiting for healing, else the
         // armed product firmware.
         let front = d.queue.front().copied();
-        let waiting_heal = d.committed.iter().copied().find(|j| {
-            self.jobs.get(j).is_some_and(|job| {
-                job.awaiting_heal
-            })
-        });
+        let waiting_heal = d
+            .committed
+            .iter()
+            .copied()
+            .find(|j| self.jobs.get(j).is_some_and(|job| job.awaiting_heal));
         // An armed target superseded by the fleet (a new release, an unlock): its queued job
         // gives way.
         if let Some(job) = front {
@@ -140,7 +142,7 @@ impl Cloud {
                 .filter(|a| !d.gave_up.contains(&sha256(&a.file)))
                 .map(|_| Target::Armed),
         };
-        let (comparison, attempts) = match &target {
+        let (comparison, attempts, last_reason) = match &target {
             Some(Target::Job(job)) => {
                 let Some(job) = self.jobs.get(job) else {
                     return false;
@@ -150,16 +152,16 @@ impl Cloud {
                     // Not a module file: nothing to compare; the device decides.
                     None => Comparison::Differs("the file holds no modules to compare".into()),
                 };
-                (Some(cmp), job.attempts)
+                (Some(cmp), job.attempts, job.last_reason.clone())
             }
             Some(Target::Armed) => {
                 let file = d.armed.as_ref().map(|a| a.file.clone()).unwrap_or_default();
                 let cmp = expected_modules(&file)
                     .map(|e| compare(&e, hello.as_ref(), &describe))
                     .unwrap_or_else(|| Comparison::Differs("not a module file".into()));
-                (Some(cmp), 0)
+                (Some(cmp), 0, None)
             }
-            None => (None, 0),
+            None => (None, 0, None),
         };
         // A committed job that is not waiting for healing is not sent again: its verdict
         // comes with the describe after the device's reset.
@@ -177,6 +179,7 @@ impl Cloud {
             gate,
             attempts,
             self.config.max_attempts,
+            last_reason.as_deref(),
         );
         let heal_module = match &step {
             Step::Heal(m) => Some((*m).clone()),
@@ -240,7 +243,11 @@ impl Cloud {
                     None => None,
                 };
                 if let Some(job) = job {
-                    if self.jobs.get(&job).is_some_and(|j| j.status != JobStatus::Held) {
+                    if self
+                        .jobs
+                        .get(&job)
+                        .is_some_and(|j| j.status != JobStatus::Held)
+                    {
                         self.hold_job(now, job, None);
                     }
                 }
@@ -394,7 +401,12 @@ impl Cloud {
     /// the device's next full handshake, but a device that no longer has a product target
     /// (made a development device, unlocked with nothing released, removed) stops receiving
     /// at once.
-    pub(super) fn fleet_changed(&mut self, now: Duration, devices: &[DeviceId], delivery: Delivery) {
+    pub(super) fn fleet_changed(
+        &mut self,
+        now: Duration,
+        devices: &[DeviceId],
+        delivery: Delivery,
+    ) {
         for device in devices {
             let target = self.fleet.target(*device).firmware().cloned();
             let Some(d) = self.devices.get_mut(&device.0) else {

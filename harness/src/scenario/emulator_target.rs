@@ -31,7 +31,6 @@ use super::trace::{EventSource, TraceEntry, TraceKind};
 use crate::cloud::{CloudEvent, Publisher};
 use crate::testbed::{DeviceHandle, DeviceSpec, Testbed};
 
-
 /// The latest run of flash operations per phase: where it started (absolute flash op) and
 /// how many ops it took.
 type PhaseRuns = BTreeMap<Phase, (u64, u64)>;
