@@ -81,6 +81,7 @@
 //!   connection's describe arrives (the rule and why: [`safe_mode`]). There is no safe-mode
 //!   healer: nothing is flashed because of it.
 
+pub mod api;
 mod device_id;
 mod event;
 mod firmware;
@@ -92,6 +93,7 @@ mod products;
 mod reconcile;
 pub mod safe_mode;
 mod session;
+pub mod store;
 mod transfer;
 
 pub use device_id::{DeviceId, DeviceIdError};
