@@ -164,7 +164,12 @@ pub fn run(args: CloudArgs) -> CliResult {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let node: Shared = Arc::new(UdpNode::server(CloudNode::new(cloud), args.listen).await?);
+        let mut cloud_node = CloudNode::new(cloud);
+        // What the restore and declarations reported (restarted flashes) is printed too.
+        while let Some(e) = cloud_node.cloud.poll_event() {
+            cloud_node.events.push((Duration::ZERO, e));
+        }
+        let node: Shared = Arc::new(UdpNode::server(cloud_node, args.listen).await?);
         let listener = TcpListener::bind(control_addr)
             .await
             .map_err(|e| format!("control endpoint {control_addr}: {e}"))?;
