@@ -28,7 +28,8 @@ use super::target::{
     TargetError,
 };
 use super::trace::{EventSource, TraceEntry, TraceKind};
-use crate::cloud::{CloudEvent, Publisher};
+use crate::cloud::fleet::{DeviceChange, Release};
+use crate::cloud::{CloudEvent, DeviceId, Publisher};
 use crate::testbed::{DeviceHandle, DeviceSpec, Testbed};
 
 /// The latest run of flash operations per phase: where it started (absolute flash op) and
@@ -108,6 +109,10 @@ pub struct EmulatorTarget {
     open_run: Option<Phase>,
     last_ota: Option<OtaStatus>,
     seed: u64,
+    /// The device's product, when the scenario has `[cloud.product]`.
+    product: Option<u32>,
+    /// Images of each uploaded product firmware version (what a release or lock installs).
+    product_images: BTreeMap<u16, BTreeMap<RegionKind, Vec<u8>>>,
 }
 
 impl Default for EmulatorTarget {
@@ -143,6 +148,8 @@ impl EmulatorTarget {
             open_run: None,
             last_ota: None,
             seed: 0,
+            product: None,
+            product_images: BTreeMap::new(),
         }
     }
 
@@ -376,6 +383,90 @@ impl EmulatorTarget {
         Ok(())
     }
 
+    fn product_action(&mut self, now: Duration, action: &ProductAction) -> Result<(), TargetError> {
+        let product = self.product.ok_or_else(|| {
+            err("the scenario has no [cloud.product]: the device is not a product device")
+        })?;
+        let id = DeviceId(self.device_id());
+        match action {
+            ProductAction::Upload(spec) => {
+                let board = self.board.clone().ok_or_else(|| err("not set up"))?;
+                let file = build_file(&board, spec, &self.current, self.sizes, self.dev_seed)
+                    .map_err(err)?;
+                let version = spec.app.unwrap_or_default();
+                let images = self.images(spec);
+                self.product_images.insert(version, images);
+                self.bed()?
+                    .cloud_mut()
+                    .upload_firmware(now, product, version, "", "", file)
+                    .map_err(err)?;
+            }
+            ProductAction::Release {
+                version,
+                product_default,
+                groups,
+                intelligent,
+            } => {
+                if let Some(images) = self.product_images.get(version) {
+                    self.new_images = images.clone();
+                }
+                let release = Release {
+                    product_default: *product_default,
+                    groups: groups.iter().cloned().collect(),
+                    intelligent: *intelligent,
+                };
+                self.bed()?
+                    .cloud_mut()
+                    .release_firmware(now, product, *version, &release)
+                    .map_err(err)?;
+            }
+            ProductAction::Lock { version, flash_now } => {
+                if let Some(images) = self.product_images.get(version) {
+                    self.new_images = images.clone();
+                }
+                let change = DeviceChange {
+                    locked: Some(Some(*version)),
+                    ..DeviceChange::default()
+                };
+                self.bed()?
+                    .cloud_mut()
+                    .change_product_device(now, product, id, &change, *flash_now)
+                    .map_err(err)?;
+            }
+            ProductAction::Unlock => {
+                let change = DeviceChange {
+                    locked: Some(None),
+                    ..DeviceChange::default()
+                };
+                self.bed()?
+                    .cloud_mut()
+                    .change_product_device(now, product, id, &change, false)
+                    .map_err(err)?;
+            }
+            ProductAction::Groups(groups) => {
+                let change = DeviceChange {
+                    groups: Some(groups.iter().cloned().collect()),
+                    ..DeviceChange::default()
+                };
+                self.bed()?
+                    .cloud_mut()
+                    .change_product_device(now, product, id, &change, false)
+                    .map_err(err)?;
+            }
+            ProductAction::Development(development) => {
+                let change = DeviceChange {
+                    development: Some(*development),
+                    ..DeviceChange::default()
+                };
+                self.bed()?
+                    .cloud_mut()
+                    .change_product_device(now, product, id, &change, false)
+                    .map_err(err)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The images a complete install of `spec` leaves in the module regions: the modules
     /// `build_file` sends, as the same function builds them (none for a file that cannot
     /// install: wrong platform, corrupt; compressed modules are not compared).
@@ -449,6 +540,37 @@ impl Target for EmulatorTarget {
             let id = bed.device_id(self.dev).unwrap_or_default();
             bed.cloud_mut().set_updates_forced(Duration::ZERO, id, true);
         }
+        // Device OS modules the cloud may heal with.
+        for dos in &setup.cloud.device_os {
+            let spec = FirmwareSpec {
+                device_os: Some(*dos),
+                ..FirmwareSpec::default()
+            };
+            let board = self.board.clone().ok_or_else(|| err("not set up"))?;
+            let file =
+                build_file(&board, &spec, &self.current, self.sizes, self.dev_seed).map_err(err)?;
+            bed.cloud_mut().add_device_os_module(file).map_err(err)?;
+        }
+        if let Some(product) = &setup.cloud.product {
+            let board = self.board.clone().ok_or_else(|| err("not set up"))?;
+            let id = DeviceId(bed.device_id(self.dev).unwrap_or_default());
+            let cloud = bed.cloud_mut();
+            cloud
+                .create_product(product.id, "scenario product", board.platform_id)
+                .map_err(err)?;
+            cloud
+                .add_product_device(Duration::ZERO, product.id, id)
+                .map_err(err)?;
+            let change = DeviceChange {
+                development: Some(product.development),
+                groups: Some(product.groups.iter().cloned().collect()),
+                ..DeviceChange::default()
+            };
+            cloud
+                .change_product_device(Duration::ZERO, product.id, id, &change, false)
+                .map_err(err)?;
+            self.product = Some(product.id);
+        }
         bed.power_on(self.dev).map_err(err)?;
         self.queue
             .push(TraceEntry::new(bed.now(), TraceKind::Power { on: true }));
@@ -472,6 +594,7 @@ impl Target for EmulatorTarget {
                 self.forced = *forced;
                 self.bed()?.cloud_mut().set_updates_forced(now, id, *forced);
             }
+            Action::Product(p) => self.product_action(now, p)?,
             Action::PowerCut(cut) => {
                 let what = match cut.at {
                     CutPoint::Now => {

@@ -183,6 +183,19 @@ pub struct CloudSetup {
     pub devices: Vec<CloudDevice>,
     /// What the cloud does with a transfer the device drops (offline mid-transfer).
     pub interrupted_transfer: Interrupted,
+    /// The device is in a product (`[cloud.product]`).
+    pub product: Option<ProductSetup>,
+    /// Device OS versions whose modules (system part, and the bootloader it needs) the cloud
+    /// holds for safe-mode healing (`[cloud] device_os = ["6.2.0"]`).
+    pub device_os: Vec<DeviceOsVersion>,
+}
+
+/// `[cloud.product]`: the device under test is a product device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProductSetup {
+    pub id: u32,
+    pub groups: Vec<String>,
+    pub development: bool,
 }
 
 pub use crate::cloud::Interrupted;
@@ -195,6 +208,8 @@ impl Default for CloudSetup {
         CloudSetup {
             devices: vec![CloudDevice::default()],
             interrupted_transfer: Interrupted::Retry,
+            product: None,
+            device_os: Vec::new(),
         }
     }
 }
@@ -282,6 +297,33 @@ pub enum Action {
     PowerOn,
     App(AppAction),
     Link(LinkAction),
+    /// The device's product (reference `particle-cloud-api.md` 2.2-2.3, 4.2-4.5).
+    Product(ProductAction),
+}
+
+/// What a scenario does to the device's product in the cloud.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProductAction {
+    /// Upload product firmware: the app at `firmware.app` (its version), built as `cloud.flash`
+    /// builds files.
+    Upload(FirmwareSpec),
+    /// Release a version to the product default and/or groups.
+    Release {
+        version: u16,
+        product_default: bool,
+        groups: Vec<String>,
+        intelligent: bool,
+    },
+    /// Lock the device to a version (with "flash now" or not).
+    Lock {
+        version: u16,
+        flash_now: bool,
+    },
+    Unlock,
+    /// The device's groups.
+    Groups(Vec<String>),
+    /// Mark or unmark the device as a development device.
+    Development(bool),
 }
 
 impl Action {
@@ -307,6 +349,14 @@ impl Action {
                 LinkAction::Drop { .. } => "link.drop",
                 LinkAction::Partition { .. } => "link.partition",
             },
+            Action::Product(p) => match p {
+                ProductAction::Upload(_) => "cloud.upload",
+                ProductAction::Release { .. } => "cloud.release",
+                ProductAction::Lock { .. } => "cloud.lock",
+                ProductAction::Unlock => "cloud.unlock",
+                ProductAction::Groups(_) => "cloud.group",
+                ProductAction::Development(_) => "cloud.development",
+            },
         }
     }
 
@@ -329,6 +379,7 @@ impl Action {
             Action::App(_) => vec![AppControl],
             Action::Link(LinkAction::Partition { .. }) => vec![LinkPartition],
             Action::Link(_) => vec![LinkFaults],
+            Action::Product(_) => vec![CloudProducts],
         }
     }
 }
@@ -862,6 +913,37 @@ impl fmt::Display for Action {
         match self {
             Action::CloudFlash(spec) => write!(f, " {spec}"),
             Action::CloudForceUpdates { forced } => write!(f, " forced={forced}"),
+            Action::Product(p) => match p {
+                ProductAction::Upload(spec) => write!(f, " {spec}"),
+                ProductAction::Release {
+                    version,
+                    product_default,
+                    groups,
+                    intelligent,
+                } => {
+                    write!(f, " version={version}")?;
+                    if *product_default {
+                        f.write_str(" default")?;
+                    }
+                    if !groups.is_empty() {
+                        write!(f, " groups={}", groups.join(","))?;
+                    }
+                    if *intelligent {
+                        f.write_str(" intelligent")?;
+                    }
+                    Ok(())
+                }
+                ProductAction::Lock { version, flash_now } => {
+                    write!(f, " version={version}")?;
+                    if *flash_now {
+                        f.write_str(" flash_now")?;
+                    }
+                    Ok(())
+                }
+                ProductAction::Unlock => Ok(()),
+                ProductAction::Groups(g) => write!(f, " groups={}", g.join(",")),
+                ProductAction::Development(d) => write!(f, " development={d}"),
+            },
             Action::PowerCut(cut) => {
                 match cut.at {
                     CutPoint::Now => f.write_str(" now")?,

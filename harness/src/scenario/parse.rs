@@ -65,9 +65,15 @@ pub fn parse(text: &str, file: &Path) -> Result<Scenario, ScenarioError> {
 }
 
 /// Every step kind, in the order error messages list them.
-pub const STEP_KINDS: [&str; 22] = [
+pub const STEP_KINDS: [&str; 28] = [
     "cloud.flash",
     "cloud.force_updates",
+    "cloud.upload",
+    "cloud.release",
+    "cloud.lock",
+    "cloud.unlock",
+    "cloud.group",
+    "cloud.development",
     "power.cut",
     "power.on",
     "app.disable_updates",
@@ -88,15 +94,6 @@ pub const STEP_KINDS: [&str; 22] = [
     "wait.time",
     "expect",
     "sweep",
-];
-
-/// Step kinds reserved for the fleet issue (products, releases, groups, locks).
-const FLEET_STEPS: [&str; 5] = [
-    "cloud.release",
-    "cloud.lock",
-    "cloud.unlock",
-    "cloud.group",
-    "cloud.product",
 ];
 
 fn read_scenario(doc: &Node, text: &str, file: &Path) -> Result<Scenario, SpanError> {
@@ -245,8 +242,10 @@ fn fleet_not_yet(key_span: std::ops::Range<usize>, what: &str) -> SpanError {
 fn read_cloud(n: &Node) -> Result<CloudSetup, SpanError> {
     let mut f = Fields::new(n, "[cloud]")?;
     for (key, what) in [
-        ("product", "[cloud.product] products"),
-        ("releases", "[[cloud.releases]] product releases"),
+        (
+            "releases",
+            "[[cloud.releases]] product releases (use cloud.upload and cloud.release steps)",
+        ),
         ("groups", "[[cloud.groups]] device groups"),
     ] {
         if let Some(span) = f.key_span(key) {
@@ -274,10 +273,46 @@ fn read_cloud(n: &Node) -> Result<CloudSetup, SpanError> {
             node::as_word(n, &INTERRUPTED_WORDS)
         })?
         .unwrap_or_default();
+    let product = f.optional("product", read_product_setup)?;
+    let device_os = f
+        .optional("device_os", |n| {
+            node::as_array(n)?
+                .iter()
+                .map(read_device_os)
+                .collect::<Result<Vec<_>, _>>()
+        })?
+        .unwrap_or_default();
     f.finish()?;
     Ok(CloudSetup {
         devices,
         interrupted_transfer,
+        product,
+        device_os,
+    })
+}
+
+fn read_groups(n: &Node) -> Result<Vec<String>, SpanError> {
+    node::as_array(n)?
+        .iter()
+        .map(|g| {
+            let name = node::as_string(g)?;
+            crate::cloud::fleet::valid_group(&name)
+                .map_err(|e| SpanError::new(g.span.clone(), e.to_string()))?;
+            Ok(name)
+        })
+        .collect()
+}
+
+fn read_product_setup(n: &Node) -> Result<ProductSetup, SpanError> {
+    let mut f = Fields::new(n, "[cloud.product]")?;
+    let id = f.optional("id", node::as_u32)?.unwrap_or(1000);
+    let groups = f.optional("groups", read_groups)?.unwrap_or_default();
+    let development = f.optional("development", node::as_bool)?.unwrap_or(false);
+    f.finish()?;
+    Ok(ProductSetup {
+        id,
+        groups,
+        development,
     })
 }
 
@@ -369,6 +404,12 @@ fn step_form(kind: &str) -> &'static str {
     match kind {
         "cloud.flash" => "{ do = \"cloud.flash\", app = 4 } (also device_os, bootloader, built_against, compressed, combined, platform, corrupt, size)",
         "cloud.force_updates" => "{ do = \"cloud.force_updates\", forced = true }",
+        "cloud.upload" => "{ do = \"cloud.upload\", app = 5 } (also built_against, size, compressed)",
+        "cloud.release" => "{ do = \"cloud.release\", version = 5, default = true, groups = [\"beta\"], intelligent = false }",
+        "cloud.lock" => "{ do = \"cloud.lock\", version = 5, flash_now = false }",
+        "cloud.unlock" => "{ do = \"cloud.unlock\" }",
+        "cloud.group" => "{ do = \"cloud.group\", groups = [\"beta\"] }",
+        "cloud.development" => "{ do = \"cloud.development\", development = true }",
         "power.cut" => "{ do = \"power.cut\" } (now), or with one of flash_op = N, chunk = K, phase = \"download\" (and op = N), plus mode = \"before\"|\"torn\"|\"after\"",
         "app.sleep" => "{ do = \"app.sleep\", mode = \"stop\", duration = \"10m\", network = \"off\" }",
         "link.faults" => "{ do = \"link.faults\", loss = 0.2, duplicate = 0.0, reorder = 0.1, latency = \"300ms\", jitter = \"50ms\", bandwidth = \"2KiB/s\" }",
@@ -393,12 +434,6 @@ fn read_step(n: &Node, index: usize) -> Result<Step, SpanError> {
         Ok::<&Node, SpanError>,
     )?;
     let kind = node::as_str(kind_node)?;
-    if FLEET_STEPS.contains(&kind) {
-        return Err(SpanError::new(
-            kind_node.span.clone(),
-            format!("step `{kind}` is not supported yet (products, releases, locks and groups come with the fleet issue)"),
-        ));
-    }
     if !STEP_KINDS.contains(&kind) {
         return Err(SpanError::new(
             kind_node.span.clone(),
@@ -416,6 +451,47 @@ fn read_step(n: &Node, index: usize) -> Result<Step, SpanError> {
         "cloud.force_updates" => Step::Action(Action::CloudForceUpdates {
             forced: f.required("forced", form, node::as_bool)?,
         }),
+        "cloud.upload" => {
+            let spec = read_firmware_spec(&mut f, form)?;
+            if spec.app.is_none() {
+                return Err(SpanError::new(
+                    n.span.clone(),
+                    format!("step {index} (cloud.upload) needs `app` (the product firmware version); expected {form}"),
+                ));
+            }
+            Step::Action(Action::Product(ProductAction::Upload(spec)))
+        }
+        "cloud.release" => {
+            let version = f.required("version", form, node::as_u16)?;
+            let product_default = f.optional("default", node::as_bool)?.unwrap_or(false);
+            let groups = f.optional("groups", read_groups)?.unwrap_or_default();
+            let intelligent = f.optional("intelligent", node::as_bool)?.unwrap_or(false);
+            if !product_default && groups.is_empty() {
+                return Err(SpanError::new(
+                    n.span.clone(),
+                    format!("step {index} (cloud.release) releases to nothing: give default = true and/or groups; expected {form}"),
+                ));
+            }
+            Step::Action(Action::Product(ProductAction::Release {
+                version,
+                product_default,
+                groups,
+                intelligent,
+            }))
+        }
+        "cloud.lock" => Step::Action(Action::Product(ProductAction::Lock {
+            version: f.required("version", form, node::as_u16)?,
+            flash_now: f.optional("flash_now", node::as_bool)?.unwrap_or(false),
+        })),
+        "cloud.unlock" => Step::Action(Action::Product(ProductAction::Unlock)),
+        "cloud.group" => Step::Action(Action::Product(ProductAction::Groups(f.required(
+            "groups",
+            form,
+            read_groups,
+        )?))),
+        "cloud.development" => Step::Action(Action::Product(ProductAction::Development(
+            f.required("development", form, node::as_bool)?,
+        ))),
         "power.cut" => Step::Action(Action::PowerCut(read_power_cut(&mut f, form)?)),
         "power.on" => Step::Action(Action::PowerOn),
         "app.disable_updates" => Step::Action(Action::App(AppAction::DisableUpdates)),

@@ -23,6 +23,8 @@ pub enum Capability {
     CloudFlash,
     /// Set the cloud's "updates forced" for the device.
     CloudForceUpdates,
+    /// Products: upload, release, lock, groups, development devices.
+    CloudProducts,
     /// Cut power now and restore it.
     PowerControl,
     /// Cut power at a numbered flash operation (or one of a phase), before/torn/after.
@@ -54,10 +56,11 @@ pub enum Capability {
 }
 
 impl Capability {
-    pub const ALL: [Capability; 17] = [
+    pub const ALL: [Capability; 18] = [
         Capability::InstallFirmware,
         Capability::CloudFlash,
         Capability::CloudForceUpdates,
+        Capability::CloudProducts,
         Capability::PowerControl,
         Capability::PowerCutAtFlashOp,
         Capability::PowerCutAtChunk,
@@ -79,6 +82,7 @@ impl Capability {
             Capability::InstallFirmware => "install-firmware",
             Capability::CloudFlash => "cloud-flash",
             Capability::CloudForceUpdates => "cloud-force-updates",
+            Capability::CloudProducts => "cloud-products",
             Capability::PowerControl => "power-control",
             Capability::PowerCutAtFlashOp => "power-cut-at-flash-op",
             Capability::PowerCutAtChunk => "power-cut-at-chunk",
