@@ -31,8 +31,9 @@
 //!   others 2 x 25 s (reference 1.9, `particle-cloud-api.md` 4.8); [`CloudConfig::idle_timeout`]
 //!   overrides it. A silent device keeps its session: it may resume.
 //! - **Resumption** is a record of type 253 on a known CID (once per run of 253 records), or any
-//!   record on a session the cloud had taken offline. It is treated like a connection: online,
-//!   pending event, queued jobs start.
+//!   record on a session the cloud had taken offline. It is treated like a connection (online,
+//!   pending event, the describe asked for, then jobs start) but not as a new secure session:
+//!   standard releases wait for a full handshake ([`fleet`], UNCONFIRMED).
 //! - **`particle/device/updates/pending`** `false` is sent [`CloudConfig::pending_event_delay`]
 //!   (1 s) after the connection started, once online, on every connection including
 //!   resumptions; it also appears on the stream (as in the captures). If updates are forced for
@@ -55,11 +56,28 @@
 //!   with a new UpdateStart (whose CON times out if the device is gone).
 //! - **`spark/flash/status` `success `** is published at the commit point (the 2.04 ACKed), as
 //!   in the captures where it precedes `spark/status` `offline` ("the transfer was handed to
-//!   the device"); the job itself becomes [`JobStatus::Succeeded`] only when the device
-//!   reconnects and its describe shows the file's modules ([`verify`]); a file that does not
-//!   parse as modules succeeds on the first describe after the commit. `failed ` is published
-//!   when the device reports an error or the cloud refuses the job; a reconnection without the
-//!   new firmware fails the job without a stream event.
+//!   the device"). That is the stream, Particle's events and timing. The job's own status is
+//!   the truth: [`JobStatus::Succeeded`] only when the device's describe, in a connection that
+//!   started after the commit, shows the file's modules listed, matching and valid
+//!   ([`compare`]). A device back without them (power lost before the commit, the final ACK
+//!   lost, a failed apply) gets the file again, up to [`CloudConfig::max_attempts`]
+//!   UpdateStarts, then the job fails with "gave up after N attempts" and the last reason.
+//!   `failed ` is published when the device reports an error.
+//! - **Desired state** ([`policy`], acted on by `reconcile`): whenever something changes
+//!   (a message, a timer, a flash, a fleet change, a flag) the cloud compares the device's own
+//!   describe with its target (a single-device flash; else the product firmware armed for it,
+//!   [`fleet`]; then the Device OS modules its firmware lacks) and sends the first missing
+//!   module, holds it while updates are disabled (`particle/device/updates/pending` `true`), or
+//!   finishes a job whose firmware already runs (flashing what a device runs needs no
+//!   transfer). After a resumption the cloud asks for the describe (GET `d`) before it acts.
+//!   A 2.04 that arrives after its UpdateFinish timed out commits the job (the endpoint ACKed
+//!   it, so the device commits). A transfer that stalled (no UpdateAck for the stall limit) is
+//!   not restarted until the device is heard from again (a sleeping device is not sent an
+//!   UpdateStart every 300 s).
+//! - **Safe-mode healing**: a device whose describe shows a module failing its dependency
+//!   check is sent the Device OS modules it lacks from the cloud's library
+//!   ([`Cloud::add_device_os_module`]), one transfer and one reboot each; nothing in the
+//!   library that satisfies it fails the job with the reason.
 //! - **A new flash supersedes** the device's jobs still queued (offline, or requeued after a
 //!   disconnect): they fail with "superseded" and no stream event; a job whose transfer is
 //!   running keeps going and the new one waits behind it.
@@ -78,8 +96,7 @@
 //! - **`spark/status/safe-mode`** (the legacy JSON describe) is published once per connection
 //!   of a device in safe mode: the device said `spark/device/safemode` or its describe shows a
 //!   module failing a check, at the post-connect point of the pending event or once the
-//!   connection's describe arrives (the rule and why: [`safe_mode`]). There is no safe-mode
-//!   healer: nothing is flashed because of it.
+//!   connection's describe arrives (the rule and why: [`safe_mode`]).
 
 mod device_id;
 mod event;
