@@ -577,7 +577,7 @@ impl Cloud {
             let Some(job) = self.jobs.get(&job_id) else {
                 continue;
             };
-            if job.committed_at.is_none_or(|at| started_at < at) {
+            if job.committed_at.is_none_or(|at| started_at <= at) {
                 continue; // same connection as the commit: the device has not rebooted
             }
             let heal = matches!(job.kind, JobKind::Heal { .. });
