@@ -66,6 +66,12 @@ impl Setup {
         if self.cloud.devices.iter().any(|d| d.updates_forced) {
             caps.push(Capability::CloudForceUpdates);
         }
+        if self.cloud.devices.len() > 1 {
+            caps.push(Capability::SeveralDevices);
+        }
+        if self.cloud.product.is_some() || !self.cloud.device_os.is_empty() {
+            caps.push(Capability::CloudProducts);
+        }
         caps
     }
 }
@@ -222,6 +228,14 @@ pub struct CloudDevice {
     pub id: Option<String>,
     /// The cloud forces updates for this device from the start (`updates/forced` = true).
     pub updates_forced: bool,
+    /// This device's app version instead of `[firmware] app`.
+    pub app: Option<u16>,
+    /// This device's `[app] updates_enabled` (a busy device).
+    pub updates_enabled: Option<bool>,
+    /// This device's groups and development flag in `[cloud.product]` (instead of the
+    /// product's defaults).
+    pub groups: Option<Vec<String>>,
+    pub development: Option<bool>,
 }
 
 impl Default for CloudDevice {
@@ -230,9 +244,16 @@ impl Default for CloudDevice {
             name: "dut".into(),
             id: None,
             updates_forced: false,
+            app: None,
+            updates_enabled: None,
+            groups: None,
+            development: None,
         }
     }
 }
+
+/// Most devices a scenario may declare.
+pub const MAX_SCENARIO_DEVICES: usize = 16;
 
 /// A step with where it came from.
 #[derive(Debug, Clone, PartialEq)]
@@ -243,6 +264,9 @@ pub struct StepAt {
     pub line: usize,
     pub column: usize,
     pub step: Step,
+    /// The device the step is for (`device = "name"`, a `[[cloud.device]]`); `None`: the
+    /// first device. A `wait.event` with a device matches only that device's events.
+    pub device: Option<String>,
 }
 
 /// One step of a scenario.

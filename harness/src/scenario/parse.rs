@@ -117,6 +117,22 @@ fn read_scenario(doc: &Node, text: &str, file: &Path) -> Result<Scenario, SpanEr
         Some(n) => read_steps(n)?,
         None => Vec::new(),
     };
+    for step in &steps {
+        if let Some(device) = &step.device {
+            if !cloud.devices.iter().any(|d| &d.name == device) {
+                let names: Vec<&str> = cloud.devices.iter().map(|d| d.name.as_str()).collect();
+                return Err(SpanError::new(
+                    step.line..step.line + 1,
+                    format!(
+                        "step {} names device `{device}`, which no [[cloud.device]] declares; declared: {}",
+                        step.index,
+                        names.join(", ")
+                    ),
+                )
+                .into());
+            }
+        }
+    }
     let expect = match top.get("expect") {
         Some(n) => read_expectations(n, "the final [expect] table")?,
         None => Vec::new(),
@@ -256,16 +272,27 @@ fn read_cloud(n: &Node) -> Result<CloudSetup, SpanError> {
         None => vec![CloudDevice::default()],
         Some(list) => {
             let items = node::as_array(list)?;
-            if items.len() > 1 {
+            if items.len() > MAX_SCENARIO_DEVICES {
                 return Err(SpanError::new(
-                    items[1].span.clone(),
-                    "scenarios with several devices are not supported yet (they come with the fleet issue); keep one [[cloud.device]]",
+                    items[MAX_SCENARIO_DEVICES].span.clone(),
+                    format!("at most {MAX_SCENARIO_DEVICES} [[cloud.device]] in a scenario"),
                 ));
             }
-            items
-                .iter()
-                .map(read_cloud_device)
-                .collect::<Result<_, _>>()?
+            let mut devices: Vec<CloudDevice> = Vec::new();
+            for item in items {
+                let d = read_cloud_device(item)?;
+                if devices.iter().any(|o| o.name == d.name) {
+                    return Err(SpanError::new(
+                        item.span.clone(),
+                        format!(
+                            "two [[cloud.device]] are named `{}`: give each its own name",
+                            d.name
+                        ),
+                    ));
+                }
+                devices.push(d);
+            }
+            devices
         }
     };
     let interrupted_transfer = f
@@ -339,6 +366,10 @@ fn read_cloud_device(n: &Node) -> Result<CloudDevice, SpanError> {
         updates_forced: f
             .optional("updates_forced", node::as_bool)?
             .unwrap_or(false),
+        app: f.optional("app", node::as_u16)?,
+        updates_enabled: f.optional("updates_enabled", node::as_bool)?,
+        groups: f.optional("groups", read_groups)?,
+        development: f.optional("development", node::as_bool)?,
     };
     f.finish()?;
     Ok(out)
@@ -379,6 +410,14 @@ fn read_steps(n: &Node) -> Result<Vec<StepAt>, SpanError> {
     let mut sweep_seen = false;
     for (i, item) in items.iter().enumerate() {
         let index = i + 1;
+        let device = match &item.value {
+            Value::Table(entries) => entries
+                .iter()
+                .find(|(k, _)| k.name == "device")
+                .map(|(_, v)| node::as_string(v).map(|s| (s, v.span.clone())))
+                .transpose()?,
+            _ => None,
+        };
         let step = read_step(item, index)?;
         if let Step::Sweep(_) = step {
             if sweep_seen {
@@ -395,6 +434,7 @@ fn read_steps(n: &Node) -> Result<Vec<StepAt>, SpanError> {
             line: item.span.start,
             column: 0,
             step,
+            device: device.map(|(name, _)| name),
         });
     }
     Ok(out)
@@ -445,6 +485,7 @@ fn read_step(n: &Node, index: usize) -> Result<Step, SpanError> {
     }
     let mut f = Fields::new(n, format!("step {index} ({kind})"))?;
     f.get("do");
+    f.get("device"); // read by `read_steps`
     let form = step_form(kind);
     let step = match kind {
         "cloud.flash" => Step::Action(Action::CloudFlash(read_firmware_spec(&mut f, form)?)),
