@@ -128,8 +128,7 @@ fn read_scenario(doc: &Node, text: &str, file: &Path) -> Result<Scenario, SpanEr
                         step.index,
                         names.join(", ")
                     ),
-                )
-                .into());
+                ));
             }
         }
     }
