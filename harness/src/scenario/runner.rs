@@ -596,7 +596,8 @@ fn drive(run: &mut CaseRun, target: &mut dyn Target, plan: &CasePlan) -> Option<
         }
     }
 
-    run.explicit_device = None;
+    // The final [expect] is about the first device (with several, only its events count).
+    run.explicit_device = several.then(|| first_device.to_string());
     if several {
         if let Err(e) = target.select_device(first_device) {
             return Some(Stop {
