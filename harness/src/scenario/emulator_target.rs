@@ -785,7 +785,19 @@ impl Target for EmulatorTarget {
                     )
                 })
                 .collect();
-            let dev = bed.add_device(&spec).map_err(err)?;
+            // The scenario's `[[cloud.device]] id` (a field reproduction keeps the real
+            // device's id), else one derived from the seed.
+            let id = match cd.id.as_deref() {
+                Some(text) => {
+                    let bytes = hex::decode(text).map_err(err)?;
+                    let id: [u8; 12] = bytes
+                        .try_into()
+                        .map_err(|_| err(format!("device id {text:?} is not 12 bytes")))?;
+                    Some(id)
+                }
+                None => None,
+            };
+            let dev = bed.add_device_as(&spec, id).map_err(err)?;
             bed.with_device(dev, |os, _| os.device_mut().flash_mut().enable_log())
                 .map_err(err)?;
             if cd.updates_forced {

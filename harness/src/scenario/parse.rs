@@ -46,15 +46,46 @@ pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
     parse(&text, path)
 }
 
-/// Parses scenario text; `file` names it in errors and becomes [`Scenario::file`].
+/// Parses scenario text; `file` names it in errors and becomes [`Scenario::file`]. The error
+/// is the first problem found; [`parse_all`] reports every one.
 pub fn parse(text: &str, file: &Path) -> Result<Scenario, ScenarioError> {
+    read(text, file, false).map_err(|mut errors| errors.swap_remove(0))
+}
+
+/// Reads and parses one scenario file, reporting every problem found (never an empty list).
+pub fn load_all(path: &Path) -> Result<Scenario, Vec<ScenarioError>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![ScenarioError {
+            file: path.to_path_buf(),
+            at: None,
+            message: format!("cannot read the file: {e}"),
+        }]
+    })?;
+    parse_all(&text, path)
+}
+
+/// Like [`parse`], with every problem: each top-level key, each step and each expectation
+/// table is read on its own, so one mistake does not hide the next (within one step, the
+/// first problem of that step). Errors come in file order; never an empty list.
+pub fn parse_all(text: &str, file: &Path) -> Result<Scenario, Vec<ScenarioError>> {
+    read(text, file, true)
+}
+
+/// Parses, with the problems in the order found, or (`in_file_order`) sorted by position.
+fn read(text: &str, file: &Path, in_file_order: bool) -> Result<Scenario, Vec<ScenarioError>> {
     let err = |e: SpanError| ScenarioError {
         file: file.to_path_buf(),
         at: Some(node::line_col(text, e.span.start)),
         message: e.message,
     };
-    let doc = node::parse_document(text).map_err(err)?;
-    let mut scenario = read_scenario(&doc, text, file).map_err(err)?;
+    let doc = node::parse_document(text).map_err(|e| vec![err(e)])?;
+    let mut scenario = read_scenario(&doc, text, file).map_err(|mut errors| {
+        if in_file_order {
+            // Stable: problems at the same place keep the order they were found in.
+            errors.sort_by_key(|e| e.span.start);
+        }
+        errors.into_iter().map(err).collect::<Vec<_>>()
+    })?;
     // Step positions are known only with the text.
     for step in &mut scenario.steps {
         let (line, column) = node::line_col(text, step.line);
@@ -62,6 +93,22 @@ pub fn parse(text: &str, file: &Path) -> Result<Scenario, ScenarioError> {
         step.column = column;
     }
     Ok(scenario)
+}
+
+/// Collects problems so reading can go on after one.
+#[derive(Default)]
+struct Problems(Vec<SpanError>);
+
+impl Problems {
+    fn take<T>(&mut self, result: Result<T, SpanError>) -> Option<T> {
+        match result {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.0.push(e);
+                None
+            }
+        }
+    }
 }
 
 /// Every step kind, in the order error messages list them.
@@ -96,51 +143,71 @@ pub const STEP_KINDS: [&str; 28] = [
     "sweep",
 ];
 
-fn read_scenario(doc: &Node, text: &str, file: &Path) -> Result<Scenario, SpanError> {
-    let mut top = Fields::new(doc, "the scenario")?;
-    let name = top.optional("name", node::as_string)?.unwrap_or_else(|| {
+fn read_scenario(doc: &Node, text: &str, file: &Path) -> Result<Scenario, Vec<SpanError>> {
+    let mut p = Problems::default();
+    let Some(mut top) = p.take(Fields::new(doc, "the scenario")) else {
+        return Err(p.0);
+    };
+    let name = p.take(top.optional("name", node::as_string)).flatten();
+    let name = name.unwrap_or_else(|| {
         file.file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default()
     });
-    let description = top.optional("description", node::as_string)?;
-    let seed = top.optional("seed", node::as_u64)?;
-    let board = top.required("board", "board = \"boron\"", read_board)?;
-    let firmware = top.required(
+    let description = p
+        .take(top.optional("description", node::as_string))
+        .flatten();
+    let seed = p.take(top.optional("seed", node::as_u64)).flatten();
+    let board = p.take(top.required("board", "board = \"boron\"", read_board));
+    let firmware = p.take(top.required(
         "firmware",
         "a [firmware] table: device_os = \"6.2.0\", app = 3",
         read_initial_firmware,
-    )?;
-    let app = top.optional("app", read_app)?.unwrap_or_default();
-    let cloud = top.optional("cloud", read_cloud)?.unwrap_or_default();
+    ));
+    let app = p.take(top.optional("app", read_app)).flatten();
+    let cloud = p.take(top.optional("cloud", read_cloud)).flatten();
     let steps = match top.get("step") {
-        Some(n) => read_steps(n)?,
+        Some(n) => match read_steps(n) {
+            Ok(steps) => steps,
+            Err(errors) => {
+                p.0.extend(errors);
+                Vec::new()
+            }
+        },
         None => Vec::new(),
     };
+    let declared: Vec<String> = cloud.as_ref().map_or_else(
+        || vec!["dut".to_string()],
+        |c| c.devices.iter().map(|d| d.name.clone()).collect(),
+    );
     for step in &steps {
         if let Some(device) = &step.device {
-            if !cloud.devices.iter().any(|d| &d.name == device) {
-                let names: Vec<&str> = cloud.devices.iter().map(|d| d.name.as_str()).collect();
-                return Err(SpanError::new(
+            if !declared.contains(device) {
+                p.0.push(SpanError::new(
                     step.line..step.line + 1,
                     format!(
                         "step {} names device `{device}`, which no [[cloud.device]] declares; declared: {}",
                         step.index,
-                        names.join(", ")
+                        declared.join(", ")
                     ),
                 ));
             }
         }
     }
     let expect = match top.get("expect") {
-        Some(n) => read_expectations(n, "the final [expect] table")?,
+        Some(n) => p
+            .take(read_expectations(n, "the final [expect] table"))
+            .unwrap_or_default(),
         None => Vec::new(),
     };
     let report = match top.get("report") {
-        Some(n) => read_report(n, text)?,
+        Some(n) => p.take(read_report(n, text)).unwrap_or_default(),
         None => Vec::new(),
     };
-    top.finish()?;
+    p.0.extend(top.finish_all());
+    let (Some(board), Some(firmware), true) = (board, firmware, p.0.is_empty()) else {
+        return Err(p.0);
+    };
     Ok(Scenario {
         file: file.to_path_buf(),
         name,
@@ -149,8 +216,8 @@ fn read_scenario(doc: &Node, text: &str, file: &Path) -> Result<Scenario, SpanEr
         setup: Setup {
             board,
             firmware,
-            app,
-            cloud,
+            app: app.unwrap_or_default(),
+            cloud: cloud.unwrap_or_default(),
         },
         steps,
         expect,
@@ -392,38 +459,53 @@ fn read_report(n: &Node, text: &str) -> Result<Vec<(String, String)>, SpanError>
     }
 }
 
-fn read_steps(n: &Node) -> Result<Vec<StepAt>, SpanError> {
+fn read_steps(n: &Node) -> Result<Vec<StepAt>, Vec<SpanError>> {
     let items = match &n.value {
         Value::Array(items) => items,
         other => {
-            return Err(SpanError::new(
+            return Err(vec![SpanError::new(
                 n.span.clone(),
                 format!(
                     "`step` must be an array of tables ([[step]]), found {}",
                     other.kind()
                 ),
-            ))
+            )])
         }
     };
     let mut out = Vec::new();
+    let mut problems = Vec::new();
     let mut sweep_seen = false;
     for (i, item) in items.iter().enumerate() {
         let index = i + 1;
         let device = match &item.value {
-            Value::Table(entries) => entries
+            Value::Table(entries) => match entries
                 .iter()
                 .find(|(k, _)| k.name == "device")
-                .map(|(_, v)| node::as_string(v).map(|s| (s, v.span.clone())))
-                .transpose()?,
+                .map(|(_, v)| node::as_string(v))
+                .transpose()
+            {
+                Ok(d) => d,
+                Err(e) => {
+                    problems.push(e);
+                    continue;
+                }
+            },
             _ => None,
         };
-        let step = read_step(item, index)?;
+        let step = match read_step(item, index) {
+            Ok(step) => step,
+            Err(e) => {
+                problems.push(e);
+                continue;
+            }
+        };
         if let Step::Sweep(_) = step {
             if sweep_seen {
-                return Err(SpanError::new(
+                problems.push(SpanError::new(
                     item.span.clone(),
                     format!("step {index}: only one sweep step per scenario"),
                 ));
+                continue;
             }
             sweep_seen = true;
         }
@@ -433,10 +515,14 @@ fn read_steps(n: &Node) -> Result<Vec<StepAt>, SpanError> {
             line: item.span.start,
             column: 0,
             step,
-            device: device.map(|(name, _)| name),
+            device,
         });
     }
-    Ok(out)
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems)
+    }
 }
 
 fn step_form(kind: &str) -> &'static str {
