@@ -486,3 +486,69 @@ fn the_final_ack_lost_then_power_loss_is_not_success_and_the_device_ends_on_targ
         trace_tail(&bed)
     );
 }
+
+#[test]
+fn a_product_target_the_device_refuses_is_reported_and_never_retried() {
+    use harness::cloud::fleet::Release;
+    use harness::cloud::{DeviceId, OtaEventKind};
+    let (mut bed, dev, board) = online("boron", 24);
+    let id = DeviceId(bed.device_id(dev).unwrap());
+    // An app far larger than the Boron's user part region: the device refuses it (-1300).
+    let flash = FirmwareSpec {
+        app: Some(4),
+        size: Some(600 * 1024),
+        ..FirmwareSpec::default()
+    };
+    let current = InitialFirmware::default();
+    let file = build_file(&board, &flash, &current, sizes(), 24).unwrap();
+    let now = bed.now();
+    let cloud = bed.cloud_mut();
+    cloud.create_product(7, "p", board.platform_id).unwrap();
+    cloud.add_product_device(now, 7, id).unwrap();
+    cloud
+        .upload_firmware(now, 7, 4, "too big", "", file)
+        .unwrap();
+    cloud
+        .release_firmware(
+            now,
+            7,
+            4,
+            &Release {
+                product_default: true,
+                intelligent: true,
+                ..Release::default()
+            },
+        )
+        .unwrap();
+    bed.run_for(10 * MINUTE).unwrap();
+    // Two new handshakes later, still one attempt, failed with the device's code.
+    for _ in 0..2 {
+        bed.power_cut(dev).unwrap();
+        bed.run_for(Duration::from_secs(5)).unwrap();
+        bed.power_on(dev).unwrap();
+        bed.run_for(10 * MINUTE).unwrap();
+    }
+    let jobs: Vec<_> = bed
+        .cloud_events()
+        .iter()
+        .filter_map(|(_, e)| match e {
+            CloudEvent::Ota(o) => Some((o.job, o.kind.clone())),
+            _ => None,
+        })
+        .collect();
+    let created = jobs
+        .iter()
+        .filter(|(_, k)| matches!(k, OtaEventKind::Created { .. }))
+        .count();
+    assert_eq!(created, 1, "{}", trace_tail(&bed));
+    let failed: Vec<_> = jobs
+        .iter()
+        .filter_map(|(_, k)| match k {
+            OtaEventKind::Failed { code, .. } => Some(*code),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed.len(), 1, "{}", trace_tail(&bed));
+    assert!(failed[0].is_some_and(harness::cloud::policy::is_permanent));
+    assert_eq!(product_version(&bed, dev), Some(3));
+}
