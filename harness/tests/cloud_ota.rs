@@ -824,3 +824,131 @@ fn a_transfer_without_any_ack_for_300_s_waits_for_the_device_then_starts_over() 
         chunk_size: 512
     }));
 }
+
+#[test]
+fn a_late_204_after_the_finish_timed_out_commits_and_nothing_is_sent_again() {
+    let mut w = settled(42, GEN3_FLAGS);
+    let v4 = app(4, 2000);
+    let job = w.cloud.flash(w.now, device_id(0), v4.clone());
+    w.pump();
+    let (request, _, _) = take_start(&mut w);
+    let chunks = UpdateStart {
+        file_size: v4.len() as u32,
+        file_sha256: None,
+        chunk_size: 512,
+        discard_data: false,
+        module_function: None,
+    }
+    .chunk_count(0);
+    accept_start(&mut w, &request, 8, 0);
+    let now = w.now;
+    w.device(0).send_ack(now, chunks, &[]);
+    w.pump();
+    let (finish, _) = w
+        .device(0)
+        .take(|m| matches!(m.body, Body::UpdateFinish(_)))
+        .expect("UpdateFinish");
+    // The device validates slowly and answers nothing: the cloud's CON times out and the
+    // device is taken for gone.
+    w.advance(secs(120));
+    assert_eq!(w.cloud.job(job), Some(&JobStatus::Queued));
+    // Then its 2.04 arrives (a resumption for the cloud): it is ACKed, so the device commits.
+    let now = w.now;
+    let changed = w
+        .device(0)
+        .respond_separately(now, &finish, FinishStats::default().response());
+    w.pump();
+    assert!(w.devices[0].acknowledged.contains(&changed));
+    assert!(
+        matches!(w.cloud.job(job), Some(JobStatus::Committed { .. })),
+        "{:?}",
+        w.cloud.job(job)
+    );
+    assert_eq!(flash_status(&w), vec!["started ", "success "]);
+    w.advance(secs(10));
+    assert!(
+        w.device(0)
+            .take(|m| matches!(m.body, Body::UpdateStart(_)))
+            .is_none(),
+        "the same file is not sent again"
+    );
+    // The device comes back running v4: success.
+    w.connect(
+        0,
+        hello(device_id(0), 12, 4, GEN3_FLAGS),
+        &system_describe(app_hash(&v4)),
+    );
+    assert_eq!(w.cloud.job(job), Some(&JobStatus::Succeeded));
+}
+
+#[test]
+fn flashing_what_the_device_already_runs_succeeds_without_a_transfer() {
+    let mut w = World::new(43, 1);
+    let v3 = app(3, 3000);
+    w.connect(
+        0,
+        hello(device_id(0), 12, 3, GEN3_FLAGS),
+        &system_describe(app_hash(&v3)),
+    );
+    w.advance(secs(3));
+    let job = w.cloud.flash(w.now, device_id(0), v3);
+    w.advance(secs(3));
+    assert_eq!(w.cloud.job(job), Some(&JobStatus::Succeeded));
+    assert!(w
+        .device(0)
+        .take(|m| matches!(m.body, Body::UpdateStart(_)))
+        .is_none());
+    assert!(flash_status(&w).is_empty());
+}
+
+#[test]
+fn a_device_that_resumes_its_session_after_the_commit_is_asked_for_its_describe() {
+    // Real Device OS: an apply that fails after the commit reboots into the old firmware and
+    // resumes the DTLS session: no Hello, no describe.
+    let mut w = World::new(44, 1);
+    let id = device_id(0);
+    let v3 = app(3, 3000);
+    let v4 = app(4, 3000);
+    w.connect(
+        0,
+        hello(id, 12, 3, GEN3_FLAGS),
+        &system_describe(app_hash(&v3)),
+    );
+    w.device(0).ota = Some(AutoOta::new(256, 0));
+    let job = w.cloud.flash(w.now, id, v4);
+    w.advance(secs(7));
+    assert!(matches!(
+        w.cloud.job(job),
+        Some(JobStatus::Committed { .. })
+    ));
+    let session = w.devices[0].export_session().unwrap();
+    w.device(0).link_up = false;
+    w.advance(secs(60));
+    w.device(0).link_up = true;
+    w.device(0).ota = None;
+    let now = w.now;
+    w.device(0).resume(now, &session, addr("10.0.1.1:40007"));
+    w.device(0)
+        .send(now, MessageType::Confirmable, Vec::new(), Body::Ping);
+    w.advance(secs(3));
+    assert!(
+        w.devices[0]
+            .received
+            .iter()
+            .any(|m| matches!(m.body, Body::DescribeRequest(_))),
+        "the cloud asks for the describe"
+    );
+    // The describe shows v3: not success; the cloud sends v4 again.
+    let info = w.cloud.job_info(job).unwrap();
+    assert_ne!(info.status, JobStatus::Succeeded);
+    assert!(
+        info.last_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("came back without it")),
+        "{info:?}"
+    );
+    assert!(w
+        .device(0)
+        .take(|m| matches!(m.body, Body::UpdateStart(_)))
+        .is_some());
+}

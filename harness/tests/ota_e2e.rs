@@ -428,3 +428,127 @@ fn safe_mode_healing_sends_the_system_part_the_app_needs_until_the_app_runs() {
         .count();
     assert_eq!(started, 2, "{}", trace_tail(&bed));
 }
+
+#[test]
+fn the_final_ack_lost_then_power_loss_is_not_success_and_the_device_ends_on_target() {
+    let (mut bed, dev, board) = online("boron", 23);
+    let job = bed.flash(dev, app(&board, 4, 23)).unwrap();
+    bed.run_until("UpdateFinish sent", 10 * MINUTE, |b| {
+        b.job(job) == Some(JobStatus::Finishing)
+    })
+    .unwrap();
+    // Everything from the cloud is lost from here: the ACK of the device's 2.04 never arrives,
+    // so Device OS never commits; then the device loses power.
+    let (cloud, device) = (bed.cloud_node(), bed.device_node(dev).unwrap());
+    bed.net.set_link_faults(
+        cloud,
+        device,
+        harness::net::sim::LinkFaults {
+            loss: 1.0,
+            ..Default::default()
+        },
+    );
+    bed.run_for(Duration::from_secs(2)).unwrap();
+    assert!(
+        matches!(bed.job(job), Some(JobStatus::Committed { .. })),
+        "the cloud saw the 2.04: {:?}\n{}",
+        bed.job(job),
+        trace_tail(&bed)
+    );
+    bed.power_cut(dev).unwrap();
+    bed.run_for(Duration::from_secs(5)).unwrap();
+    bed.net.clear_link_faults(cloud, device);
+    bed.power_on(dev).unwrap();
+    bed.run_until("back online", MINUTE, |b| {
+        b.status(dev).map(|s| s.connected).unwrap_or(false)
+    })
+    .unwrap();
+    // Back on v3: the stream said `success `, the job does not.
+    assert_eq!(product_version(&bed, dev), Some(3));
+    assert_ne!(bed.job(job), Some(JobStatus::Succeeded));
+    // The cloud sends it again and the device ends on target.
+    bed.run_until("job finished", 10 * MINUTE, |b| job_done(b, job))
+        .unwrap();
+    assert_eq!(
+        bed.job(job),
+        Some(JobStatus::Succeeded),
+        "{}",
+        trace_tail(&bed)
+    );
+    assert_eq!(product_version(&bed, dev), Some(4));
+    let info = bed.cloud().job_info(job).unwrap();
+    assert!(info.attempts >= 2, "{info:?}");
+    assert!(
+        info.last_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("came back without it")),
+        "{info:?}\n{}",
+        trace_tail(&bed)
+    );
+}
+
+#[test]
+fn a_product_target_the_device_refuses_is_reported_and_never_retried() {
+    use harness::cloud::fleet::Release;
+    use harness::cloud::{DeviceId, OtaEventKind};
+    let (mut bed, dev, board) = online("boron", 24);
+    let id = DeviceId(bed.device_id(dev).unwrap());
+    // An app far larger than the Boron's user part region: the device refuses it (-1300).
+    let flash = FirmwareSpec {
+        app: Some(4),
+        size: Some(600 * 1024),
+        ..FirmwareSpec::default()
+    };
+    let current = InitialFirmware::default();
+    let file = build_file(&board, &flash, &current, sizes(), 24).unwrap();
+    let now = bed.now();
+    let cloud = bed.cloud_mut();
+    cloud.create_product(7, "p", board.platform_id).unwrap();
+    cloud.add_product_device(now, 7, id).unwrap();
+    cloud
+        .upload_firmware(now, 7, 4, "too big", "", file)
+        .unwrap();
+    cloud
+        .release_firmware(
+            now,
+            7,
+            4,
+            &Release {
+                product_default: true,
+                intelligent: true,
+                ..Release::default()
+            },
+        )
+        .unwrap();
+    bed.run_for(10 * MINUTE).unwrap();
+    // Two new handshakes later, still one attempt, failed with the device's code.
+    for _ in 0..2 {
+        bed.power_cut(dev).unwrap();
+        bed.run_for(Duration::from_secs(5)).unwrap();
+        bed.power_on(dev).unwrap();
+        bed.run_for(10 * MINUTE).unwrap();
+    }
+    let jobs: Vec<_> = bed
+        .cloud_events()
+        .iter()
+        .filter_map(|(_, e)| match e {
+            CloudEvent::Ota(o) => Some((o.job, o.kind.clone())),
+            _ => None,
+        })
+        .collect();
+    let created = jobs
+        .iter()
+        .filter(|(_, k)| matches!(k, OtaEventKind::Created { .. }))
+        .count();
+    assert_eq!(created, 1, "{}", trace_tail(&bed));
+    let failed: Vec<_> = jobs
+        .iter()
+        .filter_map(|(_, k)| match k {
+            OtaEventKind::Failed { code, .. } => Some(*code),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed.len(), 1, "{}", trace_tail(&bed));
+    assert!(failed[0].is_some_and(harness::cloud::policy::is_permanent));
+    assert_eq!(product_version(&bed, dev), Some(3));
+}

@@ -11,6 +11,7 @@ pub mod fixture;
 pub mod flash;
 pub mod keys;
 pub mod module;
+pub mod progress;
 pub mod run;
 pub mod sweep;
 
