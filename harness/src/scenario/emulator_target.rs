@@ -187,7 +187,7 @@ impl EmulatorTarget {
                 || line.text.starts_with("ota progress")
                 || line.text.starts_with("ota started")
                 || line.text.starts_with("ota failed")
-                || line.text == "system event firmware_update Progress"
+                || line.text == "system event firmware_update progress"
             {
                 continue;
             }
