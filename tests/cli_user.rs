@@ -418,3 +418,47 @@ fn a_scenarios_cloud_device_id_is_the_emulated_devices_id() {
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// The `hil` lines of the shell blocks of a Markdown file.
+fn hil_commands(markdown: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for block in markdown.split("```sh\n").skip(1) {
+        let body = block.split("```").next().unwrap_or("");
+        let mut line = String::new();
+        for raw in body.lines() {
+            let raw = raw.split(" # ").next().unwrap_or("").trim_end();
+            if let Some(cont) = raw.strip_suffix('\\') {
+                line.push_str(cont);
+                continue;
+            }
+            line.push_str(raw);
+            let l = line.trim().to_string();
+            line.clear();
+            if l.starts_with("hil ") {
+                out.push(l);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_hil_command_in_the_readmes_names_a_real_subcommand_and_real_files() {
+    for doc in ["README.md", "fixtures/README.md"] {
+        let text = std::fs::read_to_string(root().join(doc)).unwrap();
+        let commands = hil_commands(&text);
+        assert!(!commands.is_empty(), "{doc}");
+        for command in commands {
+            assert!(
+                !command.contains('['),
+                "{doc}: `{command}` cannot be pasted"
+            );
+            let words: Vec<&str> = command.split_whitespace().collect();
+            let help = hil().arg(words[1]).arg("--help").output().unwrap();
+            assert!(help.status.success(), "{doc}: `{command}`");
+            for word in words.iter().filter(|w| w.starts_with("fixtures/")) {
+                assert!(root().join(word).exists(), "{doc}: `{command}`: no {word}");
+            }
+        }
+    }
+}
