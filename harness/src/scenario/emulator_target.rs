@@ -795,7 +795,7 @@ impl Target for EmulatorTarget {
         for (kind, old_img) in &self.old_images {
             let region = board
                 .region(*kind)
-                .ok_or_else(|| err(format!("no region {kind:?}")))?;
+                .ok_or_else(|| err(format!("no region {kind}")))?;
             let chip = board.flash_chip(region.chip);
             let bytes = flash
                 .read_vec(chip, region.start, (region.end - region.start) as usize)
@@ -806,7 +806,7 @@ impl Target for EmulatorTarget {
             old &= has_old;
             new &= has_new;
             if !has_old && !has_new {
-                detail.push(format!("{kind:?} holds neither the old nor the new image"));
+                detail.push(format!("{kind} holds neither the old nor the new image"));
             }
         }
         Ok(if !detail.is_empty() {
