@@ -318,6 +318,43 @@ fn a_closed_pipe_ends_the_command_quietly() {
     assert!(!err.contains("Broken pipe"), "{err}");
     let (_, err) = with_closed_stdout(&["boards"]);
     assert!(!err.contains("panicked"), "{err}");
+    let dir = tempdir("pipe-keys");
+    let keys = dir.join("keys");
+    let made = hil()
+        .args(["keys", "server"])
+        .arg(&keys)
+        .args(["--seed", "1"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    let keys = keys.to_string_lossy().into_owned();
+    let (_, err) = with_closed_stdout(&["keys", "list", &keys]);
+    assert!(!err.contains("panicked"), "{err}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn sweep_shows_plain_progress_lines_on_stderr_when_not_on_a_terminal() {
+    let out = hil()
+        .args([
+            "sweep",
+            "--board",
+            "p2",
+            "--user-kib",
+            "8",
+            "--case",
+            "user-part",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("hil sweep: [1/1] p2/user-part: a cut at every flash operation"),
+        "{err}"
+    );
+    // stdout keeps only the report.
+    assert!(!text(&out.stdout).contains("[1/1]"));
 }
 
 #[test]
