@@ -149,7 +149,7 @@ impl DeviceSpec {
 }
 
 /// One device of the testbed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct DeviceHandle(pub usize);
 
 /// Errors that stop a testbed run.

@@ -312,6 +312,9 @@ fn ota_kind(kind: &OtaEventKind) -> String {
         OtaEventKind::Requeued { resume_hint } => {
             format!("requeued: the device left mid-transfer (resume hint byte {resume_hint})")
         }
+        OtaEventKind::Held => "held: the device has updates disabled".to_string(),
+        OtaEventKind::Retrying { reason } => format!("retrying: {reason}"),
+        OtaEventKind::Created { what } => format!("created by the cloud: {what}"),
         OtaEventKind::Failed {
             code: Some(code),
             message,

@@ -225,14 +225,15 @@ async fn serve(node: Shared, stream: TcpStream) {
     };
     let mut last = None;
     loop {
-        let status = node.with_node(|n, _| n.cloud.job(job).cloned());
-        let Some(status) = status else {
+        let info = node.with_node(|n, _| n.cloud.job_info(job));
+        let Some(info) = info else {
             let _ = write
                 .write_all(control::error_line("the job disappeared").as_bytes())
                 .await;
             return;
         };
-        let line = control::status_line(job, &status);
+        let line = control::info_line(job, &info);
+        let status = info.status;
         if last.as_ref() != Some(&line) {
             if write.write_all(line.as_bytes()).await.is_err() {
                 return;

@@ -92,6 +92,7 @@ fn job_words(status: Option<&JobStatus>) -> String {
             message,
         }) => format!("failed: {message}"),
         Some(JobStatus::Queued) => "is still queued".to_string(),
+        Some(JobStatus::Held) => "is held: the device has updates disabled".to_string(),
         Some(JobStatus::Starting) => "is still starting".to_string(),
         Some(JobStatus::Transferring { acked, chunks, .. }) => {
             format!("is still transferring ({acked} of {chunks} chunks)")

@@ -112,9 +112,15 @@ impl Problems {
 }
 
 /// Every step kind, in the order error messages list them.
-pub const STEP_KINDS: [&str; 22] = [
+pub const STEP_KINDS: [&str; 28] = [
     "cloud.flash",
     "cloud.force_updates",
+    "cloud.upload",
+    "cloud.release",
+    "cloud.lock",
+    "cloud.unlock",
+    "cloud.group",
+    "cloud.development",
     "power.cut",
     "power.on",
     "app.disable_updates",
@@ -135,15 +141,6 @@ pub const STEP_KINDS: [&str; 22] = [
     "wait.time",
     "expect",
     "sweep",
-];
-
-/// Step kinds reserved for the fleet issue (products, releases, groups, locks).
-const FLEET_STEPS: [&str; 5] = [
-    "cloud.release",
-    "cloud.lock",
-    "cloud.unlock",
-    "cloud.group",
-    "cloud.product",
 ];
 
 fn read_scenario(doc: &Node, text: &str, file: &Path) -> Result<Scenario, Vec<SpanError>> {
@@ -179,6 +176,24 @@ fn read_scenario(doc: &Node, text: &str, file: &Path) -> Result<Scenario, Vec<Sp
         },
         None => Vec::new(),
     };
+    let declared: Vec<String> = cloud.as_ref().map_or_else(
+        || vec!["dut".to_string()],
+        |c| c.devices.iter().map(|d| d.name.clone()).collect(),
+    );
+    for step in &steps {
+        if let Some(device) = &step.device {
+            if !declared.contains(device) {
+                p.0.push(SpanError::new(
+                    step.line..step.line + 1,
+                    format!(
+                        "step {} names device `{device}`, which no [[cloud.device]] declares; declared: {}",
+                        step.index,
+                        declared.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
     let expect = match top.get("expect") {
         Some(n) => p
             .take(read_expectations(n, "the final [expect] table"))
@@ -309,8 +324,10 @@ fn fleet_not_yet(key_span: std::ops::Range<usize>, what: &str) -> SpanError {
 fn read_cloud(n: &Node) -> Result<CloudSetup, SpanError> {
     let mut f = Fields::new(n, "[cloud]")?;
     for (key, what) in [
-        ("product", "[cloud.product] products"),
-        ("releases", "[[cloud.releases]] product releases"),
+        (
+            "releases",
+            "[[cloud.releases]] product releases (use cloud.upload and cloud.release steps)",
+        ),
         ("groups", "[[cloud.groups]] device groups"),
     ] {
         if let Some(span) = f.key_span(key) {
@@ -321,16 +338,27 @@ fn read_cloud(n: &Node) -> Result<CloudSetup, SpanError> {
         None => vec![CloudDevice::default()],
         Some(list) => {
             let items = node::as_array(list)?;
-            if items.len() > 1 {
+            if items.len() > MAX_SCENARIO_DEVICES {
                 return Err(SpanError::new(
-                    items[1].span.clone(),
-                    "scenarios with several devices are not supported yet (they come with the fleet issue); keep one [[cloud.device]]",
+                    items[MAX_SCENARIO_DEVICES].span.clone(),
+                    format!("at most {MAX_SCENARIO_DEVICES} [[cloud.device]] in a scenario"),
                 ));
             }
-            items
-                .iter()
-                .map(read_cloud_device)
-                .collect::<Result<_, _>>()?
+            let mut devices: Vec<CloudDevice> = Vec::new();
+            for item in items {
+                let d = read_cloud_device(item)?;
+                if devices.iter().any(|o| o.name == d.name) {
+                    return Err(SpanError::new(
+                        item.span.clone(),
+                        format!(
+                            "two [[cloud.device]] are named `{}`: give each its own name",
+                            d.name
+                        ),
+                    ));
+                }
+                devices.push(d);
+            }
+            devices
         }
     };
     let interrupted_transfer = f
@@ -338,10 +366,46 @@ fn read_cloud(n: &Node) -> Result<CloudSetup, SpanError> {
             node::as_word(n, &INTERRUPTED_WORDS)
         })?
         .unwrap_or_default();
+    let product = f.optional("product", read_product_setup)?;
+    let device_os = f
+        .optional("device_os", |n| {
+            node::as_array(n)?
+                .iter()
+                .map(read_device_os)
+                .collect::<Result<Vec<_>, _>>()
+        })?
+        .unwrap_or_default();
     f.finish()?;
     Ok(CloudSetup {
         devices,
         interrupted_transfer,
+        product,
+        device_os,
+    })
+}
+
+fn read_groups(n: &Node) -> Result<Vec<String>, SpanError> {
+    node::as_array(n)?
+        .iter()
+        .map(|g| {
+            let name = node::as_string(g)?;
+            crate::cloud::fleet::valid_group(&name)
+                .map_err(|e| SpanError::new(g.span.clone(), e.to_string()))?;
+            Ok(name)
+        })
+        .collect()
+}
+
+fn read_product_setup(n: &Node) -> Result<ProductSetup, SpanError> {
+    let mut f = Fields::new(n, "[cloud.product]")?;
+    let id = f.optional("id", node::as_u32)?.unwrap_or(1000);
+    let groups = f.optional("groups", read_groups)?.unwrap_or_default();
+    let development = f.optional("development", node::as_bool)?.unwrap_or(false);
+    f.finish()?;
+    Ok(ProductSetup {
+        id,
+        groups,
+        development,
     })
 }
 
@@ -368,6 +432,10 @@ fn read_cloud_device(n: &Node) -> Result<CloudDevice, SpanError> {
         updates_forced: f
             .optional("updates_forced", node::as_bool)?
             .unwrap_or(false),
+        app: f.optional("app", node::as_u16)?,
+        updates_enabled: f.optional("updates_enabled", node::as_bool)?,
+        groups: f.optional("groups", read_groups)?,
+        development: f.optional("development", node::as_bool)?,
     };
     f.finish()?;
     Ok(out)
@@ -409,6 +477,21 @@ fn read_steps(n: &Node) -> Result<Vec<StepAt>, Vec<SpanError>> {
     let mut sweep_seen = false;
     for (i, item) in items.iter().enumerate() {
         let index = i + 1;
+        let device = match &item.value {
+            Value::Table(entries) => match entries
+                .iter()
+                .find(|(k, _)| k.name == "device")
+                .map(|(_, v)| node::as_string(v))
+                .transpose()
+            {
+                Ok(d) => d,
+                Err(e) => {
+                    problems.push(e);
+                    continue;
+                }
+            },
+            _ => None,
+        };
         let step = match read_step(item, index) {
             Ok(step) => step,
             Err(e) => {
@@ -432,6 +515,7 @@ fn read_steps(n: &Node) -> Result<Vec<StepAt>, Vec<SpanError>> {
             line: item.span.start,
             column: 0,
             step,
+            device,
         });
     }
     if problems.is_empty() {
@@ -445,6 +529,12 @@ fn step_form(kind: &str) -> &'static str {
     match kind {
         "cloud.flash" => "{ do = \"cloud.flash\", app = 4 } (also device_os, bootloader, built_against, compressed, combined, platform, corrupt, size)",
         "cloud.force_updates" => "{ do = \"cloud.force_updates\", forced = true }",
+        "cloud.upload" => "{ do = \"cloud.upload\", app = 5 } (also built_against, size, compressed)",
+        "cloud.release" => "{ do = \"cloud.release\", version = 5, default = true, groups = [\"beta\"], intelligent = false }",
+        "cloud.lock" => "{ do = \"cloud.lock\", version = 5, flash_now = false }",
+        "cloud.unlock" => "{ do = \"cloud.unlock\" }",
+        "cloud.group" => "{ do = \"cloud.group\", groups = [\"beta\"] }",
+        "cloud.development" => "{ do = \"cloud.development\", development = true }",
         "power.cut" => "{ do = \"power.cut\" } (now), or with one of flash_op = N, chunk = K, phase = \"download\" (and op = N), plus mode = \"before\"|\"torn\"|\"after\"",
         "app.sleep" => "{ do = \"app.sleep\", mode = \"stop\", duration = \"10m\", network = \"off\" }",
         "link.faults" => "{ do = \"link.faults\", loss = 0.2, duplicate = 0.0, reorder = 0.1, latency = \"300ms\", jitter = \"50ms\", bandwidth = \"2KiB/s\" }",
@@ -469,12 +559,6 @@ fn read_step(n: &Node, index: usize) -> Result<Step, SpanError> {
         Ok::<&Node, SpanError>,
     )?;
     let kind = node::as_str(kind_node)?;
-    if FLEET_STEPS.contains(&kind) {
-        return Err(SpanError::new(
-            kind_node.span.clone(),
-            format!("step `{kind}` is not supported yet (products, releases, locks and groups come with the fleet issue)"),
-        ));
-    }
     if !STEP_KINDS.contains(&kind) {
         return Err(SpanError::new(
             kind_node.span.clone(),
@@ -486,12 +570,54 @@ fn read_step(n: &Node, index: usize) -> Result<Step, SpanError> {
     }
     let mut f = Fields::new(n, format!("step {index} ({kind})"))?;
     f.get("do");
+    f.get("device"); // read by `read_steps`
     let form = step_form(kind);
     let step = match kind {
         "cloud.flash" => Step::Action(Action::CloudFlash(read_firmware_spec(&mut f, form)?)),
         "cloud.force_updates" => Step::Action(Action::CloudForceUpdates {
             forced: f.required("forced", form, node::as_bool)?,
         }),
+        "cloud.upload" => {
+            let spec = read_firmware_spec(&mut f, form)?;
+            if spec.app.is_none() {
+                return Err(SpanError::new(
+                    n.span.clone(),
+                    format!("step {index} (cloud.upload) needs `app` (the product firmware version); expected {form}"),
+                ));
+            }
+            Step::Action(Action::Product(ProductAction::Upload(spec)))
+        }
+        "cloud.release" => {
+            let version = f.required("version", form, node::as_u16)?;
+            let product_default = f.optional("default", node::as_bool)?.unwrap_or(false);
+            let groups = f.optional("groups", read_groups)?.unwrap_or_default();
+            let intelligent = f.optional("intelligent", node::as_bool)?.unwrap_or(false);
+            if !product_default && groups.is_empty() {
+                return Err(SpanError::new(
+                    n.span.clone(),
+                    format!("step {index} (cloud.release) releases to nothing: give default = true and/or groups; expected {form}"),
+                ));
+            }
+            Step::Action(Action::Product(ProductAction::Release {
+                version,
+                product_default,
+                groups,
+                intelligent,
+            }))
+        }
+        "cloud.lock" => Step::Action(Action::Product(ProductAction::Lock {
+            version: f.required("version", form, node::as_u16)?,
+            flash_now: f.optional("flash_now", node::as_bool)?.unwrap_or(false),
+        })),
+        "cloud.unlock" => Step::Action(Action::Product(ProductAction::Unlock)),
+        "cloud.group" => Step::Action(Action::Product(ProductAction::Groups(f.required(
+            "groups",
+            form,
+            read_groups,
+        )?))),
+        "cloud.development" => Step::Action(Action::Product(ProductAction::Development(
+            f.required("development", form, node::as_bool)?,
+        ))),
         "power.cut" => Step::Action(Action::PowerCut(read_power_cut(&mut f, form)?)),
         "power.on" => Step::Action(Action::PowerOn),
         "app.disable_updates" => Step::Action(Action::App(AppAction::DisableUpdates)),

@@ -1,0 +1,133 @@
+//! The [`Cloud`]'s product operations: every change to products, firmware, releases and
+//! product devices goes through these methods, which apply it to the [`Fleet`] (where the
+//! checks are) and then let the cloud act on it (an intelligent release or a lock with "flash
+//! now" reaches online devices at once; a standard release waits for the next handshake). The
+//! REST API and scenario steps call these; nothing else changes the fleet.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use super::fleet::{DeviceChange, FleetError, ProductFirmware, ProductId, Release};
+use super::{Cloud, DeviceId};
+
+/// How a fleet change reaches the devices it concerns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Delivery {
+    /// At each device's next full handshake (standard release, lock without flash now).
+    NextHandshake,
+    /// At once to online devices, and to the others when they come back (intelligent release,
+    /// lock with flash now, force-enable).
+    Now,
+}
+
+impl Cloud {
+    pub fn create_product(
+        &mut self,
+        id: ProductId,
+        name: &str,
+        platform_id: u16,
+    ) -> Result<(), FleetError> {
+        self.fleet.create_product(id, name, platform_id)
+    }
+
+    /// Adds a registered (or later registered) device to a product.
+    pub fn add_product_device(
+        &mut self,
+        now: Duration,
+        product: ProductId,
+        device: DeviceId,
+    ) -> Result<(), FleetError> {
+        self.fleet.add_device(product, device)?;
+        self.fleet_changed(now, &[device], Delivery::NextHandshake);
+        Ok(())
+    }
+
+    pub fn remove_product_device(
+        &mut self,
+        now: Duration,
+        product: ProductId,
+        device: DeviceId,
+    ) -> Result<(), FleetError> {
+        self.fleet.remove_device(product, device)?;
+        self.fleet_changed(now, &[device], Delivery::NextHandshake);
+        Ok(())
+    }
+
+    /// Uploads a product firmware version (delivers nothing by itself, reference 4.1).
+    pub fn upload_firmware(
+        &mut self,
+        now: Duration,
+        product: ProductId,
+        version: u16,
+        title: &str,
+        description: &str,
+        file: Vec<u8>,
+    ) -> Result<&ProductFirmware, FleetError> {
+        self.fleet
+            .upload(product, version, title, description, file, now)
+    }
+
+    pub fn delete_firmware(&mut self, product: ProductId, version: u16) -> Result<(), FleetError> {
+        self.fleet.delete_firmware(product, version)
+    }
+
+    /// Releases a version; intelligent releases reach online devices at once.
+    pub fn release_firmware(
+        &mut self,
+        now: Duration,
+        product: ProductId,
+        version: u16,
+        release: &Release,
+    ) -> Result<(), FleetError> {
+        let devices = self.fleet.release(product, version, release, now)?;
+        let delivery = if release.intelligent {
+            Delivery::Now
+        } else {
+            Delivery::NextHandshake
+        };
+        self.fleet_changed(now, &devices, delivery);
+        Ok(())
+    }
+
+    /// Withdraws a release from the product default and/or groups.
+    pub fn unrelease_firmware(
+        &mut self,
+        now: Duration,
+        product: ProductId,
+        version: u16,
+        product_default: bool,
+        groups: &BTreeSet<String>,
+    ) -> Result<(), FleetError> {
+        let devices = self
+            .fleet
+            .unrelease(product, version, product_default, groups)?;
+        self.fleet_changed(now, &devices, Delivery::NextHandshake);
+        Ok(())
+    }
+
+    /// Changes a product device (lock / unlock, development, groups, force-enable updates).
+    /// `flash_now` (console "Flash now", API `flash=true`) delivers a lock at once to an
+    /// online device; unmarking a development device also acts at once (UNCONFIRMED: the docs
+    /// say it "may trigger an immediate OTA").
+    pub fn change_product_device(
+        &mut self,
+        now: Duration,
+        product: ProductId,
+        device: DeviceId,
+        change: &DeviceChange,
+        flash_now: bool,
+    ) -> Result<(), FleetError> {
+        self.fleet.change_device(product, device, change)?;
+        if let Some(forced) = change.updates_forced {
+            self.set_updates_forced(now, device.0, forced);
+        }
+        let now_delivery = flash_now || change.development == Some(false);
+        let delivery = if now_delivery {
+            Delivery::Now
+        } else {
+            Delivery::NextHandshake
+        };
+        self.fleet_changed(now, &[device], delivery);
+        Ok(())
+    }
+}
