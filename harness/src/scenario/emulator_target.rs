@@ -706,6 +706,19 @@ impl EmulatorTarget {
                 };
                 self.change_device(now, product, id, &change, false)?;
             }
+            ProductAction::Settings {
+                development,
+                groups,
+                updates_forced,
+            } => {
+                let change = DeviceChange {
+                    development: *development,
+                    groups: groups.as_ref().map(|g| g.iter().cloned().collect()),
+                    updates_forced: *updates_forced,
+                    ..DeviceChange::default()
+                };
+                self.change_device(now, product, id, &change, false)?;
+            }
             ProductAction::Development(development) => {
                 let change = DeviceChange {
                     development: Some(*development),
