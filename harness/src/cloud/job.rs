@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use protocol::message::FinishStats;
 
-use super::firmware::ExpectedModule;
+use sha2::{Digest, Sha256};
+
+use super::firmware::{expected_modules, ExpectedModule};
 use super::transfer::Transfer;
 
 /// Names one job of a [`super::Cloud`].
@@ -125,4 +127,25 @@ pub(crate) struct Job {
     pub last_reason: Option<String>,
     /// Committed and installed, but the device waits in safe mode for Device OS modules.
     pub awaiting_heal: bool,
+}
+
+impl Job {
+    /// A queued job for `file` (its SHA-256 and expected modules computed once).
+    pub fn new(kind: JobKind, device_id: [u8; 12], file: Arc<Vec<u8>>) -> Job {
+        Job {
+            kind,
+            device_id,
+            sha256: Sha256::digest(file.as_slice()).into(),
+            expected: expected_modules(&file),
+            file,
+            status: JobStatus::Queued,
+            attempts: 0,
+            transfer: None,
+            committed_at: None,
+            maybe_committed: false,
+            finish_token: None,
+            last_reason: None,
+            awaiting_heal: false,
+        }
+    }
 }

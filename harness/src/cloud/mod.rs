@@ -136,7 +136,6 @@ use protocol::dtls::{ConnectionHandle, Server, ServerConfig};
 use protocol::message::{ApplicationDescribe, Body, Event, Hello, ParticleMessage, SystemDescribe};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
-use sha2::{Digest, Sha256};
 
 use connection::{record_kind, RecordKind};
 use job::Job;
@@ -428,8 +427,6 @@ impl Cloud {
     pub fn flash(&mut self, now: Duration, device_id: [u8; 12], file: Vec<u8>) -> JobId {
         let id = JobId(self.next_job);
         self.next_job += 1;
-        let sha256: [u8; 32] = Sha256::digest(&file).into();
-        let expected = expected_modules(&file);
         let refusal = if !self.devices.contains_key(&device_id) {
             Some(format!(
                 "device {} is not registered with this cloud",
@@ -447,21 +444,7 @@ impl Cloud {
         };
         self.jobs.insert(
             id,
-            Job {
-                kind: JobKind::Flash,
-                device_id,
-                file: std::sync::Arc::new(file),
-                sha256,
-                status: JobStatus::Queued,
-                attempts: 0,
-                expected,
-                transfer: None,
-                committed_at: None,
-                maybe_committed: false,
-                finish_token: None,
-                last_reason: None,
-                awaiting_heal: false,
-            },
+            Job::new(JobKind::Flash, device_id, std::sync::Arc::new(file)),
         );
         self.ota_event(now, id, device_id, OtaEventKind::Queued);
         if let Some(message) = refusal {

@@ -60,18 +60,13 @@ impl Cloud {
         job.attempts += 1;
         job.transfer = None;
         let attempt = job.attempts;
-        let token = match self.endpoint(&id) {
-            Some(e) => e.next_token(),
-            None => return,
-        };
-        let message = ParticleMessage {
-            kind: MessageType::Confirmable,
-            message_id: 0,
-            token,
-            body: Body::UpdateStart(start),
-        };
         if self
-            .send_request(now, id, message, Purpose::UpdateStart(job_id))
+            .send_con(
+                now,
+                id,
+                Body::UpdateStart(start),
+                Purpose::UpdateStart(job_id),
+            )
             .is_none()
         {
             return;
@@ -299,26 +294,12 @@ impl Cloud {
     }
 
     pub(super) fn send_finish(&mut self, now: Duration, id: [u8; 12], job_id: JobId) {
-        let token = match self.endpoint(&id) {
-            Some(e) => e.next_token(),
-            None => return,
-        };
-        if let Some(job) = self.jobs.get_mut(&job_id) {
-            job.finish_token = Some(token.clone());
-        }
-        let message = ParticleMessage {
-            kind: MessageType::Confirmable,
-            message_id: 0,
-            token,
-            body: Body::UpdateFinish(UpdateFinish::default()),
-        };
-        if self
-            .send_request(now, id, message, Purpose::UpdateFinish(job_id))
-            .is_none()
-        {
+        let body = Body::UpdateFinish(UpdateFinish::default());
+        let Some(token) = self.send_con(now, id, body, Purpose::UpdateFinish(job_id)) else {
             return;
-        }
+        };
         if let Some(job) = self.jobs.get_mut(&job_id) {
+            job.finish_token = Some(token);
             job.status = JobStatus::Finishing;
         }
         self.ota_event(now, job_id, id, OtaEventKind::Finishing);

@@ -8,10 +8,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::coap::{Message, MessageType};
+use protocol::coap::Message;
 use protocol::message::{
-    Body, DescribeFlags, DescribeRequest, DescribeResponse, ParticleMessage, Response,
-    SystemDescribe,
+    Body, DescribeFlags, DescribeRequest, DescribeResponse, Response, SystemDescribe,
 };
 use sha2::{Digest, Sha256};
 
@@ -300,24 +299,7 @@ impl Cloud {
         let job_id = JobId(self.next_job);
         self.next_job += 1;
         let what = kind.to_string();
-        self.jobs.insert(
-            job_id,
-            Job {
-                kind,
-                device_id: id,
-                sha256: sha256(&file),
-                expected: expected_modules(&file),
-                file,
-                status: JobStatus::Queued,
-                attempts: 0,
-                transfer: None,
-                committed_at: None,
-                maybe_committed: false,
-                finish_token: None,
-                last_reason: None,
-                awaiting_heal: false,
-            },
-        );
+        self.jobs.insert(job_id, Job::new(kind, id, file));
         self.ota_event(now, job_id, id, OtaEventKind::Created { what });
         job_id
     }
@@ -325,27 +307,15 @@ impl Cloud {
     /// Asks the device for its system describe (GET `d`, reference 1.10); `block` for the
     /// next Block2 block of a large one.
     fn request_describe(&mut self, now: Duration, id: [u8; 12], block: Option<u32>) {
-        let token = match self.endpoint(&id) {
-            Some(e) => e.next_token(),
-            None => return,
-        };
-        let message = ParticleMessage {
-            kind: MessageType::Confirmable,
-            message_id: 0,
-            token,
-            body: Body::DescribeRequest(DescribeRequest {
-                flags: DescribeFlags::SYSTEM,
-                block2: block.map(|num| protocol::coap::BlockOption {
-                    num,
-                    more: false,
-                    size: protocol::coap::BlockSize::B1024,
-                }),
+        let body = Body::DescribeRequest(DescribeRequest {
+            flags: DescribeFlags::SYSTEM,
+            block2: block.map(|num| protocol::coap::BlockOption {
+                num,
+                more: false,
+                size: protocol::coap::BlockSize::B1024,
             }),
-        };
-        if self
-            .send_request(now, id, message, Purpose::Describe)
-            .is_some()
-        {
+        });
+        if self.send_con(now, id, body, Purpose::Describe).is_some() {
             if let Some(s) = self.session_mut(&id) {
                 s.describe_requested = true;
             }

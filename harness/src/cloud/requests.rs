@@ -90,6 +90,25 @@ impl Cloud {
         }
     }
 
+    /// Sends a CON request with a fresh token; the token, if it went out.
+    pub(super) fn send_con(
+        &mut self,
+        now: Duration,
+        id: [u8; 12],
+        body: Body,
+        purpose: Purpose,
+    ) -> Option<Vec<u8>> {
+        let token = self.endpoint(&id)?.next_token();
+        let message = ParticleMessage {
+            kind: MessageType::Confirmable,
+            message_id: 0,
+            token: token.clone(),
+            body,
+        };
+        self.send_request(now, id, message, purpose)?;
+        Some(token)
+    }
+
     pub(super) fn accept(&mut self, now: Duration, id: [u8; 12], request: &IncomingRequest) {
         let result = match self.endpoint(&id) {
             Some(e) => e.accept(now, request),

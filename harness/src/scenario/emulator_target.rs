@@ -631,6 +631,20 @@ impl EmulatorTarget {
         Ok(())
     }
 
+    fn change_device(
+        &mut self,
+        now: Duration,
+        product: u32,
+        id: DeviceId,
+        change: &DeviceChange,
+        flash_now: bool,
+    ) -> Result<(), TargetError> {
+        self.bed()?
+            .cloud_mut()
+            .change_product_device(now, product, id, change, flash_now)
+            .map_err(err)
+    }
+
     fn product_action(&mut self, now: Duration, action: &ProductAction) -> Result<(), TargetError> {
         let product = self.product.ok_or_else(|| {
             err("the scenario has no [cloud.product]: the device is not a product device")
@@ -676,40 +690,41 @@ impl EmulatorTarget {
                     locked: Some(Some(*version)),
                     ..DeviceChange::default()
                 };
-                self.bed()?
-                    .cloud_mut()
-                    .change_product_device(now, product, id, &change, *flash_now)
-                    .map_err(err)?;
+                self.change_device(now, product, id, &change, *flash_now)?;
             }
             ProductAction::Unlock => {
                 let change = DeviceChange {
                     locked: Some(None),
                     ..DeviceChange::default()
                 };
-                self.bed()?
-                    .cloud_mut()
-                    .change_product_device(now, product, id, &change, false)
-                    .map_err(err)?;
+                self.change_device(now, product, id, &change, false)?;
             }
             ProductAction::Groups(groups) => {
                 let change = DeviceChange {
                     groups: Some(groups.iter().cloned().collect()),
                     ..DeviceChange::default()
                 };
-                self.bed()?
-                    .cloud_mut()
-                    .change_product_device(now, product, id, &change, false)
-                    .map_err(err)?;
+                self.change_device(now, product, id, &change, false)?;
+            }
+            ProductAction::Settings {
+                development,
+                groups,
+                updates_forced,
+            } => {
+                let change = DeviceChange {
+                    development: *development,
+                    groups: groups.as_ref().map(|g| g.iter().cloned().collect()),
+                    updates_forced: *updates_forced,
+                    ..DeviceChange::default()
+                };
+                self.change_device(now, product, id, &change, false)?;
             }
             ProductAction::Development(development) => {
                 let change = DeviceChange {
                     development: Some(*development),
                     ..DeviceChange::default()
                 };
-                self.bed()?
-                    .cloud_mut()
-                    .change_product_device(now, product, id, &change, false)
-                    .map_err(err)?;
+                self.change_device(now, product, id, &change, false)?;
             }
         }
         Ok(())
