@@ -161,12 +161,11 @@ impl Reply {
                 text = format!("transferring {}/{} chunks", n("acked"), n("chunks"));
             }
             "failed" => {
-                let code = v
-                    .get("code")
-                    .and_then(Value::as_i64)
-                    .map_or("none".to_string(), |c| c.to_string());
                 let message = v.get("message").and_then(Value::as_str).unwrap_or("");
-                text = format!("failed (code {code}): {message}");
+                text = match v.get("code").and_then(Value::as_i64) {
+                    Some(code) => format!("failed: the device reported {code}: {message}"),
+                    None => format!("failed: {message}"),
+                };
             }
             _ => {}
         }

@@ -159,9 +159,13 @@ pub enum TestbedError {
     Sim(#[from] SimError),
     #[error("building firmware: {0}")]
     Firmware(#[from] FirmwareError),
-    #[error("no device {0:?} on this testbed")]
+    #[error("no device number {} on this testbed", .0 .0)]
     NoDevice(DeviceHandle),
-    #[error("seed {seed}: {what} did not happen within {within:?} (at t = {at:?})")]
+    #[error(
+        "seed {seed}: {what} did not happen within {} virtual s (at t = {} s)",
+        within.as_secs_f64(),
+        at.as_secs_f64()
+    )]
     Timeout {
         seed: u64,
         what: String,

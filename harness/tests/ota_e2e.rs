@@ -91,7 +91,7 @@ fn user_app_ota_from_v3_to_v4_completes_and_the_device_runs_v4() {
     // The order a fleet operator sees.
     assert!(find("spark/flash/status = \"started \"") < find("ota started"));
     assert!(find("ota started") < find("spark/flash/status = \"success \""));
-    assert!(find("ResetPending") < find("spark/device/last_reset = \"update\""));
+    assert!(find("system event reset_pending") < find("spark/device/last_reset = \"update\""));
 }
 
 #[test]

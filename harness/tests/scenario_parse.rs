@@ -204,6 +204,12 @@ groups = ["beta", "canary"]
 do = "cloud.development"
 development = false
 
+[[step]]
+do = "cloud.product"
+development = false
+groups = ["beta"]
+updates_forced = true
+
 [expect]
 running = { app = 4 }
 
@@ -404,7 +410,7 @@ fn the_unknown_step_message_has_the_documented_shape() {
     let e = parse(&text, Path::new("fixtures/x.toml")).unwrap_err();
     assert!(
         e.to_string()
-            .starts_with("fixtures/x.toml:7:8: unknown step `powr`; expected one of: cloud.flash, cloud.force_updates, cloud.upload, cloud.release, cloud.lock, cloud.unlock, cloud.group, cloud.development, power.cut,"),
+            .starts_with("fixtures/x.toml:7:8: unknown step `powr`; expected one of: cloud.flash, cloud.force_updates, cloud.upload, cloud.release, cloud.lock, cloud.unlock, cloud.group, cloud.development, cloud.product, power.cut,"),
         "{e}"
     );
 }

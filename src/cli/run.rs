@@ -98,7 +98,7 @@ pub fn run(args: RunArgs) -> CliResult {
         let mut factory = || {
             started.push(Instant::now());
             if started.len() > 1 {
-                progress.note(&format!("{file}: case {}", started.len()));
+                progress.note(&format!("case {} of {file}", started.len()));
             }
             make_target(&args.target, scenario)
         };

@@ -235,7 +235,7 @@ impl EmulatorTarget {
                 || line.text.starts_with("ota progress")
                 || line.text.starts_with("ota started")
                 || line.text.starts_with("ota failed")
-                || line.text == "system event firmware_update Progress"
+                || line.text == "system event firmware_update progress"
             {
                 continue;
             }
@@ -706,6 +706,19 @@ impl EmulatorTarget {
                 };
                 self.change_device(now, product, id, &change, false)?;
             }
+            ProductAction::Settings {
+                development,
+                groups,
+                updates_forced,
+            } => {
+                let change = DeviceChange {
+                    development: *development,
+                    groups: groups.as_ref().map(|g| g.iter().cloned().collect()),
+                    updates_forced: *updates_forced,
+                    ..DeviceChange::default()
+                };
+                self.change_device(now, product, id, &change, false)?;
+            }
             ProductAction::Development(development) => {
                 let change = DeviceChange {
                     development: Some(*development),
@@ -997,7 +1010,7 @@ impl Target for EmulatorTarget {
         for (kind, old_img) in &self.d.old_images {
             let region = board
                 .region(*kind)
-                .ok_or_else(|| err(format!("no region {kind:?}")))?;
+                .ok_or_else(|| err(format!("no region {kind}")))?;
             let chip = board.flash_chip(region.chip);
             let bytes = flash
                 .read_vec(chip, region.start, (region.end - region.start) as usize)
@@ -1008,7 +1021,7 @@ impl Target for EmulatorTarget {
             old &= has_old;
             new &= has_new;
             if !has_old && !has_new {
-                detail.push(format!("{kind:?} holds neither the old nor the new image"));
+                detail.push(format!("{kind} holds neither the old nor the new image"));
             }
         }
         Ok(if !detail.is_empty() {

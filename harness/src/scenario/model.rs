@@ -348,6 +348,12 @@ pub enum ProductAction {
     Groups(Vec<String>),
     /// Mark or unmark the device as a development device.
     Development(bool),
+    /// Several product-device settings at once (`cloud.product`).
+    Settings {
+        development: Option<bool>,
+        groups: Option<Vec<String>>,
+        updates_forced: Option<bool>,
+    },
 }
 
 impl Action {
@@ -380,6 +386,7 @@ impl Action {
                 ProductAction::Unlock => "cloud.unlock",
                 ProductAction::Groups(_) => "cloud.group",
                 ProductAction::Development(_) => "cloud.development",
+                ProductAction::Settings { .. } => "cloud.product",
             },
         }
     }
@@ -967,6 +974,22 @@ impl fmt::Display for Action {
                 ProductAction::Unlock => Ok(()),
                 ProductAction::Groups(g) => write!(f, " groups={}", g.join(",")),
                 ProductAction::Development(d) => write!(f, " development={d}"),
+                ProductAction::Settings {
+                    development,
+                    groups,
+                    updates_forced,
+                } => {
+                    if let Some(d) = development {
+                        write!(f, " development={d}")?;
+                    }
+                    if let Some(g) = groups {
+                        write!(f, " groups={}", g.join(","))?;
+                    }
+                    if let Some(u) = updates_forced {
+                        write!(f, " updates_forced={u}")?;
+                    }
+                    Ok(())
+                }
             },
             Action::PowerCut(cut) => {
                 match cut.at {

@@ -112,7 +112,7 @@ impl Problems {
 }
 
 /// Every step kind, in the order error messages list them.
-pub const STEP_KINDS: [&str; 28] = [
+pub const STEP_KINDS: [&str; 29] = [
     "cloud.flash",
     "cloud.force_updates",
     "cloud.upload",
@@ -121,6 +121,7 @@ pub const STEP_KINDS: [&str; 28] = [
     "cloud.unlock",
     "cloud.group",
     "cloud.development",
+    "cloud.product",
     "power.cut",
     "power.on",
     "app.disable_updates",
@@ -535,6 +536,7 @@ fn step_form(kind: &str) -> &'static str {
         "cloud.unlock" => "{ do = \"cloud.unlock\" }",
         "cloud.group" => "{ do = \"cloud.group\", groups = [\"beta\"] }",
         "cloud.development" => "{ do = \"cloud.development\", development = true }",
+        "cloud.product" => "{ do = \"cloud.product\", development = false, groups = [\"beta\"], updates_forced = true } (at least one)",
         "power.cut" => "{ do = \"power.cut\" } (now), or with one of flash_op = N, chunk = K, phase = \"download\" (and op = N), plus mode = \"before\"|\"torn\"|\"after\"",
         "app.sleep" => "{ do = \"app.sleep\", mode = \"stop\", duration = \"10m\", network = \"off\" }",
         "link.faults" => "{ do = \"link.faults\", loss = 0.2, duplicate = 0.0, reorder = 0.1, latency = \"300ms\", jitter = \"50ms\", bandwidth = \"2KiB/s\" }",
@@ -615,6 +617,22 @@ fn read_step(n: &Node, index: usize) -> Result<Step, SpanError> {
             form,
             read_groups,
         )?))),
+        "cloud.product" => {
+            let development = f.optional("development", node::as_bool)?;
+            let groups = f.optional("groups", read_groups)?;
+            let updates_forced = f.optional("updates_forced", node::as_bool)?;
+            if development.is_none() && groups.is_none() && updates_forced.is_none() {
+                return Err(SpanError::new(
+                    n.span.clone(),
+                    format!("step {index} (cloud.product) changes nothing; expected {form}"),
+                ));
+            }
+            Step::Action(Action::Product(ProductAction::Settings {
+                development,
+                groups,
+                updates_forced,
+            }))
+        }
         "cloud.development" => Step::Action(Action::Product(ProductAction::Development(
             f.required("development", form, node::as_bool)?,
         ))),

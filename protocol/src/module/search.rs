@@ -225,7 +225,7 @@ mod tests {
         let found = search_prefix(&noise);
         let text = found.describe_not_found().unwrap();
         assert!(text.contains("0x0, 0x200, 0x184, 0xc0, 0x10c"), "{text}");
-        assert!(text.contains("0x4 to 0xe8"), "{text}");
+        assert!(text.contains("0x4 to 0xec"), "{text}");
     }
 
     #[test]
