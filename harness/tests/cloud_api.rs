@@ -154,11 +154,18 @@ fn mutating_calls() -> Vec<Call> {
     let d = format!("/v1/products/1000/devices/{DEVICE}");
     vec![
         json("POST", "/v1/products", r#"{"id":1,"platform":"boron"}"#),
-        json("POST", "/v1/products/1000/devices", r#"{"id":"aaaaaaaaaaaaaaaaaaaaaaaa"}"#),
+        json(
+            "POST",
+            "/v1/products/1000/devices",
+            r#"{"id":"aaaaaaaaaaaaaaaaaaaaaaaa"}"#,
+        ),
         form_data(
             "POST",
             "/v1/products/1000/firmware",
-            multipart(&[("version", "5"), ("title", "v5")], Some(("file", &app(5)))),
+            multipart(
+                &[("version", "5"), ("title", "v5")],
+                Some(("file", &app(5))),
+            ),
         ),
         json(
             "PUT",
@@ -237,12 +244,20 @@ async fn bad_input_is_a_located_error_that_changes_nothing() {
             "no firmware version 9",
         ),
         (
-            json("PUT", "/v1/products/1000/devices/ffffffffffffffffffffffff", r#"{"development":true}"#),
+            json(
+                "PUT",
+                "/v1/products/1000/devices/ffffffffffffffffffffffff",
+                r#"{"development":true}"#,
+            ),
             StatusCode::NOT_FOUND,
             "is not in product 1000",
         ),
         (
-            json("PUT", "/v1/products/1000/devices/nope", r#"{"development":true}"#),
+            json(
+                "PUT",
+                "/v1/products/1000/devices/nope",
+                r#"{"development":true}"#,
+            ),
             StatusCode::NOT_FOUND,
             "`nope` is not a device id",
         ),
@@ -288,12 +303,20 @@ async fn bad_input_is_a_located_error_that_changes_nothing() {
             "no firmware file",
         ),
         (
-            json("PUT", "/v1/products/1000/firmware/release", r#"{"version":"x"}"#),
+            json(
+                "PUT",
+                "/v1/products/1000/firmware/release",
+                r#"{"version":"x"}"#,
+            ),
             StatusCode::BAD_REQUEST,
             "`version` of the JSON body",
         ),
         (
-            json("PUT", "/v1/products/1000/firmware/release", r#"{"version":4}"#),
+            json(
+                "PUT",
+                "/v1/products/1000/firmware/release",
+                r#"{"version":4}"#,
+            ),
             StatusCode::BAD_REQUEST,
             "product_default",
         ),
@@ -331,7 +354,10 @@ async fn an_acknowledged_change_is_in_the_database_before_the_answer() {
     let upload = form_data(
         "POST",
         "/v1/products/1000/firmware",
-        multipart(&[("version", "5"), ("title", "v5")], Some(("file", &app(5)))),
+        multipart(
+            &[("version", "5"), ("title", "v5")],
+            Some(("file", &app(5))),
+        ),
     );
     let (status, body) = send(&api, &upload, Some(TOKEN)).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -356,7 +382,10 @@ async fn an_acknowledged_change_is_in_the_database_before_the_answer() {
     assert_eq!(saved.fleet, fleet);
     let v5 = &saved.fleet.product(1000).expect("product").firmware[&5];
     assert!(v5.intelligent && v5.released_at.is_some());
-    let d = saved.fleet.device(DEVICE.parse().expect("id")).expect("device");
+    let d = saved
+        .fleet
+        .device(DEVICE.parse().expect("id"))
+        .expect("device");
     assert_eq!(d.locked, Some(5));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -26,10 +26,13 @@ impl Cloud {
         self.config.unix_time_at_epoch
     }
 
-    /// `now` as time since the Unix epoch, the way the fleet keeps its times (they must mean
-    /// the same after a restart, when the cloud's time starts again at zero).
+    /// `now` as time since the Unix epoch, in whole milliseconds, the way the fleet keeps its
+    /// times (they must mean the same after a restart, when the cloud's time starts again at
+    /// zero; the API and the saved state show milliseconds).
     pub fn unix_time(&self, now: Duration) -> Duration {
-        Duration::from_secs(self.config.unix_time_at_epoch).saturating_add(now)
+        let ms = u64::try_from(now.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_secs(self.config.unix_time_at_epoch)
+            .saturating_add(Duration::from_millis(ms))
     }
 
     /// Puts back a saved fleet (`hil cloud --state`) in a cloud that has none yet, and the
