@@ -87,8 +87,8 @@ pub struct CloudArgs {
     #[arg(long, value_name = "FILE", requires = "api")]
     token_file: Option<PathBuf>,
     /// Keep products, firmware, releases, device settings and unfinished flashes in
-    /// DIR/cloud.sqlite3 across restarts.
-    #[arg(long, value_name = "DIR")]
+    /// DIR/cloud.sqlite3 across restarts (what the API changes).
+    #[arg(long, value_name = "DIR", requires = "api")]
     state: Option<PathBuf>,
     /// Products to create at start (TOML, see below).
     #[arg(long, value_name = "FILE")]
