@@ -335,6 +335,11 @@ async fn bad_input_is_a_located_error_that_changes_nothing() {
             StatusCode::NOT_FOUND,
             "no such endpoint",
         ),
+        (
+            json("GET", "/v1/devices/%FF%FE", ""),
+            StatusCode::BAD_REQUEST,
+            "UTF-8",
+        ),
     ];
     for (call, status, text) in cases {
         let (got, body) = send(&api, &call, Some(TOKEN)).await;
