@@ -394,3 +394,66 @@ async fn an_acknowledged_change_is_in_the_database_before_the_answer() {
     assert_eq!(d.locked, Some(5));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn groups_are_created_listed_and_deleted() {
+    let (node, api) = setup(None).await;
+    let (status, body) = send(
+        &api,
+        &json("POST", "/v1/products/1000/groups", r#"{"name":"beta"}"#),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["group"]["name"], "beta");
+    let d = format!("/v1/products/1000/devices/{DEVICE}");
+    let (status, _) = send(
+        &api,
+        &json("PUT", &d, r#"{"groups":["beta"]}"#),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let release = r#"{"version":4,"groups":["beta"]}"#;
+    let (status, _) = send(
+        &api,
+        &json("PUT", "/v1/products/1000/firmware/release", release),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = send(
+        &api,
+        &json("GET", "/v1/products/1000/groups/beta", ""),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["group"]["fw_version"], 4);
+    assert_eq!(body["group"]["device_count"], 1);
+    let (status, _) = send(
+        &api,
+        &json("DELETE", "/v1/products/1000/groups/beta", ""),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, device) = send(&api, &json("GET", &d, ""), Some(TOKEN)).await;
+    assert_eq!(device["groups"], serde_json::json!([]));
+    assert_eq!(device["targeted_firmware_release_version"], Value::Null);
+    let (status, body) = send(
+        &api,
+        &json("GET", "/v1/products/1000/groups/beta", ""),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, _) = send(
+        &api,
+        &json("POST", "/v1/products/1000/groups", r#"{"name":"Bad Name"}"#),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    drop(node);
+}

@@ -71,6 +71,8 @@ pub enum FleetError {
     },
     #[error("group `{0}` is not a valid group name (lowercase letters, digits, `-` and `_`)")]
     BadGroup(String),
+    #[error("product {product} has no group `{group}`")]
+    NoGroup { product: ProductId, group: String },
 }
 
 /// One uploaded product firmware version.
@@ -511,6 +513,29 @@ impl Fleet {
         Ok(())
     }
 
+    /// Deletes a group: no device is in it and no version is released to it any more.
+    /// Returns the devices whose target may have changed.
+    pub fn delete_group(
+        &mut self,
+        product: ProductId,
+        group: &str,
+    ) -> Result<Vec<DeviceId>, FleetError> {
+        let p = self.product_mut(product)?;
+        if !p.groups.remove(group) {
+            return Err(FleetError::NoGroup {
+                product,
+                group: group.to_string(),
+            });
+        }
+        for f in p.firmware.values_mut() {
+            f.groups.remove(group);
+        }
+        for d in p.devices.values_mut() {
+            d.groups.remove(group);
+        }
+        Ok(p.devices.keys().copied().collect())
+    }
+
     /// Puts back a version's release state as it was saved (restoring `--state`): no moving of
     /// the default or groups from other versions, the saved rows already say who has them.
     pub fn restore_release(
@@ -843,6 +868,30 @@ mod tests {
         assert_eq!(v3.released_at, Some(Duration::from_secs(7)));
         assert!(f.product(P).unwrap().groups.contains("beta"));
         assert_eq!(version(&f, dev(1)), Some(3));
+    }
+
+    #[test]
+    fn a_deleted_group_leaves_devices_and_releases() {
+        let mut f = fleet();
+        let beta = Release {
+            groups: groups(&["beta"]),
+            ..Release::default()
+        };
+        f.release(P, 3, &beta, Duration::ZERO).unwrap();
+        let join = DeviceChange {
+            groups: Some(groups(&["beta"])),
+            ..DeviceChange::default()
+        };
+        f.change_device(P, dev(1), &join).unwrap();
+        assert_eq!(version(&f, dev(1)), Some(3));
+        f.delete_group(P, "beta").unwrap();
+        assert_eq!(f.target(dev(1)), FleetTarget::Untargeted);
+        assert!(f.device(dev(1)).unwrap().groups.is_empty());
+        assert!(f.product(P).unwrap().firmware[&3].groups.is_empty());
+        assert!(matches!(
+            f.delete_group(P, "beta"),
+            Err(FleetError::NoGroup { .. })
+        ));
     }
 
     #[test]

@@ -73,6 +73,19 @@ impl Cloud {
         self.fleet.add_groups(product, groups)
     }
 
+    /// Deletes a group of a product (its devices leave it, its releases are withdrawn); the
+    /// devices' new targets come at their next handshake, like any withdrawn release.
+    pub fn delete_product_group(
+        &mut self,
+        now: Duration,
+        product: ProductId,
+        group: &str,
+    ) -> Result<(), FleetError> {
+        let devices = self.fleet.delete_group(product, group)?;
+        self.fleet_changed(now, &devices, Delivery::NextHandshake);
+        Ok(())
+    }
+
     pub fn create_product(
         &mut self,
         id: ProductId,

@@ -16,7 +16,7 @@
 //! | `POST /v1/products/:p/firmware` (multipart `file` or `binary`, `version`, `title`) | upload: 201 |
 //! | `GET /v1/products/:p/firmware[/:version[/binary]]`, `PUT`/`DELETE .../:version` | firmware |
 //! | `PUT /v1/products/:p/firmware/release` (`version`, `product_default`, `groups`, `intelligent`) | release |
-//! | `GET /v1/products/:p/groups` | groups and the version released to each |
+//! | `GET`/`POST /v1/products/:p/groups`, `GET`/`DELETE /v1/products/:p/groups/:name` | groups and the version released to each (description and color are not kept) |
 //! | `POST /v1/products` (`id`, `name`, `platform_id` or `platform`), `GET /v1/products[/:p]` | ours: Particle creates products in its console |
 //! | `GET /v1/events/:prefix`, `/v1/devices/events[/:prefix]`, `/v1/devices/:id/events[/:prefix]`, `/v1/products/:p/events[/:prefix]`, `/v1/products/:p/devices/:id/events[/:prefix]` | Server-Sent Events |
 //!
@@ -130,7 +130,8 @@ impl From<FleetError> for ApiError {
         let status = match e {
             FleetError::NoProduct(_)
             | FleetError::NotInProduct { .. }
-            | FleetError::NoFirmware { .. } => StatusCode::NOT_FOUND,
+            | FleetError::NoFirmware { .. }
+            | FleetError::NoGroup { .. } => StatusCode::NOT_FOUND,
             _ => StatusCode::BAD_REQUEST,
         };
         ApiError::new(status, e.to_string())
@@ -339,7 +340,14 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/v1/products/{p}/firmware/{version}/binary",
             get(firmware_binary),
         )
-        .route("/v1/products/{p}/groups", get(list_groups))
+        .route(
+            "/v1/products/{p}/groups",
+            get(list_groups).post(create_group),
+        )
+        .route(
+            "/v1/products/{p}/groups/{name}",
+            get(get_group).delete(delete_group),
+        )
         .route("/v1/devices", get(list_devices))
         .route("/v1/devices/{id}", get(get_device).put(update_device))
         .route("/v1/events", get(events_without_prefix))
@@ -1187,25 +1195,80 @@ async fn list_groups(
         Ok::<_, ApiError>(
             prod.groups
                 .iter()
-                .map(|g| {
-                    let fw = prod
-                        .firmware
-                        .values()
-                        .rev()
-                        .find(|f| f.groups.contains(g))
-                        .map(|f| f.version);
-                    let count = prod
-                        .devices
-                        .values()
-                        .filter(|d| d.groups.contains(g))
-                        .count();
-                    json!({"name": g, "description": "", "color": "", "fw_version": fw,
-                           "device_count": count})
-                })
+                .map(|g| group_json(prod, g))
                 .collect::<Vec<_>>(),
         )
     })?;
     ok(StatusCode::OK, json!({"groups": groups}))
+}
+
+fn group_json(prod: &super::fleet::Product, g: &str) -> Value {
+    let fw = prod
+        .firmware
+        .values()
+        .rev()
+        .find(|f| f.groups.contains(g))
+        .map(|f| f.version);
+    let count = prod
+        .devices
+        .values()
+        .filter(|d| d.groups.contains(g))
+        .count();
+    json!({"name": g, "description": "", "color": "", "fw_version": fw, "device_count": count})
+}
+
+async fn create_group(
+    State(s): State<Arc<ApiState>>,
+    Path(p): Path<String>,
+    req: Request,
+) -> ApiResult {
+    let call = begin(&s, req).await?;
+    let name = call
+        .body
+        .text("name")?
+        .ok_or_else(|| ApiError::bad_request("field `name` (the group name) is required"))?;
+    let group = s.change(|cloud, _| {
+        let product = product_id(cloud, &p, &call.scope)?;
+        cloud.add_product_groups(product, &BTreeSet::from([name.clone()]))?;
+        let prod = cloud.fleet().product(product).expect("found");
+        Ok(group_json(prod, &name))
+    })?;
+    ok(StatusCode::CREATED, json!({"group": group}))
+}
+
+async fn get_group(
+    State(s): State<Arc<ApiState>>,
+    Path((p, name)): Path<(String, String)>,
+    req: Request,
+) -> ApiResult {
+    let call = begin(&s, req).await?;
+    let group = s.with_cloud(|cloud, _| {
+        let product = product_id(cloud, &p, &call.scope)?;
+        let prod = cloud.fleet().product(product).expect("found");
+        if !prod.groups.contains(&name) {
+            return Err(FleetError::NoGroup {
+                product,
+                group: name.clone(),
+            }
+            .into());
+        }
+        Ok::<_, ApiError>(group_json(prod, &name))
+    })?;
+    ok(StatusCode::OK, json!({"group": group}))
+}
+
+async fn delete_group(
+    State(s): State<Arc<ApiState>>,
+    Path((p, name)): Path<(String, String)>,
+    req: Request,
+) -> ApiResult {
+    let call = begin(&s, req).await?;
+    s.change(|cloud, now| {
+        let product = product_id(cloud, &p, &call.scope)?;
+        cloud.delete_product_group(now, product, &name)?;
+        Ok(())
+    })?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 // ---- events ----
