@@ -457,3 +457,33 @@ async fn groups_are_created_listed_and_deleted() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     drop(node);
 }
+
+#[tokio::test]
+async fn device_lists_page_and_filter_without_overflow() {
+    let (_node, api) = setup(None).await;
+    let list = |q: &str| json("GET", &format!("/v1/products/1000/devices{q}"), "");
+    let (status, body) = send(&api, &list(""), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["devices"][0]["id"], DEVICE);
+    assert_eq!(body["devices"][0]["firmware_version"], Value::Null);
+    assert_eq!(body["meta"]["total_pages"], 1);
+    let (status, body) = send(
+        &api,
+        &list("?page=18446744073709551615&per_page=1000"),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["devices"], serde_json::json!([]));
+    let (_, body) = send(&api, &list("?groups=beta,eu"), Some(TOKEN)).await;
+    assert_eq!(body["devices"], serde_json::json!([]));
+    let (_, body) = send(&api, &list("?deviceId=0123456789"), Some(TOKEN)).await;
+    assert_eq!(body["devices"].as_array().map(Vec::len), Some(1));
+    let (status, body) = send(&api, &json("GET", "/v1/devices", ""), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body[0]["product_id"], 1000);
+    assert_eq!(body[0]["registered"], true);
+    // A scoped token sees only what it may use.
+    let (_, body) = send(&api, &json("GET", "/v1/devices", ""), Some(SCOPED)).await;
+    assert_eq!(body, serde_json::json!([]));
+}

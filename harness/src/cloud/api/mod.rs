@@ -723,7 +723,7 @@ async fn list_product_devices(
         let total_pages = devices.len().div_ceil(per_page).max(1);
         let shown: Vec<Value> = devices
             .iter()
-            .skip((page - 1) * per_page)
+            .skip((page - 1).saturating_mul(per_page))
             .take(per_page)
             .map(|d| json::device(cloud, *d))
             .collect();
