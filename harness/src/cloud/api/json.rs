@@ -9,9 +9,21 @@ use serde_json::{json, Value};
 
 use super::super::fleet::{Product, ProductFirmware};
 use super::super::{iso8601_millis, safe_mode, Cloud, DeviceId};
+use crate::scenario::DeviceOsVersion;
 
 /// Platforms with a cellular modem (the `cellular` field).
 const CELLULAR: [u16; 6] = [13, 23, 25, 26, 28, 35];
+
+/// A Device OS module version as Particle shows it (`6200` is `"6.2.0"`); a number that has
+/// no such form (a pre-release build) is shown as the number.
+fn device_os_text(version: u16) -> String {
+    let dotted = DeviceOsVersion(version).to_string();
+    if DeviceOsVersion::parse(&dotted) == Some(DeviceOsVersion(version)) {
+        dotted
+    } else {
+        version.to_string()
+    }
+}
 
 /// ISO-8601 of a Unix time.
 pub fn iso(unix: Duration) -> String {
@@ -49,7 +61,7 @@ pub fn device(cloud: &Cloud, id: DeviceId) -> Value {
         "functions": [],
         "variables": {},
         "status": if safe_mode { "safe_mode" } else { "normal" },
-        "system_firmware_version": hello.map(|h| h.system_version.to_string()),
+        "system_firmware_version": hello.map(|h| device_os_text(h.system_version)),
         "firmware_updates_enabled": view.as_ref().and_then(|v| v.updates_enabled),
         "firmware_updates_forced": view.as_ref().is_some_and(|v| v.updates_forced_setting),
         "registered": view.is_some(),
@@ -132,4 +144,16 @@ pub fn product(p: &Product) -> Value {
         "device_count": p.devices.len(),
         "groups": p.groups,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_os_versions_read_as_particle_shows_them() {
+        assert_eq!(device_os_text(6200), "6.2.0");
+        assert_eq!(device_os_text(4002), "4.0.2");
+        assert_eq!(device_os_text(65535), "65535");
+    }
 }
