@@ -118,6 +118,9 @@ async function main() {
   if (!listed || listed.development !== true || listed.firmware_version !== 5) {
     throw new Error(`list devices: ${JSON.stringify(devices.body)}`);
   }
+  if (!listed.last_handshake_at || !listed.last_heard) {
+    throw new Error(`no session times: ${JSON.stringify(listed)}`);
+  }
   if (!statusEvents.some((e) => e.data === 'online')) {
     throw new Error('no spark/status online on the device stream');
   }

@@ -35,6 +35,17 @@ impl Cloud {
             .saturating_add(Duration::from_millis(ms))
     }
 
+    /// When the device's current (or last) session started and when the cloud last heard from
+    /// it, as Unix time (`last_handshake_at`, `last_heard` of the API); `None` before its first
+    /// session. (An accessor for the API, kept here with the other API-facing methods.)
+    pub fn device_times(&self, device: DeviceId) -> Option<(Duration, Duration)> {
+        let session = self.devices.get(&device.0)?.session.as_ref()?;
+        Some((
+            self.unix_time(session.started_at),
+            self.unix_time(session.last_heard),
+        ))
+    }
+
     /// Puts back a saved fleet (`hil cloud --state`) in a cloud that has none yet, and the
     /// force-enable setting of its product devices. Nothing is delivered by this: product
     /// targets are armed at each device's next handshake, as after any restart of the cloud.

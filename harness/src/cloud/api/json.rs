@@ -40,6 +40,7 @@ pub fn device(cloud: &Cloud, id: DeviceId) -> Value {
         .map(|h| h.platform_id)
         .or(product.map(|p| p.platform_id));
     let online = view.as_ref().is_some_and(|v| v.online);
+    let times = cloud.device_times(id);
     let safe_mode = view
         .as_ref()
         .and_then(|v| v.system_describe.as_ref())
@@ -50,8 +51,8 @@ pub fn device(cloud: &Cloud, id: DeviceId) -> Value {
         "owner": null,
         "last_app": "",
         "last_ip_address": view.as_ref().and_then(|v| v.address).map(|a| a.ip().to_string()),
-        "last_heard": null,
-        "last_handshake_at": null,
+        "last_heard": times.map(|t| iso(t.1)),
+        "last_handshake_at": times.map(|t| iso(t.0)),
         "online": online,
         "connected": online,
         "platform_id": platform_id,
