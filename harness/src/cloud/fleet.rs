@@ -60,8 +60,19 @@ pub enum FleetError {
     },
     #[error("firmware version {version} of product {product} was released and cannot be deleted")]
     Released { product: ProductId, version: u16 },
+    #[error(
+        "firmware version {version} of product {product} cannot be deleted: device {device} is \
+         locked to it"
+    )]
+    LockedTo {
+        product: ProductId,
+        version: u16,
+        device: DeviceId,
+    },
     #[error("group `{0}` is not a valid group name (lowercase letters, digits, `-` and `_`)")]
     BadGroup(String),
+    #[error("product {product} has no group `{group}`")]
+    NoGroup { product: ProductId, group: String },
 }
 
 /// One uploaded product firmware version.
@@ -75,6 +86,8 @@ pub struct ProductFirmware {
     pub platform_id: u16,
     /// What the user part needs from Device OS (its non-empty prefix dependencies).
     pub needs: Vec<Dependency>,
+    /// Times are what the caller passes in; the [`super::Cloud`] passes time since the Unix
+    /// epoch as its `unix_time_at_epoch` says, so they survive a restart (`--state`).
     pub uploaded_at: Duration,
     /// Released as the product default.
     pub product_default: bool,
@@ -348,6 +361,13 @@ impl Fleet {
         if f.released_at.is_some() {
             return Err(FleetError::Released { product, version });
         }
+        if let Some((device, _)) = p.devices.iter().find(|(_, d)| d.locked == Some(version)) {
+            return Err(FleetError::LockedTo {
+                product,
+                version,
+                device: *device,
+            });
+        }
         p.firmware.remove(&version);
         Ok(())
     }
@@ -430,6 +450,10 @@ impl Fleet {
                 return Err(FleetError::NoFirmware { product, version });
             }
         }
+        // Every check before the first change: a refused change changes nothing.
+        if !p.devices.contains_key(&device) {
+            return Err(FleetError::NotInProduct { product, device });
+        }
         if let Some(groups) = &change.groups {
             p.groups.extend(groups.iter().cloned());
         }
@@ -450,6 +474,99 @@ impl Fleet {
             d.updates_forced = forced;
         }
         Ok(())
+    }
+
+    /// Changes a firmware version's title and description (`PUT /v1/products/:p/firmware/:v`).
+    pub fn edit_firmware(
+        &mut self,
+        product: ProductId,
+        version: u16,
+        title: Option<&str>,
+        description: Option<&str>,
+    ) -> Result<&ProductFirmware, FleetError> {
+        let f = self
+            .product_mut(product)?
+            .firmware
+            .get_mut(&version)
+            .ok_or(FleetError::NoFirmware { product, version })?;
+        if let Some(t) = title {
+            f.title = t.to_string();
+        }
+        if let Some(d) = description {
+            f.description = d.to_string();
+        }
+        Ok(f)
+    }
+
+    /// Creates groups in a product (the API creates them on first use too).
+    pub fn add_groups(
+        &mut self,
+        product: ProductId,
+        groups: &BTreeSet<String>,
+    ) -> Result<(), FleetError> {
+        for g in groups {
+            valid_group(g)?;
+        }
+        self.product_mut(product)?
+            .groups
+            .extend(groups.iter().cloned());
+        Ok(())
+    }
+
+    /// Deletes a group: no device is in it and no version is released to it any more.
+    /// Returns the devices whose target may have changed.
+    pub fn delete_group(
+        &mut self,
+        product: ProductId,
+        group: &str,
+    ) -> Result<Vec<DeviceId>, FleetError> {
+        let p = self.product_mut(product)?;
+        if !p.groups.remove(group) {
+            return Err(FleetError::NoGroup {
+                product,
+                group: group.to_string(),
+            });
+        }
+        for f in p.firmware.values_mut() {
+            f.groups.remove(group);
+        }
+        for d in p.devices.values_mut() {
+            d.groups.remove(group);
+        }
+        Ok(p.devices.keys().copied().collect())
+    }
+
+    /// Puts back a version's release state as it was saved (restoring `--state`): no moving of
+    /// the default or groups from other versions, the saved rows already say who has them.
+    pub fn restore_release(
+        &mut self,
+        product: ProductId,
+        version: u16,
+        release: &Release,
+        released_at: Option<Duration>,
+    ) -> Result<(), FleetError> {
+        for g in &release.groups {
+            valid_group(g)?;
+        }
+        let p = self.product_mut(product)?;
+        p.groups.extend(release.groups.iter().cloned());
+        let f = p
+            .firmware
+            .get_mut(&version)
+            .ok_or(FleetError::NoFirmware { product, version })?;
+        f.product_default = release.product_default;
+        f.groups = release.groups.clone();
+        f.intelligent = release.intelligent;
+        f.released_at = released_at;
+        Ok(())
+    }
+
+    /// A product by its id, or by its name used as a slug (`:productIdOrSlug` in the API).
+    pub fn find_product(&self, id_or_slug: &str) -> Option<&Product> {
+        match id_or_slug.parse::<ProductId>() {
+            Ok(id) => self.products.get(&id),
+            Err(_) => self.products.values().find(|p| p.name == id_or_slug),
+        }
     }
 
     /// The product firmware `device` should run, by the precedence in the module docs.
@@ -710,6 +827,79 @@ mod tests {
                 version: 2
             })
         );
+    }
+
+    #[test]
+    fn a_refused_device_change_changes_nothing() {
+        let mut f = fleet();
+        let before = f.clone();
+        let change = DeviceChange {
+            groups: Some(groups(&["beta"])),
+            ..DeviceChange::default()
+        };
+        assert_eq!(
+            f.change_device(P, dev(9), &change),
+            Err(FleetError::NotInProduct {
+                product: P,
+                device: dev(9)
+            })
+        );
+        let bad_lock = DeviceChange {
+            groups: Some(groups(&["beta"])),
+            locked: Some(Some(42)),
+            ..DeviceChange::default()
+        };
+        assert!(f.change_device(P, dev(1), &bad_lock).is_err());
+        assert_eq!(f, before);
+    }
+
+    #[test]
+    fn restored_release_state_is_taken_as_saved() {
+        let mut f = fleet();
+        let r = Release {
+            product_default: true,
+            groups: groups(&["beta"]),
+            intelligent: true,
+        };
+        f.restore_release(P, 3, &r, Some(Duration::from_secs(7)))
+            .unwrap();
+        let v3 = &f.product(P).unwrap().firmware[&3];
+        assert!(v3.product_default && v3.intelligent);
+        assert_eq!(v3.released_at, Some(Duration::from_secs(7)));
+        assert!(f.product(P).unwrap().groups.contains("beta"));
+        assert_eq!(version(&f, dev(1)), Some(3));
+    }
+
+    #[test]
+    fn a_deleted_group_leaves_devices_and_releases() {
+        let mut f = fleet();
+        let beta = Release {
+            groups: groups(&["beta"]),
+            ..Release::default()
+        };
+        f.release(P, 3, &beta, Duration::ZERO).unwrap();
+        let join = DeviceChange {
+            groups: Some(groups(&["beta"])),
+            ..DeviceChange::default()
+        };
+        f.change_device(P, dev(1), &join).unwrap();
+        assert_eq!(version(&f, dev(1)), Some(3));
+        f.delete_group(P, "beta").unwrap();
+        assert_eq!(f.target(dev(1)), FleetTarget::Untargeted);
+        assert!(f.device(dev(1)).unwrap().groups.is_empty());
+        assert!(f.product(P).unwrap().firmware[&3].groups.is_empty());
+        assert!(matches!(
+            f.delete_group(P, "beta"),
+            Err(FleetError::NoGroup { .. })
+        ));
+    }
+
+    #[test]
+    fn products_are_found_by_id_or_name() {
+        let f = fleet();
+        assert_eq!(f.find_product("1000").map(|p| p.id), Some(P));
+        assert_eq!(f.find_product("trackers").map(|p| p.id), Some(P));
+        assert!(f.find_product("nope").is_none());
     }
 
     #[test]

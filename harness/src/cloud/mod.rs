@@ -98,6 +98,7 @@
 //!   module failing a check, at the post-connect point of the pending event or once the
 //!   connection's describe arrives (the rule and why: [`safe_mode`]).
 
+pub mod api;
 mod config;
 mod connection;
 mod device_id;
@@ -112,6 +113,7 @@ mod reconcile;
 mod requests;
 pub mod safe_mode;
 mod session;
+pub mod store;
 mod transfer;
 
 pub use config::{CloudConfig, Interrupted};

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use super::fleet::{DeviceChange, FleetError, ProductFirmware, ProductId, Release};
+use super::fleet::{DeviceChange, Fleet, FleetError, ProductFirmware, ProductId, Release};
 use super::{Cloud, DeviceId};
 
 /// How a fleet change reaches the devices it concerns.
@@ -21,6 +21,82 @@ pub(super) enum Delivery {
 }
 
 impl Cloud {
+    /// Unix time (seconds) at the cloud's time zero ([`super::CloudConfig::unix_time_at_epoch`]).
+    pub fn unix_time_at_epoch(&self) -> u64 {
+        self.config.unix_time_at_epoch
+    }
+
+    /// `now` as time since the Unix epoch, in whole milliseconds, the way the fleet keeps its
+    /// times (they must mean the same after a restart, when the cloud's time starts again at
+    /// zero; the API and the saved state show milliseconds).
+    pub fn unix_time(&self, now: Duration) -> Duration {
+        let ms = u64::try_from(now.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_secs(self.config.unix_time_at_epoch)
+            .saturating_add(Duration::from_millis(ms))
+    }
+
+    /// When the device's current (or last) session started and when the cloud last heard from
+    /// it, as Unix time (`last_handshake_at`, `last_heard` of the API); `None` before its first
+    /// session. (An accessor for the API, kept here with the other API-facing methods.)
+    pub fn device_times(&self, device: DeviceId) -> Option<(Duration, Duration)> {
+        let session = self.devices.get(&device.0)?.session.as_ref()?;
+        Some((
+            self.unix_time(session.started_at),
+            self.unix_time(session.last_heard),
+        ))
+    }
+
+    /// Puts back a saved fleet (`hil cloud --state`) in a cloud that has none yet, and the
+    /// force-enable setting of its product devices. Nothing is delivered by this: product
+    /// targets are armed at each device's next handshake, as after any restart of the cloud.
+    pub fn restore_fleet(&mut self, now: Duration, fleet: Fleet) {
+        self.fleet = fleet;
+        let forced: Vec<DeviceId> = self
+            .fleet
+            .products()
+            .flat_map(|p| p.devices.iter())
+            .filter(|(_, d)| d.updates_forced)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in forced {
+            self.set_updates_forced(now, id.0, true);
+        }
+    }
+
+    /// Changes a firmware version's title and description.
+    pub fn edit_firmware(
+        &mut self,
+        product: ProductId,
+        version: u16,
+        title: Option<&str>,
+        description: Option<&str>,
+    ) -> Result<&ProductFirmware, FleetError> {
+        self.fleet
+            .edit_firmware(product, version, title, description)
+    }
+
+    /// Creates groups in a product.
+    pub fn add_product_groups(
+        &mut self,
+        product: ProductId,
+        groups: &BTreeSet<String>,
+    ) -> Result<(), FleetError> {
+        self.fleet.add_groups(product, groups)
+    }
+
+    /// Deletes a group of a product (its devices leave it, its releases are withdrawn); the
+    /// devices' new targets come at their next handshake, like any withdrawn release.
+    pub fn delete_product_group(
+        &mut self,
+        now: Duration,
+        product: ProductId,
+        group: &str,
+    ) -> Result<(), FleetError> {
+        let devices = self.fleet.delete_group(product, group)?;
+        self.fleet_changed(now, &devices, Delivery::NextHandshake);
+        Ok(())
+    }
+
     pub fn create_product(
         &mut self,
         id: ProductId,
@@ -63,8 +139,9 @@ impl Cloud {
         description: &str,
         file: Vec<u8>,
     ) -> Result<&ProductFirmware, FleetError> {
+        let at = self.unix_time(now);
         self.fleet
-            .upload(product, version, title, description, file, now)
+            .upload(product, version, title, description, file, at)
     }
 
     pub fn delete_firmware(&mut self, product: ProductId, version: u16) -> Result<(), FleetError> {
@@ -79,7 +156,8 @@ impl Cloud {
         version: u16,
         release: &Release,
     ) -> Result<(), FleetError> {
-        let devices = self.fleet.release(product, version, release, now)?;
+        let at = self.unix_time(now);
+        let devices = self.fleet.release(product, version, release, at)?;
         let delivery = if release.intelligent {
             Delivery::Now
         } else {
