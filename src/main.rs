@@ -60,7 +60,19 @@ enum Command {
     Demo(cli::demo::DemoArgs),
 }
 
+/// Restores the default action of SIGPIPE (Rust ignores it, so a write to a closed pipe
+/// becomes an error and `println!` panics): `hil sweep --json | head` then ends quietly, as
+/// Unix tools do.
+fn end_quietly_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any thread starts; SIG_DFL is a valid action.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    end_quietly_on_closed_pipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Sweep(args) => cli::sweep::run(args),

@@ -89,6 +89,34 @@ pub enum ModuleStatus {
     },
 }
 
+/// The problem in words: "missing", "corrupt: stored CRC-32 ...", "built for platform 12".
+impl std::fmt::Display for ModuleStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModuleStatus::Valid => f.write_str("valid"),
+            ModuleStatus::Missing => f.write_str("missing"),
+            ModuleStatus::Corrupt { problem } => write!(f, "corrupt: {problem}"),
+            ModuleStatus::WrongPlatform { found } => write!(f, "built for platform {found}"),
+            ModuleStatus::DependencyUnmet {
+                function,
+                index,
+                needed,
+                installed,
+            } => {
+                write!(
+                    f,
+                    "needs {} {index} version {needed}, installed ",
+                    protocol::module::ModuleFunction::from(*function)
+                )?;
+                match installed {
+                    Some(v) => write!(f, "{v}"),
+                    None => f.write_str("none"),
+                }
+            }
+        }
+    }
+}
+
 /// One module region as validation saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstalledModule {
@@ -691,7 +719,7 @@ fn validate(
                 other => {
                     state = BootState::Unbootable {
                         region: *kind,
-                        problem: format!("{other:?}"),
+                        problem: other.to_string(),
                     };
                 }
             }

@@ -36,7 +36,7 @@ pub enum DeviceError {
         board: String,
         source: PlacementError,
     },
-    #[error("{board} has no {region:?} region")]
+    #[error("{board} has no {region} region")]
     MissingRegion { board: String, region: RegionKind },
     #[error("OTA file of {len} bytes is larger than the staging area ({capacity} bytes)")]
     TooLarge { len: usize, capacity: u32 },

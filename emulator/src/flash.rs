@@ -65,6 +65,20 @@ pub struct FlashGeometry {
     pub program_unit: u32,
 }
 
+/// "0x00000000 + 1024 KiB, 4096-byte sectors, 4-byte program unit".
+impl fmt::Display for FlashGeometry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:#010x} + {} KiB, {}-byte sectors, {}-byte program unit",
+            self.base,
+            self.size / 1024,
+            self.sector_size,
+            self.program_unit
+        )
+    }
+}
+
 impl FlashGeometry {
     /// One past the last address, as u64 so that a chip ending at 4 GiB is representable.
     pub fn end(&self) -> u64 {

@@ -222,7 +222,7 @@ pub fn load_into(flash: &mut FlashArray, dir: &Path) -> Result<(), PersistError>
             return Err(PersistError::Corrupt {
                 path,
                 what: format!(
-                    "saved for {} flash {:?}, the board has {chip} flash {geometry:?} \
+                    "saved for {} flash ({}), the board has {chip} flash ({geometry}) \
                      (another board?)",
                     image.chip, image.geometry
                 ),

@@ -22,7 +22,7 @@
 
 use serde_json::{json, Value};
 
-use crate::cloud::{JobId, JobStatus};
+use crate::cloud::{JobId, JobInfo, JobStatus};
 
 /// Longest request line accepted (a hex-encoded file of up to 32 MiB).
 pub const MAX_REQUEST: u64 = 64 * 1024 * 1024 + 4096;
@@ -93,6 +93,8 @@ pub fn error_line(message: &str) -> String {
 pub fn status_line(job: JobId, status: &JobStatus) -> String {
     let v = match status {
         JobStatus::Queued => json!({"job": job.0, "status": "queued"}),
+        JobStatus::Held => json!({"job": job.0, "status": "held",
+                    "message": "updates are disabled on the device; it was told an update is pending"}),
         JobStatus::Starting => json!({"job": job.0, "status": "starting"}),
         JobStatus::Transferring {
             resume_offset,
@@ -110,6 +112,23 @@ pub fn status_line(job: JobId, status: &JobStatus) -> String {
         }
     };
     format!("{v}\n")
+}
+
+/// The status line of a job with what an operator needs beyond its status: which attempt it
+/// is on (`attempt`, once an UpdateStart went out) and why the last attempt did not end it
+/// (`reason`: interrupted, back without the update...), until it finished.
+pub fn info_line(job: JobId, info: &JobInfo) -> String {
+    let line = status_line(job, &info.status);
+    let Ok(Value::Object(mut map)) = serde_json::from_str::<Value>(&line) else {
+        return line;
+    };
+    if info.attempts > 0 {
+        map.insert("attempt".into(), json!(info.attempts));
+    }
+    if let (Some(reason), false) = (&info.last_reason, info.status.is_finished()) {
+        map.insert("reason".into(), json!(reason));
+    }
+    format!("{}\n", Value::Object(map))
 }
 
 /// A reply line as a client reads it.
@@ -142,14 +161,17 @@ impl Reply {
                 text = format!("transferring {}/{} chunks", n("acked"), n("chunks"));
             }
             "failed" => {
-                let code = v
-                    .get("code")
-                    .and_then(Value::as_i64)
-                    .map_or("none".to_string(), |c| c.to_string());
                 let message = v.get("message").and_then(Value::as_str).unwrap_or("");
-                text = format!("failed (code {code}): {message}");
+                text = match v.get("code").and_then(Value::as_i64) {
+                    Some(code) => format!("failed: the device reported {code}: {message}"),
+                    None => format!("failed: {message}"),
+                };
             }
             _ => {}
+        }
+        if let Some(reason) = v.get("reason").and_then(Value::as_str) {
+            let attempt = v.get("attempt").and_then(Value::as_u64).unwrap_or(0);
+            text = format!("{text} (after attempt {attempt}: {reason})");
         }
         Some(Reply::Status {
             job,
@@ -187,5 +209,30 @@ mod tests {
             Reply::parse(&failed),
             Some(Reply::Status { job: 3, .. })
         ));
+    }
+
+    #[test]
+    fn a_retried_job_says_which_attempt_and_why() {
+        let info = JobInfo {
+            kind: crate::cloud::JobKind::Flash,
+            device_id: [1; 12],
+            status: JobStatus::Queued,
+            attempts: 2,
+            last_reason: Some("the device came back without it".into()),
+        };
+        let line = info_line(JobId(4), &info);
+        let Some(Reply::Status { status, line, .. }) = Reply::parse(&line) else {
+            panic!("{line}")
+        };
+        assert_eq!(status, "queued");
+        assert_eq!(
+            line,
+            "queued (after attempt 2: the device came back without it)"
+        );
+        let done = JobInfo {
+            status: JobStatus::Succeeded,
+            ..info
+        };
+        assert!(!info_line(JobId(4), &done).contains("reason"));
     }
 }

@@ -84,11 +84,17 @@ pub struct SweepFailure {
 
 impl std::fmt::Display for SweepFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}: cut {:?} at flash op {} (further cuts {:?}), seed {}: {}",
-            self.case, self.mode, self.op, self.extra_cuts, self.seed, self.problem
-        )
+        let mode = match self.mode {
+            CutMode::Before => "before",
+            CutMode::Torn => "torn",
+            CutMode::After => "after",
+        };
+        write!(f, "{}: cut {mode} at flash op {}", self.case, self.op)?;
+        if !self.extra_cuts.is_empty() {
+            let ops: Vec<String> = self.extra_cuts.iter().map(u64::to_string).collect();
+            write!(f, " (further cuts at ops {})", ops.join(", "))?;
+        }
+        write!(f, ", seed {}: {}", self.seed, self.problem)
     }
 }
 

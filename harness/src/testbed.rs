@@ -149,7 +149,7 @@ impl DeviceSpec {
 }
 
 /// One device of the testbed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct DeviceHandle(pub usize);
 
 /// Errors that stop a testbed run.
@@ -159,9 +159,13 @@ pub enum TestbedError {
     Sim(#[from] SimError),
     #[error("building firmware: {0}")]
     Firmware(#[from] FirmwareError),
-    #[error("no device {0:?} on this testbed")]
+    #[error("no device number {} on this testbed", .0 .0)]
     NoDevice(DeviceHandle),
-    #[error("seed {seed}: {what} did not happen within {within:?} (at t = {at:?})")]
+    #[error(
+        "seed {seed}: {what} did not happen within {} virtual s (at t = {} s)",
+        within.as_secs_f64(),
+        at.as_secs_f64()
+    )]
     Timeout {
         seed: u64,
         what: String,
@@ -250,12 +254,23 @@ impl Testbed {
     /// the cloud and puts it on the network, powered off. Its id and key derive from the
     /// testbed seed and its number.
     pub fn add_device(&mut self, spec: &DeviceSpec) -> Result<DeviceHandle, TestbedError> {
+        self.add_device_as(spec, None)
+    }
+
+    /// Like [`Testbed::add_device`], with the device id `id` when given (a scenario's
+    /// `[[cloud.device]] id`); the key and firmware derive from the seed as before.
+    pub fn add_device_as(
+        &mut self,
+        spec: &DeviceSpec,
+        id: Option<[u8; 12]>,
+    ) -> Result<DeviceHandle, TestbedError> {
         let n = self.devices.len();
         let seed = self.seed() ^ ((n as u64 + 1) << 32);
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let key = SigningKey::random(&mut rng);
         let mut device_id = [0u8; 12];
         rand_core::RngCore::fill_bytes(&mut rng, &mut device_id);
+        let device_id = id.unwrap_or(device_id);
         let (device, _) =
             FirmwareSet::new(&spec.board, spec.sizes, seed).provision(&spec.versions)?;
         self.add_provisioned(device, key, device_id, spec.app, seed)

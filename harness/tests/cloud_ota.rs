@@ -366,7 +366,7 @@ fn an_error_response_fails_the_job_with_the_devices_code_and_message() {
 }
 
 #[test]
-fn an_update_start_refused_with_updates_disabled_fails_with_minus_1380() {
+fn an_update_start_refused_with_updates_disabled_is_held_until_the_device_enables_updates() {
     let mut w = settled(28, GEN3_FLAGS);
     let job = w.cloud.flash(w.now, device_id(0), file(4000, 8));
     w.pump();
@@ -382,14 +382,22 @@ fn an_update_start_refused_with_updates_disabled_fails_with_minus_1380() {
         },
     );
     w.pump();
-    assert_eq!(
-        w.cloud.job(job),
-        Some(&JobStatus::Failed {
-            code: Some(-1380),
-            message: "Firmware updates are disabled".into()
-        })
-    );
+    assert_eq!(w.cloud.job(job), Some(&JobStatus::Held));
     assert!(w.devices[0].acknowledged.contains(&error));
+    // The device is told an update is pending, and nothing else is tried meanwhile.
+    assert!(w
+        .cloud_stream()
+        .contains(&("particle/device/updates/pending".into(), "true".into())));
+    w.advance(secs(600));
+    assert_eq!(w.cloud.job(job), Some(&JobStatus::Held));
+    assert_eq!(flash_status(&w), vec!["started "]);
+    // Enabled: the update starts.
+    let now = w.now;
+    w.device(0)
+        .publish(now, "particle/device/updates/enabled", "true");
+    w.advance(secs(2));
+    assert_eq!(w.cloud.job(job), Some(&JobStatus::Starting));
+    assert_eq!(flash_status(&w), vec!["started ", "started "]);
 }
 
 #[test]
@@ -613,7 +621,7 @@ fn the_job_succeeds_when_the_device_returns_running_the_file() {
 }
 
 #[test]
-fn a_device_back_without_the_new_firmware_fails_the_committed_job() {
+fn a_device_back_without_the_new_firmware_is_sent_it_again_then_given_up() {
     let mut w = World::new(36, 1);
     let id = device_id(0);
     let v3 = app(3, 3000);
@@ -627,11 +635,36 @@ fn a_device_back_without_the_new_firmware_fails_the_committed_job() {
     let job = w.cloud.flash(w.now, id, v4);
     w.advance(secs(5));
     w.advance(secs(2));
+    assert!(matches!(
+        w.cloud.job(job),
+        Some(JobStatus::Committed { .. })
+    ));
+    // The device comes back still running v3 (the commit was lost): not success, not a
+    // failure either: the cloud sends it again, and says why.
     w.connect(
         0,
         hello(id, 12, 3, GEN3_FLAGS),
         &system_describe(app_hash(&v3)),
     );
+    let info = w.cloud.job_info(job).unwrap();
+    assert!(!info.status.is_finished(), "{info:?}");
+    assert!(
+        info.last_reason.as_deref().is_some_and(|r| r.starts_with(
+            "the update was committed but the device came back without it: the device reports user part 2 as version 6 hash"
+        )),
+        "{info:?}"
+    );
+    w.advance(secs(7));
+    assert_eq!(w.cloud.job_info(job).unwrap().attempts, 2);
+    // It never takes: bounded, then reported as given up.
+    for _ in 0..6 {
+        w.connect(
+            0,
+            hello(id, 12, 3, GEN3_FLAGS),
+            &system_describe(app_hash(&v3)),
+        );
+        w.advance(secs(7));
+    }
     let Some(JobStatus::Failed {
         code: None,
         message,
@@ -640,12 +673,15 @@ fn a_device_back_without_the_new_firmware_fails_the_committed_job() {
         panic!("{:?}", w.cloud.job(job))
     };
     assert!(
-        message.starts_with(
-            "the update was committed but the device reconnected without it: the device reports user part 2 as version 6 hash"
-        ),
+        message.starts_with("gave up after 5 attempts: the update was committed but the device came back without it"),
         "{message}"
     );
-    assert_eq!(flash_status(&w), vec!["started ", "success "]);
+    assert_eq!(w.cloud.job_info(job).unwrap().attempts, 5);
+    assert_eq!(
+        flash_status(&w),
+        ["started ", "success "].repeat(5),
+        "each attempt is a transfer of its own on the stream"
+    );
 }
 
 #[test]
@@ -751,7 +787,7 @@ fn nonsense_from_an_authenticated_device_never_breaks_the_cloud() {
 }
 
 #[test]
-fn a_transfer_without_any_ack_for_300_s_starts_over() {
+fn a_transfer_without_any_ack_for_300_s_waits_for_the_device_then_starts_over() {
     // A Boron: its 23 min keepalive keeps it "online" long after its transfer died.
     let mut w = World::new(41, 1);
     w.connect(
@@ -770,12 +806,149 @@ fn a_transfer_without_any_ack_for_300_s_starts_over() {
         Some(JobStatus::Transferring { .. })
     ));
     w.advance(secs(2));
+    assert_eq!(w.cloud.job(job), Some(&JobStatus::Queued));
+    assert!(ota(&w, job).contains(&OtaEventKind::Requeued { resume_hint: 0 }));
+    // Silent (asleep without a Goodbye): no new UpdateStart, no `started ` every 300 s.
+    w.advance(secs(1200));
+    assert_eq!(w.cloud.job(job), Some(&JobStatus::Queued));
+    assert_eq!(flash_status(&w), vec!["started "]);
+    // Heard from again: the next attempt starts.
+    let now = w.now;
+    w.device(0)
+        .send(now, MessageType::Confirmable, Vec::new(), Body::Ping);
+    w.pump();
     assert_eq!(w.cloud.job(job), Some(&JobStatus::Starting));
-    let kinds = ota(&w, job);
-    assert!(kinds.contains(&OtaEventKind::Requeued { resume_hint: 0 }));
-    assert!(kinds.contains(&OtaEventKind::Started {
+    assert!(ota(&w, job).contains(&OtaEventKind::Started {
         attempt: 2,
         file_size: 5120,
         chunk_size: 512
     }));
+}
+
+#[test]
+fn a_late_204_after_the_finish_timed_out_commits_and_nothing_is_sent_again() {
+    let mut w = settled(42, GEN3_FLAGS);
+    let v4 = app(4, 2000);
+    let job = w.cloud.flash(w.now, device_id(0), v4.clone());
+    w.pump();
+    let (request, _, _) = take_start(&mut w);
+    let chunks = UpdateStart {
+        file_size: v4.len() as u32,
+        file_sha256: None,
+        chunk_size: 512,
+        discard_data: false,
+        module_function: None,
+    }
+    .chunk_count(0);
+    accept_start(&mut w, &request, 8, 0);
+    let now = w.now;
+    w.device(0).send_ack(now, chunks, &[]);
+    w.pump();
+    let (finish, _) = w
+        .device(0)
+        .take(|m| matches!(m.body, Body::UpdateFinish(_)))
+        .expect("UpdateFinish");
+    // The device validates slowly and answers nothing: the cloud's CON times out and the
+    // device is taken for gone.
+    w.advance(secs(120));
+    assert_eq!(w.cloud.job(job), Some(&JobStatus::Queued));
+    // Then its 2.04 arrives (a resumption for the cloud): it is ACKed, so the device commits.
+    let now = w.now;
+    let changed = w
+        .device(0)
+        .respond_separately(now, &finish, FinishStats::default().response());
+    w.pump();
+    assert!(w.devices[0].acknowledged.contains(&changed));
+    assert!(
+        matches!(w.cloud.job(job), Some(JobStatus::Committed { .. })),
+        "{:?}",
+        w.cloud.job(job)
+    );
+    assert_eq!(flash_status(&w), vec!["started ", "success "]);
+    w.advance(secs(10));
+    assert!(
+        w.device(0)
+            .take(|m| matches!(m.body, Body::UpdateStart(_)))
+            .is_none(),
+        "the same file is not sent again"
+    );
+    // The device comes back running v4: success.
+    w.connect(
+        0,
+        hello(device_id(0), 12, 4, GEN3_FLAGS),
+        &system_describe(app_hash(&v4)),
+    );
+    assert_eq!(w.cloud.job(job), Some(&JobStatus::Succeeded));
+}
+
+#[test]
+fn flashing_what_the_device_already_runs_succeeds_without_a_transfer() {
+    let mut w = World::new(43, 1);
+    let v3 = app(3, 3000);
+    w.connect(
+        0,
+        hello(device_id(0), 12, 3, GEN3_FLAGS),
+        &system_describe(app_hash(&v3)),
+    );
+    w.advance(secs(3));
+    let job = w.cloud.flash(w.now, device_id(0), v3);
+    w.advance(secs(3));
+    assert_eq!(w.cloud.job(job), Some(&JobStatus::Succeeded));
+    assert!(w
+        .device(0)
+        .take(|m| matches!(m.body, Body::UpdateStart(_)))
+        .is_none());
+    assert!(flash_status(&w).is_empty());
+}
+
+#[test]
+fn a_device_that_resumes_its_session_after_the_commit_is_asked_for_its_describe() {
+    // Real Device OS: an apply that fails after the commit reboots into the old firmware and
+    // resumes the DTLS session: no Hello, no describe.
+    let mut w = World::new(44, 1);
+    let id = device_id(0);
+    let v3 = app(3, 3000);
+    let v4 = app(4, 3000);
+    w.connect(
+        0,
+        hello(id, 12, 3, GEN3_FLAGS),
+        &system_describe(app_hash(&v3)),
+    );
+    w.device(0).ota = Some(AutoOta::new(256, 0));
+    let job = w.cloud.flash(w.now, id, v4);
+    w.advance(secs(7));
+    assert!(matches!(
+        w.cloud.job(job),
+        Some(JobStatus::Committed { .. })
+    ));
+    let session = w.devices[0].export_session().unwrap();
+    w.device(0).link_up = false;
+    w.advance(secs(60));
+    w.device(0).link_up = true;
+    w.device(0).ota = None;
+    let now = w.now;
+    w.device(0).resume(now, &session, addr("10.0.1.1:40007"));
+    w.device(0)
+        .send(now, MessageType::Confirmable, Vec::new(), Body::Ping);
+    w.advance(secs(3));
+    assert!(
+        w.devices[0]
+            .received
+            .iter()
+            .any(|m| matches!(m.body, Body::DescribeRequest(_))),
+        "the cloud asks for the describe"
+    );
+    // The describe shows v3: not success; the cloud sends v4 again.
+    let info = w.cloud.job_info(job).unwrap();
+    assert_ne!(info.status, JobStatus::Succeeded);
+    assert!(
+        info.last_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("came back without it")),
+        "{info:?}"
+    );
+    assert!(w
+        .device(0)
+        .take(|m| matches!(m.body, Body::UpdateStart(_)))
+        .is_some());
 }

@@ -13,6 +13,7 @@ use rstest::rstest;
 fn fixture(
     #[files("../fixtures/*.toml")]
     #[files("../fixtures/field/*.toml")]
+    #[files("../fixtures/product/*.toml")]
     path: PathBuf,
 ) {
     let mut scenario = load(&path).unwrap_or_else(|e| panic!("{e}"));
@@ -23,10 +24,12 @@ fn fixture(
     scenario.file = abs.strip_prefix(&root).unwrap_or(&abs).to_path_buf();
     let mut factory = || Ok(Box::new(EmulatorTarget::new()) as Box<dyn Target>);
     let result = runner::run(&scenario, None, &mut factory);
-    // Snapshot names: the file stem, prefixed with `field-` for a field bug.
     let mut stem = path.file_stem().unwrap().to_string_lossy().to_string();
-    if path.parent().and_then(|p| p.file_name()) == Some(std::ffi::OsStr::new("field")) {
-        stem = format!("field-{stem}");
+    // Snapshot names: the file stem, prefixed with its folder under fixtures/ (field, product).
+    for folder in ["field", "product"] {
+        if path.parent().and_then(|p| p.file_name()) == Some(std::ffi::OsStr::new(folder)) {
+            stem = format!("{folder}-{stem}");
+        }
     }
     let mut text = String::new();
     for case in &result.cases {

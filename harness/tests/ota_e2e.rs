@@ -91,7 +91,7 @@ fn user_app_ota_from_v3_to_v4_completes_and_the_device_runs_v4() {
     // The order a fleet operator sees.
     assert!(find("spark/flash/status = \"started \"") < find("ota started"));
     assert!(find("ota started") < find("spark/flash/status = \"success \""));
-    assert!(find("ResetPending") < find("spark/device/last_reset = \"update\""));
+    assert!(find("system event reset_pending") < find("spark/device/last_reset = \"update\""));
 }
 
 #[test]
@@ -217,28 +217,43 @@ fn a_corrupted_transfer_is_caught_and_v3_keeps_running() {
 }
 
 #[test]
-fn updates_disabled_refuse_with_1380_and_forced_updates_are_accepted() {
+fn updates_disabled_hold_the_update_and_forcing_delivers_it() {
     let (mut bed, dev, board) = online("boron", 9);
     bed.with_device(dev, |os, now| os.disable_updates(now))
         .unwrap();
     bed.run_for(Duration::from_secs(5)).unwrap();
     let job = bed.flash(dev, app(&board, 4, 9)).unwrap();
-    bed.run_until("job finished", 10 * MINUTE, |b| job_done(b, job))
-        .unwrap();
-    match bed.job(job) {
-        Some(JobStatus::Failed { code, .. }) => assert_eq!(code, Some(-1380)),
-        other => panic!("{other:?}\n{}", trace_tail(&bed)),
-    }
+    bed.run_for(10 * MINUTE).unwrap();
+    // Held, not failed and not retried: the device knows an update is pending.
+    assert_eq!(bed.job(job), Some(JobStatus::Held), "{}", trace_tail(&bed));
+    assert!(bed.status(dev).unwrap().flags.updates_pending);
     assert_eq!(product_version(&bed, dev), Some(3));
 
     let id = bed.device_id(dev).unwrap();
     let now = bed.now();
     bed.cloud_mut().set_updates_forced(now, id, true);
-    bed.run_until("forced seen", MINUTE, |b| {
-        b.status(dev).unwrap().flags.updates_forced
-    })
-    .unwrap();
-    let job = bed.flash(dev, app(&board, 4, 9)).unwrap();
+    bed.run_until("job finished", 10 * MINUTE, |b| job_done(b, job))
+        .unwrap();
+    assert_eq!(
+        bed.job(job),
+        Some(JobStatus::Succeeded),
+        "{}",
+        trace_tail(&bed)
+    );
+    assert_eq!(product_version(&bed, dev), Some(4));
+}
+
+#[test]
+fn updates_disabled_then_enabled_delivers_the_held_update() {
+    let (mut bed, dev, board) = online("argon", 19);
+    bed.with_device(dev, |os, now| os.disable_updates(now))
+        .unwrap();
+    bed.run_for(Duration::from_secs(5)).unwrap();
+    let job = bed.flash(dev, app(&board, 4, 19)).unwrap();
+    bed.run_for(2 * MINUTE).unwrap();
+    assert_eq!(bed.job(job), Some(JobStatus::Held), "{}", trace_tail(&bed));
+    bed.with_device(dev, |os, now| os.enable_updates(now))
+        .unwrap();
     bed.run_until("job finished", 10 * MINUTE, |b| job_done(b, job))
         .unwrap();
     assert_eq!(
@@ -267,7 +282,7 @@ fn the_same_seed_gives_the_same_trace() {
 }
 
 #[test]
-fn an_app_built_against_a_newer_device_os_is_accepted_then_boots_into_safe_mode() {
+fn an_app_built_against_a_newer_device_os_boots_into_safe_mode_and_without_healing_fails() {
     // A Boron on Device OS 5.8.0 with app v3; the cloud flashes app v4 built against 6.2.0
     // (`cloud.flash app = 4, built_against = "6.2.0"`).
     let board = Board::builtin("boron").unwrap();
@@ -294,14 +309,21 @@ fn an_app_built_against_a_newer_device_os_is_accepted_then_boots_into_safe_mode(
     let job = bed.flash(dev, file).unwrap();
     bed.run_until("job finished", 10 * MINUTE, |b| job_done(b, job))
         .unwrap_or_else(|e| panic!("{e}\n{}", trace_tail(&bed)));
-    // The OTA receiver validates user parts with userDepsOptional: accepted, installed, and the
-    // cloud finds the new user part in the describe after the reboot.
-    assert_eq!(
-        bed.job(job),
-        Some(JobStatus::Succeeded),
-        "{}",
-        trace_tail(&bed)
-    );
+    // The OTA receiver validates user parts with userDepsOptional: accepted and installed; the
+    // describe after the reboot lists the new user part failing its dependency check, and
+    // the cloud holds no system part to heal it: not success, but a failure that says why.
+    match bed.job(job) {
+        Some(JobStatus::Failed {
+            code: None,
+            message,
+        }) => assert!(
+            message.contains(
+                "no Device OS module for platform 13 that satisfies system part 1 >= 6200"
+            ),
+            "{message}"
+        ),
+        other => panic!("{other:?}\n{}", trace_tail(&bed)),
+    }
     // The bootloader's validation fails the user part's dependency: safe mode, no app.
     let status = bed.status(dev).unwrap();
     assert!(status.safe_mode, "{}", trace_tail(&bed));
@@ -354,4 +376,179 @@ fn an_app_built_against_a_newer_device_os_is_accepted_then_boots_into_safe_mode(
         .unwrap()
         .clone();
     assert_eq!(system["v"], 5800);
+}
+
+#[test]
+fn safe_mode_healing_sends_the_system_part_the_app_needs_until_the_app_runs() {
+    let board = Board::builtin("boron").unwrap();
+    let mut bed = Testbed::new(22).unwrap();
+    let mut spec = DeviceSpec::new(board.clone(), 3);
+    spec.sizes = sizes();
+    spec.versions.system_part = 5800;
+    let dev = bed.add_device(&spec).unwrap();
+    let current = InitialFirmware {
+        device_os: DeviceOsVersion(5800),
+        ..InitialFirmware::default()
+    };
+    let system = FirmwareSpec {
+        device_os: Some(DeviceOsVersion(6200)),
+        ..FirmwareSpec::default()
+    };
+    let system = build_file(&board, &system, &current, sizes(), 22).unwrap();
+    bed.cloud_mut().add_device_os_module(system).unwrap();
+    bed.power_on(dev).unwrap();
+    bed.run_until("device online", MINUTE, |b| {
+        b.status(dev).map(|s| s.connected).unwrap_or(false)
+    })
+    .unwrap();
+    let flash = FirmwareSpec {
+        app: Some(4),
+        built_against: Some(DeviceOsVersion(6200)),
+        ..FirmwareSpec::default()
+    };
+    let file = build_file(&board, &flash, &current, sizes(), 22).unwrap();
+    let job = bed.flash(dev, file).unwrap();
+    bed.run_until("job finished", 30 * MINUTE, |b| job_done(b, job))
+        .unwrap_or_else(|e| panic!("{e}\n{}", trace_tail(&bed)));
+    assert_eq!(
+        bed.job(job),
+        Some(JobStatus::Succeeded),
+        "{}",
+        trace_tail(&bed)
+    );
+    let status = bed.status(dev).unwrap();
+    assert!(!status.safe_mode, "{}", trace_tail(&bed));
+    assert_eq!(status.versions.system_part, Some(6200));
+    assert_eq!(status.versions.product_version, Some(4));
+    // Two transfers: the app, then the system part (a job the cloud created for healing).
+    let started = bed
+        .cloud_events()
+        .iter()
+        .filter(|(_, e)| matches!(e, CloudEvent::Stream(s) if s.name == "spark/flash/status" && s.data == "started "))
+        .count();
+    assert_eq!(started, 2, "{}", trace_tail(&bed));
+}
+
+#[test]
+fn the_final_ack_lost_then_power_loss_is_not_success_and_the_device_ends_on_target() {
+    let (mut bed, dev, board) = online("boron", 23);
+    let job = bed.flash(dev, app(&board, 4, 23)).unwrap();
+    bed.run_until("UpdateFinish sent", 10 * MINUTE, |b| {
+        b.job(job) == Some(JobStatus::Finishing)
+    })
+    .unwrap();
+    // Everything from the cloud is lost from here: the ACK of the device's 2.04 never arrives,
+    // so Device OS never commits; then the device loses power.
+    let (cloud, device) = (bed.cloud_node(), bed.device_node(dev).unwrap());
+    bed.net.set_link_faults(
+        cloud,
+        device,
+        harness::net::sim::LinkFaults {
+            loss: 1.0,
+            ..Default::default()
+        },
+    );
+    bed.run_for(Duration::from_secs(2)).unwrap();
+    assert!(
+        matches!(bed.job(job), Some(JobStatus::Committed { .. })),
+        "the cloud saw the 2.04: {:?}\n{}",
+        bed.job(job),
+        trace_tail(&bed)
+    );
+    bed.power_cut(dev).unwrap();
+    bed.run_for(Duration::from_secs(5)).unwrap();
+    bed.net.clear_link_faults(cloud, device);
+    bed.power_on(dev).unwrap();
+    bed.run_until("back online", MINUTE, |b| {
+        b.status(dev).map(|s| s.connected).unwrap_or(false)
+    })
+    .unwrap();
+    // Back on v3: the stream said `success `, the job does not.
+    assert_eq!(product_version(&bed, dev), Some(3));
+    assert_ne!(bed.job(job), Some(JobStatus::Succeeded));
+    // The cloud sends it again and the device ends on target.
+    bed.run_until("job finished", 10 * MINUTE, |b| job_done(b, job))
+        .unwrap();
+    assert_eq!(
+        bed.job(job),
+        Some(JobStatus::Succeeded),
+        "{}",
+        trace_tail(&bed)
+    );
+    assert_eq!(product_version(&bed, dev), Some(4));
+    let info = bed.cloud().job_info(job).unwrap();
+    assert!(info.attempts >= 2, "{info:?}");
+    assert!(
+        info.last_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("came back without it")),
+        "{info:?}\n{}",
+        trace_tail(&bed)
+    );
+}
+
+#[test]
+fn a_product_target_the_device_refuses_is_reported_and_never_retried() {
+    use harness::cloud::fleet::Release;
+    use harness::cloud::{DeviceId, OtaEventKind};
+    let (mut bed, dev, board) = online("boron", 24);
+    let id = DeviceId(bed.device_id(dev).unwrap());
+    // An app far larger than the Boron's user part region: the device refuses it (-1300).
+    let flash = FirmwareSpec {
+        app: Some(4),
+        size: Some(600 * 1024),
+        ..FirmwareSpec::default()
+    };
+    let current = InitialFirmware::default();
+    let file = build_file(&board, &flash, &current, sizes(), 24).unwrap();
+    let now = bed.now();
+    let cloud = bed.cloud_mut();
+    cloud.create_product(7, "p", board.platform_id).unwrap();
+    cloud.add_product_device(now, 7, id).unwrap();
+    cloud
+        .upload_firmware(now, 7, 4, "too big", "", file)
+        .unwrap();
+    cloud
+        .release_firmware(
+            now,
+            7,
+            4,
+            &Release {
+                product_default: true,
+                intelligent: true,
+                ..Release::default()
+            },
+        )
+        .unwrap();
+    bed.run_for(10 * MINUTE).unwrap();
+    // Two new handshakes later, still one attempt, failed with the device's code.
+    for _ in 0..2 {
+        bed.power_cut(dev).unwrap();
+        bed.run_for(Duration::from_secs(5)).unwrap();
+        bed.power_on(dev).unwrap();
+        bed.run_for(10 * MINUTE).unwrap();
+    }
+    let jobs: Vec<_> = bed
+        .cloud_events()
+        .iter()
+        .filter_map(|(_, e)| match e {
+            CloudEvent::Ota(o) => Some((o.job, o.kind.clone())),
+            _ => None,
+        })
+        .collect();
+    let created = jobs
+        .iter()
+        .filter(|(_, k)| matches!(k, OtaEventKind::Created { .. }))
+        .count();
+    assert_eq!(created, 1, "{}", trace_tail(&bed));
+    let failed: Vec<_> = jobs
+        .iter()
+        .filter_map(|(_, k)| match k {
+            OtaEventKind::Failed { code, .. } => Some(*code),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed.len(), 1, "{}", trace_tail(&bed));
+    assert!(failed[0].is_some_and(harness::cloud::policy::is_permanent));
+    assert_eq!(product_version(&bed, dev), Some(3));
 }

@@ -176,6 +176,40 @@ do = "app.disconnect"
 [[step]]
 do = "app.connect"
 
+[[step]]
+do = "cloud.upload"
+app = 5
+built_against = "6.2.0"
+
+[[step]]
+do = "cloud.release"
+version = 5
+default = true
+groups = ["beta"]
+intelligent = true
+
+[[step]]
+do = "cloud.lock"
+version = 5
+flash_now = true
+
+[[step]]
+do = "cloud.unlock"
+
+[[step]]
+do = "cloud.group"
+groups = ["beta", "canary"]
+
+[[step]]
+do = "cloud.development"
+development = false
+
+[[step]]
+do = "cloud.product"
+development = false
+groups = ["beta"]
+updates_forced = true
+
 [expect]
 running = { app = 4 }
 
@@ -320,8 +354,10 @@ const BROKEN: &[(&str, &str)] = &[
     ("nothing_lost false", "[expect]\nnothing_lost = false\n"),
     ("bad event", "[expect]\nevents = [{ nam = \"spark/status\" }]\n"),
     ("two sweeps", "[[step]]\ndo = \"sweep\"\nphase = \"apply\"\n[[step]]\ndo = \"sweep\"\nphase = \"commit\"\n"),
-    ("product", "[cloud.product]\nid = 30301\n"),
-    ("two devices", "[[cloud.device]]\nname = \"a\"\n[[cloud.device]]\nname = \"b\"\n"),
+    ("bad group", "[cloud.product]\ngroups = [\"Beta!\"]\n"),
+    ("upload without app", "[[step]]\ndo = \"cloud.upload\"\nbuilt_against = \"6.2.0\"\n"),
+    ("two devices with one name", "[[cloud.device]]\nname = \"a\"\n[[cloud.device]]\nname = \"a\"\n"),
+    ("a step for an undeclared device", "[[step]]\ndo = \"power.on\"\ndevice = \"b\"\n"),
     ("bad device id", "[[cloud.device]]\nid = \"E00F\"\n"),
     ("bad app mode", "[app]\nmode = \"auto\"\n"),
     ("date", "[[step]]\ndo = \"wait.time\"\nduration = 2024-05-13\n"),
@@ -374,7 +410,7 @@ fn the_unknown_step_message_has_the_documented_shape() {
     let e = parse(&text, Path::new("fixtures/x.toml")).unwrap_err();
     assert!(
         e.to_string()
-            .starts_with("fixtures/x.toml:7:8: unknown step `powr`; expected one of: cloud.flash, cloud.force_updates, power.cut,"),
+            .starts_with("fixtures/x.toml:7:8: unknown step `powr`; expected one of: cloud.flash, cloud.force_updates, cloud.upload, cloud.release, cloud.lock, cloud.unlock, cloud.group, cloud.development, cloud.product, power.cut,"),
         "{e}"
     );
 }

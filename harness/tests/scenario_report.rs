@@ -5,6 +5,7 @@
 mod scenario_double;
 
 use std::path::Path;
+use std::time::Duration;
 
 use harness::scenario::report::{json_report, junit, summary_table, xml_escape, Totals};
 use harness::scenario::runner::{self, ScenarioResult};
@@ -93,13 +94,35 @@ fn the_json_report_parses_back_with_every_case() {
 
 #[test]
 fn the_junit_report_is_well_formed_and_counts_the_run() {
-    let xml = junit(&results());
+    let wall = [
+        vec![Duration::from_millis(250)],
+        vec![Duration::from_millis(500)],
+        vec![],
+    ];
+    let xml = junit(&results(), &wall);
     let root = parse_xml(&xml).unwrap_or_else(|e| panic!("{e}\n{xml}"));
     assert_eq!(root.name, "testsuites");
     assert_eq!(root.attr("tests"), Some("3"));
     assert_eq!(root.attr("failures"), Some("1"));
     assert_eq!(root.attr("skipped"), Some("1"));
     assert_eq!(root.children.len(), 3);
+    // CI systems read `time` as wall-clock seconds; the target's virtual time is a property.
+    assert_eq!(root.attr("time"), Some("0.750"));
+    let passed = &root.children[0];
+    assert_eq!(passed.attr("time"), Some("0.250"));
+    let passed_case = passed
+        .children
+        .iter()
+        .find(|c| c.name == "testcase")
+        .unwrap();
+    assert_eq!(passed_case.attr("time"), Some("0.250"));
+    let props = passed_case
+        .children
+        .iter()
+        .find(|c| c.name == "properties")
+        .unwrap();
+    assert_eq!(props.children[0].attr("name"), Some("target_seconds"));
+    assert_eq!(props.children[0].attr("value"), Some("11.600"));
     let suite = &root.children[1];
     assert_eq!(suite.name, "testsuite");
     assert_eq!(suite.attr("name"), Some("fixtures/fails <&\"'>.toml"));
@@ -111,8 +134,13 @@ fn the_junit_report_is_well_formed_and_counts_the_run() {
     assert_eq!(case.attr("classname"), Some("fails <&\"'>"));
     let failure = case.children.iter().find(|c| c.name == "failure").unwrap();
     assert!(failure.text.contains("seed 1 (replay with --seed 1)"));
-    let skipped = &root.children[2].children[1].children[0];
-    assert_eq!(skipped.name, "skipped");
+    let skipped_case = &root.children[2].children[1];
+    assert_eq!(skipped_case.attr("time"), Some("0.000"));
+    let skipped = skipped_case
+        .children
+        .iter()
+        .find(|c| c.name == "skipped")
+        .unwrap();
     assert!(skipped.attr("message").unwrap().contains("link-partition"));
 }
 

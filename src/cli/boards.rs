@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use emulator::board::Board;
+use protocol::module::ModuleFunction;
 
 use super::CliResult;
 
@@ -43,7 +44,10 @@ pub fn run(board: Option<String>, file: Option<PathBuf>) -> CliResult {
         );
     }
     for r in &board.regions {
-        let module = r.module.map(|m| format!(" module {m}")).unwrap_or_default();
+        let module = r
+            .module
+            .map(|m| format!(" {} {}", ModuleFunction::from(m.function), m.index))
+            .unwrap_or_default();
         println!(
             "  {:<17} {:<8} {:#010x}..{:#010x} ({} KiB){module}",
             r.kind.as_str(),

@@ -16,7 +16,7 @@ pub struct CheckArgs {
     paths: Vec<PathBuf>,
 }
 
-/// Reads every scenario under `paths`. Prints each problem as `file:line:column: ...` to stderr;
+/// Reads every scenario under `paths`. Prints every problem of every file as `file:line:column: ...` to stderr;
 /// returns the scenarios read and whether any file had a problem.
 pub fn load_all(paths: &[PathBuf]) -> Result<(Vec<Scenario>, bool), Box<dyn std::error::Error>> {
     let files = collect_files(paths)?;
@@ -27,10 +27,12 @@ pub fn load_all(paths: &[PathBuf]) -> Result<(Vec<Scenario>, bool), Box<dyn std:
     let mut scenarios = Vec::new();
     let mut broken = false;
     for file in files {
-        match harness::scenario::load(&file) {
+        match harness::scenario::load_all(&file) {
             Ok(s) => scenarios.push(s),
-            Err(e) => {
-                eprintln!("{e}");
+            Err(errors) => {
+                for e in errors {
+                    eprintln!("{e}");
+                }
                 broken = true;
             }
         }

@@ -1,5 +1,7 @@
 //! `hil cloud`: the local Device Cloud over real UDP, printing its event stream, with a local
-//! control endpoint for `hil flash` (protocol: `harness::control`).
+//! control endpoint for `hil flash` (protocol: `harness::control`), and optionally the REST API
+//! and event stream (`--api`, `harness::cloud::api`) with its state in SQLite (`--state`,
+//! `harness::cloud::store`).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -10,6 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use harness::cloud::api::{self, ApiState, Tokens};
+use harness::cloud::store::Store;
 use harness::cloud::{Cloud, CloudConfig, CloudEvent, SessionChange};
 use harness::control::{self, FileSource, FlashRequest};
 use harness::keys::KeyDir;
@@ -35,7 +39,28 @@ and read one line per job status change until the job finished:
 A bad request gets {\"error\": \"<sentence>\"}. `hil flash` speaks this protocol.
 
 Output: one line per cloud event, `<seconds since start> <event>`, and
-`hello <id>: product version N, system version S, platform P` when a device says Hello.";
+`hello <id>: product version N, system version S, platform P` when a device says Hello.
+
+REST API (--api ADDR, with --token-file FILE): Particle's paths, status codes and JSON for a
+release pipeline: PUT /v1/devices/:id (multipart `file`: flash), POST /v1/products/:p/firmware
+(multipart `file` or `binary`, `version`, `title`), GET/DELETE /v1/products/:p/firmware[/:v],
+PUT /v1/products/:p/firmware/release (`version`, `product_default`, `groups`, `intelligent`),
+PUT /v1/products/:p/devices/:id (`desired_firmware_version` (null unlocks), `flash`,
+`development`, `groups`, `firmware_updates_forced`), GET /v1/devices[/:id],
+GET /v1/products/:p/devices[/:id], and ours: POST /v1/products (`id`, `name`, `platform`),
+POST /v1/products/:p/devices (`id`). Events (Server-Sent Events): GET /v1/events/:prefix,
+/v1/devices/events, /v1/devices/:id/events[/:prefix], /v1/products/:p/events[/:prefix].
+Tokens: `Authorization: Bearer T` or `access_token=T`. The token file is TOML:
+  [[token]]
+  token = \"<40 letters or digits>\"
+  products = [1000]                       # optional scope; without one: everything
+  devices = [\"<24 hex>\"]                  # optional scope
+--state DIR keeps products, firmware, releases, device settings and unfinished flashes in
+DIR/cloud.sqlite3 (SQLite; schema in `harness::cloud::store`). --products FILE declares products:
+  [[product]]
+  id = 1000
+  platform = \"boron\"                      # or platform_id = 13
+  devices = [\"<24 hex>\"]";
 
 #[derive(Args)]
 #[command(after_help = CONTROL_HELP)]
@@ -55,6 +80,19 @@ pub struct CloudArgs {
     /// Seed of the cloud's randomness.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// TCP address of the REST API and event stream, e.g. 127.0.0.1:8080.
+    #[arg(long, value_name = "ADDR", requires = "token_file")]
+    api: Option<SocketAddr>,
+    /// The API's access tokens (TOML, see below).
+    #[arg(long, value_name = "FILE", requires = "api")]
+    token_file: Option<PathBuf>,
+    /// Keep products, firmware, releases, device settings and unfinished flashes in
+    /// DIR/cloud.sqlite3 across restarts (what the API changes).
+    #[arg(long, value_name = "DIR", requires = "api")]
+    state: Option<PathBuf>,
+    /// Products to create at start (TOML, see below).
+    #[arg(long, value_name = "FILE")]
+    products: Option<PathBuf>,
     /// Write every datagram sent and received to this pcap file (`hil pcap decrypt`).
     #[arg(long, value_name = "FILE")]
     pcap: Option<PathBuf>,
@@ -70,9 +108,50 @@ pub fn run(args: CloudArgs) -> CliResult {
     let keys = KeyDir::new(&args.keys);
     let server_key = keys.server_key()?;
     let devices = keys.device_keys()?;
-    let mut cloud = Cloud::new(CloudConfig::new(server_key), args.seed);
+    let mut config = CloudConfig::new(server_key);
+    // The one wall-clock reading: `published_at` and the devices' time requests.
+    if let Ok(since) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        config.unix_time_at_epoch = since.as_secs();
+    }
+    let mut cloud = Cloud::new(config, args.seed);
     for (id, key) in &devices {
         cloud.register_device(*id, *key);
+    }
+    let tokens = match &args.token_file {
+        Some(path) => Some(Tokens::load(path)?),
+        None => None,
+    };
+    let mut store = match &args.state {
+        Some(dir) => Some(Store::open(dir)?),
+        None => None,
+    };
+    let restored = match &store {
+        Some(s) => {
+            let r = api::restore(&mut cloud, s)?;
+            println!(
+                "state {}: {} products, {} firmware versions, {} unfinished flashes restarted{}",
+                s.path().display(),
+                r.products,
+                r.firmware,
+                r.flashes.len(),
+                if r.skipped_flashes > 0 {
+                    format!(" ({} kept for devices with no key here)", r.skipped_flashes)
+                } else {
+                    String::new()
+                }
+            );
+            r
+        }
+        None => api::Restored::default(),
+    };
+    if let Some(path) = &args.products {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let declared = api::lab::parse_products(&text, &path.display().to_string())?;
+        api::lab::declare(&mut cloud, Duration::ZERO, &declared)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if let Some(s) = &mut store {
+            s.save_fleet(cloud.fleet())?;
+        }
     }
     let control_addr = match args.control {
         Some(a) => a,
@@ -88,7 +167,12 @@ pub fn run(args: CloudArgs) -> CliResult {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let node: Shared = Arc::new(UdpNode::server(CloudNode::new(cloud), args.listen).await?);
+        let mut cloud_node = CloudNode::new(cloud);
+        // What the restore and declarations reported (restarted flashes) is printed too.
+        while let Some(e) = cloud_node.cloud.poll_event() {
+            cloud_node.events.push((Duration::ZERO, e));
+        }
+        let node: Shared = Arc::new(UdpNode::server(cloud_node, args.listen).await?);
         if let Some(path) = &args.pcap {
             node.capture(super::pcap::capture_to(path)?);
         }
@@ -101,6 +185,23 @@ pub fn run(args: CloudArgs) -> CliResult {
             devices.len(),
             listener.local_addr()?
         );
+        let api_state = match (args.api, tokens) {
+            (Some(addr), Some(tokens)) => {
+                let state = ApiState::new(node.clone(), tokens, store, restored.flashes);
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| format!("API {addr}: {e}"))?;
+                println!("api on http://{}", listener.local_addr()?);
+                let serving = state.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = api::serve(listener, serving).await {
+                        eprintln!("hil cloud: the API stopped: {e}");
+                    }
+                });
+                Some(state)
+            }
+            _ => None,
+        };
         let accept_node = node.clone();
         tokio::spawn(async move {
             loop {
@@ -113,12 +214,16 @@ pub fn run(args: CloudArgs) -> CliResult {
                 }
             }
         });
-        print_events(node, args.keylog).await
+        print_events(node, args.keylog, api_state).await
     })
 }
 
 /// Prints the cloud's events (and Hellos) as they come; never returns unless stdout closes.
-async fn print_events(node: Shared, keylog: Option<PathBuf>) -> CliResult {
+async fn print_events(
+    node: Shared,
+    keylog: Option<PathBuf>,
+    api: Option<Arc<ApiState>>,
+) -> CliResult {
     let mut hellos: BTreeMap<[u8; 12], (u16, u16)> = BTreeMap::new();
     let mut out = std::io::stdout();
     loop {
@@ -127,6 +232,9 @@ async fn print_events(node: Shared, keylog: Option<PathBuf>) -> CliResult {
         }
         let (events, new_hellos, keylines) = node.with_node(|n, _| {
             let events = std::mem::take(&mut n.events);
+            if let Some(api) = &api {
+                api.observe(&n.cloud, &events);
+            }
             let mut keylines = Vec::new();
             for (_, e) in &events {
                 if let CloudEvent::Session(
@@ -231,14 +339,15 @@ async fn serve(node: Shared, stream: TcpStream) {
     };
     let mut last = None;
     loop {
-        let status = node.with_node(|n, _| n.cloud.job(job).cloned());
-        let Some(status) = status else {
+        let info = node.with_node(|n, _| n.cloud.job_info(job));
+        let Some(info) = info else {
             let _ = write
                 .write_all(control::error_line("the job disappeared").as_bytes())
                 .await;
             return;
         };
-        let line = control::status_line(job, &status);
+        let line = control::info_line(job, &info);
+        let status = info.status;
         if last.as_ref() != Some(&line) {
             if write.write_all(line.as_bytes()).await.is_err() {
                 return;

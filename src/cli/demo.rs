@@ -61,12 +61,12 @@ pub fn run(args: DemoArgs) -> CliResult {
     let status = bed.job(job);
     let at = bed.now();
     println!(
-        "demo (seed {}, {}): app {} -> {}, {:?} after {}.{:03} virtual s, {} datagrams",
+        "demo (seed {}, {}): app {} -> {}, the OTA job {} after {}.{:03} virtual s, {} datagrams",
         args.seed,
         board.name,
         show(before),
         show(after),
-        status,
+        job_words(status.as_ref()),
         at.as_secs(),
         at.subsec_millis(),
         bed.net.stats().sent
@@ -76,4 +76,30 @@ pub fn run(args: DemoArgs) -> CliResult {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// A job's status as words: "succeeded", "failed (Device OS error -1360): ...".
+fn job_words(status: Option<&JobStatus>) -> String {
+    match status {
+        None => "is unknown to the cloud".to_string(),
+        Some(JobStatus::Succeeded) => "succeeded".to_string(),
+        Some(JobStatus::Failed {
+            code: Some(code),
+            message,
+        }) => format!("failed (Device OS error {code}): {message}"),
+        Some(JobStatus::Failed {
+            code: None,
+            message,
+        }) => format!("failed: {message}"),
+        Some(JobStatus::Queued) => "is still queued".to_string(),
+        Some(JobStatus::Held) => "is held: the device has updates disabled".to_string(),
+        Some(JobStatus::Starting) => "is still starting".to_string(),
+        Some(JobStatus::Transferring { acked, chunks, .. }) => {
+            format!("is still transferring ({acked} of {chunks} chunks)")
+        }
+        Some(JobStatus::Finishing) => "is still finishing".to_string(),
+        Some(JobStatus::Committed { .. }) => {
+            "is committed (the device has not reconnected)".to_string()
+        }
+    }
 }

@@ -13,6 +13,7 @@ pub mod flash;
 pub mod keys;
 pub mod module;
 pub mod pcap;
+pub mod progress;
 pub mod run;
 pub mod sweep;
 

@@ -1,9 +1,10 @@
-//! `hil run`: runs scenario files against a target, with a progress bar, a summary table and
-//! JUnit / JSON reports.
+//! `hil run`: runs scenario files against a target, with progress on stderr, a summary table
+//! and JUnit / JSON reports. Wall-clock time is read here only to report how long the run took
+//! (JUnit's `time`); nothing in a run depends on it.
 
-use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use harness::scenario::emulator_target::EmulatorTarget;
@@ -11,6 +12,7 @@ use harness::scenario::report::{json_report, junit, summary_table};
 use harness::scenario::runner::{self, Outcome, ScenarioResult};
 use harness::scenario::{Scenario, Target, TargetError};
 
+use super::progress::Progress;
 use super::CliResult;
 
 /// The targets `--target` accepts.
@@ -27,7 +29,8 @@ pub struct RunArgs {
     /// Seed for every scenario (overrides the files' own `seed`).
     #[arg(long)]
     seed: Option<u64>,
-    /// Write a JUnit XML report here.
+    /// Write a JUnit XML report here (`time` in wall-clock seconds, as CI systems read it;
+    /// the target's virtual seconds in the property `target_seconds`). Checked before the run.
     #[arg(long)]
     junit: Option<PathBuf>,
     /// Write a JSON report (with every case's trace) here.
@@ -49,35 +52,11 @@ pub fn make_target(name: &str, _scenario: &Scenario) -> Result<Box<dyn Target>, 
     }
 }
 
-/// A progress line on stderr, drawn only when stderr is a terminal.
-struct Progress {
-    on: bool,
-    total: usize,
-}
-
-impl Progress {
-    fn show(&self, done: usize, what: &str) {
-        if !self.on {
-            return;
-        }
-        const WIDTH: usize = 30;
-        let filled = (done * WIDTH).checked_div(self.total).unwrap_or(WIDTH);
-        let mut err = std::io::stderr();
-        let _ = write!(
-            err,
-            "\r\x1b[2K[{}{}] {done}/{} {what}",
-            "=".repeat(filled),
-            " ".repeat(WIDTH - filled),
-            self.total
-        );
-        let _ = err.flush();
-    }
-
-    fn clear(&self) {
-        if self.on {
-            let _ = write!(std::io::stderr(), "\r\x1b[2K");
-        }
-    }
+/// Creates (empties) a report file before the run, so a bad path is refused before the work.
+fn check_writable(path: &Path, what: &str) -> Result<(), String> {
+    std::fs::File::create(path)
+        .map(drop)
+        .map_err(|e| format!("{}: cannot write the {what} report: {e}", path.display()))
 }
 
 pub fn run(args: RunArgs) -> CliResult {
@@ -100,32 +79,53 @@ pub fn run(args: RunArgs) -> CliResult {
             return Err(e.into());
         }
     }
+    if let Some(path) = &args.junit {
+        check_writable(path, "JUnit")?;
+    }
+    if let Some(path) = &args.json {
+        check_writable(path, "JSON")?;
+    }
 
-    let progress = Progress {
-        on: std::io::stderr().is_terminal(),
-        total: scenarios.len(),
-    };
+    let progress = Progress::new("hil run", scenarios.len() as u64);
     let mut results: Vec<ScenarioResult> = Vec::new();
+    let mut wall: Vec<Vec<Duration>> = Vec::new();
     for (i, scenario) in scenarios.iter().enumerate() {
-        progress.show(i, &scenario.file.display().to_string());
-        let mut factory = || make_target(&args.target, scenario);
+        let file = scenario.file.display().to_string();
+        progress.start(i as u64, &file);
+        // The runner builds one target per case, in order, at the start of the case: the
+        // moments it asks for one split the scenario's wall time into its cases'.
+        let mut started: Vec<Instant> = Vec::new();
+        let mut factory = || {
+            started.push(Instant::now());
+            if started.len() > 1 {
+                progress.note(&format!("case {} of {file}", started.len()));
+            }
+            make_target(&args.target, scenario)
+        };
         let result = runner::run(scenario, args.seed, &mut factory);
-        progress.clear();
+        let end = Instant::now();
+        let case_wall: Vec<Duration> = (0..result.cases.len())
+            .map(|k| match started.get(k) {
+                Some(&t) => started.get(k + 1).copied().unwrap_or(end) - t,
+                None => Duration::ZERO,
+            })
+            .collect();
         for case in &result.cases {
             if let Some(failure) = &case.failure {
-                println!("{failure}");
+                progress.println(&failure.to_string());
             }
             if args.trace {
-                println!("{}", case.trace.render());
+                progress.println(&case.trace.render());
             }
         }
         results.push(result);
+        wall.push(case_wall);
     }
-    progress.clear();
+    progress.finish();
 
     print!("{}", summary_table(&results));
     if let Some(path) = &args.junit {
-        std::fs::write(path, junit(&results))
+        std::fs::write(path, junit(&results, &wall))
             .map_err(|e| format!("{}: cannot write the JUnit report: {e}", path.display()))?;
     }
     if let Some(path) = &args.json {

@@ -9,6 +9,7 @@ use emulator::flash::CutMode;
 use harness::cases::SweepCaseKind;
 use harness::sweep::{sweep, SweepConfig};
 
+use super::progress::Progress;
 use super::CliResult;
 
 #[derive(Args)]
@@ -116,8 +117,13 @@ pub fn run(args: SweepArgs) -> CliResult {
             "case", "flash ops", "commit", "runs", "cuts", "boots", "failures"
         );
     }
-    for kind in kinds {
+    let progress = Progress::new("hil sweep", kinds.len() as u64);
+    for (i, kind) in kinds.into_iter().enumerate() {
         let case = harness::cases::build(&board, kind, &sizes, config.seed)?;
+        progress.start(
+            i as u64,
+            &format!("{}: a cut at every flash operation", case.name),
+        );
         let report = sweep(&case, &config)?;
         failed |= !report.failures.is_empty();
         if args.json {
@@ -134,7 +140,7 @@ pub fn run(args: SweepArgs) -> CliResult {
                 "failures": report.failures.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
             }));
         } else {
-            println!(
+            progress.println(&format!(
                 "{:<34} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8}",
                 report.case,
                 report.window.1 - report.window.0,
@@ -143,12 +149,13 @@ pub fn run(args: SweepArgs) -> CliResult {
                 report.cuts,
                 report.boots,
                 report.failures.len()
-            );
+            ));
             for f in report.failures.iter().take(20) {
-                println!("  FAIL {f}");
+                progress.println(&format!("  FAIL {f}"));
             }
         }
     }
+    progress.finish();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&json)?);
     }

@@ -230,11 +230,24 @@ pub enum OtaEventKind {
     Committed {
         stats: Option<FinishStats>,
     },
-    /// The device reconnected running the file's firmware.
+    /// The device's describe after its reset shows the file's firmware running (or it ran it
+    /// already).
     Succeeded,
-    /// The device went away mid-transfer; the job waits for its next session.
+    /// The device went away mid-transfer (or refused for a reason another attempt may cure);
+    /// the job waits for its next chance.
     Requeued {
         resume_hint: u32,
+    },
+    /// Held: the device has updates disabled and they are not forced.
+    Held,
+    /// The device came back without the committed update: another attempt follows.
+    Retrying {
+        reason: String,
+    },
+    /// The cloud created this job itself (product firmware of the device's target, or a
+    /// Device OS module for healing).
+    Created {
+        what: String,
     },
     Failed {
         code: Option<i32>,

@@ -79,13 +79,32 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// `Ok` when the device's report shows every expected module; otherwise one sentence naming the
-/// first module that does not match.
-pub fn verify(
+/// How the device's own report compares with the modules it should run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Comparison {
+    /// Every expected module is listed, matches, and passed every check it ran.
+    OnTarget,
+    /// Every expected module is listed and matches, but one failed a check (the sentence says
+    /// which); `unmet_dependency` when that check is the dependency check, so the device is
+    /// in safe mode waiting for Device OS modules.
+    Invalid {
+        message: String,
+        unmet_dependency: bool,
+    },
+    /// A module is missing or another version runs (the sentence names the first).
+    Differs(String),
+}
+
+/// Validity bits (reference 1.10): DEPENDENCIES 0x04, DEPENDENCIES_FULL 0x40.
+const DEPENDENCY_CHECKS: u32 = 0x04 | 0x40;
+
+/// Compares the device's report with `expected` (rules in the module docs).
+pub fn compare(
     expected: &[ExpectedModule],
     hello: Option<&Hello>,
     describe: &SystemDescribe,
-) -> Result<(), String> {
+) -> Comparison {
+    let mut invalid = None;
     for e in expected {
         if e.function == ModuleFunction::Asset {
             continue;
@@ -98,9 +117,9 @@ pub fn verify(
             .collect();
         let name = format!("{} {}", function_name(e.function), e.index);
         if candidates.is_empty() {
-            return Err(format!("the device's describe lists no {name}"));
+            return Comparison::Differs(format!("the device's describe lists no {name}"));
         }
-        let matches = candidates.iter().any(|m| {
+        let matching = candidates.iter().find(|m| {
             if e.function == ModuleFunction::UserPart {
                 if let Some(hash) = m.hash.as_deref().filter(|h| !h.is_empty()) {
                     return e.hashes.iter().any(|h| h.as_slice() == hash);
@@ -111,7 +130,7 @@ pub fn verify(
             }
             m.version == u32::from(e.version)
         });
-        if !matches {
+        let Some(m) = matching else {
             let reported: Vec<String> = candidates
                 .iter()
                 .map(|m| match m.hash.as_deref() {
@@ -119,7 +138,7 @@ pub fn verify(
                     _ => format!("version {}", m.version),
                 })
                 .collect();
-            return Err(format!(
+            return Comparison::Differs(format!(
                 "the device reports {name} as {} instead of version {}{}",
                 reported.join(", "),
                 e.version,
@@ -128,9 +147,32 @@ pub fn verify(
                     .map(|h| format!(" hash {}", hex(h)))
                     .unwrap_or_default()
             ));
+        };
+        let failed = m.checked_flags & !m.passed_flags;
+        if failed != 0 && invalid.is_none() {
+            invalid = Some(Comparison::Invalid {
+                message: format!(
+                    "{name} version {} is installed but failed the device's checks {failed:#04x} (checked {:#04x}, passed {:#04x})",
+                    m.version, m.checked_flags, m.passed_flags
+                ),
+                unmet_dependency: failed & DEPENDENCY_CHECKS != 0,
+            });
         }
     }
-    Ok(())
+    invalid.unwrap_or(Comparison::OnTarget)
+}
+
+/// `Ok` when the device's report shows every expected module running (listed, matching and
+/// valid); otherwise one sentence naming the first module that is not.
+pub fn verify(
+    expected: &[ExpectedModule],
+    hello: Option<&Hello>,
+    describe: &SystemDescribe,
+) -> Result<(), String> {
+    match compare(expected, hello, describe) {
+        Comparison::OnTarget => Ok(()),
+        Comparison::Invalid { message, .. } | Comparison::Differs(message) => Err(message),
+    }
 }
 
 #[cfg(test)]
@@ -185,6 +227,27 @@ mod tests {
             verify(&expected, None, &SystemDescribe::default()),
             Err("the device's describe lists no user part 2".into())
         );
+    }
+
+    #[test]
+    fn an_installed_module_that_fails_its_dependency_check_is_not_on_target() {
+        let file = app(4, 0xAA);
+        let expected = expected_modules(&file).unwrap();
+        let sha = Module::parse(&file).unwrap().sha256();
+        let mut module = user_part(Some(sha));
+        module.checked_flags = 0x1e;
+        module.passed_flags = 0x1a;
+        let describe = SystemDescribe {
+            firmware_modules: vec![module],
+            ..Default::default()
+        };
+        match compare(&expected, None, &describe) {
+            Comparison::Invalid {
+                unmet_dependency, ..
+            } => assert!(unmet_dependency),
+            other => panic!("{other:?}"),
+        }
+        assert!(verify(&expected, None, &describe).is_err());
     }
 
     #[test]

@@ -2,11 +2,14 @@
 //! 2.1), from queued to succeeded or failed.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::message::FinishStats;
 
-use super::firmware::ExpectedModule;
+use sha2::{Digest, Sha256};
+
+use super::firmware::{expected_modules, ExpectedModule};
 use super::transfer::Transfer;
 
 /// Names one job of a [`super::Cloud`].
@@ -25,6 +28,9 @@ pub enum JobStatus {
     /// Waiting for the device: offline, in its post-connect sequence, busy with an earlier job,
     /// or gone mid-transfer (the next attempt resumes where the device says).
     Queued,
+    /// The device has updates disabled and they are not forced: the cloud told it
+    /// `particle/device/updates/pending` and starts when it enables updates (or is forced).
+    Held,
     /// UpdateStart sent; waiting for the device's 2.01.
     Starting,
     /// Chunks streaming. `sent` counts distinct chunks sent, `acked` those the device holds.
@@ -38,9 +44,11 @@ pub enum JobStatus {
     },
     /// All chunks held; UpdateFinish sent, waiting for the device's 2.04.
     Finishing,
-    /// The device's 2.04 was acknowledged: the device commits and resets.
+    /// The device's 2.04 was acknowledged: the device commits and resets. Not success yet:
+    /// that needs the device's own describe after its reset.
     Committed { stats: Option<FinishStats> },
-    /// The device reconnected running the file's firmware.
+    /// The device's describe, in a connection after the update's reset, shows the file's
+    /// modules running (listed, matching and valid); or it already ran them.
     Succeeded,
     /// `code` is the device's system error when it reported one (`{"code":-1360,...}`), `None`
     /// when the cloud gave up by itself (the message says why).
@@ -61,11 +69,47 @@ impl JobStatus {
     }
 }
 
+/// Why a job exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobKind {
+    /// A single-device flash ([`super::Cloud::flash`]).
+    Flash,
+    /// Product firmware the device's target names (precedence in [`super::fleet`]).
+    Product { product: u32, version: u16 },
+    /// A Device OS module the device's firmware lacks (safe-mode healing).
+    Heal { module: String },
+}
+
+impl fmt::Display for JobKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JobKind::Flash => f.write_str("flash"),
+            JobKind::Product { product, version } => {
+                write!(f, "product {product} firmware version {version}")
+            }
+            JobKind::Heal { module } => write!(f, "healing: {module}"),
+        }
+    }
+}
+
+/// What an operator sees of a job beyond its status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobInfo {
+    pub kind: JobKind,
+    pub device_id: [u8; 12],
+    pub status: JobStatus,
+    /// UpdateStarts sent so far.
+    pub attempts: u32,
+    /// Why the last attempt did not end the job (interrupted, back without the update...).
+    pub last_reason: Option<String>,
+}
+
 /// One job with everything the cloud keeps for it.
 #[derive(Debug, Clone)]
 pub(crate) struct Job {
+    pub kind: JobKind,
     pub device_id: [u8; 12],
-    pub file: Vec<u8>,
+    pub file: Arc<Vec<u8>>,
     pub sha256: [u8; 32],
     pub status: JobStatus,
     /// UpdateStarts sent so far.
@@ -78,4 +122,30 @@ pub(crate) struct Job {
     pub committed_at: Option<Duration>,
     /// The job was requeued while Finishing: the device may have committed already.
     pub maybe_committed: bool,
+    /// The token of the last UpdateFinish (a late 2.04 carries it).
+    pub finish_token: Option<Vec<u8>>,
+    pub last_reason: Option<String>,
+    /// Committed and installed, but the device waits in safe mode for Device OS modules.
+    pub awaiting_heal: bool,
+}
+
+impl Job {
+    /// A queued job for `file` (its SHA-256 and expected modules computed once).
+    pub fn new(kind: JobKind, device_id: [u8; 12], file: Arc<Vec<u8>>) -> Job {
+        Job {
+            kind,
+            device_id,
+            sha256: Sha256::digest(file.as_slice()).into(),
+            expected: expected_modules(&file),
+            file,
+            status: JobStatus::Queued,
+            attempts: 0,
+            transfer: None,
+            committed_at: None,
+            maybe_committed: false,
+            finish_token: None,
+            last_reason: None,
+            awaiting_heal: false,
+        }
+    }
 }

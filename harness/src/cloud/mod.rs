@@ -31,8 +31,9 @@
 //!   others 2 x 25 s (reference 1.9, `particle-cloud-api.md` 4.8); [`CloudConfig::idle_timeout`]
 //!   overrides it. A silent device keeps its session: it may resume.
 //! - **Resumption** is a record of type 253 on a known CID (once per run of 253 records), or any
-//!   record on a session the cloud had taken offline. It is treated like a connection: online,
-//!   pending event, queued jobs start.
+//!   record on a session the cloud had taken offline. It is treated like a connection (online,
+//!   pending event, the describe asked for, then jobs start) but not as a new secure session:
+//!   standard releases wait for a full handshake ([`fleet`], UNCONFIRMED).
 //! - **`particle/device/updates/pending`** `false` is sent [`CloudConfig::pending_event_delay`]
 //!   (1 s) after the connection started, once online, on every connection including
 //!   resumptions; it also appears on the stream (as in the captures). If updates are forced for
@@ -55,11 +56,28 @@
 //!   with a new UpdateStart (whose CON times out if the device is gone).
 //! - **`spark/flash/status` `success `** is published at the commit point (the 2.04 ACKed), as
 //!   in the captures where it precedes `spark/status` `offline` ("the transfer was handed to
-//!   the device"); the job itself becomes [`JobStatus::Succeeded`] only when the device
-//!   reconnects and its describe shows the file's modules ([`verify`]); a file that does not
-//!   parse as modules succeeds on the first describe after the commit. `failed ` is published
-//!   when the device reports an error or the cloud refuses the job; a reconnection without the
-//!   new firmware fails the job without a stream event.
+//!   the device"). That is the stream, Particle's events and timing. The job's own status is
+//!   the truth: [`JobStatus::Succeeded`] only when the device's describe, in a connection that
+//!   started after the commit, shows the file's modules listed, matching and valid
+//!   ([`compare`]). A device back without them (power lost before the commit, the final ACK
+//!   lost, a failed apply) gets the file again, up to [`CloudConfig::max_attempts`]
+//!   UpdateStarts, then the job fails with "gave up after N attempts" and the last reason.
+//!   `failed ` is published when the device reports an error.
+//! - **Desired state** ([`policy`], acted on by `reconcile`): whenever something changes
+//!   (a message, a timer, a flash, a fleet change, a flag) the cloud compares the device's own
+//!   describe with its target (a single-device flash; else the product firmware armed for it,
+//!   [`fleet`]; then the Device OS modules its firmware lacks) and sends the first missing
+//!   module, holds it while updates are disabled (`particle/device/updates/pending` `true`), or
+//!   finishes a job whose firmware already runs (flashing what a device runs needs no
+//!   transfer). After a resumption the cloud asks for the describe (GET `d`) before it acts.
+//!   A 2.04 that arrives after its UpdateFinish timed out commits the job (the endpoint ACKed
+//!   it, so the device commits). A transfer that stalled (no UpdateAck for the stall limit) is
+//!   not restarted until the device is heard from again (a sleeping device is not sent an
+//!   UpdateStart every 300 s).
+//! - **Safe-mode healing**: a device whose describe shows a module failing its dependency
+//!   check is sent the Device OS modules it lacks from the cloud's library
+//!   ([`Cloud::add_device_os_module`]), one transfer and one reboot each; nothing in the
+//!   library that satisfies it fails the job with the reason.
 //! - **A new flash supersedes** the device's jobs still queued (offline, or requeued after a
 //!   disconnect): they fail with "superseded" and no stream event; a job whose transfer is
 //!   running keeps going and the new one waits behind it.
@@ -78,47 +96,52 @@
 //! - **`spark/status/safe-mode`** (the legacy JSON describe) is published once per connection
 //!   of a device in safe mode: the device said `spark/device/safemode` or its describe shows a
 //!   module failing a check, at the post-connect point of the pending event or once the
-//!   connection's describe arrives (the rule and why: [`safe_mode`]). There is no safe-mode
-//!   healer: nothing is flashed because of it.
+//!   connection's describe arrives (the rule and why: [`safe_mode`]).
 
+pub mod api;
+mod config;
+mod connection;
+mod device_id;
 mod event;
 mod firmware;
+pub mod fleet;
 mod job;
 mod ota;
+pub mod policy;
+mod products;
+mod reconcile;
+mod requests;
 pub mod safe_mode;
 mod session;
+pub mod store;
 mod transfer;
 
+pub use config::{CloudConfig, Interrupted};
+pub use device_id::{DeviceId, DeviceIdError};
 pub use event::{
     device_id_hex, iso8601_millis, CloudEvent, DisconnectReason, OtaEvent, OtaEventKind, Publisher,
     SessionChange, StreamEvent,
 };
-pub use firmware::{expected_modules, verify, ExpectedModule};
-pub use job::{JobId, JobStatus};
+pub use firmware::{compare, expected_modules, verify, Comparison, ExpectedModule};
+pub use fleet::Fleet;
+pub use job::{JobId, JobInfo, JobKind, JobStatus};
+pub use policy::{DeviceOsLibrary, LibraryModule};
 pub use transfer::{SenderTiming, Transfer, TransferError};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use p256::ecdsa::{SigningKey, VerifyingKey};
-use protocol::coap::{
-    Code, Endpoint, EndpointConfig, EndpointEvent, IncomingRequest, Message, MessageType,
-    RequestHandle,
-};
-use protocol::dtls::{
-    CloseReason, ConnectionHandle, RetransmitTimeouts, Server, ServerConfig, ServerEvent,
-};
-use protocol::message::{
-    ApplicationDescribe, Body, DescribeFlags, Event, Hello, ParticleMessage, SystemDescribe,
-    TimeResponse, MAX_OTA_CHUNK_SIZE, MIN_OTA_CHUNK_SIZE,
-};
+use p256::ecdsa::VerifyingKey;
+use protocol::coap::{Endpoint, EndpointEvent, MessageType};
+use protocol::dtls::{ConnectionHandle, Server, ServerConfig};
+use protocol::message::{ApplicationDescribe, Body, Event, Hello, ParticleMessage, SystemDescribe};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
-use sha2::{Digest, Sha256};
 
+use connection::{record_kind, RecordKind};
 use job::Job;
-use session::{DescribeProgress, Purpose, Session};
+use session::{Purpose, Session};
 
 /// Event names the cloud uses.
 pub mod names {
@@ -137,79 +160,6 @@ pub mod names {
     pub const FLASH_STARTED: &str = "started ";
     pub const FLASH_SUCCESS: &str = "success ";
     pub const FLASH_FAILED: &str = "failed ";
-}
-
-/// Platforms whose keepalive is the cellular one (23 min, reference 1.9).
-const CELLULAR_PLATFORMS: [u16; 6] = [13, 23, 25, 26, 28, 35];
-const CELLULAR_KEEPALIVE: Duration = Duration::from_secs(23 * 60);
-const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(25);
-
-/// How the cloud behaves. [`CloudConfig::new`] gives the defaults described in the module docs.
-#[derive(Debug, Clone)]
-pub struct CloudConfig {
-    /// Signs the DTLS ServerKeyExchange; devices pin its public key.
-    pub server_key: SigningKey,
-    /// Unix time (seconds) at the caller's time zero: time responses and `published_at`.
-    pub unix_time_at_epoch: u64,
-    /// OTA chunk size (512; clamped to 512..=1136, a multiple of 4).
-    pub chunk_size: u32,
-    pub pending_event_delay: Duration,
-    pub settle_quiet: Duration,
-    pub settle_max: Duration,
-    /// `None`: twice the keepalive of the device's platform.
-    pub idle_timeout: Option<Duration>,
-    pub hole_holdoff: Duration,
-    pub silence_timeout: Duration,
-    pub silence_resend: u32,
-    pub stall_limit: Duration,
-    /// The cloud's CoAP timing (Device OS's defaults: 4 s ACK timeout, 3 retransmissions).
-    pub coap: EndpointConfig,
-    pub dtls_timeouts: RetransmitTimeouts,
-    /// What happens to a job whose transfer the device dropped (went offline, or stalled).
-    pub interrupted: Interrupted,
-}
-
-/// What the cloud does with a transfer the device dropped mid-way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Interrupted {
-    /// Keep the job queued and start it again (the device resumes from its synced state) at
-    /// the next connection, as product releases are delivered until the device runs them.
-    #[default]
-    Retry,
-    /// The job fails and `spark/flash/status` `failed ` is published, as the single-device
-    /// flash in the field captures shows (offline, then `failed ` 5 ms later); the next
-    /// attempt is a new flash.
-    Fail,
-}
-
-impl CloudConfig {
-    pub fn new(server_key: SigningKey) -> CloudConfig {
-        CloudConfig {
-            server_key,
-            // 2024-01-01T00:00:00Z.
-            unix_time_at_epoch: 1_704_067_200,
-            chunk_size: 512,
-            pending_event_delay: Duration::from_secs(1),
-            settle_quiet: Duration::from_secs(1),
-            settle_max: Duration::from_secs(5),
-            idle_timeout: None,
-            hole_holdoff: Duration::from_millis(250),
-            silence_timeout: Duration::from_secs(1),
-            silence_resend: 2,
-            stall_limit: Duration::from_secs(300),
-            coap: EndpointConfig::default(),
-            dtls_timeouts: RetransmitTimeouts::default(),
-            interrupted: Interrupted::Retry,
-        }
-    }
-
-    fn valid_chunk_size(&self) -> u32 {
-        (self
-            .chunk_size
-            .clamp(MIN_OTA_CHUNK_SIZE, MAX_OTA_CHUNK_SIZE)
-            / 4)
-            * 4
-    }
 }
 
 /// Counters of what came in and what could not be used.
@@ -267,27 +217,12 @@ struct DeviceRecord {
     queue: VecDeque<JobId>,
     /// Committed jobs waiting for the device to come back running their firmware.
     committed: Vec<JobId>,
-}
-
-/// What kind of record a datagram starts with (reference 1.4).
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum RecordKind {
-    /// Type 253: a resumed session, with its CID.
-    Move(Vec<u8>),
-    /// Type 25.
-    Cid,
-    Other,
-}
-
-fn record_kind(datagram: &[u8]) -> RecordKind {
-    const CID: std::ops::Range<usize> = 11..19;
-    match datagram.first() {
-        Some(253) => datagram
-            .get(CID)
-            .map_or(RecordKind::Other, |c| RecordKind::Move(c.to_vec())),
-        Some(25) => RecordKind::Cid,
-        _ => RecordKind::Other,
-    }
+    /// The product firmware the cloud delivers to this device (armed at each full handshake
+    /// for a standard release, at once for an intelligent one; [`policy`]).
+    armed: Option<fleet::TargetFirmware>,
+    /// SHA-256 of the files the cloud gave up delivering automatically (product firmware or
+    /// Device OS modules that can never be installed): not retried.
+    gave_up: Vec<[u8; 32]>,
 }
 
 fn key_bytes(key: &VerifyingKey) -> Vec<u8> {
@@ -310,6 +245,8 @@ pub struct Cloud {
     next_job: u64,
     events: VecDeque<CloudEvent>,
     stats: CloudStats,
+    fleet: Fleet,
+    library: DeviceOsLibrary,
 }
 
 impl std::fmt::Debug for Cloud {
@@ -338,6 +275,8 @@ impl Cloud {
             next_job: 1,
             events: VecDeque::new(),
             stats: CloudStats::default(),
+            fleet: Fleet::new(),
+            library: DeviceOsLibrary::default(),
         }
     }
 
@@ -370,6 +309,8 @@ impl Cloud {
                         app_hash: None,
                         queue: VecDeque::new(),
                         committed: Vec::new(),
+                        armed: None,
+                        gave_up: Vec::new(),
                     },
                 );
             }
@@ -443,7 +384,9 @@ impl Cloud {
             if !session.pending_sent {
                 consider(Some(session.started_at + self.config.pending_event_delay));
             }
-            consider(self.start_deadline(device, session));
+            if !session.settled {
+                consider(self.settle_deadline(device, session));
+            }
             if let Some(job) = device.queue.front().and_then(|j| self.jobs.get(j)) {
                 consider(job.transfer.as_ref().and_then(|t| t.deadline()));
             }
@@ -460,6 +403,21 @@ impl Cloud {
         self.stats
     }
 
+    /// Products, their firmware and devices.
+    pub fn fleet(&self) -> &Fleet {
+        &self.fleet
+    }
+
+    /// Adds a Device OS module (bootloader, system part, radio stack) that safe-mode healing
+    /// may send ([`policy`]).
+    pub fn add_device_os_module(&mut self, file: Vec<u8>) -> Result<LibraryModule, String> {
+        self.library.add(file)
+    }
+
+    pub fn device_os_library(&self) -> &DeviceOsLibrary {
+        &self.library
+    }
+
     /// The NSS key log line of the device's current session (for Wireshark).
     pub fn key_log_line(&self, device_id: [u8; 12]) -> Option<String> {
         let handle = self.devices.get(&device_id)?.session.as_ref()?.handle;
@@ -471,8 +429,6 @@ impl Cloud {
     pub fn flash(&mut self, now: Duration, device_id: [u8; 12], file: Vec<u8>) -> JobId {
         let id = JobId(self.next_job);
         self.next_job += 1;
-        let sha256: [u8; 32] = Sha256::digest(&file).into();
-        let expected = expected_modules(&file);
         let refusal = if !self.devices.contains_key(&device_id) {
             Some(format!(
                 "device {} is not registered with this cloud",
@@ -490,17 +446,7 @@ impl Cloud {
         };
         self.jobs.insert(
             id,
-            Job {
-                device_id,
-                file,
-                sha256,
-                status: JobStatus::Queued,
-                attempts: 0,
-                expected,
-                transfer: None,
-                committed_at: None,
-                maybe_committed: false,
-            },
+            Job::new(JobKind::Flash, device_id, std::sync::Arc::new(file)),
         );
         self.ota_event(now, id, device_id, OtaEventKind::Queued);
         if let Some(message) = refusal {
@@ -519,7 +465,8 @@ impl Cloud {
                     .copied()
                     .filter(|j| {
                         self.jobs.get(j).is_some_and(|job| {
-                            job.status == JobStatus::Queued && !job.maybe_committed
+                            matches!(job.status, JobStatus::Queued | JobStatus::Held)
+                                && !job.maybe_committed
                         })
                     })
                     .collect()
@@ -537,6 +484,17 @@ impl Cloud {
 
     pub fn job(&self, id: JobId) -> Option<&JobStatus> {
         self.jobs.get(&id).map(|j| &j.status)
+    }
+
+    /// A job's kind, status, attempts and the reason its last attempt did not end it.
+    pub fn job_info(&self, id: JobId) -> Option<JobInfo> {
+        self.jobs.get(&id).map(|j| JobInfo {
+            kind: j.kind.clone(),
+            device_id: j.device_id,
+            status: j.status.clone(),
+            attempts: j.attempts,
+            last_reason: j.last_reason.clone(),
+        })
     }
 
     /// The device a job is for.
@@ -565,6 +523,7 @@ impl Cloud {
                 if forced { "true" } else { "false" },
             );
         }
+        self.service(now, device_id);
     }
 
     /// Sends an event to an online device (CON POST `E/<name>`); `false` if it is offline.
@@ -606,687 +565,7 @@ impl Cloud {
         })
     }
 
-    // ---- DTLS ----
-
-    fn process_server_events(&mut self, now: Duration, kind: &RecordKind) {
-        while let Some(event) = self.server.poll_event() {
-            match event {
-                ServerEvent::Connected {
-                    handle,
-                    peer,
-                    device_key,
-                } => self.on_connected(now, handle, peer, device_key),
-                ServerEvent::ApplicationData { handle, data } => {
-                    self.on_application_data(now, handle, &data, kind)
-                }
-                ServerEvent::Moved { handle, from, to } => {
-                    self.on_moved(now, handle, from, to, kind)
-                }
-                ServerEvent::Closed { handle, reason } => self.on_closed(now, handle, reason),
-            }
-        }
-    }
-
-    fn on_connected(
-        &mut self,
-        now: Duration,
-        handle: ConnectionHandle,
-        peer: SocketAddr,
-        device_key: Option<VerifyingKey>,
-    ) {
-        let id = device_key.and_then(|k| self.by_key.get(&key_bytes(&k)).copied());
-        let Some(id) = id else {
-            self.dropped(
-                None,
-                "a DTLS handshake completed with an unregistered key".into(),
-            );
-            self.server.close(now, handle);
-            return;
-        };
-        if let Some(old) = self
-            .devices
-            .get(&id)
-            .and_then(|d| d.session.as_ref())
-            .map(|s| s.handle)
-        {
-            self.go_offline(now, id, DisconnectReason::Replaced);
-            self.end_session(id);
-            if old != handle {
-                self.server.remove(old);
-            }
-        }
-        let cid = self.server.connection_id(handle).map(<[u8]>::to_vec);
-        let mut session = Session::new(handle, cid, peer, now);
-        session.endpoint = Some(self.new_endpoint());
-        if let Some(d) = self.devices.get_mut(&id) {
-            d.session = Some(session);
-            d.last_address = Some(peer);
-            // A full handshake: the device subscribes again (a resumption may not).
-            d.subscriptions.clear();
-        }
-        self.by_handle.insert(handle, id);
-        self.events
-            .push_back(CloudEvent::Session(SessionChange::Connected {
-                at: now,
-                device_id: id,
-                address: peer,
-            }));
-    }
-
-    fn on_moved(
-        &mut self,
-        now: Duration,
-        handle: ConnectionHandle,
-        from: SocketAddr,
-        to: SocketAddr,
-        kind: &RecordKind,
-    ) {
-        let Some(id) = self.by_handle.get(&handle).copied() else {
-            return;
-        };
-        if let Some(d) = self.devices.get_mut(&id) {
-            d.last_address = Some(to);
-            if let Some(s) = d.session.as_mut() {
-                s.address = to;
-            }
-        }
-        // A resumed device usually comes from a new port: report the resumption first.
-        self.detect_resumption(now, id, kind);
-        self.events
-            .push_back(CloudEvent::Session(SessionChange::Moved {
-                at: now,
-                device_id: id,
-                from,
-                to,
-            }));
-    }
-
-    fn on_closed(&mut self, now: Duration, handle: ConnectionHandle, reason: CloseReason) {
-        let Some(id) = self.by_handle.get(&handle).copied() else {
-            return;
-        };
-        self.go_offline(now, id, DisconnectReason::Closed(reason.to_string()));
-        self.end_session(id);
-    }
-
-    fn on_application_data(
-        &mut self,
-        now: Duration,
-        handle: ConnectionHandle,
-        data: &[u8],
-        kind: &RecordKind,
-    ) {
-        let Some(id) = self.by_handle.get(&handle).copied() else {
-            return;
-        };
-        self.stats.messages += 1;
-        self.detect_resumption(now, id, kind);
-        let events = match self.endpoint(&id) {
-            Some(e) => match e.handle_message(now, data) {
-                Ok(()) => drain_events(e),
-                Err(error) => {
-                    self.stats.malformed += 1;
-                    self.dropped(Some(id), format!("malformed CoAP message: {error}"));
-                    return;
-                }
-            },
-            None => return,
-        };
-        self.handle_endpoint_events(now, id, events);
-        // Not a Hello (a ping after all): the device is online anyway.
-        if self.session_mut(&id).is_some_and(|s| s.fresh) {
-            self.go_online(now, id);
-        }
-        self.service(now, id);
-    }
-
-    /// An authenticated record arrived: a first type-253 record, or any record on a session
-    /// the cloud had taken offline, is a resumption (reference 1.4).
-    fn detect_resumption(&mut self, now: Duration, id: [u8; 12], kind: &RecordKind) {
-        let (resume, again) = {
-            let Some(s) = self.session_mut(&id) else {
-                return;
-            };
-            s.last_heard = now;
-            let mut resume = false;
-            match kind {
-                RecordKind::Move(cid) if !s.moving && s.cid.as_deref() == Some(cid.as_slice()) => {
-                    s.moving = true;
-                    resume = true;
-                }
-                RecordKind::Cid => s.moving = false,
-                _ => {}
-            }
-            if !s.online && !s.fresh {
-                resume = true;
-            }
-            (resume, resume && s.online)
-        };
-        if again {
-            self.go_offline(now, id, DisconnectReason::ResumedAgain);
-        }
-        if resume {
-            self.resume(now, id);
-        }
-    }
-
-    fn resume(&mut self, now: Duration, id: [u8; 12]) {
-        let endpoint = self.new_endpoint();
-        // A resumption sends a describe only when something changed: the last one counts.
-        let describe_known = self
-            .devices
-            .get(&id)
-            .is_some_and(|d| d.system_describe.is_some());
-        let Some(s) = self.session_mut(&id) else {
-            return;
-        };
-        s.resumed = true;
-        s.started_at = now;
-        s.last_request = now;
-        s.pending_sent = false;
-        s.describe_seen = describe_known;
-        s.safe_mode_said = false;
-        s.safe_mode_published = false;
-        s.clear_connection();
-        s.endpoint = Some(endpoint);
-        let address = s.address;
-        self.events
-            .push_back(CloudEvent::Session(SessionChange::Resumed {
-                at: now,
-                device_id: id,
-                address,
-            }));
-        self.go_online(now, id);
-    }
-
-    fn go_online(&mut self, now: Duration, id: [u8; 12]) {
-        let Some(s) = self.session_mut(&id) else {
-            return;
-        };
-        if s.online {
-            return;
-        }
-        s.online = true;
-        s.fresh = false;
-        self.publish_cloud(now, id, names::STATUS, "online");
-    }
-
-    /// Takes the device offline (its session, if any, stays for a resumption).
-    fn go_offline(&mut self, now: Duration, id: [u8; 12], reason: DisconnectReason) {
-        self.flush_endpoint(now, id);
-        let (was_online, was_fresh) = {
-            let Some(s) = self.session_mut(&id) else {
-                return;
-            };
-            let was = (s.online, s.fresh);
-            s.online = false;
-            s.fresh = false;
-            s.clear_connection();
-            was
-        };
-        if was_online {
-            self.publish_cloud(now, id, names::STATUS, "offline");
-        } else if !was_fresh {
-            return; // already offline
-        }
-        self.events
-            .push_back(CloudEvent::Session(SessionChange::Disconnected {
-                at: now,
-                device_id: id,
-                reason,
-            }));
-        self.interrupt_active(now, id, "the device went offline during the transfer");
-    }
-
-    /// Forgets the device's session (after a close, a refusal or a new handshake).
-    fn end_session(&mut self, id: [u8; 12]) {
-        if let Some(s) = self.devices.get_mut(&id).and_then(|d| d.session.take()) {
-            self.by_handle.remove(&s.handle);
-        }
-    }
-
-    fn refuse(&mut self, now: Duration, id: [u8; 12], reason: String) {
-        self.dropped(Some(id), reason.clone());
-        let handle = self.session_mut(&id).map(|s| s.handle);
-        self.go_offline(now, id, DisconnectReason::Refused(reason));
-        self.end_session(id);
-        if let Some(handle) = handle {
-            self.server.close(now, handle);
-            self.process_server_events(now, &RecordKind::Other);
-        }
-    }
-
-    // ---- CoAP ----
-
-    fn new_endpoint(&mut self) -> Endpoint<ChaCha8Rng> {
-        Endpoint::new(
-            self.config.coap.clone(),
-            ChaCha8Rng::seed_from_u64(self.rng.next_u64()),
-        )
-    }
-
-    fn session_mut(&mut self, id: &[u8; 12]) -> Option<&mut Session> {
-        self.devices.get_mut(id)?.session.as_mut()
-    }
-
-    fn endpoint(&mut self, id: &[u8; 12]) -> Option<&mut Endpoint<ChaCha8Rng>> {
-        self.session_mut(id)?.endpoint.as_mut()
-    }
-
-    fn is_online(&self, id: &[u8; 12]) -> bool {
-        self.devices
-            .get(id)
-            .and_then(|d| d.session.as_ref())
-            .is_some_and(|s| s.online && s.endpoint.is_some())
-    }
-
-    /// Moves the endpoint's datagrams into DTLS records; returns the message id of the last.
-    fn flush_endpoint(&mut self, now: Duration, id: [u8; 12]) -> Option<u16> {
-        let s = self.devices.get_mut(&id).and_then(|d| d.session.as_mut())?;
-        let handle = s.handle;
-        let endpoint = s.endpoint.as_mut()?;
-        let mut failures = Vec::new();
-        let mut last = None;
-        while let Some(bytes) = endpoint.poll_transmit() {
-            last = bytes.get(2..4).map(|m| u16::from_be_bytes([m[0], m[1]]));
-            if let Err(e) = self.server.send_application_data(now, handle, &bytes) {
-                failures.push(format!("could not send {} bytes: {e}", bytes.len()));
-            }
-        }
-        for f in failures {
-            self.dropped(Some(id), f);
-        }
-        last
-    }
-
-    fn send_request(
-        &mut self,
-        now: Duration,
-        id: [u8; 12],
-        message: ParticleMessage,
-        purpose: Purpose,
-    ) -> Option<RequestHandle> {
-        if !self.is_online(&id) {
-            return None;
-        }
-        let coap = match message.to_coap() {
-            Ok(m) => m,
-            Err(e) => {
-                self.dropped(Some(id), format!("could not encode a message: {e}"));
-                return None;
-            }
-        };
-        let result = self.endpoint(&id)?.send(now, coap);
-        match result {
-            Ok(handle) => {
-                if let Some(s) = self.session_mut(&id) {
-                    s.purposes.insert(handle, purpose);
-                }
-                self.flush_endpoint(now, id);
-                Some(handle)
-            }
-            Err(e) => {
-                self.dropped(Some(id), format!("could not send a message: {e}"));
-                None
-            }
-        }
-    }
-
-    fn accept(&mut self, now: Duration, id: [u8; 12], request: &IncomingRequest) {
-        let result = match self.endpoint(&id) {
-            Some(e) => e.accept(now, request),
-            None => return,
-        };
-        if let Err(e) = result {
-            self.dropped(Some(id), format!("could not acknowledge: {e}"));
-        }
-        self.flush_endpoint(now, id);
-    }
-
-    fn handle_endpoint_events(&mut self, now: Duration, id: [u8; 12], events: Vec<EndpointEvent>) {
-        for event in events {
-            if !self.is_online(&id) && !self.session_mut(&id).is_some_and(|s| s.fresh) {
-                break; // went offline while handling an earlier event
-            }
-            match event {
-                EndpointEvent::Request { request, message } => {
-                    self.on_request(now, id, request, message)
-                }
-                EndpointEvent::Response { handle, message } => {
-                    self.on_response(now, id, handle, message)
-                }
-                EndpointEvent::Acknowledged { handle } => {
-                    if let Some(s) = self.session_mut(&id) {
-                        if s.purposes.get(&handle) == Some(&Purpose::Event) {
-                            s.purposes.remove(&handle);
-                        }
-                    }
-                }
-                EndpointEvent::Reset { handle } => self.on_reset(now, id, handle),
-                EndpointEvent::TimedOut { .. } => {
-                    self.go_offline(now, id, DisconnectReason::MessageTimeout)
-                }
-                EndpointEvent::Unmatched { message } => self.on_unmatched(now, id, message),
-            }
-        }
-        self.flush_endpoint(now, id);
-    }
-
-    fn on_request(
-        &mut self,
-        now: Duration,
-        id: [u8; 12],
-        request: IncomingRequest,
-        message: Message,
-    ) {
-        if let Some(s) = self.session_mut(&id) {
-            s.last_request = now;
-        }
-        let parsed = match ParticleMessage::from_coap(&message) {
-            Ok(p) => p,
-            Err(e) => {
-                self.stats.malformed += 1;
-                // Never RST casually (reference 1.4): a CON we cannot use is still ACKed.
-                self.accept(now, id, &request);
-                self.dropped(Some(id), format!("malformed {} request: {e}", message.code));
-                if self.session_mut(&id).is_some_and(|s| s.fresh) {
-                    self.go_online(now, id);
-                }
-                return;
-            }
-        };
-        if let Body::Hello(hello) = &parsed.body {
-            if hello.device_id != id {
-                self.refuse(
-                    now,
-                    id,
-                    format!(
-                        "the Hello carries device id {} but the DTLS key is registered for {}",
-                        device_id_hex(&hello.device_id),
-                        device_id_hex(&id)
-                    ),
-                );
-                return;
-            }
-            if let Some(d) = self.devices.get_mut(&id) {
-                d.hello = Some(hello.clone());
-            }
-            self.accept(now, id, &request);
-            self.go_online(now, id);
-            return;
-        }
-        if self.session_mut(&id).is_some_and(|s| s.fresh) {
-            self.go_online(now, id);
-        }
-        match parsed.body {
-            Body::TimeRequest => {
-                let unix = self.config.unix_time_at_epoch.saturating_add(now.as_secs());
-                let response = TimeResponse {
-                    unix_time: Some(u32::try_from(unix).unwrap_or(u32::MAX)),
-                }
-                .emit();
-                let mut reply = Message::new(MessageType::Acknowledgement, response.code, 0);
-                reply.options = response.options;
-                reply.payload = response.payload;
-                let result = match self.endpoint(&id) {
-                    Some(e) => e.respond(now, &request, reply),
-                    None => return,
-                };
-                if let Err(e) = result {
-                    self.dropped(Some(id), format!("could not answer a time request: {e}"));
-                }
-            }
-            Body::Describe(describe) => {
-                self.accept(now, id, &request);
-                self.on_describe(now, id, describe);
-            }
-            Body::Event(event) => {
-                self.accept(now, id, &request);
-                self.on_device_event(now, id, event);
-            }
-            Body::Subscribe(subscribe) => {
-                self.accept(now, id, &request);
-                if let Some(d) = self.devices.get_mut(&id) {
-                    if !d.subscriptions.contains(&subscribe.filter) {
-                        d.subscriptions.push(subscribe.filter);
-                    }
-                }
-            }
-            Body::Goodbye(goodbye) => {
-                self.accept(now, id, &request);
-                self.go_offline(
-                    now,
-                    id,
-                    DisconnectReason::Goodbye {
-                        cloud_reason: goodbye.cloud_reason,
-                        reset_reason: goodbye.reset_reason,
-                    },
-                );
-            }
-            Body::UpdateAck(ack) => self.on_update_ack(now, id, ack),
-            other => {
-                self.accept(now, id, &request);
-                self.dropped(
-                    Some(id),
-                    format!("unexpected request from the device: {other:?}"),
-                );
-            }
-        }
-        self.flush_endpoint(now, id);
-    }
-
-    fn on_describe(&mut self, now: Duration, id: [u8; 12], describe: protocol::message::Describe) {
-        let progress = match self.session_mut(&id) {
-            Some(s) => s.describe.add(describe),
-            None => return,
-        };
-        let (flags, payload) = match progress {
-            DescribeProgress::Partial => return,
-            DescribeProgress::OutOfSequence { expected, got } => {
-                self.dropped(
-                    Some(id),
-                    format!("describe block {got} arrived while block {expected} was expected"),
-                );
-                return;
-            }
-            DescribeProgress::Complete { flags, payload, .. } => (flags, payload),
-        };
-        if flags.0 & DescribeFlags::SYSTEM.0 != 0 {
-            match SystemDescribe::parse(&payload) {
-                Ok(describe) => self.on_system_describe(now, id, describe),
-                Err(e) => {
-                    self.stats.malformed += 1;
-                    self.dropped(Some(id), format!("system describe: {e}"));
-                }
-            }
-        } else if flags.0 & DescribeFlags::APPLICATION.0 != 0 {
-            match ApplicationDescribe::parse(&payload) {
-                Ok(describe) => {
-                    if let Some(d) = self.devices.get_mut(&id) {
-                        d.application_describe = Some(describe);
-                    }
-                }
-                Err(e) => {
-                    self.stats.malformed += 1;
-                    self.dropped(Some(id), format!("application describe: {e}"));
-                }
-            }
-        }
-    }
-
-    fn on_system_describe(&mut self, now: Duration, id: [u8; 12], describe: SystemDescribe) {
-        let user_hash = describe
-            .firmware_modules
-            .iter()
-            .find(|m| m.r#type == 5)
-            .and_then(|m| m.hash.clone())
-            .filter(|h| !h.is_empty());
-        let (publish_hash, hello, started_at) = {
-            let Some(d) = self.devices.get_mut(&id) else {
-                return;
-            };
-            let publish = user_hash.is_some() && d.app_hash != user_hash;
-            if publish {
-                d.app_hash = user_hash.clone();
-            }
-            d.system_describe = Some(describe.clone());
-            if let Some(s) = d.session.as_mut() {
-                s.describe_seen = true;
-            }
-            let started = d.session.as_ref().map_or(now, |s| s.started_at);
-            (publish, d.hello.clone(), started)
-        };
-        if publish_hash {
-            let hex: String = user_hash
-                .unwrap_or_default()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            self.publish_cloud(now, id, names::APP_HASH, &hex);
-        }
-        self.check_committed(now, id, &describe, hello.as_ref(), started_at);
-    }
-
-    fn on_device_event(&mut self, now: Duration, id: [u8; 12], event: Event) {
-        if let Some(d) = self.devices.get_mut(&id) {
-            match event.name.as_str() {
-                names::UPDATES_ENABLED => d.updates_enabled = Some(parse_flag(&event.data)),
-                names::UPDATES_FORCED => d.updates_forced = Some(parse_flag(&event.data)),
-                names::LAST_RESET => {
-                    d.last_reset = Some(String::from_utf8_lossy(&event.data).into_owned())
-                }
-                names::DEVICE_SAFE_MODE => {
-                    if let Some(s) = d.session.as_mut() {
-                        s.safe_mode_said = true;
-                    }
-                }
-                _ => {}
-            }
-        }
-        let public = event.scope == protocol::message::EventScope::Public;
-        self.publish(
-            now,
-            id,
-            Publisher::Device,
-            &event.name,
-            &String::from_utf8_lossy(&event.data),
-            event.ttl(),
-            public,
-        );
-    }
-
-    fn on_response(
-        &mut self,
-        now: Duration,
-        id: [u8; 12],
-        handle: RequestHandle,
-        message: Message,
-    ) {
-        let purpose = self
-            .session_mut(&id)
-            .and_then(|s| s.purposes.remove(&handle));
-        match purpose {
-            Some(Purpose::UpdateStart(job)) => self.on_start_response(now, id, job, &message),
-            Some(Purpose::UpdateFinish(job)) => self.on_finish_response(now, job, &message),
-            Some(Purpose::Event) | None => {
-                if message.code.class() != 2 {
-                    self.dropped(
-                        Some(id),
-                        format!("the device answered {} to a message of ours", message.code),
-                    );
-                }
-            }
-        }
-    }
-
-    fn on_reset(&mut self, now: Duration, id: [u8; 12], handle: RequestHandle) {
-        let purpose = self
-            .session_mut(&id)
-            .and_then(|s| s.purposes.remove(&handle));
-        match purpose {
-            Some(Purpose::UpdateStart(job)) | Some(Purpose::UpdateFinish(job)) => self.fail_job(
-                now,
-                job,
-                None,
-                "the device answered the OTA request with RST".into(),
-                true,
-            ),
-            _ => self.dropped(
-                Some(id),
-                "the device answered a message of ours with RST".into(),
-            ),
-        }
-    }
-
-    fn on_unmatched(&mut self, now: Duration, id: [u8; 12], message: Message) {
-        if message.kind == MessageType::Reset {
-            let chunk = self
-                .session_mut(&id)
-                .and_then(|s| s.chunk_of(message.message_id));
-            if let (Some(index), Some(job)) = (chunk, self.active_job(&id)) {
-                self.fail_job(
-                    now,
-                    job,
-                    None,
-                    format!(
-                        "the device refused chunk {index} (RST for message id {})",
-                        message.message_id
-                    ),
-                    true,
-                );
-                return;
-            }
-        }
-        // Duplicate ACKs of retransmitted CONs are normal; anything else is reported.
-        if !(message.kind == MessageType::Acknowledgement && message.code == Code::EMPTY) {
-            self.dropped(
-                Some(id),
-                format!(
-                    "unmatched {:?} {} message id {}",
-                    message.kind, message.code, message.message_id
-                ),
-            );
-        }
-    }
-
     // ---- timers ----
-
-    fn idle_deadline(&self, id: &[u8; 12]) -> Option<Duration> {
-        let d = self.devices.get(id)?;
-        let s = d.session.as_ref().filter(|s| s.online)?;
-        let timeout = self.config.idle_timeout.unwrap_or_else(|| {
-            let cellular = d
-                .hello
-                .as_ref()
-                .is_some_and(|h| CELLULAR_PLATFORMS.contains(&h.platform_id));
-            2 * if cellular {
-                CELLULAR_KEEPALIVE
-            } else {
-                DEFAULT_KEEPALIVE
-            }
-        });
-        Some(s.last_heard.saturating_add(timeout))
-    }
-
-    /// When a queued job may start, if one is waiting and only settling holds it back.
-    fn start_deadline(&self, device: &DeviceRecord, session: &Session) -> Option<Duration> {
-        let front = self.jobs.get(device.queue.front()?)?;
-        if front.status != JobStatus::Queued
-            || !session.online
-            || !session.pending_sent
-            || device.hello.is_none()
-            || session
-                .endpoint
-                .as_ref()
-                .is_none_or(|e| e.unacknowledged() > 0)
-        {
-            return None;
-        }
-        Some(
-            (session.last_request + self.config.settle_quiet)
-                .min(session.started_at + self.config.settle_max),
-        )
-    }
 
     /// The data of `spark/status/safe-mode` if it is due for this connection now (rule in
     /// [`safe_mode`]).
@@ -1321,11 +600,15 @@ impl Cloud {
             .session_mut(&id)
             .is_some_and(|s| s.online && !s.pending_sent && now >= s.started_at + delay);
         if due_pending {
+            // A held update says so at once; otherwise `false`, as in the captures.
+            let held = self.held_job(&id).is_some();
             if let Some(s) = self.session_mut(&id) {
                 s.pending_sent = true;
+                s.pending_true_sent = held;
             }
-            if self.send_event(now, id, names::UPDATES_PENDING, "false") {
-                self.publish_cloud(now, id, names::UPDATES_PENDING, "false");
+            let data = if held { "true" } else { "false" };
+            if self.send_event(now, id, names::UPDATES_PENDING, data) {
+                self.publish_cloud(now, id, names::UPDATES_PENDING, data);
             }
             if self.devices.get(&id).is_some_and(|d| d.forced_setting) {
                 self.send_event(now, id, names::UPDATES_FORCED, "true");
@@ -1340,6 +623,11 @@ impl Cloud {
                 .is_some_and(|t| t.is_stalled(now));
             if stalled {
                 self.interrupt_active(now, id, "no UpdateAck for the stall limit");
+                // Not again on this silence: a sleeping device would get an UpdateStart
+                // (and the stream a `started `) every stall limit.
+                if let Some(s) = self.session_mut(&id) {
+                    s.stalled_at = Some(now);
+                }
             }
         }
         // Silence during a transfer.
@@ -1361,29 +649,7 @@ impl Cloud {
                 self.update_transfer_status(job);
             }
         }
-        // Start the next job once settled.
-        loop {
-            let start = {
-                let Some(d) = self.devices.get(&id) else {
-                    return;
-                };
-                let Some(s) = d.session.as_ref() else {
-                    return;
-                };
-                match self.start_deadline(d, s) {
-                    Some(at) if now >= at => d.queue.front().copied(),
-                    _ => None,
-                }
-            };
-            let Some(job) = start else {
-                break;
-            };
-            self.start_job(now, id, job);
-            // Started, or could not be sent: stop. Refused (failed, dequeued): try the next.
-            if self.devices.get(&id).and_then(|d| d.queue.front()) == Some(&job) {
-                break;
-            }
-        }
+        self.reconcile(now, id);
     }
 
     // ---- event stream ----
@@ -1444,6 +710,7 @@ fn drain_events(endpoint: &mut Endpoint<ChaCha8Rng>) -> Vec<EndpointEvent> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use p256::ecdsa::SigningKey;
 
     #[test]
     fn the_cloud_can_move_to_a_transport_thread() {

@@ -10,8 +10,11 @@ use protocol::message::{
     UpdateChunk, UpdateFinish, UpdateStart, UpdateStartResponse,
 };
 
+use super::firmware::{compare, Comparison};
+use super::job::JobKind;
+use super::policy;
 use super::session::Purpose;
-use super::{names, verify, Cloud, JobId, JobStatus, OtaEventKind, SenderTiming, Transfer};
+use super::{names, Cloud, JobId, JobStatus, OtaEventKind, SenderTiming, Transfer};
 
 impl Cloud {
     /// The job at the front of the device's queue if UpdateStart went out for it.
@@ -57,18 +60,13 @@ impl Cloud {
         job.attempts += 1;
         job.transfer = None;
         let attempt = job.attempts;
-        let token = match self.endpoint(&id) {
-            Some(e) => e.next_token(),
-            None => return,
-        };
-        let message = ParticleMessage {
-            kind: MessageType::Confirmable,
-            message_id: 0,
-            token,
-            body: Body::UpdateStart(start),
-        };
         if self
-            .send_request(now, id, message, Purpose::UpdateStart(job_id))
+            .send_con(
+                now,
+                id,
+                Body::UpdateStart(start),
+                Purpose::UpdateStart(job_id),
+            )
             .is_none()
         {
             return;
@@ -296,23 +294,12 @@ impl Cloud {
     }
 
     pub(super) fn send_finish(&mut self, now: Duration, id: [u8; 12], job_id: JobId) {
-        let token = match self.endpoint(&id) {
-            Some(e) => e.next_token(),
-            None => return,
-        };
-        let message = ParticleMessage {
-            kind: MessageType::Confirmable,
-            message_id: 0,
-            token,
-            body: Body::UpdateFinish(UpdateFinish::default()),
-        };
-        if self
-            .send_request(now, id, message, Purpose::UpdateFinish(job_id))
-            .is_none()
-        {
+        let body = Body::UpdateFinish(UpdateFinish::default());
+        let Some(token) = self.send_con(now, id, body, Purpose::UpdateFinish(job_id)) else {
             return;
-        }
+        };
         if let Some(job) = self.jobs.get_mut(&job_id) {
+            job.finish_token = Some(token);
             job.status = JobStatus::Finishing;
         }
         self.ota_event(now, job_id, id, OtaEventKind::Finishing);
@@ -328,20 +315,56 @@ impl Cloud {
         }
         // The endpoint ACKs the separate 2.04 as it delivers it: that ACK is the commit point.
         let stats = FinishStats::parse(&message.payload).ok();
+        self.commit_job(now, job_id, stats);
+    }
+
+    /// The device committed: `success ` on the stream (Particle's "handed to the device"),
+    /// the job waits for the device's describe after its reset.
+    fn commit_job(&mut self, now: Duration, job_id: JobId, stats: Option<FinishStats>) {
         let Some(job) = self.jobs.get_mut(&job_id) else {
             return;
         };
         job.status = JobStatus::Committed { stats };
         job.committed_at = Some(now);
+        job.maybe_committed = false;
         job.transfer = None;
-        job.file = Vec::new(); // delivered; the verdict needs only the expected modules
         let id = job.device_id;
         if let Some(d) = self.devices.get_mut(&id) {
             d.queue.retain(|j| *j != job_id);
-            d.committed.push(job_id);
+            if !d.committed.contains(&job_id) {
+                d.committed.push(job_id);
+            }
         }
         self.ota_event(now, job_id, id, OtaEventKind::Committed { stats });
         self.publish_cloud(now, id, names::FLASH_STATUS, names::FLASH_SUCCESS);
+    }
+
+    /// A 2.04 that matched no request of ours (its UpdateFinish timed out, or the connection
+    /// was taken for lost): the endpoint has ACKed it, so the device commits. If its token is
+    /// the last UpdateFinish of the device's job, that job is committed. `true` if it was.
+    pub(super) fn late_finish_response(
+        &mut self,
+        now: Duration,
+        id: [u8; 12],
+        message: &Message,
+    ) -> bool {
+        if message.token.is_empty() {
+            return false;
+        }
+        let job = self.devices.get(&id).and_then(|d| {
+            d.queue.iter().copied().find(|j| {
+                self.jobs.get(j).is_some_and(|job| {
+                    job.finish_token.as_deref() == Some(message.token.as_slice())
+                        && (job.maybe_committed || job.status == JobStatus::Finishing)
+                })
+            })
+        });
+        let Some(job) = job else {
+            return false;
+        };
+        let stats = FinishStats::parse(&message.payload).ok();
+        self.commit_job(now, job, stats);
+        true
     }
 
     pub(super) fn fail_from_response(
@@ -364,7 +387,74 @@ impl Cloud {
                 .to_string(),
             ),
         };
-        self.fail_job(now, job_id, code, text, true);
+        match code {
+            Some(policy::UPDATES_DISABLED) => self.hold_job(now, job_id, Some(text)),
+            Some(c) if !policy::is_permanent(c) => {
+                self.requeue_job(
+                    now,
+                    job_id,
+                    format!("the device answered {what}: {text} ({c})"),
+                );
+                self.publish_for(job_id, now, names::FLASH_FAILED);
+            }
+            _ => self.fail_job(now, job_id, code, text, true),
+        }
+    }
+
+    fn publish_for(&mut self, job_id: JobId, now: Duration, data: &str) {
+        if let Some(id) = self.jobs.get(&job_id).map(|j| j.device_id) {
+            self.publish_cloud(now, id, names::FLASH_STATUS, data);
+        }
+    }
+
+    /// Back to the queue for another attempt (bounded by the policy).
+    fn requeue_job(&mut self, now: Duration, job_id: JobId, reason: String) {
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            return;
+        };
+        job.status = JobStatus::Queued;
+        job.transfer = None;
+        job.last_reason = Some(reason);
+        let id = job.device_id;
+        self.ota_event(now, job_id, id, OtaEventKind::Requeued { resume_hint: 0 });
+    }
+
+    /// The device has updates disabled: the job waits for them to be enabled (or forced).
+    pub(super) fn hold_job(&mut self, now: Duration, job_id: JobId, reason: Option<String>) {
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            return;
+        };
+        let was_held = job.status == JobStatus::Held;
+        job.status = JobStatus::Held;
+        job.transfer = None;
+        if reason.is_some() {
+            job.last_reason = reason;
+        }
+        let id = job.device_id;
+        if let Some(d) = self.devices.get_mut(&id) {
+            // The device refused with -1380: its updates are disabled whatever it said before.
+            d.updates_enabled = Some(false);
+        }
+        if !was_held {
+            self.ota_event(now, job_id, id, OtaEventKind::Held);
+        }
+        let say = self
+            .session_mut(&id)
+            .is_some_and(|s| s.online && s.pending_sent && !s.pending_true_sent);
+        if say {
+            if let Some(s) = self.session_mut(&id) {
+                s.pending_true_sent = true;
+            }
+            if self.send_event(now, id, names::UPDATES_PENDING, "true") {
+                self.publish_cloud(now, id, names::UPDATES_PENDING, "true");
+            }
+        }
+    }
+
+    /// The device's held job, if one is held.
+    pub(super) fn held_job(&self, id: &[u8; 12]) -> Option<JobId> {
+        let job = *self.devices.get(id)?.queue.front()?;
+        (self.jobs.get(&job)?.status == JobStatus::Held).then_some(job)
     }
 
     /// The device dropped the active transfer: requeued or failed per
@@ -395,6 +485,7 @@ impl Cloud {
         job.maybe_committed = job.status == JobStatus::Finishing;
         job.status = JobStatus::Queued;
         job.transfer = None;
+        job.last_reason = Some("the transfer was interrupted".into());
         self.ota_event(now, job_id, id, OtaEventKind::Requeued { resume_hint });
     }
 
@@ -423,8 +514,19 @@ impl Cloud {
             message: message.clone(),
         };
         job.transfer = None;
-        job.file = Vec::new();
+        job.file = std::sync::Arc::new(Vec::new());
+        let automatic = job.kind != JobKind::Flash;
+        let sha = job.sha256;
         let id = job.device_id;
+        if automatic {
+            // Never retried: the same file would fail the same way (superseded jobs are
+            // not given up: a later target may name the same file again).
+            if !message.starts_with("superseded") {
+                if let Some(d) = self.devices.get_mut(&id) {
+                    d.gave_up.push(sha);
+                }
+            }
+        }
         if let Some(d) = self.devices.get_mut(&id) {
             d.queue.retain(|j| *j != job_id);
             d.committed.retain(|j| *j != job_id);
@@ -436,7 +538,9 @@ impl Cloud {
     }
 
     /// Committed jobs (and a job requeued while finishing): does the device, in a connection
-    /// that started after the commit, now run their firmware?
+    /// that started after the commit, now run their firmware? Running it (listed, matching,
+    /// valid) is success. Installed but waiting for Device OS modules keeps the job committed
+    /// while healing runs ([`policy`]). Anything else sends the job back for another attempt.
     pub(super) fn check_committed(
         &mut self,
         now: Duration,
@@ -454,27 +558,56 @@ impl Cloud {
             let Some(job) = self.jobs.get(&job_id) else {
                 continue;
             };
-            if job.committed_at.is_none_or(|at| started_at < at) {
+            if job.committed_at.is_none_or(|at| started_at <= at) {
                 continue; // same connection as the commit: the device has not rebooted
             }
+            let heal = matches!(job.kind, JobKind::Heal { .. });
             let verdict = match &job.expected {
-                Some(expected) => verify(expected, hello, describe),
-                None => Ok(()),
+                Some(expected) => compare(expected, hello, describe),
+                None => Comparison::OnTarget,
             };
-            if let Some(d) = self.devices.get_mut(&id) {
-                d.committed.retain(|j| *j != job_id);
-            }
             match verdict {
-                Ok(()) => self.succeed_job(now, job_id),
-                Err(message) => self.fail_job(
-                    now,
-                    job_id,
-                    None,
-                    format!(
-                        "the update was committed but the device reconnected without it: {message}"
-                    ),
-                    false,
-                ),
+                Comparison::OnTarget => {
+                    self.remove_committed(id, job_id);
+                    self.succeed_job(now, job_id);
+                }
+                // A Device OS module is delivered once installed, even while its own
+                // dependencies wait for the next one.
+                Comparison::Invalid {
+                    unmet_dependency: true,
+                    ..
+                } if heal => {
+                    self.remove_committed(id, job_id);
+                    self.succeed_job(now, job_id);
+                }
+                // Installed; the device waits in safe mode for Device OS modules: healing
+                // (reconcile) sends them and the job stays committed until the app runs.
+                Comparison::Invalid {
+                    unmet_dependency: true,
+                    message,
+                } => {
+                    if let Some(job) = self.jobs.get_mut(&job_id) {
+                        job.last_reason = Some(message);
+                        job.awaiting_heal = true;
+                    }
+                }
+                Comparison::Invalid { message, .. } | Comparison::Differs(message) => {
+                    self.remove_committed(id, job_id);
+                    let reason = format!(
+                        "the update was committed but the device came back without it: {message}"
+                    );
+                    let Some(job) = self.jobs.get_mut(&job_id) else {
+                        continue;
+                    };
+                    job.status = JobStatus::Queued;
+                    job.committed_at = None;
+                    job.awaiting_heal = false;
+                    job.last_reason = Some(reason.clone());
+                    if let Some(d) = self.devices.get_mut(&id) {
+                        d.queue.push_front(job_id);
+                    }
+                    self.ota_event(now, job_id, id, OtaEventKind::Retrying { reason });
+                }
             }
         }
         // A job requeued while finishing may have been committed before the link went.
@@ -485,7 +618,7 @@ impl Cloud {
                     && j.status == JobStatus::Queued
                     && j.expected
                         .as_ref()
-                        .is_some_and(|e| verify(e, hello, describe).is_ok())
+                        .is_some_and(|e| compare(e, hello, describe) == Comparison::OnTarget)
             });
             if done {
                 if let Some(d) = self.devices.get_mut(&id) {
@@ -493,6 +626,12 @@ impl Cloud {
                 }
                 self.succeed_job(now, job_id);
             }
+        }
+    }
+
+    fn remove_committed(&mut self, id: [u8; 12], job_id: JobId) {
+        if let Some(d) = self.devices.get_mut(&id) {
+            d.committed.retain(|j| *j != job_id);
         }
     }
 }

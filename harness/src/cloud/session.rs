@@ -20,6 +20,8 @@ pub enum Purpose {
     UpdateFinish(JobId),
     /// An event sent to the device.
     Event,
+    /// A describe request (GET `d`) for the system describe.
+    Describe,
 }
 
 /// A device's session.
@@ -49,10 +51,21 @@ pub struct Session {
     pub safe_mode_said: bool,
     /// `spark/status/safe-mode` published for this connection.
     pub safe_mode_published: bool,
+    /// We asked for the system describe on this connection.
+    pub describe_requested: bool,
+    /// `particle/device/updates/pending` `true` sent on this connection.
+    pub pending_true_sent: bool,
+    /// The post-connect sequence settled on this connection (the cloud may act).
+    pub settled: bool,
+    /// A transfer stalled (no UpdateAck for the stall limit) at this time: nothing is started
+    /// again until the device is heard from after it.
+    pub stalled_at: Option<Duration>,
     /// The CoAP endpoint of this connection (`None` while offline: a resumption starts anew).
     pub endpoint: Option<Endpoint<ChaCha8Rng>>,
     pub purposes: HashMap<RequestHandle, Purpose>,
     pub describe: DescribeAssembly,
+    /// Block2 blocks of a describe we asked for, so far.
+    pub describe_blocks: Vec<u8>,
     /// Message ids of recent UpdateChunks and their indices (an RST names a refused chunk).
     chunk_mids: VecDeque<(u16, u32)>,
 }
@@ -79,9 +92,14 @@ impl Session {
             describe_seen: false,
             safe_mode_said: false,
             safe_mode_published: false,
+            describe_requested: false,
+            pending_true_sent: false,
+            settled: false,
+            stalled_at: None,
             endpoint: None,
             purposes: HashMap::new(),
             describe: DescribeAssembly::default(),
+            describe_blocks: Vec::new(),
             chunk_mids: VecDeque::new(),
         }
     }

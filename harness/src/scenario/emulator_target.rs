@@ -10,10 +10,8 @@
 //! operations into runs per phase to tell a sweep how many there are
 //! ([`EmulatorTarget::phase_ops`]).
 //!
-//! The cloud behaviour the target adds (small, from the reference): a `cloud.flash` for a
-//! device that reported `particle/device/updates/enabled` = false (and is not forced) is held
-//! back; the cloud sends `particle/device/updates/pending` = true instead and starts the
-//! transfer once the device reports updates enabled again.
+//! The target adds no cloud behaviour of its own: holding an update while the device has
+//! updates disabled, retries and healing are the local cloud's ([`crate::cloud::policy`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -30,11 +28,9 @@ use super::target::{
     TargetError,
 };
 use super::trace::{EventSource, TraceEntry, TraceKind};
-use crate::cloud::{CloudEvent, Publisher};
+use crate::cloud::fleet::{DeviceChange, Release};
+use crate::cloud::{CloudEvent, DeviceId, Publisher};
 use crate::testbed::{DeviceHandle, DeviceSpec, Testbed};
-
-const PENDING: &str = "particle/device/updates/pending";
-const ENABLED: &str = "particle/device/updates/enabled";
 
 /// The latest run of flash operations per phase: where it started (absolute flash op) and
 /// how many ops it took.
@@ -85,26 +81,21 @@ fn err(e: impl std::fmt::Display) -> TargetError {
     TargetError::Step(e.to_string())
 }
 
-pub struct EmulatorTarget {
-    caps: BTreeSet<Capability>,
-    bed: Option<Testbed>,
+/// One emulated device of the scenario and what the target tracks for it.
+#[derive(Default)]
+struct Dut {
+    /// `[[cloud.device]] name`.
+    name: String,
     dev: DeviceHandle,
-    board: Option<Board>,
-    sizes: ModuleSizes,
     dev_seed: u64,
     current: InitialFirmware,
     old_images: BTreeMap<RegionKind, Vec<u8>>,
     new_images: BTreeMap<RegionKind, Vec<u8>>,
-    seen_trace: usize,
     seen_dev_events: usize,
-    seen_cloud_events: usize,
-    queue: Vec<TraceEntry>,
     /// Power returns by itself at this time.
     power_back_at: Option<Duration>,
     /// A cut is armed at a flash op with `off_for`; once it fired, power returns after it.
     armed_off_for: Option<Duration>,
-    /// A file the cloud holds back while the device has updates disabled.
-    held: Option<Vec<u8>>,
     forced: bool,
     runs: PhaseRuns,
     /// Cut power as soon as new firmware has booted (a first boot with no flash op to cut at);
@@ -113,7 +104,27 @@ pub struct EmulatorTarget {
     /// The phase of the last logged op, and whether its run is still open.
     open_run: Option<Phase>,
     last_ota: Option<OtaStatus>,
+}
+
+pub struct EmulatorTarget {
+    caps: BTreeSet<Capability>,
+    bed: Option<Testbed>,
+    board: Option<Board>,
+    sizes: ModuleSizes,
+    seen_trace: usize,
+    seen_cloud_events: usize,
+    queue: Vec<TraceEntry>,
     seed: u64,
+    /// The device's product, when the scenario has `[cloud.product]`.
+    product: Option<u32>,
+    /// Images of each uploaded product firmware version (what a release or lock installs).
+    product_images: BTreeMap<u16, BTreeMap<RegionKind, Vec<u8>>>,
+    /// The selected device (actions and observations go to it).
+    d: Dut,
+    /// The other devices of a scenario with several.
+    others: Vec<Dut>,
+    /// The scenario has several devices: trace entries name theirs.
+    several: bool,
 }
 
 impl Default for EmulatorTarget {
@@ -127,29 +138,20 @@ impl EmulatorTarget {
         EmulatorTarget {
             caps: Capability::ALL.into_iter().collect(),
             bed: None,
-            dev: DeviceHandle(0),
             board: None,
             sizes: ModuleSizes {
                 user_part: 24 * 1024,
                 ..ModuleSizes::default()
             },
-            dev_seed: 0,
-            current: InitialFirmware::default(),
-            old_images: BTreeMap::new(),
-            new_images: BTreeMap::new(),
             seen_trace: 0,
-            seen_dev_events: 0,
             seen_cloud_events: 0,
             queue: Vec::new(),
-            power_back_at: None,
-            armed_off_for: None,
-            held: None,
-            forced: false,
-            runs: PhaseRuns::new(),
-            boot_cut: None,
-            open_run: None,
-            last_ota: None,
             seed: 0,
+            product: None,
+            product_images: BTreeMap::new(),
+            d: Dut::default(),
+            others: Vec::new(),
+            several: false,
         }
     }
 
@@ -162,15 +164,63 @@ impl EmulatorTarget {
     fn device_id(&self) -> [u8; 12] {
         self.bed
             .as_ref()
-            .and_then(|b| b.device_id(self.dev))
+            .and_then(|b| b.device_id(self.d.dev))
             .unwrap_or_default()
     }
 
     /// Moves new testbed lines and events into the queue; tracks the OTA state, the phase runs
     /// of the flash log, held updates and the first-boot cut.
     fn collect(&mut self) -> Result<(), TargetError> {
-        let dev = self.dev;
-        let id = self.device_id();
+        self.collect_shared()?;
+        let start = self.queue.len();
+        let result = self.collect_device();
+        self.tag_from(start);
+        result?;
+        for i in 0..self.others.len() {
+            std::mem::swap(&mut self.d, &mut self.others[i]);
+            let start = self.queue.len();
+            let result = self.collect_device();
+            self.tag_from(start);
+            std::mem::swap(&mut self.d, &mut self.others[i]);
+            result?;
+        }
+        Ok(())
+    }
+
+    /// Tags the queued entries from `start` on with the selected device's name (several
+    /// devices only).
+    fn tag_from(&mut self, start: usize) {
+        if !self.several {
+            return;
+        }
+        for e in self.queue.iter_mut().skip(start) {
+            if e.device.is_none() {
+                e.device = Some(self.d.name.clone());
+            }
+        }
+    }
+
+    /// The name of the device with this handle or id (several devices only).
+    fn name_of(&self, handle: Option<DeviceHandle>, id: Option<[u8; 12]>) -> Option<String> {
+        if !self.several {
+            return None;
+        }
+        let bed = self.bed.as_ref()?;
+        std::iter::once(&self.d)
+            .chain(self.others.iter())
+            .find(|d| Some(d.dev) == handle || (id.is_some() && bed.device_id(d.dev) == id))
+            .map(|d| d.name.clone())
+    }
+
+    /// Testbed lines and the cloud's stream events, for every device.
+    fn collect_shared(&mut self) -> Result<(), TargetError> {
+        let ids: Vec<[u8; 12]> = match self.bed.as_ref() {
+            Some(bed) => std::iter::once(&self.d)
+                .chain(self.others.iter())
+                .filter_map(|d| bed.device_id(d.dev))
+                .collect(),
+            None => return Ok(()),
+        };
         let Some(bed) = self.bed.as_mut() else {
             return Ok(());
         };
@@ -179,56 +229,67 @@ impl EmulatorTarget {
         // Stream events from the cloud's record (device- and cloud-published).
         let cloud: Vec<_> = bed.cloud_events()[self.seen_cloud_events..].to_vec();
         self.seen_cloud_events = bed.cloud_events().len();
-        let dev_events: Vec<_> = bed.device_events(dev)[self.seen_dev_events..].to_vec();
-        self.seen_dev_events = bed.device_events(dev).len();
         for line in lines {
             // Stream events become events, OTA milestones OTA entries (below).
             if line.text.starts_with("stream ")
                 || line.text.starts_with("ota progress")
                 || line.text.starts_with("ota started")
                 || line.text.starts_with("ota failed")
-                || line.text == "system event firmware_update Progress"
+                || line.text == "system event firmware_update progress"
             {
                 continue;
             }
-            let who = match line.source {
-                crate::testbed::Source::Cloud => "cloud",
-                crate::testbed::Source::Device(_) => "dev",
+            let (who, device) = match line.source {
+                crate::testbed::Source::Cloud => ("cloud", None),
+                crate::testbed::Source::Device(h) => {
+                    ("dev", self.name_of(Some(DeviceHandle(h)), None))
+                }
             };
-            self.queue.push(TraceEntry::new(
-                line.at,
-                TraceKind::Note {
-                    text: format!("{who}: {}", line.text),
-                },
-            ));
+            self.queue.push(
+                TraceEntry::new(
+                    line.at,
+                    TraceKind::Note {
+                        text: format!("{who}: {}", line.text),
+                    },
+                )
+                .on(device.as_deref()),
+            );
         }
-        let mut enabled_again = false;
-        let mut pending_cleared = false;
         for (at, event) in cloud {
             if let CloudEvent::Stream(e) = event {
-                if e.device_id != id {
+                if !ids.contains(&e.device_id) {
                     continue;
-                }
-                if e.name == ENABLED && e.data.trim() == "true" {
-                    enabled_again = true;
-                }
-                if e.name == PENDING && e.data.trim() == "false" {
-                    pending_cleared = true;
                 }
                 let source = match e.publisher {
                     Publisher::Device => EventSource::Device,
                     Publisher::Cloud => EventSource::Cloud,
                 };
-                self.queue.push(TraceEntry::new(
-                    at,
-                    TraceKind::Event {
-                        source,
-                        name: e.name,
-                        data: e.data,
-                    },
-                ));
+                let device = self.name_of(None, Some(e.device_id));
+                self.queue.push(
+                    TraceEntry::new(
+                        at,
+                        TraceKind::Event {
+                            source,
+                            name: e.name,
+                            data: e.data,
+                        },
+                    )
+                    .on(device.as_deref()),
+                );
             }
         }
+        Ok(())
+    }
+
+    /// The selected device's events, OTA state, phase runs of the flash log, first-boot cut and
+    /// power coming back.
+    fn collect_device(&mut self) -> Result<(), TargetError> {
+        let dev = self.d.dev;
+        let Some(bed) = self.bed.as_mut() else {
+            return Ok(());
+        };
+        let dev_events: Vec<_> = bed.device_events(dev)[self.d.seen_dev_events..].to_vec();
+        self.d.seen_dev_events = bed.device_events(dev).len();
         let mut first_boots = 0;
         for (at, event) in &dev_events {
             match event {
@@ -247,7 +308,7 @@ impl EmulatorTarget {
                             "started".into()
                         },
                     ));
-                    self.last_ota = Some(OtaStatus {
+                    self.d.last_ota = Some(OtaStatus {
                         state: OtaState::InProgress,
                         received: *resume_offset as u64,
                         total: *file_size as u64,
@@ -266,7 +327,7 @@ impl EmulatorTarget {
                     String::new(),
                 )),
                 DeviceEvent::OtaFailed { code, message } => {
-                    if let Some(o) = &mut self.last_ota {
+                    if let Some(o) = &mut self.d.last_ota {
                         o.state = OtaState::Failed;
                         o.error = Some(*code);
                         self.queue.push(ota_entry(
@@ -281,7 +342,7 @@ impl EmulatorTarget {
                 DeviceEvent::SystemEvent(emulator::os::SystemEvent::FirmwareUpdate(
                     emulator::os::FirmwareUpdateEvent::Complete,
                 )) => {
-                    if let Some(o) = &mut self.last_ota {
+                    if let Some(o) = &mut self.d.last_ota {
                         o.state = OtaState::Complete;
                         o.received = o.total;
                         self.queue.push(ota_entry(
@@ -294,23 +355,10 @@ impl EmulatorTarget {
                     }
                 }
                 DeviceEvent::SystemEvent(emulator::os::SystemEvent::ResetPending) => {
-                    if let Some(o) = &mut self.last_ota {
+                    if let Some(o) = &mut self.d.last_ota {
                         o.state = OtaState::Complete;
                         o.received = o.total;
                     }
-                }
-                DeviceEvent::Received { name, data }
-                    if name == PENDING && data == "true" && self.held.is_some() =>
-                {
-                    // The stream shows the cloud's own event once the device has it.
-                    self.queue.push(TraceEntry::new(
-                        *at,
-                        TraceKind::Event {
-                            source: EventSource::Cloud,
-                            name: name.clone(),
-                            data: data.clone(),
-                        },
-                    ));
                 }
                 DeviceEvent::PoweredOff => {
                     self.queue
@@ -326,7 +374,7 @@ impl EmulatorTarget {
         }
         // Live progress of a running transfer.
         let status = bed.status(dev).map_err(err)?;
-        if let Some(o) = &mut self.last_ota {
+        if let Some(o) = &mut self.d.last_ota {
             match status.ota {
                 Some(p) => {
                     o.received = p.contiguous_bytes as u64;
@@ -357,33 +405,34 @@ impl EmulatorTarget {
             .map_err(err)?;
         for op in log {
             let phase = phase_of(op.activity);
-            match (phase, self.open_run) {
+            match (phase, self.d.open_run) {
                 (Some(p), Some(open)) if p == open => {
-                    if let Some(run) = self.runs.get_mut(&p) {
+                    if let Some(run) = self.d.runs.get_mut(&p) {
                         run.1 = op.seq - run.0 + 1;
                     }
                 }
                 (Some(p), _) => {
-                    self.runs.insert(p, (op.seq, 1));
+                    self.d.runs.insert(p, (op.seq, 1));
                 }
                 (None, _) => {}
             }
-            self.open_run = phase;
+            self.d.open_run = phase;
         }
         // A first boot that wrote nothing still is a point to cut at: a zero-length run right
         // after its apply.
         if first_boots > 0 {
-            if let Some(&(first, len)) = self.runs.get(&Phase::Apply) {
+            if let Some(&(first, len)) = self.d.runs.get(&Phase::Apply) {
                 let at = first + len;
                 if self
+                    .d
                     .runs
                     .get(&Phase::FirstBoot)
                     .is_none_or(|(f, _)| *f < at)
                 {
-                    self.runs.insert(Phase::FirstBoot, (at, 0));
+                    self.d.runs.insert(Phase::FirstBoot, (at, 0));
                 }
             }
-            if let Some(off_for) = self.boot_cut.take() {
+            if let Some(off_for) = self.d.boot_cut.take() {
                 bed.power_cut(dev).map_err(err)?;
                 let now = bed.now();
                 self.queue.push(TraceEntry::new(
@@ -392,154 +441,42 @@ impl EmulatorTarget {
                         what: "power cut as the new firmware booted (first boot)".into(),
                     },
                 ));
-                self.armed_off_for = off_for;
+                self.d.armed_off_for = off_for;
             }
         }
         // Power back after a fired cut.
         if !status.powered {
-            if let Some(off) = self.armed_off_for.take() {
-                self.power_back_at = Some(bed.now() + off);
-            }
-        }
-        // The held update: pending at each connection (the local cloud's post-connect
-        // `pending` = false knows nothing of it), started once enabled.
-        if pending_cleared && !enabled_again && self.held.is_some() {
-            let now = bed.now();
-            bed.cloud_mut().send_event(now, id, PENDING, "true");
-        }
-        if enabled_again {
-            if let Some(file) = self.held.take() {
-                let now = bed.now();
-                bed.flash(dev, file).map_err(err)?;
-                self.queue.push(TraceEntry::new(
-                    now,
-                    TraceKind::Note {
-                        text: "target: updates enabled again, the held update starts".into(),
-                    },
-                ));
+            if let Some(off) = self.d.armed_off_for.take() {
+                self.d.power_back_at = Some(bed.now() + off);
             }
         }
         Ok(())
     }
 
-    /// The images a complete install of `spec` leaves in the module regions: the modules
-    /// `build_file` sends, as the same function builds them (none for a file that cannot
-    /// install: wrong platform, corrupt; compressed modules are not compared).
-    fn images(&self, spec: &FirmwareSpec) -> BTreeMap<RegionKind, Vec<u8>> {
-        let Some(board) = &self.board else {
-            return BTreeMap::new();
-        };
-        if spec.platform.is_some() || spec.corrupt.is_some() || spec.compressed {
-            return BTreeMap::new();
-        }
-        build_modules(board, spec, &self.current, self.sizes, self.dev_seed)
-            .map(|modules| modules.into_iter().collect())
-            .unwrap_or_default()
-    }
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty()
-        && hay.len() >= needle.len()
-        && (hay.starts_with(needle)
-            || hay.ends_with(needle)
-            || hay.windows(needle.len()).any(|w| w == needle))
-}
-
-impl Target for EmulatorTarget {
-    fn name(&self) -> &str {
-        "emulator"
-    }
-
-    fn capabilities(&self) -> &BTreeSet<Capability> {
-        &self.caps
-    }
-
-    fn setup(&mut self, setup: &Setup, seed: u64) -> Result<(), TargetError> {
-        self.seed = seed;
-        let board = Board::builtin(&setup.board).map_err(err)?;
-        let mut bed = Testbed::new(seed).map_err(err)?;
-        let mut spec = DeviceSpec::new(board.clone(), setup.firmware.app);
-        spec.versions = setup.firmware.versions();
-        spec.sizes = self.sizes;
-        spec.app = OsApp {
-            updates_enabled_at_boot: setup.app.updates_enabled,
-            reset_enabled_at_boot: setup.app.resets_enabled,
-            system_thread: setup.app.system_thread,
-            mode: setup.app.mode,
-            ..OsApp::default()
-        };
-        // Same derivation as Testbed::add_device, to know the images it provisions.
-        self.dev_seed = seed ^ (1u64 << 32);
-        let (_, images) = FirmwareSet::new(&board, self.sizes, self.dev_seed)
-            .provision(&spec.versions)
-            .map_err(err)?;
-        self.old_images = images
-            .into_iter()
-            .filter(|(k, _)| {
-                matches!(
-                    k,
-                    RegionKind::UserPart | RegionKind::SystemPart | RegionKind::Bootloader
-                )
-            })
-            .collect();
-        self.dev = bed.add_device(&spec).map_err(err)?;
-        bed.with_device(self.dev, |os, _| os.device_mut().flash_mut().enable_log())
-            .map_err(err)?;
-        self.current = setup.firmware;
-        self.board = Some(board);
-        bed.cloud_mut()
-            .set_interrupted(setup.cloud.interrupted_transfer);
-        if setup.cloud.devices.iter().any(|d| d.updates_forced) {
-            self.forced = true;
-            let id = bed.device_id(self.dev).unwrap_or_default();
-            bed.cloud_mut().set_updates_forced(Duration::ZERO, id, true);
-        }
-        bed.power_on(self.dev).map_err(err)?;
-        self.queue
-            .push(TraceEntry::new(bed.now(), TraceKind::Power { on: true }));
-        self.bed = Some(bed);
-        self.collect()
-    }
-
-    fn apply(&mut self, action: &Action) -> Result<(), TargetError> {
-        let dev = self.dev;
+    /// Does one action on the selected device (or the cloud, or the link).
+    fn apply_to_selected(&mut self, action: &Action) -> Result<(), TargetError> {
+        let dev = self.d.dev;
         let now = self.now();
         match action {
             Action::CloudFlash(spec) => {
                 let board = self.board.clone().ok_or_else(|| err("not set up"))?;
-                let file = build_file(&board, spec, &self.current, self.sizes, self.dev_seed)
+                let file = build_file(&board, spec, &self.d.current, self.sizes, self.d.dev_seed)
                     .map_err(err)?;
-                self.new_images = self.images(spec);
-                let id = self.device_id();
-                let bed = self.bed()?;
-                let view = bed.cloud().device(id);
-                let disabled = view.as_ref().is_some_and(|v| {
-                    v.updates_enabled == Some(false) && v.updates_forced != Some(true)
-                });
-                if disabled {
-                    bed.cloud_mut().send_event(now, id, PENDING, "true");
-                    self.held = Some(file);
-                } else {
-                    bed.flash(dev, file).map_err(err)?;
-                }
+                self.d.new_images = self.images(spec);
+                self.bed()?.flash(dev, file).map_err(err)?;
             }
             Action::CloudForceUpdates { forced } => {
                 let id = self.device_id();
-                self.forced = *forced;
+                self.d.forced = *forced;
                 self.bed()?.cloud_mut().set_updates_forced(now, id, *forced);
-                if *forced {
-                    if let Some(file) = self.held.take() {
-                        self.bed()?.flash(dev, file).map_err(err)?;
-                    }
-                }
             }
+            Action::Product(p) => self.product_action(now, p)?,
             Action::PowerCut(cut) => {
                 let what = match cut.at {
                     CutPoint::Now => {
                         self.bed()?.power_cut(dev).map_err(err)?;
                         if let Some(off) = cut.off_for {
-                            self.power_back_at = Some(now + off);
+                            self.d.power_back_at = Some(now + off);
                         }
                         "power cut now".to_string()
                     }
@@ -553,7 +490,7 @@ impl Target for EmulatorTarget {
                                 at
                             })
                             .map_err(err)?;
-                        self.armed_off_for = cut.off_for;
+                        self.d.armed_off_for = cut.off_for;
                         format!("power cut armed at flash op {at} ({})", cut_mode_str(mode))
                     }
                     CutPoint::Chunk(k) => {
@@ -561,7 +498,7 @@ impl Target for EmulatorTarget {
                         self.bed()?
                             .with_device(dev, |os, _| os.cut_power_at_chunk(k, mode))
                             .map_err(err)?;
-                        self.armed_off_for = cut.off_for;
+                        self.d.armed_off_for = cut.off_for;
                         format!(
                             "power cut armed at OTA chunk {k} ({})",
                             cut_mode_str(cut.mode)
@@ -574,7 +511,7 @@ impl Target for EmulatorTarget {
                         // Op 0 of a first boot is the boot itself (Device OS may write
                         // nothing before it connects): power goes as soon as new firmware
                         // has booted. The mode does not apply.
-                        self.boot_cut = Some(cut.off_for);
+                        self.d.boot_cut = Some(cut.off_for);
                         "power cut armed at the next first boot of new firmware, as it boots"
                             .to_string()
                     }
@@ -598,7 +535,7 @@ impl Target for EmulatorTarget {
                                     })
                             })
                             .map_err(err)?;
-                        self.armed_off_for = cut.off_for;
+                        self.d.armed_off_for = cut.off_for;
                         format!(
                             "power cut armed at {} op {op} ({})",
                             phase.as_str(),
@@ -610,7 +547,7 @@ impl Target for EmulatorTarget {
                     .push(TraceEntry::new(now, TraceKind::Fault { what }));
             }
             Action::PowerOn => {
-                self.power_back_at = None;
+                self.d.power_back_at = None;
                 self.bed()?.power_on(dev).map_err(err)?;
                 self.queue
                     .push(TraceEntry::new(now, TraceKind::Power { on: true }));
@@ -691,6 +628,280 @@ impl Target for EmulatorTarget {
                     .push(TraceEntry::new(now, TraceKind::Fault { what }));
             }
         }
+        Ok(())
+    }
+
+    fn change_device(
+        &mut self,
+        now: Duration,
+        product: u32,
+        id: DeviceId,
+        change: &DeviceChange,
+        flash_now: bool,
+    ) -> Result<(), TargetError> {
+        self.bed()?
+            .cloud_mut()
+            .change_product_device(now, product, id, change, flash_now)
+            .map_err(err)
+    }
+
+    fn product_action(&mut self, now: Duration, action: &ProductAction) -> Result<(), TargetError> {
+        let product = self.product.ok_or_else(|| {
+            err("the scenario has no [cloud.product]: the device is not a product device")
+        })?;
+        let id = DeviceId(self.device_id());
+        match action {
+            ProductAction::Upload(spec) => {
+                let board = self.board.clone().ok_or_else(|| err("not set up"))?;
+                let file = build_file(&board, spec, &self.d.current, self.sizes, self.d.dev_seed)
+                    .map_err(err)?;
+                let version = spec.app.unwrap_or_default();
+                let images = self.images(spec);
+                self.product_images.insert(version, images);
+                self.bed()?
+                    .cloud_mut()
+                    .upload_firmware(now, product, version, "", "", file)
+                    .map_err(err)?;
+            }
+            ProductAction::Release {
+                version,
+                product_default,
+                groups,
+                intelligent,
+            } => {
+                if let Some(images) = self.product_images.get(version) {
+                    self.d.new_images = images.clone();
+                }
+                let release = Release {
+                    product_default: *product_default,
+                    groups: groups.iter().cloned().collect(),
+                    intelligent: *intelligent,
+                };
+                self.bed()?
+                    .cloud_mut()
+                    .release_firmware(now, product, *version, &release)
+                    .map_err(err)?;
+            }
+            ProductAction::Lock { version, flash_now } => {
+                if let Some(images) = self.product_images.get(version) {
+                    self.d.new_images = images.clone();
+                }
+                let change = DeviceChange {
+                    locked: Some(Some(*version)),
+                    ..DeviceChange::default()
+                };
+                self.change_device(now, product, id, &change, *flash_now)?;
+            }
+            ProductAction::Unlock => {
+                let change = DeviceChange {
+                    locked: Some(None),
+                    ..DeviceChange::default()
+                };
+                self.change_device(now, product, id, &change, false)?;
+            }
+            ProductAction::Groups(groups) => {
+                let change = DeviceChange {
+                    groups: Some(groups.iter().cloned().collect()),
+                    ..DeviceChange::default()
+                };
+                self.change_device(now, product, id, &change, false)?;
+            }
+            ProductAction::Settings {
+                development,
+                groups,
+                updates_forced,
+            } => {
+                let change = DeviceChange {
+                    development: *development,
+                    groups: groups.as_ref().map(|g| g.iter().cloned().collect()),
+                    updates_forced: *updates_forced,
+                    ..DeviceChange::default()
+                };
+                self.change_device(now, product, id, &change, false)?;
+            }
+            ProductAction::Development(development) => {
+                let change = DeviceChange {
+                    development: Some(*development),
+                    ..DeviceChange::default()
+                };
+                self.change_device(now, product, id, &change, false)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The images a complete install of `spec` leaves in the module regions: the modules
+    /// `build_file` sends, as the same function builds them (none for a file that cannot
+    /// install: wrong platform, corrupt; compressed modules are not compared).
+    fn images(&self, spec: &FirmwareSpec) -> BTreeMap<RegionKind, Vec<u8>> {
+        let Some(board) = &self.board else {
+            return BTreeMap::new();
+        };
+        if spec.platform.is_some() || spec.corrupt.is_some() || spec.compressed {
+            return BTreeMap::new();
+        }
+        build_modules(board, spec, &self.d.current, self.sizes, self.d.dev_seed)
+            .map(|modules| modules.into_iter().collect())
+            .unwrap_or_default()
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty()
+        && hay.len() >= needle.len()
+        && (hay.starts_with(needle)
+            || hay.ends_with(needle)
+            || hay.windows(needle.len()).any(|w| w == needle))
+}
+
+impl Target for EmulatorTarget {
+    fn name(&self) -> &str {
+        "emulator"
+    }
+
+    fn capabilities(&self) -> &BTreeSet<Capability> {
+        &self.caps
+    }
+
+    fn setup(&mut self, setup: &Setup, seed: u64) -> Result<(), TargetError> {
+        self.seed = seed;
+        let board = Board::builtin(&setup.board).map_err(err)?;
+        let mut bed = Testbed::new(seed).map_err(err)?;
+        self.board = Some(board.clone());
+        bed.cloud_mut()
+            .set_interrupted(setup.cloud.interrupted_transfer);
+        let mut duts = Vec::new();
+        for (i, cd) in setup.cloud.devices.iter().enumerate() {
+            let mut current = setup.firmware;
+            if let Some(app) = cd.app {
+                current.app = app;
+            }
+            let mut spec = DeviceSpec::new(board.clone(), current.app);
+            spec.versions = current.versions();
+            spec.sizes = self.sizes;
+            spec.app = OsApp {
+                updates_enabled_at_boot: cd.updates_enabled.unwrap_or(setup.app.updates_enabled),
+                reset_enabled_at_boot: setup.app.resets_enabled,
+                system_thread: setup.app.system_thread,
+                mode: setup.app.mode,
+                ..OsApp::default()
+            };
+            // Same derivation as Testbed::add_device, to know the images it provisions.
+            let dev_seed = seed ^ ((i as u64 + 1) << 32);
+            let (_, images) = FirmwareSet::new(&board, self.sizes, dev_seed)
+                .provision(&spec.versions)
+                .map_err(err)?;
+            let old_images = images
+                .into_iter()
+                .filter(|(k, _)| {
+                    matches!(
+                        k,
+                        RegionKind::UserPart | RegionKind::SystemPart | RegionKind::Bootloader
+                    )
+                })
+                .collect();
+            // The scenario's `[[cloud.device]] id` (a field reproduction keeps the real
+            // device's id), else one derived from the seed.
+            let id = match cd.id.as_deref() {
+                Some(text) => {
+                    let bytes = hex::decode(text).map_err(err)?;
+                    let id: [u8; 12] = bytes
+                        .try_into()
+                        .map_err(|_| err(format!("device id {text:?} is not 12 bytes")))?;
+                    Some(id)
+                }
+                None => None,
+            };
+            let dev = bed.add_device_as(&spec, id).map_err(err)?;
+            bed.with_device(dev, |os, _| os.device_mut().flash_mut().enable_log())
+                .map_err(err)?;
+            if cd.updates_forced {
+                let id = bed.device_id(dev).unwrap_or_default();
+                bed.cloud_mut().set_updates_forced(Duration::ZERO, id, true);
+            }
+            duts.push(Dut {
+                name: cd.name.clone(),
+                dev,
+                dev_seed,
+                current,
+                old_images,
+                forced: cd.updates_forced,
+                ..Dut::default()
+            });
+        }
+        if duts.is_empty() {
+            return Err(err("the scenario declares no device"));
+        }
+        self.several = duts.len() > 1;
+        // Device OS modules the cloud may heal with.
+        for dos in &setup.cloud.device_os {
+            let spec = FirmwareSpec {
+                device_os: Some(*dos),
+                ..FirmwareSpec::default()
+            };
+            let file = build_file(
+                &board,
+                &spec,
+                &duts[0].current,
+                self.sizes,
+                duts[0].dev_seed,
+            )
+            .map_err(err)?;
+            bed.cloud_mut().add_device_os_module(file).map_err(err)?;
+        }
+        if let Some(product) = &setup.cloud.product {
+            bed.cloud_mut()
+                .create_product(product.id, "scenario product", board.platform_id)
+                .map_err(err)?;
+            for (dut, cd) in duts.iter().zip(&setup.cloud.devices) {
+                let id = DeviceId(bed.device_id(dut.dev).unwrap_or_default());
+                let cloud = bed.cloud_mut();
+                cloud
+                    .add_product_device(Duration::ZERO, product.id, id)
+                    .map_err(err)?;
+                let groups = cd.groups.as_ref().unwrap_or(&product.groups);
+                let change = DeviceChange {
+                    development: Some(cd.development.unwrap_or(product.development)),
+                    groups: Some(groups.iter().cloned().collect()),
+                    ..DeviceChange::default()
+                };
+                cloud
+                    .change_product_device(Duration::ZERO, product.id, id, &change, false)
+                    .map_err(err)?;
+            }
+            self.product = Some(product.id);
+        }
+        let mut duts = duts.into_iter();
+        self.d = duts.next().unwrap_or_default();
+        self.others = duts.collect();
+        for dut in std::iter::once(&self.d).chain(self.others.iter()) {
+            bed.power_on(dut.dev).map_err(err)?;
+            let device = self.several.then(|| dut.name.clone());
+            self.queue.push(
+                TraceEntry::new(bed.now(), TraceKind::Power { on: true }).on(device.as_deref()),
+            );
+        }
+        self.bed = Some(bed);
+        self.collect()
+    }
+
+    fn select_device(&mut self, name: &str) -> Result<(), TargetError> {
+        if self.d.name == name {
+            return Ok(());
+        }
+        let i = self
+            .others
+            .iter()
+            .position(|d| d.name == name)
+            .ok_or_else(|| err(format!("the scenario has no device named `{name}`")))?;
+        std::mem::swap(&mut self.d, &mut self.others[i]);
+        Ok(())
+    }
+
+    fn apply(&mut self, action: &Action) -> Result<(), TargetError> {
+        let start = self.queue.len();
+        self.apply_to_selected(action)?;
+        self.tag_from(start);
         self.collect()
     }
 
@@ -699,17 +910,33 @@ impl Target for EmulatorTarget {
     }
 
     fn advance(&mut self, deadline: Duration) -> Result<(), TargetError> {
-        let dev = self.dev;
         let mut deadline = deadline;
-        if let Some(back) = self.power_back_at {
-            if back <= self.now() {
-                self.power_back_at = None;
-                self.bed()?.power_on(dev).map_err(err)?;
-                let now = self.now();
-                self.queue
-                    .push(TraceEntry::new(now, TraceKind::Power { on: true }));
-                return self.collect();
+        // Power coming back by itself, on whichever device it is due.
+        let now = self.now();
+        let due = std::iter::once(&self.d)
+            .chain(self.others.iter())
+            .position(|d| d.power_back_at.is_some_and(|back| back <= now));
+        if let Some(i) = due {
+            if i > 0 {
+                std::mem::swap(&mut self.d, &mut self.others[i - 1]);
             }
+            self.d.power_back_at = None;
+            let dev = self.d.dev;
+            let result = self.bed().and_then(|b| b.power_on(dev).map_err(err));
+            let start = self.queue.len();
+            self.queue
+                .push(TraceEntry::new(now, TraceKind::Power { on: true }));
+            self.tag_from(start);
+            if i > 0 {
+                std::mem::swap(&mut self.d, &mut self.others[i - 1]);
+            }
+            result?;
+            return self.collect();
+        }
+        for back in std::iter::once(&self.d)
+            .chain(self.others.iter())
+            .filter_map(|d| d.power_back_at)
+        {
             deadline = deadline.min(back);
         }
         let bed = self.bed()?;
@@ -731,7 +958,7 @@ impl Target for EmulatorTarget {
 
     fn observe(&mut self) -> Result<Observation, TargetError> {
         let bed = self.bed.as_ref().ok_or_else(|| err("not set up"))?;
-        let s = bed.status(self.dev).map_err(err)?;
+        let s = bed.status(self.d.dev).map_err(err)?;
         let running = match (s.versions.system_part, s.versions.product_version) {
             (Some(dos), Some(app)) if s.powered => Some(RunningVersions {
                 device_os: DeviceOsVersion(dos),
@@ -741,7 +968,7 @@ impl Target for EmulatorTarget {
             _ => None,
         };
         let last_reset = bed
-            .device_events(self.dev)
+            .device_events(self.d.dev)
             .iter()
             .rev()
             .find_map(|(_, e)| match e {
@@ -763,7 +990,7 @@ impl Target for EmulatorTarget {
                 reset_enabled: s.flags.reset_enabled,
                 reset_pending: s.flags.reset_pending,
             }),
-            ota: Some(self.last_ota.unwrap_or(OtaStatus {
+            ota: Some(self.d.last_ota.unwrap_or(OtaStatus {
                 state: OtaState::Idle,
                 received: 0,
                 total: 0,
@@ -777,24 +1004,24 @@ impl Target for EmulatorTarget {
     fn inspect_firmware(&mut self) -> Result<FirmwareIntegrity, TargetError> {
         let board = self.board.clone().ok_or_else(|| err("not set up"))?;
         let bed = self.bed.as_ref().ok_or_else(|| err("not set up"))?;
-        let flash = bed.os(self.dev).map_err(err)?.device().flash();
+        let flash = bed.os(self.d.dev).map_err(err)?.device().flash();
         let (mut old, mut new) = (true, true);
         let mut detail = Vec::new();
-        for (kind, old_img) in &self.old_images {
+        for (kind, old_img) in &self.d.old_images {
             let region = board
                 .region(*kind)
-                .ok_or_else(|| err(format!("no region {kind:?}")))?;
+                .ok_or_else(|| err(format!("no region {kind}")))?;
             let chip = board.flash_chip(region.chip);
             let bytes = flash
                 .read_vec(chip, region.start, (region.end - region.start) as usize)
                 .map_err(err)?;
-            let new_img = self.new_images.get(kind).unwrap_or(old_img);
+            let new_img = self.d.new_images.get(kind).unwrap_or(old_img);
             let has_old = contains(&bytes, old_img);
             let has_new = contains(&bytes, new_img);
             old &= has_old;
             new &= has_new;
             if !has_old && !has_new {
-                detail.push(format!("{kind:?} holds neither the old nor the new image"));
+                detail.push(format!("{kind} holds neither the old nor the new image"));
             }
         }
         Ok(if !detail.is_empty() {
@@ -816,6 +1043,7 @@ impl Target for EmulatorTarget {
         self.collect()?;
         // A first boot's cut points are the boot itself (op 0), then its flash operations.
         Ok(self
+            .d
             .runs
             .get(&phase)
             .map(|(_, n)| if phase == Phase::FirstBoot { n + 1 } else { *n }))

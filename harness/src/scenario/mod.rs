@@ -17,6 +17,6 @@ pub mod target;
 pub mod trace;
 
 pub use model::*;
-pub use parse::{load, parse, ScenarioError, STEP_KINDS};
+pub use parse::{load, load_all, parse, parse_all, ScenarioError, STEP_KINDS};
 pub use target::{Capability, Target, TargetError};
 pub use trace::{Trace, TraceEntry, TraceKind};

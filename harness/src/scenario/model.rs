@@ -66,6 +66,12 @@ impl Setup {
         if self.cloud.devices.iter().any(|d| d.updates_forced) {
             caps.push(Capability::CloudForceUpdates);
         }
+        if self.cloud.devices.len() > 1 {
+            caps.push(Capability::SeveralDevices);
+        }
+        if self.cloud.product.is_some() || !self.cloud.device_os.is_empty() {
+            caps.push(Capability::CloudProducts);
+        }
         caps
     }
 }
@@ -183,6 +189,19 @@ pub struct CloudSetup {
     pub devices: Vec<CloudDevice>,
     /// What the cloud does with a transfer the device drops (offline mid-transfer).
     pub interrupted_transfer: Interrupted,
+    /// The device is in a product (`[cloud.product]`).
+    pub product: Option<ProductSetup>,
+    /// Device OS versions whose modules (system part, and the bootloader it needs) the cloud
+    /// holds for safe-mode healing (`[cloud] device_os = ["6.2.0"]`).
+    pub device_os: Vec<DeviceOsVersion>,
+}
+
+/// `[cloud.product]`: the device under test is a product device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProductSetup {
+    pub id: u32,
+    pub groups: Vec<String>,
+    pub development: bool,
 }
 
 pub use crate::cloud::Interrupted;
@@ -195,6 +214,8 @@ impl Default for CloudSetup {
         CloudSetup {
             devices: vec![CloudDevice::default()],
             interrupted_transfer: Interrupted::Retry,
+            product: None,
+            device_os: Vec::new(),
         }
     }
 }
@@ -207,6 +228,14 @@ pub struct CloudDevice {
     pub id: Option<String>,
     /// The cloud forces updates for this device from the start (`updates/forced` = true).
     pub updates_forced: bool,
+    /// This device's app version instead of `[firmware] app`.
+    pub app: Option<u16>,
+    /// This device's `[app] updates_enabled` (a busy device).
+    pub updates_enabled: Option<bool>,
+    /// This device's groups and development flag in `[cloud.product]` (instead of the
+    /// product's defaults).
+    pub groups: Option<Vec<String>>,
+    pub development: Option<bool>,
 }
 
 impl Default for CloudDevice {
@@ -215,9 +244,16 @@ impl Default for CloudDevice {
             name: "dut".into(),
             id: None,
             updates_forced: false,
+            app: None,
+            updates_enabled: None,
+            groups: None,
+            development: None,
         }
     }
 }
+
+/// Most devices a scenario may declare.
+pub const MAX_SCENARIO_DEVICES: usize = 16;
 
 /// A step with where it came from.
 #[derive(Debug, Clone, PartialEq)]
@@ -228,6 +264,9 @@ pub struct StepAt {
     pub line: usize,
     pub column: usize,
     pub step: Step,
+    /// The device the step is for (`device = "name"`, a `[[cloud.device]]`); `None`: the
+    /// first device. A `wait.event` with a device matches only that device's events.
+    pub device: Option<String>,
 }
 
 /// One step of a scenario.
@@ -282,6 +321,39 @@ pub enum Action {
     PowerOn,
     App(AppAction),
     Link(LinkAction),
+    /// The device's product (reference `particle-cloud-api.md` 2.2-2.3, 4.2-4.5).
+    Product(ProductAction),
+}
+
+/// What a scenario does to the device's product in the cloud.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProductAction {
+    /// Upload product firmware: the app at `firmware.app` (its version), built as `cloud.flash`
+    /// builds files.
+    Upload(FirmwareSpec),
+    /// Release a version to the product default and/or groups.
+    Release {
+        version: u16,
+        product_default: bool,
+        groups: Vec<String>,
+        intelligent: bool,
+    },
+    /// Lock the device to a version (with "flash now" or not).
+    Lock {
+        version: u16,
+        flash_now: bool,
+    },
+    Unlock,
+    /// The device's groups.
+    Groups(Vec<String>),
+    /// Mark or unmark the device as a development device.
+    Development(bool),
+    /// Several product-device settings at once (`cloud.product`).
+    Settings {
+        development: Option<bool>,
+        groups: Option<Vec<String>>,
+        updates_forced: Option<bool>,
+    },
 }
 
 impl Action {
@@ -307,6 +379,15 @@ impl Action {
                 LinkAction::Drop { .. } => "link.drop",
                 LinkAction::Partition { .. } => "link.partition",
             },
+            Action::Product(p) => match p {
+                ProductAction::Upload(_) => "cloud.upload",
+                ProductAction::Release { .. } => "cloud.release",
+                ProductAction::Lock { .. } => "cloud.lock",
+                ProductAction::Unlock => "cloud.unlock",
+                ProductAction::Groups(_) => "cloud.group",
+                ProductAction::Development(_) => "cloud.development",
+                ProductAction::Settings { .. } => "cloud.product",
+            },
         }
     }
 
@@ -329,6 +410,7 @@ impl Action {
             Action::App(_) => vec![AppControl],
             Action::Link(LinkAction::Partition { .. }) => vec![LinkPartition],
             Action::Link(_) => vec![LinkFaults],
+            Action::Product(_) => vec![CloudProducts],
         }
     }
 }
@@ -862,6 +944,53 @@ impl fmt::Display for Action {
         match self {
             Action::CloudFlash(spec) => write!(f, " {spec}"),
             Action::CloudForceUpdates { forced } => write!(f, " forced={forced}"),
+            Action::Product(p) => match p {
+                ProductAction::Upload(spec) => write!(f, " {spec}"),
+                ProductAction::Release {
+                    version,
+                    product_default,
+                    groups,
+                    intelligent,
+                } => {
+                    write!(f, " version={version}")?;
+                    if *product_default {
+                        f.write_str(" default")?;
+                    }
+                    if !groups.is_empty() {
+                        write!(f, " groups={}", groups.join(","))?;
+                    }
+                    if *intelligent {
+                        f.write_str(" intelligent")?;
+                    }
+                    Ok(())
+                }
+                ProductAction::Lock { version, flash_now } => {
+                    write!(f, " version={version}")?;
+                    if *flash_now {
+                        f.write_str(" flash_now")?;
+                    }
+                    Ok(())
+                }
+                ProductAction::Unlock => Ok(()),
+                ProductAction::Groups(g) => write!(f, " groups={}", g.join(",")),
+                ProductAction::Development(d) => write!(f, " development={d}"),
+                ProductAction::Settings {
+                    development,
+                    groups,
+                    updates_forced,
+                } => {
+                    if let Some(d) = development {
+                        write!(f, " development={d}")?;
+                    }
+                    if let Some(g) = groups {
+                        write!(f, " groups={}", g.join(","))?;
+                    }
+                    if let Some(u) = updates_forced {
+                        write!(f, " updates_forced={u}")?;
+                    }
+                    Ok(())
+                }
+            },
             Action::PowerCut(cut) => {
                 match cut.at {
                     CutPoint::Now => f.write_str(" now")?,

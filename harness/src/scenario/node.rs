@@ -257,6 +257,26 @@ impl<'a> Fields<'a> {
     }
 
     /// Fails on the first key no `get` asked for, listing the accepted ones.
+    /// Every key nobody asked for, as errors (see [`Fields::finish`]).
+    pub fn finish_all(&self) -> Vec<SpanError> {
+        self.entries
+            .iter()
+            .zip(&self.used)
+            .filter(|(_, used)| !**used)
+            .map(|((key, _), _)| {
+                SpanError::new(
+                    key.span.clone(),
+                    format!(
+                        "{}: unknown field `{}`; expected one of: {}",
+                        self.what,
+                        key.name,
+                        self.known.join(", ")
+                    ),
+                )
+            })
+            .collect()
+    }
+
     pub fn finish(&self) -> Result<(), SpanError> {
         for ((key, _), used) in self.entries.iter().zip(&self.used) {
             if !used {

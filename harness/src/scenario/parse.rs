@@ -46,15 +46,46 @@ pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
     parse(&text, path)
 }
 
-/// Parses scenario text; `file` names it in errors and becomes [`Scenario::file`].
+/// Parses scenario text; `file` names it in errors and becomes [`Scenario::file`]. The error
+/// is the first problem found; [`parse_all`] reports every one.
 pub fn parse(text: &str, file: &Path) -> Result<Scenario, ScenarioError> {
+    read(text, file, false).map_err(|mut errors| errors.swap_remove(0))
+}
+
+/// Reads and parses one scenario file, reporting every problem found (never an empty list).
+pub fn load_all(path: &Path) -> Result<Scenario, Vec<ScenarioError>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![ScenarioError {
+            file: path.to_path_buf(),
+            at: None,
+            message: format!("cannot read the file: {e}"),
+        }]
+    })?;
+    parse_all(&text, path)
+}
+
+/// Like [`parse`], with every problem: each top-level key, each step and each expectation
+/// table is read on its own, so one mistake does not hide the next (within one step, the
+/// first problem of that step). Errors come in file order; never an empty list.
+pub fn parse_all(text: &str, file: &Path) -> Result<Scenario, Vec<ScenarioError>> {
+    read(text, file, true)
+}
+
+/// Parses, with the problems in the order found, or (`in_file_order`) sorted by position.
+fn read(text: &str, file: &Path, in_file_order: bool) -> Result<Scenario, Vec<ScenarioError>> {
     let err = |e: SpanError| ScenarioError {
         file: file.to_path_buf(),
         at: Some(node::line_col(text, e.span.start)),
         message: e.message,
     };
-    let doc = node::parse_document(text).map_err(err)?;
-    let mut scenario = read_scenario(&doc, text, file).map_err(err)?;
+    let doc = node::parse_document(text).map_err(|e| vec![err(e)])?;
+    let mut scenario = read_scenario(&doc, text, file).map_err(|mut errors| {
+        if in_file_order {
+            // Stable: problems at the same place keep the order they were found in.
+            errors.sort_by_key(|e| e.span.start);
+        }
+        errors.into_iter().map(err).collect::<Vec<_>>()
+    })?;
     // Step positions are known only with the text.
     for step in &mut scenario.steps {
         let (line, column) = node::line_col(text, step.line);
@@ -64,10 +95,33 @@ pub fn parse(text: &str, file: &Path) -> Result<Scenario, ScenarioError> {
     Ok(scenario)
 }
 
+/// Collects problems so reading can go on after one.
+#[derive(Default)]
+struct Problems(Vec<SpanError>);
+
+impl Problems {
+    fn take<T>(&mut self, result: Result<T, SpanError>) -> Option<T> {
+        match result {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.0.push(e);
+                None
+            }
+        }
+    }
+}
+
 /// Every step kind, in the order error messages list them.
-pub const STEP_KINDS: [&str; 22] = [
+pub const STEP_KINDS: [&str; 29] = [
     "cloud.flash",
     "cloud.force_updates",
+    "cloud.upload",
+    "cloud.release",
+    "cloud.lock",
+    "cloud.unlock",
+    "cloud.group",
+    "cloud.development",
+    "cloud.product",
     "power.cut",
     "power.on",
     "app.disable_updates",
@@ -90,45 +144,71 @@ pub const STEP_KINDS: [&str; 22] = [
     "sweep",
 ];
 
-/// Step kinds reserved for the fleet issue (products, releases, groups, locks).
-const FLEET_STEPS: [&str; 5] = [
-    "cloud.release",
-    "cloud.lock",
-    "cloud.unlock",
-    "cloud.group",
-    "cloud.product",
-];
-
-fn read_scenario(doc: &Node, text: &str, file: &Path) -> Result<Scenario, SpanError> {
-    let mut top = Fields::new(doc, "the scenario")?;
-    let name = top.optional("name", node::as_string)?.unwrap_or_else(|| {
+fn read_scenario(doc: &Node, text: &str, file: &Path) -> Result<Scenario, Vec<SpanError>> {
+    let mut p = Problems::default();
+    let Some(mut top) = p.take(Fields::new(doc, "the scenario")) else {
+        return Err(p.0);
+    };
+    let name = p.take(top.optional("name", node::as_string)).flatten();
+    let name = name.unwrap_or_else(|| {
         file.file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default()
     });
-    let description = top.optional("description", node::as_string)?;
-    let seed = top.optional("seed", node::as_u64)?;
-    let board = top.required("board", "board = \"boron\"", read_board)?;
-    let firmware = top.required(
+    let description = p
+        .take(top.optional("description", node::as_string))
+        .flatten();
+    let seed = p.take(top.optional("seed", node::as_u64)).flatten();
+    let board = p.take(top.required("board", "board = \"boron\"", read_board));
+    let firmware = p.take(top.required(
         "firmware",
         "a [firmware] table: device_os = \"6.2.0\", app = 3",
         read_initial_firmware,
-    )?;
-    let app = top.optional("app", read_app)?.unwrap_or_default();
-    let cloud = top.optional("cloud", read_cloud)?.unwrap_or_default();
+    ));
+    let app = p.take(top.optional("app", read_app)).flatten();
+    let cloud = p.take(top.optional("cloud", read_cloud)).flatten();
     let steps = match top.get("step") {
-        Some(n) => read_steps(n)?,
+        Some(n) => match read_steps(n) {
+            Ok(steps) => steps,
+            Err(errors) => {
+                p.0.extend(errors);
+                Vec::new()
+            }
+        },
         None => Vec::new(),
     };
+    let declared: Vec<String> = cloud.as_ref().map_or_else(
+        || vec!["dut".to_string()],
+        |c| c.devices.iter().map(|d| d.name.clone()).collect(),
+    );
+    for step in &steps {
+        if let Some(device) = &step.device {
+            if !declared.contains(device) {
+                p.0.push(SpanError::new(
+                    step.line..step.line + 1,
+                    format!(
+                        "step {} names device `{device}`, which no [[cloud.device]] declares; declared: {}",
+                        step.index,
+                        declared.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
     let expect = match top.get("expect") {
-        Some(n) => read_expectations(n, "the final [expect] table")?,
+        Some(n) => p
+            .take(read_expectations(n, "the final [expect] table"))
+            .unwrap_or_default(),
         None => Vec::new(),
     };
     let report = match top.get("report") {
-        Some(n) => read_report(n, text)?,
+        Some(n) => p.take(read_report(n, text)).unwrap_or_default(),
         None => Vec::new(),
     };
-    top.finish()?;
+    p.0.extend(top.finish_all());
+    let (Some(board), Some(firmware), true) = (board, firmware, p.0.is_empty()) else {
+        return Err(p.0);
+    };
     Ok(Scenario {
         file: file.to_path_buf(),
         name,
@@ -137,8 +217,8 @@ fn read_scenario(doc: &Node, text: &str, file: &Path) -> Result<Scenario, SpanEr
         setup: Setup {
             board,
             firmware,
-            app,
-            cloud,
+            app: app.unwrap_or_default(),
+            cloud: cloud.unwrap_or_default(),
         },
         steps,
         expect,
@@ -245,8 +325,10 @@ fn fleet_not_yet(key_span: std::ops::Range<usize>, what: &str) -> SpanError {
 fn read_cloud(n: &Node) -> Result<CloudSetup, SpanError> {
     let mut f = Fields::new(n, "[cloud]")?;
     for (key, what) in [
-        ("product", "[cloud.product] products"),
-        ("releases", "[[cloud.releases]] product releases"),
+        (
+            "releases",
+            "[[cloud.releases]] product releases (use cloud.upload and cloud.release steps)",
+        ),
         ("groups", "[[cloud.groups]] device groups"),
     ] {
         if let Some(span) = f.key_span(key) {
@@ -257,16 +339,27 @@ fn read_cloud(n: &Node) -> Result<CloudSetup, SpanError> {
         None => vec![CloudDevice::default()],
         Some(list) => {
             let items = node::as_array(list)?;
-            if items.len() > 1 {
+            if items.len() > MAX_SCENARIO_DEVICES {
                 return Err(SpanError::new(
-                    items[1].span.clone(),
-                    "scenarios with several devices are not supported yet (they come with the fleet issue); keep one [[cloud.device]]",
+                    items[MAX_SCENARIO_DEVICES].span.clone(),
+                    format!("at most {MAX_SCENARIO_DEVICES} [[cloud.device]] in a scenario"),
                 ));
             }
-            items
-                .iter()
-                .map(read_cloud_device)
-                .collect::<Result<_, _>>()?
+            let mut devices: Vec<CloudDevice> = Vec::new();
+            for item in items {
+                let d = read_cloud_device(item)?;
+                if devices.iter().any(|o| o.name == d.name) {
+                    return Err(SpanError::new(
+                        item.span.clone(),
+                        format!(
+                            "two [[cloud.device]] are named `{}`: give each its own name",
+                            d.name
+                        ),
+                    ));
+                }
+                devices.push(d);
+            }
+            devices
         }
     };
     let interrupted_transfer = f
@@ -274,10 +367,46 @@ fn read_cloud(n: &Node) -> Result<CloudSetup, SpanError> {
             node::as_word(n, &INTERRUPTED_WORDS)
         })?
         .unwrap_or_default();
+    let product = f.optional("product", read_product_setup)?;
+    let device_os = f
+        .optional("device_os", |n| {
+            node::as_array(n)?
+                .iter()
+                .map(read_device_os)
+                .collect::<Result<Vec<_>, _>>()
+        })?
+        .unwrap_or_default();
     f.finish()?;
     Ok(CloudSetup {
         devices,
         interrupted_transfer,
+        product,
+        device_os,
+    })
+}
+
+fn read_groups(n: &Node) -> Result<Vec<String>, SpanError> {
+    node::as_array(n)?
+        .iter()
+        .map(|g| {
+            let name = node::as_string(g)?;
+            crate::cloud::fleet::valid_group(&name)
+                .map_err(|e| SpanError::new(g.span.clone(), e.to_string()))?;
+            Ok(name)
+        })
+        .collect()
+}
+
+fn read_product_setup(n: &Node) -> Result<ProductSetup, SpanError> {
+    let mut f = Fields::new(n, "[cloud.product]")?;
+    let id = f.optional("id", node::as_u32)?.unwrap_or(1000);
+    let groups = f.optional("groups", read_groups)?.unwrap_or_default();
+    let development = f.optional("development", node::as_bool)?.unwrap_or(false);
+    f.finish()?;
+    Ok(ProductSetup {
+        id,
+        groups,
+        development,
     })
 }
 
@@ -304,6 +433,10 @@ fn read_cloud_device(n: &Node) -> Result<CloudDevice, SpanError> {
         updates_forced: f
             .optional("updates_forced", node::as_bool)?
             .unwrap_or(false),
+        app: f.optional("app", node::as_u16)?,
+        updates_enabled: f.optional("updates_enabled", node::as_bool)?,
+        groups: f.optional("groups", read_groups)?,
+        development: f.optional("development", node::as_bool)?,
     };
     f.finish()?;
     Ok(out)
@@ -327,30 +460,53 @@ fn read_report(n: &Node, text: &str) -> Result<Vec<(String, String)>, SpanError>
     }
 }
 
-fn read_steps(n: &Node) -> Result<Vec<StepAt>, SpanError> {
+fn read_steps(n: &Node) -> Result<Vec<StepAt>, Vec<SpanError>> {
     let items = match &n.value {
         Value::Array(items) => items,
         other => {
-            return Err(SpanError::new(
+            return Err(vec![SpanError::new(
                 n.span.clone(),
                 format!(
                     "`step` must be an array of tables ([[step]]), found {}",
                     other.kind()
                 ),
-            ))
+            )])
         }
     };
     let mut out = Vec::new();
+    let mut problems = Vec::new();
     let mut sweep_seen = false;
     for (i, item) in items.iter().enumerate() {
         let index = i + 1;
-        let step = read_step(item, index)?;
+        let device = match &item.value {
+            Value::Table(entries) => match entries
+                .iter()
+                .find(|(k, _)| k.name == "device")
+                .map(|(_, v)| node::as_string(v))
+                .transpose()
+            {
+                Ok(d) => d,
+                Err(e) => {
+                    problems.push(e);
+                    continue;
+                }
+            },
+            _ => None,
+        };
+        let step = match read_step(item, index) {
+            Ok(step) => step,
+            Err(e) => {
+                problems.push(e);
+                continue;
+            }
+        };
         if let Step::Sweep(_) = step {
             if sweep_seen {
-                return Err(SpanError::new(
+                problems.push(SpanError::new(
                     item.span.clone(),
                     format!("step {index}: only one sweep step per scenario"),
                 ));
+                continue;
             }
             sweep_seen = true;
         }
@@ -360,15 +516,27 @@ fn read_steps(n: &Node) -> Result<Vec<StepAt>, SpanError> {
             line: item.span.start,
             column: 0,
             step,
+            device,
         });
     }
-    Ok(out)
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems)
+    }
 }
 
 fn step_form(kind: &str) -> &'static str {
     match kind {
         "cloud.flash" => "{ do = \"cloud.flash\", app = 4 } (also device_os, bootloader, built_against, compressed, combined, platform, corrupt, size)",
         "cloud.force_updates" => "{ do = \"cloud.force_updates\", forced = true }",
+        "cloud.upload" => "{ do = \"cloud.upload\", app = 5 } (also built_against, size, compressed)",
+        "cloud.release" => "{ do = \"cloud.release\", version = 5, default = true, groups = [\"beta\"], intelligent = false }",
+        "cloud.lock" => "{ do = \"cloud.lock\", version = 5, flash_now = false }",
+        "cloud.unlock" => "{ do = \"cloud.unlock\" }",
+        "cloud.group" => "{ do = \"cloud.group\", groups = [\"beta\"] }",
+        "cloud.development" => "{ do = \"cloud.development\", development = true }",
+        "cloud.product" => "{ do = \"cloud.product\", development = false, groups = [\"beta\"], updates_forced = true } (at least one)",
         "power.cut" => "{ do = \"power.cut\" } (now), or with one of flash_op = N, chunk = K, phase = \"download\" (and op = N), plus mode = \"before\"|\"torn\"|\"after\"",
         "app.sleep" => "{ do = \"app.sleep\", mode = \"stop\", duration = \"10m\", network = \"off\" }",
         "link.faults" => "{ do = \"link.faults\", loss = 0.2, duplicate = 0.0, reorder = 0.1, latency = \"300ms\", jitter = \"50ms\", bandwidth = \"2KiB/s\" }",
@@ -393,12 +561,6 @@ fn read_step(n: &Node, index: usize) -> Result<Step, SpanError> {
         Ok::<&Node, SpanError>,
     )?;
     let kind = node::as_str(kind_node)?;
-    if FLEET_STEPS.contains(&kind) {
-        return Err(SpanError::new(
-            kind_node.span.clone(),
-            format!("step `{kind}` is not supported yet (products, releases, locks and groups come with the fleet issue)"),
-        ));
-    }
     if !STEP_KINDS.contains(&kind) {
         return Err(SpanError::new(
             kind_node.span.clone(),
@@ -410,12 +572,70 @@ fn read_step(n: &Node, index: usize) -> Result<Step, SpanError> {
     }
     let mut f = Fields::new(n, format!("step {index} ({kind})"))?;
     f.get("do");
+    f.get("device"); // read by `read_steps`
     let form = step_form(kind);
     let step = match kind {
         "cloud.flash" => Step::Action(Action::CloudFlash(read_firmware_spec(&mut f, form)?)),
         "cloud.force_updates" => Step::Action(Action::CloudForceUpdates {
             forced: f.required("forced", form, node::as_bool)?,
         }),
+        "cloud.upload" => {
+            let spec = read_firmware_spec(&mut f, form)?;
+            if spec.app.is_none() {
+                return Err(SpanError::new(
+                    n.span.clone(),
+                    format!("step {index} (cloud.upload) needs `app` (the product firmware version); expected {form}"),
+                ));
+            }
+            Step::Action(Action::Product(ProductAction::Upload(spec)))
+        }
+        "cloud.release" => {
+            let version = f.required("version", form, node::as_u16)?;
+            let product_default = f.optional("default", node::as_bool)?.unwrap_or(false);
+            let groups = f.optional("groups", read_groups)?.unwrap_or_default();
+            let intelligent = f.optional("intelligent", node::as_bool)?.unwrap_or(false);
+            if !product_default && groups.is_empty() {
+                return Err(SpanError::new(
+                    n.span.clone(),
+                    format!("step {index} (cloud.release) releases to nothing: give default = true and/or groups; expected {form}"),
+                ));
+            }
+            Step::Action(Action::Product(ProductAction::Release {
+                version,
+                product_default,
+                groups,
+                intelligent,
+            }))
+        }
+        "cloud.lock" => Step::Action(Action::Product(ProductAction::Lock {
+            version: f.required("version", form, node::as_u16)?,
+            flash_now: f.optional("flash_now", node::as_bool)?.unwrap_or(false),
+        })),
+        "cloud.unlock" => Step::Action(Action::Product(ProductAction::Unlock)),
+        "cloud.group" => Step::Action(Action::Product(ProductAction::Groups(f.required(
+            "groups",
+            form,
+            read_groups,
+        )?))),
+        "cloud.product" => {
+            let development = f.optional("development", node::as_bool)?;
+            let groups = f.optional("groups", read_groups)?;
+            let updates_forced = f.optional("updates_forced", node::as_bool)?;
+            if development.is_none() && groups.is_none() && updates_forced.is_none() {
+                return Err(SpanError::new(
+                    n.span.clone(),
+                    format!("step {index} (cloud.product) changes nothing; expected {form}"),
+                ));
+            }
+            Step::Action(Action::Product(ProductAction::Settings {
+                development,
+                groups,
+                updates_forced,
+            }))
+        }
+        "cloud.development" => Step::Action(Action::Product(ProductAction::Development(
+            f.required("development", form, node::as_bool)?,
+        ))),
         "power.cut" => Step::Action(Action::PowerCut(read_power_cut(&mut f, form)?)),
         "power.on" => Step::Action(Action::PowerOn),
         "app.disable_updates" => Step::Action(Action::App(AppAction::DisableUpdates)),

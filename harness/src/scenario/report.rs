@@ -1,7 +1,10 @@
 //! Reports of a run: a summary table for people, JUnit XML for CI, JSON for tools. Durations
-//! are the target's (virtual for the emulator), so reports do not depend on the machine.
+//! are the target's (virtual for the emulator), so reports do not depend on the machine, except
+//! JUnit's `time` attributes: CI systems read them as wall-clock seconds, so the caller passes
+//! the wall time it measured and the target's time goes in a `target_seconds` property.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde_json::json;
 
@@ -37,14 +40,14 @@ fn seconds(case: &CaseResult) -> String {
     format!("{:.3}", case.duration.as_secs_f64())
 }
 
-/// One line per case, except that a sweep's passing cases share one line ("sweep apply: 93
+/// One line per case (its target time in the column `virtual time`), except that a sweep's passing cases share one line ("sweep apply: 93
 /// cases"; its failing and skipped cases keep theirs), then the totals line ("N passed, N
 /// failed, N skipped").
 pub fn summary_table(results: &[ScenarioResult]) -> String {
     let mut rows = vec![(
         "result".to_string(),
         "scenario / case".to_string(),
-        "time".to_string(),
+        "virtual time".to_string(),
         "reason".to_string(),
     )];
     for r in results {
@@ -163,41 +166,54 @@ fn suite_name(file: &Path) -> String {
 }
 
 /// The JUnit XML report: one `<testsuite>` per scenario file, one `<testcase>` per case, with
-/// `<failure>` or `<skipped>` and the trace in `<system-out>`. `time` is target time.
-pub fn junit(results: &[ScenarioResult]) -> String {
+/// `<failure>` or `<skipped>` and the trace in `<system-out>`. `wall[i][k]` is the wall-clock
+/// time case `k` of `results[i]` took (missing entries count 0): it is every `time` attribute.
+/// The target's time (virtual for the emulator) is the property `target_seconds` of each suite
+/// and case.
+pub fn junit(results: &[ScenarioResult], wall: &[Vec<Duration>]) -> String {
+    let case_wall = |i: usize, k: usize| -> f64 {
+        wall.get(i)
+            .and_then(|w| w.get(k))
+            .map_or(0.0, Duration::as_secs_f64)
+    };
+    let suite_wall = |i: usize| -> f64 {
+        wall.get(i)
+            .map_or(0.0, |w| w.iter().map(Duration::as_secs_f64).sum())
+    };
     let t = Totals::of(results);
-    let total_time: f64 = results
-        .iter()
-        .flat_map(|r| &r.cases)
-        .map(|c| c.duration.as_secs_f64())
-        .sum();
+    let total_wall: f64 = (0..results.len()).map(suite_wall).sum();
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     out.push_str(&format!(
         "<testsuites name=\"hil\" tests=\"{}\" failures=\"{}\" skipped=\"{}\" time=\"{:.3}\">\n",
         t.total(),
         t.failed,
         t.skipped,
-        total_time
+        total_wall
     ));
-    for r in results {
+    for (i, r) in results.iter().enumerate() {
         let rt = Totals::of(std::slice::from_ref(r));
-        let time: f64 = r.cases.iter().map(|c| c.duration.as_secs_f64()).sum();
+        let target_time: f64 = r.cases.iter().map(|c| c.duration.as_secs_f64()).sum();
         out.push_str(&format!(
-            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" skipped=\"{}\" time=\"{time:.3}\">\n",
+            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" skipped=\"{}\" time=\"{:.3}\">\n",
             xml_escape(&suite_name(&r.file)),
             rt.total(),
             rt.failed,
             rt.skipped,
+            suite_wall(i),
         ));
         out.push_str(&format!(
-            "    <properties><property name=\"seed\" value=\"{}\"/></properties>\n",
+            "    <properties><property name=\"seed\" value=\"{}\"/><property name=\"target_seconds\" value=\"{target_time:.3}\"/></properties>\n",
             r.seed
         ));
-        for c in &r.cases {
+        for (k, c) in r.cases.iter().enumerate() {
             out.push_str(&format!(
-                "    <testcase classname=\"{}\" name=\"{}\" time=\"{}\">\n",
+                "    <testcase classname=\"{}\" name=\"{}\" time=\"{:.3}\">\n",
                 xml_escape(&r.name),
                 xml_escape(&c.name),
+                case_wall(i, k)
+            ));
+            out.push_str(&format!(
+                "      <properties><property name=\"target_seconds\" value=\"{}\"/></properties>\n",
                 seconds(c)
             ));
             match c.outcome {

@@ -163,6 +163,8 @@ pub struct PlannedStep {
     pub index: usize,
     pub at: (usize, usize),
     pub step: Step,
+    /// The device the step names (`device = "..."`).
+    pub device: Option<String>,
 }
 
 /// A case before it runs: a name and its steps (a sweep step replaced by its cut).
@@ -185,6 +187,7 @@ fn planned(scenario: &Scenario, sweep_as: impl Fn(&Sweep) -> Option<Step>) -> Ve
                 index: s.index,
                 at: (s.line, s.column),
                 step,
+                device: s.device.clone(),
             })
         })
         .collect()
@@ -379,9 +382,13 @@ struct CaseRun<'s> {
     seed: u64,
     trace: Trace,
     /// Every event seen so far: (name, data).
-    events: Vec<(String, String)>,
-    /// Events before this index were matched by earlier waits.
-    events_consumed: usize,
+    events: Vec<(Option<String>, String, String)>,
+    /// Per device filter (`None`: any device), events before this index were matched by
+    /// earlier waits with that filter.
+    events_consumed: std::collections::BTreeMap<Option<String>, usize>,
+    /// The device the current step names explicitly (`device = "..."`): waits for events and
+    /// event expectations look only at its events.
+    explicit_device: Option<String>,
     skipped: Vec<SkipNote>,
     /// Set once an action or wait was skipped: the reason later steps are skipped.
     tainted: Option<String>,
@@ -398,13 +405,23 @@ impl CaseRun<'_> {
     fn collect(&mut self, target: &mut dyn Target) -> usize {
         let entries = target.drain_trace();
         let n = entries.len();
-        for TraceEntry { at, kind } in entries {
-            if let TraceKind::Event { name, data, .. } = &kind {
-                self.events.push((name.clone(), data.clone()));
+        for entry in entries {
+            if let TraceKind::Event { name, data, .. } = &entry.kind {
+                self.events
+                    .push((entry.device.clone(), name.clone(), data.clone()));
             }
-            self.trace.push(at, kind);
+            self.trace.push_entry(entry);
         }
         n
+    }
+
+    /// The events of the step's device when the step names one, else every event.
+    fn device_events(&self) -> Vec<(String, String)> {
+        self.events
+            .iter()
+            .filter(|(dev, _, _)| self.explicit_device.is_none() || *dev == self.explicit_device)
+            .map(|(_, n, d)| (n.clone(), d.clone()))
+            .collect()
     }
 
     fn skip(&mut self, at: Duration, index: Option<usize>, text: String, reason: String) {
@@ -437,7 +454,8 @@ pub fn run_case(
         seed,
         trace: Trace::default(),
         events: Vec::new(),
-        events_consumed: 0,
+        events_consumed: Default::default(),
+        explicit_device: None,
         skipped: Vec::new(),
         tainted: None,
     };
@@ -505,6 +523,12 @@ fn drive(run: &mut CaseRun, target: &mut dyn Target, plan: &CasePlan) -> Option<
         });
     }
     run.collect(target);
+    let several = setup.cloud.devices.len() > 1;
+    let first_device = setup
+        .cloud
+        .devices
+        .first()
+        .map_or("dut", |d| d.name.as_str());
 
     for planned in &plan.steps {
         let text = planned.step.to_string();
@@ -532,12 +556,22 @@ fn drive(run: &mut CaseRun, target: &mut dyn Target, plan: &CasePlan) -> Option<
             run.tainted = Some(format!("after skipped step {}: {reason}", planned.index));
             continue;
         }
-        run.trace.push(
-            target.now(),
-            TraceKind::Step {
-                index: planned.index,
-                text: text.clone(),
-            },
+        run.explicit_device = planned.device.clone();
+        if several {
+            let name = planned.device.as_deref().unwrap_or(first_device);
+            if let Err(e) = target.select_device(name) {
+                return stop(format!("selecting device {name} failed: {e}"));
+            }
+        }
+        run.trace.push_entry(
+            TraceEntry::new(
+                target.now(),
+                TraceKind::Step {
+                    index: planned.index,
+                    text: text.clone(),
+                },
+            )
+            .on(planned.device.as_deref()),
         );
         match &planned.step {
             Step::Action(action) => {
@@ -562,6 +596,17 @@ fn drive(run: &mut CaseRun, target: &mut dyn Target, plan: &CasePlan) -> Option<
         }
     }
 
+    // The final [expect] is about the first device (with several, only its events count).
+    run.explicit_device = several.then(|| first_device.to_string());
+    if several {
+        if let Err(e) = target.select_device(first_device) {
+            return Some(Stop {
+                step: None,
+                step_text: "final expectations ([expect])".into(),
+                message: format!("selecting device {first_device} failed: {e}"),
+            });
+        }
+    }
     if !run.scenario.expect.is_empty() {
         if let Some(why) = run.tainted.clone() {
             for e in &run.scenario.expect {
@@ -695,9 +740,10 @@ fn check(run: &CaseRun, target: &mut dyn Target, e: &Expectation) -> Result<(), 
             }
         }
         Expectation::Events(list) => {
+            let events = run.device_events();
             let mut from = 0;
             for (i, pattern) in list.iter().enumerate() {
-                match run.events[from..]
+                match events[from..]
                     .iter()
                     .position(|(n, d)| pattern.matches(n, d))
                 {
@@ -712,7 +758,7 @@ fn check(run: &CaseRun, target: &mut dyn Target, e: &Expectation) -> Result<(), 
                             "{pattern} not seen{matched} ({} of {} matched in order; {} events seen)",
                             i,
                             list.len(),
-                            run.events.len()
+                            events.len()
                         ));
                     }
                 }
@@ -721,7 +767,11 @@ fn check(run: &CaseRun, target: &mut dyn Target, e: &Expectation) -> Result<(), 
         }
         Expectation::EventsAbsent(list) => {
             for pattern in list {
-                if let Some((n, d)) = run.events.iter().find(|(n, d)| pattern.matches(n, d)) {
+                if let Some((n, d)) = run
+                    .device_events()
+                    .into_iter()
+                    .find(|(n, d)| pattern.matches(n, d))
+                {
                     return Err(format!("{n} {d:?} was seen"));
                 }
             }
@@ -832,11 +882,13 @@ fn wait_for(run: &mut CaseRun, target: &mut dyn Target, wait: &Wait) -> Result<(
         run.collect(target);
         let met = match wait {
             Wait::Event { event, .. } => {
-                let found = run.events[run.events_consumed..]
+                let key = run.explicit_device.clone();
+                let consumed = run.events_consumed.get(&key).copied().unwrap_or(0);
+                let found = run.events[consumed.min(run.events.len())..]
                     .iter()
-                    .position(|(n, d)| event.matches(n, d));
+                    .position(|(dev, n, d)| (key.is_none() || *dev == key) && event.matches(n, d));
                 if let Some(p) = found {
-                    run.events_consumed += p + 1;
+                    run.events_consumed.insert(key, consumed + p + 1);
                     true
                 } else {
                     false

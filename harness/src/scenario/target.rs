@@ -23,6 +23,10 @@ pub enum Capability {
     CloudFlash,
     /// Set the cloud's "updates forced" for the device.
     CloudForceUpdates,
+    /// Products: upload, release, lock, groups, development devices.
+    CloudProducts,
+    /// Several devices in one scenario, one cloud.
+    SeveralDevices,
     /// Cut power now and restore it.
     PowerControl,
     /// Cut power at a numbered flash operation (or one of a phase), before/torn/after.
@@ -54,10 +58,12 @@ pub enum Capability {
 }
 
 impl Capability {
-    pub const ALL: [Capability; 17] = [
+    pub const ALL: [Capability; 19] = [
+        Capability::SeveralDevices,
         Capability::InstallFirmware,
         Capability::CloudFlash,
         Capability::CloudForceUpdates,
+        Capability::CloudProducts,
         Capability::PowerControl,
         Capability::PowerCutAtFlashOp,
         Capability::PowerCutAtChunk,
@@ -79,6 +85,8 @@ impl Capability {
             Capability::InstallFirmware => "install-firmware",
             Capability::CloudFlash => "cloud-flash",
             Capability::CloudForceUpdates => "cloud-force-updates",
+            Capability::CloudProducts => "cloud-products",
+            Capability::SeveralDevices => "several-devices",
             Capability::PowerControl => "power-control",
             Capability::PowerCutAtFlashOp => "power-cut-at-flash-op",
             Capability::PowerCutAtChunk => "power-cut-at-chunk",
@@ -217,6 +225,16 @@ pub trait Target {
     /// Establishes the set-up (firmware installed, application behaviour, cloud knows the
     /// device), powers the device on and lets it boot. `seed` drives every random choice.
     fn setup(&mut self, setup: &Setup, seed: u64) -> Result<(), TargetError>;
+
+    /// Directs the following actions and observations at the device named `name` (a
+    /// `[[cloud.device]]`), in a scenario with several devices (needs
+    /// [`Capability::SeveralDevices`]).
+    fn select_device(&mut self, name: &str) -> Result<(), TargetError> {
+        Err(TargetError::Step(format!(
+            "target {} drives one device, not `{name}`",
+            self.name()
+        )))
+    }
 
     /// Does one action (cloud, power, application, link). An armed power cut returns at once;
     /// it fires later, while time passes.

@@ -76,11 +76,23 @@ pub enum TraceKind {
 pub struct TraceEntry {
     pub at: Duration,
     pub kind: TraceKind,
+    /// The device it concerns, in a scenario with several (`[[cloud.device]] name`).
+    pub device: Option<String>,
 }
 
 impl TraceEntry {
     pub fn new(at: Duration, kind: TraceKind) -> Self {
-        TraceEntry { at, kind }
+        TraceEntry {
+            at,
+            kind,
+            device: None,
+        }
+    }
+
+    /// The same entry, tagged with the device it concerns.
+    pub fn on(mut self, device: Option<&str>) -> Self {
+        self.device = device.map(str::to_string);
+        self
     }
 }
 
@@ -162,7 +174,10 @@ pub fn format_time(at: Duration) -> String {
 
 impl fmt::Display for TraceEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}  {}", format_time(self.at), self.kind)
+        match &self.device {
+            Some(d) => write!(f, "{}  [{d}] {}", format_time(self.at), self.kind),
+            None => write!(f, "{}  {}", format_time(self.at), self.kind),
+        }
     }
 }
 
@@ -176,6 +191,10 @@ pub struct Trace {
 impl Trace {
     pub fn push(&mut self, at: Duration, kind: TraceKind) {
         self.entries.push(TraceEntry::new(at, kind));
+    }
+
+    pub fn push_entry(&mut self, entry: TraceEntry) {
+        self.entries.push(entry);
     }
 
     /// Every line: the header lines, then one line per entry.

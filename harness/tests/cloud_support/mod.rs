@@ -102,6 +102,9 @@ pub struct TestDevice {
     pub auto_accept_events: bool,
     /// The OTA receiver, when the test lets the device handle OTA by itself.
     pub ota: Option<AutoOta>,
+    /// The system describe the device answers the cloud's describe requests with (set by
+    /// the last [`World::post_connect`]); `None`: requests go to the inbox.
+    pub describe: Option<SystemDescribe>,
 }
 
 impl TestDevice {
@@ -129,6 +132,7 @@ impl TestDevice {
             drop_incoming: None,
             auto_accept_events: true,
             ota: None,
+            describe: None,
         }
     }
 
@@ -250,6 +254,20 @@ impl TestDevice {
                         .expect("the cloud sends catalogue messages");
                     if self.auto_accept_events && matches!(parsed.body, Body::Event(_)) {
                         self.coap.accept(now, &request).expect("accept event");
+                    }
+                    if let (Body::DescribeRequest(_), Some(describe)) =
+                        (&parsed.body, self.describe.as_ref())
+                    {
+                        let mut reply = protocol::coap::Message::new(
+                            MessageType::Acknowledgement,
+                            protocol::coap::Code::CONTENT,
+                            0,
+                        );
+                        reply.payload = describe.emit();
+                        self.coap
+                            .respond(now, &request, reply)
+                            .expect("answer a describe request");
+                        continue;
                     }
                     if let Some(ota) = self.ota.as_mut() {
                         if ota.handle(now, &mut self.coap, &request, &parsed) {
@@ -662,6 +680,7 @@ impl World {
     pub fn post_connect(&mut self, i: usize, hello: Hello, describe: &SystemDescribe) {
         let now = self.now;
         let d = &mut self.devices[i];
+        d.describe = Some(describe.clone());
         d.send_hello(now, hello);
         d.send_system_describe(now, describe);
         d.send_time_request(now);

@@ -27,7 +27,9 @@
 //! and (away from offset 0) a known module function and known flags. At offset 0 of a file
 //! that starts with a vector table the "addresses" are the initial stack pointer and the reset
 //! handler, which fail `end > start` or the exact length; a wrong offset would have to satisfy
-//! the exact-length equation by chance (about 2^-32).
+//! the exact-length equation by chance (about 2^-32). Files of other platforms (Gen 2's
+//! 0x184, the Core's 0x10C, Bluz's 0xC0, or any 4-aligned offset below 8 KiB) are found by
+//! [`search_prefix`], Particle's own search.
 
 mod builder;
 mod combined;
@@ -35,6 +37,7 @@ mod compressed;
 mod error;
 mod extension;
 mod prefix;
+mod search;
 mod suffix;
 
 use core::ops::Range;
@@ -52,6 +55,10 @@ pub use compressed::{
 pub use error::ModuleError;
 pub use extension::{ext_type, Extension};
 pub use prefix::{Dependency, ModuleFlags, ModuleFunction, Prefix, PrefixView, PREFIX_LEN};
+pub use search::{
+    platform_name, prefix_score, search_prefix, PrefixSearch, KNOWN_PLATFORMS,
+    MAX_PREFIX_SEARCH_OFFSET, PARTICLE_PREFERRED_OFFSETS, PASSING_SCORE,
+};
 pub use suffix::{
     ProductData, Suffix, BASE_SUFFIX_LEN, RAW_PRODUCT_DATA_LEN, SHA_EXCLUDED_TAIL,
     SUFFIX_LEN_WITH_PRODUCT,

@@ -103,6 +103,26 @@ impl From<ModuleFunction> for u8 {
     }
 }
 
+/// The words a firmware engineer uses: "user part", "system part", "bootloader", ...
+impl core::fmt::Display for ModuleFunction {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let name = match self {
+            ModuleFunction::None => "no module",
+            ModuleFunction::Resource => "resource",
+            ModuleFunction::Bootloader => "bootloader",
+            ModuleFunction::MonoFirmware => "monolithic firmware",
+            ModuleFunction::SystemPart => "system part",
+            ModuleFunction::UserPart => "user part",
+            ModuleFunction::Settings => "settings",
+            ModuleFunction::NcpFirmware => "NCP firmware",
+            ModuleFunction::RadioStack => "radio stack",
+            ModuleFunction::Asset => "asset",
+            ModuleFunction::Unknown(n) => return write!(f, "unknown module function {n}"),
+        };
+        f.write_str(name)
+    }
+}
+
 /// `module_info_flags_t`, a bit set. Unknown bits are kept as read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct ModuleFlags(pub u8);

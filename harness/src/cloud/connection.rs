@@ -1,0 +1,309 @@
+//! The cloud's side of each device's DTLS association: connections, address moves, closes,
+//! resumptions (reference 1.4), online and offline, refusals, and the idle timer.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use p256::ecdsa::VerifyingKey;
+use protocol::dtls::{CloseReason, ConnectionHandle, ServerEvent};
+
+use super::config::{CELLULAR_KEEPALIVE, CELLULAR_PLATFORMS, DEFAULT_KEEPALIVE};
+use super::session::Session;
+use super::*;
+
+/// What kind of record a datagram starts with (reference 1.4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum RecordKind {
+    /// Type 253: a resumed session, with its CID.
+    Move(Vec<u8>),
+    /// Type 25.
+    Cid,
+    Other,
+}
+
+pub(super) fn record_kind(datagram: &[u8]) -> RecordKind {
+    const CID: std::ops::Range<usize> = 11..19;
+    match datagram.first() {
+        Some(253) => datagram
+            .get(CID)
+            .map_or(RecordKind::Other, |c| RecordKind::Move(c.to_vec())),
+        Some(25) => RecordKind::Cid,
+        _ => RecordKind::Other,
+    }
+}
+
+impl Cloud {
+    pub(super) fn process_server_events(&mut self, now: Duration, kind: &RecordKind) {
+        while let Some(event) = self.server.poll_event() {
+            match event {
+                ServerEvent::Connected {
+                    handle,
+                    peer,
+                    device_key,
+                } => self.on_connected(now, handle, peer, device_key),
+                ServerEvent::ApplicationData { handle, data } => {
+                    self.on_application_data(now, handle, &data, kind)
+                }
+                ServerEvent::Moved { handle, from, to } => {
+                    self.on_moved(now, handle, from, to, kind)
+                }
+                ServerEvent::Closed { handle, reason } => self.on_closed(now, handle, reason),
+            }
+        }
+    }
+
+    pub(super) fn on_connected(
+        &mut self,
+        now: Duration,
+        handle: ConnectionHandle,
+        peer: SocketAddr,
+        device_key: Option<VerifyingKey>,
+    ) {
+        let id = device_key.and_then(|k| self.by_key.get(&key_bytes(&k)).copied());
+        let Some(id) = id else {
+            self.dropped(
+                None,
+                "a DTLS handshake completed with an unregistered key".into(),
+            );
+            self.server.close(now, handle);
+            return;
+        };
+        if let Some(old) = self
+            .devices
+            .get(&id)
+            .and_then(|d| d.session.as_ref())
+            .map(|s| s.handle)
+        {
+            self.go_offline(now, id, DisconnectReason::Replaced);
+            self.end_session(id);
+            if old != handle {
+                self.server.remove(old);
+            }
+        }
+        let cid = self.server.connection_id(handle).map(<[u8]>::to_vec);
+        let mut session = Session::new(handle, cid, peer, now);
+        session.endpoint = Some(self.new_endpoint());
+        let armed = self.fleet.target(DeviceId(id)).firmware().cloned();
+        if let Some(d) = self.devices.get_mut(&id) {
+            d.session = Some(session);
+            d.last_address = Some(peer);
+            // A full handshake: the device subscribes again (a resumption may not).
+            d.subscriptions.clear();
+            // A new secure session: standard releases and locks reach the device now.
+            d.armed = armed;
+        }
+        self.by_handle.insert(handle, id);
+        self.events
+            .push_back(CloudEvent::Session(SessionChange::Connected {
+                at: now,
+                device_id: id,
+                address: peer,
+            }));
+    }
+
+    pub(super) fn on_moved(
+        &mut self,
+        now: Duration,
+        handle: ConnectionHandle,
+        from: SocketAddr,
+        to: SocketAddr,
+        kind: &RecordKind,
+    ) {
+        let Some(id) = self.by_handle.get(&handle).copied() else {
+            return;
+        };
+        if let Some(d) = self.devices.get_mut(&id) {
+            d.last_address = Some(to);
+            if let Some(s) = d.session.as_mut() {
+                s.address = to;
+            }
+        }
+        // A resumed device usually comes from a new port: report the resumption first.
+        self.detect_resumption(now, id, kind);
+        self.events
+            .push_back(CloudEvent::Session(SessionChange::Moved {
+                at: now,
+                device_id: id,
+                from,
+                to,
+            }));
+    }
+
+    pub(super) fn on_closed(
+        &mut self,
+        now: Duration,
+        handle: ConnectionHandle,
+        reason: CloseReason,
+    ) {
+        let Some(id) = self.by_handle.get(&handle).copied() else {
+            return;
+        };
+        self.go_offline(now, id, DisconnectReason::Closed(reason.to_string()));
+        self.end_session(id);
+    }
+
+    pub(super) fn on_application_data(
+        &mut self,
+        now: Duration,
+        handle: ConnectionHandle,
+        data: &[u8],
+        kind: &RecordKind,
+    ) {
+        let Some(id) = self.by_handle.get(&handle).copied() else {
+            return;
+        };
+        self.stats.messages += 1;
+        self.detect_resumption(now, id, kind);
+        let events = match self.endpoint(&id) {
+            Some(e) => match e.handle_message(now, data) {
+                Ok(()) => drain_events(e),
+                Err(error) => {
+                    self.stats.malformed += 1;
+                    self.dropped(Some(id), format!("malformed CoAP message: {error}"));
+                    return;
+                }
+            },
+            None => return,
+        };
+        self.handle_endpoint_events(now, id, events);
+        // Not a Hello (a ping after all): the device is online anyway.
+        if self.session_mut(&id).is_some_and(|s| s.fresh) {
+            self.go_online(now, id);
+        }
+        self.service(now, id);
+    }
+
+    /// An authenticated record arrived: a first type-253 record, or any record on a session
+    /// the cloud had taken offline, is a resumption (reference 1.4).
+    pub(super) fn detect_resumption(&mut self, now: Duration, id: [u8; 12], kind: &RecordKind) {
+        let (resume, again) = {
+            let Some(s) = self.session_mut(&id) else {
+                return;
+            };
+            s.last_heard = now;
+            let mut resume = false;
+            match kind {
+                RecordKind::Move(cid) if !s.moving && s.cid.as_deref() == Some(cid.as_slice()) => {
+                    s.moving = true;
+                    resume = true;
+                }
+                RecordKind::Cid => s.moving = false,
+                _ => {}
+            }
+            if !s.online && !s.fresh {
+                resume = true;
+            }
+            (resume, resume && s.online)
+        };
+        if again {
+            self.go_offline(now, id, DisconnectReason::ResumedAgain);
+        }
+        if resume {
+            self.resume(now, id);
+        }
+    }
+
+    pub(super) fn resume(&mut self, now: Duration, id: [u8; 12]) {
+        let endpoint = self.new_endpoint();
+        let Some(s) = self.session_mut(&id) else {
+            return;
+        };
+        s.resumed = true;
+        s.started_at = now;
+        s.last_request = now;
+        s.pending_sent = false;
+        // A resumption sends no describe (the device may have reset, failed to apply, or
+        // be in safe mode): the cloud asks for one before it acts.
+        s.describe_seen = false;
+        s.describe_requested = false;
+        s.pending_true_sent = false;
+        s.settled = false;
+        s.stalled_at = None;
+        s.safe_mode_said = false;
+        s.safe_mode_published = false;
+        s.clear_connection();
+        s.endpoint = Some(endpoint);
+        let address = s.address;
+        self.events
+            .push_back(CloudEvent::Session(SessionChange::Resumed {
+                at: now,
+                device_id: id,
+                address,
+            }));
+        self.go_online(now, id);
+    }
+
+    pub(super) fn go_online(&mut self, now: Duration, id: [u8; 12]) {
+        let Some(s) = self.session_mut(&id) else {
+            return;
+        };
+        if s.online {
+            return;
+        }
+        s.online = true;
+        s.fresh = false;
+        self.publish_cloud(now, id, names::STATUS, "online");
+    }
+
+    /// Takes the device offline (its session, if any, stays for a resumption).
+    pub(super) fn go_offline(&mut self, now: Duration, id: [u8; 12], reason: DisconnectReason) {
+        self.flush_endpoint(now, id);
+        let (was_online, was_fresh) = {
+            let Some(s) = self.session_mut(&id) else {
+                return;
+            };
+            let was = (s.online, s.fresh);
+            s.online = false;
+            s.fresh = false;
+            s.clear_connection();
+            was
+        };
+        if was_online {
+            self.publish_cloud(now, id, names::STATUS, "offline");
+        } else if !was_fresh {
+            return; // already offline
+        }
+        self.events
+            .push_back(CloudEvent::Session(SessionChange::Disconnected {
+                at: now,
+                device_id: id,
+                reason,
+            }));
+        self.interrupt_active(now, id, "the device went offline during the transfer");
+    }
+
+    /// Forgets the device's session (after a close, a refusal or a new handshake).
+    pub(super) fn end_session(&mut self, id: [u8; 12]) {
+        if let Some(s) = self.devices.get_mut(&id).and_then(|d| d.session.take()) {
+            self.by_handle.remove(&s.handle);
+        }
+    }
+
+    pub(super) fn refuse(&mut self, now: Duration, id: [u8; 12], reason: String) {
+        self.dropped(Some(id), reason.clone());
+        let handle = self.session_mut(&id).map(|s| s.handle);
+        self.go_offline(now, id, DisconnectReason::Refused(reason));
+        self.end_session(id);
+        if let Some(handle) = handle {
+            self.server.close(now, handle);
+            self.process_server_events(now, &RecordKind::Other);
+        }
+    }
+
+    pub(super) fn idle_deadline(&self, id: &[u8; 12]) -> Option<Duration> {
+        let d = self.devices.get(id)?;
+        let s = d.session.as_ref().filter(|s| s.online)?;
+        let timeout = self.config.idle_timeout.unwrap_or_else(|| {
+            let cellular = d
+                .hello
+                .as_ref()
+                .is_some_and(|h| CELLULAR_PLATFORMS.contains(&h.platform_id));
+            2 * if cellular {
+                CELLULAR_KEEPALIVE
+            } else {
+                DEFAULT_KEEPALIVE
+            }
+        });
+        Some(s.last_heard.saturating_add(timeout))
+    }
+}

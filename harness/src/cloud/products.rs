@@ -1,0 +1,211 @@
+//! The [`Cloud`]'s product operations: every change to products, firmware, releases and
+//! product devices goes through these methods, which apply it to the [`Fleet`] (where the
+//! checks are) and then let the cloud act on it (an intelligent release or a lock with "flash
+//! now" reaches online devices at once; a standard release waits for the next handshake). The
+//! REST API and scenario steps call these; nothing else changes the fleet.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use super::fleet::{DeviceChange, Fleet, FleetError, ProductFirmware, ProductId, Release};
+use super::{Cloud, DeviceId};
+
+/// How a fleet change reaches the devices it concerns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Delivery {
+    /// At each device's next full handshake (standard release, lock without flash now).
+    NextHandshake,
+    /// At once to online devices, and to the others when they come back (intelligent release,
+    /// lock with flash now, force-enable).
+    Now,
+}
+
+impl Cloud {
+    /// Unix time (seconds) at the cloud's time zero ([`super::CloudConfig::unix_time_at_epoch`]).
+    pub fn unix_time_at_epoch(&self) -> u64 {
+        self.config.unix_time_at_epoch
+    }
+
+    /// `now` as time since the Unix epoch, in whole milliseconds, the way the fleet keeps its
+    /// times (they must mean the same after a restart, when the cloud's time starts again at
+    /// zero; the API and the saved state show milliseconds).
+    pub fn unix_time(&self, now: Duration) -> Duration {
+        let ms = u64::try_from(now.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_secs(self.config.unix_time_at_epoch)
+            .saturating_add(Duration::from_millis(ms))
+    }
+
+    /// When the device's current (or last) session started and when the cloud last heard from
+    /// it, as Unix time (`last_handshake_at`, `last_heard` of the API); `None` before its first
+    /// session. (An accessor for the API, kept here with the other API-facing methods.)
+    pub fn device_times(&self, device: DeviceId) -> Option<(Duration, Duration)> {
+        let session = self.devices.get(&device.0)?.session.as_ref()?;
+        Some((
+            self.unix_time(session.started_at),
+            self.unix_time(session.last_heard),
+        ))
+    }
+
+    /// Puts back a saved fleet (`hil cloud --state`) in a cloud that has none yet, and the
+    /// force-enable setting of its product devices. Nothing is delivered by this: product
+    /// targets are armed at each device's next handshake, as after any restart of the cloud.
+    pub fn restore_fleet(&mut self, now: Duration, fleet: Fleet) {
+        self.fleet = fleet;
+        let forced: Vec<DeviceId> = self
+            .fleet
+            .products()
+            .flat_map(|p| p.devices.iter())
+            .filter(|(_, d)| d.updates_forced)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in forced {
+            self.set_updates_forced(now, id.0, true);
+        }
+    }
+
+    /// Changes a firmware version's title and description.
+    pub fn edit_firmware(
+        &mut self,
+        product: ProductId,
+        version: u16,
+        title: Option<&str>,
+        description: Option<&str>,
+    ) -> Result<&ProductFirmware, FleetError> {
+        self.fleet
+            .edit_firmware(product, version, title, description)
+    }
+
+    /// Creates groups in a product.
+    pub fn add_product_groups(
+        &mut self,
+        product: ProductId,
+        groups: &BTreeSet<String>,
+    ) -> Result<(), FleetError> {
+        self.fleet.add_groups(product, groups)
+    }
+
+    /// Deletes a group of a product (its devices leave it, its releases are withdrawn); the
+    /// devices' new targets come at their next handshake, like any withdrawn release.
+    pub fn delete_product_group(
+        &mut self,
+        now: Duration,
+        product: ProductId,
+        group: &str,
+    ) -> Result<(), FleetError> {
+        let devices = self.fleet.delete_group(product, group)?;
+        self.fleet_changed(now, &devices, Delivery::NextHandshake);
+        Ok(())
+    }
+
+    pub fn create_product(
+        &mut self,
+        id: ProductId,
+        name: &str,
+        platform_id: u16,
+    ) -> Result<(), FleetError> {
+        self.fleet.create_product(id, name, platform_id)
+    }
+
+    /// Adds a registered (or later registered) device to a product.
+    pub fn add_product_device(
+        &mut self,
+        now: Duration,
+        product: ProductId,
+        device: DeviceId,
+    ) -> Result<(), FleetError> {
+        self.fleet.add_device(product, device)?;
+        self.fleet_changed(now, &[device], Delivery::NextHandshake);
+        Ok(())
+    }
+
+    pub fn remove_product_device(
+        &mut self,
+        now: Duration,
+        product: ProductId,
+        device: DeviceId,
+    ) -> Result<(), FleetError> {
+        self.fleet.remove_device(product, device)?;
+        self.fleet_changed(now, &[device], Delivery::NextHandshake);
+        Ok(())
+    }
+
+    /// Uploads a product firmware version (delivers nothing by itself, reference 4.1).
+    pub fn upload_firmware(
+        &mut self,
+        now: Duration,
+        product: ProductId,
+        version: u16,
+        title: &str,
+        description: &str,
+        file: Vec<u8>,
+    ) -> Result<&ProductFirmware, FleetError> {
+        let at = self.unix_time(now);
+        self.fleet
+            .upload(product, version, title, description, file, at)
+    }
+
+    pub fn delete_firmware(&mut self, product: ProductId, version: u16) -> Result<(), FleetError> {
+        self.fleet.delete_firmware(product, version)
+    }
+
+    /// Releases a version; intelligent releases reach online devices at once.
+    pub fn release_firmware(
+        &mut self,
+        now: Duration,
+        product: ProductId,
+        version: u16,
+        release: &Release,
+    ) -> Result<(), FleetError> {
+        let at = self.unix_time(now);
+        let devices = self.fleet.release(product, version, release, at)?;
+        let delivery = if release.intelligent {
+            Delivery::Now
+        } else {
+            Delivery::NextHandshake
+        };
+        self.fleet_changed(now, &devices, delivery);
+        Ok(())
+    }
+
+    /// Withdraws a release from the product default and/or groups.
+    pub fn unrelease_firmware(
+        &mut self,
+        now: Duration,
+        product: ProductId,
+        version: u16,
+        product_default: bool,
+        groups: &BTreeSet<String>,
+    ) -> Result<(), FleetError> {
+        let devices = self
+            .fleet
+            .unrelease(product, version, product_default, groups)?;
+        self.fleet_changed(now, &devices, Delivery::NextHandshake);
+        Ok(())
+    }
+
+    /// Changes a product device (lock / unlock, development, groups, force-enable updates).
+    /// `flash_now` (console "Flash now", API `flash=true`) delivers a lock at once to an
+    /// online device; unmarking a development device also acts at once (UNCONFIRMED: the docs
+    /// say it "may trigger an immediate OTA").
+    pub fn change_product_device(
+        &mut self,
+        now: Duration,
+        product: ProductId,
+        device: DeviceId,
+        change: &DeviceChange,
+        flash_now: bool,
+    ) -> Result<(), FleetError> {
+        self.fleet.change_device(product, device, change)?;
+        if let Some(forced) = change.updates_forced {
+            self.set_updates_forced(now, device.0, forced);
+        }
+        let now_delivery = flash_now || change.development == Some(false);
+        let delivery = if now_delivery {
+            Delivery::Now
+        } else {
+            Delivery::NextHandshake
+        };
+        self.fleet_changed(now, &[device], delivery);
+        Ok(())
+    }
+}

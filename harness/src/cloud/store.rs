@@ -1,0 +1,642 @@
+//! What `hil cloud --state DIR` keeps across a restart, in one SQLite database
+//! (`DIR/cloud.sqlite3`, rusqlite's bundled SQLite): products, their firmware (the binaries as
+//! blobs), releases, groups, product device settings (development, lock, groups, forced
+//! updates), the forced-updates setting of other devices, and single-device flashes not finished
+//! yet. Every change is written in one transaction before the REST API answers it, so what was
+//! acknowledged survives a crash. Sessions, transfers and the event stream are not kept: after a
+//! restart devices handshake again, and a product target is armed then, as after any restart.
+//!
+//! The schema, for a lab that queries it with `sqlite3 DIR/cloud.sqlite3` (times are Unix
+//! milliseconds, booleans 0/1, device ids 24 lowercase hex digits):
+//!
+//! ```sql
+//! meta(key TEXT PRIMARY KEY, value TEXT)                 -- 'schema_version' = '1'
+//! products(id INTEGER PRIMARY KEY, name TEXT, platform_id INTEGER)
+//! product_groups(product_id INTEGER, name TEXT)          -- groups known to a product
+//! firmware(product_id INTEGER, version INTEGER, title TEXT, description TEXT, size INTEGER,
+//!          sha256 TEXT, uploaded_at_ms INTEGER, product_default INTEGER, intelligent INTEGER,
+//!          released_at_ms INTEGER NULL, binary BLOB)     -- PRIMARY KEY (product_id, version)
+//! firmware_groups(product_id INTEGER, version INTEGER, group_name TEXT)  -- released to
+//! product_devices(device_id TEXT PRIMARY KEY, product_id INTEGER, development INTEGER,
+//!          desired_firmware_version INTEGER NULL, firmware_updates_forced INTEGER)
+//! device_groups(device_id TEXT, group_name TEXT)         -- a product device's groups
+//! device_settings(device_id TEXT PRIMARY KEY, firmware_updates_forced INTEGER)  -- others
+//! flash_jobs(id INTEGER PRIMARY KEY, device_id TEXT, file BLOB, requested_at_ms INTEGER)
+//! ```
+//!
+//! For example `sqlite3 state/cloud.sqlite3 'SELECT product_id, version, title,
+//! product_default FROM firmware'`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+
+use super::fleet::{DeviceChange, Fleet, Release};
+use super::DeviceId;
+
+const SCHEMA_VERSION: &str = "1";
+/// The database file in the state directory.
+pub const DB_FILE: &str = "cloud.sqlite3";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS products (
+    id INTEGER PRIMARY KEY, name TEXT NOT NULL, platform_id INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS product_groups (
+    product_id INTEGER NOT NULL, name TEXT NOT NULL, PRIMARY KEY (product_id, name));
+CREATE TABLE IF NOT EXISTS firmware (
+    product_id INTEGER NOT NULL, version INTEGER NOT NULL, title TEXT NOT NULL,
+    description TEXT NOT NULL, size INTEGER NOT NULL, sha256 TEXT NOT NULL,
+    uploaded_at_ms INTEGER NOT NULL, product_default INTEGER NOT NULL,
+    intelligent INTEGER NOT NULL, released_at_ms INTEGER, binary BLOB NOT NULL,
+    PRIMARY KEY (product_id, version));
+CREATE TABLE IF NOT EXISTS firmware_groups (
+    product_id INTEGER NOT NULL, version INTEGER NOT NULL, group_name TEXT NOT NULL,
+    PRIMARY KEY (product_id, version, group_name));
+CREATE TABLE IF NOT EXISTS product_devices (
+    device_id TEXT PRIMARY KEY, product_id INTEGER NOT NULL, development INTEGER NOT NULL,
+    desired_firmware_version INTEGER, firmware_updates_forced INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS device_groups (
+    device_id TEXT NOT NULL, group_name TEXT NOT NULL, PRIMARY KEY (device_id, group_name));
+CREATE TABLE IF NOT EXISTS device_settings (
+    device_id TEXT PRIMARY KEY, firmware_updates_forced INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS flash_jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, device_id TEXT NOT NULL, file BLOB NOT NULL,
+    requested_at_ms INTEGER NOT NULL);
+";
+
+/// Why the state could not be read or written; the message names the file and what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("state directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("state {path}: {what}")]
+    Content { path: PathBuf, what: String },
+}
+
+/// A single-device flash saved until it finishes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedFlash {
+    pub row: i64,
+    pub device: DeviceId,
+    pub file: Vec<u8>,
+}
+
+/// Everything read back at start.
+#[derive(Debug, Default)]
+pub struct Saved {
+    pub fleet: Fleet,
+    /// The forced-updates setting of devices that are in no product.
+    pub forced: Vec<DeviceId>,
+    pub flashes: Vec<SavedFlash>,
+}
+
+/// The open database. See the [module documentation](self).
+#[derive(Debug)]
+pub struct Store {
+    path: PathBuf,
+    db: Connection,
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn from_ms(v: i64) -> Duration {
+    Duration::from_millis(u64::try_from(v).unwrap_or(0))
+}
+
+impl Store {
+    /// Opens (creating it if needed) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join(DB_FILE);
+        let sql = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let db = Connection::open(&path).map_err(sql)?;
+        // WAL: a reader (a lab's sqlite3) never blocks the cloud; FULL: a commit is on disk
+        // before the API answers.
+        db.pragma_update(None, "journal_mode", "WAL").map_err(sql)?;
+        db.pragma_update(None, "synchronous", "FULL").map_err(sql)?;
+        db.busy_timeout(Duration::from_secs(5)).map_err(sql)?;
+        db.execute_batch(SCHEMA).map_err(sql)?;
+        let version: Option<String> = db
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql)?;
+        match version.as_deref() {
+            None => {
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
+                    [SCHEMA_VERSION],
+                )
+                .map_err(sql)?;
+            }
+            Some(SCHEMA_VERSION) => {}
+            Some(other) => {
+                return Err(StoreError::Content {
+                    path,
+                    what: format!(
+                        "schema version {other}, this hil reads version {SCHEMA_VERSION}"
+                    ),
+                })
+            }
+        }
+        Ok(Store { path, db })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn sql(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn content(&self, what: String) -> StoreError {
+        StoreError::Content {
+            path: self.path.clone(),
+            what,
+        }
+    }
+
+    /// Writes the fleet as it is now, in one transaction (firmware binaries are written once,
+    /// when their row is new).
+    pub fn save_fleet(&mut self, fleet: &Fleet) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let tx = self.db.transaction().map_err(|source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        })?;
+        write_fleet(&tx, fleet).map_err(|source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        })?;
+        tx.commit()
+            .map_err(|source| StoreError::Sqlite { path, source })
+    }
+
+    /// Saves the forced-updates setting of a device in no product.
+    pub fn save_forced(&mut self, device: DeviceId, forced: bool) -> Result<(), StoreError> {
+        let r = if forced {
+            self.db.execute(
+                "INSERT INTO device_settings (device_id, firmware_updates_forced) VALUES (?1, 1)
+                 ON CONFLICT (device_id) DO UPDATE SET firmware_updates_forced = 1",
+                [device.to_hex()],
+            )
+        } else {
+            self.db.execute(
+                "DELETE FROM device_settings WHERE device_id = ?1",
+                [device.to_hex()],
+            )
+        };
+        r.map(|_| ()).map_err(|e| self.sql(e))
+    }
+
+    /// Saves a single-device flash; the row id names it for [`Store::finish_flash`].
+    pub fn add_flash(
+        &mut self,
+        device: DeviceId,
+        file: &[u8],
+        requested_at: Duration,
+    ) -> Result<i64, StoreError> {
+        self.db
+            .execute(
+                "INSERT INTO flash_jobs (device_id, file, requested_at_ms) VALUES (?1, ?2, ?3)",
+                params![device.to_hex(), file, ms(requested_at)],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(self.db.last_insert_rowid())
+    }
+
+    /// Forgets a flash that finished (succeeded or failed).
+    pub fn finish_flash(&mut self, row: i64) -> Result<(), StoreError> {
+        self.db
+            .execute("DELETE FROM flash_jobs WHERE id = ?1", [row])
+            .map(|_| ())
+            .map_err(|e| self.sql(e))
+    }
+
+    /// Reads everything back. Firmware goes through the upload checks again (a binary that
+    /// no longer passes them is an error naming the row).
+    pub fn load(&self) -> Result<Saved, StoreError> {
+        let sql = |e| self.sql(e);
+        let mut fleet = Fleet::new();
+        let mut stmt = self
+            .db
+            .prepare("SELECT id, name, platform_id FROM products ORDER BY id")
+            .map_err(sql)?;
+        let products: Vec<(u32, String, u16)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(sql)?
+            .collect::<Result<_, _>>()
+            .map_err(sql)?;
+        for (id, name, platform) in &products {
+            fleet
+                .create_product(*id, name, *platform)
+                .map_err(|e| self.content(format!("products row {id}: {e}")))?;
+        }
+        let mut stmt = self
+            .db
+            .prepare("SELECT product_id, name FROM product_groups")
+            .map_err(sql)?;
+        let rows: Vec<(u32, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(sql)?
+            .collect::<Result<_, _>>()
+            .map_err(sql)?;
+        for (product, name) in rows {
+            fleet
+                .add_groups(product, &BTreeSet::from([name.clone()]))
+                .map_err(|e| {
+                    self.content(format!("product_groups row ({product}, {name}): {e}"))
+                })?;
+        }
+        let mut groups: BTreeMap<(u32, u16), BTreeSet<String>> = BTreeMap::new();
+        let mut stmt = self
+            .db
+            .prepare("SELECT product_id, version, group_name FROM firmware_groups")
+            .map_err(sql)?;
+        let rows: Vec<(u32, u16, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(sql)?
+            .collect::<Result<_, _>>()
+            .map_err(sql)?;
+        for (p, v, g) in rows {
+            groups.entry((p, v)).or_default().insert(g);
+        }
+        let mut stmt = self
+            .db
+            .prepare(
+                "SELECT product_id, version, title, description, uploaded_at_ms, product_default,
+                        intelligent, released_at_ms, binary
+                 FROM firmware ORDER BY product_id, version",
+            )
+            .map_err(sql)?;
+        type Row = (
+            u32,
+            u16,
+            String,
+            String,
+            i64,
+            bool,
+            bool,
+            Option<i64>,
+            Vec<u8>,
+        );
+        let rows: Vec<Row> = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                ))
+            })
+            .map_err(sql)?
+            .collect::<Result<_, _>>()
+            .map_err(sql)?;
+        for (p, v, title, description, uploaded, default, intelligent, released, binary) in rows {
+            let at = |e: super::fleet::FleetError| {
+                self.content(format!("firmware row (product {p}, version {v}): {e}"))
+            };
+            fleet
+                .upload(p, v, &title, &description, binary, from_ms(uploaded))
+                .map_err(at)?;
+            let release = Release {
+                product_default: default,
+                groups: groups.remove(&(p, v)).unwrap_or_default(),
+                intelligent,
+            };
+            fleet
+                .restore_release(p, v, &release, released.map(from_ms))
+                .map_err(at)?;
+        }
+        let mut device_groups: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut stmt = self
+            .db
+            .prepare("SELECT device_id, group_name FROM device_groups")
+            .map_err(sql)?;
+        let rows: Vec<(String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(sql)?
+            .collect::<Result<_, _>>()
+            .map_err(sql)?;
+        for (d, g) in rows {
+            device_groups.entry(d).or_default().insert(g);
+        }
+        let mut stmt = self
+            .db
+            .prepare(
+                "SELECT device_id, product_id, development, desired_firmware_version,
+                        firmware_updates_forced FROM product_devices ORDER BY device_id",
+            )
+            .map_err(sql)?;
+        let rows: Vec<(String, u32, bool, Option<u16>, bool)> = stmt
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .map_err(sql)?
+            .collect::<Result<_, _>>()
+            .map_err(sql)?;
+        for (text, product, development, locked, forced) in rows {
+            let device: DeviceId = text
+                .parse()
+                .map_err(|e| self.content(format!("product_devices row: {e}")))?;
+            let at = |e: super::fleet::FleetError| {
+                self.content(format!("product_devices row {text}: {e}"))
+            };
+            fleet.add_device(product, device).map_err(at)?;
+            let change = DeviceChange {
+                development: Some(development),
+                locked: Some(locked),
+                groups: Some(device_groups.remove(&text).unwrap_or_default()),
+                updates_forced: Some(forced),
+            };
+            fleet.change_device(product, device, &change).map_err(at)?;
+        }
+        let mut stmt = self
+            .db
+            .prepare("SELECT device_id FROM device_settings WHERE firmware_updates_forced = 1")
+            .map_err(sql)?;
+        let rows: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .map_err(sql)?
+            .collect::<Result<_, _>>()
+            .map_err(sql)?;
+        let forced = rows
+            .iter()
+            .map(|t| {
+                t.parse()
+                    .map_err(|e| self.content(format!("device_settings row: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        let mut stmt = self
+            .db
+            .prepare("SELECT id, device_id, file FROM flash_jobs ORDER BY id")
+            .map_err(sql)?;
+        let rows: Vec<(i64, String, Vec<u8>)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(sql)?
+            .collect::<Result<_, _>>()
+            .map_err(sql)?;
+        let flashes = rows
+            .into_iter()
+            .map(|(row, d, file)| {
+                let device = d
+                    .parse()
+                    .map_err(|e| self.content(format!("flash_jobs row {row}: {e}")))?;
+                Ok(SavedFlash { row, device, file })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok(Saved {
+            fleet,
+            forced,
+            flashes,
+        })
+    }
+}
+
+fn write_fleet(tx: &Transaction<'_>, fleet: &Fleet) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "DELETE FROM products; DELETE FROM product_groups; DELETE FROM firmware_groups;
+         DELETE FROM product_devices; DELETE FROM device_groups;",
+    )?;
+    let mut kept: BTreeSet<(u32, u16)> = BTreeSet::new();
+    for p in fleet.products() {
+        tx.execute(
+            "INSERT INTO products (id, name, platform_id) VALUES (?1, ?2, ?3)",
+            params![p.id, p.name, p.platform_id],
+        )?;
+        for g in &p.groups {
+            tx.execute(
+                "INSERT INTO product_groups (product_id, name) VALUES (?1, ?2)",
+                params![p.id, g],
+            )?;
+        }
+        for f in p.firmware.values() {
+            kept.insert((p.id, f.version));
+            let exists: Option<i64> = tx
+                .query_row(
+                    "SELECT 1 FROM firmware WHERE product_id = ?1 AND version = ?2 AND sha256 = ?3",
+                    params![p.id, f.version, hex::encode(f.sha256)],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let released = f.released_at.map(ms);
+            if exists.is_some() {
+                tx.execute(
+                    "UPDATE firmware SET title = ?3, description = ?4, product_default = ?5,
+                            intelligent = ?6, released_at_ms = ?7
+                     WHERE product_id = ?1 AND version = ?2",
+                    params![
+                        p.id,
+                        f.version,
+                        f.title,
+                        f.description,
+                        f.product_default,
+                        f.intelligent,
+                        released
+                    ],
+                )?;
+            } else {
+                tx.execute(
+                    "INSERT OR REPLACE INTO firmware (product_id, version, title, description,
+                        size, sha256, uploaded_at_ms, product_default, intelligent,
+                        released_at_ms, binary)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    params![
+                        p.id,
+                        f.version,
+                        f.title,
+                        f.description,
+                        f.file.len() as i64,
+                        hex::encode(f.sha256),
+                        ms(f.uploaded_at),
+                        f.product_default,
+                        f.intelligent,
+                        released,
+                        f.file.as_slice()
+                    ],
+                )?;
+            }
+            for g in &f.groups {
+                tx.execute(
+                    "INSERT INTO firmware_groups (product_id, version, group_name)
+                     VALUES (?1, ?2, ?3)",
+                    params![p.id, f.version, g],
+                )?;
+            }
+        }
+        for (id, d) in &p.devices {
+            tx.execute(
+                "INSERT INTO product_devices (device_id, product_id, development,
+                    desired_firmware_version, firmware_updates_forced)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id.to_hex(), p.id, d.development, d.locked, d.updates_forced],
+            )?;
+            for g in &d.groups {
+                tx.execute(
+                    "INSERT INTO device_groups (device_id, group_name) VALUES (?1, ?2)",
+                    params![id.to_hex(), g],
+                )?;
+            }
+        }
+    }
+    // Firmware deleted since the last save.
+    let mut stmt = tx.prepare("SELECT product_id, version FROM firmware")?;
+    let rows: Vec<(u32, u16)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    drop(stmt);
+    for (p, v) in rows {
+        if !kept.contains(&(p, v)) {
+            tx.execute(
+                "DELETE FROM firmware WHERE product_id = ?1 AND version = ?2",
+                params![p, v],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::module::{ModuleBuilder, ModuleFunction};
+
+    fn app(version: u16) -> Vec<u8> {
+        ModuleBuilder::new(ModuleFunction::UserPart, 13)
+            .index(2)
+            .version(6)
+            .start_address(0xB4000)
+            .product(13, version)
+            .body(vec![version as u8; 64])
+            .build()
+            .unwrap()
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("hil-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn sample() -> Fleet {
+        let mut f = Fleet::new();
+        f.create_product(1000, "trackers", 13).unwrap();
+        for v in 1..=3 {
+            f.upload(
+                1000,
+                v,
+                &format!("v{v}"),
+                "",
+                app(v),
+                Duration::from_secs(v.into()),
+            )
+            .unwrap();
+        }
+        let d1 = DeviceId([1; 12]);
+        let d2 = DeviceId([2; 12]);
+        f.add_device(1000, d1).unwrap();
+        f.add_device(1000, d2).unwrap();
+        let release = Release {
+            product_default: true,
+            ..Release::default()
+        };
+        f.release(1000, 2, &release, Duration::from_secs(9))
+            .unwrap();
+        let beta = Release {
+            groups: BTreeSet::from(["beta".to_string()]),
+            intelligent: true,
+            ..Release::default()
+        };
+        f.release(1000, 3, &beta, Duration::from_secs(10)).unwrap();
+        let change = DeviceChange {
+            locked: Some(Some(1)),
+            groups: Some(BTreeSet::from(["beta".to_string(), "eu".to_string()])),
+            updates_forced: Some(true),
+            ..DeviceChange::default()
+        };
+        f.change_device(1000, d1, &change).unwrap();
+        let dev = DeviceChange {
+            development: Some(true),
+            ..DeviceChange::default()
+        };
+        f.change_device(1000, d2, &dev).unwrap();
+        f
+    }
+
+    #[test]
+    fn the_fleet_reads_back_as_it_was_written() {
+        let dir = temp_dir("roundtrip");
+        let fleet = sample();
+        {
+            let mut store = Store::open(&dir).unwrap();
+            store.save_fleet(&fleet).unwrap();
+            store.save_forced(DeviceId([7; 12]), true).unwrap();
+            let row = store
+                .add_flash(DeviceId([7; 12]), &[1, 2, 3], Duration::ZERO)
+                .unwrap();
+            store
+                .add_flash(DeviceId([8; 12]), &[4], Duration::ZERO)
+                .unwrap();
+            store.finish_flash(row).unwrap();
+        }
+        let saved = Store::open(&dir).unwrap().load().unwrap();
+        assert_eq!(saved.fleet, fleet);
+        assert_eq!(saved.forced, vec![DeviceId([7; 12])]);
+        assert_eq!(saved.flashes.len(), 1);
+        assert_eq!(saved.flashes[0].device, DeviceId([8; 12]));
+        assert_eq!(saved.flashes[0].file, vec![4]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn deleted_firmware_and_changed_settings_are_saved() {
+        let dir = temp_dir("changes");
+        let mut fleet = sample();
+        let mut store = Store::open(&dir).unwrap();
+        store.save_fleet(&fleet).unwrap();
+        fleet.delete_firmware(1000, 1).unwrap_err(); // locked-to, but never released: allowed?
+        let unlock = DeviceChange {
+            locked: Some(None),
+            ..DeviceChange::default()
+        };
+        fleet
+            .change_device(1000, DeviceId([1; 12]), &unlock)
+            .unwrap();
+        fleet.delete_firmware(1000, 1).unwrap();
+        store.save_fleet(&fleet).unwrap();
+        let saved = store.load().unwrap();
+        assert_eq!(saved.fleet, fleet);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
