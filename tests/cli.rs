@@ -175,3 +175,37 @@ fn a_broken_board_file_is_an_error_naming_the_field() {
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn cloud_refuses_a_device_os_folder_with_a_file_that_is_not_a_module() {
+    let dir = tempdir("device-os");
+    let keys = dir.join("keys");
+    let out = hil()
+        .args(["keys", "server"])
+        .arg(&keys)
+        .args(["--seed", "3"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let modules = dir.join("device-os");
+    std::fs::create_dir_all(&modules).unwrap();
+    std::fs::write(modules.join("notes.txt"), b"not a module").unwrap();
+    let out = hil()
+        .args(["cloud", "--listen", "127.0.0.1:0", "--keys"])
+        .arg(&keys)
+        .arg("--device-os")
+        .arg(&modules)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("notes.txt") && stderr.contains("not a module file"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}

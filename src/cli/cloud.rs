@@ -55,6 +55,9 @@ Tokens: `Authorization: Bearer T` or `access_token=T`. The token file is TOML:
   token = \"<40 letters or digits>\"
   products = [1000]                       # optional scope; without one: everything
   devices = [\"<24 hex>\"]                  # optional scope
+--device-os DIR: every file is a Device OS module (bootloader, system part, radio stack) the
+cloud may send a device in safe mode whose app needs it (safe-mode healing); a file that is
+not one stops the start.
 --state DIR keeps products, firmware, releases, device settings and unfinished flashes in
 DIR/cloud.sqlite3 (SQLite; schema in `harness::cloud::store`). --products FILE declares products:
   [[product]]
@@ -93,9 +96,39 @@ pub struct CloudArgs {
     /// Products to create at start (TOML, see below).
     #[arg(long, value_name = "FILE")]
     products: Option<PathBuf>,
+    /// Device OS modules (bootloaders, system parts, radio stacks, one module binary per file)
+    /// that safe-mode healing sends a device whose firmware needs them.
+    #[arg(long, value_name = "DIR")]
+    device_os: Option<PathBuf>,
     /// Write every datagram sent and received to this pcap file (`hil pcap decrypt`).
     #[arg(long, value_name = "FILE")]
     pcap: Option<PathBuf>,
+}
+
+/// Adds every file of `dir` to the cloud's Device OS library; a file that is not a Device OS
+/// module stops the start with its path and why.
+fn load_device_os(cloud: &mut Cloud, dir: &std::path::Path) -> Result<(), String> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| format!("--device-os {}: {e}", dir.display()))?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    paths.sort();
+    if paths.is_empty() {
+        return Err(format!(
+            "--device-os {}: no module files in it",
+            dir.display()
+        ));
+    }
+    for path in paths {
+        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let module = cloud
+            .add_device_os_module(bytes)
+            .map_err(|e| format!("--device-os {}: {e}", path.display()))?;
+        println!("device-os {}: {}", path.display(), module.describe());
+    }
+    Ok(())
 }
 
 type Shared = Arc<UdpNode<CloudNode>>;
@@ -116,6 +149,9 @@ pub fn run(args: CloudArgs) -> CliResult {
     let mut cloud = Cloud::new(config, args.seed);
     for (id, key) in &devices {
         cloud.register_device(*id, *key);
+    }
+    if let Some(dir) = &args.device_os {
+        load_device_os(&mut cloud, dir)?;
     }
     let tokens = match &args.token_file {
         Some(path) => Some(Tokens::load(path)?),

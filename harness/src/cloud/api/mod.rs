@@ -740,8 +740,13 @@ async fn list_devices(State(s): State<Arc<ApiState>>, req: Request) -> ApiResult
         for p in cloud.fleet().products() {
             ids.extend(p.devices.keys().copied());
         }
-        ids.into_iter()
+        let mut ids: Vec<DeviceId> = ids
+            .into_iter()
             .filter(|id| call.scope.allows_device(*id, cloud.fleet().product_of(*id)))
+            .collect();
+        // Particle sorts by last handshake, newest first; never connected last.
+        ids.sort_by_key(|id| std::cmp::Reverse(cloud.device_times(*id).map(|t| t.0)));
+        ids.into_iter()
             .map(|id| json::device(cloud, id))
             .collect::<Vec<_>>()
     });
