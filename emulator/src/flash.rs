@@ -365,8 +365,7 @@ impl Chip {
             let (sector, within) = (pos / ss, pos % ss);
             let n = (ss - within).min(bytes.len() - done);
             let slot = &mut self.sectors[sector];
-            // One allocation, filled in place (`Arc::from(vec)` would allocate and copy again).
-            let data = slot.get_or_insert_with(|| std::iter::repeat_n(ERASED, ss).collect());
+            let data = slot.get_or_insert_with(|| Arc::from(vec![ERASED; ss]));
             Arc::make_mut(data)[within..within + n].copy_from_slice(&bytes[done..done + n]);
             pos += n;
             done += n;
