@@ -51,6 +51,9 @@ enum Command {
     Cloud(cli::cloud::CloudArgs),
     /// Run one emulated device against a cloud over UDP, printing its log.
     Device(cli::device::DeviceArgs),
+    /// Captures: `hil pcap decrypt` opens the DTLS records of a capture with a key log.
+    #[command(subcommand)]
+    Pcap(cli::pcap::PcapCommand),
     /// Ask a running `hil cloud` to flash a device and wait for the outcome.
     Flash(cli::flash::FlashArgs),
     /// A complete OTA (app v3 -> v4) in one process, in virtual time, printing the trace.
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
         Command::Cloud(args) => cli::cloud::run(args),
         Command::Device(args) => cli::device::run(args),
         Command::Flash(args) => cli::flash::run(args),
+        Command::Pcap(cmd) => cli::pcap::run(cmd),
         Command::Demo(args) => cli::demo::run(args),
     };
     match result {

@@ -96,10 +96,14 @@ fn free_tcp_port() -> u16 {
 }
 
 fn start_cloud(keys: &Path) -> (Proc, String, String) {
+    start_cloud_with(keys, &[])
+}
+
+fn start_cloud_with(keys: &Path, extra: &[&str]) -> (Proc, String, String) {
     let udp = format!("127.0.0.1:{}", free_udp_port());
     let control = format!("127.0.0.1:{}", free_tcp_port());
     let keys = keys.to_str().expect("utf-8 path");
-    let cloud = Proc::spawn(&[
+    let mut args = vec![
         "cloud",
         "--listen",
         &udp,
@@ -107,13 +111,19 @@ fn start_cloud(keys: &Path) -> (Proc, String, String) {
         keys,
         "--control",
         &control,
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let cloud = Proc::spawn(&args);
     (cloud, udp, control)
 }
 
 fn start_device(keys: &Path, state: &Path, server: &str) -> Proc {
+    start_device_with(keys, state, server, &[])
+}
+
+fn start_device_with(keys: &Path, state: &Path, server: &str, extra: &[&str]) -> Proc {
     let k = |name: &str| keys.join(name).to_str().expect("utf-8 path").to_string();
-    Proc::spawn(&[
+    let mut args = vec![
         "device",
         "--server",
         server,
@@ -129,7 +139,13 @@ fn start_device(keys: &Path, state: &Path, server: &str) -> Proc {
         "3",
         "--state",
         state.to_str().expect("utf-8 path"),
-    ])
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .collect::<Vec<_>>();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Proc::spawn(&args)
 }
 
 #[test]
@@ -198,5 +214,145 @@ fn ota_over_udp_between_processes_and_the_update_survives_a_restart() {
     cloud.wait_line(&["hello", ID, "product version 4"], deadline);
     drop(device);
     drop(cloud);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// tshark, or `None` (and a note) when it is missing; a missing tshark fails the test when
+/// `HIL_REQUIRE_INTEROP=1` (as in CI).
+fn tshark() -> Option<&'static str> {
+    let found = Command::new("tshark")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if found {
+        return Some("tshark");
+    }
+    assert!(
+        std::env::var("HIL_REQUIRE_INTEROP").as_deref() != Ok("1"),
+        "tshark not found and HIL_REQUIRE_INTEROP=1"
+    );
+    eprintln!("skipped: tshark not found (the decrypted capture is still checked by parsing)");
+    None
+}
+
+/// (message id, code, uri path) of every CoAP message in a decrypted capture, by our parser.
+fn coap_messages(pcap: &Path) -> Vec<(u16, String, String)> {
+    let bytes = std::fs::read(pcap).expect("read the decrypted capture");
+    harness::pcap::read_udp(&bytes)
+        .expect("a pcap file")
+        .iter()
+        .map(|p| {
+            let m = protocol::coap::Message::parse(&p.payload)
+                .unwrap_or_else(|e| panic!("a decrypted datagram is not CoAP: {e}"));
+            let path: Vec<String> = m
+                .option_values(11)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .collect();
+            (m.message_id, m.code.to_string(), path.join("/"))
+        })
+        .collect()
+}
+
+#[test]
+fn pcaps_of_an_ota_decrypt_to_every_coap_message_and_tshark_dissects_them() {
+    let dir = std::env::temp_dir().join(format!("hil-pcap-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let keys = dir.join("keys");
+    let state = dir.join("state");
+    let app = dir.join("app-v4.bin");
+    let path = |name: &str| dir.join(name).to_str().expect("utf-8 path").to_string();
+    let dir_s = keys.to_str().expect("utf-8 path");
+    hil(&["keys", "server", dir_s, "--seed", "1"]);
+    hil(&["keys", "device", dir_s, "--id", ID, "--seed", "2"]);
+    hil(&[
+        "module",
+        "build",
+        "--board",
+        "boron",
+        "--function",
+        "user",
+        "--size",
+        "24KiB",
+        "--product-version",
+        "4",
+        "--depends",
+        "system-part1>=6200",
+        "-o",
+        app.to_str().expect("utf-8 path"),
+    ]);
+    let deadline = Instant::now() + LIMIT;
+    let (cloud_pcap, device_pcap, keylog) =
+        (path("cloud.pcap"), path("device.pcap"), path("keys.log"));
+    let port;
+    {
+        let (mut cloud, udp, control) =
+            start_cloud_with(&keys, &["--pcap", &cloud_pcap, "--keylog", &keylog]);
+        port = udp.rsplit(':').next().expect("a port").to_string();
+        cloud.wait_line(&["cloud listening"], deadline);
+        let _device = start_device_with(&keys, &state, &udp, &["--pcap", &device_pcap]);
+        cloud.wait_line(&["hello", ID, "product version 3"], deadline);
+        let out = Command::new(HIL)
+            .args(["flash", "--cloud", &control, ID])
+            .arg(&app)
+            .output()
+            .expect("run hil flash");
+        assert!(out.status.success(), "hil flash: {}", cloud.seen.join("\n"));
+        cloud.wait_line(&["hello", ID, "product version 4"], deadline);
+    }
+    for (capture, who) in [(&cloud_pcap, "cloud"), (&device_pcap, "device")] {
+        let plain = path(&format!("{who}-plain.pcap"));
+        let out = hil(&[
+            "pcap", "decrypt", capture, "--keylog", &keylog, "-o", &plain,
+        ]);
+        let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            summary.contains(" 0 records not decrypted"),
+            "{who}: {summary}"
+        );
+        let ours = coap_messages(Path::new(&plain));
+        let count = |p: &str| ours.iter().filter(|(_, _, path)| path == p).count();
+        // Both directions of the whole session: Hello, describe, UpdateStart, every chunk
+        // (24 KiB in 512-byte chunks), UpdateFinish, the acks, and the Hello after the reboot.
+        assert!(count("h") >= 2, "{who}: Hello before and after: {ours:?}");
+        assert!(count("d") >= 1, "{who}: describe");
+        assert_eq!(count("S"), 1, "{who}: one UpdateStart");
+        assert!(count("C") >= 48, "{who}: {} chunks", count("C"));
+        assert_eq!(count("F"), 1, "{who}: one UpdateFinish");
+        assert!(
+            ours.iter().any(|(_, code, _)| code.starts_with("2.")),
+            "{who}: responses"
+        );
+        let Some(tshark) = tshark() else {
+            continue;
+        };
+        let out = Command::new(tshark)
+            .args(["-r", &plain, "-d", &format!("udp.port=={port},coap")])
+            .args(["-T", "fields", "-e", "coap.mid", "-e", "coap.opt.uri_path"])
+            .output()
+            .expect("run tshark");
+        assert!(
+            out.status.success(),
+            "tshark: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let theirs: Vec<u16> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                l.split('\t')
+                    .next()
+                    .and_then(|mid| mid.trim().parse().ok())
+                    .unwrap_or_else(|| {
+                        panic!("{who}: tshark did not dissect a CoAP message: {l:?}")
+                    })
+            })
+            .collect();
+        let mids: Vec<u16> = ours.iter().map(|(mid, _, _)| *mid).collect();
+        assert_eq!(
+            theirs, mids,
+            "{who}: tshark sees every CoAP message, in order"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -15,11 +15,14 @@
 //! makes every step restartable: a slot stays pending until its copy is complete, and the
 //! staged source is never written during apply.
 
-use protocol::module::ModuleFunction;
+use std::sync::Arc;
+
+use protocol::module::{ModuleFunction, Prefix};
 
 use crate::board::{Board, RegionKind};
+use crate::content_cache::ContentCache;
 use crate::dct::{chip_for_code, slot_flags, ModuleSlot, ModuleSlots};
-use crate::flash::{FlashArray, FlashError};
+use crate::flash::{ChipId, FlashArray, FlashError};
 use crate::installed::{read_region, FoundModule, RegionContent};
 use crate::placement::{place, PlacementError};
 use crate::store::{Store, StoreError};
@@ -238,14 +241,73 @@ impl From<StoreError> for BootError {
     }
 }
 
+/// What the bootloader computed from flash contents and may reuse while those contents stay
+/// the same (see [`crate::content_cache`]): what each module region holds, and what each
+/// staged source places as. Share one between the forks of a device (a sweep does) so that the
+/// regions and the staging area they did not change are parsed once.
+#[derive(Debug, Default)]
+pub struct BootCaches {
+    regions: ContentCache<RegionContent>,
+    sources: ContentCache<Result<PlacedSource, PlacementError>>,
+}
+
+impl BootCaches {
+    /// What `region` holds: [`read_region`], remembered until the region's sectors change.
+    pub fn read_region(
+        &self,
+        board: &Board,
+        flash: &FlashArray,
+        region: &crate::board::Region,
+    ) -> Result<Arc<RegionContent>, FlashError> {
+        let chip = board.flash_chip(region.chip);
+        let range = (chip, region.start, region.end - region.start);
+        self.regions
+            .get_or_compute(0, flash, range, || read_region(board, flash, region))
+    }
+}
+
+/// [`read_region`] through `caches` when there are some.
+fn read_region_with(
+    caches: Option<&BootCaches>,
+    board: &Board,
+    flash: &FlashArray,
+    region: &crate::board::Region,
+) -> Result<Arc<RegionContent>, FlashError> {
+    match caches {
+        Some(c) => c.read_region(board, flash, region),
+        None => read_region(board, flash, region).map(Arc::new),
+    }
+}
+
+/// A staged module checked against the board ([`place`]), as the bootloader keeps it.
+#[derive(Debug)]
+struct PlacedSource {
+    region: RegionKind,
+    dest_chip: ChipId,
+    prefix: Prefix,
+    compressed: bool,
+    /// Exactly the bytes to write at the module's start address.
+    image: Vec<u8>,
+}
+
 /// A verified slot, ready to copy.
 struct VerifiedSlot {
     region: RegionKind,
-    dest_chip: crate::flash::ChipId,
+    dest_chip: ChipId,
     destination: u32,
-    /// Exactly the bytes to write at `destination`.
-    image: Vec<u8>,
+    /// The placed source; always `Ok` (see [`VerifiedSlot::image`]).
+    source: Arc<Result<PlacedSource, PlacementError>>,
     applied: AppliedModule,
+}
+
+impl VerifiedSlot {
+    /// Exactly the bytes to write at `destination`.
+    fn image(&self) -> &[u8] {
+        match &*self.source {
+            Ok(p) => &p.image,
+            Err(_) => &[],
+        }
+    }
 }
 
 /// Runs one boot of `board` on `flash`, using the configuration store `store`.
@@ -253,6 +315,16 @@ pub fn boot(
     board: &Board,
     flash: &mut FlashArray,
     store: &mut Store,
+) -> Result<BootReport, BootError> {
+    boot_with(board, flash, store, None)
+}
+
+/// [`boot`], reusing what `caches` remembers of contents that did not change.
+pub fn boot_with(
+    board: &Board,
+    flash: &mut FlashArray,
+    store: &mut Store,
+    caches: Option<&BootCaches>,
 ) -> Result<BootReport, BootError> {
     let mut report = BootReport {
         finished_bootloader_copy: false,
@@ -269,8 +341,8 @@ pub fn boot(
             let slot = ModuleSlot::parse(&raw);
             // The source was verified before the copy record was written, and apply never
             // writes the staging area, so verifying again can only fail on a corrupt record.
-            if let Ok(v) = verify_slot(board, flash, 0, &slot)? {
-                copy_bytes(flash, v.dest_chip, v.destination, &v.image)?;
+            if let Ok(v) = verify_slot(board, flash, 0, &slot, caches)? {
+                copy_bytes(flash, v.dest_chip, v.destination, v.image())?;
                 report.finished_bootloader_copy = true;
             }
         }
@@ -291,7 +363,7 @@ pub fn boot(
         .collect();
     for i in order {
         let slot = slots.0[i];
-        let verified = verify_slot(board, flash, i, &slot)?;
+        let verified = verify_slot(board, flash, i, &slot, caches)?;
         match verified {
             Err(reason) => {
                 report.refused.push(RefusedSlot { slot: i, reason });
@@ -304,12 +376,12 @@ pub fn boot(
                 slot.emit(&mut raw);
                 store.put(flash, BOOTLOADER_COPY_KEY, &raw)?;
                 free_slot(store, flash, i)?;
-                copy_bytes(flash, v.dest_chip, v.destination, &v.image)?;
+                copy_bytes(flash, v.dest_chip, v.destination, v.image())?;
                 store.remove(flash, BOOTLOADER_COPY_KEY)?;
                 report.applied.push(v.applied);
             }
             Ok(v) => {
-                copy_bytes(flash, v.dest_chip, v.destination, &v.image)?;
+                copy_bytes(flash, v.dest_chip, v.destination, v.image())?;
                 invalidate_legacy_user_part(board, flash, &v)?;
                 free_slot(store, flash, i)?;
                 report.applied.push(v.applied);
@@ -318,7 +390,7 @@ pub fn boot(
     }
 
     // 3. Validation.
-    validate(board, flash, &mut report)?;
+    validate(board, flash, &mut report, caches)?;
     Ok(report)
 }
 
@@ -334,6 +406,7 @@ fn verify_slot(
     flash: &FlashArray,
     index: usize,
     slot: &ModuleSlot,
+    caches: Option<&BootCaches>,
 ) -> Result<Result<VerifiedSlot, SlotRefusal>, FlashError> {
     let staging = board.region(RegionKind::OtaStaging);
     let src_chip = chip_for_code(slot.source_device);
@@ -352,12 +425,28 @@ fn verify_slot(
             length: slot.length,
         }));
     };
-    let bytes = flash.read_vec(src_chip, slot.source_address, slot.length as usize)?;
-    let placement = match place(board, &bytes) {
-        Ok(placement) => placement,
-        Err(e) => return Ok(Err(e.into())),
+    let compute = || -> Result<Result<PlacedSource, PlacementError>, FlashError> {
+        let bytes = flash.read_vec(src_chip, slot.source_address, slot.length as usize)?;
+        Ok(place(board, &bytes).map(|placement| PlacedSource {
+            region: placement.region.kind,
+            dest_chip: board.flash_chip(placement.region.chip),
+            compressed: placement.module.compressed_header.is_some(),
+            prefix: placement.module.prefix,
+            image: placement.image,
+        }))
     };
-    let p = &placement.module.prefix;
+    let source = match caches {
+        Some(c) => {
+            let range = (src_chip, slot.source_address, slot.length);
+            c.sources.get_or_compute(0, flash, range, compute)?
+        }
+        None => Arc::new(compute()?),
+    };
+    let placed = match &*source {
+        Ok(placed) => placed,
+        Err(e) => return Ok(Err(e.clone().into())),
+    };
+    let p = &placed.prefix;
     let function = u8::from(p.function);
     if slot.flags & slot_flags::VERIFY_FUNCTION != 0 && function != slot.function {
         return Ok(Err(SlotRefusal::FunctionMismatch {
@@ -372,8 +461,8 @@ fn verify_slot(
         }));
     }
     Ok(Ok(VerifiedSlot {
-        region: placement.region.kind,
-        dest_chip: board.flash_chip(placement.region.chip),
+        region: placed.region,
+        dest_chip: placed.dest_chip,
         destination: p.start_address,
         applied: AppliedModule {
             slot: index,
@@ -381,9 +470,9 @@ fn verify_slot(
             index: p.index,
             version: p.version,
             destination: p.start_address,
-            compressed: placement.module.compressed_header.is_some(),
+            compressed: placed.compressed,
         },
-        image: placement.image,
+        source: Arc::clone(&source),
     }))
 }
 
@@ -432,7 +521,7 @@ fn invalidate_legacy_user_part(
     let Some(legacy) = board.region(RegionKind::UserPartLegacy) else {
         return Ok(());
     };
-    let written_end = v.destination as u64 + v.image.len() as u64;
+    let written_end = v.destination as u64 + v.image().len() as u64;
     if written_end > legacy.start as u64 {
         return Ok(());
     }
@@ -518,12 +607,13 @@ fn validate(
     board: &Board,
     flash: &mut FlashArray,
     report: &mut BootReport,
+    caches: Option<&BootCaches>,
 ) -> Result<(), FlashError> {
     // Read every module region the board defines.
-    let mut found: Vec<(RegionKind, u8, u8, RegionContent)> = Vec::new();
+    let mut found: Vec<(RegionKind, u8, u8, Arc<RegionContent>)> = Vec::new();
     for region in board.module_regions() {
         let Some(id) = region.module else { continue };
-        let content = read_region(board, flash, region)?;
+        let content = read_region_with(caches, board, flash, region)?;
         found.push((region.kind, id.function, id.index, content));
     }
 
@@ -531,8 +621,9 @@ fn validate(
     let user_region = match found
         .iter()
         .find(|(k, ..)| *k == RegionKind::UserPartLegacy)
+        .map(|(_, _, _, c)| &**c)
     {
-        Some((_, _, _, RegionContent::Module(m))) if m.crc_valid => RegionKind::UserPartLegacy,
+        Some(RegionContent::Module(m)) if m.crc_valid => RegionKind::UserPartLegacy,
         _ => RegionKind::UserPart,
     };
 
@@ -551,7 +642,7 @@ fn validate(
                 if m.crc_valid && m.prefix.platform_id == board.platform_id {
                     copy_bytes(flash, board.flash_chip(user.chip), m.start, &m.bytes)?;
                     report.factory_restored = true;
-                    let content = read_region(board, flash, user)?;
+                    let content = read_region_with(caches, board, flash, user)?;
                     if let Some(entry) = found.iter_mut().find(|(k, ..)| *k == RegionKind::UserPart)
                     {
                         entry.3 = content;
@@ -562,7 +653,7 @@ fn validate(
     }
 
     let version_of = |function: u8, index: u8| -> Option<u16> {
-        found.iter().find_map(|(_, f, i, c)| match c {
+        found.iter().find_map(|(_, f, i, c)| match &**c {
             RegionContent::Module(m)
                 if *f == function && *i == index && status_of(board, c) == ModuleStatus::Valid =>
             {
@@ -577,7 +668,7 @@ fn validate(
     for (kind, function, index, content) in &found {
         let mut status = status_of(board, content);
         if status == ModuleStatus::Valid {
-            if let RegionContent::Module(m) = content {
+            if let RegionContent::Module(m) = &**content {
                 for dep in m.prefix.dependencies.iter() {
                     let (df, di, dv) = (u8::from(dep.function), dep.index, dep.version);
                     if df == 0 {

@@ -11,9 +11,10 @@ use std::sync::Arc;
 use protocol::module::{split_combined, ModuleFlags};
 
 use crate::board::{Board, RegionKind};
-use crate::bootloader::{self, BootError, BootReport};
+use crate::bootloader::{self, BootCaches, BootError, BootReport};
 use crate::dct::{device_code, magic, slot_flags, ModuleSlot, ModuleSlots};
 use crate::flash::{Activity, ChipId, CutMode, FlashArray, FlashError, FlashGeometry, PowerCut};
+use crate::installed::RegionContent;
 use crate::placement::{place, Placement, PlacementError};
 use crate::store::{Store, StoreError};
 
@@ -83,6 +84,8 @@ pub struct Device {
     board: Arc<Board>,
     flash: FlashArray,
     store: Option<Store>,
+    /// Shared by clones when enabled ([`Device::share_boot_caches`]).
+    caches: Option<Arc<BootCaches>>,
 }
 
 impl Device {
@@ -108,6 +111,7 @@ impl Device {
             board: Arc::new(board),
             flash,
             store: None,
+            caches: None,
         };
         let (chip, start, len) = device.store_area()?;
         device.store = Some(Store::format(&mut device.flash, chip, start, len)?);
@@ -163,6 +167,46 @@ impl Device {
         result
     }
 
+    /// From now on, this device and its clones remember what the bootloader parsed and verified
+    /// ([`BootCaches`]) until the flash it came from changes: booting many forks of one device
+    /// parses its unchanged modules once. Boots behave exactly as without.
+    pub fn share_boot_caches(&mut self) {
+        self.caches.get_or_insert_with(Default::default);
+    }
+
+    /// Like [`Device::share_boot_caches`] with new, empty caches: this device and its clones
+    /// from now on no longer share them with the clones made before.
+    pub fn fresh_boot_caches(&mut self) {
+        self.caches = Some(Default::default());
+    }
+
+    /// This device with `flash` in place of its own, as after a power cycle (nothing of the
+    /// store is in RAM): how a sweep forks a device from a flash snapshot.
+    pub fn with_flash(&self, flash: FlashArray) -> Device {
+        Device {
+            board: Arc::clone(&self.board),
+            flash,
+            store: None,
+            caches: self.caches.clone(),
+        }
+    }
+
+    /// What `region` holds now, as boot validation sees it (through the shared boot caches
+    /// when enabled).
+    pub fn region_content(&self, region: RegionKind) -> Result<Arc<RegionContent>, DeviceError> {
+        let r = self
+            .board
+            .region(region)
+            .ok_or_else(|| DeviceError::MissingRegion {
+                board: self.board.name.clone(),
+                region,
+            })?;
+        Ok(match &self.caches {
+            Some(c) => c.read_region(&self.board, &self.flash, r)?,
+            None => Arc::new(crate::installed::read_region(&self.board, &self.flash, r)?),
+        })
+    }
+
     /// Schedules a power cut at flash operation `at_op` (see [`FlashArray::op_count`]).
     pub fn schedule_cut(&mut self, at_op: u64, mode: CutMode) {
         self.flash.schedule_cut(PowerCut { at_op, mode });
@@ -180,7 +224,10 @@ impl Device {
         self.store = None;
         let board = Arc::clone(&self.board);
         self.flash.set_activity(Activity::Apply);
-        let report = self.with_store(|store, flash| bootloader::boot(&board, flash, store));
+        let caches = self.caches.clone();
+        let report = self.with_store(|store, flash| {
+            bootloader::boot_with(&board, flash, store, caches.as_deref())
+        });
         let applied = report.as_ref().is_ok_and(|r| {
             !r.applied.is_empty() || r.finished_bootloader_copy || r.factory_restored
         });

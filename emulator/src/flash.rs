@@ -265,6 +265,56 @@ struct Chip {
     sectors: Vec<Option<Arc<[u8]>>>,
 }
 
+/// Identifies the contents of a range of flash without reading it: the sector buffers that
+/// hold it, shared with the flash (not copied). Equal keys mean equal bytes: a key keeps its
+/// buffers alive, and a shared buffer is never written in place (a write copies it first), so
+/// the same buffer always holds the same bytes. Unequal keys say nothing: a sector rewritten
+/// with the same bytes is a new buffer; [`FlashArray::holds`] compares the bytes then. Used to
+/// remember what parsing a region found until the region changes.
+#[derive(Debug, Clone)]
+pub struct ContentKey {
+    pub chip: ChipId,
+    pub addr: u32,
+    pub len: u32,
+    sectors: Vec<Option<Arc<[u8]>>>,
+}
+
+impl PartialEq for ContentKey {
+    fn eq(&self, other: &Self) -> bool {
+        (self.chip, self.addr, self.len) == (other.chip, other.addr, other.len)
+            && self.sectors.len() == other.sectors.len()
+            && self
+                .sectors
+                .iter()
+                .zip(&other.sectors)
+                .all(|(a, b)| match (a, b) {
+                    (None, None) => true,
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    _ => false,
+                })
+    }
+}
+
+impl Eq for ContentKey {}
+
+impl ContentKey {
+    /// (chip, address, length) of the range the key names.
+    pub fn range(&self) -> (ChipId, u32, u32) {
+        (self.chip, self.addr, self.len)
+    }
+
+    /// A key naming no sectors (current for no range but an empty one): for checking that a
+    /// range can be read at all.
+    pub fn empty(chip: ChipId, addr: u32, len: u32) -> ContentKey {
+        ContentKey {
+            chip,
+            addr,
+            len,
+            sectors: Vec::new(),
+        }
+    }
+}
+
 impl Chip {
     fn read(&self, offset: u32, buf: &mut [u8]) {
         let ss = self.geometry.sector_size as usize;
@@ -281,6 +331,30 @@ impl Chip {
             pos += n;
             done += n;
         }
+    }
+
+    /// Index in `data` of the first byte that programming `data` at `offset` would have to
+    /// turn a 0 bit into 1 for, if any.
+    fn first_bit_set_by(&self, offset: u32, data: &[u8]) -> Option<usize> {
+        let ss = self.geometry.sector_size as usize;
+        let mut pos = offset as usize;
+        let mut done = 0;
+        while done < data.len() {
+            let (sector, within) = (pos / ss, pos % ss);
+            let n = (ss - within).min(data.len() - done);
+            if let Some(old) = &self.sectors[sector] {
+                let (old, new) = (&old[within..within + n], &data[done..done + n]);
+                // A branch-free pass over the whole range (it vectorises); only a range with an
+                // offending bit is searched for the first one.
+                let offending = old.iter().zip(new).fold(0u8, |acc, (o, n)| acc | (n & !o));
+                if offending != 0 {
+                    return (0..n).find(|&j| new[j] & !old[j] != 0).map(|j| done + j);
+                }
+            }
+            pos += n;
+            done += n;
+        }
+        None
     }
 
     fn write(&mut self, offset: u32, bytes: &[u8]) {
@@ -312,6 +386,91 @@ pub struct FlashArray {
     lost_at: Option<u64>,
     log: Option<Vec<FlashOp>>,
     activity: Activity,
+    /// The array as it was before each operation, while recording (see
+    /// [`FlashArray::record_snapshots`]).
+    snapshots: Option<Vec<OpSnapshot>>,
+}
+
+/// The flash just before one numbered operation, and that operation: enough to produce the
+/// flash as a power cut at that operation leaves it, in any mode, without running what led
+/// there (see [`FlashArray::record_snapshots`]).
+#[derive(Debug, Clone)]
+pub struct OpSnapshot {
+    seq: u64,
+    before: FlashArray,
+    op: RecordedOp,
+}
+
+/// The buffers [`OpSnapshot::private_copy`] made so far, by the original's address (the
+/// original is kept alive here so that its address is not reused).
+#[derive(Debug, Default)]
+pub struct SectorCopies(std::collections::HashMap<usize, (Sector, Sector)>);
+
+/// One sector's buffer.
+type Sector = Arc<[u8]>;
+
+#[derive(Debug, Clone)]
+enum RecordedOp {
+    Erase {
+        chip: ChipId,
+        addr: u32,
+    },
+    Program {
+        chip: ChipId,
+        addr: u32,
+        data: Vec<u8>,
+    },
+}
+
+impl OpSnapshot {
+    /// A copy with sector buffers of its own: buffers shared between the snapshots copied with
+    /// the same `copies` stay shared between the copies, and nothing is shared with the
+    /// originals. Forks of one snapshot on several threads update the reference counts of the
+    /// buffers they share; each thread working from its own copy keeps those counts (and their
+    /// cache lines) to itself.
+    pub fn private_copy(&self, copies: &mut SectorCopies) -> OpSnapshot {
+        let mut before = self.before.clone();
+        for chip in &mut before.chips {
+            for sector in chip.sectors.iter_mut().flatten() {
+                let key = Arc::as_ptr(sector) as *const u8 as usize;
+                let copy = copies
+                    .0
+                    .entry(key)
+                    .or_insert_with(|| (Arc::clone(sector), Arc::from(&sector[..])));
+                *sector = Arc::clone(&copy.1);
+            }
+        }
+        OpSnapshot {
+            seq: self.seq,
+            before,
+            op: self.op.clone(),
+        }
+    }
+
+    /// The operation's number.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The flash as a power cut in `mode` at this operation leaves it: power lost, the
+    /// operation not done, torn or done. The operation runs again on the snapshot through the
+    /// same code as always, so the result is exactly what the cut run would have produced.
+    /// `None` if the operation does not reach the flash again (it did when recorded).
+    pub fn cut(&self, mode: CutMode) -> Option<FlashArray> {
+        let mut flash = self.before.clone();
+        flash.schedule_cut(PowerCut {
+            at_op: self.seq,
+            mode,
+        });
+        let result = match &self.op {
+            RecordedOp::Erase { chip, addr } => flash.erase_sector(*chip, *addr),
+            RecordedOp::Program { chip, addr, data } => flash.program(*chip, *addr, data),
+        };
+        match result {
+            Err(FlashError::PowerLost { op }) if op == self.seq => Some(flash),
+            _ => None,
+        }
+    }
 }
 
 impl FlashArray {
@@ -339,7 +498,36 @@ impl FlashArray {
             lost_at: None,
             log: None,
             activity: Activity::Other,
+            snapshots: None,
         })
+    }
+
+    /// From now on, keep a snapshot of the array before every operation with the operation
+    /// itself ([`OpSnapshot`]): a power-cut sweep forks its cut runs from these instead of
+    /// replaying each from the start. Snapshots share sector buffers (copy-on-write), so each
+    /// costs about a pointer per sector.
+    pub fn record_snapshots(&mut self) {
+        self.snapshots.get_or_insert_with(Vec::new);
+    }
+
+    /// The snapshots recorded so far, in operation order; recording stops.
+    pub fn take_snapshots(&mut self) -> Vec<OpSnapshot> {
+        self.snapshots.take().unwrap_or_default()
+    }
+
+    fn record(&mut self, op: RecordedOp) {
+        if self.snapshots.is_some() {
+            let snapshots = self.snapshots.take();
+            let before = self.clone();
+            if let Some(mut list) = snapshots {
+                list.push(OpSnapshot {
+                    seq: self.next_op,
+                    before,
+                    op,
+                });
+                self.snapshots = Some(list);
+            }
+        }
     }
 
     /// Labels the operations from now on in the log (the device's firmware says what it is
@@ -508,6 +696,61 @@ impl FlashArray {
         Ok(true)
     }
 
+    /// The identity of the contents of `addr..addr+len` (see [`ContentKey`]).
+    pub fn content_key(&self, chip: ChipId, addr: u32, len: u32) -> Result<ContentKey, FlashError> {
+        self.check_power()?;
+        let (index, offset) = self.locate(chip, addr, u64::from(len))?;
+        let c = &self.chips[index];
+        let ss = c.geometry.sector_size;
+        let first = (offset / ss) as usize;
+        let last = (offset + len).div_ceil(ss).max(offset / ss + 1) as usize;
+        let last = last.min(c.sectors.len());
+        Ok(ContentKey {
+            chip,
+            addr,
+            len,
+            sectors: c.sectors[first..last].to_vec(),
+        })
+    }
+
+    /// Whether the range `key` names is held by exactly the sector buffers of `key` (what
+    /// `content_key` would return now equals `key`), without taking a key.
+    pub fn is_current(&self, key: &ContentKey) -> Result<bool, FlashError> {
+        self.check_power()?;
+        let (index, offset) = self.locate(key.chip, key.addr, u64::from(key.len))?;
+        let c = &self.chips[index];
+        let ss = c.geometry.sector_size;
+        let first = (offset / ss) as usize;
+        let now = c.sectors.get(first..first + key.sectors.len());
+        Ok(now.is_some_and(|now| {
+            now.iter().zip(&key.sectors).all(|(a, b)| match (a, b) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            })
+        }))
+    }
+
+    /// Whether the sectors `key` names hold, byte for byte, what they held when `key` was
+    /// taken (in this array or in another with the same geometry).
+    pub fn holds(&self, key: &ContentKey) -> Result<bool, FlashError> {
+        if self.is_current(key)? {
+            return Ok(true);
+        }
+        let now = self.content_key(key.chip, key.addr, key.len)?;
+        Ok(now.sectors.len() == key.sectors.len()
+            && now
+                .sectors
+                .iter()
+                .zip(&key.sectors)
+                .all(|(a, b)| match (a, b) {
+                    (None, None) => true,
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a[..] == b[..],
+                    // A written sector may read all 0xFF like an erased one.
+                    (Some(d), None) | (None, Some(d)) => d.iter().all(|&x| x == ERASED),
+                }))
+    }
+
     /// Erase the sector starting at `addr` (one numbered operation).
     pub fn erase_sector(&mut self, chip: ChipId, addr: u32) -> Result<(), FlashError> {
         self.check_power()?;
@@ -546,20 +789,27 @@ impl FlashArray {
                 alignment: unit,
             });
         }
-        let mut old = vec![0; data.len()];
-        c.read(offset, &mut old);
-        if let Some(i) = old.iter().zip(data).position(|(o, n)| n & !o != 0) {
+        if let Some(i) = c.first_bit_set_by(offset, data) {
             return Err(FlashError::ProgramWouldSetBits {
                 chip,
                 addr: addr + i as u32,
             });
         }
 
+        if self.snapshots.is_some() {
+            self.record(RecordedOp::Program {
+                chip,
+                addr,
+                data: data.to_vec(),
+            });
+        }
         let (seq, cut) = self.begin_op(chip, OpKind::Program, addr, data.len() as u32);
         match cut {
             None => self.chips[index].write(offset, data),
             Some(CutMode::Before) => {}
             Some(CutMode::Torn) => {
+                let mut old = vec![0; data.len()];
+                self.chips[index].read(offset, &mut old);
                 let clearing: Vec<u8> = old.iter().zip(data).map(|(o, n)| o & !n).collect();
                 let mask = self.tear_mask(seq, &clearing);
                 let torn: Vec<u8> = old.iter().zip(&mask).map(|(o, m)| o & !m).collect();
@@ -629,9 +879,14 @@ impl FlashArray {
         let (chip, ss) = (c.id, c.geometry.sector_size);
         let addr = c.geometry.base + offset;
         let sector = (offset / ss) as usize;
+        if self.snapshots.is_some() {
+            self.record(RecordedOp::Erase { chip, addr });
+        }
         let (seq, cut) = self.begin_op(chip, OpKind::Erase, addr, ss);
         match cut {
-            None | Some(CutMode::After) => self.chips[index].sectors[sector] = None,
+            None | Some(CutMode::After) => {
+                self.chips[index].sectors[sector] = None;
+            }
             Some(CutMode::Before) => {}
             Some(CutMode::Torn) => {
                 if let Some(old) = self.chips[index].sectors[sector].clone() {

@@ -4,6 +4,7 @@
 
 pub mod board;
 pub mod bootloader;
+pub mod content_cache;
 pub mod dct;
 pub mod device;
 pub mod firmware;

@@ -527,3 +527,103 @@ fn errors_read_as_one_sentence() {
          the sector must be erased first"
     );
 }
+
+/// Erases, programs over programmed bytes and plain programs on both chips: every kind of
+/// operation a cut can hit.
+fn script(flash: &mut FlashArray) -> Result<(), FlashError> {
+    flash.erase_sector(ChipId::Internal, INTERNAL.base)?;
+    flash.program(ChipId::Internal, INTERNAL.base, &pattern(1024, 3))?;
+    flash.program(ChipId::External, 4096, &pattern(2048, 5))?;
+    flash.erase_range(ChipId::External, 0, 2 * 4096)?;
+    flash.program(ChipId::Internal, INTERNAL.base + 1024, &pattern(4096, 7))?;
+    Ok(())
+}
+
+fn dump(flash: &FlashArray) -> Vec<u8> {
+    let mut out = flash
+        .read_vec(ChipId::Internal, INTERNAL.base, INTERNAL.size as usize)
+        .unwrap();
+    out.extend(
+        flash
+            .read_vec(ChipId::External, 0, EXTERNAL.size as usize)
+            .unwrap(),
+    );
+    out
+}
+
+#[test]
+fn a_cut_forked_from_a_snapshot_leaves_the_flash_a_cut_run_leaves() {
+    let mut clean = prepared(9);
+    clean.record_snapshots();
+    script(&mut clean).unwrap();
+    let snapshots = clean.take_snapshots();
+    assert_eq!(snapshots.len() as u64, clean.op_count() - 1);
+    for snapshot in &snapshots {
+        for mode in CutMode::ALL {
+            let mut run = prepared(9);
+            run.schedule_cut(PowerCut {
+                at_op: snapshot.seq(),
+                mode,
+            });
+            assert!(script(&mut run).unwrap_err().is_power_loss());
+            let mut forked = snapshot.cut(mode).expect("the cut fires");
+            assert_eq!(forked.lost_at(), run.lost_at());
+            assert_eq!(forked.op_count(), run.op_count());
+            run.power_on();
+            forked.power_on();
+            assert_eq!(dump(&forked), dump(&run), "op {} {mode:?}", snapshot.seq());
+        }
+    }
+}
+
+#[test]
+fn equal_content_keys_mean_unchanged_contents() {
+    let mut flash = prepared(1);
+    let key = |f: &FlashArray| {
+        f.content_key(ChipId::Internal, INTERNAL.base, 8192)
+            .unwrap()
+    };
+    let before = key(&flash);
+    let snapshot = flash.clone();
+    assert_eq!(key(&snapshot), before, "a snapshot has the same contents");
+    // A write elsewhere changes nothing; a write inside, even of a single byte, does.
+    flash
+        .program(ChipId::Internal, INTERNAL.base + 8192, &[0, 0, 0, 0])
+        .unwrap();
+    assert_eq!(key(&flash), before);
+    flash
+        .program(ChipId::Internal, INTERNAL.base + 4096, &[0, 0, 0, 0])
+        .unwrap();
+    assert_ne!(key(&flash), before);
+    assert_eq!(key(&snapshot), before, "the snapshot did not change");
+    flash.erase_sector(ChipId::Internal, INTERNAL.base).unwrap();
+    assert_ne!(key(&flash), before);
+}
+
+#[test]
+fn holds_compares_bytes_when_the_versions_differ() {
+    let mut flash = prepared(1);
+    let key = flash
+        .content_key(ChipId::Internal, INTERNAL.base, 8192)
+        .unwrap();
+    // Erase and write the same bytes again: new versions, same contents.
+    flash.erase_sector(ChipId::Internal, INTERNAL.base).unwrap();
+    flash
+        .program(ChipId::Internal, INTERNAL.base, &pattern(4096, 1))
+        .unwrap();
+    assert_ne!(
+        flash
+            .content_key(ChipId::Internal, INTERNAL.base, 8192)
+            .unwrap(),
+        key
+    );
+    assert!(flash.holds(&key).unwrap());
+    flash
+        .program(
+            ChipId::Internal,
+            INTERNAL.base + 4096,
+            &[0xFE, 0xFF, 0xFF, 0xFF],
+        )
+        .unwrap();
+    assert!(!flash.holds(&key).unwrap());
+}

@@ -1,5 +1,6 @@
-//! The four standard power-cut sweep cases, on any built-in board: a user part, a compressed
-//! user part, a combined system part + user part, and a bootloader update.
+//! The standard power-cut sweep cases, on any built-in board: a user part, a compressed user
+//! part, a combined system part + user part and a bootloader update (the four `hil sweep` runs
+//! by default), and a system part alone (`hil bench power-cut`'s large case).
 
 use std::collections::BTreeMap;
 
@@ -16,6 +17,8 @@ pub enum SweepCaseKind {
     CompressedUserPart,
     CombinedSystemAndUser,
     Bootloader,
+    /// A system part alone (not in [`SweepCaseKind::ALL`]).
+    SystemPart,
 }
 
 impl SweepCaseKind {
@@ -32,6 +35,7 @@ impl SweepCaseKind {
             SweepCaseKind::CompressedUserPart => "compressed-user-part",
             SweepCaseKind::CombinedSystemAndUser => "combined-system-and-user",
             SweepCaseKind::Bootloader => "bootloader",
+            SweepCaseKind::SystemPart => "system-part",
         }
     }
 }
@@ -73,6 +77,12 @@ pub fn build(
             new.insert(RegionKind::SystemPart, system.clone());
             new.insert(RegionKind::UserPart, user.clone());
             combine(&[&system, &user]).map_err(|e| module_err("combined file", e))?
+        }
+        SweepCaseKind::SystemPart => {
+            new_versions.system_part += 1;
+            let system = set.module(RegionKind::SystemPart, &new_versions, sizes.system_part)?;
+            new.insert(RegionKind::SystemPart, system.clone());
+            system
         }
         SweepCaseKind::Bootloader => {
             new_versions.bootloader += 1;

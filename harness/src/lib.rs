@@ -7,6 +7,7 @@ pub mod cloud;
 pub mod control;
 pub mod keys;
 pub mod net;
+pub mod pcap;
 pub mod scenario;
 pub mod sweep;
 pub mod testbed;

@@ -3,10 +3,12 @@
 //! valid image (reference 5.3-5.5; the discipline is MCUboot's simulator's).
 //!
 //! One clean run counts the flash operations of the window: the DCT slot commit, then the boot
-//! that applies the update. Then, for every operation `n` of the window and every [`CutMode`],
-//! a copy-on-write snapshot of the device taken just before the commit is cut at `n`, powered
-//! on, and booted again and again (optionally cut again during those recovery boots, at seeded
-//! random points) until a boot completes. Checked after every completed boot:
+//! that applies the update, keeping a copy-on-write snapshot of the flash before each of them.
+//! Then, for every operation `n` of the window and every [`CutMode`], the snapshot before `n`
+//! has operation `n` done again with the cut (exactly what a run replayed from the commit would
+//! leave: the same code on the same bytes), is powered on, and booted again and again
+//! (optionally cut again during those recovery boots, at seeded random points) until a boot
+//! completes. Checked after every completed boot:
 //! - the device runs (no safe mode, not unbootable);
 //! - what runs is exactly the old firmware or exactly the new, never a mix;
 //! - every module the bootloader reports valid is byte-for-byte a known image for its region
@@ -15,11 +17,14 @@
 //!   left pending, and a further boot changes nothing.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use emulator::board::RegionKind;
 use emulator::bootloader::{BootError, BootReport, BootState, ModuleStatus};
 use emulator::device::{Device, StagedModule};
-use emulator::flash::CutMode;
+use emulator::flash::{CutMode, OpSnapshot, SectorCopies};
+use emulator::installed::RegionContent;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
@@ -48,6 +53,8 @@ pub struct SweepConfig {
     pub seed: u64,
     /// Replay one cut point only: the absolute operation number a failure printed.
     pub only_op: Option<u64>,
+    /// Threads the cut points are spread over (the report is the same for any count).
+    pub threads: usize,
 }
 
 impl Default for SweepConfig {
@@ -57,6 +64,7 @@ impl Default for SweepConfig {
             extra_cuts: 0,
             seed: 0,
             only_op: None,
+            threads: 1,
         }
     }
 }
@@ -113,99 +121,157 @@ pub enum SweepError {
     CleanRun { case: String, problem: String },
 }
 
-/// What is installed after a boot, per region: `Some(bytes)` of the valid module, `None` when
-/// the region has no valid module.
-type Installed = BTreeMap<RegionKind, Option<Vec<u8>>>;
-
-fn installed(device: &Device, report: &BootReport) -> Result<Installed, String> {
-    let mut out = BTreeMap::new();
-    for m in &report.modules {
-        let bytes = match (&m.status, m.start, m.size) {
-            (ModuleStatus::Valid, Some(start), Some(size)) => {
-                let region = device
-                    .board()
-                    .region(m.region)
-                    .ok_or_else(|| format!("report names region {:?} the board lacks", m.region))?;
-                let chip = device.board().flash_chip(region.chip);
-                Some(
-                    device
-                        .flash()
-                        .read_vec(chip, start, size as usize)
-                        .map_err(|e| e.to_string())?,
-                )
-            }
-            _ => None,
-        };
-        out.insert(m.region, bytes);
-    }
-    Ok(out)
+/// What a valid module's bytes were found to be, remembered per region contents (see
+/// [`Judge`]).
+#[derive(Debug, Clone, Copy)]
+struct Match {
+    /// Byte for byte the old image of its region.
+    old: bool,
+    /// Byte for byte the new image of its region.
+    new: bool,
 }
 
-/// The expected contents of every region for a firmware set, in the same shape as [`Installed`].
-fn expected(
-    case: &SweepCase,
-    set: &BTreeMap<RegionKind, Vec<u8>>,
-    sample: &Installed,
-) -> Installed {
-    sample
-        .keys()
-        .map(|k| (*k, set.get(k).or_else(|| case.old.get(k)).cloned()))
-        .collect()
+/// Checks completed boots. Region contents come through the device's boot caches, so a region
+/// that did not change since the last check is the same `Arc`, and its comparison with the
+/// old and new images (a byte-for-byte compare) is remembered instead of repeated.
+struct Judge<'c> {
+    case: &'c SweepCase,
+    seen: Vec<(RegionKind, Arc<RegionContent>, Match)>,
+}
+
+/// Comparisons remembered by one [`Judge`] before it starts again.
+const JUDGE_MEMORY: usize = 32;
+
+impl<'c> Judge<'c> {
+    fn new(case: &'c SweepCase) -> Self {
+        Judge {
+            case,
+            seen: Vec::new(),
+        }
+    }
+
+    /// How the valid module the report names in `region` compares with the known images.
+    fn compare(
+        &mut self,
+        device: &Device,
+        region: RegionKind,
+        start: u32,
+        size: u32,
+    ) -> Result<Match, String> {
+        let content = device
+            .region_content(region)
+            .map_err(|e| format!("report names region {region:?}: {e}"))?;
+        if let Some((_, _, m)) = self
+            .seen
+            .iter()
+            .find(|(k, c, _)| *k == region && Arc::ptr_eq(c, &content))
+        {
+            return Ok(*m);
+        }
+        let RegionContent::Module(found) = &*content else {
+            return Err(format!("{region:?} is reported valid but holds no module"));
+        };
+        if found.start != start || found.bytes.len() != size as usize {
+            return Err(format!(
+                "{region:?} is reported valid at {start:#x}+{size} but holds a module at {:#x}+{}",
+                found.start,
+                found.bytes.len()
+            ));
+        }
+        let bytes = found.bytes.as_slice();
+        let m = Match {
+            old: self.case.old.get(&region).is_some_and(|b| b == bytes),
+            new: self.case.new.get(&region).is_some_and(|b| b == bytes),
+        };
+        if self.seen.len() >= JUDGE_MEMORY {
+            self.seen.clear();
+        }
+        self.seen.push((region, content, m));
+        Ok(m)
+    }
+
+    /// Checks one completed boot. Returns which firmware runs (`false` old, `true` new).
+    fn judge(&mut self, device: &Device, report: &BootReport) -> Result<bool, String> {
+        if report.state != BootState::Running {
+            return Err(format!(
+                "device does not run its application: {:?}",
+                report.state
+            ));
+        }
+        // Per region: whether it holds what the old firmware set has there, and what the new
+        // one has there (the old image where the update does not touch the region; nothing
+        // valid where a set has no image).
+        let mut all_old = true;
+        let mut all_new = true;
+        let mut which = Vec::with_capacity(report.modules.len());
+        for m in &report.modules {
+            let k = m.region;
+            let updated = self.case.new.contains_key(&k);
+            let (is_old, is_new, label) = match (&m.status, m.start, m.size) {
+                (ModuleStatus::Valid, Some(start), Some(size)) => {
+                    let found = self.compare(device, k, start, size)?;
+                    if !(found.old || found.new) {
+                        return Err(format!("{k:?} holds a module reported valid that is neither the old nor the new image"));
+                    }
+                    let is_new = if updated { found.new } else { found.old };
+                    let label = if is_new {
+                        "new"
+                    } else if found.old {
+                        "old"
+                    } else {
+                        "none"
+                    };
+                    (found.old, is_new, label)
+                }
+                _ => {
+                    let old_none = !self.case.old.contains_key(&k);
+                    (old_none, old_none && !updated, "none")
+                }
+            };
+            all_old &= is_old;
+            all_new &= is_new;
+            which.push(format!("{k:?}={label}"));
+        }
+        if all_new {
+            Ok(true)
+        } else if all_old {
+            Ok(false)
+        } else {
+            Err(format!(
+                "the device runs a mix of old and new firmware: {}",
+                which.join(", ")
+            ))
+        }
+    }
 }
 
 /// Checks one completed boot. Returns which firmware runs (`false` old, `true` new).
+#[cfg(test)]
 fn judge(case: &SweepCase, device: &Device, report: &BootReport) -> Result<bool, String> {
-    if report.state != BootState::Running {
-        return Err(format!(
-            "device does not run its application: {:?}",
-            report.state
-        ));
-    }
-    let now = installed(device, report)?;
-    for (region, bytes) in &now {
-        if let Some(bytes) = bytes {
-            let known = case.old.get(region) == Some(bytes) || case.new.get(region) == Some(bytes);
-            if !known {
-                return Err(format!("{region:?} holds a module reported valid that is neither the old nor the new image"));
-            }
-        }
-    }
-    let old = expected(case, &case.old, &now);
-    let new = expected(case, &case.new, &now);
-    if now == new {
-        Ok(true)
-    } else if now == old {
-        Ok(false)
-    } else {
-        let mixed: Vec<String> = now
-            .iter()
-            .map(|(k, v)| {
-                let which = if v.is_some() && v == new.get(k).unwrap_or(&None) {
-                    "new"
-                } else if v.is_some() && v == old.get(k).unwrap_or(&None) {
-                    "old"
-                } else {
-                    "none"
-                };
-                format!("{k:?}={which}")
-            })
-            .collect();
-        Err(format!(
-            "the device runs a mix of old and new firmware: {}",
-            mixed.join(", ")
-        ))
-    }
+    Judge::new(case).judge(device, report)
 }
 
 /// Runs the sweep for one case.
+///
+/// The clean run records a snapshot of the flash before every operation of the window; each
+/// cut run starts from the snapshot of its operation (the operation is done again on it with
+/// the cut, through the same flash code), so the commit and the part of the apply before the
+/// cut are not replayed: they are the clean run's, operation for operation. The forks share
+/// the device's boot caches, so the modules the update does not touch (and the staged file)
+/// are parsed once. Cut points run on `config.threads` threads; the report does not depend on
+/// the count.
 pub fn sweep(case: &SweepCase, config: &SweepConfig) -> Result<SweepReport, SweepError> {
     let clean_err = |problem: String| SweepError::CleanRun {
         case: case.name.clone(),
         problem,
     };
 
-    // Clean run: count the window.
-    let mut clean = case.device.clone();
+    let mut base = case.device.clone();
+    base.share_boot_caches();
+
+    // Clean run: count the window, keeping a snapshot before each of its operations.
+    let mut clean = base.clone();
+    clean.flash_mut().record_snapshots();
     let start = clean.flash().op_count();
     clean
         .commit_staged(&case.staged)
@@ -213,7 +279,18 @@ pub fn sweep(case: &SweepCase, config: &SweepConfig) -> Result<SweepReport, Swee
     let commit_end = clean.flash().op_count();
     let report = clean.boot().map_err(|e| clean_err(e.to_string()))?;
     let end = clean.flash().op_count();
-    match judge(case, &clean, &report) {
+    let snapshots = clean.flash_mut().take_snapshots();
+    if snapshots.len() as u64 != end - start
+        || snapshots
+            .iter()
+            .zip(start..)
+            .any(|(snap, op)| snap.seq() != op)
+    {
+        return Err(clean_err(
+            "the clean run's flash snapshots do not cover its window".into(),
+        ));
+    }
+    match Judge::new(case).judge(&clean, &report) {
         Ok(true) => {}
         Ok(false) => {
             return Err(clean_err(
@@ -223,24 +300,92 @@ pub fn sweep(case: &SweepCase, config: &SweepConfig) -> Result<SweepReport, Swee
         Err(problem) => return Err(clean_err(problem)),
     }
 
+    let points: Vec<(u64, CutMode)> = (start..end)
+        .filter(|op| config.only_op.is_none_or(|only| only == *op))
+        .flat_map(|op| config.modes.iter().map(move |&mode| (op, mode)))
+        .collect();
+    let run_at = |base: &Device,
+                  snapshots: &[OpSnapshot],
+                  judge: &mut Judge,
+                  &(op, mode): &(u64, CutMode)| {
+        let mut tally = RunTally::default();
+        let snapshot = &snapshots[(op - start) as usize];
+        let result = run_one(base, judge, config, snapshot, mode, commit_end, &mut tally);
+        (tally, result.err())
+    };
+    let threads = config.threads.clamp(1, points.len().max(1));
+    let mut results: Vec<(usize, (RunTally, Option<SweepFailure>))> = if threads == 1 {
+        let mut judge = Judge::new(case);
+        points
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i, run_at(&base, &snapshots, &mut judge, p)))
+            .collect()
+    } else {
+        let next = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        // Each thread forks from its own copy of the snapshots and keeps its
+                        // own boot caches: shared buffers would have both threads update the
+                        // same reference counts at every fork.
+                        let mut copies = SectorCopies::default();
+                        let snapshots: Vec<OpSnapshot> = snapshots
+                            .iter()
+                            .map(|s| s.private_copy(&mut copies))
+                            .collect();
+                        drop(copies);
+                        let mut base = base.clone();
+                        base.fresh_boot_caches();
+                        let mut judge = Judge::new(case);
+                        let mut done = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(p) = points.get(i) else { break };
+                            done.push((i, run_at(&base, &snapshots, &mut judge, p)));
+                        }
+                        done
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap_or_default())
+                .collect()
+        })
+    };
+    results.sort_by_key(|(i, _)| *i);
+
     let mut out = SweepReport {
         case: case.name.clone(),
         window: (start, end),
         commit_ops: commit_end - start,
         ..SweepReport::default()
     };
-    for op in start..end {
-        if config.only_op.is_some_and(|only| only != op) {
-            continue;
-        }
-        for &mode in &config.modes {
-            out.runs += 1;
-            if let Err(problem) = run_one(case, config, op, mode, commit_end, &mut out) {
-                out.failures.push(problem);
-            }
-        }
+    if results.len() != points.len() {
+        return Err(clean_err(format!(
+            "{} of {} cut points ran (a worker thread died)",
+            results.len(),
+            points.len()
+        )));
+    }
+    for (_, (tally, failure)) in results {
+        out.runs += 1;
+        out.cuts += tally.cuts;
+        out.boots += tally.boots;
+        out.old_kept += tally.old_kept;
+        out.failures.extend(failure);
     }
     Ok(out)
+}
+
+/// What one cut run counted.
+#[derive(Debug, Default)]
+struct RunTally {
+    cuts: u64,
+    boots: u64,
+    old_kept: u64,
 }
 
 /// Seed for the extra cuts of one run, from the sweep seed and the run's coordinates.
@@ -254,16 +399,18 @@ fn run_seed(seed: u64, op: u64, mode: CutMode) -> u64 {
 }
 
 fn run_one(
-    case: &SweepCase,
+    base: &Device,
+    judge: &mut Judge,
     config: &SweepConfig,
-    op: u64,
+    snapshot: &OpSnapshot,
     mode: CutMode,
     commit_end: u64,
-    out: &mut SweepReport,
+    out: &mut RunTally,
 ) -> Result<(), SweepFailure> {
+    let op = snapshot.seq();
     let mut extra = Vec::new();
     let fail = |problem: String, extra: &Vec<u64>| SweepFailure {
-        case: case.name.clone(),
+        case: judge.case.name.clone(),
         op,
         mode,
         extra_cuts: extra.clone(),
@@ -271,18 +418,17 @@ fn run_one(
         problem,
     };
     let mut rng = ChaCha8Rng::seed_from_u64(run_seed(config.seed, op, mode));
-    let mut device = case.device.clone();
-    device.schedule_cut(op, mode);
 
-    let mut cut_seen = false;
-    match device.commit_staged(&case.staged) {
-        Ok(()) => {}
-        Err(e) if e.is_power_loss() => {
-            cut_seen = true;
-            out.cuts += 1;
-            device.power_on();
-        }
-        Err(e) => return Err(fail(format!("commit failed: {e}"), &extra)),
+    // The device as the cut at `op` leaves it, then powered on again.
+    let Some(flash) = snapshot.cut(mode) else {
+        return Err(fail("the scheduled power cut never fired".into(), &extra));
+    };
+    let mut device = base.with_flash(flash);
+    device.power_on();
+    out.cuts += 1;
+    if op >= commit_end {
+        // The cut interrupted the boot that applies the update.
+        out.boots += 1;
     }
     // Past the commit's last operation the update is committed for sure.
     let committed_for_sure = op >= commit_end;
@@ -291,7 +437,7 @@ fn run_one(
     // Each boot either completes or is cut; cuts are finite, so this ends. The bound guards
     // against a bootloader that never finishes.
     for _ in 0..(config.extra_cuts as usize + 4) {
-        if cut_seen && extra_left > 0 {
+        if extra_left > 0 {
             // Count the ops a recovery boot takes from here, then cut at a random one of them.
             let mut probe = device.clone();
             let before = probe.flash().op_count();
@@ -311,10 +457,7 @@ fn run_one(
             Ok(report) => {
                 // The first completed boot of the run: the one that must run the new firmware
                 // whenever the commit went through.
-                let runs_new = judge(case, &device, &report).map_err(|p| fail(p, &extra))?;
-                if !cut_seen {
-                    return Err(fail("the scheduled power cut never fired".into(), &extra));
-                }
+                let runs_new = judge.judge(&device, &report).map_err(|p| fail(p, &extra))?;
                 if committed_for_sure && !runs_new {
                     return Err(fail(
                         "the update was committed but the old firmware runs".into(),
@@ -342,7 +485,7 @@ fn run_one(
                     .map_err(|e| fail(format!("second boot failed: {e}"), &extra))?;
                 out.boots += 1;
                 if !again.applied.is_empty()
-                    || judge(case, &device, &again).map_err(|p| fail(p, &extra))? != runs_new
+                    || judge.judge(&device, &again).map_err(|p| fail(p, &extra))? != runs_new
                 {
                     return Err(fail(
                         "a second boot changed the installed firmware".into(),
@@ -352,7 +495,6 @@ fn run_one(
                 return Ok(());
             }
             Err(BootError::PowerLost(_)) => {
-                cut_seen = true;
                 out.cuts += 1;
                 device.power_on();
             }
@@ -432,5 +574,22 @@ mod tests {
             .unwrap();
         let report = device.boot().unwrap();
         assert_eq!(judge(&case, &device, &report), Ok(true));
+    }
+
+    #[test]
+    fn one_judge_with_boot_caches_sees_a_region_change_after_it_compared_it() {
+        let (_, case) = case(SweepCaseKind::UserPart);
+        let mut device = case.device.clone();
+        device.share_boot_caches();
+        let mut judge = Judge::new(&case);
+        let report = device.boot().unwrap();
+        assert_eq!(judge.judge(&device, &report), Ok(false));
+        assert_eq!(judge.judge(&device, &report), Ok(false));
+        device
+            .program_module(&case.new[&RegionKind::UserPart])
+            .unwrap();
+        let report = device.boot().unwrap();
+        assert!(report.valid_version(RegionKind::UserPart).is_some());
+        assert_eq!(judge.judge(&device, &report), Ok(true));
     }
 }

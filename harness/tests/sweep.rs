@@ -92,7 +92,7 @@ fn torn_cuts_under_many_seeds_never_leave_a_half_written_module_reported_valid()
             seed,
             modes: vec![CutMode::Torn],
             extra_cuts: 1,
-            only_op: None,
+            ..SweepConfig::default()
         };
         run("argon", SweepCaseKind::UserPart, &config);
     }
@@ -124,4 +124,31 @@ fn sweep_reports_an_update_the_bootloader_refuses_with_the_seed() {
         err.to_string().contains("new firmware does not run"),
         "{err}"
     );
+}
+
+#[test]
+fn the_report_does_not_depend_on_the_thread_count() {
+    let board = Board::builtin("boron").unwrap();
+    for kind in [SweepCaseKind::CompressedUserPart, SweepCaseKind::Bootloader] {
+        let case = build(&board, kind, &small(), 4).unwrap();
+        let report = |threads| {
+            let config = SweepConfig {
+                seed: 4,
+                extra_cuts: 2,
+                threads,
+                ..SweepConfig::default()
+            };
+            let r = sweep(&case, &config).unwrap();
+            (
+                r.window,
+                r.commit_ops,
+                r.runs,
+                r.cuts,
+                r.boots,
+                r.old_kept,
+                r.failures,
+            )
+        };
+        assert_eq!(report(1), report(3), "{kind:?}");
+    }
 }

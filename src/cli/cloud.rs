@@ -100,6 +100,9 @@ pub struct CloudArgs {
     /// that safe-mode healing sends a device whose firmware needs them.
     #[arg(long, value_name = "DIR")]
     device_os: Option<PathBuf>,
+    /// Write every datagram sent and received to this pcap file (`hil pcap decrypt`).
+    #[arg(long, value_name = "FILE")]
+    pcap: Option<PathBuf>,
 }
 
 /// Adds every file of `dir` to the cloud's Device OS library; a file that is not a Device OS
@@ -206,6 +209,9 @@ pub fn run(args: CloudArgs) -> CliResult {
             cloud_node.events.push((Duration::ZERO, e));
         }
         let node: Shared = Arc::new(UdpNode::server(cloud_node, args.listen).await?);
+        if let Some(path) = &args.pcap {
+            node.capture(super::pcap::capture_to(path)?);
+        }
         let listener = TcpListener::bind(control_addr)
             .await
             .map_err(|e| format!("control endpoint {control_addr}: {e}"))?;

@@ -52,6 +52,9 @@ pub struct DeviceArgs {
     /// Directory the flash image persists in (created if missing).
     #[arg(long, value_name = "DIR")]
     state: Option<PathBuf>,
+    /// Write every datagram sent and received to this pcap file (`hil pcap decrypt`).
+    #[arg(long, value_name = "FILE")]
+    pcap: Option<PathBuf>,
 }
 
 fn seed_of(id: &[u8; 12]) -> u64 {
@@ -105,11 +108,19 @@ pub fn run(args: DeviceArgs) -> CliResult {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(drive(os, args.server, args.state))
+    rt.block_on(drive(os, args.server, args.state, args.pcap))
 }
 
-async fn drive(os: DeviceOs, server: SocketAddr, state: Option<PathBuf>) -> CliResult {
+async fn drive(
+    os: DeviceOs,
+    server: SocketAddr,
+    state: Option<PathBuf>,
+    pcap: Option<PathBuf>,
+) -> CliResult {
     let node = UdpNode::client(DeviceNode::new(os, server), server).await?;
+    if let Some(path) = &pcap {
+        node.capture(super::pcap::capture_to(path)?);
+    }
     node.with_node(|n, now| {
         n.os.power_on(now);
         n.drain(now);

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_ota;
+pub mod bench_power_cut;
 pub mod boards;
 pub mod check;
 pub mod cloud;
@@ -11,6 +12,7 @@ pub mod fixture;
 pub mod flash;
 pub mod keys;
 pub mod module;
+pub mod pcap;
 pub mod progress;
 pub mod run;
 pub mod sweep;

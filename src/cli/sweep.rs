@@ -17,7 +17,7 @@ pub struct SweepArgs {
     /// Built-in board name.
     #[arg(long, default_value = "boron")]
     board: String,
-    /// Which update to sweep (default: all four).
+    /// Which update to sweep (default: all but system-part).
     #[arg(long, value_enum)]
     case: Option<CaseArg>,
     /// Cut modes to use (default: all three).
@@ -35,6 +35,12 @@ pub struct SweepArgs {
     /// Size of the user part image in KiB.
     #[arg(long, default_value_t = 24)]
     user_kib: u32,
+    /// Size of the system part image in KiB.
+    #[arg(long, default_value_t = 32)]
+    system_kib: u32,
+    /// Threads to spread the cut points over (default: the machine's cores).
+    #[arg(long)]
+    threads: Option<usize>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -46,6 +52,7 @@ enum CaseArg {
     CompressedUserPart,
     Combined,
     Bootloader,
+    SystemPart,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -62,6 +69,7 @@ impl From<CaseArg> for SweepCaseKind {
             CaseArg::CompressedUserPart => SweepCaseKind::CompressedUserPart,
             CaseArg::Combined => SweepCaseKind::CombinedSystemAndUser,
             CaseArg::Bootloader => SweepCaseKind::Bootloader,
+            CaseArg::SystemPart => SweepCaseKind::SystemPart,
         }
     }
 }
@@ -89,9 +97,15 @@ pub fn run(args: SweepArgs) -> CliResult {
         extra_cuts: args.extra_cuts,
         seed: args.seed,
         only_op: args.op,
+        threads: args.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }),
     };
     let sizes = ModuleSizes {
-        user_part: args.user_kib * 1024,
+        user_part: args.user_kib.saturating_mul(1024),
+        system_part: args.system_kib.saturating_mul(1024),
         ..ModuleSizes::default()
     };
 

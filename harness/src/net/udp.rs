@@ -18,7 +18,7 @@
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -78,9 +78,41 @@ struct Shared<N> {
     progress: watch::Sender<u64>,
     local_addr: Mutex<SocketAddr>,
     counters: Counters,
+    /// Sees every datagram sent and received, when set ([`UdpNode::capture`]).
+    capture: Mutex<Option<Capture>>,
+    capturing: AtomicBool,
 }
 
+/// Called with (source, destination, payload) of every datagram a node sends or receives.
+pub type Capture = Box<dyn FnMut(SocketAddr, SocketAddr, &[u8]) + Send>;
+
 impl<N> Shared<N> {
+    /// Hands a datagram to the capture, if any. `peer` is where it came from (`incoming`) or
+    /// went to.
+    fn captured(&self, socket: &UdpSocket, peer: SocketAddr, incoming: bool, data: &[u8]) {
+        if !self.capturing.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(local) = socket.local_addr() else {
+            return;
+        };
+        let (src, dst) = if incoming {
+            (peer, local)
+        } else {
+            (local, peer)
+        };
+        {
+            if let Some(sink) = self
+                .capture
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_mut()
+            {
+                sink(src, dst, data);
+            }
+        }
+    }
+
     fn now(&self) -> Duration {
         self.start.elapsed()
     }
@@ -138,6 +170,8 @@ impl<N: Node + Send + 'static> UdpNode<N> {
             progress: watch::Sender::new(0),
             local_addr: Mutex::new(socket.local_addr()?),
             counters: Counters::default(),
+            capture: Mutex::new(None),
+            capturing: AtomicBool::new(false),
         });
         let (shutdown, stop) = watch::channel(false);
         let task = tokio::spawn(drive(shared.clone(), socket, mode, generation, stop));
@@ -157,6 +191,17 @@ impl<N> UdpNode<N> {
             .local_addr
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// From now on, `sink` sees every datagram the node sends and receives (for a pcap file:
+    /// [`crate::pcap::PcapWriter`]). It runs on the driver's task: keep it short.
+    pub fn capture(&self, sink: Capture) {
+        *self
+            .shared
+            .capture
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(sink);
+        self.shared.capturing.store(true, Ordering::Relaxed);
     }
 
     /// The driver's time: what the node was and will be given as `now`.
@@ -301,7 +346,10 @@ async fn drive<N: Node>(
                 _ => socket.send_to(&data, to).await,
             };
             match sent {
-                Ok(_) => counters.sent.fetch_add(1, Ordering::Relaxed),
+                Ok(_) => {
+                    shared.captured(&socket, to, false, &data);
+                    counters.sent.fetch_add(1, Ordering::Relaxed)
+                }
                 Err(_) => counters.send_errors.fetch_add(1, Ordering::Relaxed),
             };
         }
@@ -331,6 +379,7 @@ async fn drive<N: Node>(
                 match received {
                     Ok((n, from)) => {
                         counters.received.fetch_add(1, Ordering::Relaxed);
+                        shared.captured(&socket, from, true, &buf[..n]);
                         let mut node = shared.lock();
                         node.handle_datagram(shared.now(), from, &buf[..n]);
                         // Take what else is already there before answering.
@@ -338,6 +387,7 @@ async fn drive<N: Node>(
                             match socket.try_recv_from(&mut buf) {
                                 Ok((n, from)) => {
                                     counters.received.fetch_add(1, Ordering::Relaxed);
+                                    shared.captured(&socket, from, true, &buf[..n]);
                                     node.handle_datagram(shared.now(), from, &buf[..n]);
                                 }
                                 Err(_) => break,

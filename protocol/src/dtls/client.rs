@@ -3,12 +3,12 @@
 
 use core::time::Duration;
 
-use p256::ecdsa::signature::{Signer, Verifier};
 use p256::ecdsa::{DerSignature, Signature, SigningKey, VerifyingKey};
 use rand_core::{CryptoRng, RngCore};
 
 use super::conn::{split_records, Core, Item, Phase, RetransmitTimeouts};
 use super::crypto::{master_secret, verify_data, KeyBlock};
+use super::ec;
 use super::handshake::*;
 use super::keys::{spki_from_certificate, spki_of, verifying_key_from_spki};
 use super::record::{ContentType, DTLS_1_2};
@@ -480,10 +480,9 @@ impl<R: RngCore + CryptoRng> Client<R> {
                 signed.extend_from_slice(&ske.params());
                 let sig = Signature::from_der(&ske.signature)
                     .map_err(|_| DtlsError::ServerKeyMismatch)?;
-                self.config
-                    .server_key
-                    .verify(&signed, &sig)
-                    .map_err(|_| DtlsError::ServerKeyMismatch)?;
+                if !ec::verify(&self.config.server_key, &signed, &sig, ec::Hash::Sha256) {
+                    return Err(DtlsError::ServerKeyMismatch);
+                }
                 self.server_point = Some(point);
                 self.state = State::ExpectCertificateRequestOrDone;
                 Ok(())
@@ -559,8 +558,8 @@ impl<R: RngCore + CryptoRng> Client<R> {
             cert.emit(&mut b);
             self.core.queue_handshake(0, msg_type::CERTIFICATE, b);
         }
-        let secret = p256::ecdh::EphemeralSecret::random(&mut self.rng);
-        let public = p256::EncodedPoint::from(secret.public_key());
+        let secret = ec::EcdhSecret::random(&mut self.rng);
+        let public = secret.public_point();
         let mut b = Vec::new();
         ClientKeyExchange {
             public: public.as_bytes().to_vec(),
@@ -576,7 +575,7 @@ impl<R: RngCore + CryptoRng> Client<R> {
         );
         self.master = Some(master);
         if sent_certificate {
-            let sig: DerSignature = self.config.device_key.sign(&self.core.transcript);
+            let sig: DerSignature = ec::sign(&self.config.device_key, &self.core.transcript);
             let mut b = Vec::new();
             CertificateVerify {
                 signature_scheme: ECDSA_SHA256,

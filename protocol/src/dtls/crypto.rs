@@ -189,23 +189,17 @@ impl RecordCipher {
         let mut explicit = [0u8; 8];
         explicit[..2].copy_from_slice(&epoch.to_be_bytes());
         explicit[2..].copy_from_slice(&seq.to_be_bytes()[2..]);
-        let mut body = content.to_vec();
-        let (outer, cid_bytes) = match cid {
+        let (outer, cid_bytes, body_len) = match cid {
             Some((cid_bytes, outer)) => {
-                body.push(content_type.to_u8());
-                let padded = body.len().div_ceil(CID_PADDING_GRANULARITY) * CID_PADDING_GRANULARITY;
-                body.resize(padded, 0);
-                (outer, Some(cid_bytes))
+                let padded =
+                    (content.len() + 1).div_ceil(CID_PADDING_GRANULARITY) * CID_PADDING_GRANULARITY;
+                (outer, Some(cid_bytes), padded)
             }
-            None => (content_type, None),
+            None => (content_type, None, content.len()),
         };
-        let aad = aad(epoch, seq, outer.to_u8(), cid_bytes, body.len());
-        let nonce = self.nonce(&explicit);
-        let tag = self
-            .aead
-            .encrypt_in_place_detached((&nonce).into(), &aad, &mut body)
-            .expect("CCM accepts any record-sized plaintext");
-        let mut out = Vec::with_capacity(13 + 8 + body.len() + PROTECTION_OVERHEAD);
+        // The record is built in place: header, explicit nonce, the plaintext (encrypted where
+        // it lies), the tag. One allocation, one copy of the content.
+        let mut out = Vec::with_capacity(13 + 8 + body_len + PROTECTION_OVERHEAD);
         emit_header(
             &mut out,
             outer,
@@ -213,10 +207,21 @@ impl RecordCipher {
             epoch,
             seq,
             cid_bytes,
-            body.len() + PROTECTION_OVERHEAD,
+            body_len + PROTECTION_OVERHEAD,
         );
         out.extend_from_slice(&explicit);
-        out.extend_from_slice(&body);
+        let body_start = out.len();
+        out.extend_from_slice(content);
+        if cid_bytes.is_some() {
+            out.push(content_type.to_u8());
+            out.resize(body_start + body_len, 0);
+        }
+        let aad = aad(epoch, seq, outer.to_u8(), cid_bytes, body_len);
+        let nonce = self.nonce(&explicit);
+        let tag = self
+            .aead
+            .encrypt_in_place_detached((&nonce).into(), &aad, &mut out[body_start..])
+            .expect("CCM accepts any record-sized plaintext");
         out.extend_from_slice(&tag);
         out
     }

@@ -68,6 +68,7 @@
 mod client;
 mod conn;
 pub mod crypto;
+pub mod ec;
 pub mod handshake;
 pub mod keys;
 pub mod record;

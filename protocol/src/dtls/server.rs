@@ -7,14 +7,13 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 
 use hmac::{Hmac, Mac};
-use p256::ecdsa::signature::hazmat::PrehashVerifier;
-use p256::ecdsa::signature::{Signer, Verifier};
 use p256::ecdsa::{DerSignature, Signature, SigningKey, VerifyingKey};
 use rand_core::{CryptoRng, RngCore};
-use sha2::{Digest, Sha256, Sha384};
+use sha2::Sha256;
 
 use super::conn::{split_records, Core, FlightItem, Item, OwnedRecord, Phase, RetransmitTimeouts};
 use super::crypto::{master_secret, verify_data, KeyBlock};
+use super::ec;
 use super::handshake::*;
 use super::keys::{spki_from_certificate, spki_of, verifying_key_from_spki};
 use super::record::{ContentType, DTLS_1_2};
@@ -129,7 +128,7 @@ struct Association {
     state: State,
     client_random: [u8; 32],
     server_random: [u8; 32],
-    ecdh: Option<p256::ecdh::EphemeralSecret>,
+    ecdh: Option<ec::EcdhSecret>,
     cid: Option<Vec<u8>>,
     device_key: Option<VerifyingKey>,
     master: Option<[u8; 48]>,
@@ -669,8 +668,8 @@ fn server_flight<R: RngCore + CryptoRng>(
         a.core.queue_handshake(0, msg_type::CERTIFICATE, b);
     }
 
-    let secret = p256::ecdh::EphemeralSecret::random(rng);
-    let public = p256::EncodedPoint::from(secret.public_key());
+    let secret = ec::EcdhSecret::random(rng);
+    let public = secret.public_point();
     let mut ske = ServerKeyExchange {
         named_curve: SECP256R1,
         public: public.as_bytes().to_vec(),
@@ -681,7 +680,7 @@ fn server_flight<R: RngCore + CryptoRng>(
     signed.extend_from_slice(&a.client_random);
     signed.extend_from_slice(&a.server_random);
     signed.extend_from_slice(&ske.params());
-    let sig: DerSignature = config.server_key.sign(&signed);
+    let sig: DerSignature = ec::sign(&config.server_key, &signed);
     ske.signature = sig.as_bytes().to_vec();
     let mut b = Vec::new();
     ske.emit(&mut b);
@@ -818,10 +817,8 @@ fn on_handshake(
             // also offers ECDSA with SHA-384, which RFC 7250 peers such as GnuTLS choose; its
             // ECDSA/SHA-1 entry stays refused.
             let verified = match cv.signature_scheme {
-                ECDSA_SHA256 => key.verify(transcript, &sig).is_ok(),
-                ECDSA_SHA384 => key
-                    .verify_prehash(&Sha384::digest(transcript), &sig)
-                    .is_ok(),
+                ECDSA_SHA256 => ec::verify(&key, transcript, &sig, ec::Hash::Sha256),
+                ECDSA_SHA384 => ec::verify(&key, transcript, &sig, ec::Hash::Sha384),
                 _ => return Err(DtlsError::Unsupported("CertificateVerify signature scheme")),
             };
             if !verified {
