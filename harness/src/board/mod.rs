@@ -1,0 +1,5 @@
+//! Physical boards (and emulators standing in for them): the test-control protocol spoken over
+//! USB serial with the test application of `boards/firmware/` ([`protocol`]), and the emulator's
+//! side of it ([`serve`]).
+
+pub mod protocol;
