@@ -14,6 +14,8 @@ use emulator::device::Device;
 use emulator::firmware::{FirmwareSet, ModuleSizes, Versions};
 use emulator::os::{AppBehaviour, DeviceEvent, DeviceOs, Identity};
 use emulator::persist;
+use harness::board::pty::{serve_device, PtyPort};
+use harness::board::serve::BoardServer;
 use harness::keys::{load_signing_key, load_verifying_key, DeviceId};
 use harness::net::udp::UdpNode;
 use harness::testbed::DeviceNode;
@@ -52,6 +54,10 @@ pub struct DeviceArgs {
     /// Directory the flash image persists in (created if missing).
     #[arg(long, value_name = "DIR")]
     state: Option<PathBuf>,
+    /// Serve the test-control protocol (boards/README.md) on a pseudo-terminal, as the test
+    /// firmware does on a board's USB serial port; prints the path to open.
+    #[arg(long)]
+    serial_pty: bool,
 }
 
 fn seed_of(id: &[u8; 12]) -> u64 {
@@ -105,11 +111,25 @@ pub fn run(args: DeviceArgs) -> CliResult {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(drive(os, args.server, args.state))
+    rt.block_on(drive(os, args.server, args.state, args.serial_pty))
 }
 
-async fn drive(os: DeviceOs, server: SocketAddr, state: Option<PathBuf>) -> CliResult {
+async fn drive(
+    os: DeviceOs,
+    server: SocketAddr,
+    state: Option<PathBuf>,
+    serial_pty: bool,
+) -> CliResult {
     let node = UdpNode::client(DeviceNode::new(os, server), server).await?;
+    let mut serial = match serial_pty {
+        true => {
+            let port = PtyPort::open()?;
+            println!("serial: {}", port.path());
+            std::io::stdout().flush()?;
+            Some((port, BoardServer::new()))
+        }
+        false => None,
+    };
     node.with_node(|n, now| {
         n.os.power_on(now);
         n.drain(now);
@@ -129,6 +149,11 @@ async fn drive(os: DeviceOs, server: SocketAddr, state: Option<PathBuf>) -> CliR
                 n.os.device().flash().op_count(),
             )
         });
+        let mut input = Vec::new();
+        if let Some((port, server)) = &mut serial {
+            input = port.take_input();
+            serve_device(&node, port, server, &input, &events);
+        }
         let mut text = String::new();
         let mut booted = false;
         for (at, e) in &events {
@@ -147,7 +172,14 @@ async fn drive(os: DeviceOs, server: SocketAddr, state: Option<PathBuf>) -> CliR
             saved_ops = Some(ops);
             last_save = Instant::now();
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        match &mut serial {
+            // Answer the host at once; otherwise look again in 50 ms.
+            Some((port, server)) if input.is_empty() => {
+                let input = port.wait_input(Duration::from_millis(50)).await;
+                serve_device(&node, port, server, &input, &[]);
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
     }
 }
 

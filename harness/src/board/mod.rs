@@ -2,4 +2,10 @@
 //! USB serial with the test application of `boards/firmware/` ([`protocol`]), and the emulator's
 //! side of it ([`serve`]).
 
+pub mod emulated;
+pub mod port;
+pub mod power;
+pub mod probe;
 pub mod protocol;
+pub mod pty;
+pub mod serve;
