@@ -8,4 +8,6 @@ pub mod power;
 pub mod probe;
 pub mod protocol;
 pub mod pty;
+pub mod rack;
 pub mod serve;
+pub mod target;
