@@ -768,3 +768,208 @@ impl Rack {
         }
     }
 }
+
+/// Counts over a rack run: cases passed, failed (the test), skipped, and infrastructure errors.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RackTotals {
+    pub passed: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub errors: usize,
+}
+
+impl RackReport {
+    pub fn totals(&self) -> RackTotals {
+        let mut t = RackTotals::default();
+        for c in &self.cases {
+            match &c.outcome {
+                RackOutcome::Error { .. } => t.errors += 1,
+                RackOutcome::Ran { result, .. } => {
+                    let s = crate::scenario::report::Totals::of(std::slice::from_ref(result));
+                    t.passed += s.passed;
+                    t.failed += s.failed;
+                    t.skipped += s.skipped;
+                }
+            }
+        }
+        t
+    }
+
+    /// One line per case and per board, then the totals.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        for c in &self.cases {
+            match &c.outcome {
+                RackOutcome::Ran { board, result } => {
+                    for case in &result.cases {
+                        out.push_str(&format!(
+                            "{:<5} {} [{}] on {board}{}\n",
+                            case.outcome.as_str().to_uppercase(),
+                            c.file.display(),
+                            case.name,
+                            match case.reason() {
+                                r if r.is_empty() => String::new(),
+                                r => format!(": {r}"),
+                            }
+                        ));
+                    }
+                }
+                RackOutcome::Error { why } => {
+                    out.push_str(&format!("ERROR {}: {why}\n", c.file.display()));
+                }
+            }
+            for (board, why) in &c.attempts {
+                out.push_str(&format!("      infrastructure failure on {board}: {why}\n"));
+            }
+        }
+        for b in &self.boards {
+            out.push_str(&format!(
+                "board {}: {}{}\n",
+                b.name,
+                match &b.health {
+                    Ok(s) => format!("healthy ({s})"),
+                    Err(why) => why.clone(),
+                },
+                if b.infra_failures > 0 {
+                    format!(", {} infrastructure failure(s)", b.infra_failures)
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        let t = self.totals();
+        out.push_str(&format!(
+            "{} passed, {} failed, {} skipped, {} infrastructure errors\n",
+            t.passed, t.failed, t.skipped, t.errors
+        ));
+        out
+    }
+
+    /// JUnit XML: a test failure is `<failure>`, an infrastructure error `<error>` (CI systems
+    /// show them apart), a skip `<skipped>`. `time` is wall-clock seconds.
+    pub fn junit(&self) -> String {
+        use crate::scenario::report::xml_escape;
+        let t = self.totals();
+        let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+        out.push_str(&format!(
+            "<testsuites name=\"hil rack {}\" tests=\"{}\" failures=\"{}\" errors=\"{}\" skipped=\"{}\">\n",
+            xml_escape(&self.rack),
+            t.passed + t.failed + t.skipped + t.errors,
+            t.failed,
+            t.errors,
+            t.skipped
+        ));
+        for c in &self.cases {
+            let file = xml_escape(&c.file.display().to_string());
+            let attempts: String = c
+                .attempts
+                .iter()
+                .map(|(b, why)| format!("infrastructure failure on {b}: {why}\n"))
+                .collect();
+            match &c.outcome {
+                RackOutcome::Error { why } => {
+                    out.push_str(&format!(
+                        "  <testsuite name=\"{file}\" tests=\"1\" failures=\"0\" errors=\"1\" skipped=\"0\">\n    <testcase classname=\"{}\" name=\"main\" time=\"{:.3}\">\n      <error message=\"{}\">{}</error>\n    </testcase>\n  </testsuite>\n",
+                        xml_escape(&c.name),
+                        c.wall.as_secs_f64(),
+                        xml_escape(why),
+                        xml_escape(&attempts)
+                    ));
+                }
+                RackOutcome::Ran { board, result } => {
+                    let s = crate::scenario::report::Totals::of(std::slice::from_ref(result));
+                    out.push_str(&format!(
+                        "  <testsuite name=\"{file}\" tests=\"{}\" failures=\"{}\" errors=\"0\" skipped=\"{}\">\n",
+                        s.total(),
+                        s.failed,
+                        s.skipped
+                    ));
+                    for case in &result.cases {
+                        out.push_str(&format!(
+                            "    <testcase classname=\"{}\" name=\"{}\" time=\"{:.3}\">\n      <properties><property name=\"board\" value=\"{}\"/><property name=\"target_seconds\" value=\"{:.3}\"/></properties>\n",
+                            xml_escape(&result.name),
+                            xml_escape(&case.name),
+                            c.wall.as_secs_f64(),
+                            xml_escape(board),
+                            case.duration.as_secs_f64()
+                        ));
+                        match case.outcome {
+                            runner::Outcome::Fail => out.push_str(&format!(
+                                "      <failure message=\"{}\">{}</failure>\n",
+                                xml_escape(&case.reason()),
+                                xml_escape(
+                                    &case
+                                        .failure
+                                        .as_ref()
+                                        .map(|f| f.to_string())
+                                        .unwrap_or_default()
+                                )
+                            )),
+                            runner::Outcome::Skip => out.push_str(&format!(
+                                "      <skipped message=\"{}\"/>\n",
+                                xml_escape(&case.reason())
+                            )),
+                            runner::Outcome::Pass => {}
+                        }
+                        out.push_str(&format!(
+                            "      <system-out>{}{}</system-out>\n    </testcase>\n",
+                            xml_escape(&attempts),
+                            xml_escape(&case.trace.render())
+                        ));
+                    }
+                    out.push_str("  </testsuite>\n");
+                }
+            }
+        }
+        out.push_str("</testsuites>\n");
+        out
+    }
+
+    /// The JSON report: every case with its board, outcome, infrastructure attempts and trace
+    /// (the trace lines are those of `hil run --json`, so `hil trace diff` compares them).
+    pub fn json(&self) -> serde_json::Value {
+        use serde_json::json;
+        let t = self.totals();
+        json!({
+            "rack": self.rack,
+            "target": "board",
+            "time_base": "wall-clock seconds since each case's set-up",
+            "totals": { "passed": t.passed, "failed": t.failed, "skipped": t.skipped,
+                        "errors": t.errors },
+            "boards": self.boards.iter().map(|b| json!({
+                "name": b.name,
+                "healthy": b.health.is_ok(),
+                "health": match &b.health { Ok(s) | Err(s) => s.clone() },
+                "infrastructure_failures": b.infra_failures,
+                "quarantined": b.quarantined,
+            })).collect::<Vec<_>>(),
+            "scenarios": self.cases.iter().map(|c| {
+                let attempts: Vec<_> = c.attempts.iter()
+                    .map(|(b, why)| json!({"board": b, "error": why})).collect();
+                match &c.outcome {
+                    RackOutcome::Error { why } => json!({
+                        "file": c.file.display().to_string(),
+                        "name": c.name,
+                        "error": why,
+                        "attempts": attempts,
+                        "cases": [],
+                    }),
+                    RackOutcome::Ran { board, result } => json!({
+                        "file": c.file.display().to_string(),
+                        "name": c.name,
+                        "board": board,
+                        "seed": result.seed,
+                        "attempts": attempts,
+                        "cases": result.cases.iter().map(|k| json!({
+                            "name": k.name,
+                            "outcome": k.outcome.as_str(),
+                            "seconds": k.duration.as_secs_f64(),
+                            "reason": k.reason(),
+                            "trace": k.trace.lines(),
+                        })).collect::<Vec<_>>(),
+                    }),
+                }
+            }).collect::<Vec<_>>(),
+        })
+    }
+}
