@@ -41,11 +41,10 @@ fn outcome(report: &RackReport, file: &str) -> String {
     }
 }
 
-const BOARD_SCENARIOS: [&str; 4] = [
+const BOARD_SCENARIOS: [&str; 3] = [
     "app-update.toml",
     "app-update-argon.toml",
     "deferred-reset.toml",
-    "updates-disabled.toml",
 ];
 
 fn passed(o: &str) -> bool {
@@ -64,7 +63,7 @@ fn board_scenarios_pass_on_the_emulated_rack() {
         assert!(passed(&o), "{f}: {o}\n{}", report.summary());
     }
     let t = report.totals();
-    assert_eq!((t.passed, t.failed, t.errors), (4, 0, 0));
+    assert_eq!((t.passed, t.failed, t.errors), (3, 0, 0));
     assert!(report.boards.iter().all(|b| b.health.is_ok()));
     let junit = report.junit();
     assert!(junit.contains("errors=\"0\""), "{junit}");
@@ -187,4 +186,32 @@ fn a_broken_power_switch_is_an_infrastructure_error_and_quarantines_the_board() 
         "{junit}"
     );
     assert!(junit.contains("port 2 not found"), "{junit}");
+}
+
+/// Fidelity: the board scenarios on the in-process emulator (virtual time) and on the
+/// emulated rack (serial, wall time) give the same events, power and boots, in the same order.
+#[test]
+fn the_emulated_rack_traces_match_the_in_process_emulator() {
+    use harness::scenario::emulator_target::EmulatorTarget;
+    use harness::scenario::report::json_report;
+    use harness::scenario::{runner, Target, TargetError};
+
+    let scenarios: Vec<Scenario> = BOARD_SCENARIOS.iter().map(|f| scenario(f)).collect();
+    let emulated: Vec<_> = scenarios
+        .iter()
+        .map(|s| {
+            let mut make =
+                || -> Result<Box<dyn Target>, TargetError> { Ok(Box::new(EmulatorTarget::new())) };
+            runner::run(s, None, &mut make)
+        })
+        .collect();
+    let a = json_report(&emulated, "emulator", None);
+    let rack = rack();
+    let b = rack.run(scenarios, &RackRunOptions::default()).json();
+    if std::env::var("HIL_PRINT_TRACES").is_ok() {
+        println!("{}", serde_json::to_string_pretty(&b).unwrap());
+    }
+    let d = harness::scenario::diff::diff(&a, &b).unwrap();
+    assert!(d.identical(), "{d}");
+    assert!(d.cases.iter().all(|c| c.a_len > 5), "{d}");
 }

@@ -162,7 +162,14 @@ impl DebugProbe for EmulatedProbe {
         Ok(())
     }
 
+    /// The emulated core stops: modelled as the device losing power (RAM lost, flash kept;
+    /// nothing runs until a reset or power-up).
     fn halt(&mut self) -> Result<(), ProbeError> {
+        self.node.with_node(|n, now| {
+            n.os.power_cut(now);
+            // The flash keeps its supply (the probe programs it); the system stays down.
+            n.os.device_mut().power_on();
+        });
         Ok(())
     }
 

@@ -199,6 +199,13 @@ pub enum Command {
         duration_ms: Option<u64>,
         network: SleepNetwork,
     },
+    /// `setup`: what `setup()` does at every boot from now on (kept in EEPROM):
+    /// `System.disableUpdates()` when `updates_enabled` is false, `System.disableReset()` when
+    /// `reset_enabled` is false. Takes effect at the next boot.
+    Setup {
+        updates_enabled: bool,
+        reset_enabled: bool,
+    },
     /// `connect` / `disconnect`: `Particle.connect()` / `Particle.disconnect()`.
     Connect,
     Disconnect,
@@ -220,6 +227,7 @@ impl Command {
             Command::Resets { enabled: true } => "reset.enable",
             Command::Reset { .. } => "reset",
             Command::Sleep { .. } => "sleep",
+            Command::Setup { .. } => "setup",
             Command::Connect => "connect",
             Command::Disconnect => "disconnect",
             Command::Status => "status",
@@ -256,6 +264,13 @@ impl Request {
                     m.insert("duration_ms".into(), json!(ms));
                 }
                 m.insert("network".into(), json!(network.as_str()));
+            }
+            Command::Setup {
+                updates_enabled,
+                reset_enabled,
+            } => {
+                m.insert("updates_enabled".into(), json!(updates_enabled));
+                m.insert("reset_enabled".into(), json!(reset_enabled));
             }
             _ => {}
         }
@@ -305,6 +320,10 @@ impl Request {
                     network,
                 }
             }
+            "setup" => Command::Setup {
+                updates_enabled: at.bool(&obj, "updates_enabled")?,
+                reset_enabled: at.bool(&obj, "reset_enabled")?,
+            },
             "connect" => Command::Connect,
             "disconnect" => Command::Disconnect,
             "status" => Command::Status,
@@ -859,6 +878,10 @@ mod tests {
                 mode: SleepMode::Hibernate,
                 duration_ms: None,
                 network: SleepNetwork::Off,
+            },
+            Command::Setup {
+                updates_enabled: false,
+                reset_enabled: true,
             },
             Command::Connect,
             Command::Disconnect,

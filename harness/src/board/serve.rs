@@ -170,6 +170,15 @@ impl BoardServer {
                 // Checked in `check`; a refusal here only logs on the device.
                 let _ = os.sleep(now, sleep_config(*mode, *duration_ms, *network));
             }
+            Command::Setup {
+                updates_enabled,
+                reset_enabled,
+            } => {
+                let mut app = os.app_behaviour();
+                app.updates_enabled_at_boot = *updates_enabled;
+                app.reset_enabled_at_boot = *reset_enabled;
+                os.set_app_behaviour(app);
+            }
             Command::Connect => os.particle_connect(now),
             Command::Disconnect => os.particle_disconnect(now),
             Command::Hello | Command::Status | Command::Modules | Command::Assets => {}
