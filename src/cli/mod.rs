@@ -12,8 +12,10 @@ pub mod flash;
 pub mod keys;
 pub mod module;
 pub mod progress;
+pub mod rack;
 pub mod run;
 pub mod sweep;
+pub mod trace;
 
 /// An error shown to the user as one sentence.
 pub type CliResult = Result<std::process::ExitCode, Box<dyn std::error::Error>>;
