@@ -973,3 +973,59 @@ impl RackReport {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    }
+
+    #[test]
+    fn the_example_racks_parse() {
+        let real = RackFile::load(&root().join("boards/rack.example.toml")).unwrap();
+        assert_eq!(real.listen.port(), 5684);
+        let boron = &real.boards[0];
+        assert_eq!(boron.platform, "boron");
+        assert_eq!(
+            boron.usb_serial.as_deref(),
+            Some("E00FCE68A1B2C3D4E5F60708")
+        );
+        assert_eq!(boron.power_off[0], "uhubctl");
+        assert_eq!(boron.power_timeout, Duration::from_secs(10));
+        assert_eq!(real.boards[1].without, vec![Capability::Sleep]);
+        let emulated = RackFile::load(&root().join("boards/rack.emulated.toml")).unwrap();
+        assert!(emulated.boards.iter().all(|b| b.emulated));
+    }
+
+    #[test]
+    fn a_bad_rack_file_names_the_board_and_the_problem() {
+        let cases = [
+            ("[[board]]\nname = \"a\"\nplatform = \"nope\"\ndevice_id = \"00\"\n", "board a: unknown platform"),
+            (
+                "[[board]]\nname = \"a\"\nplatform = \"boron\"\ndevice_id = \"xyz\"\nport = \"/dev/x\"\n",
+                "board a: `device_id` \"xyz\" is not 24 hex digits",
+            ),
+            (
+                "[[board]]\nname = \"a\"\nplatform = \"boron\"\ndevice_id = \"000000000000000000000001\"\n",
+                "board a: `usb_serial` or `port` is required",
+            ),
+            (
+                "[[board]]\nname = \"a\"\nplatform = \"boron\"\ndevice_id = \"000000000000000000000001\"\nport = \"p\"\npower_off = [\"x\"]\n",
+                "`power_off` and `power_on` go together",
+            ),
+            (
+                "[[board]]\nname = \"a\"\nplatform = \"boron\"\ndevice_id = \"000000000000000000000001\"\nport = \"p\"\nwithout = [\"teleport\"]\n",
+                "unknown capability \"teleport\"",
+            ),
+            ("name = 1\n", "no [[board]]"),
+            ("[[board]\n", "rack.toml:"),
+        ];
+        for (text, want) in cases {
+            let e = RackFile::parse(text, Path::new("rack.toml")).unwrap_err();
+            assert!(e.0.contains(want), "{text}: {e}");
+            assert!(e.0.starts_with("rack.toml: "), "{e}");
+        }
+    }
+}

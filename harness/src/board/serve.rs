@@ -267,3 +267,104 @@ fn sleep_config(mode: SleepMode, duration_ms: Option<u64>, network: SleepNetwork
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use emulator::board::Board;
+    use emulator::firmware::{FirmwareSet, ModuleSizes, Versions};
+    use emulator::os::{AppBehaviour, Identity};
+    use p256::ecdsa::SigningKey;
+    use rand_chacha::rand_core::SeedableRng;
+
+    fn os() -> DeviceOs {
+        let board = Board::builtin("boron").unwrap();
+        let (device, _) = FirmwareSet::new(&board, ModuleSizes::default(), 1)
+            .provision(&Versions::BASELINE)
+            .unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let identity = Identity {
+            device_id: [7; 12],
+            server_key: *SigningKey::random(&mut rng).verifying_key(),
+            key: SigningKey::random(&mut rng),
+        };
+        let mut os = DeviceOs::new(identity, device, AppBehaviour::default(), 1);
+        os.power_on(Duration::ZERO);
+        os
+    }
+
+    fn boot(server: &mut BoardServer, os: &mut DeviceOs) -> Vec<String> {
+        let mut lines = Vec::new();
+        while let Some(e) = os.poll_event() {
+            lines.extend(server.device_event(Duration::ZERO, &e, os));
+        }
+        lines
+    }
+
+    #[test]
+    fn the_boot_line_names_the_reset_reason_and_versions() {
+        let (mut server, mut os) = (BoardServer::new(), os());
+        let lines = boot(&mut server, &mut os);
+        let boot = lines
+            .iter()
+            .find_map(|l| match BoardLine::parse(1, l) {
+                Ok(BoardLine::Boot(b)) => Some(b),
+                _ => None,
+            })
+            .expect("a boot line");
+        assert_eq!(
+            (boot.reset_reason, boot.system_version, boot.app),
+            (40, 6200, 3)
+        );
+    }
+
+    #[test]
+    fn a_bad_request_gets_a_located_error_and_the_next_one_is_served() {
+        let (mut server, mut os) = (BoardServer::new(), os());
+        boot(&mut server, &mut os);
+        let out = server.receive(
+            Duration::ZERO,
+            b"{\"id\":1,\"cmd\":\"fly\"}\n{\"id\":2,\"cmd\":\"updates.disable\"}\n",
+            &mut os,
+        );
+        assert_eq!(out.len(), 2, "{out:?}");
+        match BoardLine::parse(1, &out[0]) {
+            Ok(BoardLine::Log(l)) => {
+                assert_eq!(l.level, "error");
+                assert!(
+                    l.message.contains("serial line 1, column 9"),
+                    "{}",
+                    l.message
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!os.status().flags.updates_enabled);
+    }
+
+    #[test]
+    fn a_request_split_across_reads_is_answered_once_whole() {
+        let (mut server, mut os) = (BoardServer::new(), os());
+        boot(&mut server, &mut os);
+        assert!(server
+            .receive(Duration::ZERO, b"{\"id\":3,\"cm", &mut os)
+            .is_empty());
+        let out = server.receive(Duration::ZERO, b"d\":\"status\"}\n", &mut os);
+        match BoardLine::parse(1, &out[0]) {
+            Ok(BoardLine::Reply(Reply {
+                id: 3,
+                result: Ok(ReplyBody::Status(s)),
+            })) => assert_eq!((s.app, s.reset_reason), (3, 40)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn nothing_is_served_while_the_device_is_off() {
+        let (mut server, mut os) = (BoardServer::new(), os());
+        boot(&mut server, &mut os);
+        os.power_cut(Duration::ZERO);
+        let out = server.receive(Duration::ZERO, b"{\"id\":4,\"cmd\":\"hello\"}\n", &mut os);
+        assert!(out.is_empty());
+    }
+}

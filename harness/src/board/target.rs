@@ -648,9 +648,12 @@ impl Target for BoardTarget {
             if !self.queue.is_empty() {
                 return Ok(());
             }
-            // A board that is on and awake and said nothing for a while must still answer.
+            // A board that is on and awake and said nothing for a while must still answer; one
+            // whose port is gone (re-enumerating after a reset) gets the time of a boot.
             let now = self.now();
-            if self.powered && !self.sleeping && now.saturating_sub(self.last_heard) >= QUIET {
+            let silent = now.saturating_sub(self.last_heard);
+            let due = if self.port.is_open() { QUIET } else { BOOT };
+            if self.powered && !self.sleeping && silent >= due {
                 self.request(Command::Hello, ANSWER)?;
                 self.last_heard = self.now();
             }
