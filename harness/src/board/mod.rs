@@ -6,6 +6,8 @@ pub mod emulated;
 pub mod port;
 pub mod power;
 pub mod probe;
+#[cfg(feature = "probe-rs")]
+pub mod probe_rs;
 pub mod protocol;
 pub mod pty;
 pub mod rack;
