@@ -196,7 +196,9 @@ fn the_emulated_rack_traces_match_the_in_process_emulator() {
     use harness::scenario::report::json_report;
     use harness::scenario::{runner, Target, TargetError};
 
-    let scenarios: Vec<Scenario> = BOARD_SCENARIOS.iter().map(|f| scenario(f)).collect();
+    // The board scenarios, and the fixture every board can run whole.
+    let mut scenarios: Vec<Scenario> = BOARD_SCENARIOS.iter().map(|f| scenario(f)).collect();
+    scenarios.push(load(&root().join("fixtures/forced-updates.toml")).unwrap());
     let emulated: Vec<_> = scenarios
         .iter()
         .map(|s| {
@@ -213,5 +215,6 @@ fn the_emulated_rack_traces_match_the_in_process_emulator() {
     }
     let d = harness::scenario::diff::diff(&a, &b).unwrap();
     assert!(d.identical(), "{d}");
+    assert_eq!(d.compared(), 4, "{d}");
     assert!(d.cases.iter().all(|c| c.a_len > 5), "{d}");
 }

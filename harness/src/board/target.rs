@@ -501,7 +501,25 @@ impl Target for BoardTarget {
             self.port = BoardPort::new(self.cfg.port.clone());
         }
         self.wait_hello()?;
-        let s = self.status(ANSWER)?;
+        let mut s = self.status(ANSWER)?;
+        if (s.system_version, s.app) != (setup.firmware.device_os.0, setup.firmware.app)
+            && self.probe.is_some()
+            && self.power.is_some()
+        {
+            // An update the case before left staged (its transfer ended after that case did)
+            // was applied at this boot: install once more, and start again.
+            self.install(&board, &setup.firmware)?;
+            self.wait_cloud_quiet();
+            let (base, seen) = self.cloud.with_node(|n, now| (now, n.events.len()));
+            self.switch_power(false)?;
+            self.base = base;
+            self.seen_cloud = seen;
+            self.queue.clear();
+            self.stale_session = true;
+            self.switch_power(true)?;
+            self.wait_hello()?;
+            s = self.status(ANSWER)?;
+        }
         if (s.system_version, s.app) != (setup.firmware.device_os.0, setup.firmware.app) {
             return Err(infra(format!(
                 "board {} runs device_os={} app={}, the scenario starts from device_os={} app={}{}",

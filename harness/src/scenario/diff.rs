@@ -32,6 +32,9 @@ pub struct CaseDiff {
     pub only: Vec<(bool, String)>,
     /// Kinds left out because one side has none of them.
     pub left_out: Vec<String>,
+    /// Not compared: a side skipped steps (its trace stops where the target could not follow
+    /// the scenario), with which side.
+    pub skipped: Option<String>,
 }
 
 impl CaseDiff {
@@ -68,11 +71,24 @@ impl TraceDiff {
     pub fn identical(&self) -> bool {
         self.unmatched.is_empty() && self.cases.iter().all(|c| c.only.is_empty())
     }
+
+    /// Cases compared (not skipped on either side).
+    pub fn compared(&self) -> usize {
+        self.cases.iter().filter(|c| c.skipped.is_none()).count()
+    }
 }
 
 impl fmt::Display for TraceDiff {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for c in &self.cases {
+            if let Some(side) = &c.skipped {
+                writeln!(
+                    f,
+                    "{} [{}]: not compared (skipped steps on {side})",
+                    c.scenario, c.case
+                )?;
+                continue;
+            }
             writeln!(
                 f,
                 "{} [{}]: score {:.3} ({} of {} / {} entries match){}",
@@ -101,7 +117,9 @@ impl fmt::Display for TraceDiff {
         }
         write!(
             f,
-            "score {:.3}: {}",
+            "{} of {} cases compared; score {:.3}: {}",
+            self.compared(),
+            self.cases.len(),
             self.score(),
             if self.identical() {
                 "no difference".to_string()
@@ -145,8 +163,11 @@ fn entries(trace: &[String]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// `(scenario name, case name) -> trace lines` of a report.
-fn cases(report: &Value, which: &str) -> Result<Vec<(String, String, Vec<String>)>, String> {
+/// One case of a report: scenario name, case name, whether it was skipped, trace lines.
+type ReportCase = (String, String, bool, Vec<String>);
+
+/// The cases of a report.
+fn cases(report: &Value, which: &str) -> Result<Vec<ReportCase>, String> {
     let scenarios = report
         .get("scenarios")
         .and_then(Value::as_array)
@@ -169,7 +190,8 @@ fn cases(report: &Value, which: &str) -> Result<Vec<(String, String, Vec<String>
                 .iter()
                 .filter_map(|l| l.as_str().map(str::to_string))
                 .collect();
-            out.push((name.to_string(), case.to_string(), trace));
+            let skipped = c.get("outcome").and_then(Value::as_str) == Some("skip");
+            out.push((name.to_string(), case.to_string(), skipped, trace));
         }
     }
     Ok(out)
@@ -248,6 +270,7 @@ fn compare(scenario: &str, case: &str, a: &[String], b: &[String]) -> CaseDiff {
         matched: pairs.len(),
         only,
         left_out,
+        skipped: None,
     }
 }
 
@@ -259,14 +282,29 @@ pub fn diff(a: &Value, b: &Value) -> Result<TraceDiff, String> {
         cases: Vec::new(),
         unmatched: Vec::new(),
     };
-    for (s, c, ta) in &ca {
-        match cb.iter().find(|(s2, c2, _)| s2 == s && c2 == c) {
-            Some((_, _, tb)) => out.cases.push(compare(s, c, ta, tb)),
+    for (s, c, skip_a, ta) in &ca {
+        match cb.iter().find(|(s2, c2, _, _)| s2 == s && c2 == c) {
+            Some((_, _, skip_b, tb)) => {
+                let mut d = compare(s, c, ta, tb);
+                d.skipped = match (skip_a, skip_b) {
+                    (true, true) => Some("both".into()),
+                    (true, false) => Some("A".into()),
+                    (false, true) => Some("B".into()),
+                    (false, false) => None,
+                };
+                if d.skipped.is_some() {
+                    d.only.clear();
+                    d.a_len = 0;
+                    d.b_len = 0;
+                    d.matched = 0;
+                }
+                out.cases.push(d);
+            }
             None => out.unmatched.push((true, format!("{s} [{c}]"))),
         }
     }
-    for (s, c, _) in &cb {
-        if !ca.iter().any(|(s2, c2, _)| s2 == s && c2 == c) {
+    for (s, c, _, _) in &cb {
+        if !ca.iter().any(|(s2, c2, _, _)| s2 == s && c2 == c) {
             out.unmatched.push((false, format!("{s} [{c}]")));
         }
     }
@@ -324,6 +362,20 @@ mod tests {
         );
         assert!((d.score() - 4.0 / 6.0).abs() < 1e-9);
         assert!(d.to_string().contains("- A only: event cloud b"), "{d}");
+    }
+
+    #[test]
+    fn a_case_skipped_on_one_side_is_not_compared() {
+        let a = report(&["   0.0s  event cloud a \"1\""]);
+        let mut b = report(&[]);
+        b["scenarios"][0]["cases"][0]["outcome"] = json!("skip");
+        let d = diff(&a, &b).unwrap();
+        assert!(d.identical());
+        assert_eq!(d.compared(), 0);
+        assert!(
+            d.to_string().contains("not compared (skipped steps on B)"),
+            "{d}"
+        );
     }
 
     #[test]
