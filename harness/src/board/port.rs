@@ -262,3 +262,35 @@ impl BoardPort {
         std::mem::take(&mut self.bad)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_usb_serial_number_no_particle_port_has_is_not_found() {
+        let locator = PortLocator::UsbSerial("E00FCE68FFFFFFFFFFFFFFFF".into());
+        assert_eq!(
+            find_port(&locator),
+            Err(PortError::NotFound(
+                "USB serial number E00FCE68FFFFFFFFFFFFFFFF".into()
+            ))
+        );
+        assert_eq!(
+            find_port(&PortLocator::Path("/dev/ttyACM7".into())),
+            Ok("/dev/ttyACM7".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_port_that_cannot_open_is_an_error_after_the_limit() {
+        let mut port = BoardPort::new(PortLocator::Path("/nonexistent/ttyACM0".into()));
+        let e = port.reopen(Duration::from_millis(100)).await.unwrap_err();
+        assert!(matches!(e, PortError::Io(_)), "{e}");
+        assert!(e.to_string().contains("/nonexistent/ttyACM0"), "{e}");
+        let e = port
+            .request(Command::Hello, Duration::from_millis(10))
+            .await;
+        assert_eq!(e, Err(PortError::Io("the port is closed".into())));
+    }
+}
