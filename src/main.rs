@@ -58,6 +58,12 @@ enum Command {
     Flash(cli::flash::FlashArgs),
     /// A complete OTA (app v3 -> v4) in one process, in virtual time, printing the trace.
     Demo(cli::demo::DemoArgs),
+    /// Racks of boards (boards/rack.example.toml): run scenarios on them, check their health.
+    #[command(subcommand)]
+    Rack(cli::rack::RackCommand),
+    /// Compare the traces of two reports (`hil trace diff A.json B.json`).
+    #[command(subcommand)]
+    Trace(cli::trace::TraceCommand),
 }
 
 /// Restores the default action of SIGPIPE (Rust ignores it, so a write to a closed pipe
@@ -88,6 +94,8 @@ fn main() -> ExitCode {
         Command::Flash(args) => cli::flash::run(args),
         Command::Pcap(cmd) => cli::pcap::run(cmd),
         Command::Demo(args) => cli::demo::run(args),
+        Command::Rack(cmd) => cli::rack::run(cmd),
+        Command::Trace(cmd) => cli::trace::run(cmd),
     };
     match result {
         Ok(code) => code,

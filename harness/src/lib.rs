@@ -2,6 +2,7 @@
 //! power-cut sweep over it (reference sections 5.3-5.5) and the local Device Cloud, sans-IO
 //! (reference sections 1, 2.2-2.7, 3 and 8).
 
+pub mod board;
 pub mod cases;
 pub mod cloud;
 pub mod control;

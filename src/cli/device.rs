@@ -14,6 +14,8 @@ use emulator::device::Device;
 use emulator::firmware::{FirmwareSet, ModuleSizes, Versions};
 use emulator::os::{AppBehaviour, DeviceEvent, DeviceOs, Identity};
 use emulator::persist;
+use harness::board::pty::{serve_device, PtyPort};
+use harness::board::serve::BoardServer;
 use harness::keys::{load_signing_key, load_verifying_key, DeviceId};
 use harness::net::udp::UdpNode;
 use harness::testbed::DeviceNode;
@@ -55,6 +57,10 @@ pub struct DeviceArgs {
     /// Write every datagram sent and received to this pcap file (`hil pcap decrypt`).
     #[arg(long, value_name = "FILE")]
     pcap: Option<PathBuf>,
+    /// Serve the test-control protocol (boards/README.md) on a pseudo-terminal, as the test
+    /// firmware does on a board's USB serial port; prints the path to open.
+    #[arg(long)]
+    serial_pty: bool,
 }
 
 fn seed_of(id: &[u8; 12]) -> u64 {
@@ -108,7 +114,7 @@ pub fn run(args: DeviceArgs) -> CliResult {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(drive(os, args.server, args.state, args.pcap))
+    rt.block_on(drive(os, args.server, args.state, args.pcap, args.serial_pty))
 }
 
 async fn drive(
@@ -116,11 +122,21 @@ async fn drive(
     server: SocketAddr,
     state: Option<PathBuf>,
     pcap: Option<PathBuf>,
+    serial_pty: bool,
 ) -> CliResult {
     let node = UdpNode::client(DeviceNode::new(os, server), server).await?;
     if let Some(path) = &pcap {
         node.capture(super::pcap::capture_to(path)?);
     }
+    let mut serial = match serial_pty {
+        true => {
+            let port = PtyPort::open()?;
+            println!("serial: {}", port.path());
+            std::io::stdout().flush()?;
+            Some((port, BoardServer::new()))
+        }
+        false => None,
+    };
     node.with_node(|n, now| {
         n.os.power_on(now);
         n.drain(now);
@@ -140,6 +156,11 @@ async fn drive(
                 n.os.device().flash().op_count(),
             )
         });
+        let mut input = Vec::new();
+        if let Some((port, server)) = &mut serial {
+            input = port.take_input();
+            serve_device(&node, port, server, &input, &events);
+        }
         let mut text = String::new();
         let mut booted = false;
         for (at, e) in &events {
@@ -158,7 +179,14 @@ async fn drive(
             saved_ops = Some(ops);
             last_save = Instant::now();
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        match &mut serial {
+            // Answer the host at once; otherwise look again in 50 ms.
+            Some((port, server)) if input.is_empty() => {
+                let input = port.wait_input(Duration::from_millis(50)).await;
+                serve_device(&node, port, server, &input, &[]);
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
     }
 }
 

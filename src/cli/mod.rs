@@ -14,8 +14,10 @@ pub mod keys;
 pub mod module;
 pub mod pcap;
 pub mod progress;
+pub mod rack;
 pub mod run;
 pub mod sweep;
+pub mod trace;
 
 /// An error shown to the user as one sentence.
 pub type CliResult = Result<std::process::ExitCode, Box<dyn std::error::Error>>;

@@ -434,6 +434,16 @@ impl DeviceOs {
 
     // ----- the application's controls ----------------------------------------------------
 
+    /// What the application does at boot, from the next boot on (a test application keeping
+    /// its `setup()` choices in EEPROM, `boards/firmware/`).
+    pub fn set_app_behaviour(&mut self, app: AppBehaviour) {
+        self.app = app;
+    }
+
+    pub fn app_behaviour(&self) -> AppBehaviour {
+        self.app
+    }
+
     /// `System.disableUpdates()`.
     pub fn disable_updates(&mut self, now: Duration) {
         self.app_call(now, AppCall::SetUpdatesEnabled(false));

@@ -5,6 +5,7 @@
 //! steps exercise are those of reference `particle-protocol.md` sections 2, 3 and 5 and
 //! `particle-cloud-api.md` sections 4 and 5.
 
+pub mod diff;
 pub mod emulator_target;
 pub mod field;
 pub mod firmware;
