@@ -114,7 +114,13 @@ pub fn run(args: DeviceArgs) -> CliResult {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(drive(os, args.server, args.state, args.pcap, args.serial_pty))
+    rt.block_on(drive(
+        os,
+        args.server,
+        args.state,
+        args.pcap,
+        args.serial_pty,
+    ))
 }
 
 async fn drive(
