@@ -217,7 +217,7 @@ impl Cloud {
         s.describe_seen = false;
         s.describe_requested = false;
         s.pending_true_sent = false;
-        s.settled = false;
+        s.reconciled_at = None;
         s.stalled_at = None;
         s.safe_mode_said = false;
         s.safe_mode_published = false;

@@ -384,8 +384,14 @@ impl Cloud {
             if !session.pending_sent {
                 consider(Some(session.started_at + self.config.pending_event_delay));
             }
-            if !session.settled {
-                consider(self.settle_deadline(device, session));
+            // Settled with news since the last look (a request: a flag, an event...).
+            if let Some(at) = self
+                .settle_deadline(device, session)
+                .filter(|_| self.active_job(id).is_none())
+            {
+                if session.reconciled_at.is_none_or(|r| at > r) {
+                    consider(Some(at));
+                }
             }
             if let Some(job) = device.queue.front().and_then(|j| self.jobs.get(j)) {
                 consider(job.transfer.as_ref().and_then(|t| t.deadline()));

@@ -80,10 +80,8 @@ impl Cloud {
             Some(at) if now >= at => {}
             _ => return false,
         }
-        if !s.settled {
-            if let Some(s) = self.session_mut(&id) {
-                s.settled = true;
-            }
+        if let Some(s) = self.session_mut(&id) {
+            s.reconciled_at = Some(now);
         }
         let Some(s) = self.devices.get(&id).and_then(|d| d.session.as_ref()) else {
             return false;
@@ -104,6 +102,17 @@ impl Cloud {
         let Some(describe) = d.system_describe.clone() else {
             return false;
         };
+        // A committed update waits for the device's reset and the describe after it: the
+        // cloud makes no job of its own meanwhile (the describe it has is from before the
+        // commit). A flash queued behind it still goes (a device with resets disabled stages
+        // the newer file).
+        let verdict_pending = d
+            .committed
+            .iter()
+            .any(|j| self.jobs.get(j).is_some_and(|job| !job.awaiting_heal));
+        if verdict_pending && d.queue.is_empty() {
+            return false;
+        }
         let hello = d.hello.clone();
         let platform = hello.as_ref().map_or(0, |h| h.platform_id);
 

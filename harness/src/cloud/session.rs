@@ -55,8 +55,9 @@ pub struct Session {
     pub describe_requested: bool,
     /// `particle/device/updates/pending` `true` sent on this connection.
     pub pending_true_sent: bool,
-    /// The post-connect sequence settled on this connection (the cloud may act).
-    pub settled: bool,
+    /// When the cloud last compared the device with its target on this connection (after the
+    /// post-connect sequence settled); a request after it asks for another look once quiet.
+    pub reconciled_at: Option<Duration>,
     /// A transfer stalled (no UpdateAck for the stall limit) at this time: nothing is started
     /// again until the device is heard from after it.
     pub stalled_at: Option<Duration>,
@@ -94,7 +95,7 @@ impl Session {
             safe_mode_published: false,
             describe_requested: false,
             pending_true_sent: false,
-            settled: false,
+            reconciled_at: None,
             stalled_at: None,
             endpoint: None,
             purposes: HashMap::new(),
