@@ -117,7 +117,7 @@ pub mod store;
 mod transfer;
 
 pub use config::{CloudConfig, Interrupted};
-pub use device_id::{DeviceId, DeviceIdError};
+pub use device_id::DeviceId;
 pub use event::{
     device_id_hex, iso8601_millis, CloudEvent, DisconnectReason, OtaEvent, OtaEventKind, Publisher,
     SessionChange, StreamEvent,
