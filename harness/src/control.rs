@@ -215,7 +215,7 @@ mod tests {
     fn a_retried_job_says_which_attempt_and_why() {
         let info = JobInfo {
             kind: crate::cloud::JobKind::Flash,
-            device_id: [1; 12],
+            device_id: crate::cloud::DeviceId([1; 12]),
             status: JobStatus::Queued,
             attempts: 2,
             last_reason: Some("the device came back without it".into()),

@@ -12,7 +12,8 @@ use crate::cloud::{
     CloudEvent, DisconnectReason as SessionEnd, OtaEventKind, Publisher, SessionChange,
 };
 
-fn hex(id: &[u8]) -> String {
+fn hex(id: impl AsRef<[u8]>) -> String {
+    let id = id.as_ref();
     id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -91,7 +92,7 @@ pub fn cloud_event(event: &CloudEvent) -> Option<String> {
             };
             format!(
                 "stream {} {} = {:?} (by {by})",
-                hex(&e.device_id),
+                hex(e.device_id),
                 e.name,
                 e.data
             )
@@ -114,11 +115,11 @@ pub fn cloud_event(event: &CloudEvent) -> Option<String> {
         ),
         CloudEvent::Ota(e) => match &e.kind {
             OtaEventKind::Progress { .. } | OtaEventKind::Retransmitted { .. } => return None,
-            kind => format!("ota {} {}: {}", e.job, hex(&e.device_id), ota_kind(kind)),
+            kind => format!("ota {} {}: {}", e.job, hex(e.device_id), ota_kind(kind)),
         },
         CloudEvent::Dropped { device_id, reason } => format!(
             "dropped input from {}: {reason}",
-            device_id.map(|d| hex(&d)).unwrap_or_else(|| "?".into())
+            device_id.map(hex).unwrap_or_else(|| "?".into())
         ),
     })
 }

@@ -85,7 +85,7 @@ fn a_board_that_stops_answering_mid_scenario_is_retried_on_another() {
                         CloudEvent::Stream(s)
                             if s.name == "spark/flash/status" && s.data.starts_with("started") =>
                         {
-                            Some(s.device_id)
+                            Some(s.device_id.0)
                         }
                         _ => None,
                     })

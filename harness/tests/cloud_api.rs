@@ -259,7 +259,7 @@ async fn bad_input_is_a_located_error_that_changes_nothing() {
                 r#"{"development":true}"#,
             ),
             StatusCode::NOT_FOUND,
-            "`nope` is not a device id",
+            "device id \"nope\" is not 24 hex digits",
         ),
         (
             form_data("POST", "/v1/products/1000/firmware", truncated),

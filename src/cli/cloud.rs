@@ -260,7 +260,7 @@ async fn print_events(
     keylog: Option<PathBuf>,
     api: Option<Arc<ApiState>>,
 ) -> CliResult {
-    let mut hellos: BTreeMap<[u8; 12], (u16, u16)> = BTreeMap::new();
+    let mut hellos: BTreeMap<harness::cloud::DeviceId, (u16, u16)> = BTreeMap::new();
     let mut out = std::io::stdout();
     loop {
         if node.is_finished() {

@@ -83,7 +83,7 @@ impl Cloud {
         let cid = self.server.connection_id(handle).map(<[u8]>::to_vec);
         let mut session = Session::new(handle, cid, peer, now);
         session.endpoint = Some(self.new_endpoint());
-        let armed = self.fleet.target(DeviceId(id)).firmware().cloned();
+        let armed = self.fleet.target(id).firmware().cloned();
         if let Some(d) = self.devices.get_mut(&id) {
             d.session = Some(session);
             d.last_address = Some(peer);
@@ -175,7 +175,7 @@ impl Cloud {
 
     /// An authenticated record arrived: a first type-253 record, or any record on a session
     /// the cloud had taken offline, is a resumption (reference 1.4).
-    pub(super) fn detect_resumption(&mut self, now: Duration, id: [u8; 12], kind: &RecordKind) {
+    pub(super) fn detect_resumption(&mut self, now: Duration, id: DeviceId, kind: &RecordKind) {
         let (resume, again) = {
             let Some(s) = self.session_mut(&id) else {
                 return;
@@ -203,7 +203,7 @@ impl Cloud {
         }
     }
 
-    pub(super) fn resume(&mut self, now: Duration, id: [u8; 12]) {
+    pub(super) fn resume(&mut self, now: Duration, id: DeviceId) {
         let endpoint = self.new_endpoint();
         let Some(s) = self.session_mut(&id) else {
             return;
@@ -233,7 +233,7 @@ impl Cloud {
         self.go_online(now, id);
     }
 
-    pub(super) fn go_online(&mut self, now: Duration, id: [u8; 12]) {
+    pub(super) fn go_online(&mut self, now: Duration, id: DeviceId) {
         let Some(s) = self.session_mut(&id) else {
             return;
         };
@@ -246,7 +246,7 @@ impl Cloud {
     }
 
     /// Takes the device offline (its session, if any, stays for a resumption).
-    pub(super) fn go_offline(&mut self, now: Duration, id: [u8; 12], reason: DisconnectReason) {
+    pub(super) fn go_offline(&mut self, now: Duration, id: DeviceId, reason: DisconnectReason) {
         self.flush_endpoint(now, id);
         let (was_online, was_fresh) = {
             let Some(s) = self.session_mut(&id) else {
@@ -273,13 +273,13 @@ impl Cloud {
     }
 
     /// Forgets the device's session (after a close, a refusal or a new handshake).
-    pub(super) fn end_session(&mut self, id: [u8; 12]) {
+    pub(super) fn end_session(&mut self, id: DeviceId) {
         if let Some(s) = self.devices.get_mut(&id).and_then(|d| d.session.take()) {
             self.by_handle.remove(&s.handle);
         }
     }
 
-    pub(super) fn refuse(&mut self, now: Duration, id: [u8; 12], reason: String) {
+    pub(super) fn refuse(&mut self, now: Duration, id: DeviceId, reason: String) {
         self.dropped(Some(id), reason.clone());
         let handle = self.session_mut(&id).map(|s| s.handle);
         self.go_offline(now, id, DisconnectReason::Refused(reason));
@@ -290,7 +290,7 @@ impl Cloud {
         }
     }
 
-    pub(super) fn idle_deadline(&self, id: &[u8; 12]) -> Option<Duration> {
+    pub(super) fn idle_deadline(&self, id: &DeviceId) -> Option<Duration> {
         let d = self.devices.get(id)?;
         let s = d.session.as_ref().filter(|s| s.online)?;
         let timeout = self.config.idle_timeout.unwrap_or_else(|| {

@@ -20,6 +20,24 @@ impl From<DeviceId> for [u8; 12] {
     }
 }
 
+impl AsRef<[u8]> for DeviceId {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl PartialEq<[u8; 12]> for DeviceId {
+    fn eq(&self, other: &[u8; 12]) -> bool {
+        &self.0 == other
+    }
+}
+
+impl PartialEq<DeviceId> for [u8; 12] {
+    fn eq(&self, other: &DeviceId) -> bool {
+        self == &other.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

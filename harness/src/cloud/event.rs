@@ -12,10 +12,11 @@ use protocol::message::FinishStats;
 use serde::Serialize;
 
 use super::job::JobId;
+use super::DeviceId;
 
 /// A 12-byte device id as 24 lowercase hex characters (the `coreid` of the stream).
-pub fn device_id_hex(id: &[u8; 12]) -> String {
-    id.iter().map(|b| format!("{b:02x}")).collect()
+pub fn device_id_hex(id: &DeviceId) -> String {
+    id.to_string()
 }
 
 /// Everything the cloud reports, in the order it happened.
@@ -28,7 +29,7 @@ pub enum CloudEvent {
     /// Input the cloud could not use (counted in [`super::CloudStats`]): a malformed CoAP or
     /// Particle message, an UpdateAck that makes no sense, a refused identity...
     Dropped {
-        device_id: Option<[u8; 12]>,
+        device_id: Option<DeviceId>,
         reason: String,
     },
 }
@@ -47,7 +48,7 @@ pub enum Publisher {
 pub struct StreamEvent {
     /// When the cloud received (or made) it, in the caller's time.
     pub at: Duration,
-    pub device_id: [u8; 12],
+    pub device_id: DeviceId,
     pub publisher: Publisher,
     pub name: String,
     /// The data as text (a binary payload is shown with U+FFFD for invalid UTF-8).
@@ -164,26 +165,26 @@ pub enum SessionChange {
     /// A full DTLS handshake completed with the device's registered key.
     Connected {
         at: Duration,
-        device_id: [u8; 12],
+        device_id: DeviceId,
         address: SocketAddr,
     },
     /// The device resumed its session without a handshake (reference 1.4: type 253 records,
     /// or records on a session the cloud had taken offline).
     Resumed {
         at: Duration,
-        device_id: [u8; 12],
+        device_id: DeviceId,
         address: SocketAddr,
     },
     /// The session's records now come from another address (CID, reference 1.4).
     Moved {
         at: Duration,
-        device_id: [u8; 12],
+        device_id: DeviceId,
         from: SocketAddr,
         to: SocketAddr,
     },
     Disconnected {
         at: Duration,
-        device_id: [u8; 12],
+        device_id: DeviceId,
         reason: DisconnectReason,
     },
 }
@@ -193,7 +194,7 @@ pub enum SessionChange {
 pub struct OtaEvent {
     pub at: Duration,
     pub job: JobId,
-    pub device_id: [u8; 12],
+    pub device_id: DeviceId,
     pub kind: OtaEventKind,
 }
 
@@ -276,7 +277,8 @@ mod tests {
             at: Duration::from_millis(413),
             device_id: [
                 0xe0, 0x0f, 0xce, 0x68, 0xec, 0xe1, 0xd3, 0xd2, 0x1a, 0x73, 0xdc, 0xc9,
-            ],
+            ]
+            .into(),
             publisher: Publisher::Cloud,
             name: "spark/flash/status".into(),
             data: "started ".into(),

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use protocol::message::FinishStats;
 
+use super::DeviceId;
+
 use sha2::{Digest, Sha256};
 
 use super::firmware::{expected_modules, ExpectedModule};
@@ -96,7 +98,7 @@ impl fmt::Display for JobKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobInfo {
     pub kind: JobKind,
-    pub device_id: [u8; 12],
+    pub device_id: DeviceId,
     pub status: JobStatus,
     /// UpdateStarts sent so far.
     pub attempts: u32,
@@ -108,7 +110,7 @@ pub struct JobInfo {
 #[derive(Debug, Clone)]
 pub(crate) struct Job {
     pub kind: JobKind,
-    pub device_id: [u8; 12],
+    pub device_id: DeviceId,
     pub file: Arc<Vec<u8>>,
     pub sha256: [u8; 32],
     pub status: JobStatus,
@@ -131,7 +133,7 @@ pub(crate) struct Job {
 
 impl Job {
     /// A queued job for `file` (its SHA-256 and expected modules computed once).
-    pub fn new(kind: JobKind, device_id: [u8; 12], file: Arc<Vec<u8>>) -> Job {
+    pub fn new(kind: JobKind, device_id: DeviceId, file: Arc<Vec<u8>>) -> Job {
         Job {
             kind,
             device_id,

@@ -177,7 +177,7 @@ pub struct CloudStats {
 /// What the cloud knows about a device, as an operator sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceView {
-    pub device_id: [u8; 12],
+    pub device_id: DeviceId,
     pub online: bool,
     /// Current (or last) address of its session.
     pub address: Option<SocketAddr>,
@@ -238,9 +238,9 @@ pub struct Cloud {
     config: CloudConfig,
     rng: ChaCha8Rng,
     server: Server<ChaCha8Rng>,
-    devices: BTreeMap<[u8; 12], DeviceRecord>,
-    by_key: BTreeMap<Vec<u8>, [u8; 12]>,
-    by_handle: BTreeMap<ConnectionHandle, [u8; 12]>,
+    devices: BTreeMap<DeviceId, DeviceRecord>,
+    by_key: BTreeMap<Vec<u8>, DeviceId>,
+    by_handle: BTreeMap<ConnectionHandle, DeviceId>,
     jobs: BTreeMap<JobId, Job>,
     next_job: u64,
     events: VecDeque<CloudEvent>,
@@ -282,7 +282,8 @@ impl Cloud {
 
     /// Registers a device: its id and the public key it authenticates with. Registering the
     /// same id again replaces its key; a key registered for another id moves to this one.
-    pub fn register_device(&mut self, device_id: [u8; 12], public_key: VerifyingKey) {
+    pub fn register_device(&mut self, device_id: impl Into<DeviceId>, public_key: VerifyingKey) {
+        let device_id: DeviceId = device_id.into();
         let bytes = key_bytes(&public_key);
         if let Some(old) = self.devices.get(&device_id).map(|d| key_bytes(&d.key)) {
             self.by_key.remove(&old);
@@ -318,7 +319,7 @@ impl Cloud {
     }
 
     /// Registered device ids.
-    pub fn devices(&self) -> Vec<[u8; 12]> {
+    pub fn devices(&self) -> Vec<DeviceId> {
         self.devices.keys().copied().collect()
     }
 
@@ -334,7 +335,7 @@ impl Cloud {
     pub fn handle_timeout(&mut self, now: Duration) {
         self.server.handle_timeout(now);
         self.process_server_events(now, &RecordKind::Other);
-        let ids: Vec<[u8; 12]> = self.devices.keys().copied().collect();
+        let ids: Vec<DeviceId> = self.devices.keys().copied().collect();
         for id in ids {
             let events = match self.endpoint(&id) {
                 Some(e) => {
@@ -425,14 +426,16 @@ impl Cloud {
     }
 
     /// The NSS key log line of the device's current session (for Wireshark).
-    pub fn key_log_line(&self, device_id: [u8; 12]) -> Option<String> {
+    pub fn key_log_line(&self, device_id: impl Into<DeviceId>) -> Option<String> {
+        let device_id: DeviceId = device_id.into();
         let handle = self.devices.get(&device_id)?.session.as_ref()?.handle;
         self.server.key_log_line(handle)
     }
 
     /// "Flash this file to the device": queued, started when the device is online and its
     /// post-connect sequence settled (at once if it already is).
-    pub fn flash(&mut self, now: Duration, device_id: [u8; 12], file: Vec<u8>) -> JobId {
+    pub fn flash(&mut self, now: Duration, device_id: impl Into<DeviceId>, file: Vec<u8>) -> JobId {
+        let device_id: DeviceId = device_id.into();
         let id = JobId(self.next_job);
         self.next_job += 1;
         let refusal = if !self.devices.contains_key(&device_id) {
@@ -504,7 +507,7 @@ impl Cloud {
     }
 
     /// The device a job is for.
-    pub fn job_device(&self, id: JobId) -> Option<[u8; 12]> {
+    pub fn job_device(&self, id: JobId) -> Option<DeviceId> {
         self.jobs.get(&id).map(|j| j.device_id)
     }
 
@@ -516,7 +519,13 @@ impl Cloud {
         self.config.interrupted = policy;
     }
 
-    pub fn set_updates_forced(&mut self, now: Duration, device_id: [u8; 12], forced: bool) {
+    pub fn set_updates_forced(
+        &mut self,
+        now: Duration,
+        device_id: impl Into<DeviceId>,
+        forced: bool,
+    ) {
+        let device_id: DeviceId = device_id.into();
         let Some(d) = self.devices.get_mut(&device_id) else {
             return;
         };
@@ -536,10 +545,11 @@ impl Cloud {
     pub fn send_event(
         &mut self,
         now: Duration,
-        device_id: [u8; 12],
+        device_id: impl Into<DeviceId>,
         name: &str,
         data: &str,
     ) -> bool {
+        let device_id: DeviceId = device_id.into();
         let message = ParticleMessage {
             kind: MessageType::Confirmable,
             message_id: 0,
@@ -550,7 +560,8 @@ impl Cloud {
             .is_some()
     }
 
-    pub fn device(&self, device_id: [u8; 12]) -> Option<DeviceView> {
+    pub fn device(&self, device_id: impl Into<DeviceId>) -> Option<DeviceView> {
+        let device_id: DeviceId = device_id.into();
         let d = self.devices.get(&device_id)?;
         let session = d.session.as_ref();
         Some(DeviceView {
@@ -575,7 +586,7 @@ impl Cloud {
 
     /// The data of `spark/status/safe-mode` if it is due for this connection now (rule in
     /// [`safe_mode`]).
-    fn safe_mode_due(&self, now: Duration, id: &[u8; 12]) -> Option<String> {
+    fn safe_mode_due(&self, now: Duration, id: &DeviceId) -> Option<String> {
         let d = self.devices.get(id)?;
         let s = d.session.as_ref()?;
         if !s.online
@@ -594,7 +605,7 @@ impl Cloud {
     }
 
     /// Post-connect steps and job starts that are due.
-    fn service(&mut self, now: Duration, id: [u8; 12]) {
+    fn service(&mut self, now: Duration, id: DeviceId) {
         if let Some(data) = self.safe_mode_due(now, &id) {
             if let Some(s) = self.session_mut(&id) {
                 s.safe_mode_published = true;
@@ -660,7 +671,7 @@ impl Cloud {
 
     // ---- event stream ----
 
-    fn ota_event(&mut self, now: Duration, job: JobId, device_id: [u8; 12], kind: OtaEventKind) {
+    fn ota_event(&mut self, now: Duration, job: JobId, device_id: DeviceId, kind: OtaEventKind) {
         self.events.push_back(CloudEvent::Ota(OtaEvent {
             at: now,
             job,
@@ -669,13 +680,13 @@ impl Cloud {
         }));
     }
 
-    fn dropped(&mut self, device_id: Option<[u8; 12]>, reason: String) {
+    fn dropped(&mut self, device_id: Option<DeviceId>, reason: String) {
         self.stats.dropped += 1;
         self.events
             .push_back(CloudEvent::Dropped { device_id, reason });
     }
 
-    fn publish_cloud(&mut self, now: Duration, id: [u8; 12], name: &str, data: &str) {
+    fn publish_cloud(&mut self, now: Duration, id: DeviceId, name: &str, data: &str) {
         self.publish(now, id, Publisher::Cloud, name, data, 60, false);
     }
 
@@ -683,7 +694,7 @@ impl Cloud {
     fn publish(
         &mut self,
         now: Duration,
-        id: [u8; 12],
+        id: DeviceId,
         publisher: Publisher,
         name: &str,
         data: &str,

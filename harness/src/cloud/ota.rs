@@ -14,16 +14,17 @@ use super::firmware::{compare, Comparison};
 use super::job::JobKind;
 use super::policy;
 use super::session::Purpose;
+use super::DeviceId;
 use super::{names, Cloud, JobId, JobStatus, OtaEventKind, SenderTiming, Transfer};
 
 impl Cloud {
     /// The job at the front of the device's queue if UpdateStart went out for it.
-    pub(super) fn active_job(&self, id: &[u8; 12]) -> Option<JobId> {
+    pub(super) fn active_job(&self, id: &DeviceId) -> Option<JobId> {
         let job = *self.devices.get(id)?.queue.front()?;
         self.jobs.get(&job)?.status.is_active().then_some(job)
     }
 
-    pub(super) fn start_job(&mut self, now: Duration, id: [u8; 12], job_id: JobId) {
+    pub(super) fn start_job(&mut self, now: Duration, id: DeviceId, job_id: JobId) {
         let flags = self
             .devices
             .get(&id)
@@ -90,7 +91,7 @@ impl Cloud {
     pub(super) fn on_start_response(
         &mut self,
         now: Duration,
-        id: [u8; 12],
+        id: DeviceId,
         job_id: JobId,
         message: &Message,
     ) {
@@ -160,7 +161,7 @@ impl Cloud {
     }
 
     /// Sends what the window allows, or UpdateFinish once everything is held.
-    pub(super) fn advance_transfer(&mut self, now: Duration, id: [u8; 12], job_id: JobId) {
+    pub(super) fn advance_transfer(&mut self, now: Duration, id: DeviceId, job_id: JobId) {
         let Some(transfer) = self.jobs.get_mut(&job_id).and_then(|j| j.transfer.as_mut()) else {
             return;
         };
@@ -178,7 +179,7 @@ impl Cloud {
     pub(super) fn send_chunks(
         &mut self,
         now: Duration,
-        id: [u8; 12],
+        id: DeviceId,
         job_id: JobId,
         indices: &[u32],
     ) {
@@ -247,7 +248,7 @@ impl Cloud {
         }
     }
 
-    pub(super) fn on_update_ack(&mut self, now: Duration, id: [u8; 12], ack: UpdateAck) {
+    pub(super) fn on_update_ack(&mut self, now: Duration, id: DeviceId, ack: UpdateAck) {
         let Some(job_id) = self.active_job(&id) else {
             return; // a late ack after the transfer (the device's delayed ack): nothing to do
         };
@@ -293,7 +294,7 @@ impl Cloud {
         self.advance_transfer(now, id, job_id);
     }
 
-    pub(super) fn send_finish(&mut self, now: Duration, id: [u8; 12], job_id: JobId) {
+    pub(super) fn send_finish(&mut self, now: Duration, id: DeviceId, job_id: JobId) {
         let body = Body::UpdateFinish(UpdateFinish::default());
         let Some(token) = self.send_con(now, id, body, Purpose::UpdateFinish(job_id)) else {
             return;
@@ -345,7 +346,7 @@ impl Cloud {
     pub(super) fn late_finish_response(
         &mut self,
         now: Duration,
-        id: [u8; 12],
+        id: DeviceId,
         message: &Message,
     ) -> bool {
         if message.token.is_empty() {
@@ -452,14 +453,14 @@ impl Cloud {
     }
 
     /// The device's held job, if one is held.
-    pub(super) fn held_job(&self, id: &[u8; 12]) -> Option<JobId> {
+    pub(super) fn held_job(&self, id: &DeviceId) -> Option<JobId> {
         let job = *self.devices.get(id)?.queue.front()?;
         (self.jobs.get(&job)?.status == JobStatus::Held).then_some(job)
     }
 
     /// The device dropped the active transfer: requeued or failed per
     /// [`CloudConfig::interrupted`](super::CloudConfig).
-    pub(super) fn interrupt_active(&mut self, now: Duration, id: [u8; 12], why: &str) {
+    pub(super) fn interrupt_active(&mut self, now: Duration, id: DeviceId, why: &str) {
         match self.config.interrupted {
             super::Interrupted::Retry => self.requeue_active(now, id),
             super::Interrupted::Fail => {
@@ -470,7 +471,7 @@ impl Cloud {
         }
     }
 
-    pub(super) fn requeue_active(&mut self, now: Duration, id: [u8; 12]) {
+    pub(super) fn requeue_active(&mut self, now: Duration, id: DeviceId) {
         let Some(job_id) = self.active_job(&id) else {
             return;
         };
@@ -544,7 +545,7 @@ impl Cloud {
     pub(super) fn check_committed(
         &mut self,
         now: Duration,
-        id: [u8; 12],
+        id: DeviceId,
         describe: &SystemDescribe,
         hello: Option<&Hello>,
         started_at: Duration,
@@ -629,7 +630,7 @@ impl Cloud {
         }
     }
 
-    fn remove_committed(&mut self, id: [u8; 12], job_id: JobId) {
+    fn remove_committed(&mut self, id: DeviceId, job_id: JobId) {
         if let Some(d) = self.devices.get_mut(&id) {
             d.committed.retain(|j| *j != job_id);
         }

@@ -39,7 +39,7 @@ impl Cloud {
     /// it, as Unix time (`last_handshake_at`, `last_heard` of the API); `None` before its first
     /// session. (An accessor for the API, kept here with the other API-facing methods.)
     pub fn device_times(&self, device: DeviceId) -> Option<(Duration, Duration)> {
-        let session = self.devices.get(&device.0)?.session.as_ref()?;
+        let session = self.devices.get(&device)?.session.as_ref()?;
         Some((
             self.unix_time(session.started_at),
             self.unix_time(session.last_heard),

@@ -55,7 +55,7 @@ impl Cloud {
     }
 
     /// Compares the device with its target and acts (rules in [`policy`]).
-    pub(super) fn reconcile(&mut self, now: Duration, id: [u8; 12]) {
+    pub(super) fn reconcile(&mut self, now: Duration, id: DeviceId) {
         // Each pass either acts once and returns, or finishes a target (a job that turns out
         // to be on target) and looks again; bounded by the jobs there are.
         for _ in 0..16 {
@@ -66,7 +66,7 @@ impl Cloud {
     }
 
     /// One decision; `true` if another pass may find more to do.
-    fn reconcile_once(&mut self, now: Duration, id: [u8; 12]) -> bool {
+    fn reconcile_once(&mut self, now: Duration, id: DeviceId) -> bool {
         let Some(d) = self.devices.get(&id) else {
             return false;
         };
@@ -280,7 +280,7 @@ impl Cloud {
     }
 
     /// A job for the device's armed product firmware, at the front of its queue.
-    fn create_product_job(&mut self, now: Duration, id: [u8; 12]) -> Option<JobId> {
+    fn create_product_job(&mut self, now: Duration, id: DeviceId) -> Option<JobId> {
         let armed = self.devices.get(&id)?.armed.clone()?;
         let job = self.create_job(
             now,
@@ -301,7 +301,7 @@ impl Cloud {
     fn create_job(
         &mut self,
         now: Duration,
-        id: [u8; 12],
+        id: DeviceId,
         kind: JobKind,
         file: Arc<Vec<u8>>,
     ) -> JobId {
@@ -315,7 +315,7 @@ impl Cloud {
 
     /// Asks the device for its system describe (GET `d`, reference 1.10); `block` for the
     /// next Block2 block of a large one.
-    fn request_describe(&mut self, now: Duration, id: [u8; 12], block: Option<u32>) {
+    fn request_describe(&mut self, now: Duration, id: DeviceId, block: Option<u32>) {
         let body = Body::DescribeRequest(DescribeRequest {
             flags: DescribeFlags::SYSTEM,
             block2: block.map(|num| protocol::coap::BlockOption {
@@ -332,7 +332,7 @@ impl Cloud {
     }
 
     /// The device's answer to our describe request.
-    pub(super) fn on_describe_response(&mut self, now: Duration, id: [u8; 12], message: &Message) {
+    pub(super) fn on_describe_response(&mut self, now: Duration, id: DeviceId, message: &Message) {
         let response = Response {
             code: message.code,
             options: message.options.clone(),
@@ -388,7 +388,7 @@ impl Cloud {
     ) {
         for device in devices {
             let target = self.fleet.target(*device).firmware().cloned();
-            let Some(d) = self.devices.get_mut(&device.0) else {
+            let Some(d) = self.devices.get_mut(device) else {
                 continue;
             };
             match (delivery, target) {
@@ -396,7 +396,7 @@ impl Cloud {
                 (Delivery::NextHandshake, None) => d.armed = None,
                 (Delivery::NextHandshake, Some(_)) => {}
             }
-            self.service(now, device.0);
+            self.service(now, *device);
         }
     }
 }

@@ -23,15 +23,15 @@ impl Cloud {
         )
     }
 
-    pub(super) fn session_mut(&mut self, id: &[u8; 12]) -> Option<&mut Session> {
+    pub(super) fn session_mut(&mut self, id: &DeviceId) -> Option<&mut Session> {
         self.devices.get_mut(id)?.session.as_mut()
     }
 
-    pub(super) fn endpoint(&mut self, id: &[u8; 12]) -> Option<&mut Endpoint<ChaCha8Rng>> {
+    pub(super) fn endpoint(&mut self, id: &DeviceId) -> Option<&mut Endpoint<ChaCha8Rng>> {
         self.session_mut(id)?.endpoint.as_mut()
     }
 
-    pub(super) fn is_online(&self, id: &[u8; 12]) -> bool {
+    pub(super) fn is_online(&self, id: &DeviceId) -> bool {
         self.devices
             .get(id)
             .and_then(|d| d.session.as_ref())
@@ -39,7 +39,7 @@ impl Cloud {
     }
 
     /// Moves the endpoint's datagrams into DTLS records; returns the message id of the last.
-    pub(super) fn flush_endpoint(&mut self, now: Duration, id: [u8; 12]) -> Option<u16> {
+    pub(super) fn flush_endpoint(&mut self, now: Duration, id: DeviceId) -> Option<u16> {
         let s = self.devices.get_mut(&id).and_then(|d| d.session.as_mut())?;
         let handle = s.handle;
         let endpoint = s.endpoint.as_mut()?;
@@ -60,7 +60,7 @@ impl Cloud {
     pub(super) fn send_request(
         &mut self,
         now: Duration,
-        id: [u8; 12],
+        id: DeviceId,
         message: ParticleMessage,
         purpose: Purpose,
     ) -> Option<RequestHandle> {
@@ -94,7 +94,7 @@ impl Cloud {
     pub(super) fn send_con(
         &mut self,
         now: Duration,
-        id: [u8; 12],
+        id: DeviceId,
         body: Body,
         purpose: Purpose,
     ) -> Option<Vec<u8>> {
@@ -109,7 +109,7 @@ impl Cloud {
         Some(token)
     }
 
-    pub(super) fn accept(&mut self, now: Duration, id: [u8; 12], request: &IncomingRequest) {
+    pub(super) fn accept(&mut self, now: Duration, id: DeviceId, request: &IncomingRequest) {
         let result = match self.endpoint(&id) {
             Some(e) => e.accept(now, request),
             None => return,
@@ -123,7 +123,7 @@ impl Cloud {
     pub(super) fn handle_endpoint_events(
         &mut self,
         now: Duration,
-        id: [u8; 12],
+        id: DeviceId,
         events: Vec<EndpointEvent>,
     ) {
         for event in events {
@@ -157,7 +157,7 @@ impl Cloud {
     pub(super) fn on_request(
         &mut self,
         now: Duration,
-        id: [u8; 12],
+        id: DeviceId,
         request: IncomingRequest,
         message: Message,
     ) {
@@ -184,7 +184,7 @@ impl Cloud {
                     id,
                     format!(
                         "the Hello carries device id {} but the DTLS key is registered for {}",
-                        device_id_hex(&hello.device_id),
+                        device_id_hex(&DeviceId(hello.device_id)),
                         device_id_hex(&id)
                     ),
                 );
@@ -260,7 +260,7 @@ impl Cloud {
     pub(super) fn on_describe(
         &mut self,
         now: Duration,
-        id: [u8; 12],
+        id: DeviceId,
         describe: protocol::message::Describe,
     ) {
         let progress = match self.session_mut(&id) {
@@ -304,7 +304,7 @@ impl Cloud {
     pub(super) fn on_system_describe(
         &mut self,
         now: Duration,
-        id: [u8; 12],
+        id: DeviceId,
         describe: SystemDescribe,
     ) {
         let user_hash = describe
@@ -339,7 +339,7 @@ impl Cloud {
         self.check_committed(now, id, &describe, hello.as_ref(), started_at);
     }
 
-    pub(super) fn on_device_event(&mut self, now: Duration, id: [u8; 12], event: Event) {
+    pub(super) fn on_device_event(&mut self, now: Duration, id: DeviceId, event: Event) {
         if let Some(d) = self.devices.get_mut(&id) {
             match event.name.as_str() {
                 names::UPDATES_ENABLED => d.updates_enabled = Some(parse_flag(&event.data)),
@@ -370,7 +370,7 @@ impl Cloud {
     pub(super) fn on_response(
         &mut self,
         now: Duration,
-        id: [u8; 12],
+        id: DeviceId,
         handle: RequestHandle,
         message: Message,
     ) {
@@ -392,7 +392,7 @@ impl Cloud {
         }
     }
 
-    pub(super) fn on_reset(&mut self, now: Duration, id: [u8; 12], handle: RequestHandle) {
+    pub(super) fn on_reset(&mut self, now: Duration, id: DeviceId, handle: RequestHandle) {
         let purpose = self
             .session_mut(&id)
             .and_then(|s| s.purposes.remove(&handle));
@@ -411,7 +411,7 @@ impl Cloud {
         }
     }
 
-    pub(super) fn on_unmatched(&mut self, now: Duration, id: [u8; 12], message: Message) {
+    pub(super) fn on_unmatched(&mut self, now: Duration, id: DeviceId, message: Message) {
         if message.code == Code::CHANGED && self.late_finish_response(now, id, &message) {
             return;
         }

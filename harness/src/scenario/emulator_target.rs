@@ -257,14 +257,14 @@ impl EmulatorTarget {
         }
         for (at, event) in cloud {
             if let CloudEvent::Stream(e) = event {
-                if !ids.contains(&e.device_id) {
+                if !ids.iter().any(|i| e.device_id == *i) {
                     continue;
                 }
                 let source = match e.publisher {
                     Publisher::Device => EventSource::Device,
                     Publisher::Cloud => EventSource::Cloud,
                 };
-                let device = self.name_of(None, Some(e.device_id));
+                let device = self.name_of(None, Some(e.device_id.0));
                 self.queue.push(
                     TraceEntry::new(
                         at,

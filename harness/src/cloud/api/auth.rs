@@ -185,7 +185,7 @@ mod tests {
             "t.toml",
         )
         .unwrap_err();
-        assert!(e.contains("`xyz`"), "{e}");
+        assert!(e.contains("device id \"xyz\""), "{e}");
         assert!(Tokens::parse("", "t.toml")
             .unwrap_err()
             .contains("no [[token]]"));

@@ -206,7 +206,7 @@ pub fn restore(cloud: &mut Cloud, store: &Store) -> Result<Restored, StoreError>
     }
     let known = cloud.devices();
     for f in saved.flashes {
-        if known.contains(&f.device.0) {
+        if known.contains(&f.device) {
             let job = cloud.flash(Duration::ZERO, f.device.0, f.file);
             restored.flashes.insert(job, f.row);
         } else {
@@ -240,7 +240,7 @@ impl ApiState {
         for (_, event) in events {
             match event {
                 CloudEvent::Stream(s) => {
-                    let device = DeviceId(s.device_id);
+                    let device = s.device_id;
                     let product = cloud.fleet().product_of(device);
                     // A product device's events carry its product's id (reference 3.2), not
                     // what its Hello said.
@@ -736,7 +736,7 @@ async fn list_product_devices(
 async fn list_devices(State(s): State<Arc<ApiState>>, req: Request) -> ApiResult {
     let call = begin(&s, req).await?;
     let devices = s.with_cloud(|cloud, _| {
-        let mut ids: BTreeSet<DeviceId> = cloud.devices().into_iter().map(DeviceId).collect();
+        let mut ids: BTreeSet<DeviceId> = cloud.devices().into_iter().collect();
         for p in cloud.fleet().products() {
             ids.extend(p.devices.keys().copied());
         }
