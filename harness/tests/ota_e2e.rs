@@ -51,6 +51,24 @@ fn product_version(bed: &Testbed, dev: DeviceHandle) -> Option<u16> {
     bed.status(dev).unwrap().versions.product_version
 }
 
+/// What a device provisioned with Device OS 5.8.0 runs (the files built for it depend on it).
+fn on_5800() -> InitialFirmware {
+    InitialFirmware {
+        device_os: DeviceOsVersion(5800),
+        ..InitialFirmware::default()
+    }
+}
+
+/// App v4 built against Device OS 6.2.0, for a device on 5.8.0.
+fn app_needing_6200(board: &Board, seed: u64) -> Vec<u8> {
+    let flash = FirmwareSpec {
+        app: Some(4),
+        built_against: Some(DeviceOsVersion(6200)),
+        ..FirmwareSpec::default()
+    };
+    build_file(board, &flash, &on_5800(), sizes(), seed).unwrap()
+}
+
 fn job_done(bed: &Testbed, job: harness::cloud::JobId) -> bool {
     matches!(
         bed.job(job),
@@ -300,16 +318,7 @@ fn an_app_built_against_a_newer_device_os_boots_into_safe_mode_and_without_heali
         b.status(dev).map(|s| s.connected).unwrap_or(false)
     })
     .unwrap();
-    let current = InitialFirmware {
-        device_os: DeviceOsVersion(5800),
-        ..InitialFirmware::default()
-    };
-    let flash = FirmwareSpec {
-        app: Some(4),
-        built_against: Some(DeviceOsVersion(6200)),
-        ..FirmwareSpec::default()
-    };
-    let file = build_file(&board, &flash, &current, sizes(), 21).unwrap();
+    let file = app_needing_6200(&board, 21);
     let job = bed.flash(dev, file).unwrap();
     bed.run_until("job finished", 10 * MINUTE, |b| job_done(b, job))
         .unwrap_or_else(|e| panic!("{e}\n{}", trace_tail(&bed)));
@@ -390,10 +399,7 @@ fn safe_mode_healing_sends_the_system_part_the_app_needs_until_the_app_runs() {
     spec.sizes = sizes();
     spec.versions.system_part = 5800;
     let dev = bed.add_device(&spec).unwrap();
-    let current = InitialFirmware {
-        device_os: DeviceOsVersion(5800),
-        ..InitialFirmware::default()
-    };
+    let current = on_5800();
     let system = FirmwareSpec {
         device_os: Some(DeviceOsVersion(6200)),
         ..FirmwareSpec::default()
@@ -405,12 +411,7 @@ fn safe_mode_healing_sends_the_system_part_the_app_needs_until_the_app_runs() {
         b.status(dev).map(|s| s.connected).unwrap_or(false)
     })
     .unwrap();
-    let flash = FirmwareSpec {
-        app: Some(4),
-        built_against: Some(DeviceOsVersion(6200)),
-        ..FirmwareSpec::default()
-    };
-    let file = build_file(&board, &flash, &current, sizes(), 22).unwrap();
+    let file = app_needing_6200(&board, 22);
     let job = bed.flash(dev, file).unwrap();
     bed.run_until("job finished", 30 * MINUTE, |b| job_done(b, job))
         .unwrap_or_else(|e| panic!("{e}\n{}", trace_tail(&bed)));

@@ -8,6 +8,7 @@ use p256::ecdsa::VerifyingKey;
 use protocol::dtls::{CloseReason, ConnectionHandle, ServerEvent};
 
 use super::config::{CELLULAR_KEEPALIVE, CELLULAR_PLATFORMS, DEFAULT_KEEPALIVE};
+use super::reconcile::Armed;
 use super::session::Session;
 use super::*;
 
@@ -83,7 +84,7 @@ impl Cloud {
         let cid = self.server.connection_id(handle).map(<[u8]>::to_vec);
         let mut session = Session::new(handle, cid, peer, now);
         session.endpoint = Some(self.new_endpoint());
-        let armed = self.fleet.target(id).firmware().cloned();
+        let armed = self.fleet.target(id).firmware().cloned().map(Armed::new);
         if let Some(d) = self.devices.get_mut(&id) {
             d.session = Some(session);
             d.last_address = Some(peer);

@@ -150,6 +150,8 @@ pub struct TargetFirmware {
     /// Delivered at once (intelligent release), not only at the next handshake.
     pub intelligent: bool,
     pub file: Arc<Vec<u8>>,
+    /// SHA-256 of `file` (computed at upload).
+    pub sha256: [u8; 32],
 }
 
 /// What [`Fleet::target`] says about a device.
@@ -591,6 +593,7 @@ impl Fleet {
                 rule,
                 intelligent: f.intelligent,
                 file: f.file.clone(),
+                sha256: f.sha256,
             })
         };
         if let Some(version) = d.locked {

@@ -219,7 +219,7 @@ struct DeviceRecord {
     committed: Vec<JobId>,
     /// The product firmware the cloud delivers to this device (armed at each full handshake
     /// for a standard release, at once for an intelligent one; [`policy`]).
-    armed: Option<fleet::TargetFirmware>,
+    armed: Option<reconcile::Armed>,
     /// SHA-256 of the files the cloud gave up delivering automatically (product firmware or
     /// Device OS modules that can never be installed): not retried.
     gave_up: Vec<[u8; 32]>,

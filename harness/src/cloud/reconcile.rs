@@ -14,12 +14,30 @@ use protocol::message::{
 };
 use sha2::{Digest, Sha256};
 
-use super::firmware::{compare, expected_modules, Comparison};
+use super::firmware::{compare, expected_modules, Comparison, ExpectedModule};
+use super::fleet::TargetFirmware;
 use super::job::{Job, JobKind};
 use super::policy::{self, Heal, Step};
 use super::products::Delivery;
 use super::session::{Purpose, Session};
 use super::{names, Cloud, DeviceId, DeviceRecord, JobId, JobStatus, OtaEventKind};
+
+/// The product firmware the cloud delivers to a device, with what the comparison with its
+/// describe needs worked out once (not at every look).
+#[derive(Debug, Clone)]
+pub(super) struct Armed {
+    pub firmware: TargetFirmware,
+    pub expected: Option<Vec<ExpectedModule>>,
+}
+
+impl Armed {
+    pub fn new(firmware: TargetFirmware) -> Armed {
+        Armed {
+            expected: expected_modules(&firmware.file),
+            firmware,
+        }
+    }
+}
 
 /// What the device should run, as far as a job or the armed target says.
 enum Target {
@@ -128,7 +146,10 @@ impl Cloud {
         // gives way.
         if let Some(job) = front {
             if let Some(JobKind::Product { version, .. }) = self.jobs.get(&job).map(|j| &j.kind) {
-                let still = d.armed.as_ref().is_some_and(|a| a.version == *version);
+                let still = d
+                    .armed
+                    .as_ref()
+                    .is_some_and(|a| a.firmware.version == *version);
                 if !still {
                     self.fail_job(
                         now,
@@ -141,15 +162,12 @@ impl Cloud {
                 }
             }
         }
-        let target = match (front, waiting_heal) {
-            (Some(job), _) => Some(Target::Job(job)),
-            (None, Some(job)) => Some(Target::Job(job)),
-            (None, None) => d
-                .armed
+        let target = front.or(waiting_heal).map(Target::Job).or_else(|| {
+            d.armed
                 .as_ref()
-                .filter(|a| !d.gave_up.contains(&sha256(&a.file)))
-                .map(|_| Target::Armed),
-        };
+                .filter(|a| !d.gave_up.contains(&a.firmware.sha256))
+                .map(|_| Target::Armed)
+        });
         let (comparison, attempts, last_reason) = match &target {
             Some(Target::Job(job)) => {
                 let Some(job) = self.jobs.get(job) else {
@@ -163,16 +181,14 @@ impl Cloud {
                 (Some(cmp), job.attempts, job.last_reason.clone())
             }
             Some(Target::Armed) => {
-                let file = d.armed.as_ref().map(|a| a.file.clone()).unwrap_or_default();
-                let cmp = expected_modules(&file)
-                    .map(|e| compare(&e, hello.as_ref(), &describe))
-                    .unwrap_or_else(|| Comparison::Differs("not a module file".into()));
+                let cmp = match d.armed.as_ref().and_then(|a| a.expected.as_ref()) {
+                    Some(e) => compare(e, hello.as_ref(), &describe),
+                    None => Comparison::Differs("not a module file".into()),
+                };
                 (Some(cmp), 0, None)
             }
             None => (None, 0, None),
         };
-        // A committed job that is not waiting for healing is not sent again: its verdict
-        // comes with the describe after the device's reset.
         let heal = policy::heal(&describe, platform, &self.library);
         let heal = match heal {
             Heal::Send(m) if d.gave_up.contains(&sha256(&m.file)) => {
@@ -281,7 +297,7 @@ impl Cloud {
 
     /// A job for the device's armed product firmware, at the front of its queue.
     fn create_product_job(&mut self, now: Duration, id: DeviceId) -> Option<JobId> {
-        let armed = self.devices.get(&id)?.armed.clone()?;
+        let armed = self.devices.get(&id)?.armed.clone()?.firmware;
         let job = self.create_job(
             now,
             id,
@@ -387,7 +403,12 @@ impl Cloud {
         delivery: Delivery,
     ) {
         for device in devices {
-            let target = self.fleet.target(*device).firmware().cloned();
+            let target = self
+                .fleet
+                .target(*device)
+                .firmware()
+                .cloned()
+                .map(Armed::new);
             let Some(d) = self.devices.get_mut(device) else {
                 continue;
             };
