@@ -279,7 +279,34 @@ pub enum Step {
     Expect(Vec<Expectation>),
     /// Cut power at every flash operation of a phase: expands into one case per cut point.
     Sweep(Sweep),
+    /// Inner steps run again and again: a number of times, or until a condition holds
+    /// (checked before each iteration, at most `max` iterations).
+    Repeat(Repeat),
 }
+
+/// `do = "repeat"`: a bounded loop over inner steps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Repeat {
+    pub count: RepeatCount,
+    /// The inner steps (never a sweep or another repeat).
+    pub steps: Vec<StepAt>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RepeatCount {
+    /// Exactly this many iterations.
+    Times(u32),
+    /// Until every expectation holds, checked before each iteration; the step fails if it
+    /// still does not hold after `max` iterations.
+    Until {
+        condition: Vec<Expectation>,
+        max: u32,
+    },
+}
+
+/// The most iterations a `repeat` may ask for (a loop is bounded, and a typo like
+/// `times = 1000000` is a mistake, not a plan).
+pub const MAX_REPEAT: u32 = 10_000;
 
 impl Step {
     /// The step kind as written after `do =`.
@@ -289,6 +316,7 @@ impl Step {
             Step::Wait(w) => w.kind(),
             Step::Expect(_) => "expect",
             Step::Sweep(_) => "sweep",
+            Step::Repeat(_) => "repeat",
         }
     }
 
@@ -304,6 +332,17 @@ impl Step {
                 Capability::PowerCutAtFlashOp,
                 Capability::VirtualTime,
             ],
+            // A loop that cannot check its condition or run one of its steps cannot run.
+            Step::Repeat(r) => {
+                let mut caps: Vec<Capability> =
+                    r.steps.iter().flat_map(|s| s.step.capabilities()).collect();
+                if let RepeatCount::Until { condition, .. } = &r.count {
+                    caps.extend(condition.iter().flat_map(|e| e.capabilities()));
+                }
+                caps.sort();
+                caps.dedup();
+                caps
+            }
         }
     }
 }
@@ -1156,6 +1195,19 @@ impl fmt::Display for Step {
                     modes.join(","),
                     format_duration(s.off_for)
                 )
+            }
+            Step::Repeat(r) => {
+                match &r.count {
+                    RepeatCount::Times(n) => write!(f, "repeat times={n}")?,
+                    RepeatCount::Until { condition, max } => {
+                        f.write_str("repeat until")?;
+                        for (i, e) in condition.iter().enumerate() {
+                            write!(f, "{}{e}", if i == 0 { " " } else { "; " })?;
+                        }
+                        write!(f, " max={max}")?;
+                    }
+                }
+                write!(f, " ({} steps)", r.steps.len())
             }
         }
     }

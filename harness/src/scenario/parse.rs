@@ -92,6 +92,13 @@ fn read(text: &str, file: &Path, in_file_order: bool) -> Result<Scenario, Vec<Sc
         let (line, column) = node::line_col(text, step.line);
         step.line = line;
         step.column = column;
+        if let Step::Repeat(r) = &mut step.step {
+            for inner in &mut r.steps {
+                let (line, column) = node::line_col(text, inner.line);
+                inner.line = line;
+                inner.column = column;
+            }
+        }
     }
     Ok(scenario)
 }
@@ -113,7 +120,7 @@ impl Problems {
 }
 
 /// Every step kind, in the order error messages list them.
-pub const STEP_KINDS: [&str; 29] = [
+pub const STEP_KINDS: [&str; 30] = [
     "cloud.flash",
     "cloud.force_updates",
     "cloud.upload",
@@ -143,6 +150,7 @@ pub const STEP_KINDS: [&str; 29] = [
     "wait.time",
     "expect",
     "sweep",
+    "repeat",
 ];
 
 fn read_scenario(doc: &Node, text: &str, file: &Path) -> Result<Scenario, Vec<SpanError>> {
@@ -183,16 +191,25 @@ fn read_scenario(doc: &Node, text: &str, file: &Path) -> Result<Scenario, Vec<Sp
         |c| c.devices.iter().map(|d| d.name.clone()).collect(),
     );
     for step in &steps {
-        if let Some(device) = &step.device {
-            if !declared.contains(device) {
-                p.0.push(SpanError::new(
-                    step.line..step.line + 1,
-                    format!(
-                        "step {} names device `{device}`, which no [[cloud.device]] declares; declared: {}",
-                        step.index,
-                        declared.join(", ")
-                    ),
-                ));
+        let inner = match &step.step {
+            Step::Repeat(r) => r
+                .steps
+                .iter()
+                .map(|i| (format!("{}.{}", step.index, i.index), i))
+                .collect(),
+            _ => Vec::new(),
+        };
+        for (label, s) in std::iter::once((step.index.to_string(), step)).chain(inner) {
+            if let Some(device) = &s.device {
+                if !declared.contains(device) {
+                    p.0.push(SpanError::new(
+                        s.line..s.line + 1,
+                        format!(
+                            "step {label} names device `{device}`, which no [[cloud.device]] declares; declared: {}",
+                            declared.join(", ")
+                        ),
+                    ));
+                }
             }
         }
     }
@@ -494,7 +511,7 @@ fn read_steps(n: &Node) -> Result<Vec<StepAt>, Vec<SpanError>> {
             },
             _ => None,
         };
-        let step = match read_step(item, index) {
+        let step = match read_step(item, &index.to_string()) {
             Ok(step) => step,
             Err(e) => {
                 problems.push(e);
@@ -550,11 +567,12 @@ fn step_form(kind: &str) -> &'static str {
         "wait.ota" => "{ do = \"wait.ota\", min_percent = 40, timeout = \"5m\" } or { do = \"wait.ota\", received = \"8KiB\" }",
         "wait.time" => "{ do = \"wait.time\", duration = \"30s\" }",
         "sweep" => "{ do = \"sweep\", phase = \"apply\", modes = [\"before\", \"torn\", \"after\"] }",
+        "repeat" => "{ do = \"repeat\", times = 3, steps = [{ do = \"app.wake\" }, { do = \"wait.time\", duration = \"10s\" }] } or with until = { running = { app = 5 } } and max = 20 instead of times",
         _ => "a step table with `do` and the step's fields",
     }
 }
 
-fn read_step(n: &Node, index: usize) -> Result<Step, SpanError> {
+fn read_step(n: &Node, index: &str) -> Result<Step, SpanError> {
     let mut f = Fields::new(n, format!("step {index}"))?;
     let kind_node = f.required(
         "do",
@@ -739,6 +757,7 @@ fn read_step(n: &Node, index: usize) -> Result<Step, SpanError> {
                 .optional("off_for", read_duration)?
                 .unwrap_or(Duration::from_secs(1)),
         }),
+        "repeat" => Step::Repeat(read_repeat(&mut f, index, form)?),
         // Listed in STEP_KINDS and handled above.
         _ => {
             return Err(SpanError::new(
@@ -749,6 +768,65 @@ fn read_step(n: &Node, index: usize) -> Result<Step, SpanError> {
     };
     f.finish()?;
     Ok(step)
+}
+
+/// `do = "repeat"`: `times = N`, or `until = { expectations }` with `max = N`, and `steps`.
+fn read_repeat(f: &mut Fields, index: &str, form: &str) -> Result<Repeat, SpanError> {
+    let bound = |n: &Node| node::as_int(n, 1, i64::from(MAX_REPEAT)).map(|v| v as u32);
+    let times = f.optional("times", bound)?;
+    let until = f.optional("until", |n| read_expectations(n, "until"))?;
+    let max = f.optional("max", bound)?;
+    let count = match (times, until, max) {
+        (Some(n), None, None) => RepeatCount::Times(n),
+        (None, Some(condition), Some(max)) => RepeatCount::Until { condition, max },
+        (None, Some(_), None) => {
+            return Err(SpanError::new(
+                f.key_span("until").unwrap_or_else(|| f.span()),
+                format!("step {index} (repeat): `until` needs `max` (at most {MAX_REPEAT} iterations): a loop is always bounded"),
+            ))
+        }
+        _ => {
+            return Err(SpanError::new(
+                f.span(),
+                format!("step {index} (repeat): give either times = N, or until = {{ ... }} with max = N, e.g. {form}"),
+            ))
+        }
+    };
+    let list = f.required("steps", form, node::as_array)?;
+    if list.is_empty() {
+        return Err(SpanError::new(
+            f.key_span("steps").unwrap_or_else(|| f.span()),
+            format!("step {index} (repeat): `steps` is empty"),
+        ));
+    }
+    let mut steps = Vec::with_capacity(list.len());
+    for (j, item) in list.iter().enumerate() {
+        let label = format!("{index}.{}", j + 1);
+        let step = read_step(item, &label)?;
+        if matches!(step, Step::Sweep(_) | Step::Repeat(_)) {
+            return Err(SpanError::new(
+                item.span.clone(),
+                format!("step {label}: a {} cannot be inside a repeat", step.kind()),
+            ));
+        }
+        let device = match &item.value {
+            Value::Table(entries) => entries
+                .iter()
+                .find(|(k, _)| k.name == "device")
+                .map(|(_, v)| node::as_string(v))
+                .transpose()?,
+            _ => None,
+        };
+        steps.push(StepAt {
+            index: j + 1,
+            // Byte offset for now; `parse` turns it into line and column.
+            line: item.span.start,
+            column: 0,
+            step,
+            device,
+        });
+    }
+    Ok(Repeat { count, steps })
 }
 
 fn read_modes(n: &Node) -> Result<Vec<CutMode>, SpanError> {

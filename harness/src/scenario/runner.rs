@@ -530,69 +530,24 @@ fn drive(run: &mut CaseRun, target: &mut dyn Target, plan: &CasePlan) -> Option<
         .first()
         .map_or("dut", |d| d.name.as_str());
 
+    let ctx = StepContext {
+        caps: &caps,
+        several,
+        first_device,
+    };
     for planned in &plan.steps {
         let text = planned.step.to_string();
-        let here = Some((planned.index, planned.at));
-        let stop = |message: String| {
-            Some(Stop {
-                step: here,
-                step_text: text.clone(),
-                message,
-            })
-        };
-        if let Some(why) = run.tainted.clone() {
-            run.skip(target.now(), Some(planned.index), text.clone(), why);
-            continue;
-        }
-        let lacking = target::missing(&planned.step.capabilities(), &caps);
-        if !lacking.is_empty() {
-            let reason = lacks(target.name(), &lacking);
-            run.skip(
-                target.now(),
-                Some(planned.index),
-                text.clone(),
-                reason.clone(),
-            );
-            run.tainted = Some(format!("after skipped step {}: {reason}", planned.index));
-            continue;
-        }
-        run.explicit_device = planned.device.clone();
-        if several {
-            let name = planned.device.as_deref().unwrap_or(first_device);
-            if let Err(e) = target.select_device(name) {
-                return stop(format!("selecting device {name} failed: {e}"));
-            }
-        }
-        run.trace.push_entry(
-            TraceEntry::new(
-                target.now(),
-                TraceKind::Step {
-                    index: planned.index,
-                    text: text.clone(),
-                },
-            )
-            .on(planned.device.as_deref()),
-        );
-        match &planned.step {
-            Step::Action(action) => {
-                let result = target.apply(action);
-                run.collect(target);
-                if let Err(e) = result {
-                    return stop(format!("{} failed: {e}", action.kind()));
-                }
-            }
-            Step::Wait(wait) => {
-                if let Err(message) = wait_for(run, target, wait) {
-                    return stop(message);
-                }
-            }
-            Step::Expect(list) => {
-                if let Some(message) = check_all(run, target, Some(planned.index), list, &caps) {
-                    return stop(message);
-                }
-            }
-            // Planned cases never hold a sweep step (see `planned`).
-            Step::Sweep(_) => return stop("a sweep step was not expanded".into()),
+        if let Err(stop) = exec_step(
+            run,
+            target,
+            &ctx,
+            planned.index,
+            planned.at,
+            &planned.step,
+            planned.device.as_deref(),
+            text,
+        ) {
+            return Some(stop);
         }
     }
 
@@ -621,6 +576,180 @@ fn drive(run: &mut CaseRun, target: &mut dyn Target, plan: &CasePlan) -> Option<
         }
     }
     None
+}
+
+/// What every step of a case shares.
+struct StepContext<'c> {
+    caps: &'c BTreeSet<Capability>,
+    several: bool,
+    first_device: &'c str,
+}
+
+/// Runs one step (`text` is how the trace shows it). A repeat runs its inner steps here.
+#[allow(clippy::too_many_arguments)]
+fn exec_step(
+    run: &mut CaseRun,
+    target: &mut dyn Target,
+    ctx: &StepContext,
+    index: usize,
+    at: (usize, usize),
+    step: &Step,
+    device: Option<&str>,
+    text: String,
+) -> Result<(), Stop> {
+    let stop = |message: String| Stop {
+        step: Some((index, at)),
+        step_text: text.clone(),
+        message,
+    };
+    if let Some(why) = run.tainted.clone() {
+        run.skip(target.now(), Some(index), text.clone(), why);
+        return Ok(());
+    }
+    let lacking = target::missing(&step.capabilities(), ctx.caps);
+    if !lacking.is_empty() {
+        let reason = lacks(target.name(), &lacking);
+        run.skip(target.now(), Some(index), text.clone(), reason.clone());
+        run.tainted = Some(format!("after skipped step {index}: {reason}"));
+        return Ok(());
+    }
+    run.explicit_device = device.map(str::to_string);
+    if ctx.several {
+        let name = device.unwrap_or(ctx.first_device);
+        if let Err(e) = target.select_device(name) {
+            return Err(stop(format!("selecting device {name} failed: {e}")));
+        }
+    }
+    run.trace.push_entry(
+        TraceEntry::new(
+            target.now(),
+            TraceKind::Step {
+                index,
+                text: text.clone(),
+            },
+        )
+        .on(device),
+    );
+    match step {
+        Step::Action(action) => {
+            let result = target.apply(action);
+            run.collect(target);
+            if let Err(e) = result {
+                return Err(stop(format!("{} failed: {e}", action.kind())));
+            }
+        }
+        Step::Wait(wait) => wait_for(run, target, wait).map_err(stop)?,
+        Step::Expect(list) => {
+            if let Some(message) = check_all(run, target, Some(index), list, ctx.caps) {
+                return Err(stop(message));
+            }
+        }
+        Step::Repeat(r) => repeat(run, target, ctx, index, r, device).map_err(|mut s| {
+            // The failing inner step is named by the repeat's position and its own text.
+            if s.step.is_none() {
+                s.step = Some((index, at));
+            }
+            s
+        })?,
+        // Planned cases never hold a sweep step (see `planned`).
+        Step::Sweep(_) => return Err(stop("a sweep step was not expanded".into())),
+    }
+    Ok(())
+}
+
+/// Runs a `repeat`: `times` iterations, or until its condition holds (checked before each
+/// iteration; a failure once `max` iterations ran and it still does not). The trace gets a
+/// note per iteration and one at the end with the count.
+fn repeat(
+    run: &mut CaseRun,
+    target: &mut dyn Target,
+    ctx: &StepContext,
+    index: usize,
+    r: &Repeat,
+    device: Option<&str>,
+) -> Result<(), Stop> {
+    let limit = match &r.count {
+        RepeatCount::Times(n) => *n,
+        RepeatCount::Until { max, .. } => *max,
+    };
+    let mut done = 0u32;
+    loop {
+        if let RepeatCount::Until { condition, max } = &r.count {
+            run.explicit_device = device.map(str::to_string);
+            if ctx.several {
+                // The condition is about the repeat's device, whatever the inner steps chose.
+                let name = device.unwrap_or(ctx.first_device);
+                if let Err(e) = target.select_device(name) {
+                    return Err(Stop {
+                        step: None,
+                        step_text: format!("step {index} (repeat)"),
+                        message: format!("selecting device {name} failed: {e}"),
+                    });
+                }
+            }
+            let mut unmet = None;
+            for e in condition {
+                let verdict = check(run, target, e);
+                run.collect(target);
+                if let Err(why) = verdict {
+                    unmet = Some(format!("{e}: {why}"));
+                    break;
+                }
+            }
+            let Some(unmet) = unmet else {
+                run.trace.push(
+                    target.now(),
+                    TraceKind::Note {
+                        text: format!(
+                            "repeat (step {index}): condition met after {done} iterations"
+                        ),
+                    },
+                );
+                return Ok(());
+            };
+            if done == *max {
+                return Err(Stop {
+                    step: None,
+                    step_text: format!("step {index} (repeat)"),
+                    message: format!(
+                        "repeat: the condition still does not hold after {max} iterations ({unmet})"
+                    ),
+                });
+            }
+        } else if done == limit {
+            run.trace.push(
+                target.now(),
+                TraceKind::Note {
+                    text: format!("repeat (step {index}): {done} iterations done"),
+                },
+            );
+            return Ok(());
+        }
+        done += 1;
+        run.trace.push(
+            target.now(),
+            TraceKind::Note {
+                text: format!("repeat (step {index}): iteration {done} of at most {limit}"),
+            },
+        );
+        for inner in &r.steps {
+            let text = format!("{index}.{} (iteration {done}): {}", inner.index, inner.step);
+            let dev = inner.device.as_deref().or(device);
+            exec_step(
+                run,
+                target,
+                ctx,
+                index,
+                (inner.line, inner.column),
+                &inner.step,
+                dev,
+                text,
+            )?;
+        }
+        if run.tainted.is_some() {
+            return Ok(());
+        }
+    }
 }
 
 /// Checks each expectation (skipping those the target cannot observe). Returns the failures
