@@ -461,6 +461,7 @@ fn wait_ota_takes_a_percentage_or_a_size() {
         Step::Wait(Wait::Ota {
             progress: OtaProgress::Percent(40),
             timeout: Duration::from_secs(600),
+            transfer: harness::scenario::WhichTransfer::Current,
         })
     );
     assert_eq!(
@@ -468,6 +469,7 @@ fn wait_ota_takes_a_percentage_or_a_size() {
         Step::Wait(Wait::Ota {
             progress: OtaProgress::Bytes(8192),
             timeout: Duration::from_secs(120),
+            transfer: harness::scenario::WhichTransfer::Current,
         })
     );
     assert_eq!(

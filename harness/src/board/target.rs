@@ -696,6 +696,7 @@ impl Target for BoardTarget {
                 flags: None,
                 ota: None,
                 last_reset: self.last_reset.clone(),
+                boots: None,
             });
         }
         let limit = if self.sleeping {
@@ -715,6 +716,7 @@ impl Target for BoardTarget {
                     flags: None,
                     ota: None,
                     last_reset: self.last_reset.clone(),
+                    boots: None,
                 });
             }
             Err(e) => return Err(e),
@@ -740,6 +742,7 @@ impl Target for BoardTarget {
             }),
             ota: None,
             last_reset: Some(reset_reason::name(s.reset_reason)),
+            boots: None,
         })
     }
 

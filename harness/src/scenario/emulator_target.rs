@@ -104,6 +104,9 @@ struct Dut {
     /// The phase of the last logged op, and whether its run is still open.
     open_run: Option<Phase>,
     last_ota: Option<OtaStatus>,
+    /// Transfers begun and boots completed since set-up (waits for the next one).
+    transfers: u32,
+    boots: u32,
 }
 
 pub struct EmulatorTarget {
@@ -308,12 +311,14 @@ impl EmulatorTarget {
                             "started".into()
                         },
                     ));
+                    self.d.transfers += 1;
                     self.d.last_ota = Some(OtaStatus {
                         state: OtaState::InProgress,
                         received: *resume_offset as u64,
                         total: *file_size as u64,
                         resumed_from: (*resume_offset > 0).then_some(*resume_offset as u64),
                         error: None,
+                        started: self.d.transfers,
                     });
                 }
                 DeviceEvent::OtaProgress {
@@ -368,7 +373,12 @@ impl EmulatorTarget {
                     applied,
                     factory_restored,
                     ..
-                } if !applied.is_empty() || *factory_restored => first_boots += 1,
+                } => {
+                    self.d.boots += 1;
+                    if !applied.is_empty() || *factory_restored {
+                        first_boots += 1;
+                    }
+                }
                 _ => {}
             }
         }
@@ -999,8 +1009,10 @@ impl Target for EmulatorTarget {
                 total: 0,
                 resumed_from: None,
                 error: None,
+                started: 0,
             })),
             last_reset,
+            boots: Some(self.d.boots),
         })
     }
 

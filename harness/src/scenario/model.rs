@@ -609,27 +609,75 @@ pub enum LinkAction {
     Partition { duration: Duration },
 }
 
-/// Waiting, in the target's time.
+/// Waiting, in the target's time. No wait is satisfied by what happened before it unless it
+/// says so (`wait.event from = "start"`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Wait {
-    /// Until an event not matched by an earlier wait appears in the event stream.
+    /// Until a matching event appears in the event stream, searched from `from`.
     Event {
         event: EventPattern,
         timeout: Duration,
+        from: EventsFrom,
     },
-    /// Until the device is in a state.
+    /// Until the device is in a state (in the boot `boot` names, running `running` when given).
     State {
         state: DeviceState,
         timeout: Duration,
+        boot: WhichBoot,
+        running: Option<RunningExpect>,
     },
-    /// Until the running transfer has received at least this much of its file (counting a
-    /// resumed prefix).
+    /// Until a transfer has received at least this much of its file (counting a resumed
+    /// prefix): the one running when the step starts or a later one (`current`), or only one
+    /// that begins after the step starts (`next`). Never a transfer that ended before.
     Ota {
         progress: OtaProgress,
         timeout: Duration,
+        transfer: WhichTransfer,
     },
     /// For a duration.
     Time(Duration),
+}
+
+/// Where `wait.event` looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EventsFrom {
+    /// After the last event an earlier `wait.event` (with the same device filter) matched; the
+    /// match moves that cursor past it.
+    #[default]
+    Cursor,
+    /// Only events published after this step starts; moves the cursor past the match.
+    Step,
+    /// Any event since the case began, matched before or not; the cursor does not move.
+    Start,
+}
+
+impl EventsFrom {
+    pub const WORDS: [(&'static str, EventsFrom); 3] = [
+        ("cursor", EventsFrom::Cursor),
+        ("step", EventsFrom::Step),
+        ("start", EventsFrom::Start),
+    ];
+}
+
+/// Which boot `wait.state` is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhichBoot {
+    /// The device's state now or later, whatever booted it.
+    #[default]
+    Any,
+    /// A boot that completes after the step starts (the state before the update's reset does
+    /// not count).
+    Next,
+}
+
+/// Which transfer `wait.ota` is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhichTransfer {
+    /// The transfer running when the step starts, or one that begins later.
+    #[default]
+    Current,
+    /// Only a transfer that begins after the step starts.
+    Next,
 }
 
 /// How far a transfer has come.
@@ -676,7 +724,13 @@ impl Wait {
     pub fn capabilities(&self) -> Vec<Capability> {
         match self {
             Wait::Event { .. } => vec![Capability::ObserveEvents],
-            Wait::State { state, .. } => vec![state.capability()],
+            Wait::State { state, running, .. } => {
+                let mut caps = vec![state.capability()];
+                if running.is_some() {
+                    caps.push(Capability::ObserveVersions);
+                }
+                caps
+            }
             Wait::Ota { .. } => vec![Capability::ObserveOta],
             Wait::Time(_) => Vec::new(),
         }
@@ -1102,24 +1156,45 @@ impl fmt::Display for Action {
 impl fmt::Display for Wait {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Wait::Event { event, timeout } => {
-                write!(
-                    f,
-                    "wait.event {event} timeout={}",
-                    format_duration(*timeout)
-                )
+            Wait::Event {
+                event,
+                timeout,
+                from,
+            } => {
+                write!(f, "wait.event {event}")?;
+                match from {
+                    EventsFrom::Cursor => {}
+                    EventsFrom::Step => f.write_str(" from=step")?,
+                    EventsFrom::Start => f.write_str(" from=start")?,
+                }
+                write!(f, " timeout={}", format_duration(*timeout))
             }
-            Wait::State { state, timeout } => write!(
-                f,
-                "wait.state {} timeout={}",
-                state.as_str(),
-                format_duration(*timeout)
-            ),
-            Wait::Ota { progress, timeout } => write!(
-                f,
-                "wait.ota {progress} timeout={}",
-                format_duration(*timeout)
-            ),
+            Wait::State {
+                state,
+                timeout,
+                boot,
+                running,
+            } => {
+                write!(f, "wait.state {}", state.as_str())?;
+                if *boot == WhichBoot::Next {
+                    f.write_str(" boot=next")?;
+                }
+                if let Some(r) = running {
+                    write!(f, " {}", Expectation::Running(*r))?;
+                }
+                write!(f, " timeout={}", format_duration(*timeout))
+            }
+            Wait::Ota {
+                progress,
+                timeout,
+                transfer,
+            } => {
+                write!(f, "wait.ota {progress}")?;
+                if *transfer == WhichTransfer::Next {
+                    f.write_str(" transfer=next")?;
+                }
+                write!(f, " timeout={}", format_duration(*timeout))
+            }
             Wait::Time(d) => write!(f, "wait.time {}", format_duration(*d)),
         }
     }

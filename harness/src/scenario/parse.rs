@@ -560,11 +560,11 @@ fn step_form(kind: &str) -> &'static str {
         "link.faults" => "{ do = \"link.faults\", loss = 0.2, duplicate = 0.0, reorder = 0.1, latency = \"300ms\", jitter = \"50ms\", bandwidth = \"2 KiB/s\" }",
         "link.drop" => "{ do = \"link.drop\", next = 5 }",
         "link.partition" => "{ do = \"link.partition\", duration = \"45s\" }",
-        "wait.event" => "{ do = \"wait.event\", name = \"spark/flash/status\", data = \"success\", timeout = \"5m\" }",
-        "wait.state" => "{ do = \"wait.state\", state = \"online\", timeout = \"5m\" }",
+        "wait.event" => "{ do = \"wait.event\", name = \"spark/flash/status\", data = \"success\", timeout = \"5m\" } (also from = \"cursor\"|\"step\"|\"start\")",
+        "wait.state" => "{ do = \"wait.state\", state = \"online\", timeout = \"5m\" } (also boot = \"next\", running = { app = 4 })",
         "app.connect" => "{ do = \"app.connect\" }",
         "app.disconnect" => "{ do = \"app.disconnect\" }",
-        "wait.ota" => "{ do = \"wait.ota\", min_percent = 40, timeout = \"5m\" } or { do = \"wait.ota\", received = \"8KiB\" }",
+        "wait.ota" => "{ do = \"wait.ota\", min_percent = 40, timeout = \"5m\" } or { do = \"wait.ota\", received = \"8KiB\" } (also transfer = \"current\"|\"next\")",
         "wait.time" => "{ do = \"wait.time\", duration = \"30s\" }",
         "sweep" => "{ do = \"sweep\", phase = \"apply\", modes = [\"before\", \"torn\", \"after\"] }",
         "repeat" => "{ do = \"repeat\", times = 3, steps = [{ do = \"app.wake\" }, { do = \"wait.time\", duration = \"10s\" }] } or with until = { running = { app = 5 } } and max = 20 instead of times",
@@ -707,6 +707,9 @@ fn read_step(n: &Node, index: &str) -> Result<Step, SpanError> {
                 timeout: f
                     .optional("timeout", read_duration)?
                     .unwrap_or(DEFAULT_TIMEOUT),
+                from: f
+                    .optional("from", |n| node::as_word(n, &EventsFrom::WORDS))?
+                    .unwrap_or_default(),
             })
         }
         "wait.state" => Step::Wait(Wait::State {
@@ -714,6 +717,12 @@ fn read_step(n: &Node, index: &str) -> Result<Step, SpanError> {
             timeout: f
                 .optional("timeout", read_duration)?
                 .unwrap_or(DEFAULT_TIMEOUT),
+            boot: f
+                .optional("boot", |n| {
+                    node::as_word(n, &[("any", WhichBoot::Any), ("next", WhichBoot::Next)])
+                })?
+                .unwrap_or_default(),
+            running: f.optional("running", read_running)?,
         }),
         "wait.ota" => {
             let percent = f.optional("min_percent", |n| {
@@ -733,7 +742,22 @@ fn read_step(n: &Node, index: &str) -> Result<Step, SpanError> {
                     ));
                 }
             };
-            Step::Wait(Wait::Ota { progress, timeout })
+            let transfer = f
+                .optional("transfer", |n| {
+                    node::as_word(
+                        n,
+                        &[
+                            ("current", WhichTransfer::Current),
+                            ("next", WhichTransfer::Next),
+                        ],
+                    )
+                })?
+                .unwrap_or_default();
+            Step::Wait(Wait::Ota {
+                progress,
+                timeout,
+                transfer,
+            })
         }
         "wait.time" => Step::Wait(Wait::Time(f.required("duration", form, read_duration)?)),
         "expect" => {
@@ -1030,24 +1054,29 @@ fn read_expectations(n: &Node, what: &str) -> Result<Vec<Expectation>, SpanError
     Ok(list)
 }
 
+/// `running = { device_os = "6.2.0", app = 4, bootloader = 3100 }` (at least one).
+fn read_running(n: &Node) -> Result<RunningExpect, SpanError> {
+    let mut t = Fields::new(n, "running")?;
+    let r = RunningExpect {
+        device_os: t.optional("device_os", read_device_os)?,
+        app: t.optional("app", node::as_u16)?,
+        bootloader: t.optional("bootloader", node::as_u16)?,
+    };
+    if r == RunningExpect::default() {
+        return Err(SpanError::new(
+            n.span.clone(),
+            "running: expected at least one of device_os, app, bootloader",
+        ));
+    }
+    t.finish()?;
+    Ok(r)
+}
+
 /// Reads every expectation key present in `f` (in the order listed here).
 fn read_expectation_fields(f: &mut Fields) -> Result<Vec<Expectation>, SpanError> {
     let mut out = Vec::new();
     if let Some(n) = f.get("running") {
-        let mut t = Fields::new(n, "running")?;
-        let r = RunningExpect {
-            device_os: t.optional("device_os", read_device_os)?,
-            app: t.optional("app", node::as_u16)?,
-            bootloader: t.optional("bootloader", node::as_u16)?,
-        };
-        if r == RunningExpect::default() {
-            return Err(SpanError::new(
-                n.span.clone(),
-                "running: expected at least one of device_os, app, bootloader",
-            ));
-        }
-        t.finish()?;
-        out.push(Expectation::Running(r));
+        out.push(Expectation::Running(read_running(n)?));
     }
     if let Some(n) = f.get("safe_mode") {
         out.push(Expectation::SafeMode(node::as_bool(n)?));

@@ -1001,40 +1001,119 @@ fn check(run: &CaseRun, target: &mut dyn Target, e: &Expectation) -> Result<(), 
 fn wait_for(run: &mut CaseRun, target: &mut dyn Target, wait: &Wait) -> Result<(), String> {
     let start = target.now();
     let (deadline, what) = match wait {
-        Wait::Event { timeout, event } => (start + *timeout, format!("event {event}")),
-        Wait::State { timeout, state } => (start + *timeout, format!("state {}", state.as_str())),
-        Wait::Ota { timeout, progress } => (start + *timeout, format!("OTA progress {progress}")),
+        Wait::Event { timeout, event, .. } => (start + *timeout, format!("event {event}")),
+        Wait::State {
+            timeout,
+            state,
+            boot,
+            running,
+        } => {
+            let mut what = format!("state {}", state.as_str());
+            if let Some(r) = running {
+                what.push_str(&format!(" with {}", Expectation::Running(*r)));
+            }
+            if *boot == WhichBoot::Next {
+                what.push_str(" after a new boot");
+            }
+            (start + *timeout, what)
+        }
+        Wait::Ota {
+            timeout,
+            progress,
+            transfer,
+        } => {
+            let which = match transfer {
+                WhichTransfer::Current => "",
+                WhichTransfer::Next => " of a new transfer",
+            };
+            (start + *timeout, format!("OTA progress {progress}{which}"))
+        }
         Wait::Time(d) => (start + *d, String::new()),
     };
+    run.collect(target);
+    // What the wait starts from: it is never satisfied by what ended before it.
+    let observe = |target: &mut dyn Target| {
+        target
+            .observe()
+            .map_err(|e| format!("observing the device failed: {e}"))
+    };
+    let boots_at_start = match wait {
+        Wait::State {
+            boot: WhichBoot::Next,
+            ..
+        } => Some(
+            observe(target)?
+                .boots
+                .ok_or_else(|| not_reported("its boots"))?,
+        ),
+        _ => None,
+    };
+    let ota_at_start = match wait {
+        Wait::Ota { .. } => {
+            let o = observe(target)?
+                .ota
+                .ok_or_else(|| not_reported("the OTA state"))?;
+            Some((o.started, o.state == OtaState::InProgress))
+        }
+        _ => None,
+    };
+    let events_at_start = run.events.len();
     let mut stalls = 0;
     loop {
         run.collect(target);
         let met = match wait {
-            Wait::Event { event, .. } => {
+            Wait::Event { event, from, .. } => {
                 let key = run.explicit_device.clone();
                 let consumed = run.events_consumed.get(&key).copied().unwrap_or(0);
-                let found = run.events[consumed.min(run.events.len())..]
+                let search_from = match from {
+                    EventsFrom::Cursor => consumed,
+                    EventsFrom::Step => events_at_start.max(consumed),
+                    EventsFrom::Start => 0,
+                };
+                let found = run.events[search_from.min(run.events.len())..]
                     .iter()
                     .position(|(dev, n, d)| (key.is_none() || *dev == key) && event.matches(n, d));
-                if let Some(p) = found {
-                    run.events_consumed.insert(key, consumed + p + 1);
-                    true
-                } else {
-                    false
+                match found {
+                    Some(p) if *from != EventsFrom::Start => {
+                        run.events_consumed.insert(key, search_from + p + 1);
+                        true
+                    }
+                    Some(_) => true,
+                    None => false,
                 }
             }
-            Wait::State { state, .. } => {
-                let obs = target
-                    .observe()
-                    .map_err(|e| format!("observing the device failed: {e}"))?;
-                in_state(&obs, *state)?
+            Wait::State { state, running, .. } => {
+                let obs = observe(target)?;
+                let booted = match boots_at_start {
+                    Some(before) => obs.boots.ok_or_else(|| not_reported("its boots"))? > before,
+                    None => true,
+                };
+                let versions = match running {
+                    Some(want) => match &obs.running {
+                        Some(Some(got)) => running_matches(want, got),
+                        Some(None) => false,
+                        None => return Err(not_reported("the running firmware")),
+                    },
+                    None => true,
+                };
+                booted && versions && in_state(&obs, *state)?
             }
-            Wait::Ota { progress, .. } => {
-                let obs = target
-                    .observe()
-                    .map_err(|e| format!("observing the device failed: {e}"))?;
+            Wait::Ota {
+                progress, transfer, ..
+            } => {
+                let obs = observe(target)?;
                 let ota = obs.ota.ok_or_else(|| not_reported("the OTA state"))?;
-                ota.state != OtaState::Idle && progress.reached(ota.received, ota.total)
+                let (started_before, running_then) = ota_at_start.unwrap_or((0, false));
+                let new_transfer = ota.started > started_before;
+                let which = match transfer {
+                    // The transfer running when the wait began (it may have ended since:
+                    // what it reached counts), or a later one; never one that had ended.
+                    WhichTransfer::Current => {
+                        new_transfer || running_then || ota.state == OtaState::InProgress
+                    }
+                    WhichTransfer::Next => new_transfer,
+                };
+                which && ota.state != OtaState::Idle && progress.reached(ota.received, ota.total)
             }
             Wait::Time(_) => false,
         };
@@ -1069,6 +1148,13 @@ fn wait_for(run: &mut CaseRun, target: &mut dyn Target, wait: &Wait) -> Result<(
             }
         }
     }
+}
+
+/// Whether the running versions are those `want` names (fields it leaves out match anything).
+fn running_matches(want: &RunningExpect, got: &target::RunningVersions) -> bool {
+    want.device_os.is_none_or(|v| v == got.device_os)
+        && want.app.is_none_or(|v| v == got.app)
+        && want.bootloader.is_none_or(|v| v == got.bootloader)
 }
 
 fn in_state(obs: &Observation, state: DeviceState) -> Result<bool, String> {

@@ -55,10 +55,12 @@ pub enum Capability {
     ObserveOta,
     /// Read the flash to check that nothing was lost.
     FlashInspection,
+    /// Count the device's completed boots (a wait for the next boot).
+    ObserveBoots,
 }
 
 impl Capability {
-    pub const ALL: [Capability; 19] = [
+    pub const ALL: [Capability; 20] = [
         Capability::SeveralDevices,
         Capability::InstallFirmware,
         Capability::CloudFlash,
@@ -78,6 +80,7 @@ impl Capability {
         Capability::ObserveFlags,
         Capability::ObserveOta,
         Capability::FlashInspection,
+        Capability::ObserveBoots,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -101,6 +104,7 @@ impl Capability {
             Capability::ObserveFlags => "observe-flags",
             Capability::ObserveOta => "observe-ota",
             Capability::FlashInspection => "flash-inspection",
+            Capability::ObserveBoots => "observe-boots",
         }
     }
 }
@@ -152,6 +156,9 @@ pub struct OtaStatus {
     pub resumed_from: Option<u64>,
     /// Device OS error code of a failed transfer (e.g. -1360 wrong platform).
     pub error: Option<i32>,
+    /// Transfers begun (UpdateStart accepted, fresh or resumed) since the case started: tells
+    /// the transfer a wait began with from a later one.
+    pub started: u32,
 }
 
 impl OtaStatus {
@@ -177,6 +184,8 @@ pub struct Observation {
     pub ota: Option<OtaStatus>,
     /// Reset reason of the current boot as `spark/device/last_reset` names it.
     pub last_reset: Option<String>,
+    /// Boots completed since the case started (power-on, reset, update, safe mode).
+    pub boots: Option<u32>,
 }
 
 /// What reading the flash found.
