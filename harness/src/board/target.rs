@@ -697,6 +697,7 @@ impl Target for BoardTarget {
                 ota: None,
                 last_reset: self.last_reset.clone(),
                 boots: None,
+                system: Some(None),
             });
         }
         let limit = if self.sleeping {
@@ -717,6 +718,7 @@ impl Target for BoardTarget {
                     ota: None,
                     last_reset: self.last_reset.clone(),
                     boots: None,
+                    system: None,
                 });
             }
             Err(e) => return Err(e),
@@ -743,6 +745,10 @@ impl Target for BoardTarget {
             ota: None,
             last_reset: Some(reset_reason::name(s.reset_reason)),
             boots: None,
+            system: Some(Some(crate::scenario::target::SystemVersions {
+                device_os: DeviceOsVersion(s.system_version),
+                bootloader: self.current.bootloader,
+            })),
         })
     }
 

@@ -980,6 +980,16 @@ impl Target for EmulatorTarget {
             }),
             _ => None,
         };
+        // Device OS runs in safe mode too (the application does not).
+        let system = match s.versions.system_part {
+            Some(dos) if s.powered && (running.is_some() || s.safe_mode) => {
+                Some(crate::scenario::target::SystemVersions {
+                    device_os: DeviceOsVersion(dos),
+                    bootloader: s.versions.bootloader.unwrap_or(0),
+                })
+            }
+            _ => None,
+        };
         let last_reset = bed
             .device_events(self.d.dev)
             .iter()
@@ -1013,6 +1023,7 @@ impl Target for EmulatorTarget {
             })),
             last_reset,
             boots: Some(self.d.boots),
+            system: Some(system),
         })
     }
 

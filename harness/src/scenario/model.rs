@@ -821,6 +821,8 @@ pub enum Expectation {
     Events(Vec<EventPattern>),
     /// None of these events appeared.
     EventsAbsent(Vec<EventPattern>),
+    /// Each event seen exactly this many times so far (`event_counts`).
+    EventCounts(Vec<(EventPattern, u32)>),
     /// System flags (only the ones given are compared).
     Flags(FlagsExpect),
     /// The OTA transfer's state (only the fields given are compared).
@@ -842,6 +844,7 @@ impl Expectation {
             Expectation::SafeMode(_) => "safe_mode",
             Expectation::Events(_) => "events",
             Expectation::EventsAbsent(_) => "events_absent",
+            Expectation::EventCounts(_) => "event_counts",
             Expectation::Flags(_) => "flags",
             Expectation::Ota(_) => "ota",
             Expectation::NothingLost => "nothing_lost",
@@ -857,7 +860,9 @@ impl Expectation {
             Expectation::SafeMode(_) | Expectation::Online(_) | Expectation::LastReset(_) => {
                 vec![ObserveState]
             }
-            Expectation::Events(_) | Expectation::EventsAbsent(_) => vec![ObserveEvents],
+            Expectation::Events(_) | Expectation::EventsAbsent(_) | Expectation::EventCounts(_) => {
+                vec![ObserveEvents]
+            }
             Expectation::Flags(_) => vec![ObserveFlags],
             Expectation::Ota(_) => vec![ObserveOta],
             Expectation::NothingLost => vec![FlashInspection],
@@ -1225,6 +1230,10 @@ impl fmt::Display for Expectation {
             Expectation::SafeMode(b) => write!(f, "safe_mode={b}"),
             Expectation::Events(l) => write!(f, "events [{}]", list(l)),
             Expectation::EventsAbsent(l) => write!(f, "events_absent [{}]", list(l)),
+            Expectation::EventCounts(l) => {
+                let parts: Vec<String> = l.iter().map(|(e, n)| format!("{e} x{n}")).collect();
+                write!(f, "event_counts [{}]", parts.join(", "))
+            }
             Expectation::Flags(x) => {
                 let mut p = Vec::new();
                 opt(&mut p, "updates_enabled", x.updates_enabled);

@@ -1047,6 +1047,31 @@ fn read_events(n: &Node) -> Result<Vec<EventPattern>, SpanError> {
     items.iter().map(read_event_pattern).collect()
 }
 
+/// `event_counts = [{ name = "spark/flash/status", data = "started", count = 1 }]`.
+fn read_event_counts(n: &Node) -> Result<Vec<(EventPattern, u32)>, SpanError> {
+    let items = node::as_array(n)?;
+    if items.is_empty() {
+        return Err(SpanError::new(
+            n.span.clone(),
+            "expected at least one { name = \"...\", count = N }",
+        ));
+    }
+    let form = "{ name = \"spark/flash/status\", data = \"started\", count = 1 }";
+    items
+        .iter()
+        .map(|item| {
+            let mut f = Fields::new(item, "an event count")?;
+            let name = f.required("name", form, node::as_string)?;
+            let data = f.optional("data", node::as_string)?;
+            let count = f.required("count", form, |n| {
+                node::as_int(n, 0, i64::from(u32::MAX)).map(|v| v as u32)
+            })?;
+            f.finish()?;
+            Ok((EventPattern { name, data }, count))
+        })
+        .collect()
+}
+
 fn read_expectations(n: &Node, what: &str) -> Result<Vec<Expectation>, SpanError> {
     let mut f = Fields::new(n, what)?;
     let list = read_expectation_fields(&mut f)?;
@@ -1089,6 +1114,9 @@ fn read_expectation_fields(f: &mut Fields) -> Result<Vec<Expectation>, SpanError
     }
     if let Some(n) = f.get("events") {
         out.push(Expectation::Events(read_events(n)?));
+    }
+    if let Some(n) = f.get("event_counts") {
+        out.push(Expectation::EventCounts(read_event_counts(n)?));
     }
     if let Some(n) = f.get("events_absent") {
         out.push(Expectation::EventsAbsent(read_events(n)?));

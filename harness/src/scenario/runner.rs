@@ -821,6 +821,21 @@ fn check(run: &CaseRun, target: &mut dyn Target, e: &Expectation) -> Result<(), 
                 .running
                 .ok_or_else(|| not_reported("the running versions"))?;
             let Some(got) = running else {
+                // Safe mode: Device OS runs, the application does not. Its versions can still
+                // be checked; an app version cannot.
+                if let Some(Some(system)) = obs.system.filter(|_| obs.safe_mode == Some(true)) {
+                    let mut diffs = Vec::new();
+                    compare(&mut diffs, "device_os", want.device_os, system.device_os);
+                    compare(&mut diffs, "bootloader", want.bootloader, system.bootloader);
+                    if want.app.is_some() {
+                        diffs.push("the device is in safe mode: no application runs".into());
+                    }
+                    return if diffs.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(diffs.join(", "))
+                    };
+                }
                 return Err("the device runs no firmware (powered off or nothing bootable)".into());
             };
             let mut diffs = Vec::new();
@@ -893,6 +908,21 @@ fn check(run: &CaseRun, target: &mut dyn Target, e: &Expectation) -> Result<(), 
                 }
             }
             Ok(())
+        }
+        Expectation::EventCounts(list) => {
+            let events = run.device_events();
+            let mut diffs = Vec::new();
+            for (pattern, want) in list {
+                let got = events.iter().filter(|(n, d)| pattern.matches(n, d)).count();
+                if got != *want as usize {
+                    diffs.push(format!("{pattern} was seen {got} times, not {want}"));
+                }
+            }
+            if diffs.is_empty() {
+                Ok(())
+            } else {
+                Err(diffs.join(", "))
+            }
         }
         Expectation::EventsAbsent(list) => {
             for pattern in list {

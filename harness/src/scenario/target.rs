@@ -186,6 +186,16 @@ pub struct Observation {
     pub last_reset: Option<String>,
     /// Boots completed since the case started (power-on, reset, update, safe mode).
     pub boots: Option<u32>,
+    /// What Device OS runs, application or not (in safe mode too): `Some(None)` when nothing
+    /// runs (off, unbootable).
+    pub system: Option<Option<SystemVersions>>,
+}
+
+/// The Device OS side of what runs: it runs in safe mode too, when the application does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SystemVersions {
+    pub device_os: DeviceOsVersion,
+    pub bootloader: u16,
 }
 
 /// What reading the flash found.

@@ -291,6 +291,12 @@ impl Target for ScriptedTarget {
             ota: Some(self.ota),
             last_reset: Some(self.last_reset.clone()),
             boots: Some(self.boots),
+            system: Some(self.running.filter(|_| self.powered).map(|r| {
+                harness::scenario::target::SystemVersions {
+                    device_os: r.device_os,
+                    bootloader: r.bootloader,
+                }
+            })),
         })
     }
 
