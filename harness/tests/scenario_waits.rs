@@ -184,3 +184,41 @@ timeout = "1m"
     assert_eq!(case.outcome, Outcome::Fail);
     assert_eq!(case.failure.unwrap().step, Some(5));
 }
+
+#[test]
+fn expectations_count_transfers_since_boot_and_tell_resumed_from_handshaken_sessions() {
+    // The first connection after power-on is a full handshake; nothing transferred yet.
+    let case =
+        run("\n[[step]]\ndo = \"expect\"\nsession = \"handshake\"\ntransfers_since_boot = 0\n");
+    assert_eq!(case.outcome, Outcome::Pass, "{:?}", case.failure);
+    let case = run("\n[[step]]\ndo = \"expect\"\nsession = \"resumed\"\n");
+    assert_eq!(case.outcome, Outcome::Fail);
+    assert!(case
+        .failure
+        .unwrap()
+        .message
+        .contains("made a full handshake"));
+
+    // After the update's reset: the session resumed, no transfer since that boot; a second
+    // flash begins one.
+    let after = format!("{UPDATED_TO_4}\n[[step]]\ndo = \"expect\"\nsession = \"resumed\"\ntransfers_since_boot = 0\n");
+    // Right after the reset the device is still re-connecting: no session to judge.
+    let case = run(&after);
+    assert_eq!(case.outcome, Outcome::Fail);
+    assert!(case.failure.unwrap().message.contains("not connected now"));
+    let after = after.replace(
+        "[[step]]\ndo = \"expect\"",
+        "[[step]]\ndo = \"wait.state\"\nstate = \"online\"\n\n[[step]]\ndo = \"expect\"",
+    );
+    assert_eq!(run(&after).outcome, Outcome::Pass);
+    let again = format!(
+        "{after}\n[[step]]\ndo = \"cloud.flash\"\napp = 5\n\n[[step]]\ndo = \"wait.ota\"\nmin_percent = 10\ntimeout = \"1m\"\n\n[[step]]\ndo = \"expect\"\ntransfers_since_boot = 0\n"
+    );
+    let case = run(&again);
+    assert_eq!(case.outcome, Outcome::Fail);
+    assert!(case
+        .failure
+        .unwrap()
+        .message
+        .contains("1 transfers began since the current boot"));
+}

@@ -698,6 +698,8 @@ impl Target for BoardTarget {
                 last_reset: self.last_reset.clone(),
                 boots: None,
                 system: Some(None),
+                session_resumed: None,
+                transfers_since_boot: None,
             });
         }
         let limit = if self.sleeping {
@@ -719,6 +721,8 @@ impl Target for BoardTarget {
                     last_reset: self.last_reset.clone(),
                     boots: None,
                     system: None,
+                    session_resumed: None,
+                    transfers_since_boot: None,
                 });
             }
             Err(e) => return Err(e),
@@ -749,6 +753,8 @@ impl Target for BoardTarget {
                 device_os: DeviceOsVersion(s.system_version),
                 bootloader: self.current.bootloader,
             })),
+            session_resumed: None,
+            transfers_since_boot: None,
         })
     }
 

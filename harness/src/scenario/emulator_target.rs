@@ -107,6 +107,9 @@ struct Dut {
     /// Transfers begun and boots completed since set-up (waits for the next one).
     transfers: u32,
     boots: u32,
+    transfers_at_boot: u32,
+    /// The last connection: resumed (true) or a full handshake.
+    last_connect: Option<bool>,
 }
 
 pub struct EmulatorTarget {
@@ -365,6 +368,7 @@ impl EmulatorTarget {
                         o.received = o.total;
                     }
                 }
+                DeviceEvent::Connected { resumed } => self.d.last_connect = Some(*resumed),
                 DeviceEvent::PoweredOff => {
                     self.queue
                         .push(TraceEntry::new(*at, TraceKind::Power { on: false }));
@@ -375,6 +379,7 @@ impl EmulatorTarget {
                     ..
                 } => {
                     self.d.boots += 1;
+                    self.d.transfers_at_boot = self.d.transfers;
                     if !applied.is_empty() || *factory_restored {
                         first_boots += 1;
                     }
@@ -1024,6 +1029,8 @@ impl Target for EmulatorTarget {
             last_reset,
             boots: Some(self.d.boots),
             system: Some(system),
+            session_resumed: self.d.last_connect,
+            transfers_since_boot: Some(self.d.transfers - self.d.transfers_at_boot),
         })
     }
 

@@ -823,6 +823,11 @@ pub enum Expectation {
     EventsAbsent(Vec<EventPattern>),
     /// Each event seen exactly this many times so far (`event_counts`).
     EventCounts(Vec<(EventPattern, u32)>),
+    /// The device's last connection resumed its session (`true`) or was a full handshake
+    /// (`session = "resumed" | "handshake"`).
+    SessionResumed(bool),
+    /// Transfers begun since the current boot (`transfers_since_boot = 0`: no new transfer).
+    TransfersSinceBoot(u32),
     /// System flags (only the ones given are compared).
     Flags(FlagsExpect),
     /// The OTA transfer's state (only the fields given are compared).
@@ -845,6 +850,8 @@ impl Expectation {
             Expectation::Events(_) => "events",
             Expectation::EventsAbsent(_) => "events_absent",
             Expectation::EventCounts(_) => "event_counts",
+            Expectation::SessionResumed(_) => "session",
+            Expectation::TransfersSinceBoot(_) => "transfers_since_boot",
             Expectation::Flags(_) => "flags",
             Expectation::Ota(_) => "ota",
             Expectation::NothingLost => "nothing_lost",
@@ -863,6 +870,8 @@ impl Expectation {
             Expectation::Events(_) | Expectation::EventsAbsent(_) | Expectation::EventCounts(_) => {
                 vec![ObserveEvents]
             }
+            Expectation::SessionResumed(_) => vec![ObserveSession],
+            Expectation::TransfersSinceBoot(_) => vec![ObserveOta, ObserveBoots],
             Expectation::Flags(_) => vec![ObserveFlags],
             Expectation::Ota(_) => vec![ObserveOta],
             Expectation::NothingLost => vec![FlashInspection],
@@ -1230,6 +1239,10 @@ impl fmt::Display for Expectation {
             Expectation::SafeMode(b) => write!(f, "safe_mode={b}"),
             Expectation::Events(l) => write!(f, "events [{}]", list(l)),
             Expectation::EventsAbsent(l) => write!(f, "events_absent [{}]", list(l)),
+            Expectation::SessionResumed(r) => {
+                write!(f, "session={}", if *r { "resumed" } else { "handshake" })
+            }
+            Expectation::TransfersSinceBoot(n) => write!(f, "transfers_since_boot={n}"),
             Expectation::EventCounts(l) => {
                 let parts: Vec<String> = l.iter().map(|(e, n)| format!("{e} x{n}")).collect();
                 write!(f, "event_counts [{}]", parts.join(", "))

@@ -1115,6 +1115,17 @@ fn read_expectation_fields(f: &mut Fields) -> Result<Vec<Expectation>, SpanError
     if let Some(n) = f.get("events") {
         out.push(Expectation::Events(read_events(n)?));
     }
+    if let Some(n) = f.get("session") {
+        out.push(Expectation::SessionResumed(node::as_word(
+            n,
+            &[("resumed", true), ("handshake", false)],
+        )?));
+    }
+    if let Some(n) = f.get("transfers_since_boot") {
+        out.push(Expectation::TransfersSinceBoot(
+            node::as_int(n, 0, i64::from(u32::MAX)).map(|v| v as u32)?,
+        ));
+    }
     if let Some(n) = f.get("event_counts") {
         out.push(Expectation::EventCounts(read_event_counts(n)?));
     }

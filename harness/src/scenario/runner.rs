@@ -909,6 +909,38 @@ fn check(run: &CaseRun, target: &mut dyn Target, e: &Expectation) -> Result<(), 
             }
             Ok(())
         }
+        Expectation::SessionResumed(want) => {
+            let obs = observe(target)?;
+            // About the connection the device has now (not one it lost or is re-making).
+            if obs.online != Some(true) {
+                return Err("the device is not connected now".into());
+            }
+            let got = obs
+                .session_resumed
+                .ok_or_else(|| not_reported("how its session was made"))?;
+            let name = |r: bool| {
+                if r {
+                    "resumed its session"
+                } else {
+                    "made a full handshake"
+                }
+            };
+            if got == *want {
+                Ok(())
+            } else {
+                Err(format!("its last connection {}", name(got)))
+            }
+        }
+        Expectation::TransfersSinceBoot(want) => {
+            let got = observe(target)?
+                .transfers_since_boot
+                .ok_or_else(|| not_reported("transfers since boot"))?;
+            if got == *want {
+                Ok(())
+            } else {
+                Err(format!("{got} transfers began since the current boot"))
+            }
+        }
         Expectation::EventCounts(list) => {
             let events = run.device_events();
             let mut diffs = Vec::new();

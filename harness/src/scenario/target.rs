@@ -57,10 +57,12 @@ pub enum Capability {
     FlashInspection,
     /// Count the device's completed boots (a wait for the next boot).
     ObserveBoots,
+    /// Whether the device's connection resumed its DTLS session or made a full handshake.
+    ObserveSession,
 }
 
 impl Capability {
-    pub const ALL: [Capability; 20] = [
+    pub const ALL: [Capability; 21] = [
         Capability::SeveralDevices,
         Capability::InstallFirmware,
         Capability::CloudFlash,
@@ -81,6 +83,7 @@ impl Capability {
         Capability::ObserveOta,
         Capability::FlashInspection,
         Capability::ObserveBoots,
+        Capability::ObserveSession,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -105,6 +108,7 @@ impl Capability {
             Capability::ObserveOta => "observe-ota",
             Capability::FlashInspection => "flash-inspection",
             Capability::ObserveBoots => "observe-boots",
+            Capability::ObserveSession => "observe-session",
         }
     }
 }
@@ -189,6 +193,12 @@ pub struct Observation {
     /// What Device OS runs, application or not (in safe mode too): `Some(None)` when nothing
     /// runs (off, unbootable).
     pub system: Option<Option<SystemVersions>>,
+    /// How the device's last connection since the case started was made: `Some(true)` resumed
+    /// its DTLS session, `Some(false)` a full handshake; `None` when the target cannot tell or
+    /// the device has not connected.
+    pub session_resumed: Option<bool>,
+    /// Transfers begun since the current boot.
+    pub transfers_since_boot: Option<u32>,
 }
 
 /// The Device OS side of what runs: it runs in safe mode too, when the application does not.

@@ -297,6 +297,8 @@ impl Target for ScriptedTarget {
                     bootloader: r.bootloader,
                 }
             })),
+            session_resumed: None,
+            transfers_since_boot: None,
         })
     }
 
