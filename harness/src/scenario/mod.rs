@@ -9,6 +9,7 @@ pub mod diff;
 pub mod emulator_target;
 pub mod field;
 pub mod firmware;
+pub mod minimise;
 pub mod model;
 pub mod node;
 pub mod parse;
