@@ -219,6 +219,8 @@ pub struct DeviceOs {
     pub(super) events: VecDeque<DeviceEvent>,
     pub(super) outbox: VecDeque<Vec<u8>>,
     pub(super) malformed: u64,
+    /// A behaviour broken on purpose (tests only; [`super::mutation`]).
+    pub(super) mutation: Option<super::Mutation>,
 }
 
 impl core::fmt::Debug for DeviceOs {
@@ -263,6 +265,7 @@ impl DeviceOs {
             events: VecDeque::new(),
             outbox: VecDeque::new(),
             malformed: 0,
+            mutation: None,
         }
     }
 
@@ -408,9 +411,20 @@ impl DeviceOs {
         self.reset_now(now, reason, false);
     }
 
+    /// Breaks one behaviour on purpose so a test can show the fixtures covering it fail
+    /// ([`super::mutation`]); `None` restores Device OS's behaviour. Tests only.
+    #[doc(hidden)]
+    pub fn set_mutation(&mut self, mutation: Option<super::Mutation>) {
+        self.mutation = mutation;
+        self.ota
+            .set_resume_sync(mutation != Some(super::Mutation::NoResumeStateSync));
+    }
+
     /// `system_shutdown_if_needed`: a committed update resets when resets are enabled.
     pub(super) fn shutdown_if_needed(&mut self, now: Duration) {
-        if self.power != Power::On || !self.flags.reset_pending || !self.flags.reset_enabled {
+        let reset_enabled = self.flags.reset_enabled
+            || self.mutation == Some(super::Mutation::ResetIgnoresDisabled);
+        if self.power != Power::On || !self.flags.reset_pending || !reset_enabled {
             return;
         }
         if self.is_closing() {

@@ -131,6 +131,8 @@ pub struct EmulatorTarget {
     others: Vec<Dut>,
     /// The scenario has several devices: trace entries name theirs.
     several: bool,
+    /// A Device OS behaviour broken on purpose in every device (mutation tests only).
+    mutation: Option<emulator::os::Mutation>,
 }
 
 impl Default for EmulatorTarget {
@@ -158,6 +160,16 @@ impl EmulatorTarget {
             d: Dut::default(),
             others: Vec::new(),
             several: false,
+            mutation: None,
+        }
+    }
+
+    /// A target whose devices have `mutation`: one Device OS behaviour broken on purpose, to
+    /// prove the fixtures covering it fail (`harness/tests/mutations.rs`).
+    pub fn with_mutation(mutation: emulator::os::Mutation) -> Self {
+        EmulatorTarget {
+            mutation: Some(mutation),
+            ..Self::new()
         }
     }
 
@@ -831,8 +843,12 @@ impl Target for EmulatorTarget {
                 None => None,
             };
             let dev = bed.add_device_as(&spec, id).map_err(err)?;
-            bed.with_device(dev, |os, _| os.device_mut().flash_mut().enable_log())
-                .map_err(err)?;
+            let mutation = self.mutation;
+            bed.with_device(dev, |os, _| {
+                os.device_mut().flash_mut().enable_log();
+                os.set_mutation(mutation);
+            })
+            .map_err(err)?;
             if cd.updates_forced {
                 let id = bed.device_id(dev).unwrap_or_default();
                 bed.cloud_mut().set_updates_forced(Duration::ZERO, id, true);
