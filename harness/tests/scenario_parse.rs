@@ -294,6 +294,7 @@ fn every_step_kind_parses_into_its_typed_form() {
             latency: Duration::from_millis(300),
             jitter: Duration::from_millis(50),
             bandwidth: 2048,
+            direction: harness::scenario::Direction::Both,
         }))
     );
     assert_eq!(

@@ -133,6 +133,58 @@ pub struct EmulatorTarget {
     several: bool,
     /// A Device OS behaviour broken on purpose in every device (mutation tests only).
     mutation: Option<emulator::os::Mutation>,
+    /// Datagrams the network dropped or duplicated, shown in the trace as faults.
+    datagram_faults: std::rc::Rc<std::cell::RefCell<Vec<DatagramFault>>>,
+}
+
+/// A datagram the simulated network dropped or duplicated (from its trace hook).
+struct DatagramFault {
+    at: Duration,
+    src: crate::net::sim::NodeId,
+    dst: Option<crate::net::sim::NodeId>,
+    fate: crate::net::sim::Fate,
+    /// Consecutive datagrams with the same fate between the same nodes, folded into one
+    /// entry: how many, their bytes, and when the last one was.
+    count: u64,
+    bytes: usize,
+    until: Duration,
+}
+
+impl DatagramFault {
+    /// "dropped datagram to the cloud (61 bytes, loss)".
+    fn describe(&self, cloud: crate::net::sim::NodeId) -> String {
+        use crate::net::sim::{DropReason, Fate};
+        let way = if self.src == cloud {
+            "to the device"
+        } else {
+            "to the cloud"
+        };
+        let what = match self.fate {
+            Fate::Duplicated => "duplicated".to_string(),
+            Fate::Dropped(r) => format!(
+                "dropped ({})",
+                match r {
+                    DropReason::Loss => "loss",
+                    DropReason::DropNext => "link.drop",
+                    DropReason::Cut => "partition",
+                    DropReason::NoRoute => "no one at the address",
+                    DropReason::Muted => "powered off or asleep",
+                    DropReason::Filter => "filter",
+                }
+            ),
+            Fate::Sent | Fate::Delivered => "passed".to_string(),
+        };
+        if self.count == 1 {
+            format!("datagram {way} {what}, {} bytes", self.bytes)
+        } else {
+            format!(
+                "{} datagrams {way} {what} until {}, {} bytes",
+                self.count,
+                super::trace::format_time(self.until).trim(),
+                self.bytes
+            )
+        }
+    }
 }
 
 impl Default for EmulatorTarget {
@@ -161,6 +213,7 @@ impl EmulatorTarget {
             others: Vec::new(),
             several: false,
             mutation: None,
+            datagram_faults: Default::default(),
         }
     }
 
@@ -201,6 +254,15 @@ impl EmulatorTarget {
             self.tag_from(start);
             std::mem::swap(&mut self.d, &mut self.others[i]);
             result?;
+        }
+        // Datagrams no device can be named for (sent to an address no one holds any more).
+        if let Some(bed) = self.bed.as_ref() {
+            let cloud = bed.cloud_node();
+            for f in self.datagram_faults.borrow_mut().drain(..) {
+                let what = f.describe(cloud);
+                self.queue
+                    .push(TraceEntry::new(f.at, TraceKind::Fault { what }));
+            }
         }
         Ok(())
     }
@@ -306,6 +368,25 @@ impl EmulatorTarget {
         let Some(bed) = self.bed.as_mut() else {
             return Ok(());
         };
+        // This device's dropped or duplicated datagrams.
+        if let Some(node) = bed.device_node(dev) {
+            let cloud = bed.cloud_node();
+            let mut faults = self.datagram_faults.borrow_mut();
+            let mut i = 0;
+            while i < faults.len() {
+                if faults[i].src == node || faults[i].dst == Some(node) {
+                    let f = faults.remove(i);
+                    self.queue.push(TraceEntry::new(
+                        f.at,
+                        TraceKind::Fault {
+                            what: f.describe(cloud),
+                        },
+                    ));
+                } else {
+                    i += 1;
+                }
+            }
+        }
         let dev_events: Vec<_> = bed.device_events(dev)[self.d.seen_dev_events..].to_vec();
         self.d.seen_dev_events = bed.device_events(dev).len();
         let mut first_boots = 0;
@@ -614,17 +695,32 @@ impl EmulatorTarget {
                         latency,
                         jitter,
                         bandwidth,
+                        direction,
                     } => {
-                        let net = &mut self.bed()?.net;
-                        net.set_loss(loss);
-                        net.set_duplicate(duplicate);
-                        net.set_reorder(reorder, Duration::from_millis(80));
                         // The testbed's clean link has 1 ms latency (zero lets two nodes
                         // answer each other forever at one instant).
-                        net.set_latency(latency.max(Duration::from_millis(1)), jitter);
-                        net.set_bandwidth(bandwidth);
+                        let faults = crate::net::sim::LinkFaults {
+                            latency: latency.max(Duration::from_millis(1)),
+                            jitter,
+                            loss,
+                            duplicate,
+                            reorder,
+                            reorder_delay: Duration::from_millis(80),
+                            bandwidth,
+                        };
+                        let bed = self.bed()?;
+                        let (c, d) = (bed.cloud_node(), bed.device_node(dev));
+                        match (direction, d) {
+                            (Direction::Both, _) => bed.net.set_faults(faults),
+                            (Direction::ToDevice, Some(d)) => bed.net.set_link_faults(c, d, faults),
+                            (Direction::ToCloud, Some(d)) => bed.net.set_link_faults(d, c, faults),
+                            (_, None) => return Err(err("the device has no network node")),
+                        }
                         let mut what =
                             format!("link loss {loss} duplicate {duplicate} reorder {reorder}");
+                        if direction != Direction::Both {
+                            what.push_str(&format!(" ({})", direction.as_str()));
+                        }
                         if !latency.is_zero() || !jitter.is_zero() {
                             what.push_str(&format!(
                                 " latency {} jitter {}",
@@ -640,14 +736,26 @@ impl EmulatorTarget {
                         }
                         what
                     }
-                    LinkAction::Drop { next } => {
+                    LinkAction::Drop { next, direction } => {
                         let bed = self.bed()?;
                         let (c, d) = (bed.cloud_node(), bed.device_node(dev));
                         if let Some(d) = d {
-                            bed.net.drop_next(c, d, next as u64);
-                            bed.net.drop_next(d, c, next as u64);
+                            if direction != Direction::ToCloud {
+                                bed.net.drop_next(c, d, next as u64);
+                            }
+                            if direction != Direction::ToDevice {
+                                bed.net.drop_next(d, c, next as u64);
+                            }
                         }
-                        format!("drop the next {next} datagrams")
+                        match direction {
+                            Direction::Both => format!("drop the next {next} datagrams"),
+                            Direction::ToDevice => {
+                                format!("drop the next {next} datagrams to the device")
+                            }
+                            Direction::ToCloud => {
+                                format!("drop the next {next} datagrams to the cloud")
+                            }
+                        }
                     }
                     LinkAction::Partition { duration } => {
                         self.bed()?.net.partition(duration);
@@ -797,6 +905,33 @@ impl Target for EmulatorTarget {
         self.seed = seed;
         let board = Board::builtin(&setup.board).map_err(err)?;
         let mut bed = Testbed::new(seed).map_err(err)?;
+        // Every datagram a fault dropped or duplicated goes into the trace.
+        let faults = self.datagram_faults.clone();
+        faults.borrow_mut().clear();
+        bed.net.set_trace(move |e| {
+            use crate::net::sim::Fate;
+            if !matches!(e.fate, Fate::Dropped(_) | Fate::Duplicated) {
+                return;
+            }
+            let mut faults = faults.borrow_mut();
+            if let Some(last) = faults.last_mut() {
+                if last.src == e.src && last.dst == e.dst && last.fate == e.fate {
+                    last.count += 1;
+                    last.bytes += e.data.len();
+                    last.until = e.at;
+                    return;
+                }
+            }
+            faults.push(DatagramFault {
+                at: e.at,
+                src: e.src,
+                dst: e.dst,
+                fate: e.fate,
+                count: 1,
+                bytes: e.data.len(),
+                until: e.at,
+            });
+        });
         self.board = Some(board.clone());
         bed.cloud_mut()
             .set_interrupted(setup.cloud.interrupted_transfer);

@@ -602,9 +602,11 @@ pub enum LinkAction {
         jitter: Duration,
         /// Bytes per second each direction carries (0 = unlimited).
         bandwidth: u64,
+        /// Which way these faults apply (the other keeps its own).
+        direction: Direction,
     },
-    /// Drop the next N datagrams (either direction).
-    Drop { next: u32 },
+    /// Drop the next N datagrams of a direction (`Both`: N each way).
+    Drop { next: u32, direction: Direction },
     /// Nothing passes for this long.
     Partition { duration: Duration },
 }
@@ -636,6 +638,33 @@ pub enum Wait {
     },
     /// For a duration.
     Time(Duration),
+}
+
+/// Which way a link fault applies, between the cloud and the step's device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Direction {
+    #[default]
+    Both,
+    /// Datagrams the cloud sends to the device.
+    ToDevice,
+    /// Datagrams the device sends to the cloud.
+    ToCloud,
+}
+
+impl Direction {
+    pub const WORDS: [(&'static str, Direction); 3] = [
+        ("both", Direction::Both),
+        ("to_device", Direction::ToDevice),
+        ("to_cloud", Direction::ToCloud),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Both => "both",
+            Direction::ToDevice => "to_device",
+            Direction::ToCloud => "to_cloud",
+        }
+    }
 }
 
 /// Where `wait.event` looks.
@@ -1142,8 +1171,12 @@ impl fmt::Display for Action {
                 latency,
                 jitter,
                 bandwidth,
+                direction,
             }) => {
                 write!(f, " loss={loss} duplicate={duplicate} reorder={reorder}")?;
+                if *direction != Direction::Both {
+                    write!(f, " direction={}", direction.as_str())?;
+                }
                 if !latency.is_zero() {
                     write!(f, " latency={}", format_duration(*latency))?;
                 }
@@ -1159,7 +1192,13 @@ impl fmt::Display for Action {
                 }
                 Ok(())
             }
-            Action::Link(LinkAction::Drop { next }) => write!(f, " next={next}"),
+            Action::Link(LinkAction::Drop { next, direction }) => {
+                write!(f, " next={next}")?;
+                if *direction != Direction::Both {
+                    write!(f, " direction={}", direction.as_str())?;
+                }
+                Ok(())
+            }
             Action::Link(LinkAction::Partition { duration }) => {
                 write!(f, " duration={}", format_duration(*duration))
             }

@@ -558,7 +558,7 @@ fn step_form(kind: &str) -> &'static str {
         "power.cut" => "{ do = \"power.cut\" } (now), or with one of flash_op = N, chunk = K, phase = \"download\" (and op = N), plus mode = \"before\"|\"torn\"|\"after\"",
         "app.sleep" => "{ do = \"app.sleep\", mode = \"stop\", duration = \"10m\", network = \"off\" }",
         "link.faults" => "{ do = \"link.faults\", loss = 0.2, duplicate = 0.0, reorder = 0.1, latency = \"300ms\", jitter = \"50ms\", bandwidth = \"2 KiB/s\" }",
-        "link.drop" => "{ do = \"link.drop\", next = 5 }",
+        "link.drop" => "{ do = \"link.drop\", next = 5 } (also direction = \"to_device\"|\"to_cloud\"|\"both\")",
         "link.partition" => "{ do = \"link.partition\", duration = \"45s\" }",
         "wait.event" => "{ do = \"wait.event\", name = \"spark/flash/status\", data = \"success\", timeout = \"5m\" } (also from = \"cursor\"|\"step\"|\"start\")",
         "wait.state" => "{ do = \"wait.state\", state = \"online\", timeout = \"5m\" } (also boot = \"next\", running = { app = 4 })",
@@ -689,12 +689,14 @@ fn read_step(n: &Node, index: &str) -> Result<Step, SpanError> {
                 latency,
                 jitter,
                 bandwidth: f.optional("bandwidth", read_bandwidth)?.unwrap_or(0),
+                direction: read_direction(&mut f)?,
             }))
         }
         "link.drop" => Step::Action(Action::Link(LinkAction::Drop {
             next: f.required("next", form, |n| {
                 node::as_int(n, 1, u32::MAX as i64).map(|i| i as u32)
             })?,
+            direction: read_direction(&mut f)?,
         })),
         "link.partition" => Step::Action(Action::Link(LinkAction::Partition {
             duration: f.required("duration", form, read_duration)?,
@@ -792,6 +794,14 @@ fn read_step(n: &Node, index: &str) -> Result<Step, SpanError> {
     };
     f.finish()?;
     Ok(step)
+}
+
+/// `direction = "both" | "to_device" | "to_cloud"` (default both).
+fn read_direction(f: &mut Fields) -> Result<Direction, SpanError> {
+    Ok(
+        f.optional("direction", |n| node::as_word(n, &Direction::WORDS))?
+            .unwrap_or_default(),
+    )
 }
 
 /// `do = "repeat"`: `times = N`, or `until = { expectations }` with `max = N`, and `steps`.
