@@ -74,6 +74,29 @@ impl LibraryModule {
     }
 }
 
+/// The data of `spark/safe-mode-updater/updating` for `module`: the module in the notation of
+/// the legacy describe (`{"f":"b","n":"0","v":3100}`: function letter, index, version), so an
+/// operator (and a scenario) sees which module each healing transfer carries.
+/// UNCONFIRMED: the event name is in Particle's docs (reference 3); its data is not, this is
+/// the project's choice.
+pub fn updater_data(module: &LibraryModule) -> String {
+    format!(
+        "{{\"f\":\"{}\",\"n\":\"{}\",\"v\":{}}}",
+        function_letter(module.function),
+        module.index,
+        module.version
+    )
+}
+
+/// The describe's letter for a module function (reference 4.1: `n r b m s u _ c a t`).
+fn function_letter(f: ModuleFunction) -> char {
+    let letters = ['n', 'r', 'b', 'm', 's', 'u', '_', 'c', 'a', 't'];
+    letters
+        .get(usize::from(u8::from(f)))
+        .copied()
+        .unwrap_or('n')
+}
+
 fn function_name(f: ModuleFunction) -> &'static str {
     match f {
         ModuleFunction::Bootloader => "bootloader",

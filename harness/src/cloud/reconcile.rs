@@ -257,6 +257,12 @@ impl Cloud {
                 if let Some(d) = self.devices.get_mut(&id) {
                     d.queue.push_front(job);
                 }
+                self.publish_cloud(
+                    now,
+                    id,
+                    names::SAFE_MODE_UPDATER,
+                    &policy::updater_data(&module),
+                );
                 self.start_job(now, id, job);
                 false
             }

@@ -21,7 +21,7 @@ use emulator::firmware::{FirmwareSet, ModuleSizes};
 use emulator::flash::{Activity, ActivityCut};
 use emulator::os::{AppBehaviour as OsApp, DeviceEvent};
 
-use super::firmware::{build_file, build_modules};
+use super::firmware::{build_file, build_modules, device_os_release_modules};
 use super::model::*;
 use super::target::{
     Capability, FirmwareIntegrity, Observation, OtaStatus, RunningVersions, SystemFlags, Target,
@@ -835,19 +835,17 @@ impl Target for EmulatorTarget {
         self.several = duts.len() > 1;
         // Device OS modules the cloud may heal with.
         for dos in &setup.cloud.device_os {
-            let spec = FirmwareSpec {
-                device_os: Some(*dos),
-                ..FirmwareSpec::default()
-            };
-            let file = build_file(
+            let modules = device_os_release_modules(
                 &board,
-                &spec,
+                *dos,
                 &duts[0].current,
                 self.sizes,
                 duts[0].dev_seed,
             )
             .map_err(err)?;
-            bed.cloud_mut().add_device_os_module(file).map_err(err)?;
+            for (_, file) in modules {
+                bed.cloud_mut().add_device_os_module(file).map_err(err)?;
+            }
         }
         if let Some(product) = &setup.cloud.product {
             bed.cloud_mut()
