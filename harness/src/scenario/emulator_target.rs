@@ -740,9 +740,26 @@ impl EmulatorTarget {
         if spec.platform.is_some() || spec.corrupt.is_some() || spec.compressed {
             return BTreeMap::new();
         }
-        build_modules(board, spec, &self.d.current, self.sizes, self.d.dev_seed)
-            .map(|modules| modules.into_iter().collect())
-            .unwrap_or_default()
+        let Ok(modules) = build_modules(board, spec, &self.d.current, self.sizes, self.d.dev_seed)
+        else {
+            return BTreeMap::new();
+        };
+        if !spec.combined {
+            return modules.into_iter().collect();
+        }
+        // A combined file's modules are installed as the file carries them: every one but the
+        // last keeps its COMBINED flag (and the SHA-256 / CRC-32 made with it).
+        let Ok(file) = build_file(board, spec, &self.d.current, self.sizes, self.d.dev_seed) else {
+            return BTreeMap::new();
+        };
+        let Ok(ranges) = protocol::module::split_combined(&file) else {
+            return BTreeMap::new();
+        };
+        modules
+            .into_iter()
+            .zip(ranges)
+            .map(|((kind, _), range)| (kind, file[range].to_vec()))
+            .collect()
     }
 }
 
@@ -778,7 +795,11 @@ impl Target for EmulatorTarget {
             }
             let mut spec = DeviceSpec::new(board.clone(), current.app);
             spec.versions = current.versions();
-            spec.sizes = self.sizes;
+            let sizes = ModuleSizes {
+                user_part: current.app_size.unwrap_or(self.sizes.user_part),
+                ..self.sizes
+            };
+            spec.sizes = sizes;
             spec.app = OsApp {
                 updates_enabled_at_boot: cd.updates_enabled.unwrap_or(setup.app.updates_enabled),
                 reset_enabled_at_boot: setup.app.resets_enabled,
@@ -788,7 +809,7 @@ impl Target for EmulatorTarget {
             };
             // Same derivation as Testbed::add_device, to know the images it provisions.
             let dev_seed = seed ^ ((i as u64 + 1) << 32);
-            let (_, images) = FirmwareSet::new(&board, self.sizes, dev_seed)
+            let (_, images) = FirmwareSet::new(&board, sizes, dev_seed)
                 .provision(&spec.versions)
                 .map_err(err)?;
             let old_images = images

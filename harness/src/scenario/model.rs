@@ -114,6 +114,8 @@ pub struct InitialFirmware {
     pub bootloader: u16,
     /// The radio stack (SoftDevice) module version on nRF52840 boards.
     pub radio_stack: u16,
+    /// Size of the installed user part in bytes (default: the target's firmware set's).
+    pub app_size: Option<u32>,
 }
 
 impl Default for InitialFirmware {
@@ -125,6 +127,7 @@ impl Default for InitialFirmware {
             app_module: b.user_part,
             bootloader: b.bootloader,
             radio_stack: b.radio_stack,
+            app_size: None,
         }
     }
 }

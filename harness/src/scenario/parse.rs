@@ -288,6 +288,7 @@ fn read_initial_firmware(n: &Node) -> Result<InitialFirmware, SpanError> {
     let radio_stack = f
         .optional("radio_stack", node::as_u16)?
         .unwrap_or(d.radio_stack);
+    let app_size = f.optional("app_size", read_size)?;
     f.finish()?;
     Ok(InitialFirmware {
         device_os,
@@ -295,6 +296,7 @@ fn read_initial_firmware(n: &Node) -> Result<InitialFirmware, SpanError> {
         app_module,
         bootloader,
         radio_stack,
+        app_size,
     })
 }
 
