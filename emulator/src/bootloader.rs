@@ -485,8 +485,10 @@ fn raw_copy(flash: &mut FlashArray, slot: &ModuleSlot) -> Result<bool, FlashErro
 /// first backed up to the external reserved area with a restore slot; then the Nordic MBR
 /// copies it over the running bootloader (`SD_MBR_COMMAND_COPY_BL`) and resets. Every step is
 /// restartable:
-/// - the backup is taken only while no restore slot is pending (a restore slot means the
-///   staging area may already hold bootloader bytes, and the backup is the app's);
+/// - the restore slot is a non-bootloader slot, so after a cut it is applied first at the next
+///   boot and the staging area holds the app again before the bootloader slot is taken up
+///   again; the backup is taken again only then (never over a good backup while a restore
+///   slot is pending);
 /// - the MBR's record (`BOOTLOADER_COPY_KEY`, raw: source = staging) is written before the
 ///   bootloader slot is freed, so a cut before the record leaves the slot to apply again
 ///   (the restore slot applies first, as a non-bootloader slot, and puts the app back), and a

@@ -488,6 +488,87 @@ mod tests {
         assert!(matches!(heal(&after, 12, &library), Heal::Stuck(_)));
     }
 
+    /// Device OS 6.2.0's modules for a Boron, as the healer's library holds them.
+    fn library_6200() -> DeviceOsLibrary {
+        let mut library = DeviceOsLibrary::default();
+        library
+            .add(module(
+                ModuleFunction::SystemPart,
+                1,
+                6200,
+                &[
+                    dep(ModuleFunction::Bootloader, 0, 3100),
+                    dep(ModuleFunction::RadioStack, 0, 202),
+                ],
+            ))
+            .unwrap();
+        library
+            .add(module(ModuleFunction::Bootloader, 0, 3100, &[]))
+            .unwrap();
+        library
+            .add(module(
+                ModuleFunction::RadioStack,
+                0,
+                202,
+                &[dep(ModuleFunction::SystemPart, 1, 1300)],
+            ))
+            .unwrap();
+        library
+    }
+
+    fn sent(heal: Heal) -> (ModuleFunction, u16) {
+        match heal {
+            Heal::Send(m) => (m.function, m.version),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn healing_a_5_5_0_device_with_an_old_radio_stack_sends_bootloader_radio_stack_then_system_part(
+    ) {
+        let library = library_6200();
+        let mut describe = safe_mode_describe();
+        describe.firmware_modules[0].version = 2300;
+        describe.firmware_modules[1].version = 5500;
+        describe.firmware_modules.push(FirmwareModule {
+            r#type: 8,
+            index: 0,
+            version: 182,
+            checked_flags: 0x1e,
+            passed_flags: 0x1e,
+            ..Default::default()
+        });
+        // The system part the app needs depends on both; its first dependency goes first.
+        assert_eq!(
+            sent(heal(&describe, 13, &library)),
+            (ModuleFunction::Bootloader, 3100)
+        );
+        describe.firmware_modules[0].version = 3100;
+        assert_eq!(
+            sent(heal(&describe, 13, &library)),
+            (ModuleFunction::RadioStack, 202)
+        );
+        describe.firmware_modules[3].version = 202;
+        assert_eq!(
+            sent(heal(&describe, 13, &library)),
+            (ModuleFunction::SystemPart, 6200)
+        );
+    }
+
+    #[test]
+    fn the_updater_event_names_the_module_as_the_describe_does() {
+        let library = library_6200();
+        let data: Vec<String> = library.modules().iter().map(updater_data).collect();
+        assert_eq!(
+            data,
+            vec![
+                r#"{"f":"s","n":"1","v":6200}"#,
+                r#"{"f":"b","n":"0","v":3100}"#,
+                r#"{"f":"a","n":"0","v":202}"#,
+            ]
+        );
+    }
+
     #[test]
     fn a_dependency_loop_is_stuck_not_endless() {
         let mut library = DeviceOsLibrary::default();
