@@ -606,7 +606,10 @@ impl EmulatorTarget {
                             ));
                         }
                         if bandwidth > 0 {
-                            what.push_str(&format!(" bandwidth {bandwidth} B/s"));
+                            what.push_str(&format!(
+                                " bandwidth {}",
+                                super::units::format_rate(bandwidth)
+                            ));
                         }
                         what
                     }

@@ -16,6 +16,7 @@ pub mod report;
 pub mod runner;
 pub mod target;
 pub mod trace;
+pub mod units;
 
 pub use model::*;
 pub use parse::{load, load_all, parse, parse_all, ScenarioError, STEP_KINDS};

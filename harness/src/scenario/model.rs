@@ -1073,7 +1073,11 @@ impl fmt::Display for Action {
                     write!(f, " jitter={}", format_duration(*jitter))?;
                 }
                 if *bandwidth > 0 {
-                    write!(f, " bandwidth={bandwidth}B/s")?;
+                    write!(
+                        f,
+                        " bandwidth=\"{}\"",
+                        super::units::format_rate(*bandwidth)
+                    )?;
                 }
                 Ok(())
             }

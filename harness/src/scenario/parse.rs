@@ -13,6 +13,7 @@ use emulator::flash::CutMode;
 
 use super::model::*;
 use super::node::{self, Fields, Node, SpanError, Value};
+use super::units;
 
 /// A problem with a scenario file, at a position when there is one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -545,7 +546,7 @@ fn step_form(kind: &str) -> &'static str {
         "cloud.product" => "{ do = \"cloud.product\", development = false, groups = [\"beta\"], updates_forced = true } (at least one)",
         "power.cut" => "{ do = \"power.cut\" } (now), or with one of flash_op = N, chunk = K, phase = \"download\" (and op = N), plus mode = \"before\"|\"torn\"|\"after\"",
         "app.sleep" => "{ do = \"app.sleep\", mode = \"stop\", duration = \"10m\", network = \"off\" }",
-        "link.faults" => "{ do = \"link.faults\", loss = 0.2, duplicate = 0.0, reorder = 0.1, latency = \"300ms\", jitter = \"50ms\", bandwidth = \"2KiB/s\" }",
+        "link.faults" => "{ do = \"link.faults\", loss = 0.2, duplicate = 0.0, reorder = 0.1, latency = \"300ms\", jitter = \"50ms\", bandwidth = \"2 KiB/s\" }",
         "link.drop" => "{ do = \"link.drop\", next = 5 }",
         "link.partition" => "{ do = \"link.partition\", duration = \"45s\" }",
         "wait.event" => "{ do = \"wait.event\", name = \"spark/flash/status\", data = \"success\", timeout = \"5m\" }",
@@ -832,53 +833,36 @@ fn read_firmware_spec(f: &mut Fields, form: &str) -> Result<FirmwareSpec, SpanEr
     Ok(spec)
 }
 
-/// A size in bytes: an integer, or a string like "64KiB" / "1MiB".
-/// Bytes per second: an integer, or a size with "/s" (`"2KiB/s"`).
+/// Bytes per second: an integer, or a rate as people write it (`"512 B/s"`, `"4 KiB/s"`,
+/// `"250 kbit/s"`; [`units`]), the spelling the trace prints.
 fn read_bandwidth(n: &Node) -> Result<u64, SpanError> {
     let bad = || {
         SpanError::new(
             n.span.clone(),
-            "expected a bandwidth in bytes per second (2048) or like \"2KiB/s\"",
+            "expected a bandwidth in bytes per second (2048) or like \"512 B/s\", \"4 KiB/s\" or \"250 kbit/s\"",
         )
     };
     match &n.value {
         Value::Integer(_) => node::as_int(n, 1, u32::MAX as i64).map(|i| i as u64),
-        Value::String(s) => {
-            let per = s.strip_suffix("/s").ok_or_else(bad)?;
-            let size = Node {
-                span: n.span.clone(),
-                value: Value::String(per.to_string()),
-            };
-            read_size(&size).map(u64::from).map_err(|_| bad())
-        }
+        Value::String(s) => units::parse_rate(s).filter(|v| *v > 0).ok_or_else(bad),
         _ => Err(bad()),
     }
 }
 
+/// A size in bytes: an integer, or a string like `"64KiB"`, `"1 MiB"`, `"512 B"` ([`units`]).
 fn read_size(n: &Node) -> Result<u32, SpanError> {
     let bad = || {
         SpanError::new(
             n.span.clone(),
-            "expected a size in bytes (65536) or like \"64KiB\" or \"1MiB\"",
+            "expected a size in bytes (65536) or like \"64KiB\" or \"1 MiB\"",
         )
     };
     match &n.value {
         Value::Integer(_) => node::as_int(n, 1, u32::MAX as i64).map(|i| i as u32),
-        Value::String(s) => {
-            let (num, scale) = if let Some(x) = s.strip_suffix("KiB") {
-                (x, 1024)
-            } else if let Some(x) = s.strip_suffix("MiB") {
-                (x, 1024 * 1024)
-            } else {
-                (s.as_str(), 1)
-            };
-            num.trim()
-                .parse::<u32>()
-                .ok()
-                .and_then(|v| v.checked_mul(scale))
-                .filter(|v| *v > 0)
-                .ok_or_else(bad)
-        }
+        Value::String(s) => units::parse_size(s)
+            .and_then(|v| u32::try_from(v).ok())
+            .filter(|v| *v > 0)
+            .ok_or_else(bad),
         _ => Err(bad()),
     }
 }
