@@ -114,12 +114,15 @@ pub struct DeviceOsRelease {
 /// `BOOTLOADER_DEPENDENCY = 2300`, `SOFTDEVICE_DEPENDENCY = 202` "S140 7.0.1"); the 5.6.0
 /// bootloader test binaries of binary-version-reader (module version 2400); reference 4.1 for
 /// 6.2.0 (bootloader 3100, system part needs bootloader >= 3100 and radio stack >= 202).
-/// UNCONFIRMED: 5.6.x-5.9.x keep bootloader 2400 and require it (5.8.0 was not read); 6.0.x-6.1.x
-/// ship and require bootloader 3000 (a guess between 2400 and 3100).
+/// UNCONFIRMED: 5.6.x-5.9.x ship bootloader 2400 but still require 2300 (5.8.0's files were
+/// not read; `version.mk` says the dependency "usually lags behind the current bootloader
+/// version, to avoid non-mandatory updates", and the field example's 5.8.0 device reports
+/// bootloader 2300 while running); 6.0.x-6.1.x ship and require bootloader 3000 (a guess
+/// between 2400 and 3100).
 pub fn device_os_release(system_part: u16) -> Option<DeviceOsRelease> {
     let (bootloader, bootloader_dependency) = match system_part {
         5500..=5599 => (2300, 2300),
-        5600..=5999 => (2400, 2400),
+        5600..=5999 => (2400, 2300),
         6000..=6199 => (3000, 3000),
         6200..=6299 => (3100, 3100),
         _ => return None,
@@ -267,19 +270,9 @@ impl<'a> FirmwareSet<'a> {
                     .bootloader_dependency
                     .unwrap_or(versions.bootloader),
             }),
-            // UNCONFIRMED: S140 7.0.1's dependencies are not in any file read; these are the
-            // ones the 6.1.1 SoftDevice module carries (system part >= 1300, bootloader >= 311).
-            RegionKind::RadioStack => b
-                .dependency(Dependency {
-                    function: ModuleFunction::SystemPart,
-                    index: 1,
-                    version: 1300,
-                })
-                .dependency(Dependency {
-                    function: ModuleFunction::Bootloader,
-                    index: 0,
-                    version: 311,
-                }),
+            // UNCONFIRMED: the radio stack is built without dependencies. The 6.1.1 SoftDevice
+            // module of binary-version-reader carries two (system part >= 1300, bootloader >=
+            // 311); S140 7.0.1's were not read, and any modern device meets those anyway.
             RegionKind::UserPart | RegionKind::UserPartLegacy => b
                 .dependency(Dependency {
                     function: ModuleFunction::SystemPart,
