@@ -376,6 +376,9 @@ impl EmulatorTarget {
         let status = bed.status(dev).map_err(err)?;
         if let Some(o) = &mut self.d.last_ota {
             match status.ota {
+                // A failure the device reported stays the verdict while its receiver winds
+                // down (it still shows the transfer until the error response is ACKed).
+                Some(_) if o.state == OtaState::Failed => {}
                 Some(p) => {
                     o.received = p.contiguous_bytes as u64;
                     o.state = if p.validated {
