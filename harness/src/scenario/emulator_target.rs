@@ -21,7 +21,7 @@ use emulator::firmware::{FirmwareSet, ModuleSizes};
 use emulator::flash::{Activity, ActivityCut};
 use emulator::os::{AppBehaviour as OsApp, DeviceEvent};
 
-use super::firmware::{build_file, build_modules};
+use super::firmware::{build_file, build_modules, device_os_release_modules};
 use super::model::*;
 use super::target::{
     Capability, FirmwareIntegrity, Observation, OtaStatus, RunningVersions, SystemFlags, Target,
@@ -484,6 +484,9 @@ impl EmulatorTarget {
         let status = bed.status(dev).map_err(err)?;
         if let Some(o) = &mut self.d.last_ota {
             match status.ota {
+                // A failure the device reported stays the verdict while its receiver winds
+                // down (it still shows the transfer until the error response is ACKed).
+                Some(_) if o.state == OtaState::Failed => {}
                 Some(p) => {
                     o.received = p.contiguous_bytes as u64;
                     o.state = if p.validated {
@@ -878,9 +881,26 @@ impl EmulatorTarget {
         if spec.platform.is_some() || spec.corrupt.is_some() || spec.compressed {
             return BTreeMap::new();
         }
-        build_modules(board, spec, &self.d.current, self.sizes, self.d.dev_seed)
-            .map(|modules| modules.into_iter().collect())
-            .unwrap_or_default()
+        let Ok(modules) = build_modules(board, spec, &self.d.current, self.sizes, self.d.dev_seed)
+        else {
+            return BTreeMap::new();
+        };
+        if !spec.combined {
+            return modules.into_iter().collect();
+        }
+        // A combined file's modules are installed as the file carries them: every one but the
+        // last keeps its COMBINED flag (and the SHA-256 / CRC-32 made with it).
+        let Ok(file) = build_file(board, spec, &self.d.current, self.sizes, self.d.dev_seed) else {
+            return BTreeMap::new();
+        };
+        let Ok(ranges) = protocol::module::split_combined(&file) else {
+            return BTreeMap::new();
+        };
+        modules
+            .into_iter()
+            .zip(ranges)
+            .map(|((kind, _), range)| (kind, file[range].to_vec()))
+            .collect()
     }
 }
 
@@ -943,7 +963,11 @@ impl Target for EmulatorTarget {
             }
             let mut spec = DeviceSpec::new(board.clone(), current.app);
             spec.versions = current.versions();
-            spec.sizes = self.sizes;
+            let sizes = ModuleSizes {
+                user_part: current.app_size.unwrap_or(self.sizes.user_part),
+                ..self.sizes
+            };
+            spec.sizes = sizes;
             spec.app = OsApp {
                 updates_enabled_at_boot: cd.updates_enabled.unwrap_or(setup.app.updates_enabled),
                 reset_enabled_at_boot: setup.app.resets_enabled,
@@ -953,7 +977,7 @@ impl Target for EmulatorTarget {
             };
             // Same derivation as Testbed::add_device, to know the images it provisions.
             let dev_seed = seed ^ ((i as u64 + 1) << 32);
-            let (_, images) = FirmwareSet::new(&board, self.sizes, dev_seed)
+            let (_, images) = FirmwareSet::new(&board, sizes, dev_seed)
                 .provision(&spec.versions)
                 .map_err(err)?;
             let old_images = images
@@ -1004,19 +1028,17 @@ impl Target for EmulatorTarget {
         self.several = duts.len() > 1;
         // Device OS modules the cloud may heal with.
         for dos in &setup.cloud.device_os {
-            let spec = FirmwareSpec {
-                device_os: Some(*dos),
-                ..FirmwareSpec::default()
-            };
-            let file = build_file(
+            let modules = device_os_release_modules(
                 &board,
-                &spec,
+                *dos,
                 &duts[0].current,
                 self.sizes,
                 duts[0].dev_seed,
             )
             .map_err(err)?;
-            bed.cloud_mut().add_device_os_module(file).map_err(err)?;
+            for (_, file) in modules {
+                bed.cloud_mut().add_device_os_module(file).map_err(err)?;
+            }
         }
         if let Some(product) = &setup.cloud.product {
             bed.cloud_mut()

@@ -109,7 +109,13 @@ pub struct InitialFirmware {
     pub app: u16,
     /// The user part's module version.
     pub app_module: u16,
+    /// Default: the bootloader the Device OS release ships
+    /// ([`emulator::firmware::device_os_release`]), else the baseline's.
     pub bootloader: u16,
+    /// The radio stack (SoftDevice) module version on nRF52840 boards.
+    pub radio_stack: u16,
+    /// Size of the installed user part in bytes (default: the target's firmware set's).
+    pub app_size: Option<u32>,
 }
 
 impl Default for InitialFirmware {
@@ -120,18 +126,36 @@ impl Default for InitialFirmware {
             app: b.product_version,
             app_module: b.user_part,
             bootloader: b.bootloader,
+            radio_stack: b.radio_stack,
+            app_size: None,
         }
     }
 }
 
 impl InitialFirmware {
-    /// The module versions the emulator's firmware set builds.
+    /// A device on Device OS `device_os` with the bootloader and radio stack that release
+    /// installs (the baseline's for a release the table does not know).
+    pub fn release(device_os: DeviceOsVersion) -> InitialFirmware {
+        let r = Versions::release(device_os.0).unwrap_or(Versions::BASELINE);
+        InitialFirmware {
+            device_os,
+            bootloader: r.bootloader,
+            radio_stack: r.radio_stack,
+            ..InitialFirmware::default()
+        }
+    }
+
+    /// The module versions the emulator's firmware set builds: the system part depends on the
+    /// bootloader its release requires (on the set's own bootloader for an unknown release).
     pub fn versions(&self) -> Versions {
         Versions {
             bootloader: self.bootloader,
             system_part: self.device_os.0,
             user_part: self.app_module,
             product_version: self.app,
+            radio_stack: self.radio_stack,
+            bootloader_dependency: Versions::release(self.device_os.0)
+                .and_then(|r| r.bootloader_dependency),
         }
     }
 }
@@ -463,6 +487,8 @@ pub struct FirmwareSpec {
     pub device_os: Option<DeviceOsVersion>,
     /// A bootloader at this module version.
     pub bootloader: Option<u16>,
+    /// A radio stack (SoftDevice, module 8/0) at this module version (nRF52840 boards).
+    pub radio_stack: Option<u16>,
     /// The Device OS the app was compiled against: the user part's dependency names this
     /// system part version instead of the one the file carries or the device runs (an app built
     /// for a newer Device OS than the device has). Needs `app`.
@@ -1045,6 +1071,9 @@ impl fmt::Display for FirmwareSpec {
         }
         if let Some(v) = self.bootloader {
             parts.push(format!("bootloader={v}"));
+        }
+        if let Some(v) = self.radio_stack {
+            parts.push(format!("radio_stack={v}"));
         }
         if let Some(v) = self.built_against {
             parts.push(format!("built_against={v}"));

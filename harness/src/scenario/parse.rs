@@ -296,19 +296,25 @@ fn read_initial_firmware(n: &Node) -> Result<InitialFirmware, SpanError> {
     let mut f = Fields::new(n, "[firmware]")?;
     let device_os = f.required("device_os", "device_os = \"6.2.0\"", read_device_os)?;
     let app = f.required("app", "app = 3 (the product version)", node::as_u16)?;
-    let d = InitialFirmware::default();
+    let d = InitialFirmware::release(device_os);
     let app_module = f
         .optional("app_module", node::as_u16)?
         .unwrap_or(d.app_module);
     let bootloader = f
         .optional("bootloader", node::as_u16)?
         .unwrap_or(d.bootloader);
+    let radio_stack = f
+        .optional("radio_stack", node::as_u16)?
+        .unwrap_or(d.radio_stack);
+    let app_size = f.optional("app_size", read_size)?;
     f.finish()?;
     Ok(InitialFirmware {
         device_os,
         app,
         app_module,
         bootloader,
+        radio_stack,
+        app_size,
     })
 }
 
@@ -546,7 +552,7 @@ fn read_steps(n: &Node) -> Result<Vec<StepAt>, Vec<SpanError>> {
 
 fn step_form(kind: &str) -> &'static str {
     match kind {
-        "cloud.flash" => "{ do = \"cloud.flash\", app = 4 } (also device_os, bootloader, built_against, compressed, combined, platform, corrupt, size)",
+        "cloud.flash" => "{ do = \"cloud.flash\", app = 4 } (also device_os, bootloader, radio_stack, built_against, compressed, combined, platform, corrupt, size)",
         "cloud.force_updates" => "{ do = \"cloud.force_updates\", forced = true }",
         "cloud.upload" => "{ do = \"cloud.upload\", app = 5 } (also built_against, size, compressed)",
         "cloud.release" => "{ do = \"cloud.release\", version = 5, default = true, groups = [\"beta\"], intelligent = false }",
@@ -886,6 +892,7 @@ fn read_firmware_spec(f: &mut Fields, form: &str) -> Result<FirmwareSpec, SpanEr
         app: f.optional("app", node::as_u16)?,
         device_os: f.optional("device_os", read_device_os)?,
         bootloader: f.optional("bootloader", node::as_u16)?,
+        radio_stack: f.optional("radio_stack", node::as_u16)?,
         built_against: f.optional("built_against", read_device_os)?,
         compressed: f.optional("compressed", node::as_bool)?.unwrap_or(false),
         combined: f.optional("combined", node::as_bool)?.unwrap_or(false),
@@ -897,6 +904,7 @@ fn read_firmware_spec(f: &mut Fields, form: &str) -> Result<FirmwareSpec, SpanEr
         spec.app.is_some(),
         spec.device_os.is_some(),
         spec.bootloader.is_some(),
+        spec.radio_stack.is_some(),
     ]
     .iter()
     .filter(|b| **b)
