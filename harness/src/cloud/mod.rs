@@ -172,6 +172,8 @@ pub struct CloudStats {
     pub malformed: u64,
     /// [`CloudEvent::Dropped`] reports.
     pub dropped: u64,
+    /// Handshakes and sessions refused ([`SessionChange::Refused`]).
+    pub refused: u64,
 }
 
 /// What the cloud knows about a device, as an operator sees it.
@@ -241,6 +243,8 @@ pub struct Cloud {
     devices: BTreeMap<DeviceId, DeviceRecord>,
     by_key: BTreeMap<Vec<u8>, DeviceId>,
     by_handle: BTreeMap<ConnectionHandle, DeviceId>,
+    /// Handshakes of devices that have a session, until their Hello shows the device id.
+    pending: BTreeMap<ConnectionHandle, connection::PendingHandshake>,
     jobs: BTreeMap<JobId, Job>,
     next_job: u64,
     events: VecDeque<CloudEvent>,
@@ -271,6 +275,7 @@ impl Cloud {
             devices: BTreeMap::new(),
             by_key: BTreeMap::new(),
             by_handle: BTreeMap::new(),
+            pending: BTreeMap::new(),
             jobs: BTreeMap::new(),
             next_job: 1,
             events: VecDeque::new(),
@@ -316,6 +321,48 @@ impl Cloud {
                 );
             }
         }
+    }
+
+    /// Removes a device's key: new handshakes with it are refused and its session (if any)
+    /// is closed (close_notify) and forgotten, so it cannot resume either. The device's record
+    /// (jobs, describe, settings) stays; registering a key again lets it connect. `false` if
+    /// the device is not registered.
+    pub fn unregister_device(&mut self, now: Duration, device_id: impl Into<DeviceId>) -> bool {
+        let device_id: DeviceId = device_id.into();
+        let Some(key) = self.devices.get(&device_id).map(|d| d.key) else {
+            return false;
+        };
+        self.by_key.remove(&key_bytes(&key));
+        self.server.unregister_device_key(&key);
+        let pending: Vec<ConnectionHandle> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.device_id == device_id)
+            .map(|(h, _)| *h)
+            .collect();
+        for h in pending {
+            self.pending.remove(&h);
+            self.server.close(now, h);
+        }
+        if let Some(handle) = self.session_mut(&device_id).map(|s| s.handle) {
+            self.go_offline(
+                now,
+                device_id,
+                DisconnectReason::Refused("the device's key was removed".into()),
+            );
+            self.end_session(device_id);
+            self.server.close(now, handle);
+            self.process_server_events(now, &RecordKind::Other);
+        }
+        true
+    }
+
+    /// Whether the device's key is registered (it may connect).
+    pub fn is_registered(&self, device_id: impl Into<DeviceId>) -> bool {
+        let device_id: DeviceId = device_id.into();
+        self.devices
+            .get(&device_id)
+            .is_some_and(|d| self.by_key.get(&key_bytes(&d.key)) == Some(&device_id))
     }
 
     /// Registered device ids.

@@ -99,6 +99,15 @@ pub enum ServerEvent {
         handle: ConnectionHandle,
         reason: CloseReason,
     },
+    /// A handshake failed before it completed (an unregistered key, a bad signature, a bad
+    /// Finished, a timeout): who tried and why. Followed by its `Closed`.
+    Refused {
+        handle: ConnectionHandle,
+        peer: SocketAddr,
+        /// The key the client offered in its Certificate, if it got that far.
+        offered_key: Option<VerifyingKey>,
+        reason: CloseReason,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,6 +186,12 @@ impl<R: RngCore + CryptoRng> Server<R> {
         if !self.config.device_keys.contains(&key) {
             self.config.device_keys.push(key);
         }
+    }
+
+    /// Stops accepting a device key in new handshakes (established associations stay; close
+    /// them with [`Server::close`]).
+    pub fn unregister_device_key(&mut self, key: &VerifyingKey) {
+        self.config.device_keys.retain(|k| k != key);
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -508,7 +523,7 @@ impl<R: RngCore + CryptoRng> Server<R> {
         }
         let mut closed = false;
         while let Some(e) = a.core.events.pop_front() {
-            self.events.push_back(match e {
+            let event = match e {
                 Event::Connected => ServerEvent::Connected {
                     handle: h,
                     peer: a.addr,
@@ -517,9 +532,18 @@ impl<R: RngCore + CryptoRng> Server<R> {
                 Event::ApplicationData(data) => ServerEvent::ApplicationData { handle: h, data },
                 Event::Closed(reason) => {
                     closed = true;
+                    if a.state != State::Connected && reason != CloseReason::Local {
+                        self.events.push_back(ServerEvent::Refused {
+                            handle: h,
+                            peer: a.addr,
+                            offered_key: a.device_key,
+                            reason: reason.clone(),
+                        });
+                    }
                     ServerEvent::Closed { handle: h, reason }
                 }
-            });
+            };
+            self.events.push_back(event);
         }
         if closed {
             self.forget(h);
@@ -778,10 +802,11 @@ fn on_handshake(
                 },
             };
             let key = verifying_key_from_spki(&spki)?;
+            // Kept even when refused: the refusal names the key that was offered.
+            a.device_key = Some(key);
             if !config.device_keys.contains(&key) {
                 return Err(DtlsError::UnknownDeviceKey);
             }
-            a.device_key = Some(key);
             a.state = State::ExpectClientKeyExchange;
             Ok(())
         }
