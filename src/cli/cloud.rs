@@ -89,9 +89,9 @@ pub struct CloudArgs {
     /// The API's access tokens (TOML, see below).
     #[arg(long, value_name = "FILE", requires = "api")]
     token_file: Option<PathBuf>,
-    /// Keep products, firmware, releases, device settings and unfinished flashes in
-    /// DIR/cloud.sqlite3 across restarts (what the API changes).
-    #[arg(long, value_name = "DIR", requires = "api")]
+    /// Keep device sessions (a restarted cloud resumes them), products, firmware, releases,
+    /// device settings and unfinished flashes in DIR/cloud.sqlite3 across restarts.
+    #[arg(long, value_name = "DIR")]
     state: Option<PathBuf>,
     /// Products to create at start (TOML, see below).
     #[arg(long, value_name = "FILE")]
@@ -181,6 +181,33 @@ pub fn run(args: CloudArgs) -> CliResult {
         }
         None => api::Restored::default(),
     };
+    // Sessions last: a restored session is armed with the product target restored above.
+    let sessions = match &args.state {
+        Some(dir) => {
+            let store = Store::open(dir)?;
+            let (saved, mut written) = store.load_sessions()?;
+            let mut restored = 0;
+            for s in &saved {
+                match cloud.restore_session(Duration::ZERO, s) {
+                    Ok(()) => restored += 1,
+                    Err(e) => {
+                        println!("state {}: session not restored: {e}", store.path().display());
+                        written.remove(&s.device_id);
+                    }
+                }
+            }
+            println!(
+                "state {}: {restored} device sessions restored (they resume without a handshake)",
+                store.path().display()
+            );
+            Some(SessionSync {
+                store,
+                written,
+                last: None,
+            })
+        }
+        None => None,
+    };
     if let Some(path) = &args.products {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let declared = api::lab::parse_products(&text, &path.display().to_string())?;
@@ -252,8 +279,37 @@ pub fn run(args: CloudArgs) -> CliResult {
             }
         });
         let watch = KeyWatch::new(keys, &devices);
-        print_events(node, args.keylog, api_state, watch).await
+        print_events(node, args.keylog, api_state, watch, sessions).await
     })
+}
+
+/// Device sessions written to `--state` (`harness::cloud::store`), at most every
+/// [`SESSION_SAVE`].
+struct SessionSync {
+    store: Store,
+    written: harness::cloud::store::SavedSessions,
+    last: Option<std::time::Instant>,
+}
+
+const SESSION_SAVE: Duration = Duration::from_millis(500);
+
+impl SessionSync {
+    fn poll(&mut self, node: &Shared) -> Result<(), harness::cloud::store::StoreError> {
+        if self.last.is_some_and(|t| t.elapsed() < SESSION_SAVE) {
+            return Ok(());
+        }
+        self.last = Some(std::time::Instant::now());
+        let (sessions, unix_ms) = node.with_node(|n, now| {
+            let unix_ms = n
+                .cloud
+                .unix_time_at_epoch()
+                .saturating_mul(1000)
+                .saturating_add(u64::try_from(now.as_millis()).unwrap_or(u64::MAX));
+            (n.cloud.saved_sessions(), i64::try_from(unix_ms).unwrap_or(i64::MAX))
+        });
+        self.store.sync_sessions(unix_ms, &sessions, &mut self.written)?;
+        Ok(())
+    }
 }
 
 /// The key directory as last read: device keys appearing in it are registered and keys
@@ -335,6 +391,7 @@ async fn print_events(
     keylog: Option<PathBuf>,
     api: Option<Arc<ApiState>>,
     mut watch: KeyWatch,
+    mut sessions: Option<SessionSync>,
 ) -> CliResult {
     let mut hellos: BTreeMap<harness::cloud::DeviceId, (u16, u16)> = BTreeMap::new();
     // The last key-log line written per device: a resumed session is not written again.
@@ -381,6 +438,11 @@ async fn print_events(
             }
             (events, new_hellos, keylines)
         });
+        if let Some(sync) = &mut sessions {
+            if let Err(e) = sync.poll(&node) {
+                eprintln!("hil cloud: saving sessions: {e}");
+            }
+        }
         let mut text = String::new();
         for line in watch.poll(&node) {
             text.push_str(&line);

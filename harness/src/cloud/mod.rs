@@ -176,6 +176,15 @@ pub struct CloudStats {
     pub refused: u64,
 }
 
+/// A device's session as `hil cloud --state` keeps it across a restart ([`store`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedSession {
+    pub device_id: DeviceId,
+    pub dtls: protocol::dtls::ExportedSession,
+    /// The last Hello (platform and versions until the device says Hello again).
+    pub hello: Option<Hello>,
+}
+
 /// What the cloud knows about a device, as an operator sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceView {
@@ -363,6 +372,60 @@ impl Cloud {
         self.devices
             .get(&device_id)
             .is_some_and(|d| self.by_key.get(&key_bytes(&d.key)) == Some(&device_id))
+    }
+
+    /// Every device session that can be resumed (its handshake completed), as it is now.
+    pub fn saved_sessions(&self) -> Vec<SavedSession> {
+        self.devices
+            .iter()
+            .filter_map(|(id, d)| {
+                let s = d.session.as_ref()?;
+                let dtls = self.server.export_session(s.handle)?;
+                Some(SavedSession {
+                    device_id: *id,
+                    dtls,
+                    hello: d.hello.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Takes back a session a cloud that ran before saved ([`Cloud::saved_sessions`]): the
+    /// device is offline until its next record, which is a resumption (reference 1.4), so it
+    /// comes back online without a handshake. Refused (with the reason) when the device is not
+    /// registered, its key changed, or it has a session already.
+    pub fn restore_session(&mut self, now: Duration, saved: &SavedSession) -> Result<(), String> {
+        let id = saved.device_id;
+        let hex = device_id_hex(&id);
+        let Some(d) = self.devices.get(&id) else {
+            return Err(format!("device {hex} is not registered"));
+        };
+        if self.by_key.get(&key_bytes(&d.key)) != Some(&id) || d.key != saved.dtls.device_key {
+            return Err(format!("device {hex}: its key is no longer the session's"));
+        }
+        if d.session.is_some() {
+            return Err(format!("device {hex} has a session already"));
+        }
+        let handle = self
+            .server
+            .restore_session(&saved.dtls)
+            .map_err(|e| format!("device {hex}: {e}"))?;
+        let cid = self.server.connection_id(handle).map(<[u8]>::to_vec);
+        let mut session = Session::new(handle, cid, saved.dtls.peer, now);
+        // Not a handshake: the next record resumes it.
+        session.fresh = false;
+        // Armed as the cloud that made the session armed it at the handshake.
+        let armed = self.fleet.target(id).firmware().cloned().map(reconcile::Armed::new);
+        if let Some(d) = self.devices.get_mut(&id) {
+            d.armed = armed;
+            d.session = Some(session);
+            d.last_address = Some(saved.dtls.peer);
+            if d.hello.is_none() {
+                d.hello = saved.hello.clone();
+            }
+        }
+        self.by_handle.insert(handle, id);
+        Ok(())
     }
 
     /// Registered device ids.

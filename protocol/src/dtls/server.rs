@@ -64,6 +64,16 @@ impl ServerConfig {
     }
 }
 
+/// A connected association as [`Server::export_session`] gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportedSession {
+    pub state: super::SessionState,
+    /// The CID the client asked us to put on our records (Device OS asks for none).
+    pub peer_cid: Option<Vec<u8>>,
+    pub peer: SocketAddr,
+    pub device_key: VerifyingKey,
+}
+
 /// Names one association of a [`Server`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnectionHandle(pub u64);
@@ -296,6 +306,85 @@ impl<R: RngCore + CryptoRng> Server<R> {
             a.core.close_with(CloseReason::Local);
         }
         self.drain(handle);
+    }
+
+    /// The state of a connected association, to keep it across a restart of the server
+    /// ([`Server::restore_session`]). `state.cid` is the CID this server assigned (what the
+    /// client puts on its records), `state.write_seq` the server's next sequence number and
+    /// `state.replay` its window over the client's records.
+    pub fn export_session(&self, handle: ConnectionHandle) -> Option<ExportedSession> {
+        let a = self.associations.get(&handle)?;
+        if a.state != State::Connected || a.core.phase != Phase::Connected {
+            return None;
+        }
+        Some(ExportedSession {
+            state: super::SessionState {
+                master_secret: a.master?,
+                client_random: a.client_random,
+                server_random: a.server_random,
+                cid: a.cid.clone().unwrap_or_default(),
+                epoch: a.core.write_epoch,
+                write_seq: a.core.write_seq[1],
+                replay: a.core.replay,
+            },
+            peer_cid: a.core.out_cid.clone(),
+            peer: a.addr,
+            device_key: a.device_key?,
+        })
+    }
+
+    /// Takes back an association exported by [`Server::export_session`] (by a server that
+    /// ran before): records on its CID are accepted again, from any address, without a
+    /// handshake. The caller must pass a `state.write_seq` no record was ever sent with (save
+    /// a reserve ahead of the counter: a sequence number used twice repeats a CCM nonce).
+    /// Refused if its CID is taken.
+    pub fn restore_session(
+        &mut self,
+        session: &ExportedSession,
+    ) -> Result<ConnectionHandle, DtlsError> {
+        let s = &session.state;
+        if s.epoch != 1 || s.write_seq >= 1 << 48 {
+            return Err(DtlsError::BadSessionBlob("epoch must be 1, sequence within 48 bits"));
+        }
+        let cid = (!s.cid.is_empty()).then(|| s.cid.clone());
+        if let Some(cid) = &cid {
+            if cid.len() != CID_LEN || self.by_cid.contains_key(cid) {
+                return Err(DtlsError::BadSessionBlob("CID of another length, or in use"));
+            }
+        }
+        let mut core = Core::new(self.config.mtu, self.config.timeouts);
+        let (write, read) =
+            KeyBlock::derive(&s.master_secret, &s.client_random, &s.server_random).ciphers(false);
+        core.write_cipher = Some(write);
+        core.read_cipher = Some(read);
+        core.peer_ccs = true;
+        core.write_epoch = s.epoch;
+        core.write_seq = [0, s.write_seq];
+        core.replay = s.replay;
+        core.out_cid = session.peer_cid.clone();
+        core.in_cid_len = if cid.is_some() { CID_LEN } else { 0 };
+        core.phase = Phase::Connected;
+        let h = ConnectionHandle(self.next_handle);
+        self.next_handle += 1;
+        if let Some(cid) = &cid {
+            self.by_cid.insert(cid.clone(), h);
+        }
+        self.by_addr.insert(session.peer, h);
+        self.associations.insert(
+            h,
+            Association {
+                core,
+                addr: session.peer,
+                state: State::Connected,
+                client_random: s.client_random,
+                server_random: s.server_random,
+                ecdh: None,
+                cid,
+                device_key: Some(session.device_key),
+                master: Some(s.master_secret),
+            },
+        );
+        Ok(h)
     }
 
     /// Forgets an association without telling the peer (e.g. an expired session): its CID no
