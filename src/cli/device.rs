@@ -57,10 +57,20 @@ pub struct DeviceArgs {
     /// Write every datagram sent and received to this pcap file (`hil pcap decrypt`).
     #[arg(long, value_name = "FILE")]
     pcap: Option<PathBuf>,
+    /// The ping interval (`Particle.keepAlive`): `25s`, `23m`... (default: the platform's,
+    /// 23 min cellular, 25 s others).
+    #[arg(long, value_name = "DURATION", value_parser = keepalive)]
+    keepalive: Option<Duration>,
     /// Serve the test-control protocol (boards/README.md) on a pseudo-terminal, as the test
     /// firmware does on a board's USB serial port; prints the path to open.
     #[arg(long)]
     serial_pty: bool,
+}
+
+fn keepalive(text: &str) -> Result<Duration, String> {
+    harness::scenario::model::parse_duration(text)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{text:?} is not a duration (e.g. 25s, 23m)"))
 }
 
 fn seed_of(id: &[u8; 12]) -> u64 {
@@ -110,7 +120,10 @@ pub fn run(args: DeviceArgs) -> CliResult {
         server_key,
         key,
     };
-    let os = DeviceOs::new(identity, device, AppBehaviour::default(), seed);
+    let mut os = DeviceOs::new(identity, device, AppBehaviour::default(), seed);
+    if let Some(k) = args.keepalive {
+        os.set_keepalive(k);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

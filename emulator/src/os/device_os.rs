@@ -503,6 +503,11 @@ impl DeviceOs {
         }
     }
 
+    /// `Particle.keepAlive(interval)`: the ping interval (reference 1.9) from now on.
+    pub fn set_keepalive(&mut self, interval: Duration) {
+        self.keepalive = interval;
+    }
+
     /// Whether the device has no connection and is not trying to make one.
     pub fn is_disconnected(&self) -> bool {
         self.cloud.is_none()
