@@ -329,12 +329,16 @@ fn a_refused_impostor_leaves_the_victims_session_up() {
     // Device 1's key, device 2's id.
     let _impostor = lab.device(&lab.keys, 1, 2);
     let refused = cloud.wait_line(&["handshake refused", &id_of(2)], deadline);
-    assert!(refused.contains(&format!("with the key of {victim}")), "{refused}");
+    assert!(
+        refused.contains(&format!("with the key of {victim}")),
+        "{refused}"
+    );
     // Three keepalives later the victim never went offline.
     cloud.collect_until(Instant::now() + Duration::from_secs(6));
     for line in &cloud.seen {
         assert!(
-            !(line.contains(&victim) && (line.contains("disconnected") || line.contains("offline"))),
+            !(line.contains(&victim)
+                && (line.contains("disconnected") || line.contains("offline"))),
             "the impostor disturbed the victim: {line}\n{}",
             cloud.seen.join("\n")
         );
@@ -356,7 +360,14 @@ fn flash_times_out_for_an_offline_device_and_cannot_reach_a_missing_cloud() {
     // A registered device that never comes online: 3 after the timeout.
     let started = Instant::now();
     let status = Command::new(HIL)
-        .args(["flash", "--cloud", &lab.control, "--timeout", "1s", &id_of(4)])
+        .args([
+            "flash",
+            "--cloud",
+            &lab.control,
+            "--timeout",
+            "1s",
+            &id_of(4),
+        ])
         .arg(&app)
         .status()
         .expect("run hil flash");

@@ -191,7 +191,10 @@ pub fn run(args: CloudArgs) -> CliResult {
                 match cloud.restore_session(Duration::ZERO, s) {
                     Ok(()) => restored += 1,
                     Err(e) => {
-                        println!("state {}: session not restored: {e}", store.path().display());
+                        println!(
+                            "state {}: session not restored: {e}",
+                            store.path().display()
+                        );
                         written.remove(&s.device_id);
                     }
                 }
@@ -305,9 +308,13 @@ impl SessionSync {
                 .unix_time_at_epoch()
                 .saturating_mul(1000)
                 .saturating_add(u64::try_from(now.as_millis()).unwrap_or(u64::MAX));
-            (n.cloud.saved_sessions(), i64::try_from(unix_ms).unwrap_or(i64::MAX))
+            (
+                n.cloud.saved_sessions(),
+                i64::try_from(unix_ms).unwrap_or(i64::MAX),
+            )
         });
-        self.store.sync_sessions(unix_ms, &sessions, &mut self.written)?;
+        self.store
+            .sync_sessions(unix_ms, &sessions, &mut self.written)?;
         Ok(())
     }
 }

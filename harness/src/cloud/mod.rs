@@ -415,7 +415,12 @@ impl Cloud {
         // Not a handshake: the next record resumes it.
         session.fresh = false;
         // Armed as the cloud that made the session armed it at the handshake.
-        let armed = self.fleet.target(id).firmware().cloned().map(reconcile::Armed::new);
+        let armed = self
+            .fleet
+            .target(id)
+            .firmware()
+            .cloned()
+            .map(reconcile::Armed::new);
         if let Some(d) = self.devices.get_mut(&id) {
             d.armed = armed;
             d.session = Some(session);
@@ -624,6 +629,12 @@ impl Cloud {
     /// Force-enables (or not) updates for a device (reference 4.6): the setting is kept and the
     /// device is sent `particle/device/updates/forced` now if online (and at each connection
     /// while true).
+    /// Paces the OTA sender (the default) or not (the sender of before), for transfers
+    /// started from now on ([`CloudConfig::paced_sender`]).
+    pub fn set_paced_sender(&mut self, paced: bool) {
+        self.config.paced_sender = paced;
+    }
+
     /// Changes what happens to transfers the device drops from now on.
     pub fn set_interrupted(&mut self, policy: Interrupted) {
         self.config.interrupted = policy;

@@ -329,10 +329,7 @@ impl Store {
         }
         tx.commit().map_err(sql)?;
         for (s, reserved, hello) in upserts {
-            written.insert(
-                s.device_id,
-                (s.dtls.state.client_random, reserved, hello),
-            );
+            written.insert(s.device_id, (s.dtls.state.client_random, reserved, hello));
         }
         for d in gone {
             written.remove(&d);
@@ -342,9 +339,7 @@ impl Store {
 
     /// The sessions saved by [`Store::sync_sessions`], their counters at the reserve (never
     /// used), and what was written. A row that does not parse is an error naming it.
-    pub fn load_sessions(
-        &self,
-    ) -> Result<(Vec<super::SavedSession>, SavedSessions), StoreError> {
+    pub fn load_sessions(&self) -> Result<(Vec<super::SavedSession>, SavedSessions), StoreError> {
         let sql = |e| self.sql(e);
         let mut stmt = self
             .db
@@ -353,10 +348,24 @@ impl Store {
                  ORDER BY device_id",
             )
             .map_err(sql)?;
-        type Row = (String, Vec<u8>, Option<Vec<u8>>, String, Vec<u8>, Option<Vec<u8>>);
+        type Row = (
+            String,
+            Vec<u8>,
+            Option<Vec<u8>>,
+            String,
+            Vec<u8>,
+            Option<Vec<u8>>,
+        );
         let rows: Vec<Row> = stmt
             .query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
             })
             .map_err(sql)?
             .collect::<Result<_, _>>()
@@ -365,9 +374,7 @@ impl Store {
         let mut written = SavedSessions::new();
         for (id, dtls, peer_cid, peer, key, hello) in rows {
             let bad = |what: String| self.content(format!("sessions row {id}: {what}"));
-            let device_id: DeviceId = id
-                .parse()
-                .map_err(|e| bad(format!("device_id: {e}")))?;
+            let device_id: DeviceId = id.parse().map_err(|e| bad(format!("device_id: {e}")))?;
             let state = protocol::dtls::SessionState::from_bytes(&dtls)
                 .map_err(|e| bad(format!("dtls: {e}")))?;
             let peer = peer

@@ -344,12 +344,16 @@ impl<R: RngCore + CryptoRng> Server<R> {
     ) -> Result<ConnectionHandle, DtlsError> {
         let s = &session.state;
         if s.epoch != 1 || s.write_seq >= 1 << 48 {
-            return Err(DtlsError::BadSessionBlob("epoch must be 1, sequence within 48 bits"));
+            return Err(DtlsError::BadSessionBlob(
+                "epoch must be 1, sequence within 48 bits",
+            ));
         }
         let cid = (!s.cid.is_empty()).then(|| s.cid.clone());
         if let Some(cid) = &cid {
             if cid.len() != CID_LEN || self.by_cid.contains_key(cid) {
-                return Err(DtlsError::BadSessionBlob("CID of another length, or in use"));
+                return Err(DtlsError::BadSessionBlob(
+                    "CID of another length, or in use",
+                ));
             }
         }
         let mut core = Core::new(self.config.mtu, self.config.timeouts);
