@@ -507,6 +507,26 @@ impl DeviceOs {
         self.app_call(now, AppCall::Disconnect);
     }
 
+    /// A graceful `Particle.disconnect()`: a Goodbye (reason "user") once the connection is
+    /// up, the cloud's acknowledgement awaited (at most the disconnect timeout), then the
+    /// connection stays down. Without a connection that is up, the same as
+    /// [`DeviceOs::particle_disconnect`]. `hil device` does this on SIGTERM and Ctrl-C.
+    pub fn disconnect_gracefully(&mut self, now: Duration) {
+        if !self.start_goodbye_disconnect(now) {
+            self.particle_disconnect(now);
+        }
+    }
+
+    /// `Particle.keepAlive(interval)`: the ping interval (reference 1.9) from now on.
+    pub fn set_keepalive(&mut self, interval: Duration) {
+        self.keepalive = interval;
+    }
+
+    /// Whether the device has no connection and is not trying to make one.
+    pub fn is_disconnected(&self) -> bool {
+        self.cloud.is_none()
+    }
+
     /// Wakes a sleeping device (a pin or another wake source).
     pub fn wake(&mut self, now: Duration) {
         if let Power::Sleeping {

@@ -170,6 +170,7 @@ impl DatagramFault {
                     DropReason::NoRoute => "no one at the address",
                     DropReason::Muted => "powered off or asleep",
                     DropReason::Filter => "filter",
+                    DropReason::QueueFull => "queue full",
                 }
             ),
             Fate::Sent | Fate::Delivered => "passed".to_string(),
@@ -710,6 +711,7 @@ impl EmulatorTarget {
                             reorder,
                             reorder_delay: Duration::from_millis(80),
                             bandwidth,
+                            queue_limit: Duration::ZERO,
                         };
                         let bed = self.bed()?;
                         let (c, d) = (bed.cloud_node(), bed.device_node(dev));
