@@ -211,11 +211,7 @@ impl Transfer {
                 p.rttvar = sample / 2;
             }
             Some(srtt) => {
-                let diff = if srtt > sample {
-                    srtt - sample
-                } else {
-                    sample - srtt
-                };
+                let diff = srtt.abs_diff(sample);
                 p.rttvar = (p.rttvar * 3 + diff) / 4;
                 p.srtt = Some((srtt * 7 + sample) / 8);
             }
@@ -539,6 +535,89 @@ mod tests {
         assert_eq!(t.deadline(), Some(ms(2100)));
         assert!(!t.is_stalled(ms(300_099)));
         assert!(t.is_stalled(ms(300_100)));
+    }
+
+    const PACED: SenderTiming = SenderTiming {
+        paced: true,
+        ..TIMING
+    };
+
+    #[test]
+    fn paced_one_or_two_reordered_chunks_are_not_resent_three_later_ones_make_a_loss() {
+        let mut t = Transfer::new(ms(0), 512 * 16, 512, 0, 16, PACED).unwrap();
+        assert_eq!(t.next_chunks(ms(0)).len(), 16);
+        assert_eq!(
+            t.on_ack(ms(100), &ack(2, &[4, 5])).unwrap(),
+            Vec::<u32>::new()
+        );
+        assert_eq!(t.congestion_window(), 16);
+        assert_eq!(t.on_ack(ms(110), &ack(2, &[4, 5, 6])).unwrap(), vec![3]);
+        // The loss halved the window; later losses of chunks sent before the cut do not.
+        assert_eq!(t.congestion_window(), 8);
+        assert_eq!(
+            t.on_ack(ms(120), &ack(2, &[4, 5, 6, 8, 9, 10])).unwrap(),
+            vec![7]
+        );
+        assert_eq!(t.congestion_window(), 8);
+    }
+
+    #[test]
+    fn paced_the_window_limits_chunks_in_flight_and_grows_with_acks() {
+        let mut t = Transfer::new(ms(0), 512 * 64, 512, 0, 64, PACED).unwrap();
+        t.next_chunks(ms(0));
+        t.on_ack(ms(100), &ack(2, &[4, 5, 6])).unwrap(); // 3 lost: window 32
+        assert_eq!(t.congestion_window(), 32);
+        // 63 outstanding (3 resent counts), more than the window: nothing new.
+        assert!(t.next_chunks(ms(100)).is_empty());
+        t.on_ack(ms(200), &ack(40, &[])).unwrap();
+        // 24 outstanding (41..=64), window just above 32: room for a few new ones, no more.
+        let cwnd = t.congestion_window();
+        assert!(cwnd >= 32, "{cwnd}");
+        assert!(t.next_chunks(ms(200)).is_empty(), "all 64 are sent already");
+    }
+
+    #[test]
+    fn paced_a_resent_chunk_waits_a_round_trip_before_it_goes_again() {
+        let mut t = Transfer::new(ms(0), 512 * 16, 512, 0, 16, PACED).unwrap();
+        t.next_chunks(ms(0));
+        // An RTT of about 2 s (a full queue).
+        assert_eq!(t.on_ack(ms(2000), &ack(2, &[4, 5, 6])).unwrap(), vec![3]);
+        assert!(t.srtt().is_some_and(|s| s >= ms(1900)));
+        // The old sender would send 3 again 250 ms later; the paced one waits srtt + 4 rttvar.
+        assert!(t
+            .on_ack(ms(2300), &ack(2, &[4, 5, 6, 7]))
+            .unwrap()
+            .is_empty());
+        // srtt about 2 s, rttvar about 0.8 s: over 5 s after its last send.
+        assert!(t
+            .on_ack(ms(5000), &ack(2, &[4, 5, 6, 7, 8]))
+            .unwrap()
+            .is_empty());
+        // The same ack much later (no new sample): now it goes again.
+        assert_eq!(
+            t.on_ack(ms(20000), &ack(2, &[4, 5, 6, 7, 8])).unwrap(),
+            vec![3]
+        );
+    }
+
+    #[test]
+    fn paced_silence_backs_off_and_never_waits_beyond_a_minute() {
+        let mut t = Transfer::new(ms(0), 512 * 16, 512, 0, 16, PACED).unwrap();
+        t.next_chunks(ms(0));
+        let mut now = ms(0);
+        let mut gaps = Vec::new();
+        // 1 + 2 + 4 + ... + 32 + 60 + 60 s: within the 300 s stall limit.
+        for _ in 0..8 {
+            let at = t.deadline().unwrap();
+            assert!(!t.on_timeout(at).is_empty());
+            gaps.push(at - now);
+            now = at;
+        }
+        assert_eq!(gaps[0], ms(1000));
+        assert_eq!(gaps[1], ms(2000));
+        assert!(gaps.windows(2).all(|w| w[1] >= w[0]));
+        assert_eq!(*gaps.last().unwrap(), MAX_RTO);
+        assert_eq!(t.congestion_window(), 2);
     }
 
     #[test]
