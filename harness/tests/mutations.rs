@@ -27,6 +27,12 @@ fn passes(fixture: &str, mutation: Option<Mutation>) -> bool {
 
 /// Each behaviour and the fixtures that cover it.
 const COVERED: &[(Mutation, &[&str])] = &[
+    // Only this one: in every other fixture with updates disabled the cloud has heard the
+    // flag and holds the job before any UpdateStart reaches the device.
+    (
+        Mutation::IgnoreUpdatesDisabled,
+        &["updates-disabled-before-the-cloud-heard.toml"],
+    ),
     // Not `wake-every-hour-until-updated.toml`: a sleep cancels the transfer and Device OS
     // syncs the resume state at the cancel, so that fixture resumes without the periodic sync.
     (

@@ -428,8 +428,8 @@ impl EmulatorTarget {
                     *file_size as u64,
                     String::new(),
                 )),
-                DeviceEvent::OtaFailed { code, message } => {
-                    if let Some(o) = &mut self.d.last_ota {
+                DeviceEvent::OtaFailed { code, message } => match &mut self.d.last_ota {
+                    Some(o) if o.state == OtaState::InProgress => {
                         o.state = OtaState::Failed;
                         o.error = Some(*code);
                         self.queue.push(ota_entry(
@@ -440,7 +440,26 @@ impl EmulatorTarget {
                             format!("error {code}: {message}"),
                         ));
                     }
-                }
+                    // No transfer runs: the device refused an UpdateStart (-1380 updates
+                    // disabled, -1360 wrong platform ...). That refusal is the last OTA word.
+                    _ => {
+                        self.d.last_ota = Some(OtaStatus {
+                            state: OtaState::Failed,
+                            received: 0,
+                            total: 0,
+                            resumed_from: None,
+                            error: Some(*code),
+                            started: self.d.transfers,
+                        });
+                        self.queue.push(ota_entry(
+                            *at,
+                            OtaState::Failed,
+                            0,
+                            0,
+                            format!("refused: error {code}: {message}"),
+                        ));
+                    }
+                },
                 DeviceEvent::SystemEvent(emulator::os::SystemEvent::FirmwareUpdate(
                     emulator::os::FirmwareUpdateEvent::Complete,
                 )) => {
