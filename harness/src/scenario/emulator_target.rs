@@ -90,7 +90,11 @@ struct Dut {
     dev_seed: u64,
     current: InitialFirmware,
     old_images: BTreeMap<RegionKind, Vec<u8>>,
+    /// What the latest flash, release or lock offers (the update `nothing_lost` judges whole).
     new_images: BTreeMap<RegionKind, Vec<u8>>,
+    /// Every image offered before the latest one: each was legitimately installed at some
+    /// point of the run, so a region holding one of them lost nothing.
+    earlier_images: BTreeMap<RegionKind, Vec<Vec<u8>>>,
     seen_dev_events: usize,
     /// Power returns by itself at this time.
     power_back_at: Option<Duration>,
@@ -593,7 +597,8 @@ impl EmulatorTarget {
                 let board = self.board.clone().ok_or_else(|| err("not set up"))?;
                 let file = build_file(&board, spec, &self.d.current, self.sizes, self.d.dev_seed)
                     .map_err(err)?;
-                self.d.new_images = self.images(spec);
+                let images = self.images(spec);
+                self.d.offer(images);
                 self.bed()?.flash(dev, file).map_err(err)?;
             }
             Action::CloudForceUpdates { forced } => {
@@ -832,7 +837,8 @@ impl EmulatorTarget {
                 intelligent,
             } => {
                 if let Some(images) = self.product_images.get(version) {
-                    self.d.new_images = images.clone();
+                    let images = images.clone();
+                    self.d.offer(images);
                 }
                 let release = Release {
                     product_default: *product_default,
@@ -846,7 +852,8 @@ impl EmulatorTarget {
             }
             ProductAction::Lock { version, flash_now } => {
                 if let Some(images) = self.product_images.get(version) {
-                    self.d.new_images = images.clone();
+                    let images = images.clone();
+                    self.d.offer(images);
                 }
                 let change = DeviceChange {
                     locked: Some(Some(*version)),
@@ -931,6 +938,18 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
         && (hay.starts_with(needle)
             || hay.ends_with(needle)
             || hay.windows(needle.len()).any(|w| w == needle))
+}
+
+impl Dut {
+    /// A new update is offered: the one before it becomes part of the run's history.
+    fn offer(&mut self, images: BTreeMap<RegionKind, Vec<u8>>) {
+        for (kind, image) in std::mem::replace(&mut self.new_images, images) {
+            let earlier = self.earlier_images.entry(kind).or_default();
+            if !earlier.contains(&image) {
+                earlier.push(image);
+            }
+        }
+    }
 }
 
 impl Target for EmulatorTarget {
@@ -1057,7 +1076,14 @@ impl Target for EmulatorTarget {
                 duts[0].dev_seed,
             )
             .map_err(err)?;
-            for (_, file) in modules {
+            for (kind, file) in modules {
+                // The healer may install it on any device: a legitimate image of its region.
+                for dut in &mut duts {
+                    let earlier = dut.earlier_images.entry(kind).or_default();
+                    if !earlier.contains(&file) {
+                        earlier.push(file.clone());
+                    }
+                }
                 bed.cloud_mut().add_device_os_module(file).map_err(err)?;
             }
         }
@@ -1232,37 +1258,70 @@ impl Target for EmulatorTarget {
         let board = self.board.clone().ok_or_else(|| err("not set up"))?;
         let bed = self.bed.as_ref().ok_or_else(|| err("not set up"))?;
         let flash = bed.os(self.d.dev).map_err(err)?.device().flash();
-        let (mut old, mut new) = (true, true);
+        // Every region must hold an image legitimately installed in this run (the initial
+        // one, any update offered before the latest, a healing module), or the latest
+        // update's; and the latest update's regions are all new or all not (never a mix of a
+        // combined update).
+        let mut regions: Vec<RegionKind> = self.d.old_images.keys().copied().collect();
+        for k in self.d.new_images.keys() {
+            if !regions.contains(k) {
+                regions.push(*k);
+            }
+        }
         let mut detail = Vec::new();
-        for (kind, old_img) in &self.d.old_images {
+        let (mut new_count, mut not_new) = (0usize, Vec::new());
+        for kind in regions {
             let region = board
-                .region(*kind)
+                .region(kind)
                 .ok_or_else(|| err(format!("no region {kind}")))?;
             let chip = board.flash_chip(region.chip);
             let bytes = flash
                 .read_vec(chip, region.start, (region.end - region.start) as usize)
                 .map_err(err)?;
-            let new_img = self.d.new_images.get(kind).unwrap_or(old_img);
-            let has_old = contains(&bytes, old_img);
-            let has_new = contains(&bytes, new_img);
-            old &= has_old;
-            new &= has_new;
-            if !has_old && !has_new {
-                detail.push(format!("{kind} holds neither the old nor the new image"));
+            let latest = self.d.new_images.get(&kind);
+            let has_new = latest.is_some_and(|img| contains(&bytes, img));
+            let has_earlier = self
+                .d
+                .old_images
+                .get(&kind)
+                .is_some_and(|img| contains(&bytes, img))
+                || self
+                    .d
+                    .earlier_images
+                    .get(&kind)
+                    .is_some_and(|imgs| imgs.iter().any(|img| contains(&bytes, img)));
+            if latest.is_some() {
+                if has_new {
+                    new_count += 1;
+                } else {
+                    not_new.push(kind);
+                }
+            }
+            if !has_new && !has_earlier {
+                detail.push(format!(
+                    "{kind} holds none of the images installed in this run (the initial one, an update, a healing module)"
+                ));
             }
         }
         Ok(if !detail.is_empty() {
             FirmwareIntegrity::Lost {
                 detail: detail.join("; "),
             }
-        } else if old {
-            FirmwareIntegrity::OldIntact
-        } else if new {
+        } else if new_count > 0 && !not_new.is_empty() {
+            FirmwareIntegrity::Lost {
+                detail: format!(
+                    "a mix of old and new modules: the latest update's {} not installed while its other modules are",
+                    not_new
+                        .iter()
+                        .map(|k| k.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        } else if new_count > 0 {
             FirmwareIntegrity::NewComplete
         } else {
-            FirmwareIntegrity::Lost {
-                detail: "a mix of old and new modules".into(),
-            }
+            FirmwareIntegrity::OldIntact
         })
     }
 
