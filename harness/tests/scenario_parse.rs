@@ -221,6 +221,10 @@ development = false
 groups = ["beta"]
 updates_forced = true
 
+[[step]]
+do = "device.reset"
+reason = "watchdog"
+
 [expect]
 running = { app = 4 }
 

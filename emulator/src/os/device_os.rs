@@ -284,6 +284,18 @@ impl DeviceOs {
         self.after(now);
     }
 
+    /// A reset the application has no say in: the RESET pin (`reset_reason::PIN_RESET`) or a
+    /// watchdog (`reset_reason::WATCHDOG`). It works in safe mode too (the application does
+    /// not run there). RAM goes without a Goodbye; the bootloader applies staged slots.
+    pub fn hardware_reset(&mut self, now: Duration, reason: u32) {
+        if self.power != Power::On {
+            self.log("hardware reset ignored: the device is off or asleep");
+            return;
+        }
+        self.reset_now(now, reason, false);
+        self.after(now);
+    }
+
     /// Loses power at the first flash operation of writing OTA chunk `chunk` (the 1-based
     /// Chunk-Index of a transfer, counted from its resume offset), in `mode`, in whichever
     /// transfer first writes such a chunk. A duplicate of a chunk already held writes nothing

@@ -573,6 +573,12 @@ impl Target for BoardTarget {
                 self.power_back_at = None;
                 self.switch_power(true)?;
             }
+            // Not declared (no RESET-pin line in the test-control protocol v1): skipped.
+            Action::HardwareReset(_) => {
+                return Err(TargetError::Step(
+                    "a board target cannot pull the RESET pin (protocol v1)".into(),
+                ))
+            }
             Action::App(app) => {
                 let command = match app {
                     AppAction::DisableUpdates => Command::Updates { enabled: false },

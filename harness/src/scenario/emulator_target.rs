@@ -688,6 +688,21 @@ impl EmulatorTarget {
                 self.queue
                     .push(TraceEntry::new(now, TraceKind::Power { on: true }));
             }
+            Action::HardwareReset(r) => {
+                let reason = match r {
+                    HardwareReset::Pin => emulator::os::profile::reset_reason::PIN_RESET,
+                    HardwareReset::Watchdog => emulator::os::profile::reset_reason::WATCHDOG,
+                };
+                self.bed()?
+                    .with_device(dev, |os, now| os.hardware_reset(now, reason))
+                    .map_err(err)?;
+                self.queue.push(TraceEntry::new(
+                    now,
+                    TraceKind::Fault {
+                        what: format!("{} reset", r.as_str()),
+                    },
+                ));
+            }
             Action::App(a) => {
                 let a = *a;
                 let refused = self

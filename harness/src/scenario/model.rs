@@ -316,6 +316,29 @@ pub struct Repeat {
     pub steps: Vec<StepAt>,
 }
 
+/// Why the hardware reset the device (`device.reset reason = ...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HardwareReset {
+    /// The RESET pin (`last_reset` = `pin_reset`).
+    Pin,
+    /// A hardware watchdog expired (`last_reset` = `watchdog`).
+    Watchdog,
+}
+
+impl HardwareReset {
+    pub const WORDS: [(&'static str, HardwareReset); 2] = [
+        ("pin", HardwareReset::Pin),
+        ("watchdog", HardwareReset::Watchdog),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HardwareReset::Pin => "pin",
+            HardwareReset::Watchdog => "watchdog",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum RepeatCount {
     /// Exactly this many iterations.
@@ -382,6 +405,8 @@ pub enum Action {
     },
     PowerCut(PowerCut),
     PowerOn,
+    /// A reset the application has no say in (works in safe mode too).
+    HardwareReset(HardwareReset),
     App(AppAction),
     Link(LinkAction),
     /// The device's product (reference `particle-cloud-api.md` 2.2-2.3, 4.2-4.5).
@@ -426,6 +451,7 @@ impl Action {
             Action::CloudForceUpdates { .. } => "cloud.force_updates",
             Action::PowerCut(_) => "power.cut",
             Action::PowerOn => "power.on",
+            Action::HardwareReset(_) => "device.reset",
             Action::App(a) => match a {
                 AppAction::DisableUpdates => "app.disable_updates",
                 AppAction::EnableUpdates => "app.enable_updates",
@@ -467,6 +493,7 @@ impl Action {
                 CutPoint::Chunk(_) => vec![PowerControl, PowerCutAtChunk],
             },
             Action::PowerOn => vec![PowerControl],
+            Action::HardwareReset(_) => vec![Capability::HardwareReset],
             Action::App(AppAction::Sleep(_)) | Action::App(AppAction::Wake) => {
                 vec![AppControl, Sleep]
             }
@@ -1174,6 +1201,7 @@ impl fmt::Display for Action {
                 Ok(())
             }
             Action::PowerOn => Ok(()),
+            Action::HardwareReset(r) => write!(f, " reason={}", r.as_str()),
             Action::App(AppAction::Reset { no_wait }) if *no_wait => f.write_str(" no_wait"),
             Action::App(AppAction::Sleep(s)) => {
                 let mode = SLEEP_MODE_WORDS

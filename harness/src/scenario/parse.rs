@@ -120,7 +120,7 @@ impl Problems {
 }
 
 /// Every step kind, in the order error messages list them.
-pub const STEP_KINDS: [&str; 30] = [
+pub const STEP_KINDS: [&str; 31] = [
     "cloud.flash",
     "cloud.force_updates",
     "cloud.upload",
@@ -132,6 +132,7 @@ pub const STEP_KINDS: [&str; 30] = [
     "cloud.product",
     "power.cut",
     "power.on",
+    "device.reset",
     "app.disable_updates",
     "app.enable_updates",
     "app.disable_reset",
@@ -562,6 +563,7 @@ fn step_form(kind: &str) -> &'static str {
         "cloud.development" => "{ do = \"cloud.development\", development = true }",
         "cloud.product" => "{ do = \"cloud.product\", development = false, groups = [\"beta\"], updates_forced = true } (at least one)",
         "power.cut" => "{ do = \"power.cut\" } (now), or with one of flash_op = N, chunk = K, phase = \"download\" (and op = N), plus mode = \"before\"|\"torn\"|\"after\"",
+        "device.reset" => "{ do = \"device.reset\", reason = \"pin\" } (or \"watchdog\")",
         "app.sleep" => "{ do = \"app.sleep\", mode = \"stop\", duration = \"10m\", network = \"off\" }",
         "link.faults" => "{ do = \"link.faults\", loss = 0.2, duplicate = 0.0, reorder = 0.1, latency = \"300ms\", jitter = \"50ms\", bandwidth = \"2 KiB/s\" }",
         "link.drop" => "{ do = \"link.drop\", next = 5 } (also direction = \"to_device\"|\"to_cloud\"|\"both\")",
@@ -663,6 +665,11 @@ fn read_step(n: &Node, index: &str) -> Result<Step, SpanError> {
         ))),
         "power.cut" => Step::Action(Action::PowerCut(read_power_cut(&mut f, form)?)),
         "power.on" => Step::Action(Action::PowerOn),
+        "device.reset" => {
+            Step::Action(Action::HardwareReset(f.required("reason", form, |n| {
+                node::as_word(n, &HardwareReset::WORDS)
+            })?))
+        }
         "app.disable_updates" => Step::Action(Action::App(AppAction::DisableUpdates)),
         "app.enable_updates" => Step::Action(Action::App(AppAction::EnableUpdates)),
         "app.disable_reset" => Step::Action(Action::App(AppAction::DisableReset)),

@@ -59,10 +59,12 @@ pub enum Capability {
     ObserveBoots,
     /// Whether the device's connection resumed its DTLS session or made a full handshake.
     ObserveSession,
+    /// Reset the device as its RESET pin or a watchdog does (no application involved).
+    HardwareReset,
 }
 
 impl Capability {
-    pub const ALL: [Capability; 21] = [
+    pub const ALL: [Capability; 22] = [
         Capability::SeveralDevices,
         Capability::InstallFirmware,
         Capability::CloudFlash,
@@ -84,6 +86,7 @@ impl Capability {
         Capability::FlashInspection,
         Capability::ObserveBoots,
         Capability::ObserveSession,
+        Capability::HardwareReset,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -109,6 +112,7 @@ impl Capability {
             Capability::FlashInspection => "flash-inspection",
             Capability::ObserveBoots => "observe-boots",
             Capability::ObserveSession => "observe-session",
+            Capability::HardwareReset => "hardware-reset",
         }
     }
 }
