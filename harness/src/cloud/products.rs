@@ -162,12 +162,20 @@ impl Cloud {
     ) -> Result<(), FleetError> {
         let at = self.unix_time(now);
         let devices = self.fleet.release(product, version, release, at)?;
-        let delivery = if release.intelligent {
-            Delivery::Now
+        if release.intelligent {
+            // At once only to the devices this release targets: another device of the
+            // product whose target is a standard release keeps waiting for its next
+            // handshake (an intelligent release to one group must not push another group's
+            // standard release).
+            let (targeted, others): (Vec<DeviceId>, Vec<DeviceId>) =
+                devices.into_iter().partition(|d| {
+                    self.fleet.target(*d).firmware().map(|t| t.version) == Some(version)
+                });
+            self.fleet_changed(now, &targeted, Delivery::Now);
+            self.fleet_changed(now, &others, Delivery::NextHandshake);
         } else {
-            Delivery::NextHandshake
-        };
-        self.fleet_changed(now, &devices, delivery);
+            self.fleet_changed(now, &devices, Delivery::NextHandshake);
+        }
         Ok(())
     }
 

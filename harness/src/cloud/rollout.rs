@@ -398,10 +398,16 @@ impl Rollout {
                     a.outcome = Outcome::Failed;
                 }
             }
-            names::STATUS if data == "online" => {
-                if event.product_version == self.plan.version && a.outcome != Outcome::SafeMode {
-                    a.outcome = Outcome::Succeeded;
-                }
+            names::STATUS if data == "offline" => {}
+            // Any other event of the device's session carries the version of its last Hello
+            // (the stream's `version`): `spark/status online` after a full handshake, the
+            // events a device publishes after its post-update Hello on a resumed session
+            // (where `online` came before that Hello).
+            _ if event.product_version == self.plan.version
+                && a.outcome != Outcome::SafeMode
+                && !matches!(event.name.as_str(), names::SAFE_MODE | names::DEVICE_SAFE_MODE) =>
+            {
+                a.outcome = Outcome::Succeeded;
             }
             names::SAFE_MODE | names::DEVICE_SAFE_MODE => {
                 // UNCONFIRMED (our policy, no service documents it): a device in safe mode
