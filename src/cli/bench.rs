@@ -34,6 +34,9 @@ pub enum BenchCommand {
     /// Power-cut points the sweep verifies per second (128 KiB user part, 500 KiB system part,
     /// Boron, all three cut modes).
     PowerCut(super::bench_power_cut::PowerCutArgs),
+    /// A simulated fleet (1,000 / 10,000 / 100,000 Borons, a standard release, a virtual day):
+    /// memory per device, simulated hours per wall second, handshakes per second.
+    Fleet(super::bench_fleet::FleetArgs),
 }
 
 #[derive(Args)]
@@ -55,6 +58,7 @@ pub fn run(cmd: BenchCommand) -> CliResult {
         BenchCommand::Dtls(args) => dtls(args),
         BenchCommand::Ota(args) => super::bench_ota::ota(args),
         BenchCommand::PowerCut(args) => super::bench_power_cut::power_cut(args),
+        BenchCommand::Fleet(args) => super::bench_fleet::fleet(args),
     }
 }
 
