@@ -91,7 +91,8 @@ fn curve_files_hold_the_counts() {
 #[test]
 fn broken_fleet_files_name_the_file_and_the_field() {
     let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/fleet/staged-rollout-completes.toml"),
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fixtures/fleet/staged-rollout-completes.toml"),
     )
     .unwrap();
     let broken = text.replace("failure_type = \"all\"", "failure_type = \"sometimes\"");

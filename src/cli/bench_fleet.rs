@@ -73,7 +73,7 @@ fn rss() -> u64 {
 }
 
 pub fn fleet(args: FleetArgs) -> CliResult {
-    if !(args.hours > 0.0) {
+    if args.hours.is_nan() || args.hours <= 0.0 {
         return Err("--hours must be more than zero".into());
     }
     let mut base = fleet_sim::model::parse(FLEET, std::path::Path::new("<hil bench fleet>"))?;
@@ -84,7 +84,9 @@ pub fn fleet(args: FleetArgs) -> CliResult {
         None => vec![1_000, 10_000, 100_000],
     };
     if cfg!(debug_assertions) {
-        eprintln!("hil bench fleet: a debug build; build with --release for figures that mean something");
+        eprintln!(
+            "hil bench fleet: a debug build; build with --release for figures that mean something"
+        );
     }
     let mut runs = Vec::new();
     if !args.json {
@@ -116,7 +118,11 @@ pub fn fleet(args: FleetArgs) -> CliResult {
             .curve
             .rows
             .last()
-            .map(|r| r.iter().map(|c| c.versions.get(&7).copied().unwrap_or(0)).sum())
+            .map(|r| {
+                r.iter()
+                    .map(|c| c.versions.get(&7).copied().unwrap_or(0))
+                    .sum()
+            })
             .unwrap_or(0);
         let row = serde_json::json!({
             "devices": devices,

@@ -8,9 +8,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::event::StreamEvent;
-use super::fleet::{
-    DeviceChange, Fleet, FleetError, ProductFirmware, ProductId, Release, Staged,
-};
+use super::fleet::{DeviceChange, Fleet, FleetError, ProductFirmware, ProductId, Release, Staged};
 use super::rollout::{Rollout, RolloutAction, RolloutPlan};
 use super::{Cloud, DeviceId};
 

@@ -170,10 +170,18 @@ impl RolloutPlan {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RolloutState {
     /// Stage `stage` (1-based) runs.
-    Running { stage: usize },
+    Running {
+        stage: usize,
+    },
     /// An abort criterion stopped it at `stage`.
-    Paused { stage: usize, reason: String },
-    RolledBack { stage: usize, reason: String },
+    Paused {
+        stage: usize,
+        reason: String,
+    },
+    RolledBack {
+        stage: usize,
+        reason: String,
+    },
     /// Every stage admitted and the last stage's success condition met: the version is now
     /// the product default.
     Completed,
@@ -214,7 +222,10 @@ pub enum Outcome {
 
 impl Outcome {
     fn is_failure(self) -> bool {
-        matches!(self, Outcome::Failed | Outcome::TimedOut | Outcome::SafeMode)
+        matches!(
+            self,
+            Outcome::Failed | Outcome::TimedOut | Outcome::SafeMode
+        )
     }
 }
 
@@ -393,10 +404,10 @@ impl Rollout {
                 }
                 a.started_at = Some(event.at);
             }
-            names::FLASH_STATUS if data == names::FLASH_FAILED.trim() => {
-                if a.outcome != Outcome::Succeeded {
-                    a.outcome = Outcome::Failed;
-                }
+            names::FLASH_STATUS
+                if data == names::FLASH_FAILED.trim() && a.outcome != Outcome::Succeeded =>
+            {
+                a.outcome = Outcome::Failed;
             }
             names::STATUS if data == "offline" => {}
             // Any other event of the device's session carries the version of its last Hello
@@ -405,18 +416,19 @@ impl Rollout {
             // (where `online` came before that Hello).
             _ if event.product_version == self.plan.version
                 && a.outcome != Outcome::SafeMode
-                && !matches!(event.name.as_str(), names::SAFE_MODE | names::DEVICE_SAFE_MODE) =>
+                && !matches!(
+                    event.name.as_str(),
+                    names::SAFE_MODE | names::DEVICE_SAFE_MODE
+                ) =>
             {
                 a.outcome = Outcome::Succeeded;
             }
-            names::SAFE_MODE | names::DEVICE_SAFE_MODE => {
-                // UNCONFIRMED (our policy, no service documents it): a device in safe mode
-                // after it was admitted counts against the rollout even when the rollout's
-                // version is not what put it there; safe-mode healing may still bring it
-                // back, and an `online` running the version afterwards does not clear it.
-                if a.started_at.is_some() {
-                    a.outcome = Outcome::SafeMode;
-                }
+            // UNCONFIRMED (our policy, no service documents it): a device in safe mode after
+            // its update started counts against the rollout even when the rollout's version
+            // is not what put it there; safe-mode healing may still bring it back, and an
+            // event with the version afterwards does not clear it.
+            names::SAFE_MODE | names::DEVICE_SAFE_MODE if a.started_at.is_some() => {
+                a.outcome = Outcome::SafeMode;
             }
             _ => {}
         }
@@ -627,7 +639,10 @@ mod tests {
         assert_eq!(r.state, RolloutState::Running { stage: 1 });
         r.observe(&event(12, first[1], names::STATUS, "online", 8));
         r.service(Duration::from_secs(13));
-        assert!(matches!(r.state, RolloutState::Paused { .. }), "1 of 2 is 50%");
+        assert!(
+            matches!(r.state, RolloutState::Paused { .. }),
+            "1 of 2 is 50%"
+        );
     }
 
     #[test]

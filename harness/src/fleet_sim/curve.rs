@@ -53,7 +53,11 @@ impl Curve {
             file: s.file.clone(),
             seed,
             sample: s.sample,
-            cohorts: s.cohorts.iter().map(|c| (c.name.clone(), c.count)).collect(),
+            cohorts: s
+                .cohorts
+                .iter()
+                .map(|c| (c.name.clone(), c.count))
+                .collect(),
             times: Vec::new(),
             rows: Vec::new(),
         }
@@ -175,7 +179,8 @@ impl Curve {
             }
         }
         let fleet: u32 = self.cohorts.iter().map(|(_, n)| *n).sum();
-        let totals: [(&str, fn(&CohortCounts) -> u32); 3] = [
+        type Count = fn(&CohortCounts) -> u32;
+        let totals: [(&str, Count); 3] = [
             ("updating", |c| c.updating),
             ("failed", |c| c.failed),
             ("safe mode", |c| c.safe_mode),

@@ -332,7 +332,8 @@ impl FleetDevice {
                     // Not the schedule's own cycle: a cut armed at a chunk fired.
                     self.powered = false;
                     self.cut_armed = false;
-                    let back = Duration::from_secs(5) + uniform(&mut self.rng, Duration::from_secs(115));
+                    let back =
+                        Duration::from_secs(5) + uniform(&mut self.rng, Duration::from_secs(115));
                     self.power_on_at = Some(self.now + back);
                 }
             }
@@ -361,11 +362,11 @@ impl FleetDevice {
                 }
             }
             DeviceEvent::OtaFailed { .. }
-            | DeviceEvent::SystemEvent(SystemEvent::FirmwareUpdate(FirmwareUpdateEvent::Failed)) => {
-                if self.mark.updating {
-                    self.mark.updating = false;
-                    self.mark.failed = true;
-                }
+            | DeviceEvent::SystemEvent(SystemEvent::FirmwareUpdate(FirmwareUpdateEvent::Failed))
+                if self.mark.updating =>
+            {
+                self.mark.updating = false;
+                self.mark.failed = true;
             }
             _ => {}
         }

@@ -231,9 +231,7 @@ impl Fleet {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xF1EE_7000);
         let server_key = SigningKey::random(&mut rng);
         let mut cloud = Cloud::new(CloudConfig::new(server_key.clone()), seed);
-        let cloud_err = |what: String| {
-            move |source| FleetRunError::Cloud { seed, what, source }
-        };
+        let cloud_err = |what: String| move |source| FleetRunError::Cloud { seed, what, source };
         let board = &s.cohorts[0].board;
         cloud
             .create_product(s.product, "fleet", board.platform_id)
@@ -251,7 +249,14 @@ impl Fleet {
                 .module(RegionKind::UserPart, &versions(*app), sizes.user_part)
                 .map_err(|source| FleetRunError::Firmware { seed, source })?;
             cloud
-                .upload_firmware(Duration::ZERO, s.product, *app, &format!("v{app}"), "", file)
+                .upload_firmware(
+                    Duration::ZERO,
+                    s.product,
+                    *app,
+                    &format!("v{app}"),
+                    "",
+                    file,
+                )
                 .map_err(cloud_err(format!("the upload of app {app}")))?;
         }
         let bad: Rc<[u16]> = s
@@ -297,7 +302,12 @@ impl Fleet {
                         .map_err(cloud_err(format!("the groups of device {device_id}")))?;
                 }
                 let dev_seed = rng.next_u64();
-                let os = DeviceOs::new(identity, template.clone(), AppBehaviour::default(), dev_seed);
+                let os = DeviceOs::new(
+                    identity,
+                    template.clone(),
+                    AppBehaviour::default(),
+                    dev_seed,
+                );
                 let mut dev_rng = ChaCha8Rng::seed_from_u64(dev_seed ^ 0xBE4A);
                 let boot_at = device::uniform(&mut dev_rng, s.boot_spread);
                 let link = c.behaviour.link.map(|l| {
@@ -327,13 +337,7 @@ impl Fleet {
             }
         }
         let mut net = SimNetwork::new(seed);
-        let cloud = net.add_node(
-            server_addr,
-            FleetCloud {
-                cloud,
-                events: 0,
-            },
-        )?;
+        let cloud = net.add_node(server_addr, FleetCloud { cloud, events: 0 })?;
         for (n, node, link) in nodes {
             let id = net.add_node_ephemeral(device_ip(n), node)?;
             if let Some(faults) = link {

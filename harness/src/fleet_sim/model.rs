@@ -367,7 +367,10 @@ pub fn parse(text: &str, path: &Path) -> Result<FleetScenario, FleetFileError> {
     for (i, c) in f.cohorts.iter().enumerate() {
         let field = format!("fleet.devices[{i}]");
         if c.count == 0 {
-            return Err(invalid(&format!("{field}.count"), "must be at least 1".into()));
+            return Err(invalid(
+                &format!("{field}.count"),
+                "must be at least 1".into(),
+            ));
         }
         let board = emulator::board::Board::builtin(&c.board)
             .map_err(|e| invalid(&format!("{field}.board"), e.to_string()))?;
@@ -377,7 +380,10 @@ pub fn parse(text: &str, path: &Path) -> Result<FleetScenario, FleetFileError> {
             crate::cloud::fleet::valid_group(g)
                 .map_err(|e| invalid(&format!("{field}.groups"), e.to_string()))?;
         }
-        let name = c.name.clone().unwrap_or_else(|| format!("devices{}", i + 1));
+        let name = c
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("devices{}", i + 1));
         if cohorts.iter().any(|o: &CohortSpec| o.name == name) {
             return Err(invalid(
                 &format!("{field}.name"),
@@ -496,18 +502,26 @@ pub fn parse(text: &str, path: &Path) -> Result<FleetScenario, FleetFileError> {
     let mut expects = Vec::new();
     for (i, e) in f.expects.iter().enumerate() {
         let field = format!("fleet.expect[{i}]");
-        let cohort = match &e.cohort {
-            None => None,
-            Some(name) => Some(cohorts.iter().position(|c| &c.name == name).ok_or_else(
-                || invalid(&format!("{field}.cohort"), format!("no cohort is named `{name}`")),
-            )?),
-        };
+        let cohort =
+            match &e.cohort {
+                None => None,
+                Some(name) => Some(cohorts.iter().position(|c| &c.name == name).ok_or_else(
+                    || {
+                        invalid(
+                            &format!("{field}.cohort"),
+                            format!("no cohort is named `{name}`"),
+                        )
+                    },
+                )?),
+            };
         let expect = if let Some(app) = e.app {
-            let by = e.by.ok_or_else(|| {
-                invalid(&field, "`app` needs `by` (when to look)".into())
-            })?;
+            let by =
+                e.by.ok_or_else(|| invalid(&field, "`app` needs `by` (when to look)".into()))?;
             if e.at_least.is_none() && e.at_most.is_none() {
-                return Err(invalid(&field, "`app` needs `at_least` or `at_most`".into()));
+                return Err(invalid(
+                    &field,
+                    "`app` needs `at_least` or `at_most`".into(),
+                ));
             }
             for x in [e.at_least, e.at_most].into_iter().flatten() {
                 if !(0.0..=1.0).contains(&x) {
@@ -672,7 +686,10 @@ app = 3
     fn an_unknown_key_is_named_with_its_line() {
         let text = MIN.replace("app = 3", "app = 3\ncolour = 1");
         let e = parse(&text, Path::new("f.toml")).unwrap_err().to_string();
-        assert!(e.contains("f.toml") && e.contains("colour") && e.contains("line 9"), "{e}");
+        assert!(
+            e.contains("f.toml") && e.contains("colour") && e.contains("line 9"),
+            "{e}"
+        );
     }
 
     #[test]

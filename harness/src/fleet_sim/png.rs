@@ -93,7 +93,13 @@ pub(super) fn draw(curve: &Curve) -> Vec<u8> {
     c.text(LEFT, 14.0, &curve.name, (0, 0, 0), 2);
     for k in 0..=4 {
         let p = k as f64 * 25.0;
-        c.line((LEFT, y(p)), (LEFT + pw, y(p)), (0xdd, 0xdd, 0xdd), 1, false);
+        c.line(
+            (LEFT, y(p)),
+            (LEFT + pw, y(p)),
+            (0xdd, 0xdd, 0xdd),
+            1,
+            false,
+        );
         let label = format!("{p}%");
         c.text(
             LEFT - 8.0 - Canvas::text_width(&label, 1),
@@ -104,7 +110,13 @@ pub(super) fn draw(curve: &Curve) -> Vec<u8> {
         );
     }
     for (tick, label) in x_ticks(end, per) {
-        c.line((x(tick), TOP), (x(tick), TOP + ph), (0xee, 0xee, 0xee), 1, false);
+        c.line(
+            (x(tick), TOP),
+            (x(tick), TOP + ph),
+            (0xee, 0xee, 0xee),
+            1,
+            false,
+        );
         c.text(
             x(tick) - Canvas::text_width(&label, 1) / 2.0,
             TOP + ph + 8.0,
