@@ -6,6 +6,7 @@ pub mod board;
 pub mod cases;
 pub mod cloud;
 pub mod control;
+pub mod fleet_sim;
 pub mod keys;
 pub mod net;
 pub mod pcap;

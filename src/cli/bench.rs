@@ -37,6 +37,9 @@ pub enum BenchCommand {
     /// One OTA transfer over a slow, lossy simulated link (20 KB/s, 2 s queue, 5 % loss):
     /// datagrams per chunk, duplicates and goodput of the paced sender beside the unpaced one.
     Pacing(super::bench_pacing::PacingArgs),
+    /// A simulated fleet (1,000 / 10,000 / 100,000 Borons, a standard release, a virtual day):
+    /// memory per device, simulated hours per wall second, handshakes per second.
+    Fleet(super::bench_fleet::FleetArgs),
 }
 
 #[derive(Args)]
@@ -59,6 +62,7 @@ pub fn run(cmd: BenchCommand) -> CliResult {
         BenchCommand::Ota(args) => super::bench_ota::ota(args),
         BenchCommand::PowerCut(args) => super::bench_power_cut::power_cut(args),
         BenchCommand::Pacing(args) => super::bench_pacing::pacing(args),
+        BenchCommand::Fleet(args) => super::bench_fleet::fleet(args),
     }
 }
 

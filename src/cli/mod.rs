@@ -1,6 +1,7 @@
 //! Subcommands of `hil`. Each returns the process exit code, or an error that `main` prints.
 
 pub mod bench;
+pub mod bench_fleet;
 pub mod bench_ota;
 pub mod bench_pacing;
 pub mod bench_power_cut;

@@ -39,6 +39,31 @@ pub struct RunArgs {
     /// Print every case's trace, not only the failures'.
     #[arg(long)]
     trace: bool,
+    /// Run only share K of N (1 <= K <= N) of the files, as nextest's `--partition
+    /// count:K/N`: the files in order (folders sorted), the i-th (from 1) in share
+    /// ((i - 1) mod N) + 1. `count:K/N` is accepted too. A sweep file is one unit.
+    #[arg(long, value_name = "K/N", value_parser = parse_partition)]
+    partition: Option<(usize, usize)>,
+    /// Fleet scenarios: write each one's curve as CSV, JSON, SVG and PNG in this folder
+    /// (`<file stem>.csv` ...).
+    #[arg(long, value_name = "DIR")]
+    curves: Option<PathBuf>,
+    /// Fleet scenarios: scale each cohort so the fleet has about this many devices.
+    #[arg(long, value_name = "N")]
+    fleet_devices: Option<u64>,
+}
+
+/// Reads `K/N` or `count:K/N`.
+pub fn parse_partition(text: &str) -> Result<(usize, usize), String> {
+    let body = text.strip_prefix("count:").unwrap_or(text);
+    let bad = || format!("`{text}` is not K/N with 1 <= K <= N (for example 2/4)");
+    let (k, n) = body.split_once('/').ok_or_else(bad)?;
+    let k: usize = k.trim().parse().map_err(|_| bad())?;
+    let n: usize = n.trim().parse().map_err(|_| bad())?;
+    if k == 0 || n == 0 || k > n {
+        return Err(bad());
+    }
+    Ok((k, n))
 }
 
 /// Builds the target a scenario runs on. The one place targets are constructed.
@@ -68,10 +93,34 @@ pub fn run(args: RunArgs) -> CliResult {
         )
         .into());
     }
-    let (scenarios, broken) = super::check::load_all(&args.paths)?;
+    let (loaded, broken) = super::check::load_all_with_fleet(&args.paths)?;
     if broken {
         eprintln!("hil run: fix the scenario files above first (nothing was run)");
         return Ok(ExitCode::from(1));
+    }
+    let mut scenarios = Vec::new();
+    let mut fleets = Vec::new();
+    for (i, l) in loaded.into_iter().enumerate() {
+        if let Some((k, n)) = args.partition {
+            if i % n != k - 1 {
+                continue;
+            }
+        }
+        match l {
+            super::check::Loaded::Scenario(s) => scenarios.push(s),
+            super::check::Loaded::Fleet(f) => fleets.push(f),
+        }
+    }
+    if let Some((k, n)) = args.partition {
+        eprintln!(
+            "hil run: partition {k}/{n}: {} scenario files, {} fleet files",
+            scenarios.len(),
+            fleets.len()
+        );
+    }
+    if let Some(dir) = &args.curves {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("{}: cannot create the curves folder: {e}", dir.display()))?;
     }
     // Refuse early and clearly when the target cannot be built at all.
     if let Some(first) = scenarios.first() {
@@ -123,7 +172,41 @@ pub fn run(args: RunArgs) -> CliResult {
     }
     progress.finish();
 
-    print!("{}", summary_table(&results));
+    if !scenarios.is_empty() || fleets.is_empty() {
+        print!("{}", summary_table(&results));
+    }
+    let mut fleet_failed = false;
+    for f in &fleets {
+        let f = match args.fleet_devices {
+            Some(n) => f.scaled_to(n),
+            None => f.clone(),
+        };
+        eprintln!(
+            "hil run: fleet {} ({} devices)",
+            f.file.display(),
+            f.devices()
+        );
+        match harness::fleet_sim::run(&f, args.seed) {
+            Ok(run) => {
+                print!("{}", run.summary());
+                fleet_failed |= !run.passed();
+                if let Some(dir) = &args.curves {
+                    let stem = f
+                        .file
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| "fleet".into());
+                    for path in run.curve.write_all(dir, &stem)? {
+                        eprintln!("hil run: wrote {}", path.display());
+                    }
+                }
+            }
+            Err(e) => {
+                println!("FAIL {}: {e}", f.file.display());
+                fleet_failed = true;
+            }
+        }
+    }
     if let Some(path) = &args.junit {
         std::fs::write(path, junit(&results, &wall))
             .map_err(|e| format!("{}: cannot write the JUnit report: {e}", path.display()))?;
@@ -138,7 +221,7 @@ pub fn run(args: RunArgs) -> CliResult {
         .iter()
         .flat_map(|r| &r.cases)
         .any(|c| c.outcome == Outcome::Fail);
-    Ok(if failed {
+    Ok(if failed || fleet_failed {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS

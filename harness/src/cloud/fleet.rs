@@ -73,6 +73,9 @@ pub enum FleetError {
     BadGroup(String),
     #[error("product {product} has no group `{group}`")]
     NoGroup { product: ProductId, group: String },
+    /// A staged rollout that cannot start (a bad plan, one already running).
+    #[error("staged rollout: {0}")]
+    Rollout(String),
 }
 
 /// One uploaded product firmware version.
@@ -120,6 +123,17 @@ pub struct Product {
     pub devices: BTreeMap<DeviceId, ProductDevice>,
     /// Groups known to the product (created on first use).
     pub groups: BTreeSet<String>,
+    /// A staged rollout's version and the devices it admitted so far (`cloud::rollout`):
+    /// they take it where the product default would apply.
+    pub staged: Option<Staged>,
+}
+
+/// The fleet's side of a staged rollout (`cloud::rollout`): a version given to some devices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Staged {
+    pub version: u16,
+    pub intelligent: bool,
+    pub admitted: BTreeSet<DeviceId>,
 }
 
 /// Which precedence rule gave a device its target.
@@ -128,6 +142,8 @@ pub enum Rule {
     Locked,
     /// The highest version released to one of its groups (this one).
     Group(String),
+    /// Admitted to a staged rollout (in place of the product default).
+    StagedRollout,
     ProductDefault,
 }
 
@@ -136,6 +152,7 @@ impl std::fmt::Display for Rule {
         match self {
             Rule::Locked => f.write_str("locked"),
             Rule::Group(g) => write!(f, "released to group {g}"),
+            Rule::StagedRollout => f.write_str("staged rollout"),
             Rule::ProductDefault => f.write_str("product default"),
         }
     }
@@ -259,6 +276,7 @@ impl Fleet {
                 firmware: BTreeMap::new(),
                 devices: BTreeMap::new(),
                 groups: BTreeSet::new(),
+                staged: None,
             },
         );
         Ok(())
@@ -571,6 +589,23 @@ impl Fleet {
         }
     }
 
+    /// Sets (or clears) a product's staged rollout; `None` if there is no such product.
+    pub fn set_staged(&mut self, product: ProductId, staged: Option<Staged>) -> Option<()> {
+        self.products.get_mut(&product)?.staged = staged;
+        Some(())
+    }
+
+    /// Adds devices to a product's staged rollout.
+    pub fn admit_staged(&mut self, product: ProductId, devices: &[DeviceId]) {
+        if let Some(s) = self
+            .products
+            .get_mut(&product)
+            .and_then(|p| p.staged.as_mut())
+        {
+            s.admitted.extend(devices.iter().copied());
+        }
+    }
+
     /// The product firmware `device` should run, by the precedence in the module docs.
     pub fn target(&self, device: DeviceId) -> FleetTarget {
         let Some(p) = self
@@ -610,6 +645,18 @@ impl Fleet {
         });
         if let Some((f, g)) = group {
             return pick(f, Rule::Group(g.clone()));
+        }
+        if let Some(staged) = p.staged.as_ref().filter(|s| s.admitted.contains(&device)) {
+            if let Some(f) = p.firmware.get(&staged.version) {
+                return FleetTarget::Firmware(TargetFirmware {
+                    product: p.id,
+                    version: f.version,
+                    rule: Rule::StagedRollout,
+                    intelligent: staged.intelligent,
+                    file: f.file.clone(),
+                    sha256: f.sha256,
+                });
+            }
         }
         if let Some(f) = p.firmware.values().rev().find(|f| f.product_default) {
             return pick(f, Rule::ProductDefault);

@@ -111,6 +111,7 @@ pub mod policy;
 mod products;
 mod reconcile;
 mod requests;
+pub mod rollout;
 pub mod safe_mode;
 mod session;
 pub mod store;
@@ -262,6 +263,8 @@ pub struct Cloud {
     events: VecDeque<CloudEvent>,
     stats: CloudStats,
     fleet: Fleet,
+    /// Staged rollouts by product (`rollout`, driven from `products.rs`).
+    rollouts: BTreeMap<fleet::ProductId, rollout::Rollout>,
     library: DeviceOsLibrary,
 }
 
@@ -293,6 +296,7 @@ impl Cloud {
             events: VecDeque::new(),
             stats: CloudStats::default(),
             fleet: Fleet::new(),
+            rollouts: BTreeMap::new(),
             library: DeviceOsLibrary::default(),
         }
     }
@@ -471,6 +475,7 @@ impl Cloud {
             }
             self.service(now, id);
         }
+        self.service_rollouts(now);
     }
 
     /// The next datagram to send and its destination.
@@ -515,6 +520,9 @@ impl Cloud {
             if let Some(job) = device.queue.front().and_then(|j| self.jobs.get(j)) {
                 consider(job.transfer.as_ref().and_then(|t| t.deadline()));
             }
+        }
+        for r in self.rollouts.values() {
+            consider(r.deadline());
         }
         next
     }
@@ -830,7 +838,7 @@ impl Cloud {
             .get(&id)
             .and_then(|d| d.hello.as_ref())
             .map_or((0xFFFF, 0xFFFF), |h| (h.product_id, h.product_version));
-        self.events.push_back(CloudEvent::Stream(StreamEvent {
+        let event = StreamEvent {
             at: now,
             device_id: id,
             publisher,
@@ -840,7 +848,9 @@ impl Cloud {
             public,
             product_id,
             product_version,
-        }));
+        };
+        self.observe_rollouts(&event);
+        self.events.push_back(CloudEvent::Stream(event));
     }
 }
 

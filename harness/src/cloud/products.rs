@@ -7,7 +7,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use super::fleet::{DeviceChange, Fleet, FleetError, ProductFirmware, ProductId, Release};
+use super::event::StreamEvent;
+use super::fleet::{DeviceChange, Fleet, FleetError, ProductFirmware, ProductId, Release, Staged};
+use super::rollout::{Rollout, RolloutAction, RolloutPlan};
 use super::{Cloud, DeviceId};
 
 /// How a fleet change reaches the devices it concerns.
@@ -158,12 +160,20 @@ impl Cloud {
     ) -> Result<(), FleetError> {
         let at = self.unix_time(now);
         let devices = self.fleet.release(product, version, release, at)?;
-        let delivery = if release.intelligent {
-            Delivery::Now
+        if release.intelligent {
+            // At once only to the devices this release targets: another device of the
+            // product whose target is a standard release keeps waiting for its next
+            // handshake (an intelligent release to one group must not push another group's
+            // standard release).
+            let (targeted, others): (Vec<DeviceId>, Vec<DeviceId>) =
+                devices.into_iter().partition(|d| {
+                    self.fleet.target(*d).firmware().map(|t| t.version) == Some(version)
+                });
+            self.fleet_changed(now, &targeted, Delivery::Now);
+            self.fleet_changed(now, &others, Delivery::NextHandshake);
         } else {
-            Delivery::NextHandshake
-        };
-        self.fleet_changed(now, &devices, delivery);
+            self.fleet_changed(now, &devices, Delivery::NextHandshake);
+        }
         Ok(())
     }
 
@@ -207,5 +217,131 @@ impl Cloud {
         };
         self.fleet_changed(now, &[device], delivery);
         Ok(())
+    }
+
+    // ---- staged rollouts (`rollout`) ----
+
+    /// Starts a staged rollout of an uploaded version to a product's devices (not its
+    /// development devices): stage 1 is admitted at once, later stages by
+    /// [`Cloud::handle_timeout`] as the plan says. Admitted devices take the version where
+    /// the product default would apply (a lock or a group release still wins). One rollout
+    /// per product: a new one replaces one that ended (paused, rolled back or completed).
+    pub fn start_rollout(
+        &mut self,
+        now: Duration,
+        product: ProductId,
+        plan: RolloutPlan,
+    ) -> Result<(), FleetError> {
+        plan.validate().map_err(FleetError::Rollout)?;
+        let p = self
+            .fleet
+            .product(product)
+            .ok_or(FleetError::NoProduct(product))?;
+        if !p.firmware.contains_key(&plan.version) {
+            return Err(FleetError::NoFirmware {
+                product,
+                version: plan.version,
+            });
+        }
+        if let Some(r) = self.rollouts.get(&product) {
+            if matches!(r.state, super::rollout::RolloutState::Running { .. }) {
+                return Err(FleetError::Rollout(format!(
+                    "product {product} already has a staged rollout of version {} running",
+                    r.plan.version
+                )));
+            }
+        }
+        let devices: Vec<DeviceId> = p
+            .devices
+            .iter()
+            .filter(|(_, d)| !d.development)
+            .map(|(id, _)| *id)
+            .collect();
+        self.fleet.set_staged(
+            product,
+            Some(Staged {
+                version: plan.version,
+                intelligent: plan.intelligent,
+                admitted: BTreeSet::new(),
+            }),
+        );
+        let (rollout, action) = Rollout::start(now, product, plan, devices);
+        self.rollouts.insert(product, rollout);
+        self.apply_rollout_action(now, product, action);
+        Ok(())
+    }
+
+    /// A product's staged rollout (the last one started), with its state and counts.
+    pub fn rollout(&self, product: ProductId) -> Option<&Rollout> {
+        self.rollouts.get(&product)
+    }
+
+    /// Every stream event goes through here before it is queued.
+    pub(super) fn observe_rollouts(&mut self, event: &StreamEvent) {
+        if self.rollouts.is_empty() {
+            return;
+        }
+        if let Some(product) = self.fleet.product_of(event.device_id) {
+            if let Some(r) = self.rollouts.get_mut(&product) {
+                r.observe(event);
+            }
+        }
+    }
+
+    /// Timeouts, abort criteria and stage changes of every rollout that is due.
+    pub(super) fn service_rollouts(&mut self, now: Duration) {
+        let due: Vec<ProductId> = self
+            .rollouts
+            .iter()
+            .filter(|(_, r)| r.deadline().is_some_and(|d| d <= now))
+            .map(|(p, _)| *p)
+            .collect();
+        for product in due {
+            let action = self.rollouts.get_mut(&product).and_then(|r| r.service(now));
+            if let Some(action) = action {
+                self.apply_rollout_action(now, product, action);
+            }
+        }
+    }
+
+    fn apply_rollout_action(&mut self, now: Duration, product: ProductId, action: RolloutAction) {
+        let Some(r) = self.rollouts.get(&product) else {
+            return;
+        };
+        let delivery = if r.plan.intelligent {
+            Delivery::Now
+        } else {
+            Delivery::NextHandshake
+        };
+        let version = r.plan.version;
+        match action {
+            RolloutAction::Admit(devices) => {
+                self.fleet.admit_staged(product, &devices);
+                self.fleet_changed(now, &devices, delivery);
+            }
+            RolloutAction::Withdraw(devices) => {
+                self.fleet.set_staged(product, None);
+                self.fleet_changed(now, &devices, delivery);
+            }
+            RolloutAction::Complete => {
+                // The version becomes the product default; the staged set is no longer
+                // needed (every device it admitted now gets the version as the default).
+                let release = Release {
+                    product_default: true,
+                    groups: self
+                        .fleet
+                        .product(product)
+                        .and_then(|p| p.firmware.get(&version))
+                        .map(|f| f.groups.clone())
+                        .unwrap_or_default(),
+                    intelligent: r.plan.intelligent,
+                };
+                self.fleet.set_staged(product, None);
+                let at = self.unix_time(now);
+                if let Ok(devices) = self.fleet.release(product, version, &release, at) {
+                    self.fleet_changed(now, &devices, delivery);
+                }
+            }
+        }
     }
 }
