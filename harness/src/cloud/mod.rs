@@ -47,7 +47,7 @@
 //! - **UpdateStart** always carries File-Sha256 (resumable) and the configured chunk size (512,
 //!   clamped to 512..=1136 and a multiple of 4), never Discard-Data or Module-Function.
 //!   Every attempt publishes `spark/flash/status` `started `.
-//! - **Retransmission** (paced sender, [`CloudConfig::paced_sender`], details in [`transfer`]):
+//! - **Retransmission** (paced sender, [`CloudConfig::paced_sender`], details in the `transfer` module):
 //!   a congestion window bounds the chunks outstanding; a chunk missing with three later ones
 //!   held is resent (and halves the window once per window of data), a chunk already resent
 //!   goes again only after srtt + 4 rttvar (at least [`CloudConfig::hole_holdoff`], 250 ms);
