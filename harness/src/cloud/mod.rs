@@ -41,7 +41,7 @@
 //!   at the same point, because the device's flag does not survive its reboots.
 //! - **Events to devices** are CON POST `E` + the name as one Uri-Path option, no token.
 //! - **Settled**: queued jobs start once the Hello is known, the pending event went out, none
-//!   of our CONs is unacknowledged, and the device sent no request for
+//!   of our CONs but events is unacknowledged (a lost event ACK holds nothing back, UNCONFIRMED), and the device sent no request for
 //!   [`CloudConfig::settle_quiet`] (1 s), or [`CloudConfig::settle_max`] (5 s) after the
 //!   connection started at the latest. A job flashed to an online settled device starts at once.
 //! - **UpdateStart** always carries File-Sha256 (resumable) and the configured chunk size (512,
