@@ -219,6 +219,8 @@ pub struct DeviceOs {
     pub(super) events: VecDeque<DeviceEvent>,
     pub(super) outbox: VecDeque<Vec<u8>>,
     pub(super) malformed: u64,
+    /// A behaviour broken on purpose (tests only; [`super::mutation`]).
+    pub(super) mutation: Option<super::Mutation>,
 }
 
 impl core::fmt::Debug for DeviceOs {
@@ -263,6 +265,7 @@ impl DeviceOs {
             events: VecDeque::new(),
             outbox: VecDeque::new(),
             malformed: 0,
+            mutation: None,
         }
     }
 
@@ -278,6 +281,18 @@ impl DeviceOs {
         self.device.power_on();
         self.power = Power::On;
         self.boot(now);
+        self.after(now);
+    }
+
+    /// A reset the application has no say in: the RESET pin (`reset_reason::PIN_RESET`) or a
+    /// watchdog (`reset_reason::WATCHDOG`). It works in safe mode too (the application does
+    /// not run there). RAM goes without a Goodbye; the bootloader applies staged slots.
+    pub fn hardware_reset(&mut self, now: Duration, reason: u32) {
+        if self.power != Power::On {
+            self.log("hardware reset ignored: the device is off or asleep");
+            return;
+        }
+        self.reset_now(now, reason, false);
         self.after(now);
     }
 
@@ -408,9 +423,20 @@ impl DeviceOs {
         self.reset_now(now, reason, false);
     }
 
+    /// Breaks one behaviour on purpose so a test can show the fixtures covering it fail
+    /// ([`super::mutation`]); `None` restores Device OS's behaviour. Tests only.
+    #[doc(hidden)]
+    pub fn set_mutation(&mut self, mutation: Option<super::Mutation>) {
+        self.mutation = mutation;
+        self.ota
+            .set_resume_sync(mutation != Some(super::Mutation::NoResumeStateSync));
+    }
+
     /// `system_shutdown_if_needed`: a committed update resets when resets are enabled.
     pub(super) fn shutdown_if_needed(&mut self, now: Duration) {
-        if self.power != Power::On || !self.flags.reset_pending || !self.flags.reset_enabled {
+        let reset_enabled = self.flags.reset_enabled
+            || self.mutation == Some(super::Mutation::ResetIgnoresDisabled);
+        if self.power != Power::On || !self.flags.reset_pending || !reset_enabled {
             return;
         }
         if self.is_closing() {

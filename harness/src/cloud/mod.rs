@@ -164,6 +164,9 @@ pub mod names {
     pub const DEVICE_SAFE_MODE: &str = "spark/device/safemode";
     /// Published by the cloud for a device in safe mode, with its modules.
     pub const SAFE_MODE: &str = "spark/status/safe-mode";
+    /// Published by the cloud before each Device OS module it sends a device to heal it
+    /// (the "safe mode healer" of reference 3; data: [`super::policy::updater_data`]).
+    pub const SAFE_MODE_UPDATER: &str = "spark/safe-mode-updater/updating";
     /// `spark/flash/status` data, with the trailing space of the 2024 captures.
     pub const FLASH_STARTED: &str = "started ";
     pub const FLASH_SUCCESS: &str = "success ";
