@@ -27,6 +27,9 @@ use super::CliResult;
 const CONTROL_HELP: &str = "\
 Keys (in --keys DIR, as `hil keys` writes them): server.der (the server's private key) and
 every device-<id>.pub.der / .pub.pem (or <id>.pub.pem) is registered. See `hil keys --help`.
+The directory is read again every second while the cloud runs: a device key added is
+registered, one removed is unregistered (its session closed). Every refused handshake is
+printed with the reason, the address, the device id claimed and the key used.
 
 Control endpoint (TCP, --control, default 127.0.0.1:<listen port + 1>): JSON lines. Send one
 request line
@@ -36,7 +39,11 @@ and read one line per job status change until the job finished:
   {\"job\": 1, \"status\": \"queued\"}   ... \"starting\", \"transferring\" (acked, chunks),
   \"finishing\", \"committed\", then {\"job\": 1, \"status\": \"succeeded\"} or
   {\"job\": 1, \"status\": \"failed\", \"code\": -1360, \"message\": \"...\"}.
-A bad request gets {\"error\": \"<sentence>\"}. `hil flash` speaks this protocol.
+A bad request gets {\"error\": \"<sentence>\", \"kind\": \"bad_request\"} (\"unknown_device\" for a
+device with no key). `hil flash` speaks this protocol. Keys while running:
+  {\"add_key\": {\"device\": \"<24 hex>\", \"public_key\": \"<PEM, or DER as hex>\"}}
+  {\"remove_key\": {\"device\": \"<24 hex>\"}}
+answered {\"ok\": \"<sentence>\"} or an error line.
 
 Output: one line per cloud event, `<seconds since start> <event>`, and
 `hello <id>: product version N, system version S, platform P` when a device says Hello.
@@ -58,8 +65,9 @@ Tokens: `Authorization: Bearer T` or `access_token=T`. The token file is TOML:
 --device-os DIR: every file is a Device OS module (bootloader, system part, radio stack) the
 cloud may send a device in safe mode whose app needs it (safe-mode healing); a file that is
 not one stops the start.
---state DIR keeps products, firmware, releases, device settings and unfinished flashes in
-DIR/cloud.sqlite3 (SQLite; schema in `harness::cloud::store`). --products FILE declares products:
+--state DIR keeps device sessions (a restarted cloud resumes them without a handshake),
+products, firmware, releases, device settings and unfinished flashes in DIR/cloud.sqlite3
+(SQLite; schema in `harness::cloud::store`). --products FILE declares products:
   [[product]]
   id = 1000
   platform = \"boron\"                      # or platform_id = 13

@@ -33,7 +33,7 @@ pub struct CloudConfig {
     pub silence_resend: u32,
     pub stall_limit: Duration,
     /// Pace the OTA sender by what the device acknowledges (congestion window, RTT
-    /// estimate, [`super::transfer`]); `false` is the unpaced sender of before.
+    /// estimate, the `transfer` module); `false` is the unpaced sender of before.
     pub paced_sender: bool,
     /// The cloud's CoAP timing (Device OS's defaults: 4 s ACK timeout, 3 retransmissions).
     pub coap: EndpointConfig,

@@ -41,17 +41,21 @@
 //!   at the same point, because the device's flag does not survive its reboots.
 //! - **Events to devices** are CON POST `E` + the name as one Uri-Path option, no token.
 //! - **Settled**: queued jobs start once the Hello is known, the pending event went out, none
-//!   of our CONs is unacknowledged, and the device sent no request for
+//!   of our CONs but events is unacknowledged (a lost event ACK holds nothing back, UNCONFIRMED), and the device sent no request for
 //!   [`CloudConfig::settle_quiet`] (1 s), or [`CloudConfig::settle_max`] (5 s) after the
 //!   connection started at the latest. A job flashed to an online settled device starts at once.
 //! - **UpdateStart** always carries File-Sha256 (resumable) and the configured chunk size (512,
 //!   clamped to 512..=1136 and a multiple of 4), never Discard-Data or Module-Function.
 //!   Every attempt publishes `spark/flash/status` `started `.
-//! - **Retransmission**: a hole in an UpdateAck (a chunk missing below the highest one held)
-//!   is resent at once the first time, then at most every [`CloudConfig::hole_holdoff`]
-//!   (250 ms); with no new ack information for [`CloudConfig::silence_timeout`] (1 s) while
-//!   chunks are outstanding, the first [`CloudConfig::silence_resend`] (2) unacknowledged chunks
-//!   go again. With no UpdateAck at all for [`CloudConfig::stall_limit`] (300 s, the device's
+//! - **Retransmission** (paced sender, [`CloudConfig::paced_sender`], details in the `transfer` module):
+//!   a congestion window bounds the chunks outstanding; a chunk missing with three later ones
+//!   held is resent (and halves the window once per window of data), a chunk already resent
+//!   goes again only after srtt + 4 rttvar (at least [`CloudConfig::hole_holdoff`], 250 ms);
+//!   with no new ack information for the retransmission timeout (at least
+//!   [`CloudConfig::silence_timeout`], 1 s, doubled per silence, at most 60 s) while chunks are
+//!   outstanding, the first [`CloudConfig::silence_resend`] (2) unacknowledged chunks go
+//!   again. UNCONFIRMED how Particle's cloud paces: these are a reliable transport's rules
+//!   within Device OS's window and 300 s timeout. With no UpdateAck at all for [`CloudConfig::stall_limit`] (300 s, the device's
 //!   own transfer timeout) the job is requeued and, the device still online, started again
 //!   with a new UpdateStart (whose CON times out if the device is gone).
 //! - **`spark/flash/status` `success `** is published at the commit point (the 2.04 ACKed), as
@@ -86,8 +90,12 @@
 //!   `failed `. Requeued, the next
 //!   attempt is a new UpdateStart and the device says where it resumes. A job requeued while
 //!   Finishing succeeds without a new transfer if the device reconnects running its firmware.
-//! - **Refusals**: a Hello whose device id differs from the one registered for the key closes
-//!   the association (close_notify) and reports both ids; a device whose Hello lacks flag 0x80
+//! - **Refusals**: every refused or failed handshake is a [`SessionChange::Refused`] with the
+//!   reason, the address, the id its Hello claimed and the key it used. A handshake with the
+//!   key of a device that has a session replaces that session only once its Hello carries the
+//!   same id (so a client with the key and another id never disturbs it; the replacement is
+//!   timed at the Hello, not at the handshake). A Hello whose device id differs from the one
+//!   registered for the key closes the association (close_notify) and reports both ids; a device whose Hello lacks flag 0x80
 //!   (OTA v3) fails its jobs (the legacy chunked protocol is not supported); an RST from the
 //!   device for the message id of one of our recent chunks (it refused the chunk) fails the
 //!   job; any other unmatched message is reported and otherwise ignored.

@@ -496,6 +496,9 @@ impl Cloud {
             return;
         };
         job.status = JobStatus::Succeeded;
+        // A finished job keeps its status, not its file (a cloud that runs for weeks).
+        job.transfer = None;
+        job.file = std::sync::Arc::new(Vec::new());
         let id = job.device_id;
         self.ota_event(now, job_id, id, OtaEventKind::Succeeded);
     }

@@ -49,7 +49,7 @@ enum Target {
 
 impl Cloud {
     /// When the post-connect sequence of this connection has settled: the Hello is known,
-    /// the pending event went out, none of our CONs is unacknowledged, and the device sent no
+    /// the pending event went out, none of our CONs but events is unacknowledged, and the device sent no
     /// request for `settle_quiet`, or `settle_max` after the connection started at the latest.
     pub(super) fn settle_deadline(
         &self,
@@ -59,10 +59,17 @@ impl Cloud {
         if !session.online
             || !session.pending_sent
             || device.hello.is_none()
-            || session
-                .endpoint
-                .as_ref()
-                .is_none_or(|e| e.unacknowledged() > 0)
+            || session.endpoint.as_ref().is_none_or(|e| {
+                // An event of ours still unacknowledged (its ACK lost) does not hold a job
+                // back: events are not part of the update. UNCONFIRMED what Particle's cloud
+                // waits for; a describe request or an OTA message outstanding does hold it.
+                let events = session
+                    .purposes
+                    .values()
+                    .filter(|p| **p == Purpose::Event)
+                    .count();
+                e.unacknowledged() > events
+            })
         {
             return None;
         }
