@@ -276,6 +276,44 @@ mod tests {
     }
 
     #[test]
+    fn a_release_system_part_needs_its_release_bootloader_whatever_the_device_runs() {
+        let on_5_5 = InitialFirmware::release(DeviceOsVersion(5500));
+        assert_eq!((on_5_5.bootloader, on_5_5.radio_stack), (2300, 202));
+        let spec = FirmwareSpec {
+            device_os: Some(DeviceOsVersion(6200)),
+            ..FirmwareSpec::default()
+        };
+        let file = build_file(&boron(), &spec, &on_5_5, ModuleSizes::default(), 1).unwrap();
+        let deps = Module::parse(&file).unwrap().prefix.dependencies;
+        assert_eq!(
+            (deps[0].function, deps[0].version),
+            (ModuleFunction::Bootloader, 3100)
+        );
+        assert_eq!(
+            (deps[1].function, deps[1].version),
+            (ModuleFunction::RadioStack, 202)
+        );
+        // The healer's library for 6.2.0: bootloader, radio stack, system part.
+        let modules = device_os_release_modules(
+            &boron(),
+            DeviceOsVersion(6200),
+            &on_5_5,
+            ModuleSizes::default(),
+            1,
+        )
+        .unwrap();
+        let kinds: Vec<RegionKind> = modules.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                RegionKind::RadioStack,
+                RegionKind::Bootloader,
+                RegionKind::SystemPart
+            ]
+        );
+    }
+
+    #[test]
     fn build_modules_gives_the_modules_the_file_carries() {
         let spec = FirmwareSpec {
             app: Some(4),
