@@ -195,6 +195,12 @@ fn safe_mode(reason: &SafeModeReason) -> String {
         SafeModeReason::UserPartWrongPlatform { found } => {
             format!("the user part is built for platform {found}")
         }
+        SafeModeReason::AssetsMissing { names } => {
+            format!(
+                "the application needs assets not in storage: {}",
+                names.join(", ")
+            )
+        }
     }
 }
 
