@@ -20,6 +20,11 @@ fn hex(id: impl AsRef<[u8]>) -> String {
 /// A device event as a trace line, or `None` for events too fine-grained for a trace.
 pub fn device_event(event: &DeviceEvent) -> Option<String> {
     Some(match event {
+        DeviceEvent::AssetOta { assets, handled } => format!(
+            "onAssetOta callback with assets [{}]{}",
+            assets.join(", "),
+            if *handled { "; assetsHandled(true)" } else { "; left unhandled" }
+        ),
         DeviceEvent::Booted {
             reset_reason,
             applied,

@@ -789,6 +789,11 @@ impl DeviceOs {
     }
 
     /// The device's flash and store.
+    /// The system describe this boot reports (None while off or unbootable).
+    pub fn system_describe(&self) -> Option<&protocol::message::SystemDescribe> {
+        self.system.as_ref().map(|s| &s.describe)
+    }
+
     pub fn device(&self) -> &Device {
         &self.device
     }
