@@ -170,8 +170,14 @@ fn a_bundle_delivers_the_app_then_each_asset_and_on_asset_ota_runs_once() {
         callbacks,
         vec![(vec!["config.json".to_string(), "noise.bin".to_string()], true)]
     );
+    // The cloud's order: the app's job, then one job per asset in bundle order.
     let text = trace(&bed);
-    assert_eq!(text.matches("asset \"config.json\"").count() >= 1, true, "{text}");
+    let at = |needle: &str| {
+        text.find(needle)
+            .unwrap_or_else(|| panic!("no {needle:?} in\n{text}"))
+    };
+    assert!(at("safe mode: the application needs assets") < at("asset \"config.json\""));
+    assert!(at("asset \"config.json\"") < at("asset \"noise.bin\""));
     // A later reboot does not call it again (assetsHandled(true)).
     bed.with_device(dev, |os, now| os.system_reset(now)).unwrap();
     bed.run_until("back online", 5 * MINUTE, |b| {
