@@ -159,8 +159,7 @@ fn both_ways(node_dir: &Path, platform: &str, app: Vec<u8>) {
             "{platform}: plain asset module {}",
             a.name
         );
-        let compressed =
-            std::fs::read(dir.join(format!("theirs-{}.compressed", a.name))).unwrap();
+        let compressed = std::fs::read(dir.join(format!("theirs-{}.compressed", a.name))).unwrap();
         let info = AssetModule::parse(&compressed).unwrap();
         assert!(info.compressed);
         assert_eq!(info.hash, a.sha256().to_vec());

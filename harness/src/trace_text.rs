@@ -23,7 +23,11 @@ pub fn device_event(event: &DeviceEvent) -> Option<String> {
         DeviceEvent::AssetOta { assets, handled } => format!(
             "onAssetOta callback with assets [{}]{}",
             assets.join(", "),
-            if *handled { "; assetsHandled(true)" } else { "; left unhandled" }
+            if *handled {
+                "; assetsHandled(true)"
+            } else {
+                "; left unhandled"
+            }
         ),
         DeviceEvent::Booted {
             reset_reason,

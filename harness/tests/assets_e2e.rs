@@ -142,11 +142,7 @@ fn a_bundle_delivers_the_app_then_each_asset_and_on_asset_ota_runs_once() {
 
     // In between: the app came up in safe mode for its missing assets, then one reboot per
     // asset; the callback ran once, with both assets, after the last one.
-    let events: Vec<&DeviceEvent> = bed
-        .device_events(dev)
-        .iter()
-        .map(|(_, e)| e)
-        .collect();
+    let events: Vec<&DeviceEvent> = bed.device_events(dev).iter().map(|(_, e)| e).collect();
     let missing_boots = events
         .iter()
         .filter(|e| {
@@ -168,7 +164,10 @@ fn a_bundle_delivers_the_app_then_each_asset_and_on_asset_ota_runs_once() {
         .collect();
     assert_eq!(
         callbacks,
-        vec![(vec!["config.json".to_string(), "noise.bin".to_string()], true)]
+        vec![(
+            vec!["config.json".to_string(), "noise.bin".to_string()],
+            true
+        )]
     );
     // The cloud's order: the app's job, then one job per asset in bundle order.
     let text = trace(&bed);
@@ -179,7 +178,8 @@ fn a_bundle_delivers_the_app_then_each_asset_and_on_asset_ota_runs_once() {
     assert!(at("safe mode: the application needs assets") < at("asset \"config.json\""));
     assert!(at("asset \"config.json\"") < at("asset \"noise.bin\""));
     // A later reboot does not call it again (assetsHandled(true)).
-    bed.with_device(dev, |os, now| os.system_reset(now)).unwrap();
+    bed.with_device(dev, |os, now| os.system_reset(now))
+        .unwrap();
     bed.run_until("back online", 5 * MINUTE, |b| {
         b.status(dev).map(|s| s.connected).unwrap_or(false)
     })
@@ -213,7 +213,10 @@ fn an_asset_too_large_for_the_boron_is_refused_with_190_and_the_stored_asset_sta
     // Nothing stored is lost: the asset delivered before is still there and valid, the
     // asset storage was not wiped for the refused transfer.
     let listed = describe_assets(&bed, dev);
-    assert_eq!(listed, vec![("small.txt".to_string(), small.sha256().to_vec())]);
+    assert_eq!(
+        listed,
+        vec![("small.txt".to_string(), small.sha256().to_vec())]
+    );
     // The app needs big.bin, so Device OS keeps it in safe mode (user code does not run).
     let status = bed.status(dev).unwrap();
     assert!(status.safe_mode);

@@ -168,7 +168,8 @@ impl Cloud {
             }
             _ => None,
         });
-        if let Some((code, message)) = refused.filter(|_| d.gave_up.contains(&sha256(&missing.module)))
+        if let Some((code, message)) =
+            refused.filter(|_| d.gave_up.contains(&sha256(&missing.module)))
         {
             let target = match target {
                 Some(job) => Some(job),
@@ -211,12 +212,7 @@ impl Cloud {
         let mut job = Job::new(kind, id, missing.module.clone());
         job.assets = vec![missing];
         self.jobs.insert(job_id, job);
-        self.ota_event(
-            now,
-            job_id,
-            id,
-            super::OtaEventKind::Created { what },
-        );
+        self.ota_event(now, job_id, id, super::OtaEventKind::Created { what });
         if let Some(d) = self.devices.get_mut(&id) {
             d.queue.push_front(job_id);
         }

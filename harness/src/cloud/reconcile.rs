@@ -203,11 +203,17 @@ impl Cloud {
             let (job, target_assets) = match &target {
                 Some(Target::Job(j)) => (
                     Some(*j),
-                    self.jobs.get(j).map(|x| x.assets.clone()).unwrap_or_default(),
+                    self.jobs
+                        .get(j)
+                        .map(|x| x.assets.clone())
+                        .unwrap_or_default(),
                 ),
                 Some(Target::Armed) => (
                     None,
-                    d.armed.as_ref().map(|a| a.assets.clone()).unwrap_or_default(),
+                    d.armed
+                        .as_ref()
+                        .map(|a| a.assets.clone())
+                        .unwrap_or_default(),
                 ),
                 None => (None, Vec::new()),
             };
