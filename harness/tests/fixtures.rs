@@ -14,6 +14,7 @@ fn fixture(
     #[files("../fixtures/*.toml")]
     #[files("../fixtures/field/*.toml")]
     #[files("../fixtures/product/*.toml")]
+    #[files("../fixtures/assets/*.toml")]
     path: PathBuf,
 ) {
     let mut scenario = load(&path).unwrap_or_else(|e| panic!("{e}"));
@@ -25,8 +26,9 @@ fn fixture(
     let mut factory = || Ok(Box::new(EmulatorTarget::new()) as Box<dyn Target>);
     let result = runner::run(&scenario, None, &mut factory);
     let mut stem = path.file_stem().unwrap().to_string_lossy().to_string();
-    // Snapshot names: the file stem, prefixed with its folder under fixtures/ (field, product).
-    for folder in ["field", "product"] {
+    // Snapshot names: the file stem, prefixed with its folder under fixtures/ (field, product,
+    // assets).
+    for folder in ["field", "product", "assets"] {
         if path.parent().and_then(|p| p.file_name()) == Some(std::ffi::OsStr::new(folder)) {
             stem = format!("{folder}-{stem}");
         }
