@@ -184,6 +184,8 @@ pub struct BootReport {
     pub refused: Vec<RefusedSlot>,
     /// The factory app was copied over an invalid user part.
     pub factory_restored: bool,
+    /// The user app saved before an MBR bootloader update was copied back.
+    pub restored_user_app: bool,
     pub modules: Vec<InstalledModule>,
     pub state: BootState,
 }
@@ -334,17 +336,51 @@ pub fn boot_with(
         applied: Vec::new(),
         refused: Vec::new(),
         factory_restored: false,
+        restored_user_app: false,
         modules: Vec::new(),
         state: BootState::Running,
     };
 
+    // Each pass is one run of the bootloader; a bootloader copy through the MBR resets the
+    // device, and the new bootloader runs the next pass (it restores the user app).
+    for _pass in 0..MAX_BOOTLOADER_PASSES {
+        if !apply_pass(board, flash, store, &mut report, caches)? {
+            break;
+        }
+    }
+
+    // 3. Validation.
+    validate(board, flash, &mut report, caches)?;
+    Ok(report)
+}
+
+/// Bootloader runs one boot may take: the MBR copy of a new bootloader resets into it once
+/// (more would be a slot that keeps copying a bootloader, which the first pass frees).
+const MAX_BOOTLOADER_PASSES: usize = 3;
+
+/// One run of the bootloader's apply: the MBR (KM0) finishes an interrupted bootloader copy,
+/// then the pending slots are applied, non-bootloader first. `true` when a bootloader copy
+/// reset the device (the caller runs the new bootloader).
+fn apply_pass(
+    board: &Board,
+    flash: &mut FlashArray,
+    store: &mut Store,
+    report: &mut BootReport,
+    caches: Option<&BootCaches>,
+) -> Result<bool, BootError> {
     // 1. The MBR / KM0 finishes a bootloader copy before anything else runs.
     if let Some(raw) = store.get(flash, BOOTLOADER_COPY_KEY)? {
         if let Ok(raw) = <[u8; crate::dct::SLOT_LEN]>::try_from(raw.as_slice()) {
             let slot = ModuleSlot::parse(&raw);
-            // The source was verified before the copy record was written, and apply never
-            // writes the staging area, so verifying again can only fail on a corrupt record.
-            if let Ok(v) = verify_slot(board, flash, 0, &slot, caches)? {
+            if slot.flags & VERIFY_MASK == 0 {
+                // The MBR's own copy (nRF52840): raw bytes from where the bootloader staged
+                // them; nothing there is written until the copy is finished.
+                if raw_copy(flash, &slot)? {
+                    report.finished_bootloader_copy = true;
+                }
+            } else if let Ok(v) = verify_slot(board, flash, 0, &slot, caches)? {
+                // KM0 (rtl872x): from the OTA area, which apply never writes, so verifying
+                // again can only fail on a corrupt record.
                 copy_bytes(flash, v.dest_chip, v.destination, v.image())?;
                 report.finished_bootloader_copy = true;
             }
@@ -366,23 +402,39 @@ pub fn boot_with(
         .collect();
     for i in order {
         let slot = slots.0[i];
+        if slot.flags & VERIFY_MASK == 0 && is_backup_restore(board, &slot) {
+            // The user app saved before an MBR bootloader copy goes back where it was.
+            raw_copy(flash, &slot)?;
+            free_slot(store, flash, i)?;
+            report.restored_user_app = true;
+            continue;
+        }
         let verified = verify_slot(board, flash, i, &slot, caches)?;
         match verified {
             Err(reason) => {
                 report.refused.push(RefusedSlot { slot: i, reason });
                 free_slot(store, flash, i)?;
             }
-            Ok(v) if slot.function == bootloader => {
-                // The bootloader cannot overwrite itself: it hands the copy to the MBR (KM0),
-                // which records it first so that a power cut mid-copy is finished next boot.
-                let mut raw = [0u8; crate::dct::SLOT_LEN];
-                slot.emit(&mut raw);
-                store.put(flash, BOOTLOADER_COPY_KEY, &raw)?;
-                free_slot(store, flash, i)?;
-                copy_bytes(flash, v.dest_chip, v.destination, v.image())?;
-                store.remove(flash, BOOTLOADER_COPY_KEY)?;
-                report.applied.push(v.applied);
-            }
+            Ok(v) if slot.function == bootloader => match board.ota.bootloader_update {
+                Some(via) => {
+                    mbr_bootloader_update(board, flash, store, i, &v, &via)?;
+                    report.applied.push(v.applied);
+                    // The MBR resets into the new bootloader, which goes on from step 1.
+                    return Ok(true);
+                }
+                None => {
+                    // The bootloader cannot overwrite itself: it hands the copy to the KM0
+                    // core, which records it first so that a power cut mid-copy is finished
+                    // next boot.
+                    let mut raw = [0u8; crate::dct::SLOT_LEN];
+                    slot.emit(&mut raw);
+                    store.put(flash, BOOTLOADER_COPY_KEY, &raw)?;
+                    free_slot(store, flash, i)?;
+                    copy_bytes(flash, v.dest_chip, v.destination, v.image())?;
+                    store.remove(flash, BOOTLOADER_COPY_KEY)?;
+                    report.applied.push(v.applied);
+                }
+            },
             Ok(v) => {
                 copy_bytes(flash, v.dest_chip, v.destination, v.image())?;
                 invalidate_legacy_user_part(board, flash, &v)?;
@@ -391,10 +443,121 @@ pub fn boot_with(
             }
         }
     }
+    Ok(false)
+}
 
-    // 3. Validation.
-    validate(board, flash, &mut report, caches)?;
-    Ok(report)
+/// The verification flags of a slot; a slot without any is a raw copy (the user-app restore
+/// after an MBR bootloader update).
+const VERIFY_MASK: u8 =
+    slot_flags::VERIFY_CRC | slot_flags::VERIFY_DEST_IS_START | slot_flags::VERIFY_FUNCTION;
+
+/// Whether `slot` copies the board's bootloader-update backup back to the staging location.
+fn is_backup_restore(board: &Board, slot: &ModuleSlot) -> bool {
+    let Some(via) = board.ota.bootloader_update else {
+        return false;
+    };
+    chip_for_code(slot.source_device) == Some(board.flash_chip(via.backup.chip))
+        && slot.source_address == via.backup.address
+        && chip_for_code(slot.dest_device) == Some(board.flash_chip(via.staging.chip))
+        && slot.dest_address == via.staging.address
+        && slot.length == via.len
+}
+
+/// Copies `slot.length` bytes from the slot's source to its destination as they are (the
+/// MBR's copy, the user-app restore). `false` when the slot names no chip or wraps around.
+fn raw_copy(flash: &mut FlashArray, slot: &ModuleSlot) -> Result<bool, FlashError> {
+    let (Some(src), Some(dst)) = (
+        chip_for_code(slot.source_device),
+        chip_for_code(slot.dest_device),
+    ) else {
+        return Ok(false);
+    };
+    if slot.length == 0
+        || slot.source_address.checked_add(slot.length).is_none()
+        || slot.dest_address.checked_add(slot.length).is_none()
+    {
+        return Ok(false);
+    }
+    let bytes = flash.read_vec(src, slot.source_address, slot.length as usize)?;
+    copy_bytes(flash, dst, slot.dest_address, &bytes)?;
+    Ok(true)
+}
+
+/// A bootloader update on nRF52840 (reference 5.3, bootloader >= 1001): the new bootloader is
+/// staged in internal flash at the compat user-app area, so the user-app bytes there are
+/// first backed up to the external reserved area with a restore slot; then the Nordic MBR
+/// copies it over the running bootloader (`SD_MBR_COMMAND_COPY_BL`) and resets. Every step is
+/// restartable:
+/// - the restore slot is a non-bootloader slot, so after a cut it is applied first at the next
+///   boot and the staging area holds the app again before the bootloader slot is taken up
+///   again; the backup is taken again only then (never over a good backup while a restore
+///   slot is pending);
+/// - the MBR's record (`BOOTLOADER_COPY_KEY`, raw: source = staging) is written before the
+///   bootloader slot is freed, so a cut before the record leaves the slot to apply again
+///   (the restore slot applies first, as a non-bootloader slot, and puts the app back), and a
+///   cut after it is finished by the MBR at the next boot from the intact staging area;
+/// - the restore slot is applied by the new bootloader after the MBR's reset.
+///
+/// UNCONFIRMED: the order of "record, then free the slot" (Device OS frees the slot, then
+/// calls the MBR, which records its copy in its parameter page; a cut between those two would
+/// drop the update); the restore slot's exact fields (here: raw copy, no verify flags,
+/// function user part, length = the bootloader region).
+fn mbr_bootloader_update(
+    board: &Board,
+    flash: &mut FlashArray,
+    store: &mut Store,
+    index: usize,
+    v: &VerifiedSlot,
+    via: &crate::board::BootloaderUpdate,
+) -> Result<(), BootError> {
+    let staging_chip = board.flash_chip(via.staging.chip);
+    let backup_chip = board.flash_chip(via.backup.chip);
+    let restore = ModuleSlot {
+        magic: crate::dct::magic::PENDING,
+        source_device: crate::dct::device_code(backup_chip),
+        dest_device: crate::dct::device_code(staging_chip),
+        source_address: via.backup.address,
+        dest_address: via.staging.address,
+        length: via.len,
+        flags: 0,
+        function: u8::from(ModuleFunction::UserPart),
+    };
+    let slots = ModuleSlots::load(store, flash)?;
+    let restore_pending = slots
+        .pending()
+        .any(|i| is_backup_restore(board, &slots.0[i]));
+    if !restore_pending {
+        let app = flash.read_vec(staging_chip, via.staging.address, via.len as usize)?;
+        copy_bytes(flash, backup_chip, via.backup.address, &app)?;
+        let mut slots = ModuleSlots::load(store, flash)?;
+        let free = (1..slots.0.len())
+            .find(|&i| !slots.0[i].is_pending())
+            .ok_or_else(|| {
+                BootError::Device("no module slot free for the user-app restore".into())
+            })?;
+        slots.0[free] = restore;
+        slots.save(store, flash)?;
+    }
+    // Stage the new bootloader where the MBR copies it from.
+    copy_bytes(flash, staging_chip, via.staging.address, v.image())?;
+    let record = ModuleSlot {
+        magic: crate::dct::magic::PENDING,
+        source_device: crate::dct::device_code(staging_chip),
+        dest_device: crate::dct::device_code(v.dest_chip),
+        source_address: via.staging.address,
+        dest_address: v.destination,
+        length: v.image().len() as u32,
+        flags: 0,
+        function: u8::from(ModuleFunction::Bootloader),
+    };
+    let mut raw = [0u8; crate::dct::SLOT_LEN];
+    record.emit(&mut raw);
+    store.put(flash, BOOTLOADER_COPY_KEY, &raw)?;
+    free_slot(store, flash, index)?;
+    // The MBR's copy, then its reset.
+    raw_copy(flash, &record)?;
+    store.remove(flash, BOOTLOADER_COPY_KEY)?;
+    Ok(())
 }
 
 fn free_slot(store: &mut Store, flash: &mut FlashArray, index: usize) -> Result<(), StoreError> {

@@ -232,7 +232,10 @@ impl Device {
             bootloader::boot_with(&board, flash, store, caches.as_deref())
         });
         let applied = report.as_ref().is_ok_and(|r| {
-            !r.applied.is_empty() || r.finished_bootloader_copy || r.factory_restored
+            !r.applied.is_empty()
+                || r.finished_bootloader_copy
+                || r.factory_restored
+                || r.restored_user_app
         });
         self.flash.set_activity(if applied {
             Activity::FirstBoot

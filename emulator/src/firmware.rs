@@ -56,6 +56,11 @@ pub struct Versions {
     pub system_part: u16,
     pub user_part: u16,
     pub product_version: u16,
+    /// The radio stack (SoftDevice S140, module 8/0) on nRF52840 boards.
+    pub radio_stack: u16,
+    /// The bootloader version the system part depends on; `None`: the set's own bootloader
+    /// (a set that is consistent by construction).
+    pub bootloader_dependency: Option<u16>,
 }
 
 impl Versions {
@@ -65,7 +70,68 @@ impl Versions {
         system_part: 6200,
         user_part: 6,
         product_version: 3,
+        radio_stack: RADIO_STACK_S140_7_0_1,
+        bootloader_dependency: None,
     };
+
+    /// The module set of the Device OS release whose system part is `system_part`, when
+    /// [`device_os_release`] knows it; the user part and product version are the baseline's.
+    pub fn release(system_part: u16) -> Option<Versions> {
+        let r = device_os_release(system_part)?;
+        Some(Versions {
+            bootloader: r.bootloader,
+            system_part,
+            radio_stack: r.radio_stack,
+            bootloader_dependency: Some(r.bootloader_dependency),
+            ..Versions::BASELINE
+        })
+    }
+}
+
+/// SoftDevice S140 7.0.1 as a radio stack module version (the `SOFTDEVICE_DEPENDENCY` of
+/// Device OS 5.5 and 6.2 on nRF52840, reference 4.1).
+pub const RADIO_STACK_S140_7_0_1: u16 = 202;
+
+/// SoftDevice S140 6.1.1 as a radio stack module version (the Argon SoftDevice test binary in
+/// binary-version-reader, `argon-softdevice-6.1.1.bin`: version 182).
+pub const RADIO_STACK_S140_6_1_1: u16 = 182;
+
+/// What one Device OS release installs on an nRF52840 board, besides the system part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceOsRelease {
+    /// `BOOTLOADER_VERSION` of the release.
+    pub bootloader: u16,
+    /// `BOOTLOADER_DEPENDENCY`: the bootloader its system part requires.
+    pub bootloader_dependency: u16,
+    /// The radio stack it ships and its system part requires (`SOFTDEVICE_DEPENDENCY`).
+    pub radio_stack: u16,
+}
+
+/// The module set of the Device OS release line `system_part` belongs to (5.5.x to 6.2.x),
+/// `None` for other versions (their firmware sets keep the set's own bootloader).
+///
+/// Sources: `build/version.mk` of Device OS 5.5.x (`BOOTLOADER_VERSION ?= 2300`,
+/// `BOOTLOADER_DEPENDENCY = 2300`, `SOFTDEVICE_DEPENDENCY = 202` "S140 7.0.1"); the 5.6.0
+/// bootloader test binaries of binary-version-reader (module version 2400); reference 4.1 for
+/// 6.2.0 (bootloader 3100, system part needs bootloader >= 3100 and radio stack >= 202).
+/// UNCONFIRMED: 5.6.x-5.9.x ship bootloader 2400 but still require 2300 (5.8.0's files were
+/// not read; `version.mk` says the dependency "usually lags behind the current bootloader
+/// version, to avoid non-mandatory updates", and the field example's 5.8.0 device reports
+/// bootloader 2300 while running); 6.0.x-6.1.x ship and require bootloader 3000 (a guess
+/// between 2400 and 3100).
+pub fn device_os_release(system_part: u16) -> Option<DeviceOsRelease> {
+    let (bootloader, bootloader_dependency) = match system_part {
+        5500..=5599 => (2300, 2300),
+        5600..=5999 => (2400, 2300),
+        6000..=6199 => (3000, 3000),
+        6200..=6299 => (3100, 3100),
+        _ => return None,
+    };
+    Some(DeviceOsRelease {
+        bootloader,
+        bootloader_dependency,
+        radio_stack: RADIO_STACK_S140_7_0_1,
+    })
 }
 
 /// Builds the modules of a firmware set for one board.
@@ -146,6 +212,7 @@ impl<'a> FirmwareSet<'a> {
             RegionKind::Bootloader => versions.bootloader,
             RegionKind::SystemPart => versions.system_part,
             RegionKind::UserPart | RegionKind::UserPartLegacy => versions.user_part,
+            RegionKind::RadioStack => versions.radio_stack,
             other => self
                 .board
                 .default_module_version(id.function, id.index)
@@ -165,23 +232,47 @@ impl<'a> FirmwareSet<'a> {
                 index: 2,
                 version: 9,
             }),
-            RegionKind::SystemPart if nrf => b
-                .vector_table(0x200)
-                .dependency(Dependency {
+            RegionKind::SystemPart if nrf => {
+                let bootloader = Dependency {
                     function: ModuleFunction::Bootloader,
                     index: 0,
-                    version: versions.bootloader,
-                })
-                .dependency(Dependency {
-                    function: ModuleFunction::RadioStack,
-                    index: 0,
-                    version: 202,
-                }),
+                    version: versions
+                        .bootloader_dependency
+                        .unwrap_or(versions.bootloader),
+                };
+                let second = match self.board.platform_id {
+                    // Tracker: no SoftDevice dependency (manufactured with the latest one);
+                    // the ESP32 NCP firmware >= 7 instead (`part1_build.mk`).
+                    26 => Dependency {
+                        function: ModuleFunction::NcpFirmware,
+                        index: 0,
+                        version: 7,
+                    },
+                    _ => Dependency {
+                        function: ModuleFunction::RadioStack,
+                        index: 0,
+                        version: RADIO_STACK_S140_7_0_1,
+                    },
+                };
+                // Argon carries the two dependencies swapped (a workaround in Device OS's
+                // build for a failed dependency check on some 3.x releases).
+                let (first, second) = if self.board.platform_id == 12 {
+                    (second, bootloader)
+                } else {
+                    (bootloader, second)
+                };
+                b.vector_table(0x200).dependency(first).dependency(second)
+            }
             RegionKind::SystemPart => b.dependency(Dependency {
                 function: ModuleFunction::Bootloader,
                 index: 0,
-                version: versions.bootloader,
+                version: versions
+                    .bootloader_dependency
+                    .unwrap_or(versions.bootloader),
             }),
+            // UNCONFIRMED: the radio stack is built without dependencies. The 6.1.1 SoftDevice
+            // module of binary-version-reader carries two (system part >= 1300, bootloader >=
+            // 311); S140 7.0.1's were not read, and any modern device meets those anyway.
             RegionKind::UserPart | RegionKind::UserPartLegacy => b
                 .dependency(Dependency {
                     function: ModuleFunction::SystemPart,

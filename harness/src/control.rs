@@ -18,7 +18,19 @@
 //! ```
 //!
 //! A request that cannot be served (bad JSON, unknown device, unreadable file) gets one line
-//! `{"error": "<sentence>"}` and the connection is closed.
+//! `{"error": "<sentence>", "kind": "<kind>"}` and the connection is closed; `kind` is
+//! `unknown_device` when the device has no key registered, `bad_request` otherwise.
+//!
+//! Device keys while the cloud runs (each answered by one line, `{"ok": "<sentence>"}` or an
+//! error line):
+//!
+//! ```text
+//! {"add_key": {"device": "<24 hex digits>", "public_key": "<PEM, or DER as hex>"}}
+//! {"remove_key": {"device": "<24 hex digits>"}}
+//! ```
+//!
+//! An added key is accepted in the next handshake; a removed key closes the device's session
+//! and refuses its handshakes from then on.
 
 use serde_json::{json, Value};
 
@@ -84,9 +96,77 @@ impl FlashRequest {
     }
 }
 
+/// Any request line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Flash(FlashRequest),
+    AddKey {
+        device: [u8; 12],
+        key: p256::ecdsa::VerifyingKey,
+    },
+    RemoveKey {
+        device: [u8; 12],
+    },
+}
+
+fn device_field(v: &Value, what: &str) -> Result<[u8; 12], String> {
+    let device = v
+        .get("device")
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("{what}.device (24 hex digits) is missing"))?;
+    let bytes = hex::decode(device).map_err(|e| format!("{what}.device: {e}"))?;
+    bytes
+        .try_into()
+        .map_err(|_| format!("{what}.device must be 24 hex digits (12 bytes)"))
+}
+
+impl Request {
+    /// Parses a request line; the error is a sentence for the client.
+    pub fn parse(line: &str) -> Result<Request, String> {
+        let value: Value =
+            serde_json::from_str(line.trim()).map_err(|e| format!("not JSON: {e}"))?;
+        if let Some(add) = value.get("add_key") {
+            let device = device_field(add, "add_key")?;
+            let text = add
+                .get("public_key")
+                .and_then(Value::as_str)
+                .ok_or("add_key.public_key (PEM, or DER as hex) is missing")?;
+            let bytes = if text.contains("-----BEGIN") {
+                text.as_bytes().to_vec()
+            } else {
+                hex::decode(text.trim()).map_err(|e| format!("add_key.public_key: {e}"))?
+            };
+            let key = crate::keys::verifying_key_from_bytes(&bytes)
+                .map_err(|e| format!("add_key.public_key: {e}"))?;
+            return Ok(Request::AddKey { device, key });
+        }
+        if let Some(remove) = value.get("remove_key") {
+            let device = device_field(remove, "remove_key")?;
+            return Ok(Request::RemoveKey { device });
+        }
+        if value.get("flash").is_some() {
+            return FlashRequest::parse(line).map(Request::Flash);
+        }
+        Err("expected {\"flash\": ...}, {\"add_key\": ...} or {\"remove_key\": ...}".into())
+    }
+}
+
 /// The error line for a request that cannot be served.
 pub fn error_line(message: &str) -> String {
-    format!("{}\n", json!({ "error": message }))
+    format!("{}\n", json!({ "error": message, "kind": "bad_request" }))
+}
+
+/// The error line for a request naming a device with no key registered.
+pub fn unknown_device_line(message: &str) -> String {
+    format!(
+        "{}\n",
+        json!({ "error": message, "kind": "unknown_device" })
+    )
+}
+
+/// The answer to a request that was done.
+pub fn ok_line(message: &str) -> String {
+    format!("{}\n", json!({ "ok": message }))
 }
 
 /// The status line of a job.
@@ -135,6 +215,9 @@ pub fn info_line(job: JobId, info: &JobInfo) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
     Error(String),
+    /// The device has no key registered with the cloud.
+    UnknownDevice(String),
+    Ok(String),
     /// `line`: a short human rendering (status and its details).
     Status {
         job: u64,
@@ -148,8 +231,15 @@ impl Reply {
     pub fn parse(line: &str) -> Option<Reply> {
         let v: Value = serde_json::from_str(line.trim()).ok()?;
         if let Some(e) = v.get("error") {
-            return Some(Reply::Error(
-                e.as_str().map_or_else(|| e.to_string(), str::to_string),
+            let text = e.as_str().map_or_else(|| e.to_string(), str::to_string);
+            return Some(match v.get("kind").and_then(Value::as_str) {
+                Some("unknown_device") => Reply::UnknownDevice(text),
+                _ => Reply::Error(text),
+            });
+        }
+        if let Some(ok) = v.get("ok") {
+            return Some(Reply::Ok(
+                ok.as_str().map_or_else(|| ok.to_string(), str::to_string),
             ));
         }
         let job = v.get("job")?.as_u64()?;

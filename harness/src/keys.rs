@@ -310,7 +310,8 @@ fn signing_key_from_bytes(bytes: &[u8]) -> Result<SigningKey, String> {
     Err(format!("PEM blocks {labels:?} hold no private key"))
 }
 
-fn verifying_key_from_bytes(bytes: &[u8]) -> Result<VerifyingKey, String> {
+/// A public key from bytes: SubjectPublicKeyInfo DER or PEM, or a private key (its public half).
+pub fn verifying_key_from_bytes(bytes: &[u8]) -> Result<VerifyingKey, String> {
     if !looks_like_pem(bytes) {
         return verifying_key_from_spki(bytes).or_else(|spki_error| {
             signing_key_from_der(bytes)

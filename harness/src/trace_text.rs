@@ -122,6 +122,26 @@ pub fn cloud_event(event: &CloudEvent) -> Option<String> {
             hex(device_id),
             session_end(reason)
         ),
+        CloudEvent::Session(SessionChange::Refused {
+            address,
+            claimed_device_id,
+            key_of,
+            key_fingerprint,
+            reason,
+            ..
+        }) => {
+            let mut who = format!("from {address}");
+            if let Some(id) = claimed_device_id {
+                who.push_str(&format!(", claiming {}", hex(id)));
+            }
+            if let Some(id) = key_of {
+                who.push_str(&format!(", with the key of {}", hex(id)));
+            }
+            if let Some(f) = key_fingerprint {
+                who.push_str(&format!(", key {f}"));
+            }
+            format!("handshake refused ({who}): {reason}")
+        }
         CloudEvent::Ota(e) => match &e.kind {
             OtaEventKind::Progress { .. } | OtaEventKind::Retransmitted { .. } => return None,
             kind => format!("ota {} {}: {}", e.job, hex(e.device_id), ota_kind(kind)),

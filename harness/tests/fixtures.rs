@@ -15,6 +15,7 @@ fn fixture(
     #[files("../fixtures/field/*.toml")]
     #[files("../fixtures/product/*.toml")]
     #[files("../fixtures/assets/*.toml")]
+    #[files("../fixtures/device-os/*.toml")]
     path: PathBuf,
 ) {
     let mut scenario = load(&path).unwrap_or_else(|e| panic!("{e}"));
@@ -27,8 +28,8 @@ fn fixture(
     let result = runner::run(&scenario, None, &mut factory);
     let mut stem = path.file_stem().unwrap().to_string_lossy().to_string();
     // Snapshot names: the file stem, prefixed with its folder under fixtures/ (field, product,
-    // assets).
-    for folder in ["field", "product", "assets"] {
+    // device-os, assets).
+    for folder in ["field", "product", "device-os", "assets"] {
         if path.parent().and_then(|p| p.file_name()) == Some(std::ffi::OsStr::new(folder)) {
             stem = format!("{folder}-{stem}");
         }

@@ -102,6 +102,7 @@ fn the_same_seed_replays_the_same_trace_and_another_seed_does_not() {
             reorder: 0.2,
             reorder_delay: ms(500),
             bandwidth: 0,
+            queue_limit: Duration::ZERO,
         });
         let trace = record_trace(&mut sim);
         sim.node_mut::<DtlsClientNode>(cli).unwrap().ping_every = Some(secs(5));
@@ -131,6 +132,7 @@ fn dtls_handshake_and_pings_survive_20_percent_loss_duplication_and_reordering()
             reorder: 0.3,
             reorder_delay: ms(300),
             bandwidth: 0,
+            queue_limit: Duration::ZERO,
         });
         sim.node_mut::<DtlsClientNode>(cli).unwrap().ping_every = Some(secs(1));
         // Device OS retransmits after 3, 9, 21 s.. and gives up after 24 s backoff; a 20%
@@ -157,6 +159,7 @@ fn counters_balance_once_nothing_is_in_flight() {
             reorder: 0.3,
             reorder_delay: secs(1),
             bandwidth: 0,
+            queue_limit: Duration::ZERO,
         });
         let echo = sim.add_node(addr(SERVER), Echo::default()).unwrap();
         let pinger = sim
@@ -189,6 +192,7 @@ fn delivery_times_respect_latency_jitter_and_reorder_bounds() {
         reorder: 0.25,
         reorder_delay: ms(400),
         bandwidth: 0,
+        queue_limit: Duration::ZERO,
     };
     sim.set_faults(faults);
     let sent_at: Times = Rc::default();
@@ -736,6 +740,7 @@ fn ten_devices_connect_to_one_server_over_a_lossy_link() {
         reorder: 0.1,
         reorder_delay: ms(200),
         bandwidth: 0,
+        queue_limit: Duration::ZERO,
     });
     let devices: Vec<u64> = (100..110).collect();
     let srv = sim
@@ -861,6 +866,7 @@ fn chaos_run(seed: u64) -> Vec<(Duration, SocketAddr, SocketAddr, usize, Fate)> 
                 reorder: pick(50) as f64 / 100.0,
                 reorder_delay: ms(pick(2000)),
                 bandwidth: 0,
+                queue_limit: Duration::ZERO,
             }),
             1 => sim.partition(secs(pick(20))),
             2 => sim.isolate(node, secs(pick(30))),

@@ -155,6 +155,17 @@ do = "sweep"
 phase = "apply"
 
 [[step]]
+do = "repeat"
+times = 2
+steps = [{ do = "app.wake" }, { do = "wait.time", duration = "10s" }]
+
+[[step]]
+do = "repeat"
+until = { running = { app = 4 }, online = true }
+max = 20
+steps = [{ do = "wait.time", duration = "1h" }]
+
+[[step]]
 do = "expect"
 running = { device_os = "6.2.0", app = 4, bootloader = 3100 }
 safe_mode = false
@@ -209,6 +220,10 @@ do = "cloud.product"
 development = false
 groups = ["beta"]
 updates_forced = true
+
+[[step]]
+do = "device.reset"
+reason = "watchdog"
 
 [expect]
 running = { app = 4 }
@@ -283,13 +298,30 @@ fn every_step_kind_parses_into_its_typed_form() {
             latency: Duration::from_millis(300),
             jitter: Duration::from_millis(50),
             bandwidth: 2048,
+            direction: harness::scenario::Direction::Both,
         }))
     );
     assert_eq!(
         s.steps[24].step,
         Step::Wait(Wait::Time(Duration::from_secs(90)))
     );
-    let Step::Expect(list) = &s.steps[26].step else {
+    let Step::Repeat(r) = &s.steps[26].step else {
+        panic!("not a repeat step")
+    };
+    assert_eq!(r.count, harness::scenario::RepeatCount::Times(2));
+    assert_eq!(r.steps.len(), 2);
+    assert_eq!(
+        r.steps[1].step,
+        Step::Wait(Wait::Time(Duration::from_secs(10)))
+    );
+    let Step::Repeat(r) = &s.steps[27].step else {
+        panic!("not a repeat step")
+    };
+    let harness::scenario::RepeatCount::Until { condition, max } = &r.count else {
+        panic!("not repeat until")
+    };
+    assert_eq!((condition.len(), *max), (2, 20));
+    let Step::Expect(list) = &s.steps[28].step else {
         panic!("not an expect step")
     };
     assert_eq!(list.len(), 9);
@@ -363,6 +395,14 @@ const BROKEN: &[(&str, &str)] = &[
     ("date", "[[step]]\ndo = \"wait.time\"\nduration = 2024-05-13\n"),
     ("syntax", "[[step]\ndo = \"power.on\"\n"),
     ("step not an array", "[step]\ndo = \"power.on\"\n"),
+    ("repeat until without max", "[[step]]\ndo = \"repeat\"\nuntil = { running = { app = 4 } }\nsteps = [{ do = \"power.on\" }]\n"),
+    ("repeat with times and until", "[[step]]\ndo = \"repeat\"\ntimes = 2\nuntil = { online = true }\nmax = 3\nsteps = [{ do = \"power.on\" }]\n"),
+    ("repeat too many", "[[step]]\ndo = \"repeat\"\ntimes = 1000000\nsteps = [{ do = \"power.on\" }]\n"),
+    ("repeat without steps", "[[step]]\ndo = \"repeat\"\ntimes = 2\nsteps = []\n"),
+    ("sweep inside repeat", "[[step]]\ndo = \"repeat\"\ntimes = 2\nsteps = [{ do = \"sweep\", phase = \"apply\" }]\n"),
+    ("bad inner step", "[[step]]\ndo = \"repeat\"\ntimes = 2\nsteps = [{ do = \"power.on\" }, { do = \"wait.time\" }]\n"),
+    ("inner step for an undeclared device", "[[step]]\ndo = \"repeat\"\ntimes = 2\nsteps = [{ do = \"power.on\", device = \"b\" }]\n"),
+    ("bandwidth in bits not whole bytes", "[[step]]\ndo = \"link.faults\"\nbandwidth = \"12 bit/s\"\n"),
 ];
 
 #[test]
@@ -426,6 +466,7 @@ fn wait_ota_takes_a_percentage_or_a_size() {
         Step::Wait(Wait::Ota {
             progress: OtaProgress::Percent(40),
             timeout: Duration::from_secs(600),
+            transfer: harness::scenario::WhichTransfer::Current,
         })
     );
     assert_eq!(
@@ -433,6 +474,7 @@ fn wait_ota_takes_a_percentage_or_a_size() {
         Step::Wait(Wait::Ota {
             progress: OtaProgress::Bytes(8192),
             timeout: Duration::from_secs(120),
+            transfer: harness::scenario::WhichTransfer::Current,
         })
     );
     assert_eq!(

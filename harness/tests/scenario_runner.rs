@@ -431,3 +431,67 @@ fn a_sweep_whose_phase_never_ran_fails() {
         "phase apply did not run in the clean run: no flash operation to cut at"
     );
 }
+
+const REPEAT_HEAD: &str = r#"
+board = "boron"
+seed = 7
+
+[firmware]
+device_os = "6.2.0"
+app = 3
+"#;
+
+#[test]
+fn a_repeat_runs_its_steps_exactly_the_number_of_times_and_the_trace_counts_them() {
+    let s = scenario(&format!(
+        "{REPEAT_HEAD}\n[[step]]\ndo = \"repeat\"\ntimes = 3\nsteps = [{{ do = \"app.disable_updates\" }}, {{ do = \"wait.time\", duration = \"1h\" }}]\n"
+    ));
+    let (result, calls) = run_with(&s, None, ScriptedTarget::full);
+    let case = &result.cases[0];
+    assert_eq!(case.outcome, Outcome::Pass, "{:?}", case.failure);
+    let applied = calls
+        .borrow()
+        .iter()
+        .filter(|c| c.as_str() == "app.disable_updates")
+        .count();
+    assert_eq!(applied, 3);
+    assert_eq!(case.duration, Duration::from_secs(3 * 3600));
+    let text = case.trace.render();
+    assert!(text.contains("iteration 3 of at most 3"), "{text}");
+    assert!(text.contains("3 iterations done"), "{text}");
+    assert!(!text.contains("iteration 4"), "{text}");
+}
+
+#[test]
+fn a_repeat_until_stops_when_the_condition_holds_and_fails_when_it_never_does() {
+    // The double runs app 3 from the start: the condition holds before the first iteration.
+    let s = scenario(&format!(
+        "{REPEAT_HEAD}\n[[step]]\ndo = \"repeat\"\nuntil = {{ running = {{ app = 3 }} }}\nmax = 5\nsteps = [{{ do = \"wait.time\", duration = \"1h\" }}]\n"
+    ));
+    let (result, _) = run_with(&s, None, ScriptedTarget::full);
+    let case = &result.cases[0];
+    assert_eq!(case.outcome, Outcome::Pass, "{:?}", case.failure);
+    assert_eq!(case.duration, Duration::ZERO);
+    assert!(case
+        .trace
+        .render()
+        .contains("condition met after 0 iterations"));
+
+    // App 9 never arrives: five iterations, then a failure that says so.
+    let s = scenario(&format!(
+        "{REPEAT_HEAD}\n[[step]]\ndo = \"repeat\"\nuntil = {{ running = {{ app = 9 }} }}\nmax = 5\nsteps = [{{ do = \"wait.time\", duration = \"1h\" }}]\n"
+    ));
+    let (result, _) = run_with(&s, None, ScriptedTarget::full);
+    let case = &result.cases[0];
+    assert_eq!(case.outcome, Outcome::Fail);
+    let failure = case.failure.as_ref().unwrap();
+    assert_eq!(failure.step, Some(1));
+    assert!(
+        failure
+            .message
+            .starts_with("repeat: the condition still does not hold after 5 iterations"),
+        "{}",
+        failure.message
+    );
+    assert_eq!(case.duration, Duration::from_secs(5 * 3600));
+}

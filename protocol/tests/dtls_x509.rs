@@ -156,8 +156,17 @@ fn x509_client_without_certificate_connects_only_when_the_server_does_not_ask() 
     c.device_certificate = None;
     let (mut client, mut server) = pair(c.clone(), server_config());
     let (_, ce, se) = run(&mut client, &mut server);
+    // Reported as refused (with no key offered), then closed.
     assert!(matches!(
         &se[0],
+        ServerEvent::Refused {
+            offered_key: None,
+            reason: CloseReason::Error(DtlsError::UnknownDeviceKey),
+            ..
+        }
+    ));
+    assert!(matches!(
+        &se[1],
         ServerEvent::Closed {
             reason: CloseReason::Error(DtlsError::UnknownDeviceKey),
             ..

@@ -34,6 +34,9 @@ pub enum BenchCommand {
     /// Power-cut points the sweep verifies per second (128 KiB user part, 500 KiB system part,
     /// Boron, all three cut modes).
     PowerCut(super::bench_power_cut::PowerCutArgs),
+    /// One OTA transfer over a slow, lossy simulated link (20 KB/s, 2 s queue, 5 % loss):
+    /// datagrams per chunk, duplicates and goodput of the paced sender beside the unpaced one.
+    Pacing(super::bench_pacing::PacingArgs),
 }
 
 #[derive(Args)]
@@ -55,6 +58,7 @@ pub fn run(cmd: BenchCommand) -> CliResult {
         BenchCommand::Dtls(args) => dtls(args),
         BenchCommand::Ota(args) => super::bench_ota::ota(args),
         BenchCommand::PowerCut(args) => super::bench_power_cut::power_cut(args),
+        BenchCommand::Pacing(args) => super::bench_pacing::pacing(args),
     }
 }
 

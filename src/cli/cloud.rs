@@ -15,7 +15,7 @@ use clap::Args;
 use harness::cloud::api::{self, ApiState, Tokens};
 use harness::cloud::store::Store;
 use harness::cloud::{Cloud, CloudConfig, CloudEvent, SessionChange};
-use harness::control::{self, FileSource, FlashRequest};
+use harness::control::{self, FileSource, Request};
 use harness::keys::KeyDir;
 use harness::net::udp::UdpNode;
 use harness::testbed::CloudNode;
@@ -89,9 +89,9 @@ pub struct CloudArgs {
     /// The API's access tokens (TOML, see below).
     #[arg(long, value_name = "FILE", requires = "api")]
     token_file: Option<PathBuf>,
-    /// Keep products, firmware, releases, device settings and unfinished flashes in
-    /// DIR/cloud.sqlite3 across restarts (what the API changes).
-    #[arg(long, value_name = "DIR", requires = "api")]
+    /// Keep device sessions (a restarted cloud resumes them), products, firmware, releases,
+    /// device settings and unfinished flashes in DIR/cloud.sqlite3 across restarts.
+    #[arg(long, value_name = "DIR")]
     state: Option<PathBuf>,
     /// Products to create at start (TOML, see below).
     #[arg(long, value_name = "FILE")]
@@ -147,6 +147,7 @@ pub fn run(args: CloudArgs) -> CliResult {
         config.unix_time_at_epoch = since.as_secs();
     }
     let mut cloud = Cloud::new(config, args.seed);
+    let keys = KeyDir::new(&args.keys);
     for (id, key) in &devices {
         cloud.register_device(*id, *key);
     }
@@ -179,6 +180,36 @@ pub fn run(args: CloudArgs) -> CliResult {
             r
         }
         None => api::Restored::default(),
+    };
+    // Sessions last: a restored session is armed with the product target restored above.
+    let sessions = match &args.state {
+        Some(dir) => {
+            let store = Store::open(dir)?;
+            let (saved, mut written) = store.load_sessions()?;
+            let mut restored = 0;
+            for s in &saved {
+                match cloud.restore_session(Duration::ZERO, s) {
+                    Ok(()) => restored += 1,
+                    Err(e) => {
+                        println!(
+                            "state {}: session not restored: {e}",
+                            store.path().display()
+                        );
+                        written.remove(&s.device_id);
+                    }
+                }
+            }
+            println!(
+                "state {}: {restored} device sessions restored (they resume without a handshake)",
+                store.path().display()
+            );
+            Some(SessionSync {
+                store,
+                written,
+                last: None,
+            })
+        }
+        None => None,
     };
     if let Some(path) = &args.products {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -250,8 +281,115 @@ pub fn run(args: CloudArgs) -> CliResult {
                 }
             }
         });
-        print_events(node, args.keylog, api_state).await
+        let watch = KeyWatch::new(keys, &devices);
+        print_events(node, args.keylog, api_state, watch, sessions).await
     })
+}
+
+/// Device sessions written to `--state` (`harness::cloud::store`), at most every
+/// [`SESSION_SAVE`].
+struct SessionSync {
+    store: Store,
+    written: harness::cloud::store::SavedSessions,
+    last: Option<std::time::Instant>,
+}
+
+const SESSION_SAVE: Duration = Duration::from_millis(500);
+
+impl SessionSync {
+    fn poll(&mut self, node: &Shared) -> Result<(), harness::cloud::store::StoreError> {
+        if self.last.is_some_and(|t| t.elapsed() < SESSION_SAVE) {
+            return Ok(());
+        }
+        self.last = Some(std::time::Instant::now());
+        let (sessions, unix_ms) = node.with_node(|n, now| {
+            let unix_ms = n
+                .cloud
+                .unix_time_at_epoch()
+                .saturating_mul(1000)
+                .saturating_add(u64::try_from(now.as_millis()).unwrap_or(u64::MAX));
+            (
+                n.cloud.saved_sessions(),
+                i64::try_from(unix_ms).unwrap_or(i64::MAX),
+            )
+        });
+        self.store
+            .sync_sessions(unix_ms, &sessions, &mut self.written)?;
+        Ok(())
+    }
+}
+
+/// The key directory as last read: device keys appearing in it are registered and keys
+/// disappearing from it removed, while the cloud runs (keys added through the control
+/// endpoint are not touched).
+struct KeyWatch {
+    dir: KeyDir,
+    known: BTreeMap<[u8; 12], Vec<u8>>,
+    last_error: Option<String>,
+    last_look: Option<std::time::Instant>,
+}
+
+/// How often the key directory is read again.
+const KEY_DIR_POLL: Duration = Duration::from_secs(1);
+
+impl KeyWatch {
+    fn new(dir: KeyDir, keys: &[([u8; 12], p256::ecdsa::VerifyingKey)]) -> Self {
+        KeyWatch {
+            dir,
+            known: keys
+                .iter()
+                .map(|(id, k)| (*id, k.to_encoded_point(true).as_bytes().to_vec()))
+                .collect(),
+            last_error: None,
+            last_look: None,
+        }
+    }
+
+    /// Applies what changed in the directory since the last look; returns the lines to print.
+    fn poll(&mut self, node: &Shared) -> Vec<String> {
+        if self.last_look.is_some_and(|t| t.elapsed() < KEY_DIR_POLL) {
+            return Vec::new();
+        }
+        self.last_look = Some(std::time::Instant::now());
+        let keys = match self.dir.device_keys() {
+            Ok(k) => k,
+            Err(e) => {
+                // A file being written, a bad file: nothing changes until the directory reads.
+                let e = format!(
+                    "key directory {}: {e} (keys unchanged)",
+                    self.dir.path().display()
+                );
+                if self.last_error.as_ref() != Some(&e) {
+                    self.last_error = Some(e.clone());
+                    return vec![e];
+                }
+                return Vec::new();
+            }
+        };
+        self.last_error = None;
+        type Found = BTreeMap<[u8; 12], (Vec<u8>, p256::ecdsa::VerifyingKey)>;
+        let found: Found = keys
+            .into_iter()
+            .map(|(id, k)| (id, (k.to_encoded_point(true).as_bytes().to_vec(), k)))
+            .collect();
+        let mut lines = Vec::new();
+        node.with_node(|n, at| {
+            for (id, (bytes, key)) in &found {
+                if self.known.get(id) != Some(bytes) {
+                    n.cloud.register_device(*id, *key);
+                    lines.push(format!("{} key added for {}", stamp(at), hex::encode(id)));
+                }
+            }
+            for id in self.known.keys() {
+                if !found.contains_key(id) {
+                    n.cloud.unregister_device(at, *id);
+                    lines.push(format!("{} key removed for {}", stamp(at), hex::encode(id)));
+                }
+            }
+        });
+        self.known = found.into_iter().map(|(id, (b, _))| (id, b)).collect();
+        lines
+    }
 }
 
 /// Prints the cloud's events (and Hellos) as they come; never returns unless stdout closes.
@@ -259,8 +397,12 @@ async fn print_events(
     node: Shared,
     keylog: Option<PathBuf>,
     api: Option<Arc<ApiState>>,
+    mut watch: KeyWatch,
+    mut sessions: Option<SessionSync>,
 ) -> CliResult {
     let mut hellos: BTreeMap<harness::cloud::DeviceId, (u16, u16)> = BTreeMap::new();
+    // The last key-log line written per device: a resumed session is not written again.
+    let mut logged: BTreeMap<harness::cloud::DeviceId, String> = BTreeMap::new();
     let mut out = std::io::stdout();
     loop {
         if node.is_finished() {
@@ -278,9 +420,16 @@ async fn print_events(
                     | SessionChange::Resumed { device_id, .. },
                 ) = e
                 {
-                    hellos.remove(device_id);
+                    // A full handshake sends a Hello; a resumption prints "resumed", and a
+                    // Hello line only when the device sends one (its firmware changed).
+                    if matches!(e, CloudEvent::Session(SessionChange::Connected { .. })) {
+                        hellos.remove(device_id);
+                    }
                     if let Some(l) = n.cloud.key_log_line(*device_id) {
-                        keylines.push(l);
+                        if logged.get(device_id) != Some(&l) {
+                            logged.insert(*device_id, l.clone());
+                            keylines.push(l);
+                        }
                     }
                 }
             }
@@ -296,7 +445,16 @@ async fn print_events(
             }
             (events, new_hellos, keylines)
         });
+        if let Some(sync) = &mut sessions {
+            if let Err(e) = sync.poll(&node) {
+                eprintln!("hil cloud: saving sessions: {e}");
+            }
+        }
         let mut text = String::new();
+        for line in watch.poll(&node) {
+            text.push_str(&line);
+            text.push('\n');
+        }
         for (at, e) in &events {
             if let Some(line) = harness::trace_text::cloud_event(e) {
                 text.push_str(&format!("{} {line}\n", stamp(*at)));
@@ -340,11 +498,33 @@ async fn serve(node: Shared, stream: TcpStream) {
     let mut line = String::new();
     let request = match reader.read_line(&mut line).await {
         Ok(0) => return,
-        Ok(_) => FlashRequest::parse(&line),
+        Ok(_) => Request::parse(&line),
         Err(e) => Err(format!("reading the request: {e}")),
     };
     let request = match request {
-        Ok(r) => r,
+        Ok(Request::Flash(r)) => r,
+        Ok(Request::AddKey { device, key }) => {
+            let line = node.with_node(|n, _| {
+                n.cloud.register_device(device, key);
+                control::ok_line(&format!("key of device {} registered", hex::encode(device)))
+            });
+            let _ = write.write_all(line.as_bytes()).await;
+            return;
+        }
+        Ok(Request::RemoveKey { device }) => {
+            let line = node.with_node(|n, now| {
+                if n.cloud.unregister_device(now, device) {
+                    control::ok_line(&format!("key of device {} removed", hex::encode(device)))
+                } else {
+                    control::unknown_device_line(&format!(
+                        "device {} is not registered",
+                        hex::encode(device)
+                    ))
+                }
+            });
+            let _ = write.write_all(line.as_bytes()).await;
+            return;
+        }
         Err(e) => {
             let _ = write.write_all(control::error_line(&e).as_bytes()).await;
             return;
@@ -364,13 +544,14 @@ async fn serve(node: Shared, stream: TcpStream) {
     let device = request.device;
     let job = node.with_node(|n, now| {
         n.cloud
-            .device(device)
-            .is_some()
+            .is_registered(device)
             .then(|| n.cloud.flash(now, device, file))
     });
     let Some(job) = job else {
         let msg = format!("device {} is not registered", hex::encode(device));
-        let _ = write.write_all(control::error_line(&msg).as_bytes()).await;
+        let _ = write
+            .write_all(control::unknown_device_line(&msg).as_bytes())
+            .await;
         return;
     };
     let mut last = None;

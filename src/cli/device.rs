@@ -57,10 +57,20 @@ pub struct DeviceArgs {
     /// Write every datagram sent and received to this pcap file (`hil pcap decrypt`).
     #[arg(long, value_name = "FILE")]
     pcap: Option<PathBuf>,
+    /// The ping interval (`Particle.keepAlive`): `25s`, `23m`... (default: the platform's,
+    /// 23 min cellular, 25 s others).
+    #[arg(long, value_name = "DURATION", value_parser = keepalive)]
+    keepalive: Option<Duration>,
     /// Serve the test-control protocol (boards/README.md) on a pseudo-terminal, as the test
     /// firmware does on a board's USB serial port; prints the path to open.
     #[arg(long)]
     serial_pty: bool,
+}
+
+fn keepalive(text: &str) -> Result<Duration, String> {
+    harness::scenario::model::parse_duration(text)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{text:?} is not a duration (e.g. 25s, 23m)"))
 }
 
 fn seed_of(id: &[u8; 12]) -> u64 {
@@ -110,7 +120,10 @@ pub fn run(args: DeviceArgs) -> CliResult {
         server_key,
         key,
     };
-    let os = DeviceOs::new(identity, device, AppBehaviour::default(), seed);
+    let mut os = DeviceOs::new(identity, device, AppBehaviour::default(), seed);
+    if let Some(k) = args.keepalive {
+        os.set_keepalive(k);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -147,6 +160,9 @@ async fn drive(
         n.os.power_on(now);
         n.drain(now);
     });
+    let stop = stop_signal();
+    let mut stopping: Option<Instant> = None;
+    let mut retries = RetryReport::default();
     let mut out = std::io::stdout();
     let mut saved_ops = None;
     let mut last_save = Instant::now();
@@ -171,8 +187,36 @@ async fn drive(
         let mut booted = false;
         for (at, e) in &events {
             booted |= matches!(e, DeviceEvent::Booted { .. });
+            if matches!(
+                e,
+                DeviceEvent::Connecting { .. } | DeviceEvent::Connected { .. }
+            ) {
+                retries.restart(node.stats());
+            }
             if let Some(line) = harness::trace_text::device_event(e) {
                 text.push_str(&format!("{} {line}\n", stamp(*at)));
+            }
+        }
+        if let Some(line) = retries.look(&node, server) {
+            text.push_str(&line);
+        }
+        if stopping.is_none() && stop.load(std::sync::atomic::Ordering::SeqCst) {
+            stopping = Some(Instant::now());
+            text.push_str("stopping: disconnecting from the cloud (Goodbye)\n");
+            node.with_node(|n, now| {
+                n.os.disconnect_gracefully(now);
+                n.drain(now);
+            });
+        }
+        if let Some(since) = stopping {
+            // The Goodbye acknowledged (or given up after the disconnect timeout), or no
+            // answer within STOP_WAIT: flash saved, exit.
+            let done = node.with_node(|n, _| n.os.is_disconnected());
+            if done || since.elapsed() >= STOP_WAIT {
+                let _ = out.write_all(text.as_bytes());
+                let _ = out.flush();
+                save(&node, state.as_deref());
+                return Ok(ExitCode::SUCCESS);
             }
         }
         if !text.is_empty() && (out.write_all(text.as_bytes()).is_err() || out.flush().is_err()) {
@@ -193,6 +237,89 @@ async fn drive(
             }
             _ => tokio::time::sleep(Duration::from_millis(50)).await,
         }
+    }
+}
+
+/// How long a stop (SIGTERM, Ctrl-C) waits for the cloud to acknowledge the Goodbye.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// Set once SIGTERM or Ctrl-C (SIGINT) arrived.
+fn stop_signal() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let set = flag.clone();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        if tokio::signal::ctrl_c().await.is_err() {
+            return;
+        }
+        set.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    flag
+}
+
+/// Says what the device does while the cloud does not answer: each datagram it sends again
+/// (DTLS flight or CoAP retransmission) and when it tries next.
+#[derive(Default)]
+struct RetryReport {
+    /// Datagrams sent when the attempt started (or the cloud last answered).
+    base: u64,
+    /// Datagrams sent when the last line was printed.
+    reported: u64,
+    received: u64,
+}
+
+impl RetryReport {
+    /// A new connection attempt (or a connection that came up): count from here.
+    fn restart(&mut self, stats: harness::net::udp::UdpStats) {
+        self.base = stats.sent;
+        self.reported = stats.sent;
+        self.received = stats.received;
+    }
+
+    fn look(&mut self, node: &UdpNode<DeviceNode>, server: SocketAddr) -> Option<String> {
+        let stats = node.stats();
+        if stats.received > self.received {
+            self.restart(stats);
+            return None;
+        }
+        if stats.sent <= self.reported {
+            return None;
+        }
+        let unanswered = stats.sent - self.base;
+        let (connected, next) = node.with_node(|n, now| {
+            let next = n.os.poll_timeout().map(|t| t.saturating_sub(now));
+            (n.os.status().connected, (now, next))
+        });
+        // The first datagram of an attempt is not a retry; a connected device's traffic
+        // (events, acks) is answered.
+        if connected || unanswered < 2 {
+            return None;
+        }
+        let (now, next) = next;
+        let next = next.map_or_else(
+            || "no further retry scheduled".to_string(),
+            |d| format!("next retry in {:.1}s", d.as_secs_f64()),
+        );
+        self.reported = stats.sent;
+        Some(format!(
+            "{} no answer from the cloud at {server}: sent again ({} datagrams unanswered), {next}\n",
+            stamp(now),
+            unanswered
+        ))
     }
 }
 

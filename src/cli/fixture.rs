@@ -20,10 +20,54 @@ pub enum FixtureCommand {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// Shrink a failing scenario (against the embedded emulator) while the same failure
+    /// (also spelled `minimize`)
+    /// remains: steps dropped the way delta debugging does, then durations, timeouts, repeat
+    /// counts and sizes halved and devices no step needs removed. Writes the smallest one.
+    #[command(alias = "minimize")]
+    Minimise {
+        /// The failing scenario file.
+        file: PathBuf,
+        /// The seed to replay (default: the file's).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Write the minimised scenario here (default: standard output).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
 }
 
 pub fn run(cmd: FixtureCommand) -> CliResult {
     match cmd {
+        FixtureCommand::Minimise { file, seed, output } => {
+            use harness::scenario::emulator_target::EmulatorTarget;
+            use harness::scenario::minimise::{minimise, signature};
+            use harness::scenario::{runner, Target};
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| format!("{}: cannot read the file: {e}", file.display()))?;
+            let mut run = |s: &harness::scenario::Scenario| {
+                let mut factory = || Ok(Box::new(EmulatorTarget::new()) as Box<dyn Target>);
+                signature(&runner::run(s, seed, &mut factory))
+            };
+            let m = minimise(&text, &file, &mut run)?;
+            eprintln!(
+                "{}: {} of {} steps kept after {} runs; failure kept: {}",
+                file.display(),
+                m.steps_after,
+                m.steps_before,
+                m.runs,
+                m.failure
+            );
+            match output {
+                Some(path) => {
+                    std::fs::write(&path, &m.text)
+                        .map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
+                    eprintln!("wrote {}", path.display());
+                }
+                None => print!("{}", m.text),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         FixtureCommand::FromEvents { file, output } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| format!("{}: cannot read the file: {e}", file.display()))?;

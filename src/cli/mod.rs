@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_ota;
+pub mod bench_pacing;
 pub mod bench_power_cut;
 pub mod boards;
 pub mod bundle;

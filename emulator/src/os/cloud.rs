@@ -62,6 +62,8 @@ pub(super) enum Phase {
 pub(super) enum AfterClose {
     Reset(u32),
     Sleep(SleepConfig),
+    /// The connection stays down until `Particle.connect()`.
+    Disconnect,
 }
 
 /// Why the device sent a message, to know what its answer means.
@@ -833,6 +835,18 @@ impl DeviceOs {
         self.start_goodbye(now, goodbye, AfterClose::Sleep(config))
     }
 
+    /// Goodbye (cloud reason 2 "user"), then the connection stays down (`Particle.disconnect()`
+    /// with the graceful option). UNCONFIRMED which reason Device OS names for a user
+    /// disconnect: `CloudDisconnectReason::USER` is the one the reference lists for it.
+    /// `false` when there is no connection to close gracefully.
+    pub(super) fn start_goodbye_disconnect(&mut self, now: Duration) -> bool {
+        let goodbye = Goodbye {
+            cloud_reason: Some(protocol::message::CloudDisconnectReason::USER),
+            ..Goodbye::default()
+        };
+        self.start_goodbye(now, goodbye, AfterClose::Disconnect)
+    }
+
     /// Ends a graceful disconnect once every CON is acknowledged or the wait timed out.
     fn check_closing(&mut self, now: Duration) {
         let Some(cloud) = self.cloud.as_ref() else {
@@ -847,6 +861,11 @@ impl DeviceOs {
         match then {
             AfterClose::Reset(reason) => self.reset_now(now, reason, true),
             AfterClose::Sleep(config) => self.sleep_after_goodbye(now, config),
+            AfterClose::Disconnect => {
+                self.cloud_wanted = false;
+                self.reconnect_at = None;
+                self.teardown(now, DisconnectReason::Requested, true);
+            }
         }
     }
 

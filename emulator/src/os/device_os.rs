@@ -237,6 +237,8 @@ pub struct DeviceOs {
     pub(super) events: VecDeque<DeviceEvent>,
     pub(super) outbox: VecDeque<Vec<u8>>,
     pub(super) malformed: u64,
+    /// A behaviour broken on purpose (tests only; [`super::mutation`]).
+    pub(super) mutation: Option<super::Mutation>,
 }
 
 impl core::fmt::Debug for DeviceOs {
@@ -281,6 +283,7 @@ impl DeviceOs {
             events: VecDeque::new(),
             outbox: VecDeque::new(),
             malformed: 0,
+            mutation: None,
         }
     }
 
@@ -296,6 +299,18 @@ impl DeviceOs {
         self.device.power_on();
         self.power = Power::On;
         self.boot(now);
+        self.after(now);
+    }
+
+    /// A reset the application has no say in: the RESET pin (`reset_reason::PIN_RESET`) or a
+    /// watchdog (`reset_reason::WATCHDOG`). It works in safe mode too (the application does
+    /// not run there). RAM goes without a Goodbye; the bootloader applies staged slots.
+    pub fn hardware_reset(&mut self, now: Duration, reason: u32) {
+        if self.power != Power::On {
+            self.log("hardware reset ignored: the device is off or asleep");
+            return;
+        }
+        self.reset_now(now, reason, false);
         self.after(now);
     }
 
@@ -490,9 +505,20 @@ impl DeviceOs {
         self.reset_now(now, reason, false);
     }
 
+    /// Breaks one behaviour on purpose so a test can show the fixtures covering it fail
+    /// ([`super::mutation`]); `None` restores Device OS's behaviour. Tests only.
+    #[doc(hidden)]
+    pub fn set_mutation(&mut self, mutation: Option<super::Mutation>) {
+        self.mutation = mutation;
+        self.ota
+            .set_resume_sync(mutation != Some(super::Mutation::NoResumeStateSync));
+    }
+
     /// `system_shutdown_if_needed`: a committed update resets when resets are enabled.
     pub(super) fn shutdown_if_needed(&mut self, now: Duration) {
-        if self.power != Power::On || !self.flags.reset_pending || !self.flags.reset_enabled {
+        let reset_enabled = self.flags.reset_enabled
+            || self.mutation == Some(super::Mutation::ResetIgnoresDisabled);
+        if self.power != Power::On || !self.flags.reset_pending || !reset_enabled {
             return;
         }
         if self.is_closing() {
@@ -573,6 +599,26 @@ impl DeviceOs {
     /// resumable state kept) and stays down until `Particle.connect()`.
     pub fn particle_disconnect(&mut self, now: Duration) {
         self.app_call(now, AppCall::Disconnect);
+    }
+
+    /// A graceful `Particle.disconnect()`: a Goodbye (reason "user") once the connection is
+    /// up, the cloud's acknowledgement awaited (at most the disconnect timeout), then the
+    /// connection stays down. Without a connection that is up, the same as
+    /// [`DeviceOs::particle_disconnect`]. `hil device` does this on SIGTERM and Ctrl-C.
+    pub fn disconnect_gracefully(&mut self, now: Duration) {
+        if !self.start_goodbye_disconnect(now) {
+            self.particle_disconnect(now);
+        }
+    }
+
+    /// `Particle.keepAlive(interval)`: the ping interval (reference 1.9) from now on.
+    pub fn set_keepalive(&mut self, interval: Duration) {
+        self.keepalive = interval;
+    }
+
+    /// Whether the device has no connection and is not trying to make one.
+    pub fn is_disconnected(&self) -> bool {
+        self.cloud.is_none()
     }
 
     /// Wakes a sleeping device (a pin or another wake source).

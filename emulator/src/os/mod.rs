@@ -17,6 +17,7 @@ mod device_os;
 pub mod flags;
 pub mod identity;
 pub mod link;
+pub mod mutation;
 pub mod ota;
 mod ota_link;
 pub mod profile;
@@ -29,6 +30,7 @@ pub use device_os::{
 };
 pub use flags::{SystemFlags, UpdateStatus};
 pub use identity::Identity;
+pub use mutation::Mutation;
 pub use trace::{
     DeviceEvent, DeviceStatus, DisconnectReason, FirmwareUpdateEvent, RunningVersions, SystemEvent,
 };

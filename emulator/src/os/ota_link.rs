@@ -84,6 +84,13 @@ impl OtaLink {
         self.receiver.poll_timeout()
     }
 
+    /// Whether the resume state is synced to flash at all (off only for a mutation test).
+    pub fn set_resume_sync(&mut self, on: bool) {
+        let default = OtaConfig::default().sync_interval;
+        self.config.sync_interval = if on { default } else { Duration::MAX };
+        self.receiver = OtaReceiver::new(self.config);
+    }
+
     /// RAM is lost (power cut, or a reset that does not disconnect first): the transfer in RAM
     /// goes without a word to flash; `/sys/fw_transfer` keeps what was last synced.
     pub fn lose_ram(&mut self) {
@@ -168,7 +175,8 @@ impl DeviceOs {
             return;
         }
         self.accept(now, request);
-        let allowed = self.flags.updates_allowed();
+        let allowed = self.flags.updates_allowed()
+            || self.mutation == Some(super::Mutation::IgnoreUpdatesDisabled);
         let started = self.in_activity(Activity::Download, |os| {
             os.ota.receiver.start(now, &mut os.device, start, allowed)
         });

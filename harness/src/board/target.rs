@@ -573,6 +573,12 @@ impl Target for BoardTarget {
                 self.power_back_at = None;
                 self.switch_power(true)?;
             }
+            // Not declared (no RESET-pin line in the test-control protocol v1): skipped.
+            Action::HardwareReset(_) => {
+                return Err(TargetError::Step(
+                    "a board target cannot pull the RESET pin (protocol v1)".into(),
+                ))
+            }
             Action::App(app) => {
                 let command = match app {
                     AppAction::DisableUpdates => Command::Updates { enabled: false },
@@ -696,6 +702,10 @@ impl Target for BoardTarget {
                 flags: None,
                 ota: None,
                 last_reset: self.last_reset.clone(),
+                boots: None,
+                system: Some(None),
+                session_resumed: None,
+                transfers_since_boot: None,
             });
         }
         let limit = if self.sleeping {
@@ -715,6 +725,10 @@ impl Target for BoardTarget {
                     flags: None,
                     ota: None,
                     last_reset: self.last_reset.clone(),
+                    boots: None,
+                    system: None,
+                    session_resumed: None,
+                    transfers_since_boot: None,
                 });
             }
             Err(e) => return Err(e),
@@ -740,6 +754,13 @@ impl Target for BoardTarget {
             }),
             ota: None,
             last_reset: Some(reset_reason::name(s.reset_reason)),
+            boots: None,
+            system: Some(Some(crate::scenario::target::SystemVersions {
+                device_os: DeviceOsVersion(s.system_version),
+                bootloader: self.current.bootloader,
+            })),
+            session_resumed: None,
+            transfers_since_boot: None,
         })
     }
 

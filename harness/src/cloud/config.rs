@@ -32,6 +32,9 @@ pub struct CloudConfig {
     pub silence_timeout: Duration,
     pub silence_resend: u32,
     pub stall_limit: Duration,
+    /// Pace the OTA sender by what the device acknowledges (congestion window, RTT
+    /// estimate, [`super::transfer`]); `false` is the unpaced sender of before.
+    pub paced_sender: bool,
     /// The cloud's CoAP timing (Device OS's defaults: 4 s ACK timeout, 3 retransmissions).
     pub coap: EndpointConfig,
     pub dtls_timeouts: RetransmitTimeouts,
@@ -69,6 +72,7 @@ impl CloudConfig {
             silence_timeout: Duration::from_secs(1),
             silence_resend: 2,
             stall_limit: Duration::from_secs(300),
+            paced_sender: true,
             coap: EndpointConfig::default(),
             dtls_timeouts: RetransmitTimeouts::default(),
             interrupted: Interrupted::Retry,

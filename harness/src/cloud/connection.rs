@@ -12,6 +12,22 @@ use super::reconcile::Armed;
 use super::session::Session;
 use super::*;
 
+/// A completed handshake with the key of a device that already has a session, waiting for
+/// its Hello to show which device it is.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PendingHandshake {
+    pub device_id: DeviceId,
+    pub peer: SocketAddr,
+}
+
+/// The first 8 bytes of the SHA-256 of a public key (compressed SEC1), as hex: names a key
+/// that is not registered, for an operator to find among key files (`hil keys list`).
+pub fn key_fingerprint(key: &VerifyingKey) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(key.to_encoded_point(true).as_bytes());
+    hex::encode(&digest[..8])
+}
+
 /// What kind of record a datagram starts with (reference 1.4).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum RecordKind {
@@ -49,6 +65,22 @@ impl Cloud {
                     self.on_moved(now, handle, from, to, kind)
                 }
                 ServerEvent::Closed { handle, reason } => self.on_closed(now, handle, reason),
+                ServerEvent::Refused {
+                    peer,
+                    offered_key,
+                    reason,
+                    ..
+                } => {
+                    let key_of = offered_key.and_then(|k| self.by_key.get(&key_bytes(&k)).copied());
+                    self.refused_handshake(
+                        now,
+                        peer,
+                        None,
+                        key_of,
+                        offered_key.as_ref().map(key_fingerprint),
+                        reason.to_string(),
+                    );
+                }
             }
         }
     }
@@ -62,13 +94,45 @@ impl Cloud {
     ) {
         let id = device_key.and_then(|k| self.by_key.get(&key_bytes(&k)).copied());
         let Some(id) = id else {
-            self.dropped(
+            self.refused_handshake(
+                now,
+                peer,
                 None,
+                None,
+                device_key.as_ref().map(key_fingerprint),
                 "a DTLS handshake completed with an unregistered key".into(),
             );
             self.server.close(now, handle);
             return;
         };
+        // The device has a session already: the new handshake replaces it only once its Hello
+        // shows the same device id. Until then the old session is left alone, so a client
+        // holding the device's key under another id (or failing half-way) never disturbs it.
+        if self
+            .devices
+            .get(&id)
+            .is_some_and(|d| d.session.as_ref().is_some_and(|s| s.handle != handle))
+        {
+            self.pending.insert(
+                handle,
+                PendingHandshake {
+                    device_id: id,
+                    peer,
+                },
+            );
+            return;
+        }
+        self.start_session(now, handle, peer, id);
+    }
+
+    /// A handshake of `id` is now its session (an older one, if any, ends as replaced).
+    fn start_session(
+        &mut self,
+        now: Duration,
+        handle: ConnectionHandle,
+        peer: SocketAddr,
+        id: DeviceId,
+    ) {
         if let Some(old) = self
             .devices
             .get(&id)
@@ -110,6 +174,10 @@ impl Cloud {
         to: SocketAddr,
         kind: &RecordKind,
     ) {
+        if let Some(p) = self.pending.get_mut(&handle) {
+            p.peer = to;
+            return;
+        }
         let Some(id) = self.by_handle.get(&handle).copied() else {
             return;
         };
@@ -136,6 +204,9 @@ impl Cloud {
         handle: ConnectionHandle,
         reason: CloseReason,
     ) {
+        if self.pending.remove(&handle).is_some() {
+            return;
+        }
         let Some(id) = self.by_handle.get(&handle).copied() else {
             return;
         };
@@ -150,6 +221,9 @@ impl Cloud {
         data: &[u8],
         kind: &RecordKind,
     ) {
+        if self.pending.contains_key(&handle) && !self.confirm_pending(now, handle, data) {
+            return;
+        }
         let Some(id) = self.by_handle.get(&handle).copied() else {
             return;
         };
@@ -172,6 +246,75 @@ impl Cloud {
             self.go_online(now, id);
         }
         self.service(now, id);
+    }
+
+    /// The first message of a handshake made with the key of a device that has a session: a
+    /// Hello with that device's id makes it the session (`true`: handle the message now); a
+    /// Hello with another id is refused and the association closed; anything else waits for
+    /// the Hello (Device OS sends it first after every handshake, reference 1.8).
+    fn confirm_pending(&mut self, now: Duration, handle: ConnectionHandle, data: &[u8]) -> bool {
+        let Some(pending) = self.pending.get(&handle).copied() else {
+            return false;
+        };
+        let hello = protocol::coap::Message::parse(data)
+            .ok()
+            .and_then(|m| ParticleMessage::from_coap(&m).ok())
+            .and_then(|m| match m.body {
+                Body::Hello(h) => Some(h),
+                _ => None,
+            });
+        let Some(hello) = hello else {
+            self.stats.malformed += 1;
+            self.dropped(
+                Some(pending.device_id),
+                "a message before the Hello of a new handshake (ignored until the Hello)".into(),
+            );
+            return false;
+        };
+        self.pending.remove(&handle);
+        let claimed = DeviceId(hello.device_id);
+        if claimed != pending.device_id {
+            self.refused_handshake(
+                now,
+                pending.peer,
+                Some(claimed),
+                Some(pending.device_id),
+                None,
+                format!(
+                    "the Hello carries device id {} but the DTLS key is registered for {}",
+                    device_id_hex(&claimed),
+                    device_id_hex(&pending.device_id)
+                ),
+            );
+            self.server.close(now, handle);
+            return false;
+        }
+        self.start_session(now, handle, pending.peer, pending.device_id);
+        true
+    }
+
+    /// Reports a handshake or session the cloud refused: who tried (address, the id its Hello
+    /// claimed, the device whose key it used, or the key's fingerprint) and why. No session of
+    /// any device is touched.
+    pub(super) fn refused_handshake(
+        &mut self,
+        now: Duration,
+        address: SocketAddr,
+        claimed_device_id: Option<DeviceId>,
+        key_of: Option<DeviceId>,
+        key_fingerprint: Option<String>,
+        reason: String,
+    ) {
+        self.stats.refused += 1;
+        self.events
+            .push_back(CloudEvent::Session(SessionChange::Refused {
+                at: now,
+                address,
+                claimed_device_id,
+                key_of,
+                key_fingerprint,
+                reason,
+            }));
     }
 
     /// An authenticated record arrived: a first type-253 record, or any record on a session

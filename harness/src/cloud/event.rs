@@ -187,6 +187,19 @@ pub enum SessionChange {
         device_id: DeviceId,
         reason: DisconnectReason,
     },
+    /// A handshake (or the first message of one) the cloud refused; no session of any device
+    /// changed because of it.
+    Refused {
+        at: Duration,
+        address: SocketAddr,
+        /// The device id its Hello claimed, when it got that far.
+        claimed_device_id: Option<DeviceId>,
+        /// The registered device whose key it used, if any.
+        key_of: Option<DeviceId>,
+        /// Fingerprint of a key offered that is not registered (`connection::key_fingerprint`).
+        key_fingerprint: Option<String>,
+        reason: String,
+    },
 }
 
 /// Typed OTA progress of one job.

@@ -157,6 +157,9 @@ pub mod names {
     pub const DEVICE_SAFE_MODE: &str = "spark/device/safemode";
     /// Published by the cloud for a device in safe mode, with its modules.
     pub const SAFE_MODE: &str = "spark/status/safe-mode";
+    /// Published by the cloud before each Device OS module it sends a device to heal it
+    /// (the "safe mode healer" of reference 3; data: [`super::policy::updater_data`]).
+    pub const SAFE_MODE_UPDATER: &str = "spark/safe-mode-updater/updating";
     /// `spark/flash/status` data, with the trailing space of the 2024 captures.
     pub const FLASH_STARTED: &str = "started ";
     pub const FLASH_SUCCESS: &str = "success ";
@@ -173,6 +176,17 @@ pub struct CloudStats {
     pub malformed: u64,
     /// [`CloudEvent::Dropped`] reports.
     pub dropped: u64,
+    /// Handshakes and sessions refused ([`SessionChange::Refused`]).
+    pub refused: u64,
+}
+
+/// A device's session as `hil cloud --state` keeps it across a restart ([`store`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedSession {
+    pub device_id: DeviceId,
+    pub dtls: protocol::dtls::ExportedSession,
+    /// The last Hello (platform and versions until the device says Hello again).
+    pub hello: Option<Hello>,
 }
 
 /// What the cloud knows about a device, as an operator sees it.
@@ -242,6 +256,8 @@ pub struct Cloud {
     devices: BTreeMap<DeviceId, DeviceRecord>,
     by_key: BTreeMap<Vec<u8>, DeviceId>,
     by_handle: BTreeMap<ConnectionHandle, DeviceId>,
+    /// Handshakes of devices that have a session, until their Hello shows the device id.
+    pending: BTreeMap<ConnectionHandle, connection::PendingHandshake>,
     jobs: BTreeMap<JobId, Job>,
     next_job: u64,
     events: VecDeque<CloudEvent>,
@@ -272,6 +288,7 @@ impl Cloud {
             devices: BTreeMap::new(),
             by_key: BTreeMap::new(),
             by_handle: BTreeMap::new(),
+            pending: BTreeMap::new(),
             jobs: BTreeMap::new(),
             next_job: 1,
             events: VecDeque::new(),
@@ -317,6 +334,107 @@ impl Cloud {
                 );
             }
         }
+    }
+
+    /// Removes a device's key: new handshakes with it are refused and its session (if any)
+    /// is closed (close_notify) and forgotten, so it cannot resume either. The device's record
+    /// (jobs, describe, settings) stays; registering a key again lets it connect. `false` if
+    /// the device is not registered.
+    pub fn unregister_device(&mut self, now: Duration, device_id: impl Into<DeviceId>) -> bool {
+        let device_id: DeviceId = device_id.into();
+        let Some(key) = self.devices.get(&device_id).map(|d| d.key) else {
+            return false;
+        };
+        self.by_key.remove(&key_bytes(&key));
+        self.server.unregister_device_key(&key);
+        let pending: Vec<ConnectionHandle> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.device_id == device_id)
+            .map(|(h, _)| *h)
+            .collect();
+        for h in pending {
+            self.pending.remove(&h);
+            self.server.close(now, h);
+        }
+        if let Some(handle) = self.session_mut(&device_id).map(|s| s.handle) {
+            self.go_offline(
+                now,
+                device_id,
+                DisconnectReason::Refused("the device's key was removed".into()),
+            );
+            self.end_session(device_id);
+            self.server.close(now, handle);
+            self.process_server_events(now, &RecordKind::Other);
+        }
+        true
+    }
+
+    /// Whether the device's key is registered (it may connect).
+    pub fn is_registered(&self, device_id: impl Into<DeviceId>) -> bool {
+        let device_id: DeviceId = device_id.into();
+        self.devices
+            .get(&device_id)
+            .is_some_and(|d| self.by_key.get(&key_bytes(&d.key)) == Some(&device_id))
+    }
+
+    /// Every device session that can be resumed (its handshake completed), as it is now.
+    pub fn saved_sessions(&self) -> Vec<SavedSession> {
+        self.devices
+            .iter()
+            .filter_map(|(id, d)| {
+                let s = d.session.as_ref()?;
+                let dtls = self.server.export_session(s.handle)?;
+                Some(SavedSession {
+                    device_id: *id,
+                    dtls,
+                    hello: d.hello.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Takes back a session a cloud that ran before saved ([`Cloud::saved_sessions`]): the
+    /// device is offline until its next record, which is a resumption (reference 1.4), so it
+    /// comes back online without a handshake. Refused (with the reason) when the device is not
+    /// registered, its key changed, or it has a session already.
+    pub fn restore_session(&mut self, now: Duration, saved: &SavedSession) -> Result<(), String> {
+        let id = saved.device_id;
+        let hex = device_id_hex(&id);
+        let Some(d) = self.devices.get(&id) else {
+            return Err(format!("device {hex} is not registered"));
+        };
+        if self.by_key.get(&key_bytes(&d.key)) != Some(&id) || d.key != saved.dtls.device_key {
+            return Err(format!("device {hex}: its key is no longer the session's"));
+        }
+        if d.session.is_some() {
+            return Err(format!("device {hex} has a session already"));
+        }
+        let handle = self
+            .server
+            .restore_session(&saved.dtls)
+            .map_err(|e| format!("device {hex}: {e}"))?;
+        let cid = self.server.connection_id(handle).map(<[u8]>::to_vec);
+        let mut session = Session::new(handle, cid, saved.dtls.peer, now);
+        // Not a handshake: the next record resumes it.
+        session.fresh = false;
+        // Armed as the cloud that made the session armed it at the handshake.
+        let armed = self
+            .fleet
+            .target(id)
+            .firmware()
+            .cloned()
+            .map(reconcile::Armed::new);
+        if let Some(d) = self.devices.get_mut(&id) {
+            d.armed = armed;
+            d.session = Some(session);
+            d.last_address = Some(saved.dtls.peer);
+            if d.hello.is_none() {
+                d.hello = saved.hello.clone();
+            }
+        }
+        self.by_handle.insert(handle, id);
+        Ok(())
     }
 
     /// Registered device ids.
@@ -515,6 +633,12 @@ impl Cloud {
     /// Force-enables (or not) updates for a device (reference 4.6): the setting is kept and the
     /// device is sent `particle/device/updates/forced` now if online (and at each connection
     /// while true).
+    /// Paces the OTA sender (the default) or not (the sender of before), for transfers
+    /// started from now on ([`CloudConfig::paced_sender`]).
+    pub fn set_paced_sender(&mut self, paced: bool) {
+        self.config.paced_sender = paced;
+    }
+
     /// Changes what happens to transfers the device drops from now on.
     pub fn set_interrupted(&mut self, policy: Interrupted) {
         self.config.interrupted = policy;

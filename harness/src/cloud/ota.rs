@@ -128,6 +128,7 @@ impl Cloud {
             silence_timeout: self.config.silence_timeout,
             silence_resend: self.config.silence_resend,
             stall_limit: self.config.stall_limit,
+            paced: self.config.paced_sender,
         };
         let chunk_size = self.config.valid_chunk_size();
         let Some(job) = self.jobs.get_mut(&job_id) else {

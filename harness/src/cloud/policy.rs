@@ -30,7 +30,7 @@
 use std::sync::Arc;
 
 use protocol::message::SystemDescribe;
-use protocol::module::{split_combined, Dependency, Module, ModuleFunction};
+use protocol::module::{combine, split_combined, Dependency, Module, ModuleFunction};
 
 use super::firmware::Comparison;
 
@@ -72,6 +72,29 @@ impl LibraryModule {
             self.platform_id
         )
     }
+}
+
+/// The data of `spark/safe-mode-updater/updating` for `module`: the module in the notation of
+/// the legacy describe (`{"f":"b","n":"0","v":3100}`: function letter, index, version), so an
+/// operator (and a scenario) sees which module each healing transfer carries.
+/// UNCONFIRMED: the event name is in Particle's docs (reference 3); its data is not, this is
+/// the project's choice.
+pub fn updater_data(module: &LibraryModule) -> String {
+    format!(
+        "{{\"f\":\"{}\",\"n\":\"{}\",\"v\":{}}}",
+        function_letter(module.function),
+        module.index,
+        module.version
+    )
+}
+
+/// The describe's letter for a module function (reference 4.1: `n r b m s u _ c a t`).
+fn function_letter(f: ModuleFunction) -> char {
+    let letters = ['n', 'r', 'b', 'm', 's', 'u', '_', 'c', 'a', 't'];
+    letters
+        .get(usize::from(u8::from(f)))
+        .copied()
+        .unwrap_or('n')
 }
 
 fn function_name(f: ModuleFunction) -> &'static str {
@@ -277,6 +300,73 @@ fn resolve<'a>(
     Ok(module)
 }
 
+/// Device OS versions from which Particle's cloud sends a system part and the app in one
+/// combined transfer (reference 2.6: "when the device runs >= 3.1.0").
+pub const COMBINED_FROM: u32 = 3100;
+
+/// The product firmware `app_file` combined with the system part it needs, when reference 2.6
+/// and 7 say the cloud sends them together: a minor Device OS bump ("only the system part
+/// changes") on a device on >= 3.1.0. That is: `app_file` is one user part whose system part
+/// dependency the describe does not meet; the library's lowest system part that meets it has
+/// the same major version as the installed one and every dependency of its own (bootloader,
+/// radio stack) met by what the device has. Anything else (no such module, a bootloader or
+/// radio stack to send too, a major bump, a device below 3.1.0) gets `None`: the app goes
+/// alone and the modules follow in safe mode, one transfer each (healing).
+/// UNCONFIRMED: "minor" read as "same major version"; the docs show the combined transfer but
+/// not the cloud's rule.
+pub fn combined_upgrade(
+    describe: &SystemDescribe,
+    platform: u16,
+    library: &DeviceOsLibrary,
+    app_file: &[u8],
+) -> Option<Arc<Vec<u8>>> {
+    if split_combined(app_file).ok()?.len() != 1 {
+        return None;
+    }
+    let app = Module::parse(app_file).ok()?;
+    if app.prefix.function != ModuleFunction::UserPart {
+        return None;
+    }
+    let dep = app
+        .prefix
+        .dependencies
+        .iter()
+        .find(|d| d.function == ModuleFunction::SystemPart)?;
+    let need = Need {
+        module_type: i32::from(u8::from(ModuleFunction::SystemPart)),
+        index: u32::from(dep.index),
+        version: u32::from(dep.version),
+    };
+    if met(describe, &need) {
+        return None;
+    }
+    let installed = describe
+        .firmware_modules
+        .iter()
+        .find(|m| m.r#type == need.module_type && m.index == need.index)?
+        .version;
+    let system = library.best(platform, &need)?;
+    let only_the_system_part = system.dependencies.iter().all(|d| {
+        met(
+            describe,
+            &Need {
+                module_type: i32::from(u8::from(d.function)),
+                index: u32::from(d.index),
+                version: u32::from(d.version),
+            },
+        )
+    });
+    if installed < COMBINED_FROM
+        || installed / 1000 != u32::from(system.version) / 1000
+        || !only_the_system_part
+    {
+        return None;
+    }
+    combine(&[system.file.as_slice(), app_file])
+        .ok()
+        .map(Arc::new)
+}
+
 /// Whether an update may start now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gate {
@@ -463,6 +553,171 @@ mod tests {
         }
         // Another platform's library has nothing for it.
         assert!(matches!(heal(&after, 12, &library), Heal::Stuck(_)));
+    }
+
+    /// Device OS 6.2.0's modules for a Boron, as the healer's library holds them.
+    fn library_6200() -> DeviceOsLibrary {
+        let mut library = DeviceOsLibrary::default();
+        library
+            .add(module(
+                ModuleFunction::SystemPart,
+                1,
+                6200,
+                &[
+                    dep(ModuleFunction::Bootloader, 0, 3100),
+                    dep(ModuleFunction::RadioStack, 0, 202),
+                ],
+            ))
+            .unwrap();
+        library
+            .add(module(ModuleFunction::Bootloader, 0, 3100, &[]))
+            .unwrap();
+        library
+            .add(module(
+                ModuleFunction::RadioStack,
+                0,
+                202,
+                &[dep(ModuleFunction::SystemPart, 1, 1300)],
+            ))
+            .unwrap();
+        library
+    }
+
+    fn sent(heal: Heal) -> (ModuleFunction, u16) {
+        match heal {
+            Heal::Send(m) => (m.function, m.version),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn healing_a_5_5_0_device_with_an_old_radio_stack_sends_bootloader_radio_stack_then_system_part(
+    ) {
+        let library = library_6200();
+        let mut describe = safe_mode_describe();
+        describe.firmware_modules[0].version = 2300;
+        describe.firmware_modules[1].version = 5500;
+        describe.firmware_modules.push(FirmwareModule {
+            r#type: 8,
+            index: 0,
+            version: 182,
+            checked_flags: 0x1e,
+            passed_flags: 0x1e,
+            ..Default::default()
+        });
+        // The system part the app needs depends on both; its first dependency goes first.
+        assert_eq!(
+            sent(heal(&describe, 13, &library)),
+            (ModuleFunction::Bootloader, 3100)
+        );
+        describe.firmware_modules[0].version = 3100;
+        assert_eq!(
+            sent(heal(&describe, 13, &library)),
+            (ModuleFunction::RadioStack, 202)
+        );
+        describe.firmware_modules[3].version = 202;
+        assert_eq!(
+            sent(heal(&describe, 13, &library)),
+            (ModuleFunction::SystemPart, 6200)
+        );
+    }
+
+    /// A Boron on 6.2.0 (bootloader 3100, radio stack 202) whose app is `app`.
+    fn describe_6200() -> SystemDescribe {
+        let mut d = safe_mode_describe();
+        d.firmware_modules[0].version = 3100;
+        d.firmware_modules[1].version = 6200;
+        d.firmware_modules[2].dependencies[0].version = 6200;
+        d.firmware_modules[2].passed_flags = 0x1e;
+        d.firmware_modules.push(FirmwareModule {
+            r#type: 8,
+            index: 0,
+            version: 202,
+            checked_flags: 0x1e,
+            passed_flags: 0x1e,
+            ..Default::default()
+        });
+        d
+    }
+
+    fn app_needing(system_part: u16) -> Vec<u8> {
+        module(
+            ModuleFunction::UserPart,
+            2,
+            6,
+            &[dep(ModuleFunction::SystemPart, 1, system_part)],
+        )
+    }
+
+    #[test]
+    fn only_a_minor_system_part_bump_goes_combined_with_the_app() {
+        let mut library = library_6200();
+        for (version, bootloader) in [(6201, 3100), (7000, 3100), (6202, 3200)] {
+            library
+                .add(module(
+                    ModuleFunction::SystemPart,
+                    1,
+                    version,
+                    &[
+                        dep(ModuleFunction::Bootloader, 0, bootloader),
+                        dep(ModuleFunction::RadioStack, 0, 202),
+                    ],
+                ))
+                .unwrap();
+        }
+        let describe = describe_6200();
+        let app = app_needing(6201);
+        let file = combined_upgrade(&describe, 13, &library, &app).expect("combined");
+        let parts = split_combined(&file).unwrap();
+        assert_eq!(parts.len(), 2);
+        let first = Module::parse(&file[parts[0].clone()]).unwrap();
+        assert_eq!(
+            (first.prefix.function, first.prefix.version),
+            (ModuleFunction::SystemPart, 6201)
+        );
+        assert_eq!(&file[parts[1].clone()], &app[..]);
+        // Already met: the app alone.
+        assert_eq!(
+            combined_upgrade(&describe, 13, &library, &app_needing(6200)),
+            None
+        );
+        // A major bump, a system part that needs a newer bootloader, no module: healing.
+        assert_eq!(
+            combined_upgrade(&describe, 13, &library, &app_needing(7000)),
+            None
+        );
+        assert_eq!(
+            combined_upgrade(&describe, 13, &library, &app_needing(6202)),
+            None
+        );
+        assert_eq!(
+            combined_upgrade(&describe, 13, &library, &app_needing(6300)),
+            None
+        );
+        // A device below 3.1.0.
+        let mut old = describe.clone();
+        old.firmware_modules[1].version = 3000;
+        library
+            .add(module(ModuleFunction::SystemPart, 1, 3005, &[]))
+            .unwrap();
+        assert_eq!(
+            combined_upgrade(&old, 13, &library, &app_needing(3005)),
+            None
+        );
+    }
+
+    #[test]
+    fn the_updater_event_names_the_module_as_the_describe_does() {
+        let library = library_6200();
+        let data: Vec<String> = library.modules().iter().map(updater_data).collect();
+        assert_eq!(
+            data,
+            vec![
+                r#"{"f":"s","n":"1","v":6200}"#,
+                r#"{"f":"b","n":"0","v":3100}"#,
+                r#"{"f":"a","n":"0","v":202}"#,
+            ]
+        );
     }
 
     #[test]

@@ -295,6 +295,12 @@ impl Cloud {
                 if let Some(d) = self.devices.get_mut(&id) {
                     d.queue.push_front(job);
                 }
+                self.publish_cloud(
+                    now,
+                    id,
+                    names::SAFE_MODE_UPDATER,
+                    &policy::updater_data(&module),
+                );
                 self.start_job(now, id, job);
                 false
             }
@@ -335,7 +341,17 @@ impl Cloud {
 
     /// A job for the device's armed product firmware, at the front of its queue.
     pub(super) fn create_product_job(&mut self, now: Duration, id: DeviceId) -> Option<JobId> {
-        let armed = self.devices.get(&id)?.armed.clone()?.firmware;
+        let d = self.devices.get(&id)?;
+        let armed = d.armed.clone()?.firmware;
+        // A minor Device OS bump goes with the app in one combined transfer (policy).
+        let platform = d.hello.as_ref().map_or(0, |h| h.platform_id);
+        let file = d
+            .system_describe
+            .as_ref()
+            .and_then(|describe| {
+                policy::combined_upgrade(describe, platform, &self.library, &armed.file)
+            })
+            .unwrap_or_else(|| armed.file.clone());
         let job = self.create_job(
             now,
             id,
@@ -343,7 +359,7 @@ impl Cloud {
                 product: armed.product,
                 version: armed.version,
             },
-            armed.file.clone(),
+            file,
         );
         if let Some(d) = self.devices.get_mut(&id) {
             d.queue.push_front(job);

@@ -179,15 +179,16 @@ impl Cloud {
         };
         if let Body::Hello(hello) = &parsed.body {
             if hello.device_id != id {
-                self.refuse(
-                    now,
-                    id,
-                    format!(
-                        "the Hello carries device id {} but the DTLS key is registered for {}",
-                        device_id_hex(&DeviceId(hello.device_id)),
-                        device_id_hex(&id)
-                    ),
+                let reason = format!(
+                    "the Hello carries device id {} but the DTLS key is registered for {}",
+                    device_id_hex(&DeviceId(hello.device_id)),
+                    device_id_hex(&id)
                 );
+                if let Some(address) = self.session_mut(&id).map(|s| s.address) {
+                    let claimed = Some(DeviceId(hello.device_id));
+                    self.refused_handshake(now, address, claimed, Some(id), None, reason.clone());
+                }
+                self.refuse(now, id, reason);
                 return;
             }
             if let Some(d) = self.devices.get_mut(&id) {

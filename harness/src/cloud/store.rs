@@ -3,8 +3,15 @@
 //! blobs), releases, groups, product device settings (development, lock, groups, forced
 //! updates), the forced-updates setting of other devices, and single-device flashes not finished
 //! yet. Every change is written in one transaction before the REST API answers it, so what was
-//! acknowledged survives a crash. Sessions, transfers and the event stream are not kept: after a
-//! restart devices handshake again, and a product target is armed then, as after any restart.
+//! acknowledged survives a crash.
+//!
+//! Device sessions are kept too (`sessions`: the DTLS association's keys, CID, counters and the
+//! last Hello), written within a second of a handshake and whenever the cloud's record counter
+//! crosses half of its reserve: the saved counter is [`SEQ_RESERVE`] ahead of the live one, so
+//! a restarted cloud never sends two records with one sequence number (a CCM nonce), and its
+//! devices resume their sessions without a handshake, as with Particle's cloud across its
+//! deployments. Transfers and the event stream are not kept: a transfer that was running
+//! starts again with a new UpdateStart (the device resumes it at its offset).
 //!
 //! The schema, for a lab that queries it with `sqlite3 DIR/cloud.sqlite3` (times are Unix
 //! milliseconds, booleans 0/1, device ids 24 lowercase hex digits):
@@ -22,6 +29,9 @@
 //! device_groups(device_id TEXT, group_name TEXT)         -- a product device's groups
 //! device_settings(device_id TEXT PRIMARY KEY, firmware_updates_forced INTEGER)  -- others
 //! flash_jobs(id INTEGER PRIMARY KEY, device_id TEXT, file BLOB, requested_at_ms INTEGER)
+//! sessions(device_id TEXT PRIMARY KEY, client_random TEXT, dtls BLOB, peer_cid BLOB NULL,
+//!          peer TEXT, device_key BLOB, hello BLOB NULL, saved_at_ms INTEGER)
+//!          -- dtls: `protocol::dtls::SessionState` bytes, its counter the reserved one
 //! ```
 //!
 //! For example `sqlite3 state/cloud.sqlite3 'SELECT product_id, version, title,
@@ -62,6 +72,10 @@ CREATE TABLE IF NOT EXISTS device_groups (
     device_id TEXT NOT NULL, group_name TEXT NOT NULL, PRIMARY KEY (device_id, group_name));
 CREATE TABLE IF NOT EXISTS device_settings (
     device_id TEXT PRIMARY KEY, firmware_updates_forced INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (
+    device_id TEXT PRIMARY KEY, client_random TEXT NOT NULL, dtls BLOB NOT NULL,
+    peer_cid BLOB, peer TEXT NOT NULL, device_key BLOB NOT NULL, hello BLOB,
+    saved_at_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS flash_jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT, device_id TEXT NOT NULL, file BLOB NOT NULL,
     requested_at_ms INTEGER NOT NULL);
@@ -100,6 +114,13 @@ pub struct Saved {
     pub forced: Vec<DeviceId>,
     pub flashes: Vec<SavedFlash>,
 }
+
+/// How far ahead of the cloud's live record counter a saved session's counter is; a session
+/// is saved again once half of it is used.
+pub const SEQ_RESERVE: u64 = 1 << 32;
+
+/// What was last written for each device's session: (client random, reserved counter, Hello).
+pub type SavedSessions = BTreeMap<DeviceId, ([u8; 32], u64, Option<Vec<u8>>)>;
 
 /// The open database. See the [module documentation](self).
 #[derive(Debug)]
@@ -237,6 +258,150 @@ impl Store {
             .execute("DELETE FROM flash_jobs WHERE id = ?1", [row])
             .map(|_| ())
             .map_err(|e| self.sql(e))
+    }
+
+    /// Brings the `sessions` table in line with the cloud's sessions now: a new session, a
+    /// counter past half its reserve or a new Hello is written (its counter
+    /// [`SEQ_RESERVE`] ahead), a session that ended deleted; one transaction, and only when
+    /// something changed. `written` is what was last written (from [`Store::load_sessions`]).
+    pub fn sync_sessions(
+        &mut self,
+        now_unix_ms: i64,
+        sessions: &[super::SavedSession],
+        written: &mut SavedSessions,
+    ) -> Result<usize, StoreError> {
+        let mut upserts = Vec::new();
+        for s in sessions {
+            let random = s.dtls.state.client_random;
+            let hello = s.hello.as_ref().map(|h| h.emit_payload().to_vec());
+            let due = match written.get(&s.device_id) {
+                Some((r, reserved, h)) => {
+                    *r != random
+                        || s.dtls.state.write_seq.saturating_add(SEQ_RESERVE / 2) > *reserved
+                        || *h != hello
+                }
+                None => true,
+            };
+            if due {
+                let reserved = s.dtls.state.write_seq.saturating_add(SEQ_RESERVE);
+                upserts.push((s, reserved, hello));
+            }
+        }
+        let live: BTreeSet<DeviceId> = sessions.iter().map(|s| s.device_id).collect();
+        let gone: Vec<DeviceId> = written
+            .keys()
+            .filter(|d| !live.contains(d))
+            .copied()
+            .collect();
+        if upserts.is_empty() && gone.is_empty() {
+            return Ok(0);
+        }
+        let path = self.path.clone();
+        let sql = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.db.transaction().map_err(sql)?;
+        for (s, reserved, hello) in &upserts {
+            let mut state = s.dtls.state.clone();
+            state.write_seq = *reserved;
+            tx.execute(
+                "INSERT INTO sessions (device_id, client_random, dtls, peer_cid, peer, device_key,
+                     hello, saved_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (device_id) DO UPDATE SET client_random = ?2, dtls = ?3,
+                     peer_cid = ?4, peer = ?5, device_key = ?6, hello = ?7, saved_at_ms = ?8",
+                params![
+                    s.device_id.to_hex(),
+                    hex::encode(state.client_random),
+                    state.to_bytes(),
+                    s.dtls.peer_cid,
+                    s.dtls.peer.to_string(),
+                    s.dtls.device_key.to_encoded_point(true).as_bytes(),
+                    hello,
+                    now_unix_ms
+                ],
+            )
+            .map_err(sql)?;
+        }
+        for d in &gone {
+            tx.execute("DELETE FROM sessions WHERE device_id = ?1", [d.to_hex()])
+                .map_err(sql)?;
+        }
+        tx.commit().map_err(sql)?;
+        for (s, reserved, hello) in upserts {
+            written.insert(s.device_id, (s.dtls.state.client_random, reserved, hello));
+        }
+        for d in gone {
+            written.remove(&d);
+        }
+        Ok(written.len())
+    }
+
+    /// The sessions saved by [`Store::sync_sessions`], their counters at the reserve (never
+    /// used), and what was written. A row that does not parse is an error naming it.
+    pub fn load_sessions(&self) -> Result<(Vec<super::SavedSession>, SavedSessions), StoreError> {
+        let sql = |e| self.sql(e);
+        let mut stmt = self
+            .db
+            .prepare(
+                "SELECT device_id, dtls, peer_cid, peer, device_key, hello FROM sessions
+                 ORDER BY device_id",
+            )
+            .map_err(sql)?;
+        type Row = (
+            String,
+            Vec<u8>,
+            Option<Vec<u8>>,
+            String,
+            Vec<u8>,
+            Option<Vec<u8>>,
+        );
+        let rows: Vec<Row> = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })
+            .map_err(sql)?
+            .collect::<Result<_, _>>()
+            .map_err(sql)?;
+        let mut sessions = Vec::new();
+        let mut written = SavedSessions::new();
+        for (id, dtls, peer_cid, peer, key, hello) in rows {
+            let bad = |what: String| self.content(format!("sessions row {id}: {what}"));
+            let device_id: DeviceId = id.parse().map_err(|e| bad(format!("device_id: {e}")))?;
+            let state = protocol::dtls::SessionState::from_bytes(&dtls)
+                .map_err(|e| bad(format!("dtls: {e}")))?;
+            let peer = peer
+                .parse()
+                .map_err(|e| bad(format!("peer {peer:?}: {e}")))?;
+            let device_key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&key)
+                .map_err(|e| bad(format!("device_key: {e}")))?;
+            let hello_parsed = match &hello {
+                Some(h) => Some(
+                    protocol::message::Hello::parse_payload(h)
+                        .map_err(|e| bad(format!("hello: {e}")))?,
+                ),
+                None => None,
+            };
+            written.insert(device_id, (state.client_random, state.write_seq, hello));
+            sessions.push(super::SavedSession {
+                device_id,
+                dtls: protocol::dtls::ExportedSession {
+                    state,
+                    peer_cid,
+                    peer,
+                    device_key,
+                },
+                hello: hello_parsed,
+            });
+        }
+        Ok((sessions, written))
     }
 
     /// Reads everything back. Firmware goes through the upload checks again (a binary that

@@ -13,6 +13,25 @@
 //! silence      no new ack information for `silence_timeout` while chunks are outstanding:
 //!              the first `silence_resend` unacknowledged chunks go out again
 //! ```
+//!
+//! Paced ([`SenderTiming::paced`], the default), like any reliable transport over UDP
+//! (quinn's `congestion/` and RFC 6298 are the models), within what Device OS accepts:
+//!
+//! ```text
+//! congestion window  cwnd chunks may be outstanding (sent, not reported held), never more
+//!              than the device's window; it starts at the device's window (so an
+//!              unconstrained link sees the old sender), grows by one chunk per chunk
+//!              acknowledged below ssthresh and by 1/cwnd above, and halves on a loss (once
+//!              per window of data: a loss of a chunk sent before the last cut does not cut
+//!              again); on a silence timeout it falls to 2 chunks
+//! loss         a chunk is lost when three chunks sent after it are reported held (reordering
+//!              of one or two is not a loss); a chunk already sent again is lost again only
+//!              after srtt + 4 rttvar (never before `hole_holdoff`) since its last send
+//! RTT          sampled from chunks acknowledged that were sent once (Karn), smoothed as
+//!              RFC 6298 (srtt, rttvar); the retransmission timeout is srtt + 4 rttvar,
+//!              at least `silence_timeout`, doubled at each silence timeout in a row (backoff)
+//!              and at most 60 s, so a chunk goes out well within the device's 300 s
+//! ```
 
 use std::collections::BTreeSet;
 use std::ops::Range;
@@ -29,6 +48,28 @@ pub struct SenderTiming {
     /// No UpdateAck at all for this long: the transfer is dead (the device cancels its own
     /// after 300 s without a chunk, reference 2.3).
     pub stall_limit: Duration,
+    /// Congestion window, loss detection by three later chunks and RTT-based timeouts (see
+    /// the module documentation); `false`: the sender as it was before (whole window,
+    /// holes at once, fixed timeouts), kept for `hil bench pacing`.
+    pub paced: bool,
+}
+
+/// Most a retransmission timeout grows to by backoff (well within the device's 300 s).
+pub const MAX_RTO: Duration = Duration::from_secs(60);
+/// Chunks reported held after a missing one that make it lost.
+const LOSS_THRESHOLD: u32 = 3;
+
+/// The paced sender's state (RFC 6298 estimator and an AIMD window).
+#[derive(Debug, Clone)]
+struct Pacing {
+    cwnd: f64,
+    ssthresh: f64,
+    srtt: Option<Duration>,
+    rttvar: Duration,
+    /// Silence timeouts in a row.
+    backoff: u32,
+    /// Chunks below this index were sent before the last cut of the window.
+    recovery: u32,
 }
 
 /// Why an UpdateAck or an UpdateStart response cannot be used.
@@ -69,6 +110,7 @@ pub struct Transfer {
     /// Of those, retransmissions.
     pub retransmissions: u32,
     timing: SenderTiming,
+    pacing: Pacing,
 }
 
 impl Transfer {
@@ -105,7 +147,114 @@ impl Transfer {
             transmissions: 0,
             retransmissions: 0,
             timing,
+            pacing: Pacing {
+                cwnd: f64::from(window.max(1)),
+                ssthresh: f64::from(window.max(1)),
+                srtt: None,
+                rttvar: Duration::ZERO,
+                backoff: 0,
+                recovery: 1,
+            },
         })
+    }
+
+    /// The congestion window now, in chunks (the device's window when not paced).
+    pub fn congestion_window(&self) -> u32 {
+        if self.timing.paced {
+            self.pacing.cwnd as u32
+        } else {
+            self.window
+        }
+    }
+
+    /// The smoothed round-trip time, once measured.
+    pub fn srtt(&self) -> Option<Duration> {
+        self.pacing.srtt
+    }
+
+    /// The retransmission timeout now (with backoff).
+    pub fn rto(&self) -> Duration {
+        if !self.timing.paced {
+            return self.timing.silence_timeout;
+        }
+        let base = match self.pacing.srtt {
+            Some(srtt) => srtt.saturating_add(self.pacing.rttvar.saturating_mul(4)),
+            None => self.timing.silence_timeout,
+        }
+        .max(self.timing.silence_timeout);
+        base.saturating_mul(1 << self.pacing.backoff.min(16))
+            .min(MAX_RTO)
+    }
+
+    /// How long a chunk sent again waits before it may be sent once more.
+    fn resend_holdoff(&self) -> Duration {
+        match (self.timing.paced, self.pacing.srtt) {
+            (true, Some(srtt)) => srtt
+                .saturating_add(self.pacing.rttvar.saturating_mul(4))
+                .max(self.timing.hole_holdoff),
+            (true, None) => self.timing.silence_timeout.max(self.timing.hole_holdoff),
+            (false, _) => self.timing.hole_holdoff,
+        }
+    }
+
+    fn outstanding_count(&self) -> u32 {
+        let span = self.next_new.saturating_sub(self.cumulative + 1);
+        let held_beyond = self.beyond.range(..self.next_new).count() as u32;
+        span.saturating_sub(held_beyond)
+    }
+
+    fn rtt_sample(&mut self, sample: Duration) {
+        let p = &mut self.pacing;
+        match p.srtt {
+            None => {
+                p.srtt = Some(sample);
+                p.rttvar = sample / 2;
+            }
+            Some(srtt) => {
+                let diff = srtt.abs_diff(sample);
+                p.rttvar = (p.rttvar * 3 + diff) / 4;
+                p.srtt = Some((srtt * 7 + sample) / 8);
+            }
+        }
+    }
+
+    /// A loss of a chunk sent after the last cut: the window halves.
+    fn on_loss(&mut self, index: u32) {
+        if index < self.pacing.recovery {
+            return;
+        }
+        let p = &mut self.pacing;
+        p.ssthresh = (p.cwnd / 2.0).max(2.0);
+        p.cwnd = p.ssthresh;
+        p.recovery = self.next_new;
+    }
+
+    fn on_acked(&mut self, now: Duration, newly: &[u32]) {
+        let mut sample = None;
+        for &index in newly {
+            let slot = (index - 1) as usize;
+            if self.resends[slot] == 0 {
+                if let Some(at) = self.last_sent[slot] {
+                    sample = Some(now.saturating_sub(at));
+                }
+            }
+        }
+        if let Some(sample) = sample {
+            self.rtt_sample(sample);
+        }
+        if !newly.is_empty() {
+            self.pacing.backoff = 0;
+        }
+        let max = f64::from(self.window);
+        for _ in newly {
+            let p = &mut self.pacing;
+            if p.cwnd < p.ssthresh {
+                p.cwnd += 1.0;
+            } else {
+                p.cwnd += 1.0 / p.cwnd;
+            }
+            p.cwnd = p.cwnd.min(max);
+        }
     }
 
     /// Chunks the device holds without a gap.
@@ -154,12 +303,18 @@ impl Transfer {
     pub fn next_chunks(&mut self, now: Duration) -> Vec<u32> {
         let limit = self.cumulative.saturating_add(self.window).min(self.chunks);
         let mut out = Vec::new();
-        while self.next_new <= limit {
+        let mut room = if self.timing.paced {
+            (self.pacing.cwnd as u32).saturating_sub(self.outstanding_count())
+        } else {
+            u32::MAX
+        };
+        while self.next_new <= limit && room > 0 {
             let index = self.next_new;
             self.next_new += 1;
             if !self.held(index) {
                 self.mark_sent(now, index);
                 out.push(index);
+                room -= 1;
             }
         }
         out
@@ -176,7 +331,11 @@ impl Transfer {
         self.last_ack = now;
         let stale = ack.cumulative < self.cumulative;
         let mut progress = false;
+        let mut newly: Vec<u32> = Vec::new();
         if ack.cumulative > self.cumulative {
+            newly.extend(
+                (self.cumulative + 1..=ack.cumulative).filter(|i| !self.beyond.contains(i)),
+            );
             self.cumulative = ack.cumulative;
             progress = true;
         }
@@ -200,6 +359,7 @@ impl Transfer {
                 highest = highest.max(index);
                 if index > self.cumulative && self.beyond.insert(index) {
                     progress = true;
+                    newly.push(index);
                 }
             }
         }
@@ -210,24 +370,33 @@ impl Transfer {
         if progress {
             self.last_progress = now;
         }
+        if self.timing.paced {
+            self.on_acked(now, &newly);
+        }
         if stale {
             // An old ack overtaken by a newer one: its holes may already be filled.
             return Ok(Vec::new());
         }
         let limit = self.cumulative.saturating_add(self.window);
+        let holdoff = self.resend_holdoff();
         let mut resend = Vec::new();
         for index in self.cumulative + 1..highest.min(limit) {
             if self.held(index) {
                 continue;
             }
+            // Paced: missing with three later chunks held (one or two may be reordering).
+            if self.timing.paced && highest - index < LOSS_THRESHOLD {
+                continue;
+            }
             let slot = (index - 1) as usize;
             let due = match self.last_sent[slot] {
                 None => false, // never sent: next_chunks sends it
-                Some(at) => {
-                    self.resends[slot] == 0 || now.saturating_sub(at) >= self.timing.hole_holdoff
-                }
+                Some(at) => self.resends[slot] == 0 || now.saturating_sub(at) >= holdoff,
             };
             if due {
+                if self.timing.paced && self.resends[slot] == 0 {
+                    self.on_loss(index);
+                }
                 self.mark_sent(now, index);
                 resend.push(index);
             }
@@ -243,7 +412,7 @@ impl Transfer {
     pub fn deadline(&self) -> Option<Duration> {
         self.outstanding().then(|| {
             self.last_progress
-                .saturating_add(self.timing.silence_timeout)
+                .saturating_add(self.rto())
                 .min(self.last_ack.saturating_add(self.timing.stall_limit))
         })
     }
@@ -255,15 +424,17 @@ impl Transfer {
 
     /// On silence, the first unacknowledged chunks again (they count as sent).
     pub fn on_timeout(&mut self, now: Duration) -> Vec<u32> {
-        if !self.outstanding()
-            || now
-                < self
-                    .last_progress
-                    .saturating_add(self.timing.silence_timeout)
-        {
+        if !self.outstanding() || now < self.last_progress.saturating_add(self.rto()) {
             return Vec::new();
         }
         self.last_progress = now;
+        if self.timing.paced {
+            let p = &mut self.pacing;
+            p.ssthresh = (p.cwnd / 2.0).max(2.0);
+            p.cwnd = 2.0;
+            p.backoff = p.backoff.saturating_add(1);
+            p.recovery = self.next_new;
+        }
         let candidates: Vec<u32> = (self.cumulative + 1..self.next_new)
             .filter(|i| !self.beyond.contains(i))
             .take(self.timing.silence_resend.max(1) as usize)
@@ -284,6 +455,7 @@ mod tests {
         silence_timeout: Duration::from_secs(1),
         silence_resend: 2,
         stall_limit: Duration::from_secs(300),
+        paced: false,
     };
 
     fn ms(n: u64) -> Duration {
@@ -363,6 +535,89 @@ mod tests {
         assert_eq!(t.deadline(), Some(ms(2100)));
         assert!(!t.is_stalled(ms(300_099)));
         assert!(t.is_stalled(ms(300_100)));
+    }
+
+    const PACED: SenderTiming = SenderTiming {
+        paced: true,
+        ..TIMING
+    };
+
+    #[test]
+    fn paced_one_or_two_reordered_chunks_are_not_resent_three_later_ones_make_a_loss() {
+        let mut t = Transfer::new(ms(0), 512 * 16, 512, 0, 16, PACED).unwrap();
+        assert_eq!(t.next_chunks(ms(0)).len(), 16);
+        assert_eq!(
+            t.on_ack(ms(100), &ack(2, &[4, 5])).unwrap(),
+            Vec::<u32>::new()
+        );
+        assert_eq!(t.congestion_window(), 16);
+        assert_eq!(t.on_ack(ms(110), &ack(2, &[4, 5, 6])).unwrap(), vec![3]);
+        // The loss halved the window; later losses of chunks sent before the cut do not.
+        assert_eq!(t.congestion_window(), 8);
+        assert_eq!(
+            t.on_ack(ms(120), &ack(2, &[4, 5, 6, 8, 9, 10])).unwrap(),
+            vec![7]
+        );
+        assert_eq!(t.congestion_window(), 8);
+    }
+
+    #[test]
+    fn paced_the_window_limits_chunks_in_flight_and_grows_with_acks() {
+        let mut t = Transfer::new(ms(0), 512 * 64, 512, 0, 64, PACED).unwrap();
+        t.next_chunks(ms(0));
+        t.on_ack(ms(100), &ack(2, &[4, 5, 6])).unwrap(); // 3 lost: window 32
+        assert_eq!(t.congestion_window(), 32);
+        // 63 outstanding (3 resent counts), more than the window: nothing new.
+        assert!(t.next_chunks(ms(100)).is_empty());
+        t.on_ack(ms(200), &ack(40, &[])).unwrap();
+        // 24 outstanding (41..=64), window just above 32: room for a few new ones, no more.
+        let cwnd = t.congestion_window();
+        assert!(cwnd >= 32, "{cwnd}");
+        assert!(t.next_chunks(ms(200)).is_empty(), "all 64 are sent already");
+    }
+
+    #[test]
+    fn paced_a_resent_chunk_waits_a_round_trip_before_it_goes_again() {
+        let mut t = Transfer::new(ms(0), 512 * 16, 512, 0, 16, PACED).unwrap();
+        t.next_chunks(ms(0));
+        // An RTT of about 2 s (a full queue).
+        assert_eq!(t.on_ack(ms(2000), &ack(2, &[4, 5, 6])).unwrap(), vec![3]);
+        assert!(t.srtt().is_some_and(|s| s >= ms(1900)));
+        // The old sender would send 3 again 250 ms later; the paced one waits srtt + 4 rttvar.
+        assert!(t
+            .on_ack(ms(2300), &ack(2, &[4, 5, 6, 7]))
+            .unwrap()
+            .is_empty());
+        // srtt about 2 s, rttvar about 0.8 s: over 5 s after its last send.
+        assert!(t
+            .on_ack(ms(5000), &ack(2, &[4, 5, 6, 7, 8]))
+            .unwrap()
+            .is_empty());
+        // The same ack much later (no new sample): now it goes again.
+        assert_eq!(
+            t.on_ack(ms(20000), &ack(2, &[4, 5, 6, 7, 8])).unwrap(),
+            vec![3]
+        );
+    }
+
+    #[test]
+    fn paced_silence_backs_off_and_never_waits_beyond_a_minute() {
+        let mut t = Transfer::new(ms(0), 512 * 16, 512, 0, 16, PACED).unwrap();
+        t.next_chunks(ms(0));
+        let mut now = ms(0);
+        let mut gaps = Vec::new();
+        // 1 + 2 + 4 + ... + 32 + 60 + 60 s: within the 300 s stall limit.
+        for _ in 0..8 {
+            let at = t.deadline().unwrap();
+            assert!(!t.on_timeout(at).is_empty());
+            gaps.push(at - now);
+            now = at;
+        }
+        assert_eq!(gaps[0], ms(1000));
+        assert_eq!(gaps[1], ms(2000));
+        assert!(gaps.windows(2).all(|w| w[1] >= w[0]));
+        assert_eq!(*gaps.last().unwrap(), MAX_RTO);
+        assert_eq!(t.congestion_window(), 2);
     }
 
     #[test]

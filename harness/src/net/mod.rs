@@ -60,6 +60,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub mod pacing;
 pub mod sim;
 pub mod udp;
 

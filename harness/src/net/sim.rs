@@ -78,6 +78,10 @@ pub struct LinkFaults {
     pub reorder_delay: Duration,
     /// Bytes per second one direction carries (0 = unlimited): a slow cellular link.
     pub bandwidth: u64,
+    /// With `bandwidth`: the longest a datagram may wait in the queue before it starts to
+    /// leave; one that would wait longer is dropped (a modem's or router's full buffer,
+    /// [`DropReason::QueueFull`]). Zero: the queue is unbounded.
+    pub queue_limit: Duration,
 }
 
 impl LinkFaults {
@@ -91,6 +95,7 @@ impl LinkFaults {
         reorder: 0.0,
         reorder_delay: Duration::ZERO,
         bandwidth: 0,
+        queue_limit: Duration::ZERO,
     };
 }
 
@@ -116,16 +121,19 @@ pub enum DropReason {
     Muted,
     /// The test's filter said so.
     Filter,
+    /// The bandwidth queue was full ([`LinkFaults::queue_limit`]).
+    QueueFull,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::Loss,
         DropReason::DropNext,
         DropReason::Cut,
         DropReason::NoRoute,
         DropReason::Muted,
         DropReason::Filter,
+        DropReason::QueueFull,
     ];
 }
 
@@ -1075,7 +1083,11 @@ impl SimNetwork {
         let Some(dst) = dst else { return };
 
         let faults = self.link_faults(src, dst);
-        let departs = self.departure(src, dst, data.len(), faults.bandwidth);
+        let Some(departs) = self.departure(src, dst, data.len(), &faults) else {
+            event.fate = Fate::Dropped(DropReason::QueueFull);
+            self.record(event);
+            return;
+        };
         if self.chance(faults.loss) {
             event.fate = Fate::Dropped(DropReason::Loss);
             self.record(event);
@@ -1152,11 +1164,19 @@ impl SimNetwork {
     }
 
     /// When a datagram of `len` bytes has left `src` towards `dst`: now without a bandwidth
-    /// limit, else after the queue ahead of it and its own transmission time.
-    fn departure(&mut self, src: NodeId, dst: NodeId, len: usize, bandwidth: u64) -> Duration {
+    /// limit, else after the queue ahead of it and its own transmission time; `None` when the
+    /// queue is full (it would wait longer than the queue limit).
+    fn departure(
+        &mut self,
+        src: NodeId,
+        dst: NodeId,
+        len: usize,
+        faults: &LinkFaults,
+    ) -> Option<Duration> {
+        let bandwidth = faults.bandwidth;
         if bandwidth == 0 {
             self.busy_until.remove(&(src, dst));
-            return self.now;
+            return Some(self.now);
         }
         let start = self
             .busy_until
@@ -1164,10 +1184,13 @@ impl SimNetwork {
             .copied()
             .unwrap_or_default()
             .max(self.now);
+        if !faults.queue_limit.is_zero() && start.saturating_sub(self.now) > faults.queue_limit {
+            return None;
+        }
         let nanos = (len as u128 * 1_000_000_000).div_ceil(bandwidth as u128);
         let done = start.saturating_add(Duration::from_nanos(nanos.min(u64::MAX as u128) as u64));
         self.busy_until.insert((src, dst), done);
-        done
+        Some(done)
     }
 
     fn take_drop_next(&mut self, src: NodeId, dst: NodeId) -> bool {

@@ -21,7 +21,7 @@ use emulator::firmware::{FirmwareSet, ModuleSizes};
 use emulator::flash::{Activity, ActivityCut};
 use emulator::os::{AppBehaviour as OsApp, DeviceEvent};
 
-use super::firmware::{build_file, build_modules};
+use super::firmware::{build_file, build_modules, device_os_release_modules};
 use super::model::*;
 use super::target::{
     Capability, FirmwareIntegrity, Observation, OtaStatus, RunningVersions, SystemFlags, Target,
@@ -90,7 +90,11 @@ struct Dut {
     dev_seed: u64,
     current: InitialFirmware,
     old_images: BTreeMap<RegionKind, Vec<u8>>,
+    /// What the latest flash, release or lock offers (the update `nothing_lost` judges whole).
     new_images: BTreeMap<RegionKind, Vec<u8>>,
+    /// Every image offered before the latest one: each was legitimately installed at some
+    /// point of the run, so a region holding one of them lost nothing.
+    earlier_images: BTreeMap<RegionKind, Vec<Vec<u8>>>,
     seen_dev_events: usize,
     /// Power returns by itself at this time.
     power_back_at: Option<Duration>,
@@ -104,6 +108,12 @@ struct Dut {
     /// The phase of the last logged op, and whether its run is still open.
     open_run: Option<Phase>,
     last_ota: Option<OtaStatus>,
+    /// Transfers begun and boots completed since set-up (waits for the next one).
+    transfers: u32,
+    boots: u32,
+    transfers_at_boot: u32,
+    /// The last connection: resumed (true) or a full handshake.
+    last_connect: Option<bool>,
 }
 
 pub struct EmulatorTarget {
@@ -125,6 +135,61 @@ pub struct EmulatorTarget {
     others: Vec<Dut>,
     /// The scenario has several devices: trace entries name theirs.
     several: bool,
+    /// A Device OS behaviour broken on purpose in every device (mutation tests only).
+    mutation: Option<emulator::os::Mutation>,
+    /// Datagrams the network dropped or duplicated, shown in the trace as faults.
+    datagram_faults: std::rc::Rc<std::cell::RefCell<Vec<DatagramFault>>>,
+}
+
+/// A datagram the simulated network dropped or duplicated (from its trace hook).
+struct DatagramFault {
+    at: Duration,
+    src: crate::net::sim::NodeId,
+    dst: Option<crate::net::sim::NodeId>,
+    fate: crate::net::sim::Fate,
+    /// Consecutive datagrams with the same fate between the same nodes, folded into one
+    /// entry: how many, their bytes, and when the last one was.
+    count: u64,
+    bytes: usize,
+    until: Duration,
+}
+
+impl DatagramFault {
+    /// "dropped datagram to the cloud (61 bytes, loss)".
+    fn describe(&self, cloud: crate::net::sim::NodeId) -> String {
+        use crate::net::sim::{DropReason, Fate};
+        let way = if self.src == cloud {
+            "to the device"
+        } else {
+            "to the cloud"
+        };
+        let what = match self.fate {
+            Fate::Duplicated => "duplicated".to_string(),
+            Fate::Dropped(r) => format!(
+                "dropped ({})",
+                match r {
+                    DropReason::Loss => "loss",
+                    DropReason::DropNext => "link.drop",
+                    DropReason::Cut => "partition",
+                    DropReason::NoRoute => "no one at the address",
+                    DropReason::Muted => "powered off or asleep",
+                    DropReason::Filter => "filter",
+                    DropReason::QueueFull => "queue full",
+                }
+            ),
+            Fate::Sent | Fate::Delivered => "passed".to_string(),
+        };
+        if self.count == 1 {
+            format!("datagram {way} {what}, {} bytes", self.bytes)
+        } else {
+            format!(
+                "{} datagrams {way} {what} until {}, {} bytes",
+                self.count,
+                super::trace::format_time(self.until).trim(),
+                self.bytes
+            )
+        }
+    }
 }
 
 impl Default for EmulatorTarget {
@@ -152,6 +217,17 @@ impl EmulatorTarget {
             d: Dut::default(),
             others: Vec::new(),
             several: false,
+            mutation: None,
+            datagram_faults: Default::default(),
+        }
+    }
+
+    /// A target whose devices have `mutation`: one Device OS behaviour broken on purpose, to
+    /// prove the fixtures covering it fail (`harness/tests/mutations.rs`).
+    pub fn with_mutation(mutation: emulator::os::Mutation) -> Self {
+        EmulatorTarget {
+            mutation: Some(mutation),
+            ..Self::new()
         }
     }
 
@@ -183,6 +259,15 @@ impl EmulatorTarget {
             self.tag_from(start);
             std::mem::swap(&mut self.d, &mut self.others[i]);
             result?;
+        }
+        // Datagrams no device can be named for (sent to an address no one holds any more).
+        if let Some(bed) = self.bed.as_ref() {
+            let cloud = bed.cloud_node();
+            for f in self.datagram_faults.borrow_mut().drain(..) {
+                let what = f.describe(cloud);
+                self.queue
+                    .push(TraceEntry::new(f.at, TraceKind::Fault { what }));
+            }
         }
         Ok(())
     }
@@ -288,6 +373,25 @@ impl EmulatorTarget {
         let Some(bed) = self.bed.as_mut() else {
             return Ok(());
         };
+        // This device's dropped or duplicated datagrams.
+        if let Some(node) = bed.device_node(dev) {
+            let cloud = bed.cloud_node();
+            let mut faults = self.datagram_faults.borrow_mut();
+            let mut i = 0;
+            while i < faults.len() {
+                if faults[i].src == node || faults[i].dst == Some(node) {
+                    let f = faults.remove(i);
+                    self.queue.push(TraceEntry::new(
+                        f.at,
+                        TraceKind::Fault {
+                            what: f.describe(cloud),
+                        },
+                    ));
+                } else {
+                    i += 1;
+                }
+            }
+        }
         let dev_events: Vec<_> = bed.device_events(dev)[self.d.seen_dev_events..].to_vec();
         self.d.seen_dev_events = bed.device_events(dev).len();
         let mut first_boots = 0;
@@ -308,12 +412,14 @@ impl EmulatorTarget {
                             "started".into()
                         },
                     ));
+                    self.d.transfers += 1;
                     self.d.last_ota = Some(OtaStatus {
                         state: OtaState::InProgress,
                         received: *resume_offset as u64,
                         total: *file_size as u64,
                         resumed_from: (*resume_offset > 0).then_some(*resume_offset as u64),
                         error: None,
+                        started: self.d.transfers,
                     });
                 }
                 DeviceEvent::OtaProgress {
@@ -326,8 +432,8 @@ impl EmulatorTarget {
                     *file_size as u64,
                     String::new(),
                 )),
-                DeviceEvent::OtaFailed { code, message } => {
-                    if let Some(o) = &mut self.d.last_ota {
+                DeviceEvent::OtaFailed { code, message } => match &mut self.d.last_ota {
+                    Some(o) if o.state == OtaState::InProgress => {
                         o.state = OtaState::Failed;
                         o.error = Some(*code);
                         self.queue.push(ota_entry(
@@ -338,7 +444,26 @@ impl EmulatorTarget {
                             format!("error {code}: {message}"),
                         ));
                     }
-                }
+                    // No transfer runs: the device refused an UpdateStart (-1380 updates
+                    // disabled, -1360 wrong platform ...). That refusal is the last OTA word.
+                    _ => {
+                        self.d.last_ota = Some(OtaStatus {
+                            state: OtaState::Failed,
+                            received: 0,
+                            total: 0,
+                            resumed_from: None,
+                            error: Some(*code),
+                            started: self.d.transfers,
+                        });
+                        self.queue.push(ota_entry(
+                            *at,
+                            OtaState::Failed,
+                            0,
+                            0,
+                            format!("refused: error {code}: {message}"),
+                        ));
+                    }
+                },
                 DeviceEvent::SystemEvent(emulator::os::SystemEvent::FirmwareUpdate(
                     emulator::os::FirmwareUpdateEvent::Complete,
                 )) => {
@@ -360,6 +485,7 @@ impl EmulatorTarget {
                         o.received = o.total;
                     }
                 }
+                DeviceEvent::Connected { resumed } => self.d.last_connect = Some(*resumed),
                 DeviceEvent::PoweredOff => {
                     self.queue
                         .push(TraceEntry::new(*at, TraceKind::Power { on: false }));
@@ -368,7 +494,13 @@ impl EmulatorTarget {
                     applied,
                     factory_restored,
                     ..
-                } if !applied.is_empty() || *factory_restored => first_boots += 1,
+                } => {
+                    self.d.boots += 1;
+                    self.d.transfers_at_boot = self.d.transfers;
+                    if !applied.is_empty() || *factory_restored {
+                        first_boots += 1;
+                    }
+                }
                 _ => {}
             }
         }
@@ -376,6 +508,9 @@ impl EmulatorTarget {
         let status = bed.status(dev).map_err(err)?;
         if let Some(o) = &mut self.d.last_ota {
             match status.ota {
+                // A failure the device reported stays the verdict while its receiver winds
+                // down (it still shows the transfer until the error response is ACKed).
+                Some(_) if o.state == OtaState::Failed => {}
                 Some(p) => {
                     o.received = p.contiguous_bytes as u64;
                     o.state = if p.validated {
@@ -462,7 +597,8 @@ impl EmulatorTarget {
                 let board = self.board.clone().ok_or_else(|| err("not set up"))?;
                 let file = build_file(&board, spec, &self.d.current, self.sizes, self.d.dev_seed)
                     .map_err(err)?;
-                self.d.new_images = self.images(spec);
+                let images = self.images(spec);
+                self.d.offer(images);
                 self.bed()?.flash(dev, file).map_err(err)?;
             }
             Action::CloudForceUpdates { forced } => {
@@ -552,6 +688,21 @@ impl EmulatorTarget {
                 self.queue
                     .push(TraceEntry::new(now, TraceKind::Power { on: true }));
             }
+            Action::HardwareReset(r) => {
+                let reason = match r {
+                    HardwareReset::Pin => emulator::os::profile::reset_reason::PIN_RESET,
+                    HardwareReset::Watchdog => emulator::os::profile::reset_reason::WATCHDOG,
+                };
+                self.bed()?
+                    .with_device(dev, |os, now| os.hardware_reset(now, reason))
+                    .map_err(err)?;
+                self.queue.push(TraceEntry::new(
+                    now,
+                    TraceKind::Fault {
+                        what: format!("{} reset", r.as_str()),
+                    },
+                ));
+            }
             Action::App(a) => {
                 let a = *a;
                 let refused = self
@@ -587,17 +738,33 @@ impl EmulatorTarget {
                         latency,
                         jitter,
                         bandwidth,
+                        direction,
                     } => {
-                        let net = &mut self.bed()?.net;
-                        net.set_loss(loss);
-                        net.set_duplicate(duplicate);
-                        net.set_reorder(reorder, Duration::from_millis(80));
                         // The testbed's clean link has 1 ms latency (zero lets two nodes
                         // answer each other forever at one instant).
-                        net.set_latency(latency.max(Duration::from_millis(1)), jitter);
-                        net.set_bandwidth(bandwidth);
+                        let faults = crate::net::sim::LinkFaults {
+                            latency: latency.max(Duration::from_millis(1)),
+                            jitter,
+                            loss,
+                            duplicate,
+                            reorder,
+                            reorder_delay: Duration::from_millis(80),
+                            bandwidth,
+                            queue_limit: Duration::ZERO,
+                        };
+                        let bed = self.bed()?;
+                        let (c, d) = (bed.cloud_node(), bed.device_node(dev));
+                        match (direction, d) {
+                            (Direction::Both, _) => bed.net.set_faults(faults),
+                            (Direction::ToDevice, Some(d)) => bed.net.set_link_faults(c, d, faults),
+                            (Direction::ToCloud, Some(d)) => bed.net.set_link_faults(d, c, faults),
+                            (_, None) => return Err(err("the device has no network node")),
+                        }
                         let mut what =
                             format!("link loss {loss} duplicate {duplicate} reorder {reorder}");
+                        if direction != Direction::Both {
+                            what.push_str(&format!(" ({})", direction.as_str()));
+                        }
                         if !latency.is_zero() || !jitter.is_zero() {
                             what.push_str(&format!(
                                 " latency {} jitter {}",
@@ -606,18 +773,33 @@ impl EmulatorTarget {
                             ));
                         }
                         if bandwidth > 0 {
-                            what.push_str(&format!(" bandwidth {bandwidth} B/s"));
+                            what.push_str(&format!(
+                                " bandwidth {}",
+                                super::units::format_rate(bandwidth)
+                            ));
                         }
                         what
                     }
-                    LinkAction::Drop { next } => {
+                    LinkAction::Drop { next, direction } => {
                         let bed = self.bed()?;
                         let (c, d) = (bed.cloud_node(), bed.device_node(dev));
                         if let Some(d) = d {
-                            bed.net.drop_next(c, d, next as u64);
-                            bed.net.drop_next(d, c, next as u64);
+                            if direction != Direction::ToCloud {
+                                bed.net.drop_next(c, d, next as u64);
+                            }
+                            if direction != Direction::ToDevice {
+                                bed.net.drop_next(d, c, next as u64);
+                            }
                         }
-                        format!("drop the next {next} datagrams")
+                        match direction {
+                            Direction::Both => format!("drop the next {next} datagrams"),
+                            Direction::ToDevice => {
+                                format!("drop the next {next} datagrams to the device")
+                            }
+                            Direction::ToCloud => {
+                                format!("drop the next {next} datagrams to the cloud")
+                            }
+                        }
                     }
                     LinkAction::Partition { duration } => {
                         self.bed()?.net.partition(duration);
@@ -670,7 +852,8 @@ impl EmulatorTarget {
                 intelligent,
             } => {
                 if let Some(images) = self.product_images.get(version) {
-                    self.d.new_images = images.clone();
+                    let images = images.clone();
+                    self.d.offer(images);
                 }
                 let release = Release {
                     product_default: *product_default,
@@ -684,7 +867,8 @@ impl EmulatorTarget {
             }
             ProductAction::Lock { version, flash_now } => {
                 if let Some(images) = self.product_images.get(version) {
-                    self.d.new_images = images.clone();
+                    let images = images.clone();
+                    self.d.offer(images);
                 }
                 let change = DeviceChange {
                     locked: Some(Some(*version)),
@@ -740,9 +924,26 @@ impl EmulatorTarget {
         if spec.platform.is_some() || spec.corrupt.is_some() || spec.compressed {
             return BTreeMap::new();
         }
-        build_modules(board, spec, &self.d.current, self.sizes, self.d.dev_seed)
-            .map(|modules| modules.into_iter().collect())
-            .unwrap_or_default()
+        let Ok(modules) = build_modules(board, spec, &self.d.current, self.sizes, self.d.dev_seed)
+        else {
+            return BTreeMap::new();
+        };
+        if !spec.combined {
+            return modules.into_iter().collect();
+        }
+        // A combined file's modules are installed as the file carries them: every one but the
+        // last keeps its COMBINED flag (and the SHA-256 / CRC-32 made with it).
+        let Ok(file) = build_file(board, spec, &self.d.current, self.sizes, self.d.dev_seed) else {
+            return BTreeMap::new();
+        };
+        let Ok(ranges) = protocol::module::split_combined(&file) else {
+            return BTreeMap::new();
+        };
+        modules
+            .into_iter()
+            .zip(ranges)
+            .map(|((kind, _), range)| (kind, file[range].to_vec()))
+            .collect()
     }
 }
 
@@ -752,6 +953,18 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
         && (hay.starts_with(needle)
             || hay.ends_with(needle)
             || hay.windows(needle.len()).any(|w| w == needle))
+}
+
+impl Dut {
+    /// A new update is offered: the one before it becomes part of the run's history.
+    fn offer(&mut self, images: BTreeMap<RegionKind, Vec<u8>>) {
+        for (kind, image) in std::mem::replace(&mut self.new_images, images) {
+            let earlier = self.earlier_images.entry(kind).or_default();
+            if !earlier.contains(&image) {
+                earlier.push(image);
+            }
+        }
+    }
 }
 
 impl Target for EmulatorTarget {
@@ -767,6 +980,33 @@ impl Target for EmulatorTarget {
         self.seed = seed;
         let board = Board::builtin(&setup.board).map_err(err)?;
         let mut bed = Testbed::new(seed).map_err(err)?;
+        // Every datagram a fault dropped or duplicated goes into the trace.
+        let faults = self.datagram_faults.clone();
+        faults.borrow_mut().clear();
+        bed.net.set_trace(move |e| {
+            use crate::net::sim::Fate;
+            if !matches!(e.fate, Fate::Dropped(_) | Fate::Duplicated) {
+                return;
+            }
+            let mut faults = faults.borrow_mut();
+            if let Some(last) = faults.last_mut() {
+                if last.src == e.src && last.dst == e.dst && last.fate == e.fate {
+                    last.count += 1;
+                    last.bytes += e.data.len();
+                    last.until = e.at;
+                    return;
+                }
+            }
+            faults.push(DatagramFault {
+                at: e.at,
+                src: e.src,
+                dst: e.dst,
+                fate: e.fate,
+                count: 1,
+                bytes: e.data.len(),
+                until: e.at,
+            });
+        });
         self.board = Some(board.clone());
         bed.cloud_mut()
             .set_interrupted(setup.cloud.interrupted_transfer);
@@ -778,7 +1018,11 @@ impl Target for EmulatorTarget {
             }
             let mut spec = DeviceSpec::new(board.clone(), current.app);
             spec.versions = current.versions();
-            spec.sizes = self.sizes;
+            let sizes = ModuleSizes {
+                user_part: current.app_size.unwrap_or(self.sizes.user_part),
+                ..self.sizes
+            };
+            spec.sizes = sizes;
             spec.app = OsApp {
                 updates_enabled_at_boot: cd.updates_enabled.unwrap_or(setup.app.updates_enabled),
                 reset_enabled_at_boot: setup.app.resets_enabled,
@@ -789,7 +1033,7 @@ impl Target for EmulatorTarget {
             };
             // Same derivation as Testbed::add_device, to know the images it provisions.
             let dev_seed = seed ^ ((i as u64 + 1) << 32);
-            let (_, images) = FirmwareSet::new(&board, self.sizes, dev_seed)
+            let (_, images) = FirmwareSet::new(&board, sizes, dev_seed)
                 .provision(&spec.versions)
                 .map_err(err)?;
             let old_images = images
@@ -814,8 +1058,12 @@ impl Target for EmulatorTarget {
                 None => None,
             };
             let dev = bed.add_device_as(&spec, id).map_err(err)?;
-            bed.with_device(dev, |os, _| os.device_mut().flash_mut().enable_log())
-                .map_err(err)?;
+            let mutation = self.mutation;
+            bed.with_device(dev, |os, _| {
+                os.device_mut().flash_mut().enable_log();
+                os.set_mutation(mutation);
+            })
+            .map_err(err)?;
             if cd.updates_forced {
                 let id = bed.device_id(dev).unwrap_or_default();
                 bed.cloud_mut().set_updates_forced(Duration::ZERO, id, true);
@@ -836,19 +1084,24 @@ impl Target for EmulatorTarget {
         self.several = duts.len() > 1;
         // Device OS modules the cloud may heal with.
         for dos in &setup.cloud.device_os {
-            let spec = FirmwareSpec {
-                device_os: Some(*dos),
-                ..FirmwareSpec::default()
-            };
-            let file = build_file(
+            let modules = device_os_release_modules(
                 &board,
-                &spec,
+                *dos,
                 &duts[0].current,
                 self.sizes,
                 duts[0].dev_seed,
             )
             .map_err(err)?;
-            bed.cloud_mut().add_device_os_module(file).map_err(err)?;
+            for (kind, file) in modules {
+                // The healer may install it on any device: a legitimate image of its region.
+                for dut in &mut duts {
+                    let earlier = dut.earlier_images.entry(kind).or_default();
+                    if !earlier.contains(&file) {
+                        earlier.push(file.clone());
+                    }
+                }
+                bed.cloud_mut().add_device_os_module(file).map_err(err)?;
+            }
         }
         if let Some(product) = &setup.cloud.product {
             bed.cloud_mut()
@@ -968,6 +1221,16 @@ impl Target for EmulatorTarget {
             }),
             _ => None,
         };
+        // Device OS runs in safe mode too (the application does not).
+        let system = match s.versions.system_part {
+            Some(dos) if s.powered && (running.is_some() || s.safe_mode) => {
+                Some(crate::scenario::target::SystemVersions {
+                    device_os: DeviceOsVersion(dos),
+                    bootloader: s.versions.bootloader.unwrap_or(0),
+                })
+            }
+            _ => None,
+        };
         let last_reset = bed
             .device_events(self.d.dev)
             .iter()
@@ -997,8 +1260,13 @@ impl Target for EmulatorTarget {
                 total: 0,
                 resumed_from: None,
                 error: None,
+                started: 0,
             })),
             last_reset,
+            boots: Some(self.d.boots),
+            system: Some(system),
+            session_resumed: self.d.last_connect,
+            transfers_since_boot: Some(self.d.transfers - self.d.transfers_at_boot),
         })
     }
 
@@ -1006,37 +1274,70 @@ impl Target for EmulatorTarget {
         let board = self.board.clone().ok_or_else(|| err("not set up"))?;
         let bed = self.bed.as_ref().ok_or_else(|| err("not set up"))?;
         let flash = bed.os(self.d.dev).map_err(err)?.device().flash();
-        let (mut old, mut new) = (true, true);
+        // Every region must hold an image legitimately installed in this run (the initial
+        // one, any update offered before the latest, a healing module), or the latest
+        // update's; and the latest update's regions are all new or all not (never a mix of a
+        // combined update).
+        let mut regions: Vec<RegionKind> = self.d.old_images.keys().copied().collect();
+        for k in self.d.new_images.keys() {
+            if !regions.contains(k) {
+                regions.push(*k);
+            }
+        }
         let mut detail = Vec::new();
-        for (kind, old_img) in &self.d.old_images {
+        let (mut new_count, mut not_new) = (0usize, Vec::new());
+        for kind in regions {
             let region = board
-                .region(*kind)
+                .region(kind)
                 .ok_or_else(|| err(format!("no region {kind}")))?;
             let chip = board.flash_chip(region.chip);
             let bytes = flash
                 .read_vec(chip, region.start, (region.end - region.start) as usize)
                 .map_err(err)?;
-            let new_img = self.d.new_images.get(kind).unwrap_or(old_img);
-            let has_old = contains(&bytes, old_img);
-            let has_new = contains(&bytes, new_img);
-            old &= has_old;
-            new &= has_new;
-            if !has_old && !has_new {
-                detail.push(format!("{kind} holds neither the old nor the new image"));
+            let latest = self.d.new_images.get(&kind);
+            let has_new = latest.is_some_and(|img| contains(&bytes, img));
+            let has_earlier = self
+                .d
+                .old_images
+                .get(&kind)
+                .is_some_and(|img| contains(&bytes, img))
+                || self
+                    .d
+                    .earlier_images
+                    .get(&kind)
+                    .is_some_and(|imgs| imgs.iter().any(|img| contains(&bytes, img)));
+            if latest.is_some() {
+                if has_new {
+                    new_count += 1;
+                } else {
+                    not_new.push(kind);
+                }
+            }
+            if !has_new && !has_earlier {
+                detail.push(format!(
+                    "{kind} holds none of the images installed in this run (the initial one, an update, a healing module)"
+                ));
             }
         }
         Ok(if !detail.is_empty() {
             FirmwareIntegrity::Lost {
                 detail: detail.join("; "),
             }
-        } else if old {
-            FirmwareIntegrity::OldIntact
-        } else if new {
+        } else if new_count > 0 && !not_new.is_empty() {
+            FirmwareIntegrity::Lost {
+                detail: format!(
+                    "a mix of old and new modules: the latest update's {} not installed while its other modules are",
+                    not_new
+                        .iter()
+                        .map(|k| k.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        } else if new_count > 0 {
             FirmwareIntegrity::NewComplete
         } else {
-            FirmwareIntegrity::Lost {
-                detail: "a mix of old and new modules".into(),
-            }
+            FirmwareIntegrity::OldIntact
         })
     }
 

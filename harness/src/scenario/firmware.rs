@@ -4,7 +4,7 @@
 //! cloud its board talks to.
 
 use emulator::board::{Board, BoardError, RegionKind};
-use emulator::firmware::{FirmwareError, FirmwareSet, ModuleSizes};
+use emulator::firmware::{FirmwareError, FirmwareSet, ModuleSizes, Versions};
 use protocol::module::{combine, compress, ModuleError};
 
 use super::model::{AssetContent, AssetSpec, Corruption, FirmwareSpec, InitialFirmware};
@@ -24,7 +24,7 @@ pub enum FileBuildError {
 }
 
 /// The modules of the file for `spec` on `board`, whose device currently runs `current`, in
-/// file order (bootloader, system part, user part), before compression, combining and
+/// file order (radio stack, bootloader, system part, user part), before compression, combining and
 /// damage. Modules not named in the spec keep the current versions (an app-only file depends
 /// on the running Device OS, unless `built_against` names another). [`build_file`] sends
 /// these; a target that checks "nothing lost" expects them in flash afterwards.
@@ -52,9 +52,18 @@ pub fn build_modules(
     }
     if let Some(dos) = spec.device_os {
         versions.system_part = dos.0;
+        // A system part of a known release requires that release's bootloader, whatever the
+        // device runs (so a 6.2.0 system part sent to a 5.5.0 device fails its dependency
+        // check until the 3100 bootloader is in place).
+        if let Some(r) = Versions::release(dos.0) {
+            versions.bootloader_dependency = r.bootloader_dependency;
+        }
     }
     if let Some(b) = spec.bootloader {
         versions.bootloader = b;
+    }
+    if let Some(r) = spec.radio_stack {
+        versions.radio_stack = r;
     }
     // The user part's dependency: the Device OS it was built against, which is the file's (or
     // the running) system part unless the spec says otherwise. Its own copy, so that a
@@ -69,6 +78,10 @@ pub fn build_modules(
     };
     let set = FirmwareSet::new(target_board, sizes, seed);
     let mut modules = Vec::new();
+    if spec.radio_stack.is_some() {
+        let m = set.module(RegionKind::RadioStack, &versions, sizes.other)?;
+        modules.push((RegionKind::RadioStack, m));
+    }
     if spec.bootloader.is_some() {
         let m = set.module(RegionKind::Bootloader, &versions, sizes.bootloader)?;
         modules.push((RegionKind::Bootloader, m));
@@ -82,6 +95,30 @@ pub fn build_modules(
         modules.push((RegionKind::UserPart, m));
     }
     Ok(modules)
+}
+
+/// The Device OS modules of release `device_os` for `board`, as the cloud's library holds them
+/// for healing (`[cloud] device_os = ["6.2.0"]`): the bootloader and (nRF52840) radio stack the
+/// release ships, then its system part. A release [`Versions::release`] does not know gives the
+/// system part alone (depending on the device's bootloader).
+pub fn device_os_release_modules(
+    board: &Board,
+    device_os: super::model::DeviceOsVersion,
+    current: &InitialFirmware,
+    sizes: ModuleSizes,
+    seed: u64,
+) -> Result<Vec<(RegionKind, Vec<u8>)>, FileBuildError> {
+    let mut spec = FirmwareSpec {
+        device_os: Some(device_os),
+        ..FirmwareSpec::default()
+    };
+    if let Some(r) = Versions::release(device_os.0) {
+        spec.bootloader = Some(r.bootloader);
+        if board.region(RegionKind::RadioStack).is_some() {
+            spec.radio_stack = Some(r.radio_stack);
+        }
+    }
+    build_modules(board, &spec, current, sizes, seed)
 }
 
 /// The file for `spec` on `board`, whose device currently runs `current`: the modules of

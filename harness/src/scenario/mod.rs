@@ -9,6 +9,7 @@ pub mod diff;
 pub mod emulator_target;
 pub mod field;
 pub mod firmware;
+pub mod minimise;
 pub mod model;
 pub mod node;
 pub mod parse;
@@ -16,6 +17,7 @@ pub mod report;
 pub mod runner;
 pub mod target;
 pub mod trace;
+pub mod units;
 
 pub use model::*;
 pub use parse::{load, load_all, parse, parse_all, ScenarioError, STEP_KINDS};

@@ -109,7 +109,13 @@ pub struct InitialFirmware {
     pub app: u16,
     /// The user part's module version.
     pub app_module: u16,
+    /// Default: the bootloader the Device OS release ships
+    /// ([`emulator::firmware::device_os_release`]), else the baseline's.
     pub bootloader: u16,
+    /// The radio stack (SoftDevice) module version on nRF52840 boards.
+    pub radio_stack: u16,
+    /// Size of the installed user part in bytes (default: the target's firmware set's).
+    pub app_size: Option<u32>,
 }
 
 impl Default for InitialFirmware {
@@ -120,18 +126,36 @@ impl Default for InitialFirmware {
             app: b.product_version,
             app_module: b.user_part,
             bootloader: b.bootloader,
+            radio_stack: b.radio_stack,
+            app_size: None,
         }
     }
 }
 
 impl InitialFirmware {
-    /// The module versions the emulator's firmware set builds.
+    /// A device on Device OS `device_os` with the bootloader and radio stack that release
+    /// installs (the baseline's for a release the table does not know).
+    pub fn release(device_os: DeviceOsVersion) -> InitialFirmware {
+        let r = Versions::release(device_os.0).unwrap_or(Versions::BASELINE);
+        InitialFirmware {
+            device_os,
+            bootloader: r.bootloader,
+            radio_stack: r.radio_stack,
+            ..InitialFirmware::default()
+        }
+    }
+
+    /// The module versions the emulator's firmware set builds: the system part depends on the
+    /// bootloader its release requires (on the set's own bootloader for an unknown release).
     pub fn versions(&self) -> Versions {
         Versions {
             bootloader: self.bootloader,
             system_part: self.device_os.0,
             user_part: self.app_module,
             product_version: self.app,
+            radio_stack: self.radio_stack,
+            bootloader_dependency: Versions::release(self.device_os.0)
+                .and_then(|r| r.bootloader_dependency),
         }
     }
 }
@@ -291,7 +315,57 @@ pub enum Step {
     Expect(Vec<Expectation>),
     /// Cut power at every flash operation of a phase: expands into one case per cut point.
     Sweep(Sweep),
+    /// Inner steps run again and again: a number of times, or until a condition holds
+    /// (checked before each iteration, at most `max` iterations).
+    Repeat(Repeat),
 }
+
+/// `do = "repeat"`: a bounded loop over inner steps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Repeat {
+    pub count: RepeatCount,
+    /// The inner steps (never a sweep or another repeat).
+    pub steps: Vec<StepAt>,
+}
+
+/// Why the hardware reset the device (`device.reset reason = ...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HardwareReset {
+    /// The RESET pin (`last_reset` = `pin_reset`).
+    Pin,
+    /// A hardware watchdog expired (`last_reset` = `watchdog`).
+    Watchdog,
+}
+
+impl HardwareReset {
+    pub const WORDS: [(&'static str, HardwareReset); 2] = [
+        ("pin", HardwareReset::Pin),
+        ("watchdog", HardwareReset::Watchdog),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HardwareReset::Pin => "pin",
+            HardwareReset::Watchdog => "watchdog",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RepeatCount {
+    /// Exactly this many iterations.
+    Times(u32),
+    /// Until every expectation holds, checked before each iteration; the step fails if it
+    /// still does not hold after `max` iterations.
+    Until {
+        condition: Vec<Expectation>,
+        max: u32,
+    },
+}
+
+/// The most iterations a `repeat` may ask for (a loop is bounded, and a typo like
+/// `times = 1000000` is a mistake, not a plan).
+pub const MAX_REPEAT: u32 = 10_000;
 
 impl Step {
     /// The step kind as written after `do =`.
@@ -301,6 +375,7 @@ impl Step {
             Step::Wait(w) => w.kind(),
             Step::Expect(_) => "expect",
             Step::Sweep(_) => "sweep",
+            Step::Repeat(_) => "repeat",
         }
     }
 
@@ -316,6 +391,17 @@ impl Step {
                 Capability::PowerCutAtFlashOp,
                 Capability::VirtualTime,
             ],
+            // A loop that cannot check its condition or run one of its steps cannot run.
+            Step::Repeat(r) => {
+                let mut caps: Vec<Capability> =
+                    r.steps.iter().flat_map(|s| s.step.capabilities()).collect();
+                if let RepeatCount::Until { condition, .. } = &r.count {
+                    caps.extend(condition.iter().flat_map(|e| e.capabilities()));
+                }
+                caps.sort();
+                caps.dedup();
+                caps
+            }
         }
     }
 }
@@ -331,6 +417,8 @@ pub enum Action {
     },
     PowerCut(PowerCut),
     PowerOn,
+    /// A reset the application has no say in (works in safe mode too).
+    HardwareReset(HardwareReset),
     App(AppAction),
     Link(LinkAction),
     /// The device's product (reference `particle-cloud-api.md` 2.2-2.3, 4.2-4.5).
@@ -375,6 +463,7 @@ impl Action {
             Action::CloudForceUpdates { .. } => "cloud.force_updates",
             Action::PowerCut(_) => "power.cut",
             Action::PowerOn => "power.on",
+            Action::HardwareReset(_) => "device.reset",
             Action::App(a) => match a {
                 AppAction::DisableUpdates => "app.disable_updates",
                 AppAction::EnableUpdates => "app.enable_updates",
@@ -416,6 +505,7 @@ impl Action {
                 CutPoint::Chunk(_) => vec![PowerControl, PowerCutAtChunk],
             },
             Action::PowerOn => vec![PowerControl],
+            Action::HardwareReset(_) => vec![Capability::HardwareReset],
             Action::App(AppAction::Sleep(_)) | Action::App(AppAction::Wake) => {
                 vec![AppControl, Sleep]
             }
@@ -436,6 +526,8 @@ pub struct FirmwareSpec {
     pub device_os: Option<DeviceOsVersion>,
     /// A bootloader at this module version.
     pub bootloader: Option<u16>,
+    /// A radio stack (SoftDevice, module 8/0) at this module version (nRF52840 boards).
+    pub radio_stack: Option<u16>,
     /// The Device OS the app was compiled against: the user part's dependency names this
     /// system part version instead of the one the file carries or the device runs (an app built
     /// for a newer Device OS than the device has). Needs `app`.
@@ -603,34 +695,111 @@ pub enum LinkAction {
         jitter: Duration,
         /// Bytes per second each direction carries (0 = unlimited).
         bandwidth: u64,
+        /// Which way these faults apply (the other keeps its own).
+        direction: Direction,
     },
-    /// Drop the next N datagrams (either direction).
-    Drop { next: u32 },
+    /// Drop the next N datagrams of a direction (`Both`: N each way).
+    Drop { next: u32, direction: Direction },
     /// Nothing passes for this long.
     Partition { duration: Duration },
 }
 
-/// Waiting, in the target's time.
+/// Waiting, in the target's time. No wait is satisfied by what happened before it unless it
+/// says so (`wait.event from = "start"`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Wait {
-    /// Until an event not matched by an earlier wait appears in the event stream.
+    /// Until a matching event appears in the event stream, searched from `from`.
     Event {
         event: EventPattern,
         timeout: Duration,
+        from: EventsFrom,
     },
-    /// Until the device is in a state.
+    /// Until the device is in a state (in the boot `boot` names, running `running` when given).
     State {
         state: DeviceState,
         timeout: Duration,
+        boot: WhichBoot,
+        running: Option<RunningExpect>,
     },
-    /// Until the running transfer has received at least this much of its file (counting a
-    /// resumed prefix).
+    /// Until a transfer has received at least this much of its file (counting a resumed
+    /// prefix): the one running when the step starts or a later one (`current`), or only one
+    /// that begins after the step starts (`next`). Never a transfer that ended before.
     Ota {
         progress: OtaProgress,
         timeout: Duration,
+        transfer: WhichTransfer,
     },
     /// For a duration.
     Time(Duration),
+}
+
+/// Which way a link fault applies, between the cloud and the step's device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Direction {
+    #[default]
+    Both,
+    /// Datagrams the cloud sends to the device.
+    ToDevice,
+    /// Datagrams the device sends to the cloud.
+    ToCloud,
+}
+
+impl Direction {
+    pub const WORDS: [(&'static str, Direction); 3] = [
+        ("both", Direction::Both),
+        ("to_device", Direction::ToDevice),
+        ("to_cloud", Direction::ToCloud),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Both => "both",
+            Direction::ToDevice => "to_device",
+            Direction::ToCloud => "to_cloud",
+        }
+    }
+}
+
+/// Where `wait.event` looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EventsFrom {
+    /// After the last event an earlier `wait.event` (with the same device filter) matched; the
+    /// match moves that cursor past it.
+    #[default]
+    Cursor,
+    /// Only events published after this step starts; moves the cursor past the match.
+    Step,
+    /// Any event since the case began, matched before or not; the cursor does not move.
+    Start,
+}
+
+impl EventsFrom {
+    pub const WORDS: [(&'static str, EventsFrom); 3] = [
+        ("cursor", EventsFrom::Cursor),
+        ("step", EventsFrom::Step),
+        ("start", EventsFrom::Start),
+    ];
+}
+
+/// Which boot `wait.state` is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhichBoot {
+    /// The device's state now or later, whatever booted it.
+    #[default]
+    Any,
+    /// A boot that completes after the step starts (the state before the update's reset does
+    /// not count).
+    Next,
+}
+
+/// Which transfer `wait.ota` is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhichTransfer {
+    /// The transfer running when the step starts, or one that begins later.
+    #[default]
+    Current,
+    /// Only a transfer that begins after the step starts.
+    Next,
 }
 
 /// How far a transfer has come.
@@ -677,7 +846,13 @@ impl Wait {
     pub fn capabilities(&self) -> Vec<Capability> {
         match self {
             Wait::Event { .. } => vec![Capability::ObserveEvents],
-            Wait::State { state, .. } => vec![state.capability()],
+            Wait::State { state, running, .. } => {
+                let mut caps = vec![state.capability()];
+                if running.is_some() {
+                    caps.push(Capability::ObserveVersions);
+                }
+                caps
+            }
             Wait::Ota { .. } => vec![Capability::ObserveOta],
             Wait::Time(_) => Vec::new(),
         }
@@ -768,6 +943,13 @@ pub enum Expectation {
     Events(Vec<EventPattern>),
     /// None of these events appeared.
     EventsAbsent(Vec<EventPattern>),
+    /// Each event seen exactly this many times so far (`event_counts`).
+    EventCounts(Vec<(EventPattern, u32)>),
+    /// The device's last connection resumed its session (`true`) or was a full handshake
+    /// (`session = "resumed" | "handshake"`).
+    SessionResumed(bool),
+    /// Transfers begun since the current boot (`transfers_since_boot = 0`: no new transfer).
+    TransfersSinceBoot(u32),
     /// System flags (only the ones given are compared).
     Flags(FlagsExpect),
     /// The OTA transfer's state (only the fields given are compared).
@@ -789,6 +971,9 @@ impl Expectation {
             Expectation::SafeMode(_) => "safe_mode",
             Expectation::Events(_) => "events",
             Expectation::EventsAbsent(_) => "events_absent",
+            Expectation::EventCounts(_) => "event_counts",
+            Expectation::SessionResumed(_) => "session",
+            Expectation::TransfersSinceBoot(_) => "transfers_since_boot",
             Expectation::Flags(_) => "flags",
             Expectation::Ota(_) => "ota",
             Expectation::NothingLost => "nothing_lost",
@@ -804,7 +989,11 @@ impl Expectation {
             Expectation::SafeMode(_) | Expectation::Online(_) | Expectation::LastReset(_) => {
                 vec![ObserveState]
             }
-            Expectation::Events(_) | Expectation::EventsAbsent(_) => vec![ObserveEvents],
+            Expectation::Events(_) | Expectation::EventsAbsent(_) | Expectation::EventCounts(_) => {
+                vec![ObserveEvents]
+            }
+            Expectation::SessionResumed(_) => vec![ObserveSession],
+            Expectation::TransfersSinceBoot(_) => vec![ObserveOta, ObserveBoots],
             Expectation::Flags(_) => vec![ObserveFlags],
             Expectation::Ota(_) => vec![ObserveOta],
             Expectation::NothingLost => vec![FlashInspection],
@@ -950,6 +1139,9 @@ impl fmt::Display for FirmwareSpec {
         if let Some(v) = self.bootloader {
             parts.push(format!("bootloader={v}"));
         }
+        if let Some(v) = self.radio_stack {
+            parts.push(format!("radio_stack={v}"));
+        }
         if let Some(v) = self.built_against {
             parts.push(format!("built_against={v}"));
         }
@@ -1053,6 +1245,7 @@ impl fmt::Display for Action {
                 Ok(())
             }
             Action::PowerOn => Ok(()),
+            Action::HardwareReset(r) => write!(f, " reason={}", r.as_str()),
             Action::App(AppAction::Reset { no_wait }) if *no_wait => f.write_str(" no_wait"),
             Action::App(AppAction::Sleep(s)) => {
                 let mode = SLEEP_MODE_WORDS
@@ -1079,8 +1272,12 @@ impl fmt::Display for Action {
                 latency,
                 jitter,
                 bandwidth,
+                direction,
             }) => {
                 write!(f, " loss={loss} duplicate={duplicate} reorder={reorder}")?;
+                if *direction != Direction::Both {
+                    write!(f, " direction={}", direction.as_str())?;
+                }
                 if !latency.is_zero() {
                     write!(f, " latency={}", format_duration(*latency))?;
                 }
@@ -1088,11 +1285,21 @@ impl fmt::Display for Action {
                     write!(f, " jitter={}", format_duration(*jitter))?;
                 }
                 if *bandwidth > 0 {
-                    write!(f, " bandwidth={bandwidth}B/s")?;
+                    write!(
+                        f,
+                        " bandwidth=\"{}\"",
+                        super::units::format_rate(*bandwidth)
+                    )?;
                 }
                 Ok(())
             }
-            Action::Link(LinkAction::Drop { next }) => write!(f, " next={next}"),
+            Action::Link(LinkAction::Drop { next, direction }) => {
+                write!(f, " next={next}")?;
+                if *direction != Direction::Both {
+                    write!(f, " direction={}", direction.as_str())?;
+                }
+                Ok(())
+            }
             Action::Link(LinkAction::Partition { duration }) => {
                 write!(f, " duration={}", format_duration(*duration))
             }
@@ -1103,24 +1310,45 @@ impl fmt::Display for Action {
 impl fmt::Display for Wait {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Wait::Event { event, timeout } => {
-                write!(
-                    f,
-                    "wait.event {event} timeout={}",
-                    format_duration(*timeout)
-                )
+            Wait::Event {
+                event,
+                timeout,
+                from,
+            } => {
+                write!(f, "wait.event {event}")?;
+                match from {
+                    EventsFrom::Cursor => {}
+                    EventsFrom::Step => f.write_str(" from=step")?,
+                    EventsFrom::Start => f.write_str(" from=start")?,
+                }
+                write!(f, " timeout={}", format_duration(*timeout))
             }
-            Wait::State { state, timeout } => write!(
-                f,
-                "wait.state {} timeout={}",
-                state.as_str(),
-                format_duration(*timeout)
-            ),
-            Wait::Ota { progress, timeout } => write!(
-                f,
-                "wait.ota {progress} timeout={}",
-                format_duration(*timeout)
-            ),
+            Wait::State {
+                state,
+                timeout,
+                boot,
+                running,
+            } => {
+                write!(f, "wait.state {}", state.as_str())?;
+                if *boot == WhichBoot::Next {
+                    f.write_str(" boot=next")?;
+                }
+                if let Some(r) = running {
+                    write!(f, " {}", Expectation::Running(*r))?;
+                }
+                write!(f, " timeout={}", format_duration(*timeout))
+            }
+            Wait::Ota {
+                progress,
+                timeout,
+                transfer,
+            } => {
+                write!(f, "wait.ota {progress}")?;
+                if *transfer == WhichTransfer::Next {
+                    f.write_str(" transfer=next")?;
+                }
+                write!(f, " timeout={}", format_duration(*timeout))
+            }
             Wait::Time(d) => write!(f, "wait.time {}", format_duration(*d)),
         }
     }
@@ -1151,6 +1379,14 @@ impl fmt::Display for Expectation {
             Expectation::SafeMode(b) => write!(f, "safe_mode={b}"),
             Expectation::Events(l) => write!(f, "events [{}]", list(l)),
             Expectation::EventsAbsent(l) => write!(f, "events_absent [{}]", list(l)),
+            Expectation::SessionResumed(r) => {
+                write!(f, "session={}", if *r { "resumed" } else { "handshake" })
+            }
+            Expectation::TransfersSinceBoot(n) => write!(f, "transfers_since_boot={n}"),
+            Expectation::EventCounts(l) => {
+                let parts: Vec<String> = l.iter().map(|(e, n)| format!("{e} x{n}")).collect();
+                write!(f, "event_counts [{}]", parts.join(", "))
+            }
             Expectation::Flags(x) => {
                 let mut p = Vec::new();
                 opt(&mut p, "updates_enabled", x.updates_enabled);
@@ -1196,6 +1432,19 @@ impl fmt::Display for Step {
                     modes.join(","),
                     format_duration(s.off_for)
                 )
+            }
+            Step::Repeat(r) => {
+                match &r.count {
+                    RepeatCount::Times(n) => write!(f, "repeat times={n}")?,
+                    RepeatCount::Until { condition, max } => {
+                        f.write_str("repeat until")?;
+                        for (i, e) in condition.iter().enumerate() {
+                            write!(f, "{}{e}", if i == 0 { " " } else { "; " })?;
+                        }
+                        write!(f, " max={max}")?;
+                    }
+                }
+                write!(f, " ({} steps)", r.steps.len())
             }
         }
     }

@@ -13,6 +13,7 @@ use emulator::flash::CutMode;
 
 use super::model::*;
 use super::node::{self, Fields, Node, SpanError, Value};
+use super::units;
 
 /// A problem with a scenario file, at a position when there is one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +92,13 @@ fn read(text: &str, file: &Path, in_file_order: bool) -> Result<Scenario, Vec<Sc
         let (line, column) = node::line_col(text, step.line);
         step.line = line;
         step.column = column;
+        if let Step::Repeat(r) = &mut step.step {
+            for inner in &mut r.steps {
+                let (line, column) = node::line_col(text, inner.line);
+                inner.line = line;
+                inner.column = column;
+            }
+        }
     }
     Ok(scenario)
 }
@@ -112,7 +120,7 @@ impl Problems {
 }
 
 /// Every step kind, in the order error messages list them.
-pub const STEP_KINDS: [&str; 29] = [
+pub const STEP_KINDS: [&str; 31] = [
     "cloud.flash",
     "cloud.force_updates",
     "cloud.upload",
@@ -124,6 +132,7 @@ pub const STEP_KINDS: [&str; 29] = [
     "cloud.product",
     "power.cut",
     "power.on",
+    "device.reset",
     "app.disable_updates",
     "app.enable_updates",
     "app.disable_reset",
@@ -142,6 +151,7 @@ pub const STEP_KINDS: [&str; 29] = [
     "wait.time",
     "expect",
     "sweep",
+    "repeat",
 ];
 
 fn read_scenario(doc: &Node, text: &str, file: &Path) -> Result<Scenario, Vec<SpanError>> {
@@ -182,16 +192,25 @@ fn read_scenario(doc: &Node, text: &str, file: &Path) -> Result<Scenario, Vec<Sp
         |c| c.devices.iter().map(|d| d.name.clone()).collect(),
     );
     for step in &steps {
-        if let Some(device) = &step.device {
-            if !declared.contains(device) {
-                p.0.push(SpanError::new(
-                    step.line..step.line + 1,
-                    format!(
-                        "step {} names device `{device}`, which no [[cloud.device]] declares; declared: {}",
-                        step.index,
-                        declared.join(", ")
-                    ),
-                ));
+        let inner = match &step.step {
+            Step::Repeat(r) => r
+                .steps
+                .iter()
+                .map(|i| (format!("{}.{}", step.index, i.index), i))
+                .collect(),
+            _ => Vec::new(),
+        };
+        for (label, s) in std::iter::once((step.index.to_string(), step)).chain(inner) {
+            if let Some(device) = &s.device {
+                if !declared.contains(device) {
+                    p.0.push(SpanError::new(
+                        s.line..s.line + 1,
+                        format!(
+                            "step {label} names device `{device}`, which no [[cloud.device]] declares; declared: {}",
+                            declared.join(", ")
+                        ),
+                    ));
+                }
             }
         }
     }
@@ -278,19 +297,25 @@ fn read_initial_firmware(n: &Node) -> Result<InitialFirmware, SpanError> {
     let mut f = Fields::new(n, "[firmware]")?;
     let device_os = f.required("device_os", "device_os = \"6.2.0\"", read_device_os)?;
     let app = f.required("app", "app = 3 (the product version)", node::as_u16)?;
-    let d = InitialFirmware::default();
+    let d = InitialFirmware::release(device_os);
     let app_module = f
         .optional("app_module", node::as_u16)?
         .unwrap_or(d.app_module);
     let bootloader = f
         .optional("bootloader", node::as_u16)?
         .unwrap_or(d.bootloader);
+    let radio_stack = f
+        .optional("radio_stack", node::as_u16)?
+        .unwrap_or(d.radio_stack);
+    let app_size = f.optional("app_size", read_size)?;
     f.finish()?;
     Ok(InitialFirmware {
         device_os,
         app,
         app_module,
         bootloader,
+        radio_stack,
+        app_size,
     })
 }
 
@@ -496,7 +521,7 @@ fn read_steps(n: &Node) -> Result<Vec<StepAt>, Vec<SpanError>> {
             },
             _ => None,
         };
-        let step = match read_step(item, index) {
+        let step = match read_step(item, &index.to_string()) {
             Ok(step) => step,
             Err(e) => {
                 problems.push(e);
@@ -531,7 +556,7 @@ fn read_steps(n: &Node) -> Result<Vec<StepAt>, Vec<SpanError>> {
 
 fn step_form(kind: &str) -> &'static str {
     match kind {
-        "cloud.flash" => "{ do = \"cloud.flash\", app = 4 } (also device_os, bootloader, built_against, compressed, combined, platform, corrupt, size, assets)",
+        "cloud.flash" => "{ do = \"cloud.flash\", app = 4 } (also device_os, bootloader, radio_stack, built_against, compressed, combined, platform, corrupt, size, assets)",
         "cloud.force_updates" => "{ do = \"cloud.force_updates\", forced = true }",
         "cloud.upload" => "{ do = \"cloud.upload\", app = 5 } (also built_against, size, compressed)",
         "cloud.release" => "{ do = \"cloud.release\", version = 5, default = true, groups = [\"beta\"], intelligent = false }",
@@ -541,22 +566,24 @@ fn step_form(kind: &str) -> &'static str {
         "cloud.development" => "{ do = \"cloud.development\", development = true }",
         "cloud.product" => "{ do = \"cloud.product\", development = false, groups = [\"beta\"], updates_forced = true } (at least one)",
         "power.cut" => "{ do = \"power.cut\" } (now), or with one of flash_op = N, chunk = K, phase = \"download\" (and op = N), plus mode = \"before\"|\"torn\"|\"after\"",
+        "device.reset" => "{ do = \"device.reset\", reason = \"pin\" } (or \"watchdog\")",
         "app.sleep" => "{ do = \"app.sleep\", mode = \"stop\", duration = \"10m\", network = \"off\" }",
-        "link.faults" => "{ do = \"link.faults\", loss = 0.2, duplicate = 0.0, reorder = 0.1, latency = \"300ms\", jitter = \"50ms\", bandwidth = \"2KiB/s\" }",
-        "link.drop" => "{ do = \"link.drop\", next = 5 }",
+        "link.faults" => "{ do = \"link.faults\", loss = 0.2, duplicate = 0.0, reorder = 0.1, latency = \"300ms\", jitter = \"50ms\", bandwidth = \"2 KiB/s\" }",
+        "link.drop" => "{ do = \"link.drop\", next = 5 } (also direction = \"to_device\"|\"to_cloud\"|\"both\")",
         "link.partition" => "{ do = \"link.partition\", duration = \"45s\" }",
-        "wait.event" => "{ do = \"wait.event\", name = \"spark/flash/status\", data = \"success\", timeout = \"5m\" }",
-        "wait.state" => "{ do = \"wait.state\", state = \"online\", timeout = \"5m\" }",
+        "wait.event" => "{ do = \"wait.event\", name = \"spark/flash/status\", data = \"success\", timeout = \"5m\" } (also from = \"cursor\"|\"step\"|\"start\")",
+        "wait.state" => "{ do = \"wait.state\", state = \"online\", timeout = \"5m\" } (also boot = \"next\", running = { app = 4 })",
         "app.connect" => "{ do = \"app.connect\" }",
         "app.disconnect" => "{ do = \"app.disconnect\" }",
-        "wait.ota" => "{ do = \"wait.ota\", min_percent = 40, timeout = \"5m\" } or { do = \"wait.ota\", received = \"8KiB\" }",
+        "wait.ota" => "{ do = \"wait.ota\", min_percent = 40, timeout = \"5m\" } or { do = \"wait.ota\", received = \"8KiB\" } (also transfer = \"current\"|\"next\")",
         "wait.time" => "{ do = \"wait.time\", duration = \"30s\" }",
         "sweep" => "{ do = \"sweep\", phase = \"apply\", modes = [\"before\", \"torn\", \"after\"] }",
+        "repeat" => "{ do = \"repeat\", times = 3, steps = [{ do = \"app.wake\" }, { do = \"wait.time\", duration = \"10s\" }] } or with until = { running = { app = 5 } } and max = 20 instead of times",
         _ => "a step table with `do` and the step's fields",
     }
 }
 
-fn read_step(n: &Node, index: usize) -> Result<Step, SpanError> {
+fn read_step(n: &Node, index: &str) -> Result<Step, SpanError> {
     let mut f = Fields::new(n, format!("step {index}"))?;
     let kind_node = f.required(
         "do",
@@ -641,6 +668,11 @@ fn read_step(n: &Node, index: usize) -> Result<Step, SpanError> {
         ))),
         "power.cut" => Step::Action(Action::PowerCut(read_power_cut(&mut f, form)?)),
         "power.on" => Step::Action(Action::PowerOn),
+        "device.reset" => {
+            Step::Action(Action::HardwareReset(f.required("reason", form, |n| {
+                node::as_word(n, &HardwareReset::WORDS)
+            })?))
+        }
         "app.disable_updates" => Step::Action(Action::App(AppAction::DisableUpdates)),
         "app.enable_updates" => Step::Action(Action::App(AppAction::EnableUpdates)),
         "app.disable_reset" => Step::Action(Action::App(AppAction::DisableReset)),
@@ -673,12 +705,14 @@ fn read_step(n: &Node, index: usize) -> Result<Step, SpanError> {
                 latency,
                 jitter,
                 bandwidth: f.optional("bandwidth", read_bandwidth)?.unwrap_or(0),
+                direction: read_direction(&mut f)?,
             }))
         }
         "link.drop" => Step::Action(Action::Link(LinkAction::Drop {
             next: f.required("next", form, |n| {
                 node::as_int(n, 1, u32::MAX as i64).map(|i| i as u32)
             })?,
+            direction: read_direction(&mut f)?,
         })),
         "link.partition" => Step::Action(Action::Link(LinkAction::Partition {
             duration: f.required("duration", form, read_duration)?,
@@ -691,6 +725,9 @@ fn read_step(n: &Node, index: usize) -> Result<Step, SpanError> {
                 timeout: f
                     .optional("timeout", read_duration)?
                     .unwrap_or(DEFAULT_TIMEOUT),
+                from: f
+                    .optional("from", |n| node::as_word(n, &EventsFrom::WORDS))?
+                    .unwrap_or_default(),
             })
         }
         "wait.state" => Step::Wait(Wait::State {
@@ -698,6 +735,12 @@ fn read_step(n: &Node, index: usize) -> Result<Step, SpanError> {
             timeout: f
                 .optional("timeout", read_duration)?
                 .unwrap_or(DEFAULT_TIMEOUT),
+            boot: f
+                .optional("boot", |n| {
+                    node::as_word(n, &[("any", WhichBoot::Any), ("next", WhichBoot::Next)])
+                })?
+                .unwrap_or_default(),
+            running: f.optional("running", read_running)?,
         }),
         "wait.ota" => {
             let percent = f.optional("min_percent", |n| {
@@ -717,7 +760,22 @@ fn read_step(n: &Node, index: usize) -> Result<Step, SpanError> {
                     ));
                 }
             };
-            Step::Wait(Wait::Ota { progress, timeout })
+            let transfer = f
+                .optional("transfer", |n| {
+                    node::as_word(
+                        n,
+                        &[
+                            ("current", WhichTransfer::Current),
+                            ("next", WhichTransfer::Next),
+                        ],
+                    )
+                })?
+                .unwrap_or_default();
+            Step::Wait(Wait::Ota {
+                progress,
+                timeout,
+                transfer,
+            })
         }
         "wait.time" => Step::Wait(Wait::Time(f.required("duration", form, read_duration)?)),
         "expect" => {
@@ -741,6 +799,7 @@ fn read_step(n: &Node, index: usize) -> Result<Step, SpanError> {
                 .optional("off_for", read_duration)?
                 .unwrap_or(Duration::from_secs(1)),
         }),
+        "repeat" => Step::Repeat(read_repeat(&mut f, index, form)?),
         // Listed in STEP_KINDS and handled above.
         _ => {
             return Err(SpanError::new(
@@ -751,6 +810,73 @@ fn read_step(n: &Node, index: usize) -> Result<Step, SpanError> {
     };
     f.finish()?;
     Ok(step)
+}
+
+/// `direction = "both" | "to_device" | "to_cloud"` (default both).
+fn read_direction(f: &mut Fields) -> Result<Direction, SpanError> {
+    Ok(
+        f.optional("direction", |n| node::as_word(n, &Direction::WORDS))?
+            .unwrap_or_default(),
+    )
+}
+
+/// `do = "repeat"`: `times = N`, or `until = { expectations }` with `max = N`, and `steps`.
+fn read_repeat(f: &mut Fields, index: &str, form: &str) -> Result<Repeat, SpanError> {
+    let bound = |n: &Node| node::as_int(n, 1, i64::from(MAX_REPEAT)).map(|v| v as u32);
+    let times = f.optional("times", bound)?;
+    let until = f.optional("until", |n| read_expectations(n, "until"))?;
+    let max = f.optional("max", bound)?;
+    let count = match (times, until, max) {
+        (Some(n), None, None) => RepeatCount::Times(n),
+        (None, Some(condition), Some(max)) => RepeatCount::Until { condition, max },
+        (None, Some(_), None) => {
+            return Err(SpanError::new(
+                f.key_span("until").unwrap_or_else(|| f.span()),
+                format!("step {index} (repeat): `until` needs `max` (at most {MAX_REPEAT} iterations): a loop is always bounded"),
+            ))
+        }
+        _ => {
+            return Err(SpanError::new(
+                f.span(),
+                format!("step {index} (repeat): give either times = N, or until = {{ ... }} with max = N, e.g. {form}"),
+            ))
+        }
+    };
+    let list = f.required("steps", form, node::as_array)?;
+    if list.is_empty() {
+        return Err(SpanError::new(
+            f.key_span("steps").unwrap_or_else(|| f.span()),
+            format!("step {index} (repeat): `steps` is empty"),
+        ));
+    }
+    let mut steps = Vec::with_capacity(list.len());
+    for (j, item) in list.iter().enumerate() {
+        let label = format!("{index}.{}", j + 1);
+        let step = read_step(item, &label)?;
+        if matches!(step, Step::Sweep(_) | Step::Repeat(_)) {
+            return Err(SpanError::new(
+                item.span.clone(),
+                format!("step {label}: a {} cannot be inside a repeat", step.kind()),
+            ));
+        }
+        let device = match &item.value {
+            Value::Table(entries) => entries
+                .iter()
+                .find(|(k, _)| k.name == "device")
+                .map(|(_, v)| node::as_string(v))
+                .transpose()?,
+            _ => None,
+        };
+        steps.push(StepAt {
+            index: j + 1,
+            // Byte offset for now; `parse` turns it into line and column.
+            line: item.span.start,
+            column: 0,
+            step,
+            device,
+        });
+    }
+    Ok(Repeat { count, steps })
 }
 
 fn read_modes(n: &Node) -> Result<Vec<CutMode>, SpanError> {
@@ -776,6 +902,7 @@ fn read_firmware_spec(f: &mut Fields, form: &str) -> Result<FirmwareSpec, SpanEr
         app: f.optional("app", node::as_u16)?,
         device_os: f.optional("device_os", read_device_os)?,
         bootloader: f.optional("bootloader", node::as_u16)?,
+        radio_stack: f.optional("radio_stack", node::as_u16)?,
         built_against: f.optional("built_against", read_device_os)?,
         compressed: f.optional("compressed", node::as_bool)?.unwrap_or(false),
         combined: f.optional("combined", node::as_bool)?.unwrap_or(false),
@@ -799,6 +926,7 @@ fn read_firmware_spec(f: &mut Fields, form: &str) -> Result<FirmwareSpec, SpanEr
         spec.app.is_some(),
         spec.device_os.is_some(),
         spec.bootloader.is_some(),
+        spec.radio_stack.is_some(),
     ]
     .iter()
     .filter(|b| **b)
@@ -844,6 +972,7 @@ fn modules_named(spec: &FirmwareSpec) -> usize {
         spec.app.is_some(),
         spec.device_os.is_some(),
         spec.bootloader.is_some(),
+        spec.radio_stack.is_some(),
     ]
     .iter()
     .filter(|b| **b)
@@ -879,53 +1008,36 @@ fn read_assets(n: &Node) -> Result<Vec<AssetSpec>, SpanError> {
     Ok(out)
 }
 
-/// A size in bytes: an integer, or a string like "64KiB" / "1MiB".
-/// Bytes per second: an integer, or a size with "/s" (`"2KiB/s"`).
+/// Bytes per second: an integer, or a rate as people write it (`"512 B/s"`, `"4 KiB/s"`,
+/// `"250 kbit/s"`; [`units`]), the spelling the trace prints.
 fn read_bandwidth(n: &Node) -> Result<u64, SpanError> {
     let bad = || {
         SpanError::new(
             n.span.clone(),
-            "expected a bandwidth in bytes per second (2048) or like \"2KiB/s\"",
+            "expected a bandwidth in bytes per second (2048) or like \"512 B/s\", \"4 KiB/s\" or \"250 kbit/s\"",
         )
     };
     match &n.value {
         Value::Integer(_) => node::as_int(n, 1, u32::MAX as i64).map(|i| i as u64),
-        Value::String(s) => {
-            let per = s.strip_suffix("/s").ok_or_else(bad)?;
-            let size = Node {
-                span: n.span.clone(),
-                value: Value::String(per.to_string()),
-            };
-            read_size(&size).map(u64::from).map_err(|_| bad())
-        }
+        Value::String(s) => units::parse_rate(s).filter(|v| *v > 0).ok_or_else(bad),
         _ => Err(bad()),
     }
 }
 
+/// A size in bytes: an integer, or a string like `"64KiB"`, `"1 MiB"`, `"512 B"` ([`units`]).
 fn read_size(n: &Node) -> Result<u32, SpanError> {
     let bad = || {
         SpanError::new(
             n.span.clone(),
-            "expected a size in bytes (65536) or like \"64KiB\" or \"1MiB\"",
+            "expected a size in bytes (65536) or like \"64KiB\" or \"1 MiB\"",
         )
     };
     match &n.value {
         Value::Integer(_) => node::as_int(n, 1, u32::MAX as i64).map(|i| i as u32),
-        Value::String(s) => {
-            let (num, scale) = if let Some(x) = s.strip_suffix("KiB") {
-                (x, 1024)
-            } else if let Some(x) = s.strip_suffix("MiB") {
-                (x, 1024 * 1024)
-            } else {
-                (s.as_str(), 1)
-            };
-            num.trim()
-                .parse::<u32>()
-                .ok()
-                .and_then(|v| v.checked_mul(scale))
-                .filter(|v| *v > 0)
-                .ok_or_else(bad)
-        }
+        Value::String(s) => units::parse_size(s)
+            .and_then(|v| u32::try_from(v).ok())
+            .filter(|v| *v > 0)
+            .ok_or_else(bad),
         _ => Err(bad()),
     }
 }
@@ -1016,6 +1128,31 @@ fn read_events(n: &Node) -> Result<Vec<EventPattern>, SpanError> {
     items.iter().map(read_event_pattern).collect()
 }
 
+/// `event_counts = [{ name = "spark/flash/status", data = "started", count = 1 }]`.
+fn read_event_counts(n: &Node) -> Result<Vec<(EventPattern, u32)>, SpanError> {
+    let items = node::as_array(n)?;
+    if items.is_empty() {
+        return Err(SpanError::new(
+            n.span.clone(),
+            "expected at least one { name = \"...\", count = N }",
+        ));
+    }
+    let form = "{ name = \"spark/flash/status\", data = \"started\", count = 1 }";
+    items
+        .iter()
+        .map(|item| {
+            let mut f = Fields::new(item, "an event count")?;
+            let name = f.required("name", form, node::as_string)?;
+            let data = f.optional("data", node::as_string)?;
+            let count = f.required("count", form, |n| {
+                node::as_int(n, 0, i64::from(u32::MAX)).map(|v| v as u32)
+            })?;
+            f.finish()?;
+            Ok((EventPattern { name, data }, count))
+        })
+        .collect()
+}
+
 fn read_expectations(n: &Node, what: &str) -> Result<Vec<Expectation>, SpanError> {
     let mut f = Fields::new(n, what)?;
     let list = read_expectation_fields(&mut f)?;
@@ -1023,24 +1160,29 @@ fn read_expectations(n: &Node, what: &str) -> Result<Vec<Expectation>, SpanError
     Ok(list)
 }
 
+/// `running = { device_os = "6.2.0", app = 4, bootloader = 3100 }` (at least one).
+fn read_running(n: &Node) -> Result<RunningExpect, SpanError> {
+    let mut t = Fields::new(n, "running")?;
+    let r = RunningExpect {
+        device_os: t.optional("device_os", read_device_os)?,
+        app: t.optional("app", node::as_u16)?,
+        bootloader: t.optional("bootloader", node::as_u16)?,
+    };
+    if r == RunningExpect::default() {
+        return Err(SpanError::new(
+            n.span.clone(),
+            "running: expected at least one of device_os, app, bootloader",
+        ));
+    }
+    t.finish()?;
+    Ok(r)
+}
+
 /// Reads every expectation key present in `f` (in the order listed here).
 fn read_expectation_fields(f: &mut Fields) -> Result<Vec<Expectation>, SpanError> {
     let mut out = Vec::new();
     if let Some(n) = f.get("running") {
-        let mut t = Fields::new(n, "running")?;
-        let r = RunningExpect {
-            device_os: t.optional("device_os", read_device_os)?,
-            app: t.optional("app", node::as_u16)?,
-            bootloader: t.optional("bootloader", node::as_u16)?,
-        };
-        if r == RunningExpect::default() {
-            return Err(SpanError::new(
-                n.span.clone(),
-                "running: expected at least one of device_os, app, bootloader",
-            ));
-        }
-        t.finish()?;
-        out.push(Expectation::Running(r));
+        out.push(Expectation::Running(read_running(n)?));
     }
     if let Some(n) = f.get("safe_mode") {
         out.push(Expectation::SafeMode(node::as_bool(n)?));
@@ -1053,6 +1195,20 @@ fn read_expectation_fields(f: &mut Fields) -> Result<Vec<Expectation>, SpanError
     }
     if let Some(n) = f.get("events") {
         out.push(Expectation::Events(read_events(n)?));
+    }
+    if let Some(n) = f.get("session") {
+        out.push(Expectation::SessionResumed(node::as_word(
+            n,
+            &[("resumed", true), ("handshake", false)],
+        )?));
+    }
+    if let Some(n) = f.get("transfers_since_boot") {
+        out.push(Expectation::TransfersSinceBoot(
+            node::as_int(n, 0, i64::from(u32::MAX)).map(|v| v as u32)?,
+        ));
+    }
+    if let Some(n) = f.get("event_counts") {
+        out.push(Expectation::EventCounts(read_event_counts(n)?));
     }
     if let Some(n) = f.get("events_absent") {
         out.push(Expectation::EventsAbsent(read_events(n)?));

@@ -530,69 +530,24 @@ fn drive(run: &mut CaseRun, target: &mut dyn Target, plan: &CasePlan) -> Option<
         .first()
         .map_or("dut", |d| d.name.as_str());
 
+    let ctx = StepContext {
+        caps: &caps,
+        several,
+        first_device,
+    };
     for planned in &plan.steps {
         let text = planned.step.to_string();
-        let here = Some((planned.index, planned.at));
-        let stop = |message: String| {
-            Some(Stop {
-                step: here,
-                step_text: text.clone(),
-                message,
-            })
-        };
-        if let Some(why) = run.tainted.clone() {
-            run.skip(target.now(), Some(planned.index), text.clone(), why);
-            continue;
-        }
-        let lacking = target::missing(&planned.step.capabilities(), &caps);
-        if !lacking.is_empty() {
-            let reason = lacks(target.name(), &lacking);
-            run.skip(
-                target.now(),
-                Some(planned.index),
-                text.clone(),
-                reason.clone(),
-            );
-            run.tainted = Some(format!("after skipped step {}: {reason}", planned.index));
-            continue;
-        }
-        run.explicit_device = planned.device.clone();
-        if several {
-            let name = planned.device.as_deref().unwrap_or(first_device);
-            if let Err(e) = target.select_device(name) {
-                return stop(format!("selecting device {name} failed: {e}"));
-            }
-        }
-        run.trace.push_entry(
-            TraceEntry::new(
-                target.now(),
-                TraceKind::Step {
-                    index: planned.index,
-                    text: text.clone(),
-                },
-            )
-            .on(planned.device.as_deref()),
-        );
-        match &planned.step {
-            Step::Action(action) => {
-                let result = target.apply(action);
-                run.collect(target);
-                if let Err(e) = result {
-                    return stop(format!("{} failed: {e}", action.kind()));
-                }
-            }
-            Step::Wait(wait) => {
-                if let Err(message) = wait_for(run, target, wait) {
-                    return stop(message);
-                }
-            }
-            Step::Expect(list) => {
-                if let Some(message) = check_all(run, target, Some(planned.index), list, &caps) {
-                    return stop(message);
-                }
-            }
-            // Planned cases never hold a sweep step (see `planned`).
-            Step::Sweep(_) => return stop("a sweep step was not expanded".into()),
+        if let Err(stop) = exec_step(
+            run,
+            target,
+            &ctx,
+            planned.index,
+            planned.at,
+            &planned.step,
+            planned.device.as_deref(),
+            text,
+        ) {
+            return Some(stop);
         }
     }
 
@@ -621,6 +576,180 @@ fn drive(run: &mut CaseRun, target: &mut dyn Target, plan: &CasePlan) -> Option<
         }
     }
     None
+}
+
+/// What every step of a case shares.
+struct StepContext<'c> {
+    caps: &'c BTreeSet<Capability>,
+    several: bool,
+    first_device: &'c str,
+}
+
+/// Runs one step (`text` is how the trace shows it). A repeat runs its inner steps here.
+#[allow(clippy::too_many_arguments)]
+fn exec_step(
+    run: &mut CaseRun,
+    target: &mut dyn Target,
+    ctx: &StepContext,
+    index: usize,
+    at: (usize, usize),
+    step: &Step,
+    device: Option<&str>,
+    text: String,
+) -> Result<(), Stop> {
+    let stop = |message: String| Stop {
+        step: Some((index, at)),
+        step_text: text.clone(),
+        message,
+    };
+    if let Some(why) = run.tainted.clone() {
+        run.skip(target.now(), Some(index), text.clone(), why);
+        return Ok(());
+    }
+    let lacking = target::missing(&step.capabilities(), ctx.caps);
+    if !lacking.is_empty() {
+        let reason = lacks(target.name(), &lacking);
+        run.skip(target.now(), Some(index), text.clone(), reason.clone());
+        run.tainted = Some(format!("after skipped step {index}: {reason}"));
+        return Ok(());
+    }
+    run.explicit_device = device.map(str::to_string);
+    if ctx.several {
+        let name = device.unwrap_or(ctx.first_device);
+        if let Err(e) = target.select_device(name) {
+            return Err(stop(format!("selecting device {name} failed: {e}")));
+        }
+    }
+    run.trace.push_entry(
+        TraceEntry::new(
+            target.now(),
+            TraceKind::Step {
+                index,
+                text: text.clone(),
+            },
+        )
+        .on(device),
+    );
+    match step {
+        Step::Action(action) => {
+            let result = target.apply(action);
+            run.collect(target);
+            if let Err(e) = result {
+                return Err(stop(format!("{} failed: {e}", action.kind())));
+            }
+        }
+        Step::Wait(wait) => wait_for(run, target, wait).map_err(stop)?,
+        Step::Expect(list) => {
+            if let Some(message) = check_all(run, target, Some(index), list, ctx.caps) {
+                return Err(stop(message));
+            }
+        }
+        Step::Repeat(r) => repeat(run, target, ctx, index, r, device).map_err(|mut s| {
+            // The failing inner step is named by the repeat's position and its own text.
+            if s.step.is_none() {
+                s.step = Some((index, at));
+            }
+            s
+        })?,
+        // Planned cases never hold a sweep step (see `planned`).
+        Step::Sweep(_) => return Err(stop("a sweep step was not expanded".into())),
+    }
+    Ok(())
+}
+
+/// Runs a `repeat`: `times` iterations, or until its condition holds (checked before each
+/// iteration; a failure once `max` iterations ran and it still does not). The trace gets a
+/// note per iteration and one at the end with the count.
+fn repeat(
+    run: &mut CaseRun,
+    target: &mut dyn Target,
+    ctx: &StepContext,
+    index: usize,
+    r: &Repeat,
+    device: Option<&str>,
+) -> Result<(), Stop> {
+    let limit = match &r.count {
+        RepeatCount::Times(n) => *n,
+        RepeatCount::Until { max, .. } => *max,
+    };
+    let mut done = 0u32;
+    loop {
+        if let RepeatCount::Until { condition, max } = &r.count {
+            run.explicit_device = device.map(str::to_string);
+            if ctx.several {
+                // The condition is about the repeat's device, whatever the inner steps chose.
+                let name = device.unwrap_or(ctx.first_device);
+                if let Err(e) = target.select_device(name) {
+                    return Err(Stop {
+                        step: None,
+                        step_text: format!("step {index} (repeat)"),
+                        message: format!("selecting device {name} failed: {e}"),
+                    });
+                }
+            }
+            let mut unmet = None;
+            for e in condition {
+                let verdict = check(run, target, e);
+                run.collect(target);
+                if let Err(why) = verdict {
+                    unmet = Some(format!("{e}: {why}"));
+                    break;
+                }
+            }
+            let Some(unmet) = unmet else {
+                run.trace.push(
+                    target.now(),
+                    TraceKind::Note {
+                        text: format!(
+                            "repeat (step {index}): condition met after {done} iterations"
+                        ),
+                    },
+                );
+                return Ok(());
+            };
+            if done == *max {
+                return Err(Stop {
+                    step: None,
+                    step_text: format!("step {index} (repeat)"),
+                    message: format!(
+                        "repeat: the condition still does not hold after {max} iterations ({unmet})"
+                    ),
+                });
+            }
+        } else if done == limit {
+            run.trace.push(
+                target.now(),
+                TraceKind::Note {
+                    text: format!("repeat (step {index}): {done} iterations done"),
+                },
+            );
+            return Ok(());
+        }
+        done += 1;
+        run.trace.push(
+            target.now(),
+            TraceKind::Note {
+                text: format!("repeat (step {index}): iteration {done} of at most {limit}"),
+            },
+        );
+        for inner in &r.steps {
+            let text = format!("{index}.{} (iteration {done}): {}", inner.index, inner.step);
+            let dev = inner.device.as_deref().or(device);
+            exec_step(
+                run,
+                target,
+                ctx,
+                index,
+                (inner.line, inner.column),
+                &inner.step,
+                dev,
+                text,
+            )?;
+        }
+        if run.tainted.is_some() {
+            return Ok(());
+        }
+    }
 }
 
 /// Checks each expectation (skipping those the target cannot observe). Returns the failures
@@ -692,6 +821,21 @@ fn check(run: &CaseRun, target: &mut dyn Target, e: &Expectation) -> Result<(), 
                 .running
                 .ok_or_else(|| not_reported("the running versions"))?;
             let Some(got) = running else {
+                // Safe mode: Device OS runs, the application does not. Its versions can still
+                // be checked; an app version cannot.
+                if let Some(Some(system)) = obs.system.filter(|_| obs.safe_mode == Some(true)) {
+                    let mut diffs = Vec::new();
+                    compare(&mut diffs, "device_os", want.device_os, system.device_os);
+                    compare(&mut diffs, "bootloader", want.bootloader, system.bootloader);
+                    if want.app.is_some() {
+                        diffs.push("the device is in safe mode: no application runs".into());
+                    }
+                    return if diffs.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(diffs.join(", "))
+                    };
+                }
                 return Err("the device runs no firmware (powered off or nothing bootable)".into());
             };
             let mut diffs = Vec::new();
@@ -764,6 +908,53 @@ fn check(run: &CaseRun, target: &mut dyn Target, e: &Expectation) -> Result<(), 
                 }
             }
             Ok(())
+        }
+        Expectation::SessionResumed(want) => {
+            let obs = observe(target)?;
+            // About the connection the device has now (not one it lost or is re-making).
+            if obs.online != Some(true) {
+                return Err("the device is not connected now".into());
+            }
+            let got = obs
+                .session_resumed
+                .ok_or_else(|| not_reported("how its session was made"))?;
+            let name = |r: bool| {
+                if r {
+                    "resumed its session"
+                } else {
+                    "made a full handshake"
+                }
+            };
+            if got == *want {
+                Ok(())
+            } else {
+                Err(format!("its last connection {}", name(got)))
+            }
+        }
+        Expectation::TransfersSinceBoot(want) => {
+            let got = observe(target)?
+                .transfers_since_boot
+                .ok_or_else(|| not_reported("transfers since boot"))?;
+            if got == *want {
+                Ok(())
+            } else {
+                Err(format!("{got} transfers began since the current boot"))
+            }
+        }
+        Expectation::EventCounts(list) => {
+            let events = run.device_events();
+            let mut diffs = Vec::new();
+            for (pattern, want) in list {
+                let got = events.iter().filter(|(n, d)| pattern.matches(n, d)).count();
+                if got != *want as usize {
+                    diffs.push(format!("{pattern} was seen {got} times, not {want}"));
+                }
+            }
+            if diffs.is_empty() {
+                Ok(())
+            } else {
+                Err(diffs.join(", "))
+            }
         }
         Expectation::EventsAbsent(list) => {
             for pattern in list {
@@ -872,40 +1063,119 @@ fn check(run: &CaseRun, target: &mut dyn Target, e: &Expectation) -> Result<(), 
 fn wait_for(run: &mut CaseRun, target: &mut dyn Target, wait: &Wait) -> Result<(), String> {
     let start = target.now();
     let (deadline, what) = match wait {
-        Wait::Event { timeout, event } => (start + *timeout, format!("event {event}")),
-        Wait::State { timeout, state } => (start + *timeout, format!("state {}", state.as_str())),
-        Wait::Ota { timeout, progress } => (start + *timeout, format!("OTA progress {progress}")),
+        Wait::Event { timeout, event, .. } => (start + *timeout, format!("event {event}")),
+        Wait::State {
+            timeout,
+            state,
+            boot,
+            running,
+        } => {
+            let mut what = format!("state {}", state.as_str());
+            if let Some(r) = running {
+                what.push_str(&format!(" with {}", Expectation::Running(*r)));
+            }
+            if *boot == WhichBoot::Next {
+                what.push_str(" after a new boot");
+            }
+            (start + *timeout, what)
+        }
+        Wait::Ota {
+            timeout,
+            progress,
+            transfer,
+        } => {
+            let which = match transfer {
+                WhichTransfer::Current => "",
+                WhichTransfer::Next => " of a new transfer",
+            };
+            (start + *timeout, format!("OTA progress {progress}{which}"))
+        }
         Wait::Time(d) => (start + *d, String::new()),
     };
+    run.collect(target);
+    // What the wait starts from: it is never satisfied by what ended before it.
+    let observe = |target: &mut dyn Target| {
+        target
+            .observe()
+            .map_err(|e| format!("observing the device failed: {e}"))
+    };
+    let boots_at_start = match wait {
+        Wait::State {
+            boot: WhichBoot::Next,
+            ..
+        } => Some(
+            observe(target)?
+                .boots
+                .ok_or_else(|| not_reported("its boots"))?,
+        ),
+        _ => None,
+    };
+    let ota_at_start = match wait {
+        Wait::Ota { .. } => {
+            let o = observe(target)?
+                .ota
+                .ok_or_else(|| not_reported("the OTA state"))?;
+            Some((o.started, o.state == OtaState::InProgress))
+        }
+        _ => None,
+    };
+    let events_at_start = run.events.len();
     let mut stalls = 0;
     loop {
         run.collect(target);
         let met = match wait {
-            Wait::Event { event, .. } => {
+            Wait::Event { event, from, .. } => {
                 let key = run.explicit_device.clone();
                 let consumed = run.events_consumed.get(&key).copied().unwrap_or(0);
-                let found = run.events[consumed.min(run.events.len())..]
+                let search_from = match from {
+                    EventsFrom::Cursor => consumed,
+                    EventsFrom::Step => events_at_start.max(consumed),
+                    EventsFrom::Start => 0,
+                };
+                let found = run.events[search_from.min(run.events.len())..]
                     .iter()
                     .position(|(dev, n, d)| (key.is_none() || *dev == key) && event.matches(n, d));
-                if let Some(p) = found {
-                    run.events_consumed.insert(key, consumed + p + 1);
-                    true
-                } else {
-                    false
+                match found {
+                    Some(p) if *from != EventsFrom::Start => {
+                        run.events_consumed.insert(key, search_from + p + 1);
+                        true
+                    }
+                    Some(_) => true,
+                    None => false,
                 }
             }
-            Wait::State { state, .. } => {
-                let obs = target
-                    .observe()
-                    .map_err(|e| format!("observing the device failed: {e}"))?;
-                in_state(&obs, *state)?
+            Wait::State { state, running, .. } => {
+                let obs = observe(target)?;
+                let booted = match boots_at_start {
+                    Some(before) => obs.boots.ok_or_else(|| not_reported("its boots"))? > before,
+                    None => true,
+                };
+                let versions = match running {
+                    Some(want) => match &obs.running {
+                        Some(Some(got)) => running_matches(want, got),
+                        Some(None) => false,
+                        None => return Err(not_reported("the running firmware")),
+                    },
+                    None => true,
+                };
+                booted && versions && in_state(&obs, *state)?
             }
-            Wait::Ota { progress, .. } => {
-                let obs = target
-                    .observe()
-                    .map_err(|e| format!("observing the device failed: {e}"))?;
+            Wait::Ota {
+                progress, transfer, ..
+            } => {
+                let obs = observe(target)?;
                 let ota = obs.ota.ok_or_else(|| not_reported("the OTA state"))?;
-                ota.state != OtaState::Idle && progress.reached(ota.received, ota.total)
+                let (started_before, running_then) = ota_at_start.unwrap_or((0, false));
+                let new_transfer = ota.started > started_before;
+                let which = match transfer {
+                    // The transfer running when the wait began (it may have ended since:
+                    // what it reached counts), or a later one; never one that had ended.
+                    WhichTransfer::Current => {
+                        new_transfer || running_then || ota.state == OtaState::InProgress
+                    }
+                    WhichTransfer::Next => new_transfer,
+                };
+                which && ota.state != OtaState::Idle && progress.reached(ota.received, ota.total)
             }
             Wait::Time(_) => false,
         };
@@ -940,6 +1210,13 @@ fn wait_for(run: &mut CaseRun, target: &mut dyn Target, wait: &Wait) -> Result<(
             }
         }
     }
+}
+
+/// Whether the running versions are those `want` names (fields it leaves out match anything).
+fn running_matches(want: &RunningExpect, got: &target::RunningVersions) -> bool {
+    want.device_os.is_none_or(|v| v == got.device_os)
+        && want.app.is_none_or(|v| v == got.app)
+        && want.bootloader.is_none_or(|v| v == got.bootloader)
 }
 
 fn in_state(obs: &Observation, state: DeviceState) -> Result<bool, String> {

@@ -55,10 +55,16 @@ pub enum Capability {
     ObserveOta,
     /// Read the flash to check that nothing was lost.
     FlashInspection,
+    /// Count the device's completed boots (a wait for the next boot).
+    ObserveBoots,
+    /// Whether the device's connection resumed its DTLS session or made a full handshake.
+    ObserveSession,
+    /// Reset the device as its RESET pin or a watchdog does (no application involved).
+    HardwareReset,
 }
 
 impl Capability {
-    pub const ALL: [Capability; 19] = [
+    pub const ALL: [Capability; 22] = [
         Capability::SeveralDevices,
         Capability::InstallFirmware,
         Capability::CloudFlash,
@@ -78,6 +84,9 @@ impl Capability {
         Capability::ObserveFlags,
         Capability::ObserveOta,
         Capability::FlashInspection,
+        Capability::ObserveBoots,
+        Capability::ObserveSession,
+        Capability::HardwareReset,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -101,6 +110,9 @@ impl Capability {
             Capability::ObserveFlags => "observe-flags",
             Capability::ObserveOta => "observe-ota",
             Capability::FlashInspection => "flash-inspection",
+            Capability::ObserveBoots => "observe-boots",
+            Capability::ObserveSession => "observe-session",
+            Capability::HardwareReset => "hardware-reset",
         }
     }
 }
@@ -152,6 +164,9 @@ pub struct OtaStatus {
     pub resumed_from: Option<u64>,
     /// Device OS error code of a failed transfer (e.g. -1360 wrong platform).
     pub error: Option<i32>,
+    /// Transfers begun (UpdateStart accepted, fresh or resumed) since the case started: tells
+    /// the transfer a wait began with from a later one.
+    pub started: u32,
 }
 
 impl OtaStatus {
@@ -177,6 +192,24 @@ pub struct Observation {
     pub ota: Option<OtaStatus>,
     /// Reset reason of the current boot as `spark/device/last_reset` names it.
     pub last_reset: Option<String>,
+    /// Boots completed since the case started (power-on, reset, update, safe mode).
+    pub boots: Option<u32>,
+    /// What Device OS runs, application or not (in safe mode too): `Some(None)` when nothing
+    /// runs (off, unbootable).
+    pub system: Option<Option<SystemVersions>>,
+    /// How the device's last connection since the case started was made: `Some(true)` resumed
+    /// its DTLS session, `Some(false)` a full handshake; `None` when the target cannot tell or
+    /// the device has not connected.
+    pub session_resumed: Option<bool>,
+    /// Transfers begun since the current boot.
+    pub transfers_since_boot: Option<u32>,
+}
+
+/// The Device OS side of what runs: it runs in safe mode too, when the application does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SystemVersions {
+    pub device_os: DeviceOsVersion,
+    pub bootloader: u16,
 }
 
 /// What reading the flash found.

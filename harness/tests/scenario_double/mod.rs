@@ -36,6 +36,8 @@ pub struct ScriptedTarget {
     flags: SystemFlags,
     ota: OtaStatus,
     last_reset: String,
+    /// Boots since set-up (the power-on boot counts).
+    boots: u32,
     /// Flash operations the double claims each phase took.
     pub phase_ops: Option<u64>,
     /// When set, `advance` never moves time (to test the stall guard).
@@ -76,8 +78,10 @@ impl ScriptedTarget {
                 total: 0,
                 resumed_from: None,
                 error: None,
+                started: 0,
             },
             last_reset: "power_down".into(),
+            boots: 0,
             phase_ops: Some(2),
             frozen: false,
             integrity: FirmwareIntegrity::OldIntact,
@@ -125,6 +129,7 @@ impl ScriptedTarget {
                 }
                 self.last_reset = "update".into();
                 self.ota.state = OtaState::Idle;
+                self.boots += 1;
             }
         }
         self.out.push(TraceEntry::new(at, kind));
@@ -143,6 +148,7 @@ impl Target for ScriptedTarget {
     fn setup(&mut self, setup: &Setup, seed: u64) -> Result<(), TargetError> {
         self.record(format!("setup {} seed={seed}", setup.board));
         self.powered = true;
+        self.boots += 1;
         self.running = Some(RunningVersions {
             device_os: setup.firmware.device_os,
             app: setup.firmware.app,
@@ -179,6 +185,7 @@ impl Target for ScriptedTarget {
                     total: 24576,
                     resumed_from: None,
                     error: None,
+                    started: self.ota.started + 1,
                 };
                 self.at(
                     Duration::from_millis(5),
@@ -283,6 +290,15 @@ impl Target for ScriptedTarget {
             flags: Some(self.flags),
             ota: Some(self.ota),
             last_reset: Some(self.last_reset.clone()),
+            boots: Some(self.boots),
+            system: Some(self.running.filter(|_| self.powered).map(|r| {
+                harness::scenario::target::SystemVersions {
+                    device_os: r.device_os,
+                    bootloader: r.bootloader,
+                }
+            })),
+            session_resumed: None,
+            transfers_since_boot: None,
         })
     }
 

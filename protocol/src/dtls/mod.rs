@@ -77,7 +77,7 @@ mod session;
 
 pub use client::{Client, ClientConfig};
 pub use conn::{ReplayWindow, RetransmitTimeouts};
-pub use server::{ConnectionHandle, Server, ServerConfig, ServerEvent, Transmit};
+pub use server::{ConnectionHandle, ExportedSession, Server, ServerConfig, ServerEvent, Transmit};
 pub use session::SessionState;
 
 pub use core::time::Duration;

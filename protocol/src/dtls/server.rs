@@ -64,6 +64,16 @@ impl ServerConfig {
     }
 }
 
+/// A connected association as [`Server::export_session`] gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportedSession {
+    pub state: super::SessionState,
+    /// The CID the client asked us to put on our records (Device OS asks for none).
+    pub peer_cid: Option<Vec<u8>>,
+    pub peer: SocketAddr,
+    pub device_key: VerifyingKey,
+}
+
 /// Names one association of a [`Server`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnectionHandle(pub u64);
@@ -97,6 +107,15 @@ pub enum ServerEvent {
     },
     Closed {
         handle: ConnectionHandle,
+        reason: CloseReason,
+    },
+    /// A handshake failed before it completed (an unregistered key, a bad signature, a bad
+    /// Finished, a timeout): who tried and why. Followed by its `Closed`.
+    Refused {
+        handle: ConnectionHandle,
+        peer: SocketAddr,
+        /// The key the client offered in its Certificate, if it got that far.
+        offered_key: Option<VerifyingKey>,
         reason: CloseReason,
     },
 }
@@ -177,6 +196,12 @@ impl<R: RngCore + CryptoRng> Server<R> {
         if !self.config.device_keys.contains(&key) {
             self.config.device_keys.push(key);
         }
+    }
+
+    /// Stops accepting a device key in new handshakes (established associations stay; close
+    /// them with [`Server::close`]).
+    pub fn unregister_device_key(&mut self, key: &VerifyingKey) {
+        self.config.device_keys.retain(|k| k != key);
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -281,6 +306,89 @@ impl<R: RngCore + CryptoRng> Server<R> {
             a.core.close_with(CloseReason::Local);
         }
         self.drain(handle);
+    }
+
+    /// The state of a connected association, to keep it across a restart of the server
+    /// ([`Server::restore_session`]). `state.cid` is the CID this server assigned (what the
+    /// client puts on its records), `state.write_seq` the server's next sequence number and
+    /// `state.replay` its window over the client's records.
+    pub fn export_session(&self, handle: ConnectionHandle) -> Option<ExportedSession> {
+        let a = self.associations.get(&handle)?;
+        if a.state != State::Connected || a.core.phase != Phase::Connected {
+            return None;
+        }
+        Some(ExportedSession {
+            state: super::SessionState {
+                master_secret: a.master?,
+                client_random: a.client_random,
+                server_random: a.server_random,
+                cid: a.cid.clone().unwrap_or_default(),
+                epoch: a.core.write_epoch,
+                write_seq: a.core.write_seq[1],
+                replay: a.core.replay,
+            },
+            peer_cid: a.core.out_cid.clone(),
+            peer: a.addr,
+            device_key: a.device_key?,
+        })
+    }
+
+    /// Takes back an association exported by [`Server::export_session`] (by a server that
+    /// ran before): records on its CID are accepted again, from any address, without a
+    /// handshake. The caller must pass a `state.write_seq` no record was ever sent with (save
+    /// a reserve ahead of the counter: a sequence number used twice repeats a CCM nonce).
+    /// Refused if its CID is taken.
+    pub fn restore_session(
+        &mut self,
+        session: &ExportedSession,
+    ) -> Result<ConnectionHandle, DtlsError> {
+        let s = &session.state;
+        if s.epoch != 1 || s.write_seq >= 1 << 48 {
+            return Err(DtlsError::BadSessionBlob(
+                "epoch must be 1, sequence within 48 bits",
+            ));
+        }
+        let cid = (!s.cid.is_empty()).then(|| s.cid.clone());
+        if let Some(cid) = &cid {
+            if cid.len() != CID_LEN || self.by_cid.contains_key(cid) {
+                return Err(DtlsError::BadSessionBlob(
+                    "CID of another length, or in use",
+                ));
+            }
+        }
+        let mut core = Core::new(self.config.mtu, self.config.timeouts);
+        let (write, read) =
+            KeyBlock::derive(&s.master_secret, &s.client_random, &s.server_random).ciphers(false);
+        core.write_cipher = Some(write);
+        core.read_cipher = Some(read);
+        core.peer_ccs = true;
+        core.write_epoch = s.epoch;
+        core.write_seq = [0, s.write_seq];
+        core.replay = s.replay;
+        core.out_cid = session.peer_cid.clone();
+        core.in_cid_len = if cid.is_some() { CID_LEN } else { 0 };
+        core.phase = Phase::Connected;
+        let h = ConnectionHandle(self.next_handle);
+        self.next_handle += 1;
+        if let Some(cid) = &cid {
+            self.by_cid.insert(cid.clone(), h);
+        }
+        self.by_addr.insert(session.peer, h);
+        self.associations.insert(
+            h,
+            Association {
+                core,
+                addr: session.peer,
+                state: State::Connected,
+                client_random: s.client_random,
+                server_random: s.server_random,
+                ecdh: None,
+                cid,
+                device_key: Some(session.device_key),
+                master: Some(s.master_secret),
+            },
+        );
+        Ok(h)
     }
 
     /// Forgets an association without telling the peer (e.g. an expired session): its CID no
@@ -508,7 +616,7 @@ impl<R: RngCore + CryptoRng> Server<R> {
         }
         let mut closed = false;
         while let Some(e) = a.core.events.pop_front() {
-            self.events.push_back(match e {
+            let event = match e {
                 Event::Connected => ServerEvent::Connected {
                     handle: h,
                     peer: a.addr,
@@ -517,9 +625,18 @@ impl<R: RngCore + CryptoRng> Server<R> {
                 Event::ApplicationData(data) => ServerEvent::ApplicationData { handle: h, data },
                 Event::Closed(reason) => {
                     closed = true;
+                    if a.state != State::Connected && reason != CloseReason::Local {
+                        self.events.push_back(ServerEvent::Refused {
+                            handle: h,
+                            peer: a.addr,
+                            offered_key: a.device_key,
+                            reason: reason.clone(),
+                        });
+                    }
                     ServerEvent::Closed { handle: h, reason }
                 }
-            });
+            };
+            self.events.push_back(event);
         }
         if closed {
             self.forget(h);
@@ -778,10 +895,11 @@ fn on_handshake(
                 },
             };
             let key = verifying_key_from_spki(&spki)?;
+            // Kept even when refused: the refusal names the key that was offered.
+            a.device_key = Some(key);
             if !config.device_keys.contains(&key) {
                 return Err(DtlsError::UnknownDeviceKey);
             }
-            a.device_key = Some(key);
             a.state = State::ExpectClientKeyExchange;
             Ok(())
         }
