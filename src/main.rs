@@ -25,6 +25,10 @@ enum Command {
     /// Inspect or build Particle module binaries.
     #[command(subcommand)]
     Module(cli::module::ModuleCommand),
+    /// Asset bundles: `hil bundle create APP.bin ASSETS_DIR -o BUNDLE.zip`,
+    /// `hil bundle inspect BUNDLE.zip [--json]`.
+    #[command(subcommand)]
+    Bundle(cli::bundle::BundleCommand),
     /// Generate P-256 key pairs for the local cloud and for devices (DER and PEM).
     #[command(subcommand)]
     Keys(cli::keys::KeysCommand),
@@ -83,6 +87,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Sweep(args) => cli::sweep::run(args),
         Command::Module(cmd) => cli::module::run(cmd),
+        Command::Bundle(cmd) => cli::bundle::run(cmd),
         Command::Boards { board, file } => cli::boards::run(board, file),
         Command::Run(args) => cli::run::run(args),
         Command::Check(args) => cli::check::run(args),

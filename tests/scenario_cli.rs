@@ -77,6 +77,7 @@ fn check_accepts_every_readme_example_and_the_fixtures_folder() {
         .unwrap()
         .chain(std::fs::read_dir(root().join("fixtures/field")).unwrap())
         .chain(std::fs::read_dir(root().join("fixtures/product")).unwrap())
+        .chain(std::fs::read_dir(root().join("fixtures/assets")).unwrap())
         .chain(std::fs::read_dir(root().join("fixtures/device-os")).unwrap())
         .filter(|e| {
             e.as_ref()

@@ -156,6 +156,9 @@ pub enum SafeModeReason {
     UserPartInvalid,
     /// The user part is built for another platform.
     UserPartWrongPlatform { found: u16 },
+    /// Assets the application requires are not in asset storage (`app_setup_and_loop`,
+    /// Device OS >= 5.5.0; reference 5.5). Found by the system after the bootloader, not by it.
+    AssetsMissing { names: Vec<String> },
 }
 
 /// How a boot ended.

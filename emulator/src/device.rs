@@ -44,6 +44,9 @@ pub enum DeviceError {
     Empty,
     #[error("all update slots are taken")]
     NoFreeSlot,
+    /// An asset module the asset file system cannot take.
+    #[error("asset: {0}")]
+    Asset(String),
     #[error(transparent)]
     Flash(#[from] FlashError),
     #[error(transparent)]

@@ -2,6 +2,7 @@
 //! stands in for Device OS's LittleFS, board definitions, DCT module slots, OTA staging and the
 //! bootloader (reference sections 4 and 5).
 
+pub mod assets;
 pub mod board;
 pub mod bootloader;
 pub mod content_cache;

@@ -20,6 +20,15 @@ fn hex(id: impl AsRef<[u8]>) -> String {
 /// A device event as a trace line, or `None` for events too fine-grained for a trace.
 pub fn device_event(event: &DeviceEvent) -> Option<String> {
     Some(match event {
+        DeviceEvent::AssetOta { assets, handled } => format!(
+            "onAssetOta callback with assets [{}]{}",
+            assets.join(", "),
+            if *handled {
+                "; assetsHandled(true)"
+            } else {
+                "; left unhandled"
+            }
+        ),
         DeviceEvent::Booted {
             reset_reason,
             applied,
@@ -214,6 +223,12 @@ fn safe_mode(reason: &SafeModeReason) -> String {
         }
         SafeModeReason::UserPartWrongPlatform { found } => {
             format!("the user part is built for platform {found}")
+        }
+        SafeModeReason::AssetsMissing { names } => {
+            format!(
+                "the application needs assets not in storage: {}",
+                names.join(", ")
+            )
         }
     }
 }

@@ -14,6 +14,7 @@ fn fixture(
     #[files("../fixtures/*.toml")]
     #[files("../fixtures/field/*.toml")]
     #[files("../fixtures/product/*.toml")]
+    #[files("../fixtures/assets/*.toml")]
     #[files("../fixtures/device-os/*.toml")]
     path: PathBuf,
 ) {
@@ -27,8 +28,8 @@ fn fixture(
     let result = runner::run(&scenario, None, &mut factory);
     let mut stem = path.file_stem().unwrap().to_string_lossy().to_string();
     // Snapshot names: the file stem, prefixed with its folder under fixtures/ (field, product,
-    // device-os).
-    for folder in ["field", "product", "device-os"] {
+    // device-os, assets).
+    for folder in ["field", "product", "device-os", "assets"] {
         if path.parent().and_then(|p| p.file_name()) == Some(std::ffi::OsStr::new(folder)) {
             stem = format!("{folder}-{stem}");
         }

@@ -7,6 +7,7 @@
 //! - [`message`]: the Particle message catalogue, OTA v3 included (sections 1.6-1.12, 2);
 //! - [`module`]: module binaries (section 4).
 
+pub mod bundle;
 pub mod coap;
 pub mod dtls;
 pub mod message;

@@ -6,6 +6,7 @@ pub mod bench_ota;
 pub mod bench_pacing;
 pub mod bench_power_cut;
 pub mod boards;
+pub mod bundle;
 pub mod check;
 pub mod cloud;
 pub mod demo;

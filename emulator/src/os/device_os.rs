@@ -14,8 +14,9 @@ use std::collections::VecDeque;
 
 use rand_core::{RngCore, SeedableRng};
 
-use crate::bootloader::{BootError, BootState};
-use crate::device::Device;
+use crate::assets::{self, AssetFs, AssetScan, ConsumerState};
+use crate::bootloader::{BootError, BootReport, BootState, SafeModeReason};
+use crate::device::{Device, DeviceError};
 use crate::flash::CutMode;
 
 use super::cloud::Cloud;
@@ -43,6 +44,22 @@ pub struct AppBehaviour {
     pub graceful_disconnect: bool,
     /// `SYSTEM_MODE(...)`: whether the system connects at boot.
     pub mode: SystemMode,
+    /// `System.onAssetOta(callback)` in `STARTUP()`, and what the callback does.
+    pub on_asset_ota: AssetOtaHook,
+}
+
+/// The application's `System.onAssetOta` callback (reference 6.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AssetOtaHook {
+    /// No callback registered.
+    #[default]
+    None,
+    /// The callback reads the assets and calls `System.assetsHandled(true)`: it runs once per
+    /// newly stored asset.
+    Handles,
+    /// The callback leaves them unhandled (`assetsHandled(false)` or no call): it runs at every
+    /// boot.
+    LeavesUnhandled,
 }
 
 /// `SYSTEM_MODE(...)` (reference particle-cloud-api.md 5.4).
@@ -126,6 +143,7 @@ impl Default for AppBehaviour {
             system_thread: true,
             graceful_disconnect: false,
             mode: SystemMode::Automatic,
+            on_asset_ota: AssetOtaHook::None,
         }
     }
 }
@@ -359,7 +377,7 @@ impl DeviceOs {
         self.cloud_wanted = self.app.mode == SystemMode::Automatic;
         self.system = None;
         self.boot_state = None;
-        let report = match self.device.boot() {
+        let mut report = match self.device.boot() {
             Ok(report) => report,
             Err(BootError::PowerLost(_)) => return self.lose_power(now),
             Err(e) => {
@@ -368,10 +386,26 @@ impl DeviceOs {
                 return;
             }
         };
-        let system = match SystemInfo::collect(self.device.board(), self.device.flash(), &report) {
-            Ok(system) => system,
-            Err(_) => return self.lose_power(now),
+        // The asset storage (reference 5.5, 6.3): invalid files go, and an application whose
+        // assets are missing does not run.
+        let scan = if matches!(report.state, BootState::Unbootable { .. }) {
+            AssetScan::default()
+        } else {
+            match self.check_assets(&mut report) {
+                Ok(scan) => scan,
+                Err(e) if e.is_power_loss() => return self.lose_power(now),
+                Err(e) => {
+                    self.log(format!("asset storage unusable: {e}"));
+                    AssetScan::default()
+                }
+            }
         };
+        let mut system =
+            match SystemInfo::collect(self.device.board(), self.device.flash(), &report) {
+                Ok(system) => system,
+                Err(_) => return self.lose_power(now),
+            };
+        system.add_assets(&scan.assets);
         self.events.push_back(DeviceEvent::Booted {
             reset_reason: reason,
             applied: report.applied.clone(),
@@ -386,11 +420,59 @@ impl DeviceOs {
             });
         }
         let runs = !matches!(report.state, BootState::Unbootable { .. });
+        let app_runs = report.state == BootState::Running;
         self.boot_state = Some(report.state);
         self.system = Some(system);
+        if app_runs && self.app.on_asset_ota != AssetOtaHook::None {
+            if let Err(e) = self.asset_ota_callback(&scan) {
+                if e.is_power_loss() {
+                    return self.lose_power(now);
+                }
+                self.log(format!("asset consumer state: {e}"));
+            }
+        }
         if runs {
             self.connect(now);
         }
+    }
+
+    /// Deletes invalid asset files (logged) and turns a running boot into safe mode when the
+    /// running application requires an asset storage lacks.
+    fn check_assets(&mut self, report: &mut BootReport) -> Result<AssetScan, DeviceError> {
+        let scan = AssetFs::validate(&mut self.device)?;
+        for (name, why) in &scan.deleted {
+            self.log(format!("invalid asset file {name:?} deleted: {why}"));
+        }
+        if report.state == BootState::Running {
+            let required = assets::required_by_running_app(&self.device)?;
+            let missing: Vec<String> = scan
+                .missing(&required)
+                .into_iter()
+                .map(|d| d.name.clone())
+                .collect();
+            if !missing.is_empty() {
+                report.state =
+                    BootState::SafeMode(SafeModeReason::AssetsMissing { names: missing });
+            }
+        }
+        Ok(scan)
+    }
+
+    /// `System.onAssetOta` (reference 6.4): on the first loop of a boot, before `setup()`, the
+    /// callback gets every available asset while the consumer state is WANT.
+    fn asset_ota_callback(&mut self, scan: &AssetScan) -> Result<(), DeviceError> {
+        if AssetFs::consumer_state(&mut self.device)? != ConsumerState::Want {
+            return Ok(());
+        }
+        let handled = self.app.on_asset_ota == AssetOtaHook::Handles;
+        self.events.push_back(DeviceEvent::AssetOta {
+            assets: scan.assets.iter().map(|a| a.name.clone()).collect(),
+            handled,
+        });
+        if handled {
+            AssetFs::set_consumer_state(&mut self.device, ConsumerState::Handled)?;
+        }
+        Ok(())
     }
 
     /// A reset: the cloud connection ends (without a word unless graceful), retained RAM keeps
@@ -753,6 +835,11 @@ impl DeviceOs {
     }
 
     /// The device's flash and store.
+    /// The system describe this boot reports (None while off or unbootable).
+    pub fn system_describe(&self) -> Option<&protocol::message::SystemDescribe> {
+        self.system.as_ref().map(|s| &s.describe)
+    }
+
     pub fn device(&self) -> &Device {
         &self.device
     }

@@ -25,7 +25,9 @@ pub mod session;
 pub mod system_info;
 pub mod trace;
 
-pub use device_os::{AppBehaviour, DeviceOs, SleepConfig, SleepMode, SleepNetwork, SystemMode};
+pub use device_os::{
+    AppBehaviour, AssetOtaHook, DeviceOs, SleepConfig, SleepMode, SleepNetwork, SystemMode,
+};
 pub use flags::{SystemFlags, UpdateStatus};
 pub use identity::Identity;
 pub use mutation::Mutation;

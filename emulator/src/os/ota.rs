@@ -85,11 +85,13 @@ use protocol::message::{
 use protocol::module::{split_combined, Dependency, Module, ModuleFlags, ModuleFunction};
 use sha2::{Digest, Sha256};
 
+use crate::assets::{self, AssetFs, ConsumerState};
 use crate::board::{Board, McuFamily};
 use crate::device::{Device, DeviceError, StagedModule};
 use crate::flash::FlashError;
 use crate::installed::{read_region, RegionContent};
 use crate::placement::PlacementError;
+use protocol::bundle::AssetModule;
 
 /// Timing and sizes of the receiver; [`OtaConfig::default`] is Device OS 6.2.0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -459,6 +461,10 @@ impl OtaReceiver {
         if !updates_allowed {
             return Err(self.error(SystemError::OTA_UPDATES_DISABLED, ""));
         }
+        // Asset OTA (reference 6.3, `prepareForOta`): size checks first; see crate::assets.
+        let is_asset = request.module_function == Some(u32::from(u8::from(ModuleFunction::Asset)));
+        let wipe_assets = assets::size_check(device.board(), request.file_size, is_asset)
+            .map_err(|why| self.error(SystemError::TOO_LARGE, "").with_detail(why))?;
         let max = device.board().ota.max_binary_size;
         if request.file_size > max {
             return Err(self
@@ -487,6 +493,11 @@ impl OtaReceiver {
             },
         }
         let offset = resume.as_ref().map_or(0, |s| s.record.partial_size);
+        // UNCONFIRMED (crate::assets A2): the asset region is wiped only when the staging area
+        // is erased, not when a transfer resumes (its staged bytes already cover that region).
+        if offset == 0 && wipe_assets {
+            AssetFs::wipe(device).map_err(|e| self.io_error("wiping the asset storage", &e))?;
+        }
         if offset == 0 {
             device
                 .begin_staging(request.file_size as usize)
@@ -890,12 +901,17 @@ impl OtaReceiver {
             }
         }
         if result.is_ok() {
-            result = self.validate(device, t.file_size).and_then(|staged| {
-                t.staged = staged;
-                device
-                    .commit_staged(&t.staged)
-                    .map_err(|e| self.commit_error(&e))
-            });
+            result = match self.staged_asset(device, t.file_size) {
+                // `HAL_FLASH_End` for an asset: stored in the asset file system at once.
+                Ok(Some(module)) => self.store_asset(device, &module),
+                Ok(None) => self.validate(device, t.file_size).and_then(|staged| {
+                    t.staged = staged;
+                    device
+                        .commit_staged(&t.staged)
+                        .map_err(|e| self.commit_error(&e))
+                }),
+                Err(e) => Err(e),
+            };
         }
         match &result {
             Err(e) if e.is_power_loss() => self.forget(),
@@ -988,6 +1004,9 @@ impl OtaReceiver {
     /// DEPENDENCIES_FULL)` and `validateModules` do it, returning the slots that would apply
     /// the file.
     fn validate(&self, device: &mut Device, file_size: u32) -> Result<Vec<StagedModule>, OtaError> {
+        if self.staged_asset(device, file_size)?.is_some() {
+            return Ok(Vec::new());
+        }
         let staged = device
             .validate_staged(file_size as usize)
             .map_err(|e| self.validation_error(&e))?;
@@ -1033,6 +1052,45 @@ impl OtaReceiver {
             }
         }
         Ok(staged)
+    }
+
+    /// The staged file when it is an asset module (function 9), checked as Device OS's
+    /// `AssetReader::validate` does; `Ok(None)` for any other file.
+    ///
+    /// UNCONFIRMED: the asset checks are made at UpdateFinish (an error response, nothing
+    /// stored) as well as at the commit; a CRC mismatch is -1330, anything else -1320.
+    fn staged_asset(&self, device: &Device, file_size: u32) -> Result<Option<Vec<u8>>, OtaError> {
+        let file = device
+            .read_staging(0, file_size as usize)
+            .map_err(|e| self.io_error("reading the OTA area", &e))?;
+        let is_asset =
+            Module::parse(&file).is_ok_and(|m| m.prefix.function == ModuleFunction::Asset);
+        if !is_asset {
+            return Ok(None);
+        }
+        match AssetModule::parse(&file) {
+            Ok(_) => Ok(Some(file)),
+            Err(e) => {
+                let crc = Module::parse(&file).is_ok_and(|m| !m.crc_valid());
+                let code = if crc {
+                    SystemError::OTA_INTEGRITY_CHECK_FAILED
+                } else {
+                    SystemError::OTA_VALIDATION_FAILED
+                };
+                Err(self.error(code, "").with_detail(e.to_string()))
+            }
+        }
+    }
+
+    /// `AssetManager::storeAsset` (reference 6.3): files the running application does not
+    /// require are removed, the module is written, the consumer state becomes WANT.
+    fn store_asset(&self, device: &mut Device, module: &[u8]) -> Result<(), OtaError> {
+        let required = assets::required_by_running_app(device)
+            .map_err(|e| self.io_error("reading the application", &e))?;
+        AssetFs::store(device, module, &required)
+            .map_err(|e| self.io_error("storing the asset", &e))?;
+        AssetFs::set_consumer_state(device, ConsumerState::Want)
+            .map_err(|e| self.io_error("writing the asset consumer state", &e))
     }
 
     /// `validateModules`' message for a module whose validity `result` lacks checked bits.
@@ -1103,6 +1161,9 @@ impl OtaReceiver {
                 .with_detail(e.to_string()),
             DeviceError::TooLarge { .. } | DeviceError::Empty => self
                 .error(SystemError::OTA_INVALID_SIZE, "")
+                .with_detail(e.to_string()),
+            DeviceError::Asset(_) => self
+                .error(SystemError::OTA_VALIDATION_FAILED, "")
                 .with_detail(e.to_string()),
             DeviceError::NoFreeSlot
             | DeviceError::MissingRegion { .. }

@@ -3,8 +3,8 @@
 //! per boot from the bootloader's report and the module prefixes in flash.
 
 use protocol::message::{
-    FirmwareModule, FirmwareModuleDependency, FirmwareModuleStore, Hello, HelloFlags,
-    SystemDescribe,
+    FirmwareModule, FirmwareModuleAsset, FirmwareModuleDependency, FirmwareModuleStore, Hello,
+    HelloFlags, SystemDescribe,
 };
 use protocol::module::ModuleFunction;
 
@@ -113,6 +113,24 @@ impl SystemInfo {
         })
     }
 
+    /// Lists the stored assets in the describe (`assets`: hash, name, original size, storage
+    /// size) and folds their hashes into the describe checksum. UNCONFIRMED: whether Device
+    /// OS's checksum covers assets; without it a resumed session after an asset reboot would
+    /// leave the cloud with the describe from before.
+    pub fn add_assets(&mut self, assets: &[crate::assets::StoredAsset]) {
+        for a in assets {
+            self.describe_checksum = self
+                .describe_checksum
+                .wrapping_add(crc32fast::hash(&a.hash));
+            self.describe.assets.push(FirmwareModuleAsset {
+                hash: a.hash.clone(),
+                name: a.name.clone(),
+                size: a.size,
+                storage_size: a.storage_size,
+            });
+        }
+    }
+
     /// The Hello this system sends.
     pub fn hello(&self, identity: &Identity) -> Hello {
         Hello {
@@ -192,7 +210,21 @@ fn describe(
             passed_flags: passed,
             hash: is_user.then(|| found.sha256.to_vec()),
             dependencies,
-            asset_dependencies: Vec::new(),
+            // The application's ASSET_DEPENDENCY extensions (sizes are not in them).
+            asset_dependencies: if is_user {
+                protocol::bundle::asset_dependencies(&found.bytes)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|d| FirmwareModuleAsset {
+                        hash: d.hash,
+                        name: d.name,
+                        size: 0,
+                        storage_size: 0,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
             size: found.bytes.len() as u32,
             security: None,
         });

@@ -22,6 +22,9 @@ pub enum DeviceEvent {
     },
     /// The device booted into safe mode: user code does not run.
     SafeMode { reason: SafeModeReason },
+    /// The application's `System.onAssetOta` callback ran (before `setup()`) with these
+    /// assets; `handled`: it called `System.assetsHandled(true)`.
+    AssetOta { assets: Vec<String>, handled: bool },
     /// The device lost power (a power cut, or one scheduled in the flash fired).
     PoweredOff,
     /// A new UDP socket and a DTLS handshake (`resume == false`) or a resumption.

@@ -667,6 +667,12 @@ impl Fleet {
 
 /// The user part of a module file (plain or combined).
 fn user_part_of(file: &[u8]) -> Result<Module, FleetError> {
+    // An asset bundle (reference 6.1): its application, once the bundle checks out.
+    if protocol::bundle::is_zip(file) {
+        let bundle = protocol::bundle::Bundle::read(file)
+            .map_err(|e| FleetError::NotAModule(format!("asset bundle: {e}")))?;
+        return user_part_of(&bundle.app);
+    }
     let ranges = split_combined(file).map_err(|e| FleetError::NotAModule(e.to_string()))?;
     let mut seen = Vec::new();
     for range in ranges {

@@ -11,6 +11,7 @@ use super::DeviceId;
 
 use sha2::{Digest, Sha256};
 
+use super::assets::TargetAsset;
 use super::firmware::{expected_modules, ExpectedModule};
 use super::transfer::Transfer;
 
@@ -80,6 +81,8 @@ pub enum JobKind {
     Product { product: u32, version: u16 },
     /// A Device OS module the device's firmware lacks (safe-mode healing).
     Heal { module: String },
+    /// An asset of the target bundle the device lacks ([`super::assets`]).
+    Asset { name: String },
 }
 
 impl fmt::Display for JobKind {
@@ -90,6 +93,7 @@ impl fmt::Display for JobKind {
                 write!(f, "product {product} firmware version {version}")
             }
             JobKind::Heal { module } => write!(f, "healing: {module}"),
+            JobKind::Asset { name } => write!(f, "asset {name:?}"),
         }
     }
 }
@@ -127,13 +131,23 @@ pub(crate) struct Job {
     /// The token of the last UpdateFinish (a late 2.04 carries it).
     pub finish_token: Option<Vec<u8>>,
     pub last_reason: Option<String>,
-    /// Committed and installed, but the device waits in safe mode for Device OS modules.
+    /// Committed and installed, but the device waits in safe mode for Device OS modules or
+    /// for its assets.
     pub awaiting_heal: bool,
+    /// The assets the device must list before the job succeeds (a bundle's assets; for an
+    /// asset job, its own asset).
+    pub assets: Vec<TargetAsset>,
 }
 
 impl Job {
-    /// A queued job for `file` (its SHA-256 and expected modules computed once).
+    /// A queued job for `file` (its SHA-256 and expected modules computed once). A bundle is
+    /// split: the job transfers its application and then needs its assets.
     pub fn new(kind: JobKind, device_id: DeviceId, file: Arc<Vec<u8>>) -> Job {
+        let (file, assets) = match super::assets::unpack(file.clone()) {
+            Ok(u) => (u.file, u.assets),
+            // Refused before a job is made (`Cloud::flash`, product upload); sent as it is.
+            Err(_) => (file, Vec::new()),
+        };
         Job {
             kind,
             device_id,
@@ -148,6 +162,7 @@ impl Job {
             finish_token: None,
             last_reason: None,
             awaiting_heal: false,
+            assets,
         }
     }
 }

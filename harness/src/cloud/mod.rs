@@ -107,6 +107,7 @@
 //!   connection's describe arrives (the rule and why: [`safe_mode`]).
 
 pub mod api;
+pub mod assets;
 mod config;
 mod connection;
 mod device_id;
@@ -585,7 +586,7 @@ impl Cloud {
                 file.len()
             ))
         } else {
-            None
+            assets::refusal(&file)
         };
         self.jobs.insert(
             id,

@@ -10,6 +10,7 @@ use protocol::message::{
     UpdateChunk, UpdateFinish, UpdateStart, UpdateStartResponse,
 };
 
+use super::assets;
 use super::firmware::{compare, Comparison};
 use super::job::JobKind;
 use super::policy;
@@ -56,7 +57,9 @@ impl Cloud {
             file_sha256: Some(job.sha256),
             chunk_size,
             discard_data: false,
-            module_function: None,
+            // An asset's own transfer says so (reference 2.2, 6.3): the device's size checks.
+            module_function: matches!(job.kind, JobKind::Asset { .. })
+                .then_some(u32::from(u8::from(protocol::module::ModuleFunction::Asset))),
         };
         job.attempts += 1;
         job.transfer = None;
@@ -571,6 +574,21 @@ impl Cloud {
                 Some(expected) => compare(expected, hello, describe),
                 None => Comparison::OnTarget,
             };
+            // A bundle's assets (reference 6.3): the application runs but assets are still to
+            // come => installed and waiting, like healing; an asset job's asset not listed =>
+            // the device came back without it.
+            let verdict = match (verdict, assets::verdict(&job.kind, &job.assets, describe)) {
+                (Comparison::OnTarget, assets::AssetVerdict::Awaiting(message)) => {
+                    Comparison::Invalid {
+                        message,
+                        unmet_dependency: true,
+                    }
+                }
+                (Comparison::OnTarget, assets::AssetVerdict::Missing(message)) => {
+                    Comparison::Differs(message)
+                }
+                (verdict, _) => verdict,
+            };
             match verdict {
                 Comparison::OnTarget => {
                     self.remove_committed(id, job_id);
@@ -624,6 +642,7 @@ impl Cloud {
                     && j.expected
                         .as_ref()
                         .is_some_and(|e| compare(e, hello, describe) == Comparison::OnTarget)
+                    && assets::first_missing(&j.assets, describe).is_none()
             });
             if done {
                 if let Some(d) = self.devices.get_mut(&id) {

@@ -14,6 +14,7 @@ use protocol::message::{
 };
 use sha2::{Digest, Sha256};
 
+use super::assets::TargetAsset;
 use super::firmware::{compare, expected_modules, Comparison, ExpectedModule};
 use super::fleet::TargetFirmware;
 use super::job::{Job, JobKind};
@@ -28,12 +29,19 @@ use super::{names, Cloud, DeviceId, DeviceRecord, JobId, JobStatus, OtaEventKind
 pub(super) struct Armed {
     pub firmware: TargetFirmware,
     pub expected: Option<Vec<ExpectedModule>>,
+    /// The assets of a bundle ([`super::assets`]).
+    pub assets: Vec<TargetAsset>,
 }
 
 impl Armed {
     pub fn new(firmware: TargetFirmware) -> Armed {
+        let (expected, assets) = match super::assets::unpack(firmware.file.clone()) {
+            Ok(u) => (expected_modules(&u.file), u.assets),
+            Err(_) => (expected_modules(&firmware.file), Vec::new()),
+        };
         Armed {
-            expected: expected_modules(&firmware.file),
+            expected,
+            assets,
             firmware,
         }
     }
@@ -196,6 +204,36 @@ impl Cloud {
             }
             None => (None, 0, None),
         };
+        // A bundle's assets (super::assets): once the target's modules run, the missing
+        // assets follow, one transfer each.
+        if comparison == Some(Comparison::OnTarget) {
+            let (job, target_assets) = match &target {
+                Some(Target::Job(j)) => (
+                    Some(*j),
+                    self.jobs
+                        .get(j)
+                        .map(|x| x.assets.clone())
+                        .unwrap_or_default(),
+                ),
+                Some(Target::Armed) => (
+                    None,
+                    d.armed
+                        .as_ref()
+                        .map(|a| a.assets.clone())
+                        .unwrap_or_default(),
+                ),
+                None => (None, Vec::new()),
+            };
+            let gate = policy::gate(d.updates_enabled, d.forced_setting, d.updates_forced);
+            if let Some(again) =
+                self.reconcile_assets(now, id, job, &target_assets, &describe, gate)
+            {
+                return again;
+            }
+        }
+        let Some(d) = self.devices.get(&id) else {
+            return false;
+        };
         let heal = policy::heal(&describe, platform, &self.library);
         let heal = match heal {
             Heal::Send(m) if d.gave_up.contains(&sha256(&m.file)) => {
@@ -309,7 +347,7 @@ impl Cloud {
     }
 
     /// A job for the device's armed product firmware, at the front of its queue.
-    fn create_product_job(&mut self, now: Duration, id: DeviceId) -> Option<JobId> {
+    pub(super) fn create_product_job(&mut self, now: Duration, id: DeviceId) -> Option<JobId> {
         let d = self.devices.get(&id)?;
         let armed = d.armed.clone()?.firmware;
         // A minor Device OS bump goes with the app in one combined transfer (policy).

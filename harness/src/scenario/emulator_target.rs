@@ -1028,6 +1028,7 @@ impl Target for EmulatorTarget {
                 reset_enabled_at_boot: setup.app.resets_enabled,
                 system_thread: setup.app.system_thread,
                 mode: setup.app.mode,
+                on_asset_ota: setup.app.on_asset_ota,
                 ..OsApp::default()
             };
             // Same derivation as Testbed::add_device, to know the images it provisions.

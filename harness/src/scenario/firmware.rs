@@ -7,7 +7,8 @@ use emulator::board::{Board, BoardError, RegionKind};
 use emulator::firmware::{FirmwareError, FirmwareSet, ModuleSizes, Versions};
 use protocol::module::{combine, compress, ModuleError};
 
-use super::model::{Corruption, FirmwareSpec, InitialFirmware};
+use super::model::{AssetContent, AssetSpec, Corruption, FirmwareSpec, InitialFirmware};
+use protocol::bundle::{Asset, Bundle};
 
 /// Why a file could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +19,8 @@ pub enum FileBuildError {
     Firmware(#[from] FirmwareError),
     #[error("{what}: {source}")]
     Module { what: String, source: ModuleError },
+    #[error("asset bundle: {0}")]
+    Bundle(String),
 }
 
 /// The modules of the file for `spec` on `board`, whose device currently runs `current`, in
@@ -158,7 +161,55 @@ pub fn build_file(
         Some(Corruption::Truncated) => file.truncate(file.len() * 3 / 4),
         None => {}
     }
-    Ok(file)
+    if spec.assets.is_empty() {
+        return Ok(file);
+    }
+    bundle_file(&file, &spec.assets, seed)
+}
+
+/// The asset bundle of `app` and `assets` (reference 6.1), as Particle's tools make it; an
+/// asset with `mismatch` has one byte flipped after the app's dependency was computed.
+fn bundle_file(app: &[u8], assets: &[AssetSpec], seed: u64) -> Result<Vec<u8>, FileBuildError> {
+    let made: Vec<Asset> = assets
+        .iter()
+        .enumerate()
+        .map(|(i, a)| Asset::new(a.name.clone(), asset_bytes(a, seed ^ (i as u64 + 1))))
+        .collect();
+    let bad = |e: protocol::bundle::BundleError| FileBuildError::Bundle(e.to_string());
+    let mut bundle = Bundle::create("firmware.bin", app, made).map_err(bad)?;
+    for (a, spec) in bundle.assets.iter_mut().zip(assets) {
+        if spec.mismatch {
+            let mid = a.data.len() / 2;
+            if let Some(b) = a.data.get_mut(mid) {
+                *b ^= 0x01;
+            }
+        }
+    }
+    bundle.to_zip().map_err(bad)
+}
+
+/// The bytes of an asset: repeated text, or seeded xorshift noise.
+pub fn asset_bytes(spec: &AssetSpec, seed: u64) -> Vec<u8> {
+    let len = spec.size as usize;
+    match spec.content {
+        AssetContent::Text => b"{\"greeting\":\"hello from an asset\"}\n"
+            .iter()
+            .copied()
+            .cycle()
+            .take(len)
+            .collect(),
+        AssetContent::Noise => {
+            let mut x = seed | 1;
+            (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect()
+        }
+    }
 }
 
 #[cfg(test)]

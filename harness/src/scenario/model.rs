@@ -170,6 +170,8 @@ pub struct AppBehaviour {
     /// `SYSTEM_THREAD(ENABLED)` (the default on Device OS 6.2.0).
     pub system_thread: bool,
     pub mode: SystemMode,
+    /// `System.onAssetOta(callback)` and what the callback does.
+    pub on_asset_ota: AssetOtaHook,
 }
 
 impl Default for AppBehaviour {
@@ -179,9 +181,19 @@ impl Default for AppBehaviour {
             resets_enabled: true,
             system_thread: true,
             mode: SystemMode::Automatic,
+            on_asset_ota: AssetOtaHook::None,
         }
     }
 }
+
+/// The emulated Device OS's `System.onAssetOta` hook, named in scenario files by these words.
+pub use emulator::os::AssetOtaHook;
+
+pub const ASSET_OTA_WORDS: [(&str, AssetOtaHook); 3] = [
+    ("none", AssetOtaHook::None),
+    ("handles", AssetOtaHook::Handles),
+    ("leaves_unhandled", AssetOtaHook::LeavesUnhandled),
+];
 
 /// `SYSTEM_MODE(...)`, `SystemSleepMode` and the sleep network: the emulated Device OS's own
 /// types, named in scenario files by these words.
@@ -530,6 +542,34 @@ pub struct FirmwareSpec {
     pub corrupt: Option<Corruption>,
     /// Size of the user part in bytes (default: the firmware set's).
     pub size: Option<u32>,
+    /// Make the file an asset bundle (reference 6.1): the app with one dependency per asset.
+    /// Needs `app`, uncompressed and not combined.
+    pub assets: Vec<AssetSpec>,
+}
+
+/// One asset of a bundle a scenario flashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssetSpec {
+    pub name: String,
+    pub size: u32,
+    pub content: AssetContent,
+    /// The bundle carries other bytes than the app's dependency names (one byte flipped after
+    /// the app was made): a bundle the cloud must refuse.
+    pub mismatch: bool,
+}
+
+/// What an asset's bytes look like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssetContent {
+    /// Repeated text: deflates well, travels compressed.
+    Text,
+    /// Seeded noise: does not deflate, travels as a plain asset module.
+    Noise,
+}
+
+impl AssetContent {
+    pub const WORDS: [(&'static str, AssetContent); 2] =
+        [("text", AssetContent::Text), ("noise", AssetContent::Noise)];
 }
 
 /// How a built file is damaged.
@@ -1110,6 +1150,10 @@ impl fmt::Display for FirmwareSpec {
         }
         if self.combined {
             parts.push("combined".into());
+        }
+        if !self.assets.is_empty() {
+            let names: Vec<&str> = self.assets.iter().map(|a| a.name.as_str()).collect();
+            parts.push(format!("assets=[{}]", names.join(",")));
         }
         if let Some(p) = &self.platform {
             parts.push(format!("platform={p}"));

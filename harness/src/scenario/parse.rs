@@ -335,6 +335,9 @@ fn read_app(n: &Node) -> Result<AppBehaviour, SpanError> {
         mode: f
             .optional("mode", |n| node::as_word(n, &SYSTEM_MODE_WORDS))?
             .unwrap_or(d.mode),
+        on_asset_ota: f
+            .optional("on_asset_ota", |n| node::as_word(n, &ASSET_OTA_WORDS))?
+            .unwrap_or(d.on_asset_ota),
     };
     f.finish()?;
     Ok(out)
@@ -553,7 +556,7 @@ fn read_steps(n: &Node) -> Result<Vec<StepAt>, Vec<SpanError>> {
 
 fn step_form(kind: &str) -> &'static str {
     match kind {
-        "cloud.flash" => "{ do = \"cloud.flash\", app = 4 } (also device_os, bootloader, radio_stack, built_against, compressed, combined, platform, corrupt, size)",
+        "cloud.flash" => "{ do = \"cloud.flash\", app = 4 } (also device_os, bootloader, radio_stack, built_against, compressed, combined, platform, corrupt, size, assets)",
         "cloud.force_updates" => "{ do = \"cloud.force_updates\", forced = true }",
         "cloud.upload" => "{ do = \"cloud.upload\", app = 5 } (also built_against, size, compressed)",
         "cloud.release" => "{ do = \"cloud.release\", version = 5, default = true, groups = [\"beta\"], intelligent = false }",
@@ -906,7 +909,19 @@ fn read_firmware_spec(f: &mut Fields, form: &str) -> Result<FirmwareSpec, SpanEr
         platform: f.optional("platform", read_board)?,
         corrupt: f.optional("corrupt", |n| node::as_word(n, &Corruption::WORDS))?,
         size: f.optional("size", read_size)?,
+        assets: f.optional("assets", read_assets)?.unwrap_or_default(),
     };
+    if !spec.assets.is_empty()
+        && (spec.app.is_none() || spec.compressed || spec.combined || modules_named(&spec) > 1)
+    {
+        return Err(SpanError::new(
+            f.key_span("assets").unwrap_or_else(|| f.span()),
+            format!(
+                "{}: assets make an asset bundle of one app: they need app = N alone, not compressed or combined",
+                f.what()
+            ),
+        ));
+    }
     let modules = [
         spec.app.is_some(),
         spec.device_os.is_some(),
@@ -950,6 +965,47 @@ fn read_firmware_spec(f: &mut Fields, form: &str) -> Result<FirmwareSpec, SpanEr
         ));
     }
     Ok(spec)
+}
+
+fn modules_named(spec: &FirmwareSpec) -> usize {
+    [
+        spec.app.is_some(),
+        spec.device_os.is_some(),
+        spec.bootloader.is_some(),
+        spec.radio_stack.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count()
+}
+
+/// `assets = [{ name = "config.json", size = "20KiB", content = "text" }, ...]`.
+fn read_assets(n: &Node) -> Result<Vec<AssetSpec>, SpanError> {
+    let mut out: Vec<AssetSpec> = Vec::new();
+    for item in node::as_array(n)? {
+        let mut f = Fields::new(item, "an asset")?;
+        let name = f.required("name", "name = \"config.json\"", node::as_string)?;
+        let size = f.required("size", "size = \"20KiB\"", read_size)?;
+        let content = f
+            .optional("content", |n| node::as_word(n, &AssetContent::WORDS))?
+            .unwrap_or(AssetContent::Text);
+        let mismatch = f.optional("mismatch", node::as_bool)?.unwrap_or(false);
+        let span = f.span();
+        f.finish()?;
+        if name.is_empty() || name.contains('/') || out.iter().any(|a| a.name == name) {
+            return Err(SpanError::new(
+                span,
+                format!("asset name {name:?}: names must be distinct file names (no '/')"),
+            ));
+        }
+        out.push(AssetSpec {
+            name,
+            size,
+            content,
+            mismatch,
+        });
+    }
+    Ok(out)
 }
 
 /// Bytes per second: an integer, or a rate as people write it (`"512 B/s"`, `"4 KiB/s"`,

@@ -814,12 +814,14 @@ fn file_part(call: &Call) -> Result<&body::FilePart, ApiError> {
         })
 }
 
-/// Checks a file is module binaries (plain or combined) and returns their platform.
+/// Checks a file is module binaries (plain or combined), or an asset bundle whose application
+/// matches its assets, and returns their platform.
 fn check_modules(name: &str, bytes: &[u8]) -> Result<u16, ApiError> {
-    if bytes.starts_with(b"PK\x03\x04") {
-        return Err(ApiError::bad_request(format!(
-            "{name} is a zip file (an asset bundle): this cloud flashes module binaries only"
-        )));
+    if protocol::bundle::is_zip(bytes) {
+        let bundle = protocol::bundle::Bundle::read(bytes).map_err(|e| {
+            ApiError::bad_request(format!("{name} is not a usable asset bundle: {e}"))
+        })?;
+        return check_modules(&format!("{name}: {}", bundle.app_name), &bundle.app);
     }
     let ranges = split_combined(bytes).map_err(|e| {
         ApiError::bad_request(format!("{name} is not a Particle module binary: {e}"))

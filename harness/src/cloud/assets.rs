@@ -1,0 +1,222 @@
+//! Asset bundles delivered as desired state (reference 6.3): a flash or product firmware that
+//! is a bundle (`protocol::bundle`) targets the application *and* its assets. The cloud sends
+//! the application as one transfer, then every asset the device's describe does not list (same
+//! name and SHA-256), each as its own transfer with `Module-Function` 9, each followed by the
+//! device's reboot. The target is reached only when the device's own describe shows the
+//! application running and lists every asset.
+//!
+//! Choices (UNCONFIRMED: the reference documents the device, not the cloud's order):
+//! * **Application first**, then the assets in bundle order. Device OS's `storeAsset` deletes
+//!   every asset the *running* application does not require, so assets sent before their
+//!   application would delete each other; after the application, a device missing assets is in
+//!   safe mode and takes them one per reboot.
+//! * An asset travels compressed (Particle's default) unless compressing does not make it
+//!   smaller (incompressible data travels as a plain asset module; Device OS takes both).
+//! * An asset the device refuses for good (-190 too large, a module error) ends the target:
+//!   the flash or product job fails with that code and message; it is never sent again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::bundle::{is_zip, Asset, Bundle};
+use protocol::message::SystemDescribe;
+use sha2::{Digest, Sha256};
+
+use super::job::{Job, JobKind, JobStatus};
+use super::policy::Gate;
+use super::{Cloud, DeviceId, JobId};
+
+/// One asset of a target, ready to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetAsset {
+    pub name: String,
+    /// SHA-256 of the raw asset (what the describe lists).
+    pub hash: Vec<u8>,
+    /// The asset module one transfer carries.
+    pub module: Arc<Vec<u8>>,
+}
+
+/// What a file sent to a device amounts to: the file to transfer first and the assets that
+/// must follow.
+#[derive(Debug, Clone)]
+pub struct Unpacked {
+    pub file: Arc<Vec<u8>>,
+    pub assets: Vec<TargetAsset>,
+}
+
+/// The asset module the cloud sends for `asset` (compressed unless that does not shrink it).
+pub fn module_for(asset: &Asset) -> Result<Vec<u8>, String> {
+    let plain = asset.module(false).map_err(|e| e.to_string())?;
+    let compressed = asset.module(true).map_err(|e| e.to_string())?;
+    Ok(if compressed.len() < plain.len() {
+        compressed
+    } else {
+        plain
+    })
+}
+
+/// A bundle is checked (its application, every dependency against its asset) and split; any
+/// other file is sent as it is. `Err` names what is wrong with a bundle.
+pub fn unpack(file: Arc<Vec<u8>>) -> Result<Unpacked, String> {
+    if !is_zip(&file) {
+        return Ok(Unpacked {
+            file,
+            assets: Vec::new(),
+        });
+    }
+    let bundle = Bundle::read(&file).map_err(|e| format!("the asset bundle is refused: {e}"))?;
+    let mut assets = Vec::new();
+    for a in &bundle.assets {
+        assets.push(TargetAsset {
+            name: a.name.clone(),
+            hash: a.sha256().to_vec(),
+            module: Arc::new(module_for(a)?),
+        });
+    }
+    Ok(Unpacked {
+        file: Arc::new(bundle.app),
+        assets,
+    })
+}
+
+/// Why a bundle cannot be sent, if it cannot (`None` for other files).
+pub fn refusal(file: &[u8]) -> Option<String> {
+    if !is_zip(file) {
+        return None;
+    }
+    Bundle::read(file)
+        .err()
+        .map(|e| format!("the asset bundle is refused: {e}"))
+}
+
+/// Whether the describe lists `asset` (same name and SHA-256).
+pub fn listed(asset: &TargetAsset, describe: &SystemDescribe) -> bool {
+    describe
+        .assets
+        .iter()
+        .any(|a| a.name == asset.name && a.hash == asset.hash)
+}
+
+/// The first asset of `assets` the describe does not list.
+pub fn first_missing<'a>(
+    assets: &'a [TargetAsset],
+    describe: &SystemDescribe,
+) -> Option<&'a TargetAsset> {
+    assets.iter().find(|a| !listed(a, describe))
+}
+
+/// How a job whose modules the device runs stands with its assets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AssetVerdict {
+    /// Every asset is listed (or the job has none).
+    Complete,
+    /// The application runs its modules; assets are still to come (sent by reconcile).
+    Awaiting(String),
+    /// An asset job whose asset the device does not list after its reboot.
+    Missing(String),
+}
+
+/// The verdict for a committed (or finished) job from the device's describe.
+pub fn verdict(kind: &JobKind, assets: &[TargetAsset], describe: &SystemDescribe) -> AssetVerdict {
+    match first_missing(assets, describe) {
+        None => AssetVerdict::Complete,
+        Some(a) if matches!(kind, JobKind::Asset { .. }) => AssetVerdict::Missing(format!(
+            "the device's describe does not list asset {:?}",
+            a.name
+        )),
+        Some(a) => AssetVerdict::Awaiting(format!(
+            "the application is installed; asset {:?} is still to be delivered",
+            a.name
+        )),
+    }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+impl Cloud {
+    /// Reconcile's asset step: the device runs the target's modules (`target_assets` are the
+    /// target's assets). Sends the first missing asset as its own job, holds, or ends the
+    /// target when that asset was refused for good. `Some(again)` when it decided (`again`:
+    /// look once more), `None` when every asset is listed (the caller goes on).
+    pub(super) fn reconcile_assets(
+        &mut self,
+        now: Duration,
+        id: DeviceId,
+        target: Option<JobId>,
+        target_assets: &[TargetAsset],
+        describe: &SystemDescribe,
+        gate: Gate,
+    ) -> Option<bool> {
+        let missing = first_missing(target_assets, describe)?.clone();
+        let d = self.devices.get(&id)?;
+        // An asset job committed and waiting for the device's reboot: the describe is older.
+        let waiting = d.committed.iter().any(|j| {
+            self.jobs
+                .get(j)
+                .is_some_and(|job| matches!(job.kind, JobKind::Asset { .. }))
+        });
+        if waiting {
+            return Some(false);
+        }
+        let refused = self.jobs.values().find_map(|j| match (&j.kind, &j.status) {
+            (JobKind::Asset { .. }, JobStatus::Failed { code, message })
+                if j.device_id == id && j.sha256 == sha256(&missing.module) =>
+            {
+                Some((*code, message.clone()))
+            }
+            _ => None,
+        });
+        if let Some((code, message)) =
+            refused.filter(|_| d.gave_up.contains(&sha256(&missing.module)))
+        {
+            let target = match target {
+                Some(job) => Some(job),
+                None => self.create_product_job(now, id),
+            };
+            if let Some(job) = target {
+                if let Some(d) = self.devices.get_mut(&id) {
+                    d.committed.retain(|j| *j != job);
+                    d.queue.retain(|j| *j != job);
+                }
+                self.fail_job(
+                    now,
+                    job,
+                    code,
+                    format!("asset {:?} could not be delivered: {message}", missing.name),
+                    false,
+                );
+                return Some(true);
+            }
+            return Some(false);
+        }
+        if gate == Gate::Held {
+            if let Some(job) = target {
+                if self
+                    .jobs
+                    .get(&job)
+                    .is_some_and(|j| j.status == JobStatus::Queued)
+                {
+                    self.hold_job(now, job, None);
+                }
+            }
+            return Some(false);
+        }
+        let job_id = JobId(self.next_job);
+        self.next_job += 1;
+        let kind = JobKind::Asset {
+            name: missing.name.clone(),
+        };
+        let what = kind.to_string();
+        let mut job = Job::new(kind, id, missing.module.clone());
+        job.assets = vec![missing];
+        self.jobs.insert(job_id, job);
+        self.ota_event(now, job_id, id, super::OtaEventKind::Created { what });
+        if let Some(d) = self.devices.get_mut(&id) {
+            d.queue.push_front(job_id);
+        }
+        self.start_job(now, id, job_id);
+        Some(false)
+    }
+}
