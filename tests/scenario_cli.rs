@@ -77,6 +77,7 @@ fn check_accepts_every_readme_example_and_the_fixtures_folder() {
         .unwrap()
         .chain(std::fs::read_dir(root().join("fixtures/field")).unwrap())
         .chain(std::fs::read_dir(root().join("fixtures/product")).unwrap())
+        .chain(std::fs::read_dir(root().join("fixtures/fleet")).unwrap())
         .filter(|e| {
             e.as_ref()
                 .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "toml"))

@@ -65,6 +65,14 @@ fn every_readme_example_parses() {
 /// emulator joins this once the emulator target exists).
 #[rstest::rstest]
 fn every_fixture_file_parses(#[files("../fixtures/**/*.toml")] path: PathBuf) {
+    // Fleet scenarios (`fixtures/fleet/`, a `[fleet]` table) have their own parser.
+    let text = std::fs::read_to_string(&path).unwrap();
+    if harness::fleet_sim::model::is_fleet_file(&text) {
+        if let Err(e) = harness::fleet_sim::load(&path) {
+            panic!("{e}");
+        }
+        return;
+    }
     if let Err(e) = harness::scenario::load(&path) {
         panic!("{e}");
     }

@@ -687,7 +687,7 @@ app = 3
         let text = MIN.replace("app = 3", "app = 3\ncolour = 1");
         let e = parse(&text, Path::new("f.toml")).unwrap_err().to_string();
         assert!(
-            e.contains("f.toml") && e.contains("colour") && e.contains("line 9"),
+            e.contains("f.toml") && e.contains("colour") && e.contains("line 8"),
             "{e}"
         );
     }
