@@ -8,53 +8,21 @@
 
 mod api_support;
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use api_support::*;
-
-/// The folder with particle-api-js installed, or `None` (skipped).
-fn install_api_js() -> Option<std::path::PathBuf> {
-    let folder = Path::new(env!("CARGO_TARGET_TMPDIR")).join("api_js");
-    std::fs::create_dir_all(&folder).expect("test folder");
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/api_js");
-    for file in ["package.json", "pipeline.js"] {
-        std::fs::copy(source.join(file), folder.join(file)).expect("copy the pipeline");
-    }
-    if folder
-        .join("node_modules/particle-api-js/package.json")
-        .exists()
-    {
-        return Some(folder);
-    }
-    let out = Command::new("npm")
-        .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
-        .current_dir(&folder)
-        .stdin(Stdio::null())
-        .output();
-    match out {
-        Ok(o) if o.status.success() => Some(folder),
-        other => {
-            let why = match other {
-                Ok(o) => String::from_utf8_lossy(&o.stderr).to_string(),
-                Err(e) => e.to_string(),
-            };
-            if std::env::var("HIL_REQUIRE_INTEROP").is_ok_and(|v| v == "1") {
-                panic!("npm install particle-api-js failed: {why}");
-            }
-            println!("skipped: particle-api-js could not be installed ({why})");
-            None
-        }
-    }
-}
 
 #[test]
 fn particle_api_js_drives_a_release_pipeline() {
     if !require_tool("node", &["--version"]) || !require_tool("npm", &["--version"]) {
         return;
     }
-    let Some(folder) = install_api_js() else {
+    let Some(folder) = npm_install(
+        "api_js",
+        &["package.json", "pipeline.js"],
+        "particle-api-js",
+    ) else {
         return;
     };
     let dir = lab("api-js");

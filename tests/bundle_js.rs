@@ -6,68 +6,16 @@
 //! Without node or npm, or when the install fails: `skipped: ...` (a failure under
 //! `HIL_REQUIRE_INTEROP=1`).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+mod api_support;
+
+use std::path::Path;
+use std::process::Command;
+
+use api_support::{npm_install, require_tool};
 
 use protocol::bundle::{unwrap_asset_module, Asset, AssetModule, Bundle};
 use protocol::module::{Module, ModuleBuilder, ModuleFunction, SuffixStyle};
 use sha2::{Digest, Sha256};
-
-fn require_interop() -> bool {
-    std::env::var("HIL_REQUIRE_INTEROP").is_ok_and(|v| v == "1")
-}
-
-fn tool(name: &str) -> bool {
-    let found = Command::new(name)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        if require_interop() {
-            panic!("{name} not found and HIL_REQUIRE_INTEROP=1");
-        }
-        println!("skipped: {name} not found");
-    }
-    found
-}
-
-/// The folder with binary-version-reader installed, or `None` (skipped).
-fn install() -> Option<PathBuf> {
-    let folder = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bundle_js");
-    std::fs::create_dir_all(&folder).expect("test folder");
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bundle_js");
-    for file in ["package.json", "interop.js"] {
-        std::fs::copy(source.join(file), folder.join(file)).expect("copy the script");
-    }
-    if folder
-        .join("node_modules/binary-version-reader/package.json")
-        .exists()
-    {
-        return Some(folder);
-    }
-    let out = Command::new("npm")
-        .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
-        .current_dir(&folder)
-        .stdin(Stdio::null())
-        .output();
-    match out {
-        Ok(o) if o.status.success() => Some(folder),
-        other => {
-            let why = match other {
-                Ok(o) => String::from_utf8_lossy(&o.stderr).to_string(),
-                Err(e) => e.to_string(),
-            };
-            if require_interop() {
-                panic!("npm install binary-version-reader failed: {why}");
-            }
-            println!("skipped: binary-version-reader could not be installed ({why})");
-            None
-        }
-    }
-}
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -212,10 +160,14 @@ fn both_ways(node_dir: &Path, platform: &str, app: Vec<u8>) {
 
 #[test]
 fn bundles_and_asset_modules_interoperate_with_binary_version_reader() {
-    if !tool("node") || !tool("npm") {
+    if !require_tool("node", &["--version"]) || !require_tool("npm", &["--version"]) {
         return;
     }
-    let Some(node_dir) = install() else {
+    let Some(node_dir) = npm_install(
+        "bundle_js",
+        &["package.json", "interop.js"],
+        "binary-version-reader",
+    ) else {
         return;
     };
     both_ways(&node_dir, "boron", boron_app());

@@ -39,6 +39,47 @@ pub fn require_tool(tool: &str, args: &[&str]) -> bool {
     found
 }
 
+/// `npm install` of `package` into `folder` (under the test target directory), with `files`
+/// copied from `tests/{folder}/` first; reused when already installed. `None`: skipped (the
+/// install failed), a panic under `HIL_REQUIRE_INTEROP=1`.
+pub fn npm_install(folder: &str, files: &[&str], package: &str) -> Option<PathBuf> {
+    let dest = Path::new(env!("CARGO_TARGET_TMPDIR")).join(folder);
+    std::fs::create_dir_all(&dest).expect("test folder");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(folder);
+    for file in files {
+        std::fs::copy(source.join(file), dest.join(file)).expect("copy the script");
+    }
+    if dest
+        .join("node_modules")
+        .join(package)
+        .join("package.json")
+        .exists()
+    {
+        return Some(dest);
+    }
+    let out = Command::new("npm")
+        .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
+        .current_dir(&dest)
+        .stdin(Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => Some(dest),
+        other => {
+            let why = match other {
+                Ok(o) => String::from_utf8_lossy(&o.stderr).to_string(),
+                Err(e) => e.to_string(),
+            };
+            if std::env::var("HIL_REQUIRE_INTEROP").is_ok_and(|v| v == "1") {
+                panic!("npm install {package} failed: {why}");
+            }
+            println!("skipped: {package} could not be installed ({why})");
+            None
+        }
+    }
+}
+
 /// A child process killed when dropped, its stdout lines on a channel.
 pub struct Proc {
     child: Child,

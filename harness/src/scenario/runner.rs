@@ -613,13 +613,7 @@ fn exec_step(
         run.tainted = Some(format!("after skipped step {index}: {reason}"));
         return Ok(());
     }
-    run.explicit_device = device.map(str::to_string);
-    if ctx.several {
-        let name = device.unwrap_or(ctx.first_device);
-        if let Err(e) = target.select_device(name) {
-            return Err(stop(format!("selecting device {name} failed: {e}")));
-        }
-    }
+    focus(run, target, ctx, device).map_err(stop)?;
     run.trace.push_entry(
         TraceEntry::new(
             target.now(),
@@ -657,6 +651,23 @@ fn exec_step(
     Ok(())
 }
 
+/// Makes `device` (or the first device) the one the next step acts on and observes.
+fn focus(
+    run: &mut CaseRun,
+    target: &mut dyn Target,
+    ctx: &StepContext,
+    device: Option<&str>,
+) -> Result<(), String> {
+    run.explicit_device = device.map(str::to_string);
+    if ctx.several {
+        let name = device.unwrap_or(ctx.first_device);
+        target
+            .select_device(name)
+            .map_err(|e| format!("selecting device {name} failed: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Runs a `repeat`: `times` iterations, or until its condition holds (checked before each
 /// iteration; a failure once `max` iterations ran and it still does not). The trace gets a
 /// note per iteration and one at the end with the count.
@@ -675,18 +686,12 @@ fn repeat(
     let mut done = 0u32;
     loop {
         if let RepeatCount::Until { condition, max } = &r.count {
-            run.explicit_device = device.map(str::to_string);
-            if ctx.several {
-                // The condition is about the repeat's device, whatever the inner steps chose.
-                let name = device.unwrap_or(ctx.first_device);
-                if let Err(e) = target.select_device(name) {
-                    return Err(Stop {
-                        step: None,
-                        step_text: format!("step {index} (repeat)"),
-                        message: format!("selecting device {name} failed: {e}"),
-                    });
-                }
-            }
+            // The condition is about the repeat's device, whatever the inner steps chose.
+            focus(run, target, ctx, device).map_err(|message| Stop {
+                step: None,
+                step_text: format!("step {index} (repeat)"),
+                message,
+            })?;
             let mut unmet = None;
             for e in condition {
                 let verdict = check(run, target, e);
