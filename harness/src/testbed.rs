@@ -46,6 +46,16 @@ impl CloudNode {
             self.events.push((self.now, event));
         }
     }
+
+    /// Runs `f` on the cloud at `now` (a flash, a release, a forced update: anything not
+    /// caused by a datagram or a timer) and moves the events it raised into
+    /// [`CloudNode::events`] at once, stamped `now`, rather than at the next datagram.
+    pub fn act<R>(&mut self, now: Duration, f: impl FnOnce(&mut Cloud, Duration) -> R) -> R {
+        self.now = self.now.max(now);
+        let r = f(&mut self.cloud, now);
+        self.drain();
+        r
+    }
 }
 
 impl Node for CloudNode {
@@ -380,9 +390,7 @@ impl Testbed {
         let id = self
             .device_id(device)
             .ok_or(TestbedError::NoDevice(device))?;
-        let now = self.net.now();
-        let job = self.cloud_mut().flash(now, id, file);
-        Ok(job)
+        Ok(self.with_cloud(|cloud, now| cloud.flash(now, id, file)))
     }
 
     pub fn job(&self, job: JobId) -> Option<JobStatus> {
@@ -426,7 +434,28 @@ impl Testbed {
     }
 
     /// Moves new cloud and device events into the merged trace.
+    /// Moves events the cloud raised outside a network step (a change made through
+    /// [`Testbed::cloud_mut`]) into the cloud node's log, stamped with the current time.
+    /// Without it they would wait for the cloud's next datagram or timer, which on an idle link
+    /// can be a keepalive away, and carry that later time.
+    fn drain_cloud(&mut self) {
+        let now = self.net.now();
+        if let Some(node) = self.net.node_mut::<CloudNode>(self.cloud) {
+            node.act(now, |_, _| ());
+        }
+    }
+
+    /// Runs `f` on the cloud at the current virtual time; its events are logged at once.
+    pub fn with_cloud<R>(&mut self, f: impl FnOnce(&mut Cloud, Duration) -> R) -> R {
+        let now = self.net.now();
+        self.net
+            .node_mut::<CloudNode>(self.cloud)
+            .expect("the cloud node is never removed")
+            .act(now, f)
+    }
+
     fn collect_trace(&mut self) {
+        self.drain_cloud();
         let mut new = Vec::new();
         if let Some(node) = self.net.node::<CloudNode>(self.cloud) {
             for (at, event) in node.events.iter().skip(self.seen_cloud) {

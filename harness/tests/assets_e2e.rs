@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use emulator::assets::AssetFs;
 use emulator::board::{Board, RegionKind};
-use emulator::bootloader::{BootState, SafeModeReason};
+use emulator::bootloader::SafeModeReason;
 use emulator::firmware::{FirmwareSet, ModuleSizes, Versions};
 use emulator::os::{AssetOtaHook, DeviceEvent};
 use harness::cloud::JobStatus;
@@ -193,48 +193,60 @@ fn a_bundle_delivers_the_app_then_each_asset_and_on_asset_ota_runs_once() {
 }
 
 #[test]
-fn an_asset_too_large_for_the_boron_is_refused_with_190_and_the_stored_asset_stays() {
+fn an_asset_too_large_for_the_boron_is_refused_before_anything_is_sent_and_v3_keeps_running() {
     let (mut bed, dev, board) = online(12, AssetOtaHook::None);
+    // A first bundle stores small.txt (app v4 needs it), so there is something to lose.
     let small = Asset::new("small.txt", text(4 * 1024));
-    // 700 KiB of noise: its module is larger than the 592 KiB that do not overlap the
-    // staging area, less than the 1.125 MiB asset storage.
-    let big = Asset::new("big.bin", noise(700 * 1024, 9));
-    let zip = bundle(&app(&board, 4, 12), vec![small.clone(), big]);
-    let job = bed.flash(dev, zip).unwrap();
-    bed.run_until("bundle job finished", 30 * MINUTE, |b| done(b, job))
+    let first = bundle(&app(&board, 4, 12), vec![small.clone()]);
+    let job = bed.flash(dev, first).unwrap();
+    bed.run_until("first bundle finished", 30 * MINUTE, |b| done(b, job))
         .unwrap_or_else(|e| panic!("{e}\n{}", trace(&bed)));
+    assert_eq!(bed.job(job), Some(JobStatus::Succeeded), "{}", trace(&bed));
+    let started_before = started_transfers(&bed, dev);
+    // 700 KiB of noise: its module is larger than the Boron's 592 KiB single-asset limit (the
+    // part of the OTA area that does not overlap the asset storage), less than the 1.125 MiB
+    // of asset storage. The cloud refuses the bundle before its app goes out: sending the app
+    // first would leave the device in safe mode waiting for an asset it must refuse (-190).
+    let big = Asset::new("big.bin", noise(700 * 1024, 9));
+    let zip = bundle(&app(&board, 5, 12), vec![small.clone(), big]);
+    let job = bed.flash(dev, zip).unwrap();
+    bed.run_for(10 * MINUTE).unwrap();
     match bed.job(job) {
         Some(JobStatus::Failed { code, message }) => {
-            assert_eq!(code, Some(-190), "{message}");
-            assert!(message.contains("big.bin"), "{message}");
+            // The device said nothing: the cloud refused by itself.
+            assert_eq!(code, None, "{message}");
+            for part in [
+                "big.bin",
+                "606208",
+                "boron",
+                "-190",
+                "before anything is sent",
+            ] {
+                assert!(message.contains(part), "{part:?} not in {message}");
+            }
         }
         other => panic!("{other:?}\n{}", trace(&bed)),
     }
-    // Nothing stored is lost: the asset delivered before is still there and valid, the
-    // asset storage was not wiped for the refused transfer.
-    let listed = describe_assets(&bed, dev);
     assert_eq!(
-        listed,
+        started_transfers(&bed, dev),
+        started_before,
+        "no transfer may start"
+    );
+    // Nothing lost: app v4 runs (not safe mode) and small.txt is still stored and valid.
+    let status = bed.status(dev).unwrap();
+    assert_eq!(status.versions.product_version, Some(4));
+    assert!(!status.safe_mode);
+    assert_eq!(
+        describe_assets(&bed, dev),
         vec![("small.txt".to_string(), small.sha256().to_vec())]
     );
-    // The app needs big.bin, so Device OS keeps it in safe mode (user code does not run).
-    let status = bed.status(dev).unwrap();
-    assert!(status.safe_mode);
-    let last_boot = bed
-        .device_events(dev)
+}
+
+fn started_transfers(bed: &Testbed, dev: DeviceHandle) -> usize {
+    bed.device_events(dev)
         .iter()
-        .rev()
-        .find_map(|(_, e)| match e {
-            DeviceEvent::Booted { state, .. } => Some(state.clone()),
-            _ => None,
-        })
-        .unwrap();
-    assert_eq!(
-        last_boot,
-        BootState::SafeMode(SafeModeReason::AssetsMissing {
-            names: vec!["big.bin".into()]
-        })
-    );
+        .filter(|(_, e)| matches!(e, DeviceEvent::OtaStarted { .. }))
+        .count()
 }
 
 #[test]

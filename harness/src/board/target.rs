@@ -482,8 +482,10 @@ impl Target for BoardTarget {
             .is_some_and(|d| d.updates_forced);
         let policy = setup.cloud.interrupted_transfer;
         let (base, seen) = self.cloud.with_node(|n, now| {
-            n.cloud.set_interrupted(policy);
-            n.cloud.set_updates_forced(now, id, forced);
+            n.act(now, |c, now| {
+                c.set_interrupted(policy);
+                c.set_updates_forced(now, id, forced);
+            });
             (now, n.events.len())
         });
         // A clean start: power cycled (a reset when there is no power switch).
@@ -553,12 +555,14 @@ impl Target for BoardTarget {
                 let file = build_file(&board, spec, &self.current, self.cfg.sizes, self.dev_seed)
                     .map_err(|e| TargetError::Step(e.to_string()))?;
                 let id = self.cfg.device_id;
-                self.cloud.with_node(|n, now| n.cloud.flash(now, id, file));
+                self.cloud
+                    .with_node(|n, now| n.act(now, |c, now| c.flash(now, id, file)));
             }
             Action::CloudForceUpdates { forced } => {
                 let id = self.cfg.device_id;
-                self.cloud
-                    .with_node(|n, now| n.cloud.set_updates_forced(now, id, *forced));
+                self.cloud.with_node(|n, now| {
+                    n.act(now, |c, now| c.set_updates_forced(now, id, *forced))
+                });
             }
             Action::PowerCut(cut) => {
                 if cut.at != CutPoint::Now {

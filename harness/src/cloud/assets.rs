@@ -12,6 +12,10 @@
 //!   safe mode and takes them one per reboot.
 //! * An asset travels compressed (Particle's default) unless compressing does not make it
 //!   smaller (incompressible data travels as a plain asset module; Device OS takes both).
+//! * A bundle whose assets exceed the platform's documented limits ([`limits`]) is refused
+//!   before anything is sent (at upload for a product, at the flash or before UpdateStart for
+//!   one device): sending its application first would leave the device in safe mode waiting for
+//!   an asset it can only refuse.
 //! * An asset the device refuses for good (-190 too large, a module error) ends the target:
 //!   the flash or product job fails with that code and message; it is never sent again.
 
@@ -79,14 +83,87 @@ pub fn unpack(file: Arc<Vec<u8>>) -> Result<Unpacked, String> {
     })
 }
 
-/// Why a bundle cannot be sent, if it cannot (`None` for other files).
-pub fn refusal(file: &[u8]) -> Option<String> {
+/// Why a bundle cannot be sent to a device of `platform_id` (its Hello's; `None` when the
+/// cloud has not heard one yet), if it cannot. `None` for files that are not bundles.
+pub fn refusal(file: &[u8], platform_id: Option<u16>) -> Option<String> {
     if !is_zip(file) {
         return None;
     }
-    Bundle::read(file)
-        .err()
-        .map(|e| format!("the asset bundle is refused: {e}"))
+    let unpacked = match unpack(Arc::new(file.to_vec())) {
+        Ok(u) => u,
+        Err(e) => return Some(e),
+    };
+    platform_id.and_then(|p| limit_refusal(&unpacked.assets, p))
+}
+
+/// Particle's documented asset limits of a platform, in bytes of asset modules as they travel
+/// (compressed): one asset, and all of a bundle's assets together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AssetLimits {
+    pub single: u64,
+    pub total: u64,
+}
+
+/// The documented limits (reference 6.3: "tracker/b5som/esomx 2 MB total, 1.5 MB single;
+/// boron/bsom/argon 1.125 MB total, 592 KB single; p2 1.125 MB total, 1.09 MB single"), read
+/// as the numbers Device OS itself checks at UpdateStart: 592 KB is
+/// `EXTERNAL_FLASH_OTA_SAFE_LENGTH` (606,208 bytes); 1.09 MB is a 1,152 KiB asset file system
+/// less its 16 reserved 4 KiB blocks (1,088 KiB); 1.5 MB is the tracker's 1,500 KiB OTA area.
+/// UNCONFIRMED: the M-SoM is not in the documented list; it has the P2's asset file system
+/// and takes the P2's limits. Platforms without asset OTA, or not documented, have none (the
+/// device's own -190 check is then the only one).
+pub fn limits(platform_id: u16) -> Option<AssetLimits> {
+    const KIB: u64 = 1024;
+    match platform_id {
+        // argon, boron, bsom
+        12 | 13 | 23 => Some(AssetLimits {
+            single: 592 * KIB,
+            total: 1152 * KIB,
+        }),
+        // esomx, b5som, tracker
+        15 | 25 | 26 => Some(AssetLimits {
+            single: 1500 * KIB,
+            total: 2048 * KIB,
+        }),
+        // p2, msom
+        32 | 35 => Some(AssetLimits {
+            single: 1088 * KIB,
+            total: 1152 * KIB,
+        }),
+        _ => None,
+    }
+}
+
+/// Why `assets` cannot go to a device of `platform_id`, if they cannot. Checked before
+/// anything of the bundle is sent: the application goes first (see the module comment), so a
+/// bundle the device would refuse half-way would leave it in safe mode, its new application
+/// waiting for an asset that never comes. UNCONFIRMED: that Particle's cloud checks this
+/// rather than leaving it to the device; a cloud that knows the limits has no reason not to.
+pub fn limit_refusal(assets: &[TargetAsset], platform_id: u16) -> Option<String> {
+    let limits = limits(platform_id)?;
+    let platform = protocol::module::platform_name(platform_id).unwrap_or("this platform");
+    if let Some(a) = assets
+        .iter()
+        .find(|a| a.module.len() as u64 > limits.single)
+    {
+        return Some(format!(
+            "the asset bundle is refused before anything is sent: asset {:?} is {} bytes as it \
+             travels, more than the {} bytes one asset may take on a {platform} (Device OS would \
+             refuse it at UpdateStart with -190)",
+            a.name,
+            a.module.len(),
+            limits.single
+        ));
+    }
+    let total: u64 = assets.iter().map(|a| a.module.len() as u64).sum();
+    (total > limits.total).then(|| {
+        format!(
+            "the asset bundle is refused before anything is sent: its {} assets take {total} \
+             bytes as they travel, more than the {} bytes of assets a {platform} holds",
+            assets.len(),
+            limits.total
+        )
+    })
 }
 
 /// Whether the describe lists `asset` (same name and SHA-256).
@@ -218,5 +295,57 @@ impl Cloud {
         }
         self.start_job(now, id, job_id);
         Some(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn asset(name: &str, len: usize) -> TargetAsset {
+        TargetAsset {
+            name: name.into(),
+            hash: vec![0; 32],
+            module: Arc::new(vec![0; len]),
+        }
+    }
+
+    #[test]
+    fn limits_follow_the_documented_table() {
+        assert_eq!(limits(13).unwrap().single, 606_208); // boron: EXTERNAL_FLASH_OTA_SAFE_LENGTH
+        assert_eq!(limits(12), limits(23)); // argon, bsom
+        assert_eq!(limits(26).unwrap().total, 2 * 1024 * 1024); // tracker
+        assert_eq!(limits(32).unwrap().single, 1088 * 1024); // p2
+        assert_eq!(limits(6), None); // photon: no asset OTA
+    }
+
+    #[test]
+    fn one_asset_over_the_single_limit_is_named() {
+        let at = 606_208;
+        assert_eq!(limit_refusal(&[asset("a", at)], 13), None);
+        let why = limit_refusal(&[asset("ok", 10), asset("big.bin", at + 1)], 13).unwrap();
+        assert!(
+            why.contains("\"big.bin\"") && why.contains("606209"),
+            "{why}"
+        );
+        assert!(why.contains("boron") && why.contains("-190"), "{why}");
+        // The same asset fits a tracker's 1,500 KiB.
+        assert_eq!(limit_refusal(&[asset("big.bin", at + 1)], 26), None);
+    }
+
+    #[test]
+    fn assets_over_the_total_limit_are_refused_together() {
+        let each = 500 * 1024;
+        let three = [asset("a", each), asset("b", each), asset("c", each)];
+        let why = limit_refusal(&three, 13).unwrap();
+        assert!(why.contains("3 assets") && why.contains("1179648"), "{why}");
+        assert_eq!(limit_refusal(&three[..2], 13), None);
+    }
+
+    #[test]
+    fn refusal_needs_a_platform_for_the_limits_but_not_for_a_broken_bundle() {
+        assert_eq!(refusal(b"not a zip", Some(13)), None);
+        let broken = b"PK\x03\x04 truncated".to_vec();
+        assert!(refusal(&broken, None).is_some());
     }
 }

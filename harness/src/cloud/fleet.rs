@@ -73,6 +73,9 @@ pub enum FleetError {
     BadGroup(String),
     #[error("product {product} has no group `{group}`")]
     NoGroup { product: ProductId, group: String },
+    /// A bundle whose assets exceed the product platform's documented limits.
+    #[error("{0}")]
+    AssetsTooLarge(String),
     /// A staged rollout that cannot start (a bad plan, one already running).
     #[error("staged rollout: {0}")]
     Rollout(String),
@@ -334,6 +337,13 @@ impl Fleet {
                 platform,
                 binary: user.prefix.platform_id,
             });
+        }
+        if protocol::bundle::is_zip(&file) {
+            let unpacked =
+                super::assets::unpack(Arc::new(file.clone())).map_err(FleetError::NotAModule)?;
+            if let Some(why) = super::assets::limit_refusal(&unpacked.assets, platform) {
+                return Err(FleetError::AssetsTooLarge(why));
+            }
         }
         let in_binary = user.product_version().ok_or(FleetError::NoProductVersion)?;
         if in_binary != version {
@@ -860,6 +870,38 @@ mod tests {
             f.upload(P, 9, "", "", vec![1, 2, 3], Duration::ZERO),
             Err(FleetError::NotAModule(_))
         ));
+    }
+
+    #[test]
+    fn upload_refuses_a_bundle_whose_asset_exceeds_the_platform_limit() {
+        use protocol::bundle::{Asset, Bundle};
+        let mut f = fleet();
+        let mut x = 7u32;
+        // Incompressible: the asset module stays about as large as the asset.
+        let noise: Vec<u8> = (0..700 * 1024)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        let big = Bundle::create("app.bin", &app(5), vec![Asset::new("big.bin", noise)])
+            .unwrap()
+            .to_zip()
+            .unwrap();
+        match f.upload(P, 5, "", "", big, Duration::ZERO) {
+            Err(FleetError::AssetsTooLarge(why)) => {
+                assert!(why.contains("big.bin") && why.contains("606208"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // The refused upload left nothing behind: version 5 is still free.
+        let small = Bundle::create("app.bin", &app(5), vec![Asset::new("s.txt", vec![1; 4096])])
+            .unwrap()
+            .to_zip()
+            .unwrap();
+        f.upload(P, 5, "", "", small, Duration::ZERO).unwrap();
     }
 
     #[test]

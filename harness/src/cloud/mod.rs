@@ -586,7 +586,12 @@ impl Cloud {
                 file.len()
             ))
         } else {
-            assets::refusal(&file)
+            let platform = self
+                .devices
+                .get(&device_id)
+                .and_then(|d| d.hello.as_ref())
+                .map(|h| h.platform_id);
+            assets::refusal(&file, platform)
         };
         self.jobs.insert(
             id,

@@ -47,6 +47,21 @@ impl Cloud {
             );
             return;
         }
+        // A flash queued before the cloud knew the device's platform: its bundle is checked
+        // against the platform's asset limits now, before its application goes out.
+        let platform = self
+            .devices
+            .get(&id)
+            .and_then(|d| d.hello.as_ref())
+            .map(|h| h.platform_id);
+        let too_large = self.jobs.get(&job_id).and_then(|j| match j.kind {
+            JobKind::Asset { .. } => None,
+            _ => platform.and_then(|p| super::assets::limit_refusal(&j.assets, p)),
+        });
+        if let Some(message) = too_large {
+            self.fail_job(now, job_id, None, message, true);
+            return;
+        }
         let chunk_size = self.config.valid_chunk_size();
         let Some(job) = self.jobs.get_mut(&job_id) else {
             return;

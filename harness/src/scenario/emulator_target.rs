@@ -928,6 +928,24 @@ impl EmulatorTarget {
         else {
             return BTreeMap::new();
         };
+        if !spec.assets.is_empty() {
+            // A bundle's application travels with its ASSET_DEPENDENCY extensions: that, not
+            // the plain build, is what the device installs.
+            let Ok(file) = build_file(board, spec, &self.d.current, self.sizes, self.d.dev_seed)
+            else {
+                return BTreeMap::new();
+            };
+            let Ok(bundle) = protocol::bundle::Bundle::unpack(&file) else {
+                return BTreeMap::new();
+            };
+            return modules
+                .into_iter()
+                .map(|(kind, m)| match kind {
+                    RegionKind::UserPart => (kind, bundle.app.clone()),
+                    _ => (kind, m),
+                })
+                .collect();
+        }
         if !spec.combined {
             return modules.into_iter().collect();
         }

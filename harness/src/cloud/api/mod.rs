@@ -281,13 +281,7 @@ impl ApiState {
     /// Runs `f` on the cloud with the node's time; the cloud's events go to the node's list
     /// (where the owner drains them) and the driver is woken.
     fn with_cloud<R>(&self, f: impl FnOnce(&mut Cloud, Duration) -> R) -> R {
-        self.node.with_node(|n, now| {
-            let r = f(&mut n.cloud, now);
-            while let Some(e) = n.cloud.poll_event() {
-                n.events.push((now, e));
-            }
-            r
-        })
+        self.node.with_node(|n, now| n.act(now, f))
     }
 
     /// Like [`ApiState::with_cloud`] for a change: the fleet is saved (one transaction)
