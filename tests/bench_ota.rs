@@ -20,6 +20,8 @@ fn bench_ota_quick_json_reports_positive_figures() {
         "ota_128k_mb_per_s",
         "ota_1_5m_mb_per_s",
         "ota_ratio_to_udp",
+        "udp_loopback_ota_pattern_mb_per_s",
+        "ota_ratio_to_udp_ota_pattern",
         "virtual_seconds_per_wall_second",
         "devices_connected",
         "bytes_per_device",
@@ -45,7 +47,14 @@ fn bench_ota_text_says_what_the_figures_include() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    for needle in ["raw UDP", "OTA over DTLS", "sim s/wall s", "bytes/device"] {
+    for needle in [
+        "raw UDP",
+        "raw UDP, OTA pattern (window 256, ack/2)",
+        "OTA / raw UDP with the OTA's window and acks",
+        "OTA over DTLS",
+        "sim s/wall s",
+        "bytes/device",
+    ] {
         assert!(text.contains(needle), "{needle} missing from:\n{text}");
     }
 }

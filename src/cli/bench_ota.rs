@@ -104,6 +104,11 @@ pub fn ota(args: OtaArgs) -> CliResult {
         (128 * 1024, 1536 * 1024)
     };
     let raw_bytes: u64 = if args.quick { 256 << 10 } else { 32 << 20 };
+    // The device's receive window and ack interval (Device OS defaults), for the raw UDP row
+    // that moves datagrams the way the OTA does.
+    let ota_config = emulator::os::ota::OtaConfig::default();
+    let ota_window = u64::from((ota_config.window_bytes / RAW_DATAGRAM as u32).max(1));
+    let ota_ack_every = u64::from(ota_config.ack_count.max(1));
     let steps: Vec<usize> = if args.quick {
         vec![2, 4]
     } else {
@@ -128,11 +133,13 @@ pub fn ota(args: OtaArgs) -> CliResult {
         return Ok(ExitCode::SUCCESS);
     }
     let (raw, ota_small, ota_large) = runtime.block_on(async {
-        let raw = raw_udp(raw_bytes).await?;
+        let raw = raw_udp(raw_bytes, RAW_WINDOW, RAW_ACK_EVERY).await?;
+        let raw_pattern = raw_udp(raw_bytes, ota_window, ota_ack_every).await?;
         let a = udp_ota(&board, small, 1).await?;
         let b = udp_ota(&board, large, 2).await?;
-        Ok::<_, String>((raw, a, b))
+        Ok::<_, String>(((raw, raw_pattern), a, b))
     })?;
+    let (raw, raw_pattern) = raw;
     let virt_small = virtual_ota(&board, small, 3)?;
     let virt_large = virtual_ota(&board, large, 4)?;
     let (rss_base, device_steps) = runtime.block_on(devices(&board, &steps))?;
@@ -140,6 +147,8 @@ pub fn ota(args: OtaArgs) -> CliResult {
 
     let raw_mb = raw / 1e6;
     let ratio = ota_large.mb_per_s() / raw_mb.max(1e-9);
+    let raw_pattern_mb = raw_pattern / 1e6;
+    let ratio_pattern = ota_large.mb_per_s() / raw_pattern_mb.max(1e-9);
     let virt_total_sim = virt_small.simulated + virt_large.simulated;
     let virt_total_wall = virt_small.wall + virt_large.wall;
     let vsps = virt_total_sim.as_secs_f64() / virt_total_wall.as_secs_f64().max(1e-9);
@@ -169,6 +178,9 @@ pub fn ota(args: OtaArgs) -> CliResult {
             "ota_128k_mb_per_s": ota_small.mb_per_s(),
             "ota_1_5m_mb_per_s": ota_large.mb_per_s(),
             "ota_ratio_to_udp": ratio,
+            "udp_loopback_ota_pattern_mb_per_s": raw_pattern_mb,
+            "ota_ratio_to_udp_ota_pattern": ratio_pattern,
+            "udp_loopback_ota_pattern": format!("as udp_loopback, with the OTA's window ({ota_window} datagrams) and ack interval (every {ota_ack_every})"),
             "ota_128k_bytes": ota_small.size,
             "ota_1_5m_bytes": ota_large.size,
             "ota_128k_seconds_to_committed": ota_small.to_committed.as_secs_f64(),
@@ -219,7 +231,16 @@ pub fn ota(args: OtaArgs) -> CliResult {
                 o.retransmitted_chunks
             );
         }
+        out += &format!(
+            "{:<44} {:>12.2}\n",
+            format!("raw UDP, OTA pattern (window {ota_window}, ack/{ota_ack_every})"),
+            raw_pattern_mb
+        );
         out += &format!("{:<44} {:>12.3}\n", "OTA / raw UDP", ratio);
+        out += &format!(
+            "{:<44} {:>12.3}\n",
+            "OTA / raw UDP with the OTA's window and acks", ratio_pattern
+        );
         out += &format!("\n{:<44} {:>12}\n", "virtual time", "sim s/wall s");
         for v in [&virt_small, &virt_large] {
             out += &format!(
@@ -262,7 +283,8 @@ OTA MB/s:  file bytes / (the cloud's UpdateStart -> its UpdateFinish, every chun
            DTLS records, CoAP, the device's window (128 KiB) and acks (every 2 chunks or
            200 ms), sha/CRC and emulated flash writes, both sides on one thread. The job's
            start delays and the device's commit are in \"flash -> committed\" only.
-raw UDP:   the same thread, two sockets, 512-byte datagrams, no crypto or protocol.
+raw UDP:   the same thread, two sockets, 512-byte datagrams, no crypto or protocol; the
+           \"OTA pattern\" row keeps the device's window and its ack every 2 datagrams.
 virtual:   the whole job on the simulated network (1 ms latency, no bandwidth limit), seeded;
            sim seconds per wall second. The job's 1 s pending-event delay is idle virtual
            time, so the whole-job figure is high; the transfer row is the busy part.
@@ -280,12 +302,22 @@ fn print(text: &str) {
     let _ = std::io::stdout().write_all(text.as_bytes());
 }
 
-/// Bytes per second of raw 512-byte datagrams over loopback, windowed.
-async fn raw_udp(total: u64) -> Result<f64, String> {
+/// Bytes per second of raw 512-byte datagrams over loopback, at most `window` unacknowledged,
+/// the receiver acknowledging its count every `ack_every` datagrams.
+async fn raw_udp(total: u64, window: u64, ack_every: u64) -> Result<f64, String> {
     use tokio::net::UdpSocket;
     let io = |e: std::io::Error| format!("raw UDP: {e}");
-    let rx = UdpSocket::bind("127.0.0.1:0").await.map_err(io)?;
-    let tx = UdpSocket::bind("127.0.0.1:0").await.map_err(io)?;
+    // Receive buffers as the cloud's socket has (harness::net::udp): a window of 256
+    // datagrams sent in one burst must not overflow the default buffer and cost timeouts.
+    let bound = || -> std::io::Result<UdpSocket> {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+        let _ = s.set_recv_buffer_size(4 << 20);
+        s.set_nonblocking(true)?;
+        s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+        UdpSocket::from_std(s.into())
+    };
+    let rx = bound().map_err(io)?;
+    let tx = bound().map_err(io)?;
     rx.connect(tx.local_addr().map_err(io)?).await.map_err(io)?;
     tx.connect(rx.local_addr().map_err(io)?).await.map_err(io)?;
     let count = total / RAW_DATAGRAM as u64;
@@ -298,7 +330,7 @@ async fn raw_udp(total: u64) -> Result<f64, String> {
                 Ok(Ok(n)) => {
                     got += 1;
                     bytes += n as u64;
-                    if got.is_multiple_of(RAW_ACK_EVERY) || got == count {
+                    if got.is_multiple_of(ack_every) || got == count {
                         let _ = rx.send(&got.to_be_bytes()).await;
                     }
                 }
@@ -315,7 +347,7 @@ async fn raw_udp(total: u64) -> Result<f64, String> {
         let mut acked = 0u64;
         let mut ack = [0u8; 8];
         while acked < count {
-            while sent < count && sent - acked < RAW_WINDOW {
+            while sent < count && sent - acked < window {
                 if tx.send(&payload).await.is_ok() {
                     sent += 1;
                 }
