@@ -189,3 +189,120 @@ fn fixture_from_events_names_the_malformed_line() {
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// A small fleet: an intelligent release of app 7 at 10 minutes; one check that holds (90 %
+/// on app 7 within the hour), one that cannot (half the fleet still on app 3).
+const FLEET: &str = r#"
+name = "A small fleet"
+seed = 4
+
+[fleet]
+duration = "1h"
+
+[[fleet.devices]]
+count = 10
+board = "boron"
+app = 3
+
+[[fleet.firmware]]
+app = 7
+
+[[fleet.release]]
+at = "10m"
+app = 7
+default = true
+intelligent = true
+
+[[fleet.expect]]
+app = 7
+at_least = 0.9
+by = "1h"
+
+[[fleet.expect]]
+app = 3
+at_least = 0.5
+by = "1h"
+
+[[fleet.expect]]
+no_bricked = true
+"#;
+
+#[test]
+fn run_reports_fleet_checks_as_junit_cases_and_fleet_figures_in_json() {
+    let dir = tempdir("fleet-reports");
+    std::fs::write(dir.join("a.toml"), GOOD).unwrap();
+    std::fs::write(dir.join("fleet.toml"), FLEET).unwrap();
+    let junit = dir.join("out.xml");
+    let json = dir.join("out.json");
+    let out = hil()
+        .arg("run")
+        .arg(dir.join("a.toml"))
+        .arg(dir.join("fleet.toml"))
+        .arg("--junit")
+        .arg(&junit)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The check that cannot hold fails the run.
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    // The scenario's case and the fleet's three checks, one failing, in the root's counts.
+    assert!(
+        xml.contains("<testsuites name=\"hil\" tests=\"4\" failures=\"1\" skipped=\"0\""),
+        "{xml}"
+    );
+    let suite = &xml[xml
+        .find("fleet.toml\" tests=\"3\" failures=\"1\"")
+        .expect(&xml)..];
+    assert!(
+        suite.contains(
+            "<testcase classname=\"A small fleet\" name=\"&gt;= 90.0 % of the fleet on app 7 by 1h\""
+        ),
+        "{suite}"
+    );
+    let failing = "name=\"&gt;= 50.0 % of the fleet on app 3 by 1h\"";
+    let case = &suite[suite.find(failing).expect(suite)..];
+    let case = &case[..case.find("</testcase>").unwrap()];
+    assert!(
+        case.contains(
+            "<failure message=\"&gt;= 50.0 % of the fleet on app 3 by 1h: found 0 of 10 (0.0 %)\""
+        ),
+        "{case}"
+    );
+    // Passing cases carry no failure.
+    let passing = &suite[suite.find("name=\"no device bricked\"").expect(suite)..];
+    let passing = &passing[..passing.find("</testcase>").unwrap()];
+    assert!(!passing.contains("<failure"), "{passing}");
+    assert_eq!(xml.matches("<testcase ").count(), 4, "{xml}");
+    assert!(xml.trim_end().ends_with("</testsuites>"), "{xml}");
+
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["totals"]["failed"], 1, "{report:#}");
+    assert_eq!(report["totals"]["passed"], 3, "{report:#}");
+    let fleet = &report["fleets"][0];
+    assert_eq!(fleet["passed"], false);
+    assert_eq!(fleet["devices"], 10);
+    assert_eq!(fleet["checks"][1]["outcome"], "fail");
+    assert_eq!(fleet["checks"][1]["found"], "0 of 10 (0.0 %)");
+    assert_eq!(fleet["checks"][0]["outcome"], "pass");
+    let summary = &fleet["summary"];
+    assert_eq!(summary["bricked"], 0);
+    assert_eq!(summary["updated_while_busy"], 0);
+    let m = &summary["milestones"][0];
+    assert_eq!(
+        (m["cohort"].as_str(), m["version"].as_u64()),
+        (Some("devices1"), Some(7))
+    );
+    assert_eq!(m["on_at_end"], 10);
+    // Released at 10 minutes: 95 % came after that and within the hour.
+    let t95 = m["seconds_to_95_percent"]
+        .as_f64()
+        .expect("95 % was reached");
+    assert!((600.0..=3600.0).contains(&t95), "{t95}");
+    std::fs::remove_dir_all(dir).ok();
+}

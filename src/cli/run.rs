@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use harness::fleet_sim::report as fleet_report;
 use harness::scenario::emulator_target::EmulatorTarget;
 use harness::scenario::report::{json_report, junit, summary_table};
 use harness::scenario::runner::{self, Outcome, ScenarioResult};
@@ -33,7 +34,8 @@ pub struct RunArgs {
     /// the target's virtual seconds in the property `target_seconds`). Checked before the run.
     #[arg(long)]
     junit: Option<PathBuf>,
-    /// Write a JSON report (with every case's trace) here.
+    /// Write a JSON report (with every case's trace; fleet files under `fleets`: their checks,
+    /// milestones, devices bricked, transfers started while busy, the staged rollout) here.
     #[arg(long)]
     json: Option<PathBuf>,
     /// Print every case's trace, not only the failures'.
@@ -176,6 +178,9 @@ pub fn run(args: RunArgs) -> CliResult {
         print!("{}", summary_table(&results));
     }
     let mut fleet_failed = false;
+    // Each fleet file's checks and figures for the reports.
+    let mut fleet_suites = Vec::new();
+    let mut fleet_json = Vec::new();
     for f in &fleets {
         let f = match args.fleet_devices {
             Some(n) => f.scaled_to(n),
@@ -186,10 +191,15 @@ pub fn run(args: RunArgs) -> CliResult {
             f.file.display(),
             f.devices()
         );
-        match harness::fleet_sim::run(&f, args.seed) {
+        let started = Instant::now();
+        let result = harness::fleet_sim::run(&f, args.seed);
+        let wall = started.elapsed().as_secs_f64();
+        match result {
             Ok(run) => {
                 print!("{}", run.summary());
                 fleet_failed |= !run.passed();
+                fleet_suites.push(fleet_report::junit_suite(&run, wall));
+                fleet_json.push(fleet_report::json(&run));
                 if let Some(dir) = &args.curves {
                     let stem = f
                         .file
@@ -204,15 +214,36 @@ pub fn run(args: RunArgs) -> CliResult {
             Err(e) => {
                 println!("FAIL {}: {e}", f.file.display());
                 fleet_failed = true;
+                fleet_suites.push(fleet_report::junit_error_suite(
+                    &f.file,
+                    &e.to_string(),
+                    wall,
+                ));
+                fleet_json.push(serde_json::json!({
+                    "file": f.file.display().to_string(),
+                    "name": f.name,
+                    "passed": false,
+                    "error": e.to_string(),
+                }));
             }
         }
     }
     if let Some(path) = &args.junit {
-        std::fs::write(path, junit(&results, &wall))
+        let doc = fleet_report::add_to_junit(&junit(&results, &wall), &fleet_suites);
+        std::fs::write(path, doc)
             .map_err(|e| format!("{}: cannot write the JUnit report: {e}", path.display()))?;
     }
     if let Some(path) = &args.json {
-        let value = json_report(&results, &args.target, args.seed);
+        let mut value = json_report(&results, &args.target, args.seed);
+        // Fleet files: their checks count in the totals like cases.
+        for s in &fleet_suites {
+            value["totals"]["passed"] = (value["totals"]["passed"].as_u64().unwrap_or(0)
+                + (s.tests - s.failures) as u64)
+                .into();
+            value["totals"]["failed"] =
+                (value["totals"]["failed"].as_u64().unwrap_or(0) + s.failures as u64).into();
+        }
+        value["fleets"] = serde_json::Value::Array(fleet_json);
         let text = serde_json::to_string_pretty(&value)?;
         std::fs::write(path, text + "\n")
             .map_err(|e| format!("{}: cannot write the JSON report: {e}", path.display()))?;

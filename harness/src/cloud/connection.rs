@@ -418,6 +418,7 @@ impl Cloud {
 
     /// Forgets the device's session (after a close, a refusal or a new handshake).
     pub(super) fn end_session(&mut self, id: DeviceId) {
+        self.touched.push(id);
         if let Some(s) = self.devices.get_mut(&id).and_then(|d| d.session.take()) {
             self.by_handle.remove(&s.handle);
         }

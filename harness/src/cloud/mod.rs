@@ -138,7 +138,8 @@ pub use job::{JobId, JobInfo, JobKind, JobStatus};
 pub use policy::{DeviceOsLibrary, LibraryModule};
 pub use transfer::{SenderTiming, Transfer, TransferError};
 
-use std::collections::{BTreeMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -247,6 +248,10 @@ struct DeviceRecord {
     /// SHA-256 of the files the cloud gave up delivering automatically (product firmware or
     /// Device OS modules that can never be installed): not retried.
     gave_up: Vec<[u8; 32]>,
+    /// When [`Cloud::handle_timeout`] must look at this device next ([`Cloud::device_deadline`]
+    /// as of the last change), and the time of its live entry in [`Cloud::timers`].
+    timer: Option<Duration>,
+    scheduled: Option<Duration>,
 }
 
 fn key_bytes(key: &VerifyingKey) -> Vec<u8> {
@@ -275,6 +280,14 @@ pub struct Cloud {
     /// Staged rollouts by product (`rollout`, driven from `products.rs`).
     rollouts: BTreeMap<fleet::ProductId, rollout::Rollout>,
     library: DeviceOsLibrary,
+    /// Device deadlines, earliest first: `(deadline, device)`, live while it equals the
+    /// device's `scheduled`. A deadline that moves later keeps its entry, which is moved when
+    /// it comes up; one that moves earlier gets a new entry. The top is kept live after every
+    /// call, so [`Cloud::poll_timeout`] is a peek and a device with nothing due costs nothing
+    /// per timeout.
+    timers: BinaryHeap<Reverse<(Duration, DeviceId)>>,
+    /// Devices whose state changed since their deadline was last worked out.
+    touched: Vec<DeviceId>,
 }
 
 impl std::fmt::Debug for Cloud {
@@ -307,6 +320,8 @@ impl Cloud {
             fleet: Fleet::new(),
             rollouts: BTreeMap::new(),
             library: DeviceOsLibrary::default(),
+            timers: BinaryHeap::new(),
+            touched: Vec::new(),
         }
     }
 
@@ -342,6 +357,8 @@ impl Cloud {
                         committed: Vec::new(),
                         armed: None,
                         gave_up: Vec::new(),
+                        timer: None,
+                        scheduled: None,
                     },
                 );
             }
@@ -379,6 +396,7 @@ impl Cloud {
             self.server.close(now, handle);
             self.process_server_events(now, &RecordKind::Other);
         }
+        self.retime_touched();
         true
     }
 
@@ -446,6 +464,8 @@ impl Cloud {
             }
         }
         self.by_handle.insert(handle, id);
+        self.touched.push(id);
+        self.retime_touched();
         Ok(())
     }
 
@@ -460,14 +480,32 @@ impl Cloud {
         let kind = record_kind(datagram);
         self.server.handle_datagram(now, from, datagram);
         self.process_server_events(now, &kind);
+        self.retime_touched();
     }
 
     /// Runs every timer that is due at `now`.
     pub fn handle_timeout(&mut self, now: Duration) {
         self.server.handle_timeout(now);
         self.process_server_events(now, &RecordKind::Other);
-        let ids: Vec<DeviceId> = self.devices.keys().copied().collect();
-        for id in ids {
+        self.retime_touched();
+        // The devices with something due, in id order (the order every device was looked at
+        // in when each timeout walked the whole fleet).
+        let mut due = Vec::new();
+        while let Some(&Reverse((at, id))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            if let Some(d) = self.devices.get_mut(&id) {
+                d.scheduled = None;
+            }
+            due.push(id);
+            self.tidy_timers();
+        }
+        due.sort_unstable();
+        due.dedup();
+        for id in due {
+            self.touched.push(id);
             let events = match self.endpoint(&id) {
                 Some(e) => {
                     e.handle_timeout(now);
@@ -485,6 +523,7 @@ impl Cloud {
             self.service(now, id);
         }
         self.service_rollouts(now);
+        self.retime_touched();
     }
 
     /// The next datagram to send and its destination.
@@ -496,44 +535,109 @@ impl Cloud {
 
     /// When [`Cloud::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Option<Duration> {
-        let mut next = self.server.poll_timeout();
+        let devices = self.timers.peek().map(|Reverse((at, _))| *at);
+        debug_assert_eq!(
+            devices,
+            self.devices
+                .iter()
+                .filter_map(|(id, d)| self.device_deadline(id, d))
+                .min(),
+            "the timer queue disagrees with the devices' deadlines (a change not retimed)"
+        );
+        [self.server.poll_timeout(), devices]
+            .into_iter()
+            .chain(self.rollouts.values().map(|r| r.deadline()))
+            .flatten()
+            .min()
+    }
+
+    /// When the device needs [`Cloud::handle_timeout`] next: its CoAP retransmissions, and
+    /// while it is online its silence limit, its pending event, its settle point (with news
+    /// since the last look) and its transfer's timers.
+    fn device_deadline(&self, id: &DeviceId, device: &DeviceRecord) -> Option<Duration> {
+        let session = device.session.as_ref()?;
+        let endpoint = session.endpoint.as_ref()?;
+        let mut next = endpoint.poll_timeout();
         let mut consider = |t: Option<Duration>| {
             if let Some(t) = t {
                 next = Some(next.map_or(t, |n| n.min(t)));
             }
         };
-        for (id, device) in &self.devices {
-            let Some(session) = &device.session else {
-                continue;
-            };
-            let Some(endpoint) = &session.endpoint else {
-                continue;
-            };
-            consider(endpoint.poll_timeout());
-            if !session.online {
-                continue;
-            }
-            consider(self.idle_deadline(id));
-            if !session.pending_sent {
-                consider(Some(session.started_at + self.config.pending_event_delay));
-            }
-            // Settled with news since the last look (a request: a flag, an event...).
-            if let Some(at) = self
-                .settle_deadline(device, session)
-                .filter(|_| self.active_job(id).is_none())
-            {
-                if session.reconciled_at.is_none_or(|r| at > r) {
-                    consider(Some(at));
-                }
-            }
-            if let Some(job) = device.queue.front().and_then(|j| self.jobs.get(j)) {
-                consider(job.transfer.as_ref().and_then(|t| t.deadline()));
+        if !session.online {
+            return next;
+        }
+        consider(self.idle_deadline(id));
+        if !session.pending_sent {
+            consider(Some(session.started_at + self.config.pending_event_delay));
+        }
+        // Settled with news since the last look (a request: a flag, an event...).
+        if let Some(at) = self
+            .settle_deadline(device, session)
+            .filter(|_| self.active_job(id).is_none())
+        {
+            if session.reconciled_at.is_none_or(|r| at > r) {
+                consider(Some(at));
             }
         }
-        for r in self.rollouts.values() {
-            consider(r.deadline());
+        if let Some(job) = device.queue.front().and_then(|j| self.jobs.get(j)) {
+            consider(job.transfer.as_ref().and_then(|t| t.deadline()));
         }
         next
+    }
+
+    /// Works out the deadlines of the devices changed since the last time.
+    fn retime_touched(&mut self) {
+        let mut touched = std::mem::take(&mut self.touched);
+        touched.sort_unstable();
+        touched.dedup();
+        for id in &touched {
+            let Some(d) = self.devices.get(id) else {
+                continue;
+            };
+            let timer = self.device_deadline(id, d);
+            let Some(d) = self.devices.get_mut(id) else {
+                continue;
+            };
+            d.timer = timer;
+            if let Some(t) = timer {
+                if d.scheduled.is_none_or(|s| t < s) {
+                    d.scheduled = Some(t);
+                    self.timers.push(Reverse((t, *id)));
+                }
+            }
+        }
+        touched.clear();
+        // Keep the allocation.
+        self.touched = touched;
+        self.tidy_timers();
+    }
+
+    /// Makes the top of the timer queue a live, exact entry: entries of removed devices or
+    /// superseded by an earlier one are dropped, an entry whose device's deadline moved later
+    /// is moved to it, one whose device has nothing due any more is dropped.
+    fn tidy_timers(&mut self) {
+        while let Some(&Reverse((at, id))) = self.timers.peek() {
+            let Some(d) = self
+                .devices
+                .get_mut(&id)
+                .filter(|d| d.scheduled == Some(at))
+            else {
+                self.timers.pop();
+                continue;
+            };
+            match d.timer {
+                Some(t) if t <= at => break,
+                Some(later) => {
+                    d.scheduled = Some(later);
+                    self.timers.pop();
+                    self.timers.push(Reverse((later, id)));
+                }
+                None => {
+                    d.scheduled = None;
+                    self.timers.pop();
+                }
+            }
+        }
     }
 
     /// The next event of the stream.
@@ -628,6 +732,7 @@ impl Cloud {
             d.queue.push_back(id);
         }
         self.service(now, device_id);
+        self.retime_touched();
         id
     }
 
@@ -685,6 +790,7 @@ impl Cloud {
             );
         }
         self.service(now, device_id);
+        self.retime_touched();
     }
 
     /// Sends an event to an online device (CON POST `E/<name>`); `false` if it is offline.
@@ -702,8 +808,12 @@ impl Cloud {
             token: Vec::new(),
             body: Body::Event(Event::new(name, data.as_bytes().to_vec())),
         };
-        self.send_request(now, device_id, message, Purpose::Event)
-            .is_some()
+        let sent = self
+            .send_request(now, device_id, message, Purpose::Event)
+            .is_some();
+        self.touched.push(device_id);
+        self.retime_touched();
+        sent
     }
 
     pub fn device(&self, device_id: impl Into<DeviceId>) -> Option<DeviceView> {
@@ -752,6 +862,7 @@ impl Cloud {
 
     /// Post-connect steps and job starts that are due.
     fn service(&mut self, now: Duration, id: DeviceId) {
+        self.touched.push(id);
         if let Some(data) = self.safe_mode_due(now, &id) {
             if let Some(s) = self.session_mut(&id) {
                 s.safe_mode_published = true;

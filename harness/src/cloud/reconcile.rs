@@ -480,6 +480,7 @@ impl Cloud {
             }
             self.service(now, *device);
         }
+        self.retime_touched();
     }
 }
 

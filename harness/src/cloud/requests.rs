@@ -23,7 +23,10 @@ impl Cloud {
         )
     }
 
+    /// The device's session, to change it (the device's deadline is worked out again at the
+    /// end of the call into the cloud).
     pub(super) fn session_mut(&mut self, id: &DeviceId) -> Option<&mut Session> {
+        self.touched.push(*id);
         self.devices.get_mut(id)?.session.as_mut()
     }
 
@@ -40,6 +43,7 @@ impl Cloud {
 
     /// Moves the endpoint's datagrams into DTLS records; returns the message id of the last.
     pub(super) fn flush_endpoint(&mut self, now: Duration, id: DeviceId) -> Option<u16> {
+        self.touched.push(id);
         let s = self.devices.get_mut(&id).and_then(|d| d.session.as_mut())?;
         let handle = s.handle;
         let endpoint = s.endpoint.as_mut()?;

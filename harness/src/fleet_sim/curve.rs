@@ -336,6 +336,33 @@ impl Curve {
     /// When each cohort first had 50 %, 90 %, 95 % and 100 % on each version it did not
     /// start on (lines for a person).
     pub fn milestones(&self) -> Vec<String> {
+        self.version_milestones()
+            .into_iter()
+            .map(|m| {
+                let marks: Vec<String> = m
+                    .reached
+                    .iter()
+                    .filter_map(|(p, t)| {
+                        t.map(|t| format!("{p}% at {}", crate::scenario::model::format_duration(t)))
+                    })
+                    .collect();
+                let marks = if marks.is_empty() {
+                    "never 50%".to_string()
+                } else {
+                    marks.join(", ")
+                };
+                format!(
+                    "{}: v{} on {} of {} at the end; {marks}",
+                    m.cohort, m.version, m.at_end, m.size
+                )
+            })
+            .collect()
+    }
+
+    /// For each cohort and each version none of its devices ran at the start but some ran
+    /// later: how many run it at the end, and the first sample at which 50, 90, 95 and 100 %
+    /// of the cohort ran it (`None`: never).
+    pub fn version_milestones(&self) -> Vec<VersionMilestones> {
         let mut out = Vec::new();
         let Some(first) = self.rows.first() else {
             return out;
@@ -345,38 +372,49 @@ impl Curve {
                 if first[ci].versions.get(&v).copied().unwrap_or(0) > 0 {
                     continue;
                 }
-                let mut marks = Vec::new();
-                for p in [50.0, 90.0, 95.0, 100.0] {
-                    let at = self.times.iter().zip(&self.rows).find(|(_, r)| {
-                        pct(r[ci].versions.get(&v).copied().unwrap_or(0), *size) >= p
-                    });
-                    if let Some((t, _)) = at {
-                        marks.push(format!(
-                            "{p}% at {}",
-                            crate::scenario::model::format_duration(*t)
-                        ));
-                    }
-                }
-                let last = self
+                let reached: Vec<(f64, Option<Duration>)> = MILESTONES
+                    .iter()
+                    .map(|&p| {
+                        let at = self.times.iter().zip(&self.rows).find(|(_, r)| {
+                            pct(r[ci].versions.get(&v).copied().unwrap_or(0), *size) >= p
+                        });
+                        (p, at.map(|(t, _)| *t))
+                    })
+                    .collect();
+                let at_end = self
                     .rows
                     .last()
                     .map(|r| r[ci].versions.get(&v).copied().unwrap_or(0))
                     .unwrap_or(0);
-                if last == 0 && marks.is_empty() {
+                if at_end == 0 && reached.iter().all(|(_, t)| t.is_none()) {
                     continue;
                 }
-                let marks = if marks.is_empty() {
-                    "never 50%".to_string()
-                } else {
-                    marks.join(", ")
-                };
-                out.push(format!(
-                    "{name}: v{v} on {last} of {size} at the end; {marks}"
-                ));
+                out.push(VersionMilestones {
+                    cohort: name.clone(),
+                    size: *size,
+                    version: v,
+                    at_end,
+                    reached,
+                });
             }
         }
         out
     }
+}
+
+/// The shares of a cohort [`Curve::version_milestones`] reports the time of, in percent.
+pub const MILESTONES: [f64; 4] = [50.0, 90.0, 95.0, 100.0];
+
+/// How a new version spread through one cohort ([`Curve::version_milestones`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VersionMilestones {
+    pub cohort: String,
+    pub size: u32,
+    pub version: u16,
+    /// Devices of the cohort running it at the end.
+    pub at_end: u32,
+    /// (percent, first sample time at or above it) for each of [`MILESTONES`].
+    pub reached: Vec<(f64, Option<Duration>)>,
 }
 
 fn pct(n: u32, of: u32) -> f64 {

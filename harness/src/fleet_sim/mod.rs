@@ -10,6 +10,7 @@
 //! - [`device`]: one device node, its power / network / application schedule and its share
 //!   of the live counts.
 //! - [`curve`]: the per-minute counts and their CSV, JSON, SVG and PNG forms.
+//! - [`report`]: a run in `hil run`'s JUnit and JSON reports.
 //! - [`run`]: builds the fleet (devices with the same firmware share their flash sectors,
 //!   copy-on-write) and runs it; the same seed gives the same curve.
 //!
@@ -21,6 +22,7 @@ pub mod curve;
 pub mod device;
 pub mod model;
 mod png;
+pub mod report;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};

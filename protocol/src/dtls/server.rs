@@ -3,7 +3,8 @@
 //! by CID and moved to the sender's address, sans-IO.
 
 use core::time::Duration;
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 
 use hmac::{Hmac, Mac};
@@ -151,6 +152,8 @@ struct Association {
     cid: Option<Vec<u8>>,
     device_key: Option<VerifyingKey>,
     master: Option<[u8; 48]>,
+    /// The time of this association's live entry in [`Server::timers`], if any.
+    scheduled: Option<Duration>,
 }
 
 /// A DTLS 1.2 server for many clients. See the [module documentation](super).
@@ -164,6 +167,18 @@ pub struct Server<R> {
     by_cid: HashMap<Vec<u8>, ConnectionHandle>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<ServerEvent>,
+    /// Retransmission deadlines, earliest first: `(deadline, handle)`, live while it equals
+    /// the association's `scheduled` (older entries are dropped when they come up). An idle
+    /// association costs nothing per timeout; the top is kept live after every call, so
+    /// [`Server::poll_timeout`] is a peek.
+    timers: BinaryHeap<Reverse<(Duration, ConnectionHandle)>>,
+    /// The SEC1 (compressed) encodings of `config.device_keys`: the registration check of a
+    /// handshake without a walk over every key.
+    known_keys: HashSet<Vec<u8>>,
+}
+
+fn key_id(key: &VerifyingKey) -> Vec<u8> {
+    key.to_encoded_point(true).as_bytes().to_vec()
 }
 
 impl<R> core::fmt::Debug for Server<R> {
@@ -178,6 +193,7 @@ impl<R: RngCore + CryptoRng> Server<R> {
     pub fn new(config: ServerConfig, mut rng: R) -> Self {
         let mut cookie_secret = [0u8; 32];
         rng.fill_bytes(&mut cookie_secret);
+        let known_keys = config.device_keys.iter().map(key_id).collect();
         Self {
             config,
             rng,
@@ -188,12 +204,14 @@ impl<R: RngCore + CryptoRng> Server<R> {
             by_cid: HashMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            timers: BinaryHeap::new(),
+            known_keys,
         }
     }
 
     /// Registers one more device key.
     pub fn register_device_key(&mut self, key: VerifyingKey) {
-        if !self.config.device_keys.contains(&key) {
+        if self.known_keys.insert(key_id(&key)) {
             self.config.device_keys.push(key);
         }
     }
@@ -201,7 +219,9 @@ impl<R: RngCore + CryptoRng> Server<R> {
     /// Stops accepting a device key in new handshakes (established associations stay; close
     /// them with [`Server::close`]).
     pub fn unregister_device_key(&mut self, key: &VerifyingKey) {
-        self.config.device_keys.retain(|k| k != key);
+        if self.known_keys.remove(&key_id(key)) {
+            self.config.device_keys.retain(|k| k != key);
+        }
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -214,21 +234,84 @@ impl<R: RngCore + CryptoRng> Server<R> {
 
     /// The earliest retransmission deadline over all associations.
     pub fn poll_timeout(&self) -> Option<Duration> {
-        self.associations
-            .values()
-            .filter_map(|a| a.core.timer)
-            .min()
+        let next = self.timers.peek().map(|Reverse((at, _))| *at);
+        debug_assert_eq!(
+            next,
+            self.associations
+                .values()
+                .filter_map(|a| a.core.timer)
+                .min(),
+            "the timer queue disagrees with the associations' timers"
+        );
+        next
     }
 
+    /// Runs the retransmission timers that are due, in handle order.
     pub fn handle_timeout(&mut self, now: Duration) {
-        let handles: Vec<ConnectionHandle> = self.associations.keys().copied().collect();
-        for h in handles {
+        let mut due = Vec::new();
+        while let Some(&Reverse((at, h))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            if let Some(a) = self.associations.get_mut(&h) {
+                a.scheduled = None;
+                due.push(h);
+            }
+            self.tidy_timers();
+        }
+        due.sort();
+        due.dedup();
+        for h in due {
             if let Some(a) = self.associations.get_mut(&h) {
                 if let Err(e) = a.core.on_timeout(now) {
                     a.core.fail(e);
                 }
             }
             self.drain(h);
+        }
+        self.tidy_timers();
+    }
+
+    /// Queues the association's retransmission deadline if it is earlier than its live entry
+    /// (a later one is found when the earlier entry comes up, [`Server::tidy_timers`]).
+    fn retime(&mut self, h: ConnectionHandle) {
+        let Some(a) = self.associations.get_mut(&h) else {
+            return;
+        };
+        if let Some(t) = a.core.timer {
+            if a.scheduled.is_none_or(|s| t < s) {
+                a.scheduled = Some(t);
+                self.timers.push(Reverse((t, h)));
+            }
+        }
+    }
+
+    /// Makes the top of the timer queue a live, exact entry: entries of forgotten
+    /// associations or superseded by an earlier one are dropped, an entry whose association's
+    /// deadline moved later is moved to it, one whose timer stopped is dropped.
+    fn tidy_timers(&mut self) {
+        while let Some(&Reverse((at, h))) = self.timers.peek() {
+            let Some(a) = self
+                .associations
+                .get_mut(&h)
+                .filter(|a| a.scheduled == Some(at))
+            else {
+                self.timers.pop();
+                continue;
+            };
+            match a.core.timer {
+                Some(t) if t <= at => break,
+                Some(later) => {
+                    a.scheduled = Some(later);
+                    self.timers.pop();
+                    self.timers.push(Reverse((later, h)));
+                }
+                None => {
+                    a.scheduled = None;
+                    self.timers.pop();
+                }
+            }
         }
     }
 
@@ -306,6 +389,7 @@ impl<R: RngCore + CryptoRng> Server<R> {
             a.core.close_with(CloseReason::Local);
         }
         self.drain(handle);
+        self.tidy_timers();
     }
 
     /// The state of a connected association, to keep it across a restart of the server
@@ -386,6 +470,7 @@ impl<R: RngCore + CryptoRng> Server<R> {
                 cid,
                 device_key: Some(session.device_key),
                 master: Some(s.master_secret),
+                scheduled: None,
             },
         );
         Ok(h)
@@ -395,6 +480,7 @@ impl<R: RngCore + CryptoRng> Server<R> {
     /// longer finds it.
     pub fn remove(&mut self, handle: ConnectionHandle) {
         self.forget(handle);
+        self.tidy_timers();
     }
 
     /// Feeds one UDP payload received from `from`.
@@ -434,6 +520,7 @@ impl<R: RngCore + CryptoRng> Server<R> {
                 self.on_record(now, h, from, &rec, &mut retransmitted);
             }
         }
+        self.tidy_timers();
     }
 
     fn on_record(
@@ -471,7 +558,15 @@ impl<R: RngCore + CryptoRng> Server<R> {
         };
         let result = result.and_then(|items| {
             for item in items {
-                on_item(&self.config, &mut self.rng, a, now, item, retransmitted)?;
+                on_item(
+                    &self.config,
+                    &self.known_keys,
+                    &mut self.rng,
+                    a,
+                    now,
+                    item,
+                    retransmitted,
+                )?;
                 if a.core.phase == Phase::Closed {
                     break;
                 }
@@ -565,6 +660,7 @@ impl<R: RngCore + CryptoRng> Server<R> {
             cid: None,
             device_key: None,
             master: None,
+            scheduled: None,
         };
         if let Err(e) = server_flight(
             &self.config,
@@ -641,6 +737,7 @@ impl<R: RngCore + CryptoRng> Server<R> {
         if closed {
             self.forget(h);
         }
+        self.retime(h);
     }
 }
 
@@ -830,8 +927,10 @@ fn server_flight<R: RngCore + CryptoRng>(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn on_item<R: RngCore + CryptoRng>(
     config: &ServerConfig,
+    known_keys: &HashSet<Vec<u8>>,
     _rng: &mut R,
     a: &mut Association,
     _now: Duration,
@@ -868,12 +967,13 @@ fn on_item<R: RngCore + CryptoRng>(
             body,
             epoch,
             transcript_before,
-        } => on_handshake(config, a, typ, &body, epoch, transcript_before),
+        } => on_handshake(config, known_keys, a, typ, &body, epoch, transcript_before),
     }
 }
 
 fn on_handshake(
     config: &ServerConfig,
+    known_keys: &HashSet<Vec<u8>>,
     a: &mut Association,
     typ: u8,
     body: &[u8],
@@ -897,7 +997,7 @@ fn on_handshake(
             let key = verifying_key_from_spki(&spki)?;
             // Kept even when refused: the refusal names the key that was offered.
             a.device_key = Some(key);
-            if !config.device_keys.contains(&key) {
+            if !known_keys.contains(&key_id(&key)) {
                 return Err(DtlsError::UnknownDeviceKey);
             }
             a.state = State::ExpectClientKeyExchange;
