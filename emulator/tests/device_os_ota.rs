@@ -570,6 +570,8 @@ fn single_threaded_application_calls_wait_for_the_end_of_the_transfer() {
     };
     let mut sim = Sim::new("boron", &Versions::BASELINE, app, 5);
     sim.connect();
+    // Non-threaded AUTOMATIC: setup(), and so loop(), runs only a while after the connection.
+    sim.run_for(emulator::os::profile::NON_THREADED_SETUP_DELAY + SECOND);
     let file = app_module("boron", &v4());
     let start = sim.cloud_request(MessageType::Confirmable, update_start(&file, 512));
     sim.run_for(100 * MS);

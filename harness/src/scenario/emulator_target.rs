@@ -1026,6 +1026,7 @@ impl Target for EmulatorTarget {
             spec.app = OsApp {
                 updates_enabled_at_boot: cd.updates_enabled.unwrap_or(setup.app.updates_enabled),
                 reset_enabled_at_boot: setup.app.resets_enabled,
+                disable_updates_in: setup.app.disable_updates_in,
                 system_thread: setup.app.system_thread,
                 mode: setup.app.mode,
                 on_asset_ota: setup.app.on_asset_ota,

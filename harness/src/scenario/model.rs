@@ -163,8 +163,11 @@ impl InitialFirmware {
 /// How the application behaves from boot (reference: particle-cloud-api.md 5.1-5.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppBehaviour {
-    /// `false`: the app calls `System.disableUpdates()` in `setup()`.
+    /// `false`: the app calls `System.disableUpdates()` in `setup()` (or where
+    /// `disable_updates_in` says).
     pub updates_enabled: bool,
+    /// Where the app calls `System.disableUpdates()`: `STARTUP()` or `setup()`.
+    pub disable_updates_in: AppStage,
     /// `false`: the app calls `System.disableReset()` in `setup()`.
     pub resets_enabled: bool,
     /// `SYSTEM_THREAD(ENABLED)` (the default on Device OS 6.2.0).
@@ -178,6 +181,7 @@ impl Default for AppBehaviour {
     fn default() -> Self {
         AppBehaviour {
             updates_enabled: true,
+            disable_updates_in: AppStage::Setup,
             resets_enabled: true,
             system_thread: true,
             mode: SystemMode::Automatic,
@@ -185,6 +189,12 @@ impl Default for AppBehaviour {
         }
     }
 }
+
+/// The part of the application a call is made from, named in scenario files by these words.
+pub use emulator::os::AppStage;
+
+pub const APP_STAGE_WORDS: [(&str, AppStage); 2] =
+    [("startup", AppStage::Startup), ("setup", AppStage::Setup)];
 
 /// The emulated Device OS's `System.onAssetOta` hook, named in scenario files by these words.
 pub use emulator::os::AssetOtaHook;

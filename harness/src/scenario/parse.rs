@@ -332,9 +332,22 @@ fn read_app(n: &Node) -> Result<AppBehaviour, SpanError> {
         system_thread: f
             .optional("system_thread", node::as_bool)?
             .unwrap_or(d.system_thread),
-        mode: f
-            .optional("mode", |n| node::as_word(n, &SYSTEM_MODE_WORDS))?
-            .unwrap_or(d.mode),
+        disable_updates_in: f
+            .optional("disable_updates_in", |n| node::as_word(n, &APP_STAGE_WORDS))?
+            .unwrap_or(d.disable_updates_in),
+        mode: {
+            // `system_mode` is another spelling of `mode`.
+            let mode = f.optional("mode", |n| node::as_word(n, &SYSTEM_MODE_WORDS))?;
+            let system_mode =
+                f.optional("system_mode", |n| node::as_word(n, &SYSTEM_MODE_WORDS))?;
+            if mode.is_some() && system_mode.is_some() {
+                return Err(SpanError::new(
+                    f.key_span("system_mode").unwrap_or_else(|| f.span()),
+                    "[app]: `mode` and `system_mode` are the same key; give one".to_string(),
+                ));
+            }
+            mode.or(system_mode).unwrap_or(d.mode)
+        },
         on_asset_ota: f
             .optional("on_asset_ota", |n| node::as_word(n, &ASSET_OTA_WORDS))?
             .unwrap_or(d.on_asset_ota),
