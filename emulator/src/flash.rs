@@ -1059,3 +1059,42 @@ impl FlashArray {
         mask
     }
 }
+
+/// Bytes copied per program operation. Device OS copies through a RAM buffer; the block size
+/// only changes how many numbered flash operations an apply takes. Chosen to match the
+/// 256-byte inflate blocks of the bootloader (reference 5.3) times four.
+pub const COPY_BLOCK_LEN: usize = 1024;
+
+/// Erases the sectors covering `dest..dest+image.len()` and programs `image` there (the
+/// bootloader's copy, a factory programmer).
+pub(crate) fn copy_bytes(
+    flash: &mut FlashArray,
+    chip: ChipId,
+    dest: u32,
+    image: &[u8],
+) -> Result<(), FlashError> {
+    let geometry = flash
+        .geometry(chip)
+        .ok_or(FlashError::NoSuchChip { chip })?;
+    let sector = geometry.sector_size;
+    let unit = geometry.program_unit.max(1) as usize;
+    let first = dest - dest % sector;
+    let end = dest as u64 + image.len() as u64;
+    let mut addr = first as u64;
+    while addr < end {
+        flash.erase_sector(chip, addr as u32)?;
+        addr += sector as u64;
+    }
+    for (n, block) in image.chunks(COPY_BLOCK_LEN).enumerate() {
+        let at = dest + (n * COPY_BLOCK_LEN) as u32;
+        if block.len().is_multiple_of(unit) {
+            flash.program(chip, at, block)?;
+        } else {
+            // Pad the tail to the program unit with 0xFF, which programs nothing.
+            let mut padded = block.to_vec();
+            padded.resize(block.len().div_ceil(unit) * unit, 0xFF);
+            flash.program(chip, at, &padded)?;
+        }
+    }
+    Ok(())
+}
