@@ -22,15 +22,12 @@ use protocol::module::{ModuleFunction, Prefix};
 use crate::board::{Board, RegionKind};
 use crate::content_cache::ContentCache;
 use crate::dct::{chip_for_code, slot_flags, ModuleSlot, ModuleSlots};
-use crate::flash::{ChipId, FlashArray, FlashError};
+use crate::flash::{copy_bytes, ChipId, FlashArray, FlashError};
 use crate::installed::{read_region, FoundModule, RegionContent};
 use crate::placement::{place, PlacementError};
 use crate::store::{Store, StoreError};
 
-/// Bytes copied per program operation. Device OS copies through a RAM buffer; the block size
-/// only changes how many numbered flash operations an apply takes. Chosen to match the
-/// 256-byte inflate blocks of the bootloader (reference 5.3) times four.
-pub const COPY_BLOCK_LEN: usize = 1024;
+pub use crate::flash::COPY_BLOCK_LEN;
 
 /// Store key of the MBR's (nRF52840) / KM0's (rtl872x) pending bootloader copy. The real MBR
 /// keeps this in its own parameter page; the emulator keeps it in the same power-safe store as
@@ -640,37 +637,6 @@ fn verify_slot(
         },
         source: Arc::clone(&source),
     }))
-}
-
-/// Erases the sectors covering `dest..dest+image.len()` and programs `image` there.
-pub(crate) fn copy_bytes(
-    flash: &mut FlashArray,
-    chip: crate::flash::ChipId,
-    dest: u32,
-    image: &[u8],
-) -> Result<(), FlashError> {
-    let geometry = crate::device::geometry(flash, chip)?;
-    let sector = geometry.sector_size;
-    let unit = geometry.program_unit.max(1) as usize;
-    let first = dest - dest % sector;
-    let end = dest as u64 + image.len() as u64;
-    let mut addr = first as u64;
-    while addr < end {
-        flash.erase_sector(chip, addr as u32)?;
-        addr += sector as u64;
-    }
-    for (n, block) in image.chunks(COPY_BLOCK_LEN).enumerate() {
-        let at = dest + (n * COPY_BLOCK_LEN) as u32;
-        if block.len().is_multiple_of(unit) {
-            flash.program(chip, at, block)?;
-        } else {
-            // Pad the tail to the program unit with 0xFF, which programs nothing.
-            let mut padded = block.to_vec();
-            padded.resize(block.len().div_ceil(unit) * unit, 0xFF);
-            flash.program(chip, at, &padded)?;
-        }
-    }
-    Ok(())
 }
 
 /// On nRF52840 a valid 128 KB legacy user part (5/1) takes precedence over the 256 KB one (5/2),

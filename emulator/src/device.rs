@@ -271,7 +271,7 @@ impl Device {
             let placed = self.place(&board, part)?;
             let chip = board.flash_chip(placed.region.chip);
             let start = placed.module.prefix.start_address;
-            bootloader::copy_bytes(&mut self.flash, chip, start, &placed.image)?;
+            crate::flash::copy_bytes(&mut self.flash, chip, start, &placed.image)?;
         }
         Ok(())
     }
@@ -295,7 +295,7 @@ impl Device {
         }
         let chip = self.board.flash_chip(factory.chip);
         let start = factory.start;
-        bootloader::copy_bytes(&mut self.flash, chip, start, bytes)?;
+        crate::flash::copy_bytes(&mut self.flash, chip, start, bytes)?;
         Ok(())
     }
 

@@ -190,6 +190,17 @@ pub struct ActivityCut {
     pub mode: CutMode,
 }
 
+/// An I/O error the flash reports for one operation (a failing chip or bus): the
+/// `skip`+1-th operation labelled `activity` (of `kind`, when given) from now on fails with
+/// [`FlashError::Io`] and changes nothing; the power stays on and later operations work. The
+/// refused operation takes no operation number (see [`FlashArray::schedule_io_fault`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct IoFault {
+    pub activity: Activity,
+    pub kind: Option<OpKind>,
+    pub skip: u64,
+}
+
 /// One entry of the operation log (see [`FlashArray::enable_log`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlashOp {
@@ -255,6 +266,12 @@ pub enum FlashError {
     ProgramWouldSetBits { chip: ChipId, addr: u32 },
     #[error("power was lost at flash operation {op}; the device must be powered on again")]
     PowerLost { op: u64 },
+    #[error("{kind} at {addr:#010x} on {chip} flash failed with an I/O error (an injected fault)")]
+    Io {
+        chip: ChipId,
+        kind: OpKind,
+        addr: u32,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -383,6 +400,7 @@ pub struct FlashArray {
     next_op: u64,
     cuts: Vec<PowerCut>,
     activity_cuts: Vec<ActivityCut>,
+    io_faults: Vec<IoFault>,
     lost_at: Option<u64>,
     log: Option<Vec<FlashOp>>,
     activity: Activity,
@@ -495,6 +513,7 @@ impl FlashArray {
             next_op: 0,
             cuts: Vec::new(),
             activity_cuts: Vec::new(),
+            io_faults: Vec::new(),
             lost_at: None,
             log: None,
             activity: Activity::Other,
@@ -584,6 +603,40 @@ impl FlashArray {
     pub fn clear_cuts(&mut self) {
         self.cuts.clear();
         self.activity_cuts.clear();
+        self.io_faults.clear();
+    }
+
+    /// Schedules an I/O error at an operation the firmware labels `fault.activity` (see
+    /// [`IoFault`]), e.g. "the first program of the next commit".
+    pub fn schedule_io_fault(&mut self, fault: IoFault) {
+        self.io_faults.push(fault);
+    }
+
+    /// I/O faults scheduled and not yet fired.
+    pub fn pending_io_faults(&self) -> &[IoFault] {
+        &self.io_faults
+    }
+
+    /// Takes the I/O fault that hits an operation of `kind` now, if one does (counting the
+    /// operation for the others of its activity).
+    fn io_fault_now(&mut self, kind: OpKind) -> bool {
+        let activity = self.activity;
+        let mut fired = None;
+        for (i, f) in self.io_faults.iter_mut().enumerate() {
+            if f.activity != activity || f.kind.is_some_and(|k| k != kind) {
+                continue;
+            }
+            if f.skip == 0 {
+                fired = fired.or(Some(i));
+            } else {
+                f.skip -= 1;
+            }
+        }
+        if let Some(i) = fired {
+            self.io_faults.remove(i);
+            return true;
+        }
+        false
     }
 
     /// Schedules a power cut at an operation the firmware labels `cut.activity` (operation
@@ -796,6 +849,13 @@ impl FlashArray {
             });
         }
 
+        if self.io_fault_now(OpKind::Program) {
+            return Err(FlashError::Io {
+                chip,
+                kind: OpKind::Program,
+                addr,
+            });
+        }
         if self.snapshots.is_some() {
             self.record(RecordedOp::Program {
                 chip,
@@ -879,6 +939,13 @@ impl FlashArray {
         let (chip, ss) = (c.id, c.geometry.sector_size);
         let addr = c.geometry.base + offset;
         let sector = (offset / ss) as usize;
+        if self.io_fault_now(OpKind::Erase) {
+            return Err(FlashError::Io {
+                chip,
+                kind: OpKind::Erase,
+                addr,
+            });
+        }
         if self.snapshots.is_some() {
             self.record(RecordedOp::Erase { chip, addr });
         }
@@ -991,4 +1058,43 @@ impl FlashArray {
         }
         mask
     }
+}
+
+/// Bytes copied per program operation. Device OS copies through a RAM buffer; the block size
+/// only changes how many numbered flash operations an apply takes. Chosen to match the
+/// 256-byte inflate blocks of the bootloader (reference 5.3) times four.
+pub const COPY_BLOCK_LEN: usize = 1024;
+
+/// Erases the sectors covering `dest..dest+image.len()` and programs `image` there (the
+/// bootloader's copy, a factory programmer).
+pub(crate) fn copy_bytes(
+    flash: &mut FlashArray,
+    chip: ChipId,
+    dest: u32,
+    image: &[u8],
+) -> Result<(), FlashError> {
+    let geometry = flash
+        .geometry(chip)
+        .ok_or(FlashError::NoSuchChip { chip })?;
+    let sector = geometry.sector_size;
+    let unit = geometry.program_unit.max(1) as usize;
+    let first = dest - dest % sector;
+    let end = dest as u64 + image.len() as u64;
+    let mut addr = first as u64;
+    while addr < end {
+        flash.erase_sector(chip, addr as u32)?;
+        addr += sector as u64;
+    }
+    for (n, block) in image.chunks(COPY_BLOCK_LEN).enumerate() {
+        let at = dest + (n * COPY_BLOCK_LEN) as u32;
+        if block.len().is_multiple_of(unit) {
+            flash.program(chip, at, block)?;
+        } else {
+            // Pad the tail to the program unit with 0xFF, which programs nothing.
+            let mut padded = block.to_vec();
+            padded.resize(block.len().div_ceil(unit) * unit, 0xFF);
+            flash.program(chip, at, &padded)?;
+        }
+    }
+    Ok(())
 }

@@ -570,6 +570,8 @@ fn single_threaded_application_calls_wait_for_the_end_of_the_transfer() {
     };
     let mut sim = Sim::new("boron", &Versions::BASELINE, app, 5);
     sim.connect();
+    // Non-threaded AUTOMATIC: setup(), and so loop(), runs only a while after the connection.
+    sim.run_for(emulator::os::profile::NON_THREADED_SETUP_DELAY + SECOND);
     let file = app_module("boron", &v4());
     let start = sim.cloud_request(MessageType::Confirmable, update_start(&file, 512));
     sim.run_for(100 * MS);
@@ -700,4 +702,61 @@ fn safe_mode_says_so_at_connect_and_reports_the_unmet_dependency() {
     assert_eq!(user.checked_flags, 0x1E);
     assert_eq!(user.passed_flags, 0x1A, "DEPENDENCIES not passed");
     assert_eq!(user.dependencies[0].version, 6300);
+}
+
+#[test]
+fn a_flash_io_error_at_the_commit_fails_the_update_and_reconnects_without_a_reset() {
+    // PR #2270's error path: HAL_FLASH_End fails, the comms loop breaks, the device reconnects
+    // and keeps running its firmware; the cloud can try again.
+    use emulator::flash::{Activity, IoFault, OpKind};
+    let mut sim = Sim::boron();
+    sim.connect();
+    sim.device
+        .device_mut()
+        .flash_mut()
+        .schedule_io_fault(IoFault {
+            activity: Activity::Commit,
+            kind: Some(OpKind::Program),
+            skip: 0,
+        });
+    let from = sim.trace.len();
+    let file = app_module("boron", &v4());
+    sim.transfer(&file, 512);
+    sim.run_for(5 * SECOND);
+    assert!(
+        sim.device.device().flash().pending_io_faults().is_empty(),
+        "the commit wrote flash and the fault fired"
+    );
+    let trace = sim.trace_since(from);
+    let failed = trace
+        .iter()
+        .position(|e| matches!(e, DeviceEvent::OtaFailed { code: -219, .. }))
+        .unwrap_or_else(|| panic!("no FLASH_IO failure in {trace:#?}"));
+    let disconnected = trace
+        .iter()
+        .position(|e| {
+            matches!(
+                e,
+                DeviceEvent::Disconnected {
+                    reason: DisconnectReason::OtaError { code: -219 }
+                }
+            )
+        })
+        .expect("disconnected for the OTA error");
+    assert!(failed < disconnected);
+    assert!(trace[disconnected..]
+        .iter()
+        .any(|e| matches!(e, DeviceEvent::Connected { .. })));
+    assert!(
+        !trace
+            .iter()
+            .any(|e| matches!(e, DeviceEvent::Booted { .. })),
+        "no reset"
+    );
+    assert_eq!(sim.device.status().versions.product_version, Some(3));
+    assert!(sim.device.device_mut().pending_slots().unwrap().is_empty());
+    // The fault was one operation: the cloud's next attempt goes through.
+    sim.transfer(&file, 512);
+    sim.run_for(5 * SECOND);
+    assert_eq!(sim.device.status().versions.product_version, Some(4));
 }

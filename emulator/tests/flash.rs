@@ -627,3 +627,52 @@ fn holds_compares_bytes_when_the_versions_differ() {
         .unwrap();
     assert!(!flash.holds(&key).unwrap());
 }
+
+#[test]
+fn an_io_fault_refuses_one_operation_of_its_activity_and_changes_nothing() {
+    use emulator::flash::IoFault;
+    let mut flash = two_chips(1);
+    let b = INTERNAL.base;
+    flash.schedule_io_fault(IoFault {
+        activity: Activity::Commit,
+        kind: Some(OpKind::Program),
+        skip: 1,
+    });
+    // Other activities and other kinds do not count.
+    flash.program(ChipId::Internal, b, &[0; 4]).unwrap();
+    flash.set_activity(Activity::Commit);
+    flash.erase_sector(ChipId::Internal, b + 0x1000).unwrap();
+    flash
+        .program(ChipId::Internal, b + 0x1000, &[0x11; 4])
+        .unwrap();
+    let before = flash.op_count();
+    let e = flash
+        .program(ChipId::Internal, b + 0x1004, &[0x22; 4])
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            FlashError::Io {
+                kind: OpKind::Program,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(!e.is_power_loss());
+    assert!(!flash.power_lost());
+    assert_eq!(
+        flash.op_count(),
+        before,
+        "a refused operation takes no number"
+    );
+    assert_eq!(
+        flash.read_vec(ChipId::Internal, b + 0x1004, 4).unwrap(),
+        [0xFF; 4]
+    );
+    // Once: the next program works.
+    flash
+        .program(ChipId::Internal, b + 0x1004, &[0x22; 4])
+        .unwrap();
+    assert!(flash.pending_io_faults().is_empty());
+}

@@ -43,6 +43,12 @@ const COVERED: &[(Mutation, &[&str])] = &[
         Mutation::ResetIgnoresDisabled,
         &["deferred-reset.toml", "power-cut-while-reset-deferred.toml"],
     ),
+    // Only non-threaded AUTOMATIC runs setup() after the connection; every other combination
+    // runs it at boot either way.
+    (
+        Mutation::SetupAtBoot,
+        &["system-mode-automatic-non-threaded.toml"],
+    ),
 ];
 
 #[test]

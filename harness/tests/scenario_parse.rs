@@ -225,6 +225,12 @@ updates_forced = true
 do = "device.reset"
 reason = "watchdog"
 
+[[step]]
+do = "flash.fail"
+phase = "commit"
+op = 1
+kind = "erase"
+
 [expect]
 running = { app = 4 }
 

@@ -318,7 +318,7 @@ impl DeviceOs {
                 self.on_link_event(now, event);
             }
         }
-        self.check_connected();
+        self.check_connected(now);
         self.check_closing(now);
     }
 
@@ -569,10 +569,10 @@ impl DeviceOs {
                 }
             }
         }
-        self.check_connected();
+        self.check_connected(now);
     }
 
-    fn check_connected(&mut self) {
+    fn check_connected(&mut self, now: Duration) {
         let Some(cloud) = self.cloud.as_mut() else {
             return;
         };
@@ -589,6 +589,7 @@ impl DeviceOs {
             if self.device.flash().activity() == Activity::FirstBoot {
                 self.device.set_activity(Activity::Other);
             }
+            self.on_cloud_connected(now);
         }
     }
 
@@ -673,7 +674,7 @@ impl DeviceOs {
             Purpose::Ota(response) => self.ota_answered(now, response, answer),
             _ => {}
         }
-        self.check_connected();
+        self.check_connected(now);
     }
 
     /// Sends a CON or NON the device originates; `token` gives it a fresh 1-byte token.

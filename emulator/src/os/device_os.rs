@@ -32,10 +32,15 @@ use super::trace::{DeviceEvent, DeviceStatus, DisconnectReason, SystemEvent};
 /// What the application firmware does that the system cares about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppBehaviour {
-    /// `System.disableUpdates()` in `STARTUP()`/`setup()` when false.
+    /// `System.disableUpdates()` at boot when false, in the part of the application
+    /// [`AppBehaviour::disable_updates_in`] names.
     pub updates_enabled_at_boot: bool,
-    /// `System.disableReset()` in `STARTUP()`/`setup()` when false.
+    /// `System.disableReset()` in `setup()` when false.
     pub reset_enabled_at_boot: bool,
+    /// Where the application calls `System.disableUpdates()` (when
+    /// [`AppBehaviour::updates_enabled_at_boot`] is false): `STARTUP()` runs before anything
+    /// else, `setup()` when the system mode and thread setting let it ([`AppStage`]).
+    pub disable_updates_in: AppStage,
     /// `SYSTEM_THREAD(ENABLED)`: without it the application's calls wait while a transfer runs.
     pub system_thread: bool,
     /// `Particle.setDisconnectOptions(CloudDisconnectOptions().graceful(true))`: resets and
@@ -46,6 +51,30 @@ pub struct AppBehaviour {
     pub mode: SystemMode,
     /// `System.onAssetOta(callback)` in `STARTUP()`, and what the callback does.
     pub on_asset_ota: AssetOtaHook,
+}
+
+/// The part of the application a call is made from (reference particle-cloud-api.md 5.4).
+///
+/// When each part runs, as the emulator plays it (the choices in one place, [`super::profile`]):
+/// - `STARTUP()` runs first at every boot whose application runs (not in safe mode), before
+///   the system connects.
+/// - `setup()` runs at boot, before the system connects, with `SYSTEM_THREAD(ENABLED)` in any
+///   mode, and without it in `SEMI_AUTOMATIC` and `MANUAL` (the system connects only when the
+///   application asks).
+/// - Without the system thread in `AUTOMATIC`, `setup()` runs only after the cloud connection
+///   is up: [`super::profile::NON_THREADED_SETUP_DELAY`] after it, and not while a transfer runs
+///   (then when it ends; a transfer that commits resets the device first, so that boot's
+///   `setup()` never runs). An update the cloud starts at connect cannot be stopped there.
+/// - `loop()` (the harness's application calls) runs once `setup()` has returned; without the
+///   system thread not while a transfer runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AppStage {
+    /// `STARTUP(...)`: Device OS documents `System.disableUpdates()` there as not to be done
+    /// (particle-cloud-api.md 5.1); the emulator applies it before the first connection.
+    Startup,
+    /// `setup()`.
+    #[default]
+    Setup,
 }
 
 /// The application's `System.onAssetOta` callback (reference 6.4).
@@ -140,6 +169,7 @@ impl Default for AppBehaviour {
         AppBehaviour {
             updates_enabled_at_boot: true,
             reset_enabled_at_boot: true,
+            disable_updates_in: AppStage::Setup,
             system_thread: true,
             graceful_disconnect: false,
             mode: SystemMode::Automatic,
@@ -162,6 +192,17 @@ pub(super) enum Power {
         /// Waking is a reset (HIBERNATE).
         hibernate: bool,
     },
+}
+
+/// Where this boot's `setup()` is ([`AppStage`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SetupState {
+    /// It ran (or the application does not run this boot: safe mode, nothing bootable).
+    Done,
+    /// Non-threaded AUTOMATIC: waiting for the cloud connection.
+    AfterConnect,
+    /// Non-threaded AUTOMATIC: runs at this time, or when the running transfer ends.
+    Due(Duration),
 }
 
 /// An application call deferred while a transfer runs (single-threaded mode).
@@ -234,6 +275,7 @@ pub struct DeviceOs {
     pub(super) socket_generation: u32,
     pub(super) ota: OtaLink,
     pub(super) deferred: Vec<AppCall>,
+    pub(super) setup: SetupState,
     pub(super) events: VecDeque<DeviceEvent>,
     pub(super) outbox: VecDeque<Vec<u8>>,
     pub(super) malformed: u64,
@@ -280,6 +322,7 @@ impl DeviceOs {
             socket_generation: 0,
             ota,
             deferred: Vec::new(),
+            setup: SetupState::Done,
             events: VecDeque::new(),
             outbox: VecDeque::new(),
             malformed: 0,
@@ -364,11 +407,8 @@ impl DeviceOs {
             .unwrap_or(reset_reason::POWER_DOWN);
         self.reset_reason = reason;
         self.last_reset_published = false;
-        self.flags = SystemFlags {
-            updates_enabled: self.app.updates_enabled_at_boot,
-            reset_enabled: self.app.reset_enabled_at_boot,
-            ..SystemFlags::default()
-        };
+        self.flags = SystemFlags::default();
+        self.setup = SetupState::Done;
         self.pending_event_received = false;
         self.pending_reset_reason = reset_reason::UPDATE;
         self.deferred.clear();
@@ -431,9 +471,59 @@ impl DeviceOs {
                 self.log(format!("asset consumer state: {e}"));
             }
         }
+        if app_runs {
+            self.start_application(now);
+        }
         if runs {
             self.connect(now);
         }
+    }
+
+    /// The application starts (a boot whose application runs): `STARTUP()` at once, `setup()`
+    /// at once or after the cloud connection ([`AppStage`]).
+    fn start_application(&mut self, now: Duration) {
+        if !self.app.updates_enabled_at_boot && self.app.disable_updates_in == AppStage::Startup {
+            self.flags.updates_enabled = false;
+        }
+        let setup_waits_for_cloud = !self.app.system_thread
+            && self.app.mode == SystemMode::Automatic
+            && self.mutation != Some(super::Mutation::SetupAtBoot);
+        if setup_waits_for_cloud {
+            self.setup = SetupState::AfterConnect;
+        } else {
+            self.run_setup(now);
+        }
+    }
+
+    /// `setup()`: the application's boot-time calls (nothing is published before the
+    /// connection; once connected, a changed flag is).
+    pub(super) fn run_setup(&mut self, now: Duration) {
+        self.setup = SetupState::Done;
+        if !self.app.updates_enabled_at_boot && self.app.disable_updates_in == AppStage::Setup {
+            self.apply(now, AppCall::SetUpdatesEnabled(false));
+        }
+        if !self.app.reset_enabled_at_boot {
+            self.apply(now, AppCall::SetResetEnabled(false));
+        }
+    }
+
+    /// The cloud connection came up: a `setup()` waiting for it is due after
+    /// [`profile::NON_THREADED_SETUP_DELAY`].
+    pub(super) fn on_cloud_connected(&mut self, now: Duration) {
+        if self.setup == SetupState::AfterConnect {
+            self.setup = SetupState::Due(now.saturating_add(profile::NON_THREADED_SETUP_DELAY));
+        }
+    }
+
+    /// When a due `setup()` runs: its time has come and no transfer runs.
+    fn setup_due(&self, now: Duration) -> bool {
+        matches!(self.setup, SetupState::Due(at) if at <= now) && !self.ota.is_running()
+    }
+
+    /// Whether the application's loop runs now: after `setup()`, and without the system thread
+    /// not while a transfer runs.
+    fn app_loop_runs(&self) -> bool {
+        self.setup == SetupState::Done && (self.app.system_thread || !self.ota.is_running())
     }
 
     /// Deletes invalid asset files (logged) and turns a running boot into safe mode when the
@@ -653,7 +743,7 @@ impl DeviceOs {
             self.log(format!("{call:?} ignored: the device is off"));
             return;
         }
-        if !self.app.system_thread && self.ota.is_running() {
+        if !self.app_loop_runs() {
             self.deferred.push(call);
             return;
         }
@@ -798,6 +888,10 @@ impl DeviceOs {
                 self.reconnect_at.filter(|_| self.cloud.is_none()),
                 self.cloud_poll_timeout(),
                 self.ota.poll_timeout(),
+                match self.setup {
+                    SetupState::Due(at) if !self.ota.is_running() => Some(at),
+                    _ => None,
+                },
             ]
             .into_iter()
             .flatten()
@@ -879,7 +973,11 @@ impl DeviceOs {
             }
             self.ota_poll(now);
             self.drain_link();
-            if !self.deferred.is_empty() && !self.ota.is_running() {
+            if self.power == Power::On && self.setup_due(now) {
+                self.run_setup(now);
+                continue;
+            }
+            if !self.deferred.is_empty() && self.app_loop_runs() {
                 for call in std::mem::take(&mut self.deferred) {
                     self.apply(now, call);
                 }

@@ -26,7 +26,8 @@ pub mod system_info;
 pub mod trace;
 
 pub use device_os::{
-    AppBehaviour, AssetOtaHook, DeviceOs, SleepConfig, SleepMode, SleepNetwork, SystemMode,
+    AppBehaviour, AppStage, AssetOtaHook, DeviceOs, SleepConfig, SleepMode, SleepNetwork,
+    SystemMode,
 };
 pub use flags::{SystemFlags, UpdateStatus};
 pub use identity::Identity;

@@ -14,12 +14,17 @@ pub enum Mutation {
     /// A committed update resets the device although the application disabled resets
     /// (Device OS waits for `System.enableReset()` or a reset of any kind).
     ResetIgnoresDisabled,
+    /// `setup()` runs at boot in every system mode and thread setting, as if it were
+    /// `STARTUP()` code (Device OS runs it after the cloud connection in non-threaded
+    /// AUTOMATIC mode, so an update delivered at boot cannot be stopped there).
+    SetupAtBoot,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 3] = [
+    pub const ALL: [Mutation; 4] = [
         Mutation::IgnoreUpdatesDisabled,
         Mutation::NoResumeStateSync,
         Mutation::ResetIgnoresDisabled,
+        Mutation::SetupAtBoot,
     ];
 }

@@ -30,6 +30,18 @@
 //! - The system describe lists module regions in the order of `module_bounds[]`
 //!   (`hal/src/nRF52840/ota_module_bounds.c`, `rtl872x/ota_module_bounds.c`); a region without
 //!   a readable module is left out, as are an invalid user part and the factory app.
+//! - **When `setup()` runs** ([`super::AppStage`], reference particle-cloud-api.md 5.4 and
+//!   particle-protocol.md 1.8): at boot, before the system connects, with the system thread
+//!   or in SEMI_AUTOMATIC / MANUAL mode; without the system thread in AUTOMATIC mode only
+//!   [`NON_THREADED_SETUP_DELAY`] after the connection is up, and not while a transfer runs.
+//!   Device OS runs it on the first application loop after the cloud connected with no update
+//!   in progress, and documents that an update delivered at boot cannot be prevented there.
+//!   Particle's cloud starts a waiting update as part of the post-connect sequence; the
+//!   harness's cloud starts it about 1 s after connect (its pending event, then a settled
+//!   connection, at the latest 5 s after the connection started). UNCONFIRMED: the delay,
+//!   chosen at that latest start so that the update at boot always comes first, as documented.
+//!   `STARTUP()` code runs at boot before anything, in every mode. In safe mode neither runs.
+//!   Not modelled: that the application describe and subscriptions wait for `setup()`.
 //! - In single-threaded mode ([`super::AppBehaviour::system_thread`] false) the application's
 //!   loop does not run while a transfer is in progress, so application calls made then
 //!   (`disableUpdates`, `enableReset`, ...) take effect when the transfer ends.
@@ -79,6 +91,10 @@ pub fn keepalive_interval(board_name: &str) -> Duration {
         _ => WIFI_KEEPALIVE,
     }
 }
+
+/// Without the system thread in AUTOMATIC mode, `setup()` runs this long after the cloud
+/// connection is up (see the choices above; UNCONFIRMED).
+pub const NON_THREADED_SETUP_DELAY: Duration = Duration::from_secs(5);
 
 /// How long a graceful disconnect waits for the outstanding CONs (Goodbye included).
 pub const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(60);

@@ -583,6 +583,12 @@ impl Target for BoardTarget {
                     "a board target cannot pull the RESET pin (protocol v1)".into(),
                 ))
             }
+            // Not declared: a board's flash cannot be made to fail on request.
+            Action::FlashFail(_) => {
+                return Err(TargetError::Step(
+                    "a board target cannot make its flash fail".into(),
+                ))
+            }
             Action::App(app) => {
                 let command = match app {
                     AppAction::DisableUpdates => Command::Updates { enabled: false },

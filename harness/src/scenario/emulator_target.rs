@@ -682,6 +682,29 @@ impl EmulatorTarget {
                 self.queue
                     .push(TraceEntry::new(now, TraceKind::Fault { what }));
             }
+            Action::FlashFail(x) => {
+                let fault = emulator::flash::IoFault {
+                    activity: activity_of(x.phase),
+                    kind: x.kind,
+                    skip: x.op,
+                };
+                self.bed()?
+                    .with_device(dev, |os, _| {
+                        os.device_mut().flash_mut().schedule_io_fault(fault)
+                    })
+                    .map_err(err)?;
+                let kind = x.kind.map_or("operation", flash_op_kind_str);
+                self.queue.push(TraceEntry::new(
+                    now,
+                    TraceKind::Fault {
+                        what: format!(
+                            "flash I/O error armed at {} {kind} {}",
+                            x.phase.as_str(),
+                            x.op
+                        ),
+                    },
+                ));
+            }
             Action::PowerOn => {
                 self.d.power_back_at = None;
                 self.bed()?.power_on(dev).map_err(err)?;
@@ -1044,6 +1067,7 @@ impl Target for EmulatorTarget {
             spec.app = OsApp {
                 updates_enabled_at_boot: cd.updates_enabled.unwrap_or(setup.app.updates_enabled),
                 reset_enabled_at_boot: setup.app.resets_enabled,
+                disable_updates_in: setup.app.disable_updates_in,
                 system_thread: setup.app.system_thread,
                 mode: setup.app.mode,
                 on_asset_ota: setup.app.on_asset_ota,

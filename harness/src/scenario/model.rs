@@ -163,8 +163,11 @@ impl InitialFirmware {
 /// How the application behaves from boot (reference: particle-cloud-api.md 5.1-5.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppBehaviour {
-    /// `false`: the app calls `System.disableUpdates()` in `setup()`.
+    /// `false`: the app calls `System.disableUpdates()` in `setup()` (or where
+    /// `disable_updates_in` says).
     pub updates_enabled: bool,
+    /// Where the app calls `System.disableUpdates()`: `STARTUP()` or `setup()`.
+    pub disable_updates_in: AppStage,
     /// `false`: the app calls `System.disableReset()` in `setup()`.
     pub resets_enabled: bool,
     /// `SYSTEM_THREAD(ENABLED)` (the default on Device OS 6.2.0).
@@ -178,6 +181,7 @@ impl Default for AppBehaviour {
     fn default() -> Self {
         AppBehaviour {
             updates_enabled: true,
+            disable_updates_in: AppStage::Setup,
             resets_enabled: true,
             system_thread: true,
             mode: SystemMode::Automatic,
@@ -185,6 +189,12 @@ impl Default for AppBehaviour {
         }
     }
 }
+
+/// The part of the application a call is made from, named in scenario files by these words.
+pub use emulator::os::AppStage;
+
+pub const APP_STAGE_WORDS: [(&str, AppStage); 2] =
+    [("startup", AppStage::Startup), ("setup", AppStage::Setup)];
 
 /// The emulated Device OS's `System.onAssetOta` hook, named in scenario files by these words.
 pub use emulator::os::AssetOtaHook;
@@ -419,6 +429,8 @@ pub enum Action {
     PowerOn,
     /// A reset the application has no say in (works in safe mode too).
     HardwareReset(HardwareReset),
+    /// A flash write or erase of a phase fails with an I/O error.
+    FlashFail(FlashFail),
     App(AppAction),
     Link(LinkAction),
     /// The device's product (reference `particle-cloud-api.md` 2.2-2.3, 4.2-4.5).
@@ -464,6 +476,7 @@ impl Action {
             Action::PowerCut(_) => "power.cut",
             Action::PowerOn => "power.on",
             Action::HardwareReset(_) => "device.reset",
+            Action::FlashFail(_) => "flash.fail",
             Action::App(a) => match a {
                 AppAction::DisableUpdates => "app.disable_updates",
                 AppAction::EnableUpdates => "app.enable_updates",
@@ -506,6 +519,7 @@ impl Action {
             },
             Action::PowerOn => vec![PowerControl],
             Action::HardwareReset(_) => vec![Capability::HardwareReset],
+            Action::FlashFail(_) => vec![Capability::FlashFaults],
             Action::App(AppAction::Sleep(_)) | Action::App(AppAction::Wake) => {
                 vec![AppControl, Sleep]
             }
@@ -586,6 +600,28 @@ impl Corruption {
         ("crc", Corruption::Crc),
         ("truncated", Corruption::Truncated),
     ];
+}
+
+/// A flash operation that fails with an I/O error (`flash.fail`): the `op`-th (0-based)
+/// operation of the next occurrence of `phase`, counting only operations of `kind` if given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlashFail {
+    pub phase: Phase,
+    pub op: u64,
+    pub kind: Option<emulator::flash::OpKind>,
+}
+
+/// `kind = "write"|"erase"` of `flash.fail`.
+pub const FLASH_OP_KIND_WORDS: [(&str, emulator::flash::OpKind); 2] = [
+    ("write", emulator::flash::OpKind::Program),
+    ("erase", emulator::flash::OpKind::Erase),
+];
+
+pub fn flash_op_kind_str(kind: emulator::flash::OpKind) -> &'static str {
+    match kind {
+        emulator::flash::OpKind::Program => "write",
+        emulator::flash::OpKind::Erase => "erase",
+    }
 }
 
 /// Where power is lost.
@@ -1246,6 +1282,13 @@ impl fmt::Display for Action {
             }
             Action::PowerOn => Ok(()),
             Action::HardwareReset(r) => write!(f, " reason={}", r.as_str()),
+            Action::FlashFail(x) => {
+                write!(f, " phase={} op={}", x.phase.as_str(), x.op)?;
+                if let Some(k) = x.kind {
+                    write!(f, " kind={}", flash_op_kind_str(k))?;
+                }
+                Ok(())
+            }
             Action::App(AppAction::Reset { no_wait }) if *no_wait => f.write_str(" no_wait"),
             Action::App(AppAction::Sleep(s)) => {
                 let mode = SLEEP_MODE_WORDS

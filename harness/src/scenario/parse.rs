@@ -120,7 +120,7 @@ impl Problems {
 }
 
 /// Every step kind, in the order error messages list them.
-pub const STEP_KINDS: [&str; 31] = [
+pub const STEP_KINDS: [&str; 32] = [
     "cloud.flash",
     "cloud.force_updates",
     "cloud.upload",
@@ -133,6 +133,7 @@ pub const STEP_KINDS: [&str; 31] = [
     "power.cut",
     "power.on",
     "device.reset",
+    "flash.fail",
     "app.disable_updates",
     "app.enable_updates",
     "app.disable_reset",
@@ -332,9 +333,22 @@ fn read_app(n: &Node) -> Result<AppBehaviour, SpanError> {
         system_thread: f
             .optional("system_thread", node::as_bool)?
             .unwrap_or(d.system_thread),
-        mode: f
-            .optional("mode", |n| node::as_word(n, &SYSTEM_MODE_WORDS))?
-            .unwrap_or(d.mode),
+        disable_updates_in: f
+            .optional("disable_updates_in", |n| node::as_word(n, &APP_STAGE_WORDS))?
+            .unwrap_or(d.disable_updates_in),
+        mode: {
+            // `system_mode` is another spelling of `mode`.
+            let mode = f.optional("mode", |n| node::as_word(n, &SYSTEM_MODE_WORDS))?;
+            let system_mode =
+                f.optional("system_mode", |n| node::as_word(n, &SYSTEM_MODE_WORDS))?;
+            if mode.is_some() && system_mode.is_some() {
+                return Err(SpanError::new(
+                    f.key_span("system_mode").unwrap_or_else(|| f.span()),
+                    "[app]: `mode` and `system_mode` are the same key; give one".to_string(),
+                ));
+            }
+            mode.or(system_mode).unwrap_or(d.mode)
+        },
         on_asset_ota: f
             .optional("on_asset_ota", |n| node::as_word(n, &ASSET_OTA_WORDS))?
             .unwrap_or(d.on_asset_ota),
@@ -567,6 +581,7 @@ fn step_form(kind: &str) -> &'static str {
         "cloud.product" => "{ do = \"cloud.product\", development = false, groups = [\"beta\"], updates_forced = true } (at least one)",
         "power.cut" => "{ do = \"power.cut\" } (now), or with one of flash_op = N, chunk = K, phase = \"download\" (and op = N), plus mode = \"before\"|\"torn\"|\"after\"",
         "device.reset" => "{ do = \"device.reset\", reason = \"pin\" } (or \"watchdog\")",
+        "flash.fail" => "{ do = \"flash.fail\", phase = \"commit\", op = 0, kind = \"write\" } (phase \"download\"|\"commit\"|\"apply\"|\"first_boot\"; kind \"write\"|\"erase\" optional)",
         "app.sleep" => "{ do = \"app.sleep\", mode = \"stop\", duration = \"10m\", network = \"off\" }",
         "link.faults" => "{ do = \"link.faults\", loss = 0.2, duplicate = 0.0, reorder = 0.1, latency = \"300ms\", jitter = \"50ms\", bandwidth = \"2 KiB/s\" }",
         "link.drop" => "{ do = \"link.drop\", next = 5 } (also direction = \"to_device\"|\"to_cloud\"|\"both\")",
@@ -668,6 +683,11 @@ fn read_step(n: &Node, index: &str) -> Result<Step, SpanError> {
         ))),
         "power.cut" => Step::Action(Action::PowerCut(read_power_cut(&mut f, form)?)),
         "power.on" => Step::Action(Action::PowerOn),
+        "flash.fail" => Step::Action(Action::FlashFail(FlashFail {
+            phase: f.required("phase", form, |n| node::as_word(n, &Phase::WORDS))?,
+            op: f.optional("op", node::as_u64)?.unwrap_or(0),
+            kind: f.optional("kind", |n| node::as_word(n, &FLASH_OP_KIND_WORDS))?,
+        })),
         "device.reset" => {
             Step::Action(Action::HardwareReset(f.required("reason", form, |n| {
                 node::as_word(n, &HardwareReset::WORDS)
