@@ -195,6 +195,9 @@ pub const ASSET_OTA_WORDS: [(&str, AssetOtaHook); 3] = [
     ("leaves_unhandled", AssetOtaHook::LeavesUnhandled),
 ];
 
+/// The CoAP message kinds `link.drop_next` names (`MessageKind::WORDS`).
+pub use crate::message_kind::MessageKind;
+
 /// `SYSTEM_MODE(...)`, `SystemSleepMode` and the sleep network: the emulated Device OS's own
 /// types, named in scenario files by these words.
 pub use emulator::os::{SleepMode, SleepNetwork, SystemMode};
@@ -478,6 +481,7 @@ impl Action {
             Action::Link(l) => match l {
                 LinkAction::Faults { .. } => "link.faults",
                 LinkAction::Drop { .. } => "link.drop",
+                LinkAction::DropNext { .. } => "link.drop_next",
                 LinkAction::Partition { .. } => "link.partition",
             },
             Action::Product(p) => match p {
@@ -511,6 +515,7 @@ impl Action {
             }
             Action::App(_) => vec![AppControl],
             Action::Link(LinkAction::Partition { .. }) => vec![LinkPartition],
+            Action::Link(LinkAction::DropNext { .. }) => vec![LinkFaults, LinkMessages],
             Action::Link(_) => vec![LinkFaults],
             Action::Product(_) => vec![CloudProducts],
         }
@@ -700,6 +705,13 @@ pub enum LinkAction {
     },
     /// Drop the next N datagrams of a direction (`Both`: N each way).
     Drop { next: u32, direction: Direction },
+    /// Drop the next `count` datagrams of a direction that carry a CoAP message of `kind`
+    /// (`Both`: counted over both ways).
+    DropNext {
+        kind: MessageKind,
+        count: u32,
+        direction: Direction,
+    },
     /// Nothing passes for this long.
     Partition { duration: Duration },
 }
@@ -1302,6 +1314,20 @@ impl fmt::Display for Action {
             }
             Action::Link(LinkAction::Partition { duration }) => {
                 write!(f, " duration={}", format_duration(*duration))
+            }
+            Action::Link(LinkAction::DropNext {
+                kind,
+                count,
+                direction,
+            }) => {
+                write!(f, " kind={kind}")?;
+                if *count != 1 {
+                    write!(f, " count={count}")?;
+                }
+                if *direction != Direction::Both {
+                    write!(f, " direction={}", direction.as_str())?;
+                }
+                Ok(())
             }
         }
     }

@@ -120,7 +120,7 @@ impl Problems {
 }
 
 /// Every step kind, in the order error messages list them.
-pub const STEP_KINDS: [&str; 31] = [
+pub const STEP_KINDS: [&str; 32] = [
     "cloud.flash",
     "cloud.force_updates",
     "cloud.upload",
@@ -144,6 +144,7 @@ pub const STEP_KINDS: [&str; 31] = [
     "app.disconnect",
     "link.faults",
     "link.drop",
+    "link.drop_next",
     "link.partition",
     "wait.event",
     "wait.state",
@@ -570,6 +571,7 @@ fn step_form(kind: &str) -> &'static str {
         "app.sleep" => "{ do = \"app.sleep\", mode = \"stop\", duration = \"10m\", network = \"off\" }",
         "link.faults" => "{ do = \"link.faults\", loss = 0.2, duplicate = 0.0, reorder = 0.1, latency = \"300ms\", jitter = \"50ms\", bandwidth = \"2 KiB/s\" }",
         "link.drop" => "{ do = \"link.drop\", next = 5 } (also direction = \"to_device\"|\"to_cloud\"|\"both\")",
+        "link.drop_next" => "{ do = \"link.drop_next\", kind = \"UpdateChunk\" } (kinds: Hello, Describe, Event, Subscribe, TimeRequest, Ping, Goodbye, UpdateStart, UpdateChunk, UpdateAck, UpdateFinish (or UpdateDone), response_201, response_204, ack_of_201, ack_of_204, ack, rst, response, other; also count = N, direction = \"to_device\"|\"to_cloud\"|\"both\")",
         "link.partition" => "{ do = \"link.partition\", duration = \"45s\" }",
         "wait.event" => "{ do = \"wait.event\", name = \"spark/flash/status\", data = \"success\", timeout = \"5m\" } (also from = \"cursor\"|\"step\"|\"start\")",
         "wait.state" => "{ do = \"wait.state\", state = \"online\", timeout = \"5m\" } (also boot = \"next\", running = { app = 4 })",
@@ -712,6 +714,15 @@ fn read_step(n: &Node, index: &str) -> Result<Step, SpanError> {
             next: f.required("next", form, |n| {
                 node::as_int(n, 1, u32::MAX as i64).map(|i| i as u32)
             })?,
+            direction: read_direction(&mut f)?,
+        })),
+        "link.drop_next" => Step::Action(Action::Link(LinkAction::DropNext {
+            kind: f.required("kind", form, |n| node::as_word(n, &MessageKind::WORDS))?,
+            count: f
+                .optional("count", |n| {
+                    node::as_int(n, 1, u32::MAX as i64).map(|i| i as u32)
+                })?
+                .unwrap_or(1),
             direction: read_direction(&mut f)?,
         })),
         "link.partition" => Step::Action(Action::Link(LinkAction::Partition {

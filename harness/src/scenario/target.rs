@@ -61,10 +61,12 @@ pub enum Capability {
     ObserveSession,
     /// Reset the device as its RESET pin or a watchdog does (no application involved).
     HardwareReset,
+    /// Read the CoAP messages inside the link's DTLS datagrams: drop the next one of a kind.
+    LinkMessages,
 }
 
 impl Capability {
-    pub const ALL: [Capability; 22] = [
+    pub const ALL: [Capability; 23] = [
         Capability::SeveralDevices,
         Capability::InstallFirmware,
         Capability::CloudFlash,
@@ -87,6 +89,7 @@ impl Capability {
         Capability::ObserveBoots,
         Capability::ObserveSession,
         Capability::HardwareReset,
+        Capability::LinkMessages,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -113,6 +116,7 @@ impl Capability {
             Capability::ObserveBoots => "observe-boots",
             Capability::ObserveSession => "observe-session",
             Capability::HardwareReset => "hardware-reset",
+            Capability::LinkMessages => "link-messages",
         }
     }
 }
