@@ -225,6 +225,12 @@ updates_forced = true
 do = "device.reset"
 reason = "watchdog"
 
+[[step]]
+do = "link.drop_next"
+kind = "ack_of_204"
+count = 2
+direction = "to_device"
+
 [expect]
 running = { app = 4 }
 
@@ -247,6 +253,14 @@ fn every_step_kind_parses_into_its_typed_form() {
     for kind in STEP_KINDS {
         assert!(kinds.contains(kind), "{kind} not covered");
     }
+    assert_eq!(
+        s.steps.last().map(|s| &s.step),
+        Some(&Step::Action(Action::Link(LinkAction::DropNext {
+            kind: harness::scenario::MessageKind::AckOf204,
+            count: 2,
+            direction: harness::scenario::Direction::ToDevice,
+        })))
+    );
     // An app built against a newer Device OS, alone and combined with another system part.
     assert_eq!(
         s.steps[4].step,
