@@ -353,13 +353,21 @@ impl EmulatorTarget {
         let cloud: Vec<_> = bed.cloud_events()[self.seen_cloud_events..].to_vec();
         self.seen_cloud_events = bed.cloud_events().len();
         for line in lines {
-            // Stream events become events, OTA milestones OTA entries (below).
-            if line.text.starts_with("stream ")
-                || line.text.starts_with("ota progress")
-                || line.text.starts_with("ota started")
-                || line.text.starts_with("ota failed")
-                || line.text == "system event firmware_update progress"
-            {
+            // Stream events become events, the device's OTA milestones OTA entries (below).
+            use crate::testbed::TracedEvent;
+            use emulator::os::{FirmwareUpdateEvent, SystemEvent};
+            if matches!(
+                line.event,
+                TracedEvent::Cloud(CloudEvent::Stream(_))
+                    | TracedEvent::Device(
+                        DeviceEvent::OtaProgress { .. }
+                            | DeviceEvent::OtaStarted { .. }
+                            | DeviceEvent::OtaFailed { .. }
+                            | DeviceEvent::SystemEvent(SystemEvent::FirmwareUpdate(
+                                FirmwareUpdateEvent::Progress
+                            ))
+                    )
+            ) {
                 continue;
             }
             let (who, device) = match line.source {
