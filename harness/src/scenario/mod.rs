@@ -15,6 +15,7 @@ pub mod node;
 pub mod parse;
 pub mod report;
 pub mod runner;
+pub mod serial_log;
 pub mod target;
 pub mod trace;
 pub mod units;
