@@ -21,6 +21,6 @@ pub mod trace;
 pub mod units;
 
 pub use model::*;
-pub use parse::{load, load_all, parse, parse_all, ScenarioError, STEP_KINDS};
+pub use parse::{load, load_all, parse, parse_all, ScenarioError, STEPS, STEP_KINDS};
 pub use target::{Capability, Target, TargetError};
 pub use trace::{Trace, TraceEntry, TraceKind};
