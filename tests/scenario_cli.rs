@@ -172,6 +172,52 @@ fn fixture_from_events_writes_the_skeleton_of_the_worked_example() {
 }
 
 #[test]
+fn fixture_from_events_adds_what_the_serial_log_tells() {
+    let dir = tempdir("fieldlog");
+    let out_file = dir.join("bug.toml");
+    let out = hil()
+        .args(["fixture", "from-events"])
+        .arg(root().join("fixtures/field/example-safe-mode-after-update.events"))
+        .arg("--log")
+        .arg(root().join("fixtures/field/example-safe-mode-after-update.log"))
+        .arg("-o")
+        .arg(&out_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&out_file).unwrap();
+    assert!(text.contains("# From the serial log example-safe-mode-after-update.log"));
+    assert!(text.contains("#   2 boot(s)"), "{text}");
+    assert!(text.contains("Reset reason: 70 (update)"), "{text}");
+    let expect = &text[text.find("\n[expect]\n").unwrap()..];
+    assert!(expect.contains("session = \"resumed\""), "{text}");
+    assert!(expect.contains("ota = { resumed = false }"), "{text}");
+    let check = hil().arg("check").arg(&out_file).output().unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    // Not a Device OS log: an error naming the file.
+    let bad = dir.join("x.log");
+    std::fs::write(&bad, "just text\n").unwrap();
+    let out = hil()
+        .args(["fixture", "from-events"])
+        .arg(root().join("fixtures/field/example-safe-mode-after-update.events"))
+        .arg("--log")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("x.log:1: no Device OS log line"));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
 fn fixture_from_events_names_the_malformed_line() {
     let dir = tempdir("badevents");
     let file = dir.join("cap.events");

@@ -8,6 +8,7 @@ pub mod cloud;
 pub mod control;
 pub mod fleet_sim;
 pub mod keys;
+pub mod message_kind;
 pub mod net;
 pub mod pcap;
 pub mod scenario;

@@ -8,6 +8,7 @@
 //! merges those events into one machine-independent trace.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use emulator::board::Board;
@@ -19,6 +20,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
 
 use crate::cloud::{Cloud, CloudConfig, CloudEvent, JobId, JobStatus};
+use crate::message_kind::MessageWatch;
 use crate::net::sim::{NodeId, SimError, SimNetwork};
 use crate::net::Node;
 
@@ -30,6 +32,9 @@ pub struct CloudNode {
     pub cloud: Cloud,
     pub events: Vec<(Duration, CloudEvent)>,
     now: Duration,
+    /// Learns the keys of every session the cloud completes, before the cloud sends anything
+    /// under them ([`Testbed::watch_messages`]).
+    watch: Option<Arc<Mutex<MessageWatch>>>,
 }
 
 impl CloudNode {
@@ -38,12 +43,18 @@ impl CloudNode {
             cloud,
             events: Vec::new(),
             now: Duration::ZERO,
+            watch: None,
         }
     }
 
     fn drain(&mut self) {
         while let Some(event) = self.cloud.poll_event() {
             self.events.push((self.now, event));
+        }
+        if let Some(watch) = &self.watch {
+            if let Ok(mut watch) = watch.lock() {
+                watch.keys_mut().learn(&self.cloud.saved_sessions());
+            }
         }
     }
 
@@ -191,11 +202,21 @@ pub enum Source {
     Device(usize),
 }
 
-/// One line of the merged trace: virtual time, source, what happened.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a trace line reports: the event itself, typed (a reader matches on it, never on the
+/// text).
+#[derive(Debug, Clone, PartialEq)]
+pub enum TracedEvent {
+    Cloud(CloudEvent),
+    Device(DeviceEvent),
+}
+
+/// One line of the merged trace: virtual time, source, what happened (the event and its
+/// one-line rendering by [`crate::trace_text`]).
+#[derive(Debug, Clone, PartialEq)]
 pub struct TraceLine {
     pub at: Duration,
     pub source: Source,
+    pub event: TracedEvent,
     pub text: String,
 }
 
@@ -463,6 +484,7 @@ impl Testbed {
                     new.push(TraceLine {
                         at: *at,
                         source: Source::Cloud,
+                        event: TracedEvent::Cloud(event.clone()),
                         text,
                     });
                 }
@@ -476,6 +498,7 @@ impl Testbed {
                         new.push(TraceLine {
                             at: *at,
                             source: Source::Device(n),
+                            event: TracedEvent::Device(event.clone()),
                             text,
                         });
                     }
@@ -485,6 +508,23 @@ impl Testbed {
         }
         new.sort_by_key(|l| (l.at, l.source));
         self.trace.extend(new);
+    }
+
+    /// A reader of the CoAP messages in this testbed's datagrams: from now on the cloud hands
+    /// it the keys of every session it completes (the same watch on every call).
+    pub fn watch_messages(&mut self) -> Arc<Mutex<MessageWatch>> {
+        let node = self
+            .net
+            .node_mut::<CloudNode>(self.cloud)
+            .expect("the cloud node is never removed");
+        let watch = node
+            .watch
+            .get_or_insert_with(|| Arc::new(Mutex::new(MessageWatch::new(Default::default()))))
+            .clone();
+        if let Ok(mut w) = watch.lock() {
+            w.keys_mut().learn(&node.cloud.saved_sessions());
+        }
+        watch
     }
 
     /// The merged trace so far.

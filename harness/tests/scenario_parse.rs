@@ -231,6 +231,12 @@ phase = "commit"
 op = 1
 kind = "erase"
 
+[[step]]
+do = "link.drop_next"
+kind = "ack_of_204"
+count = 2
+direction = "to_device"
+
 [expect]
 running = { app = 4 }
 
@@ -253,6 +259,19 @@ fn every_step_kind_parses_into_its_typed_form() {
     for kind in STEP_KINDS {
         assert!(kinds.contains(kind), "{kind} not covered");
     }
+    // Each step prints back under its own kind (the canonical line of traces and failures).
+    for step in &s.steps {
+        let text = step.step.to_string();
+        assert!(text.starts_with(step.step.kind()), "{text}");
+    }
+    assert_eq!(
+        s.steps.last().map(|s| &s.step),
+        Some(&Step::Action(Action::Link(LinkAction::DropNext {
+            kind: harness::scenario::MessageKind::AckOf204,
+            count: 2,
+            direction: harness::scenario::Direction::ToDevice,
+        })))
+    );
     // An app built against a newer Device OS, alone and combined with another system part.
     assert_eq!(
         s.steps[4].step,
@@ -521,4 +540,28 @@ fn truncated_or_garbled_scenario_files_give_errors_never_panics() {
         }
     }
     assert!(errors > 1000, "only {errors} inputs were refused");
+}
+
+/// The step table (`harness::scenario::STEPS`) is the list a new step kind is added to: each
+/// kind there is documented in the steps table of `fixtures/README.md` and has a form for
+/// error messages that names it (or the generic one, for kinds without fields).
+#[test]
+fn every_step_kind_is_documented_and_has_a_form() {
+    let readme = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/README.md"),
+    )
+    .unwrap();
+    let rows: Vec<&str> = readme.lines().filter(|l| l.starts_with("| `")).collect();
+    for (kind, form) in harness::scenario::STEPS {
+        let quoted = format!("`{kind}`");
+        assert!(
+            rows.iter()
+                .any(|r| r.split(" | ").next().is_some_and(|c| c.contains(&quoted))),
+            "{kind} is not in the steps table of fixtures/README.md"
+        );
+        assert!(
+            form.contains(&format!("\"{kind}\"")) || form.starts_with("a step table"),
+            "{kind}: {form}"
+        );
+    }
 }

@@ -16,6 +16,10 @@ pub enum FixtureCommand {
     FromEvents {
         /// The saved stream.
         file: PathBuf,
+        /// The device's Device OS serial log (`0000012345 [comm.ota] INFO: ...` lines) over the
+        /// same time: boots, transfers (resumed or not), sessions, disconnects are added.
+        #[arg(long)]
+        log: Option<PathBuf>,
         /// Write the skeleton here (default: standard output).
         #[arg(short, long)]
         output: Option<PathBuf>,
@@ -68,7 +72,7 @@ pub fn run(cmd: FixtureCommand) -> CliResult {
             }
             Ok(ExitCode::SUCCESS)
         }
-        FixtureCommand::FromEvents { file, output } => {
+        FixtureCommand::FromEvents { file, log, output } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| format!("{}: cannot read the file: {e}", file.display()))?;
             let (events, form) = parse_events(&text, &file)?;
@@ -76,7 +80,18 @@ pub fn run(cmd: FixtureCommand) -> CliResult {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| file.display().to_string());
-            let toml = skeleton(&events, form, &source);
+            let mut toml = skeleton(&events, form, &source);
+            if let Some(log) = &log {
+                use harness::scenario::serial_log::{add_to_skeleton, facts, parse_serial_log};
+                let text = std::fs::read_to_string(log)
+                    .map_err(|e| format!("{}: cannot read the file: {e}", log.display()))?;
+                let (lines, skipped) = parse_serial_log(&text, log)?;
+                let name = log
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| log.display().to_string());
+                toml = add_to_skeleton(&toml, &facts(&lines), &name, skipped);
+            }
             // The skeleton must be a valid scenario; a failure here is a bug in the generator.
             if let Err(e) = harness::scenario::parse(&toml, &PathBuf::from("(skeleton)")) {
                 return Err(format!("the generated skeleton does not parse ({e}); please report this with the capture").into());

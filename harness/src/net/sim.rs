@@ -144,6 +144,9 @@ pub enum Fate {
     Sent,
     /// The fault model made a second copy (shown in addition to `Sent`).
     Duplicated,
+    /// The reorder fault held it (or its copy) back by this much beyond the link's latency and
+    /// jitter (shown in addition to `Sent`).
+    Delayed(Duration),
     /// It reached the node at its destination.
     Delivered,
     /// It was dropped, at sending or on arrival.
@@ -170,6 +173,8 @@ pub struct DatagramEvent<'a> {
 pub struct Stats {
     pub sent: u64,
     pub duplicated: u64,
+    /// Held back by the reorder fault (they are delivered or dropped as well).
+    pub delayed: u64,
     pub delivered: u64,
     pub dropped: u64,
     /// `dropped`, by reason (indexed by `DropReason as usize`; see [`Stats::dropped_for`]).
@@ -186,6 +191,7 @@ impl fmt::Debug for Stats {
         f.debug_struct("Stats")
             .field("sent", &self.sent)
             .field("duplicated", &self.duplicated)
+            .field("delayed", &self.delayed)
             .field("delivered", &self.delivered)
             .field("dropped", &self.dropped)
             .field("dropped_by", &by_reason)
@@ -198,6 +204,7 @@ impl Stats {
         match fate {
             Fate::Sent => self.sent += 1,
             Fate::Duplicated => self.duplicated += 1,
+            Fate::Delayed(_) => self.delayed += 1,
             Fate::Delivered => self.delivered += 1,
             Fate::Dropped(reason) => {
                 self.dropped += 1;
@@ -1097,7 +1104,11 @@ impl SimNetwork {
         if duplicate {
             event.fate = Fate::Duplicated;
             self.record(event);
-            let delay = self.delay(&faults);
+            let (delay, held) = self.delay(&faults);
+            if let Some(held) = held {
+                event.fate = Fate::Delayed(held);
+                self.record(event);
+            }
             let copy = Flight {
                 from,
                 to,
@@ -1106,7 +1117,11 @@ impl SimNetwork {
             };
             self.schedule_flight(departs.saturating_add(delay), copy);
         }
-        let delay = self.delay(&faults);
+        let (delay, held) = self.delay(&faults);
+        if let Some(held) = held {
+            event.fate = Fate::Delayed(held);
+            self.record(event);
+        }
         let flight = Flight {
             from,
             to,
@@ -1155,12 +1170,14 @@ impl SimNetwork {
         Duration::from_nanos(n)
     }
 
-    fn delay(&mut self, faults: &LinkFaults) -> Duration {
-        let mut delay = faults.latency.saturating_add(self.uniform(faults.jitter));
+    /// The flight time of one datagram, and the extra hold of the reorder fault when it struck.
+    fn delay(&mut self, faults: &LinkFaults) -> (Duration, Option<Duration>) {
+        let delay = faults.latency.saturating_add(self.uniform(faults.jitter));
         if self.chance(faults.reorder) {
-            delay = delay.saturating_add(self.uniform(faults.reorder_delay));
+            let held = self.uniform(faults.reorder_delay);
+            return (delay.saturating_add(held), Some(held));
         }
-        delay
+        (delay, None)
     }
 
     /// When a datagram of `len` bytes has left `src` towards `dst`: now without a bandwidth

@@ -137,25 +137,52 @@ pub struct EmulatorTarget {
     several: bool,
     /// A Device OS behaviour broken on purpose in every device (mutation tests only).
     mutation: Option<emulator::os::Mutation>,
-    /// Datagrams the network dropped or duplicated, shown in the trace as faults.
-    datagram_faults: std::rc::Rc<std::cell::RefCell<Vec<DatagramFault>>>,
+    /// What the network's hooks share with the target: faults to trace, drops armed by kind.
+    link: std::rc::Rc<std::cell::RefCell<LinkWatch>>,
 }
 
-/// A datagram the simulated network dropped or duplicated (from its trace hook).
+/// Shared by the simulated network's trace hook and filter and the target.
+#[derive(Default)]
+struct LinkWatch {
+    /// Datagrams dropped, duplicated or delayed, not yet in the trace.
+    faults: Vec<DatagramFault>,
+    /// `link.drop_next` steps still waiting for their messages.
+    armed: Vec<ArmedDrop>,
+    /// The messages of the datagrams sent, by sender and first record.
+    in_flight: crate::message_kind::InFlight,
+}
+
+/// One `link.drop_next`: drop the next `remaining` datagrams on `links` (sender, receiver)
+/// that carry a message of `kind`.
+struct ArmedDrop {
+    kind: MessageKind,
+    links: Vec<(crate::net::sim::NodeId, crate::net::sim::NodeId)>,
+    remaining: u32,
+}
+
+/// A datagram the simulated network dropped, duplicated or delayed (from its trace hook).
 struct DatagramFault {
     at: Duration,
     src: crate::net::sim::NodeId,
     dst: Option<crate::net::sim::NodeId>,
     fate: crate::net::sim::Fate,
-    /// Consecutive datagrams with the same fate between the same nodes, folded into one
-    /// entry: how many, their bytes, and when the last one was.
+    /// The CoAP messages it carried, when the session's keys opened it.
+    found: Vec<crate::message_kind::FoundMessage>,
+    /// Consecutive datagrams with the same fate and kinds between the same nodes, folded into
+    /// one entry: how many, their bytes, when the last one was, its messages.
     count: u64,
     bytes: usize,
     until: Duration,
+    last_found: Vec<crate::message_kind::FoundMessage>,
+}
+
+/// The kinds of some messages (chunk indices left out): what folds two faults into one line.
+fn kinds(found: &[crate::message_kind::FoundMessage]) -> Vec<MessageKind> {
+    found.iter().map(|m| m.kind).collect()
 }
 
 impl DatagramFault {
-    /// "dropped datagram to the cloud (61 bytes, loss)".
+    /// "datagram to the cloud dropped (loss), 61 bytes: Event".
     fn describe(&self, cloud: crate::net::sim::NodeId) -> String {
         use crate::net::sim::{DropReason, Fate};
         let way = if self.src == cloud {
@@ -165,6 +192,7 @@ impl DatagramFault {
         };
         let what = match self.fate {
             Fate::Duplicated => "duplicated".to_string(),
+            Fate::Delayed(by) => format!("delayed {} (reorder)", format_duration(by)),
             Fate::Dropped(r) => format!(
                 "dropped ({})",
                 match r {
@@ -173,13 +201,14 @@ impl DatagramFault {
                     DropReason::Cut => "partition",
                     DropReason::NoRoute => "no one at the address",
                     DropReason::Muted => "powered off or asleep",
-                    DropReason::Filter => "filter",
+                    // The target's only filter: `link.drop_next`.
+                    DropReason::Filter => "link.drop_next",
                     DropReason::QueueFull => "queue full",
                 }
             ),
             Fate::Sent | Fate::Delivered => "passed".to_string(),
         };
-        if self.count == 1 {
+        let mut text = if self.count == 1 {
             format!("datagram {way} {what}, {} bytes", self.bytes)
         } else {
             format!(
@@ -188,7 +217,16 @@ impl DatagramFault {
                 super::trace::format_time(self.until).trim(),
                 self.bytes
             )
+        };
+        if !self.found.is_empty() {
+            text.push_str(": ");
+            text.push_str(&crate::message_kind::describe(&self.found));
+            if self.count > 1 && self.last_found != self.found {
+                text.push_str(" .. ");
+                text.push_str(&crate::message_kind::describe(&self.last_found));
+            }
         }
+        text
     }
 }
 
@@ -218,7 +256,7 @@ impl EmulatorTarget {
             others: Vec::new(),
             several: false,
             mutation: None,
-            datagram_faults: Default::default(),
+            link: Default::default(),
         }
     }
 
@@ -263,7 +301,7 @@ impl EmulatorTarget {
         // Datagrams no device can be named for (sent to an address no one holds any more).
         if let Some(bed) = self.bed.as_ref() {
             let cloud = bed.cloud_node();
-            for f in self.datagram_faults.borrow_mut().drain(..) {
+            for f in self.link.borrow_mut().faults.drain(..) {
                 let what = f.describe(cloud);
                 self.queue
                     .push(TraceEntry::new(f.at, TraceKind::Fault { what }));
@@ -315,13 +353,21 @@ impl EmulatorTarget {
         let cloud: Vec<_> = bed.cloud_events()[self.seen_cloud_events..].to_vec();
         self.seen_cloud_events = bed.cloud_events().len();
         for line in lines {
-            // Stream events become events, OTA milestones OTA entries (below).
-            if line.text.starts_with("stream ")
-                || line.text.starts_with("ota progress")
-                || line.text.starts_with("ota started")
-                || line.text.starts_with("ota failed")
-                || line.text == "system event firmware_update progress"
-            {
+            // Stream events become events, the device's OTA milestones OTA entries (below).
+            use crate::testbed::TracedEvent;
+            use emulator::os::{FirmwareUpdateEvent, SystemEvent};
+            if matches!(
+                line.event,
+                TracedEvent::Cloud(CloudEvent::Stream(_))
+                    | TracedEvent::Device(
+                        DeviceEvent::OtaProgress { .. }
+                            | DeviceEvent::OtaStarted { .. }
+                            | DeviceEvent::OtaFailed { .. }
+                            | DeviceEvent::SystemEvent(SystemEvent::FirmwareUpdate(
+                                FirmwareUpdateEvent::Progress
+                            ))
+                    )
+            ) {
                 continue;
             }
             let (who, device) = match line.source {
@@ -376,7 +422,8 @@ impl EmulatorTarget {
         // This device's dropped or duplicated datagrams.
         if let Some(node) = bed.device_node(dev) {
             let cloud = bed.cloud_node();
-            let mut faults = self.datagram_faults.borrow_mut();
+            let mut link = self.link.borrow_mut();
+            let faults = &mut link.faults;
             let mut i = 0;
             while i < faults.len() {
                 if faults[i].src == node || faults[i].dst == Some(node) {
@@ -824,6 +871,39 @@ impl EmulatorTarget {
                             }
                         }
                     }
+                    LinkAction::DropNext {
+                        kind,
+                        count,
+                        direction,
+                    } => {
+                        let bed = self.bed()?;
+                        let c = bed.cloud_node();
+                        let d = bed
+                            .device_node(dev)
+                            .ok_or_else(|| err("the device has no network node"))?;
+                        let mut links = Vec::new();
+                        if direction != Direction::ToCloud {
+                            links.push((c, d));
+                        }
+                        if direction != Direction::ToDevice {
+                            links.push((d, c));
+                        }
+                        self.link.borrow_mut().armed.push(ArmedDrop {
+                            kind,
+                            links,
+                            remaining: count,
+                        });
+                        let what = if count == 1 {
+                            format!("drop the next {kind}")
+                        } else {
+                            format!("drop the next {count} datagrams carrying {kind}")
+                        };
+                        match direction {
+                            Direction::Both => what,
+                            Direction::ToDevice => format!("{what} to the device"),
+                            Direction::ToCloud => format!("{what} to the cloud"),
+                        }
+                    }
                     LinkAction::Partition { duration } => {
                         self.bed()?.net.partition(duration);
                         format!("partition for {}", format_duration(duration))
@@ -1021,32 +1101,81 @@ impl Target for EmulatorTarget {
         self.seed = seed;
         let board = Board::builtin(&setup.board).map_err(err)?;
         let mut bed = Testbed::new(seed).map_err(err)?;
-        // Every datagram a fault dropped or duplicated goes into the trace.
-        let faults = self.datagram_faults.clone();
-        faults.borrow_mut().clear();
+        // Every datagram a fault dropped, duplicated or delayed goes into the trace, with the
+        // CoAP messages it carried; `link.drop_next` drops by those messages.
+        let link = self.link.clone();
+        *link.borrow_mut() = LinkWatch::default();
+        let watch = bed.watch_messages();
+        let cloud = bed.cloud_node();
         bed.net.set_trace(move |e| {
+            use crate::message_kind::InFlight;
             use crate::net::sim::Fate;
-            if !matches!(e.fate, Fate::Dropped(_) | Fate::Duplicated) {
+            let mut link = link.borrow_mut();
+            let key = InFlight::key(e.src.0, e.data);
+            if e.fate == Fate::Sent {
+                let found = match watch.lock() {
+                    Ok(mut w) => w.classify(e.data, e.src == cloud),
+                    Err(_) => Vec::new(),
+                };
+                if let Some(key) = key {
+                    link.in_flight.insert(key, found);
+                }
                 return;
             }
-            let mut faults = faults.borrow_mut();
-            if let Some(last) = faults.last_mut() {
-                if last.src == e.src && last.dst == e.dst && last.fate == e.fate {
+            if e.fate == Fate::Delivered {
+                return;
+            }
+            let found = key
+                .map(|k| link.in_flight.get(k).to_vec())
+                .unwrap_or_default();
+            if let Some(last) = link.faults.last_mut() {
+                if last.src == e.src
+                    && last.dst == e.dst
+                    && last.fate == e.fate
+                    && kinds(&last.found) == kinds(&found)
+                {
                     last.count += 1;
                     last.bytes += e.data.len();
                     last.until = e.at;
+                    last.last_found = found;
                     return;
                 }
             }
-            faults.push(DatagramFault {
+            link.faults.push(DatagramFault {
                 at: e.at,
                 src: e.src,
                 dst: e.dst,
                 fate: e.fate,
+                last_found: found.clone(),
+                found,
                 count: 1,
                 bytes: e.data.len(),
                 until: e.at,
             });
+        });
+        let link = self.link.clone();
+        bed.net.set_filter(move |e| {
+            let mut link = link.borrow_mut();
+            if link.armed.is_empty() {
+                return true;
+            }
+            let Some(dst) = e.dst else { return true };
+            let found = crate::message_kind::InFlight::key(e.src.0, e.data)
+                .map(|k| link.in_flight.get(k).to_vec())
+                .unwrap_or_default();
+            let hit = link.armed.iter().position(|a| {
+                a.links.contains(&(e.src, dst)) && found.iter().any(|m| a.kind.matches(m.kind))
+            });
+            match hit {
+                Some(i) => {
+                    link.armed[i].remaining -= 1;
+                    if link.armed[i].remaining == 0 {
+                        link.armed.remove(i);
+                    }
+                    false
+                }
+                None => true,
+            }
         });
         self.board = Some(board.clone());
         bed.cloud_mut()

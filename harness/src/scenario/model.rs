@@ -9,8 +9,6 @@ use std::time::Duration;
 use emulator::firmware::Versions;
 use emulator::flash::CutMode;
 
-use super::target::Capability;
-
 /// The seed of a scenario that names none (and is not given one on the command line).
 pub const DEFAULT_SEED: u64 = 1;
 
@@ -44,6 +42,132 @@ impl Scenario {
             _ => None,
         })
     }
+}
+
+/// Something a target can do or observe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Capability {
+    /// Build and install the initial firmware at given versions.
+    InstallFirmware,
+    /// Ask the cloud to flash a file to the device.
+    CloudFlash,
+    /// Set the cloud's "updates forced" for the device.
+    CloudForceUpdates,
+    /// Products: upload, release, lock, groups, development devices.
+    CloudProducts,
+    /// Several devices in one scenario, one cloud.
+    SeveralDevices,
+    /// Cut power now and restore it.
+    PowerControl,
+    /// Cut power at a numbered flash operation (or one of a phase), before/torn/after.
+    PowerCutAtFlashOp,
+    /// Cut power when a given OTA chunk is written.
+    PowerCutAtChunk,
+    /// Drive the application: update and reset controls, `System.reset`.
+    AppControl,
+    /// Put the application to sleep and wake it.
+    Sleep,
+    /// Loss, duplication and reordering rates; dropping the next N datagrams.
+    LinkFaults,
+    /// Partition the link for a duration.
+    LinkPartition,
+    /// Time is simulated: waits cost no wall time, so hundreds of sweep cases are cheap.
+    VirtualTime,
+    /// The cloud's event stream.
+    ObserveEvents,
+    /// Power, connection, safe mode, last reset reason.
+    ObserveState,
+    /// The running firmware's versions.
+    ObserveVersions,
+    /// Device OS system flags (updates enabled / pending / forced, reset enabled / pending).
+    ObserveFlags,
+    /// The OTA transfer's state and progress.
+    ObserveOta,
+    /// Read the flash to check that nothing was lost.
+    FlashInspection,
+    /// Count the device's completed boots (a wait for the next boot).
+    ObserveBoots,
+    /// Whether the device's connection resumed its DTLS session or made a full handshake.
+    ObserveSession,
+    /// Reset the device as its RESET pin or a watchdog does (no application involved).
+    HardwareReset,
+    /// Read the CoAP messages inside the link's DTLS datagrams: drop the next one of a kind.
+    LinkMessages,
+    /// Make a flash write or erase of a phase fail with an I/O error.
+    FlashFaults,
+}
+
+impl Capability {
+    pub const ALL: [Capability; 24] = [
+        Capability::SeveralDevices,
+        Capability::InstallFirmware,
+        Capability::CloudFlash,
+        Capability::CloudForceUpdates,
+        Capability::CloudProducts,
+        Capability::PowerControl,
+        Capability::PowerCutAtFlashOp,
+        Capability::PowerCutAtChunk,
+        Capability::AppControl,
+        Capability::Sleep,
+        Capability::LinkFaults,
+        Capability::LinkPartition,
+        Capability::VirtualTime,
+        Capability::ObserveEvents,
+        Capability::ObserveState,
+        Capability::ObserveVersions,
+        Capability::ObserveFlags,
+        Capability::ObserveOta,
+        Capability::FlashInspection,
+        Capability::ObserveBoots,
+        Capability::ObserveSession,
+        Capability::HardwareReset,
+        Capability::LinkMessages,
+        Capability::FlashFaults,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Capability::InstallFirmware => "install-firmware",
+            Capability::CloudFlash => "cloud-flash",
+            Capability::CloudForceUpdates => "cloud-force-updates",
+            Capability::CloudProducts => "cloud-products",
+            Capability::SeveralDevices => "several-devices",
+            Capability::PowerControl => "power-control",
+            Capability::PowerCutAtFlashOp => "power-cut-at-flash-op",
+            Capability::PowerCutAtChunk => "power-cut-at-chunk",
+            Capability::AppControl => "app-control",
+            Capability::Sleep => "sleep",
+            Capability::LinkFaults => "link-faults",
+            Capability::LinkPartition => "link-partition",
+            Capability::VirtualTime => "virtual-time",
+            Capability::ObserveEvents => "observe-events",
+            Capability::ObserveState => "observe-state",
+            Capability::ObserveVersions => "observe-versions",
+            Capability::ObserveFlags => "observe-flags",
+            Capability::ObserveOta => "observe-ota",
+            Capability::FlashInspection => "flash-inspection",
+            Capability::ObserveBoots => "observe-boots",
+            Capability::ObserveSession => "observe-session",
+            Capability::HardwareReset => "hardware-reset",
+            Capability::LinkMessages => "link-messages",
+            Capability::FlashFaults => "flash-faults",
+        }
+    }
+}
+
+impl fmt::Display for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Versions of the firmware a device runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunningVersions {
+    pub device_os: DeviceOsVersion,
+    /// Product version of the application (`PRODUCT_VERSION`).
+    pub app: u16,
+    pub bootloader: u16,
 }
 
 /// What exists before the first step.
@@ -204,6 +328,9 @@ pub const ASSET_OTA_WORDS: [(&str, AssetOtaHook); 3] = [
     ("handles", AssetOtaHook::Handles),
     ("leaves_unhandled", AssetOtaHook::LeavesUnhandled),
 ];
+
+/// The CoAP message kinds `link.drop_next` names (`MessageKind::WORDS`).
+pub use crate::message_kind::MessageKind;
 
 /// `SYSTEM_MODE(...)`, `SystemSleepMode` and the sleep network: the emulated Device OS's own
 /// types, named in scenario files by these words.
@@ -491,6 +618,7 @@ impl Action {
             Action::Link(l) => match l {
                 LinkAction::Faults { .. } => "link.faults",
                 LinkAction::Drop { .. } => "link.drop",
+                LinkAction::DropNext { .. } => "link.drop_next",
                 LinkAction::Partition { .. } => "link.partition",
             },
             Action::Product(p) => match p {
@@ -525,6 +653,7 @@ impl Action {
             }
             Action::App(_) => vec![AppControl],
             Action::Link(LinkAction::Partition { .. }) => vec![LinkPartition],
+            Action::Link(LinkAction::DropNext { .. }) => vec![LinkFaults, LinkMessages],
             Action::Link(_) => vec![LinkFaults],
             Action::Product(_) => vec![CloudProducts],
         }
@@ -736,6 +865,13 @@ pub enum LinkAction {
     },
     /// Drop the next N datagrams of a direction (`Both`: N each way).
     Drop { next: u32, direction: Direction },
+    /// Drop the next `count` datagrams of a direction that carry a CoAP message of `kind`
+    /// (`Both`: counted over both ways).
+    DropNext {
+        kind: MessageKind,
+        count: u32,
+        direction: Direction,
+    },
     /// Nothing passes for this long.
     Partition { duration: Duration },
 }
@@ -1345,6 +1481,20 @@ impl fmt::Display for Action {
             }
             Action::Link(LinkAction::Partition { duration }) => {
                 write!(f, " duration={}", format_duration(*duration))
+            }
+            Action::Link(LinkAction::DropNext {
+                kind,
+                count,
+                direction,
+            }) => {
+                write!(f, " kind={kind}")?;
+                if *count != 1 {
+                    write!(f, " count={count}")?;
+                }
+                if *direction != Direction::Both {
+                    write!(f, " direction={}", direction.as_str())?;
+                }
+                Ok(())
             }
         }
     }

@@ -119,41 +119,56 @@ impl Problems {
     }
 }
 
-/// Every step kind, in the order error messages list them.
-pub const STEP_KINDS: [&str; 32] = [
-    "cloud.flash",
-    "cloud.force_updates",
-    "cloud.upload",
-    "cloud.release",
-    "cloud.lock",
-    "cloud.unlock",
-    "cloud.group",
-    "cloud.development",
-    "cloud.product",
-    "power.cut",
-    "power.on",
-    "device.reset",
-    "flash.fail",
-    "app.disable_updates",
-    "app.enable_updates",
-    "app.disable_reset",
-    "app.enable_reset",
-    "app.reset",
-    "app.sleep",
-    "app.wake",
-    "app.connect",
-    "app.disconnect",
-    "link.faults",
-    "link.drop",
-    "link.partition",
-    "wait.event",
-    "wait.state",
-    "wait.ota",
-    "wait.time",
-    "expect",
-    "sweep",
-    "repeat",
+/// Every step kind with the form an error message shows for it, in the order error messages
+/// list them: the one table a new step kind is added to (its reader is `read_step`'s arm; a test
+/// checks every kind here has one, is documented in `fixtures/README.md` and prints back as
+/// itself).
+pub const STEPS: [(&str, &str); 33] = [
+    ("cloud.flash", "{ do = \"cloud.flash\", app = 4 } (also device_os, bootloader, radio_stack, built_against, compressed, combined, platform, corrupt, size, assets)"),
+    ("cloud.force_updates", "{ do = \"cloud.force_updates\", forced = true }"),
+    ("cloud.upload", "{ do = \"cloud.upload\", app = 5 } (also built_against, size, compressed)"),
+    ("cloud.release", "{ do = \"cloud.release\", version = 5, default = true, groups = [\"beta\"], intelligent = false }"),
+    ("cloud.lock", "{ do = \"cloud.lock\", version = 5, flash_now = false }"),
+    ("cloud.unlock", "{ do = \"cloud.unlock\" }"),
+    ("cloud.group", "{ do = \"cloud.group\", groups = [\"beta\"] }"),
+    ("cloud.development", "{ do = \"cloud.development\", development = true }"),
+    ("cloud.product", "{ do = \"cloud.product\", development = false, groups = [\"beta\"], updates_forced = true } (at least one)"),
+    ("power.cut", "{ do = \"power.cut\" } (now), or with one of flash_op = N, chunk = K, phase = \"download\" (and op = N), plus mode = \"before\"|\"torn\"|\"after\""),
+    ("power.on", "a step table with `do` and the step's fields"),
+    ("device.reset", "{ do = \"device.reset\", reason = \"pin\" } (or \"watchdog\")"),
+    ("flash.fail", "{ do = \"flash.fail\", phase = \"commit\", op = 0, kind = \"write\" } (phase \"download\"|\"commit\"|\"apply\"|\"first_boot\"; kind \"write\"|\"erase\" optional)"),
+    ("app.disable_updates", "a step table with `do` and the step's fields"),
+    ("app.enable_updates", "a step table with `do` and the step's fields"),
+    ("app.disable_reset", "a step table with `do` and the step's fields"),
+    ("app.enable_reset", "a step table with `do` and the step's fields"),
+    ("app.reset", "a step table with `do` and the step's fields"),
+    ("app.sleep", "{ do = \"app.sleep\", mode = \"stop\", duration = \"10m\", network = \"off\" }"),
+    ("app.wake", "a step table with `do` and the step's fields"),
+    ("app.connect", "{ do = \"app.connect\" }"),
+    ("app.disconnect", "{ do = \"app.disconnect\" }"),
+    ("link.faults", "{ do = \"link.faults\", loss = 0.2, duplicate = 0.0, reorder = 0.1, latency = \"300ms\", jitter = \"50ms\", bandwidth = \"2 KiB/s\" }"),
+    ("link.drop", "{ do = \"link.drop\", next = 5 } (also direction = \"to_device\"|\"to_cloud\"|\"both\")"),
+    ("link.drop_next", "{ do = \"link.drop_next\", kind = \"UpdateChunk\" } (kinds: Hello, Describe, Event, Subscribe, TimeRequest, Ping, Goodbye, UpdateStart, UpdateChunk, UpdateAck, UpdateFinish (or UpdateDone), response_201, response_204, ack_of_201, ack_of_204, ack, rst, response, other; also count = N, direction = \"to_device\"|\"to_cloud\"|\"both\")"),
+    ("link.partition", "{ do = \"link.partition\", duration = \"45s\" }"),
+    ("wait.event", "{ do = \"wait.event\", name = \"spark/flash/status\", data = \"success\", timeout = \"5m\" } (also from = \"cursor\"|\"step\"|\"start\")"),
+    ("wait.state", "{ do = \"wait.state\", state = \"online\", timeout = \"5m\" } (also boot = \"next\", running = { app = 4 })"),
+    ("wait.ota", "{ do = \"wait.ota\", min_percent = 40, timeout = \"5m\" } or { do = \"wait.ota\", received = \"8KiB\" } (also transfer = \"current\"|\"next\")"),
+    ("wait.time", "{ do = \"wait.time\", duration = \"30s\" }"),
+    ("expect", "a step table with `do` and the step's fields"),
+    ("sweep", "{ do = \"sweep\", phase = \"apply\", modes = [\"before\", \"torn\", \"after\"] }"),
+    ("repeat", "{ do = \"repeat\", times = 3, steps = [{ do = \"app.wake\" }, { do = \"wait.time\", duration = \"10s\" }] } or with until = { running = { app = 5 } } and max = 20 instead of times"),
 ];
+
+/// Every step kind, in the order error messages list them (the names of [`STEPS`]).
+pub const STEP_KINDS: [&str; STEPS.len()] = {
+    let mut out = [""; STEPS.len()];
+    let mut i = 0;
+    while i < STEPS.len() {
+        out[i] = STEPS[i].0;
+        i += 1;
+    }
+    out
+};
 
 fn read_scenario(doc: &Node, text: &str, file: &Path) -> Result<Scenario, Vec<SpanError>> {
     let mut p = Problems::default();
@@ -569,33 +584,10 @@ fn read_steps(n: &Node) -> Result<Vec<StepAt>, Vec<SpanError>> {
 }
 
 fn step_form(kind: &str) -> &'static str {
-    match kind {
-        "cloud.flash" => "{ do = \"cloud.flash\", app = 4 } (also device_os, bootloader, radio_stack, built_against, compressed, combined, platform, corrupt, size, assets)",
-        "cloud.force_updates" => "{ do = \"cloud.force_updates\", forced = true }",
-        "cloud.upload" => "{ do = \"cloud.upload\", app = 5 } (also built_against, size, compressed)",
-        "cloud.release" => "{ do = \"cloud.release\", version = 5, default = true, groups = [\"beta\"], intelligent = false }",
-        "cloud.lock" => "{ do = \"cloud.lock\", version = 5, flash_now = false }",
-        "cloud.unlock" => "{ do = \"cloud.unlock\" }",
-        "cloud.group" => "{ do = \"cloud.group\", groups = [\"beta\"] }",
-        "cloud.development" => "{ do = \"cloud.development\", development = true }",
-        "cloud.product" => "{ do = \"cloud.product\", development = false, groups = [\"beta\"], updates_forced = true } (at least one)",
-        "power.cut" => "{ do = \"power.cut\" } (now), or with one of flash_op = N, chunk = K, phase = \"download\" (and op = N), plus mode = \"before\"|\"torn\"|\"after\"",
-        "device.reset" => "{ do = \"device.reset\", reason = \"pin\" } (or \"watchdog\")",
-        "flash.fail" => "{ do = \"flash.fail\", phase = \"commit\", op = 0, kind = \"write\" } (phase \"download\"|\"commit\"|\"apply\"|\"first_boot\"; kind \"write\"|\"erase\" optional)",
-        "app.sleep" => "{ do = \"app.sleep\", mode = \"stop\", duration = \"10m\", network = \"off\" }",
-        "link.faults" => "{ do = \"link.faults\", loss = 0.2, duplicate = 0.0, reorder = 0.1, latency = \"300ms\", jitter = \"50ms\", bandwidth = \"2 KiB/s\" }",
-        "link.drop" => "{ do = \"link.drop\", next = 5 } (also direction = \"to_device\"|\"to_cloud\"|\"both\")",
-        "link.partition" => "{ do = \"link.partition\", duration = \"45s\" }",
-        "wait.event" => "{ do = \"wait.event\", name = \"spark/flash/status\", data = \"success\", timeout = \"5m\" } (also from = \"cursor\"|\"step\"|\"start\")",
-        "wait.state" => "{ do = \"wait.state\", state = \"online\", timeout = \"5m\" } (also boot = \"next\", running = { app = 4 })",
-        "app.connect" => "{ do = \"app.connect\" }",
-        "app.disconnect" => "{ do = \"app.disconnect\" }",
-        "wait.ota" => "{ do = \"wait.ota\", min_percent = 40, timeout = \"5m\" } or { do = \"wait.ota\", received = \"8KiB\" } (also transfer = \"current\"|\"next\")",
-        "wait.time" => "{ do = \"wait.time\", duration = \"30s\" }",
-        "sweep" => "{ do = \"sweep\", phase = \"apply\", modes = [\"before\", \"torn\", \"after\"] }",
-        "repeat" => "{ do = \"repeat\", times = 3, steps = [{ do = \"app.wake\" }, { do = \"wait.time\", duration = \"10s\" }] } or with until = { running = { app = 5 } } and max = 20 instead of times",
-        _ => "a step table with `do` and the step's fields",
-    }
+    STEPS
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map_or("a step table with `do` and the step's fields", |(_, f)| f)
 }
 
 fn read_step(n: &Node, index: &str) -> Result<Step, SpanError> {
@@ -732,6 +724,15 @@ fn read_step(n: &Node, index: &str) -> Result<Step, SpanError> {
             next: f.required("next", form, |n| {
                 node::as_int(n, 1, u32::MAX as i64).map(|i| i as u32)
             })?,
+            direction: read_direction(&mut f)?,
+        })),
+        "link.drop_next" => Step::Action(Action::Link(LinkAction::DropNext {
+            kind: f.required("kind", form, |n| node::as_word(n, &MessageKind::WORDS))?,
+            count: f
+                .optional("count", |n| {
+                    node::as_int(n, 1, u32::MAX as i64).map(|i| i as u32)
+                })?
+                .unwrap_or(1),
             direction: read_direction(&mut f)?,
         })),
         "link.partition" => Step::Action(Action::Link(LinkAction::Partition {

@@ -12,120 +12,9 @@ use std::fmt;
 use std::time::Duration;
 
 use super::model::{Action, DeviceOsVersion, OtaState, Phase, Setup};
+// Defined with the steps that need them (the model imports nothing from here).
+pub use super::model::{Capability, RunningVersions};
 use super::trace::TraceEntry;
-
-/// Something a target can do or observe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Capability {
-    /// Build and install the initial firmware at given versions.
-    InstallFirmware,
-    /// Ask the cloud to flash a file to the device.
-    CloudFlash,
-    /// Set the cloud's "updates forced" for the device.
-    CloudForceUpdates,
-    /// Products: upload, release, lock, groups, development devices.
-    CloudProducts,
-    /// Several devices in one scenario, one cloud.
-    SeveralDevices,
-    /// Cut power now and restore it.
-    PowerControl,
-    /// Cut power at a numbered flash operation (or one of a phase), before/torn/after.
-    PowerCutAtFlashOp,
-    /// Cut power when a given OTA chunk is written.
-    PowerCutAtChunk,
-    /// Drive the application: update and reset controls, `System.reset`.
-    AppControl,
-    /// Put the application to sleep and wake it.
-    Sleep,
-    /// Loss, duplication and reordering rates; dropping the next N datagrams.
-    LinkFaults,
-    /// Partition the link for a duration.
-    LinkPartition,
-    /// Time is simulated: waits cost no wall time, so hundreds of sweep cases are cheap.
-    VirtualTime,
-    /// The cloud's event stream.
-    ObserveEvents,
-    /// Power, connection, safe mode, last reset reason.
-    ObserveState,
-    /// The running firmware's versions.
-    ObserveVersions,
-    /// Device OS system flags (updates enabled / pending / forced, reset enabled / pending).
-    ObserveFlags,
-    /// The OTA transfer's state and progress.
-    ObserveOta,
-    /// Read the flash to check that nothing was lost.
-    FlashInspection,
-    /// Count the device's completed boots (a wait for the next boot).
-    ObserveBoots,
-    /// Whether the device's connection resumed its DTLS session or made a full handshake.
-    ObserveSession,
-    /// Reset the device as its RESET pin or a watchdog does (no application involved).
-    HardwareReset,
-    /// Make a flash write or erase of a phase fail with an I/O error.
-    FlashFaults,
-}
-
-impl Capability {
-    pub const ALL: [Capability; 23] = [
-        Capability::SeveralDevices,
-        Capability::InstallFirmware,
-        Capability::CloudFlash,
-        Capability::CloudForceUpdates,
-        Capability::CloudProducts,
-        Capability::PowerControl,
-        Capability::PowerCutAtFlashOp,
-        Capability::PowerCutAtChunk,
-        Capability::AppControl,
-        Capability::Sleep,
-        Capability::LinkFaults,
-        Capability::LinkPartition,
-        Capability::VirtualTime,
-        Capability::ObserveEvents,
-        Capability::ObserveState,
-        Capability::ObserveVersions,
-        Capability::ObserveFlags,
-        Capability::ObserveOta,
-        Capability::FlashInspection,
-        Capability::ObserveBoots,
-        Capability::ObserveSession,
-        Capability::HardwareReset,
-        Capability::FlashFaults,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Capability::InstallFirmware => "install-firmware",
-            Capability::CloudFlash => "cloud-flash",
-            Capability::CloudForceUpdates => "cloud-force-updates",
-            Capability::CloudProducts => "cloud-products",
-            Capability::SeveralDevices => "several-devices",
-            Capability::PowerControl => "power-control",
-            Capability::PowerCutAtFlashOp => "power-cut-at-flash-op",
-            Capability::PowerCutAtChunk => "power-cut-at-chunk",
-            Capability::AppControl => "app-control",
-            Capability::Sleep => "sleep",
-            Capability::LinkFaults => "link-faults",
-            Capability::LinkPartition => "link-partition",
-            Capability::VirtualTime => "virtual-time",
-            Capability::ObserveEvents => "observe-events",
-            Capability::ObserveState => "observe-state",
-            Capability::ObserveVersions => "observe-versions",
-            Capability::ObserveFlags => "observe-flags",
-            Capability::ObserveOta => "observe-ota",
-            Capability::FlashInspection => "flash-inspection",
-            Capability::ObserveBoots => "observe-boots",
-            Capability::ObserveSession => "observe-session",
-            Capability::HardwareReset => "hardware-reset",
-            Capability::FlashFaults => "flash-faults",
-        }
-    }
-}
-
-impl fmt::Display for Capability {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// The capabilities in `needed` that `have` lacks, in order.
 pub fn missing(needed: &[Capability], have: &BTreeSet<Capability>) -> Vec<Capability> {
@@ -137,15 +26,6 @@ pub fn missing(needed: &[Capability], have: &BTreeSet<Capability>) -> Vec<Capabi
     out.sort();
     out.dedup();
     out
-}
-
-/// Versions of the firmware a device runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RunningVersions {
-    pub device_os: DeviceOsVersion,
-    /// Product version of the application (`PRODUCT_VERSION`).
-    pub app: u16,
-    pub bootloader: u16,
 }
 
 /// Device OS system flags (reference: particle-protocol.md 3).

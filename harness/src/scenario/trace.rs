@@ -5,8 +5,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::model::OtaState;
-use super::target::RunningVersions;
+use super::model::{OtaState, RunningVersions};
 
 /// Who published an event of the cloud's stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
