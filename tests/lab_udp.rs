@@ -374,3 +374,75 @@ fn flash_times_out_for_an_offline_device_and_cannot_reach_a_missing_cloud() {
     assert_eq!(status.code(), Some(3));
     assert!(started.elapsed() < Duration::from_secs(20));
 }
+
+#[test]
+fn a_device_says_each_coap_retransmission_while_the_cloud_is_gone() {
+    let lab = Lab::new("retries");
+    lab.device_key(&lab.keys, 5);
+    let deadline = Instant::now() + LIMIT;
+    let mut cloud = lab.cloud(&[]);
+    cloud.wait_line(&["cloud listening"], deadline);
+    let mut device = lab.device(&lab.keys, 5, 5);
+    let [a, b] = online(&id_of(5));
+    cloud.wait_line(&[&a, &b], deadline);
+    drop(cloud);
+    // The next ping (keepalive 2 s) gets no ACK: one line per retransmission, naming the
+    // message, its id, the attempt and the next delay.
+    let second = device.wait_line(&["no ACK from the cloud", "attempt 2"], deadline);
+    assert!(second.contains("Ping"), "{second}");
+    assert!(second.contains("next retry in"), "{second}");
+    let mid = second
+        .split("message id ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .expect("a message id")
+        .to_string();
+    let id = format!("message id {mid})");
+    device.wait_line(&[&id, "attempt 3"], deadline);
+    let lines: Vec<&String> = device.seen.iter().filter(|l| l.contains(&id)).collect();
+    assert_eq!(lines.len(), 2, "one line per retransmission: {lines:#?}");
+    assert!(
+        !device.seen.iter().any(|l| l.contains("datagrams")),
+        "{}",
+        device.seen.join("\n")
+    );
+}
+
+#[test]
+fn flash_prints_a_status_line_only_when_something_changes() {
+    let lab = Lab::new("flash-lines");
+    lab.device_key(&lab.keys, 6);
+    let deadline = Instant::now() + LIMIT;
+    let mut cloud = lab.cloud(&[]);
+    cloud.wait_line(&["cloud listening"], deadline);
+    let _device = lab.device(&lab.keys, 6, 6);
+    let [a, b] = online(&id_of(6));
+    cloud.wait_line(&[&a, &b], deadline);
+    let app = lab.app_v4();
+    let out = Command::new(HIL)
+        .args([
+            "flash",
+            "--cloud",
+            &lab.control,
+            "--timeout",
+            "40s",
+            &id_of(6),
+        ])
+        .arg(&app)
+        .output()
+        .expect("run hil flash");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines.last().is_some_and(|l| l.contains("succeeded")),
+        "{text}"
+    );
+    for pair in lines.windows(2) {
+        assert_ne!(pair[0], pair[1], "a line printed again unchanged:\n{text}");
+    }
+    // Progress at most once per tenth of the chunks, each other status once.
+    let transferring = lines.iter().filter(|l| l.contains("transferring")).count();
+    assert!(transferring <= 11, "{text}");
+    assert!(lines.len() <= transferring + 8, "{text}");
+}
