@@ -446,3 +446,80 @@ fn flash_prints_a_status_line_only_when_something_changes() {
     assert!(transferring <= 11, "{text}");
     assert!(lines.len() <= transferring + 8, "{text}");
 }
+
+/// `hil module build` for the Argon: `function` at `version`, with `extra` arguments.
+fn device_os_module(
+    lab: &Lab,
+    name: &str,
+    function: &str,
+    version: &str,
+    extra: &[&str],
+) -> PathBuf {
+    let file = lab.dir.join(name);
+    let mut args = vec![
+        "module",
+        "build",
+        "--board",
+        "argon",
+        "--function",
+        function,
+        "--version",
+        version,
+    ];
+    args.extend_from_slice(extra);
+    let out = s(&file);
+    args.extend_from_slice(&["-o", &out]);
+    hil(&args);
+    file
+}
+
+#[test]
+fn a_system_part_and_a_bootloader_flashed_over_udp_run_and_the_app_still_runs() {
+    let lab = Lab::new("device-os");
+    lab.device_key(&lab.keys, 8);
+    let id = id_of(8);
+    let deadline = Instant::now() + LIMIT;
+    let mut cloud = lab.cloud(&[]);
+    cloud.wait_line(&["cloud listening"], deadline);
+    let mut device = lab.device(&lab.keys, 8, 8);
+    let [a, b] = online(&id);
+    cloud.wait_line(&[&a, &b], deadline);
+    // System part 1 v6300 (needs the bootloader the device has, 3100).
+    let system = device_os_module(
+        &lab,
+        "system-6300.bin",
+        "system",
+        "6300",
+        &["--depends", "bootloader:0:3100", "--size", "64KiB"],
+    );
+    let status = lab.flash(&id, &system);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "device:\n{}\ncloud:\n{}",
+        device.seen.join("\n"),
+        cloud.seen.join("\n")
+    );
+    // The device's own view after its reboot: the new system part, the app running.
+    let booted = device.wait_line(&["booted", "system part 6300"], deadline);
+    assert!(booted.contains("running"), "{booted}");
+    assert!(booted.contains("product version 3"), "{booted}");
+    cloud.wait_line(
+        &["hello", &id, "product version 3", "system version 6300"],
+        deadline,
+    );
+    // The bootloader, through the bootloader's own apply path.
+    let bootloader = device_os_module(&lab, "bootloader-3101.bin", "bootloader", "3101", &[]);
+    let status = lab.flash(&id, &bootloader);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "device:\n{}\ncloud:\n{}",
+        device.seen.join("\n"),
+        cloud.seen.join("\n")
+    );
+    let booted = device.wait_line(&["booted", "bootloader 3101"], deadline);
+    assert!(booted.contains("running"), "{booted}");
+    assert!(booted.contains("system part 6300"), "{booted}");
+    assert!(booted.contains("product version 3"), "{booted}");
+}
