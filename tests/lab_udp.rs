@@ -374,3 +374,152 @@ fn flash_times_out_for_an_offline_device_and_cannot_reach_a_missing_cloud() {
     assert_eq!(status.code(), Some(3));
     assert!(started.elapsed() < Duration::from_secs(20));
 }
+
+#[test]
+fn a_device_says_each_coap_retransmission_while_the_cloud_is_gone() {
+    let lab = Lab::new("retries");
+    lab.device_key(&lab.keys, 5);
+    let deadline = Instant::now() + LIMIT;
+    let mut cloud = lab.cloud(&[]);
+    cloud.wait_line(&["cloud listening"], deadline);
+    let mut device = lab.device(&lab.keys, 5, 5);
+    let [a, b] = online(&id_of(5));
+    cloud.wait_line(&[&a, &b], deadline);
+    drop(cloud);
+    // The next ping (keepalive 2 s) gets no ACK: one line per retransmission, naming the
+    // message, its id, the attempt and the next delay.
+    let second = device.wait_line(&["no ACK from the cloud", "attempt 2"], deadline);
+    assert!(second.contains("Ping"), "{second}");
+    assert!(second.contains("next retry in"), "{second}");
+    let mid = second
+        .split("message id ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .expect("a message id")
+        .to_string();
+    let id = format!("message id {mid})");
+    device.wait_line(&[&id, "attempt 3"], deadline);
+    let lines: Vec<&String> = device.seen.iter().filter(|l| l.contains(&id)).collect();
+    assert_eq!(lines.len(), 2, "one line per retransmission: {lines:#?}");
+    assert!(
+        !device.seen.iter().any(|l| l.contains("datagrams")),
+        "{}",
+        device.seen.join("\n")
+    );
+}
+
+#[test]
+fn flash_prints_a_status_line_only_when_something_changes() {
+    let lab = Lab::new("flash-lines");
+    lab.device_key(&lab.keys, 6);
+    let deadline = Instant::now() + LIMIT;
+    let mut cloud = lab.cloud(&[]);
+    cloud.wait_line(&["cloud listening"], deadline);
+    let _device = lab.device(&lab.keys, 6, 6);
+    let [a, b] = online(&id_of(6));
+    cloud.wait_line(&[&a, &b], deadline);
+    let app = lab.app_v4();
+    let out = Command::new(HIL)
+        .args([
+            "flash",
+            "--cloud",
+            &lab.control,
+            "--timeout",
+            "40s",
+            &id_of(6),
+        ])
+        .arg(&app)
+        .output()
+        .expect("run hil flash");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines.last().is_some_and(|l| l.contains("succeeded")),
+        "{text}"
+    );
+    for pair in lines.windows(2) {
+        assert_ne!(pair[0], pair[1], "a line printed again unchanged:\n{text}");
+    }
+    // Progress at most once per tenth of the chunks, each other status once.
+    let transferring = lines.iter().filter(|l| l.contains("transferring")).count();
+    assert!(transferring <= 11, "{text}");
+    assert!(lines.len() <= transferring + 8, "{text}");
+}
+
+/// `hil module build` for the Argon: `function` at `version`, with `extra` arguments.
+fn device_os_module(
+    lab: &Lab,
+    name: &str,
+    function: &str,
+    version: &str,
+    extra: &[&str],
+) -> PathBuf {
+    let file = lab.dir.join(name);
+    let mut args = vec![
+        "module",
+        "build",
+        "--board",
+        "argon",
+        "--function",
+        function,
+        "--version",
+        version,
+    ];
+    args.extend_from_slice(extra);
+    let out = s(&file);
+    args.extend_from_slice(&["-o", &out]);
+    hil(&args);
+    file
+}
+
+#[test]
+fn a_system_part_and_a_bootloader_flashed_over_udp_run_and_the_app_still_runs() {
+    let lab = Lab::new("device-os");
+    lab.device_key(&lab.keys, 8);
+    let id = id_of(8);
+    let deadline = Instant::now() + LIMIT;
+    let mut cloud = lab.cloud(&[]);
+    cloud.wait_line(&["cloud listening"], deadline);
+    let mut device = lab.device(&lab.keys, 8, 8);
+    let [a, b] = online(&id);
+    cloud.wait_line(&[&a, &b], deadline);
+    // System part 1 v6300 (needs the bootloader the device has, 3100).
+    let system = device_os_module(
+        &lab,
+        "system-6300.bin",
+        "system",
+        "6300",
+        &["--depends", "bootloader:0:3100", "--size", "64KiB"],
+    );
+    let status = lab.flash(&id, &system);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "device:\n{}\ncloud:\n{}",
+        device.seen.join("\n"),
+        cloud.seen.join("\n")
+    );
+    // The device's own view after its reboot: the new system part, the app running.
+    let booted = device.wait_line(&["booted", "system part 6300"], deadline);
+    assert!(booted.contains("running"), "{booted}");
+    assert!(booted.contains("product version 3"), "{booted}");
+    cloud.wait_line(
+        &["hello", &id, "product version 3", "system version 6300"],
+        deadline,
+    );
+    // The bootloader, through the bootloader's own apply path.
+    let bootloader = device_os_module(&lab, "bootloader-3101.bin", "bootloader", "3101", &[]);
+    let status = lab.flash(&id, &bootloader);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "device:\n{}\ncloud:\n{}",
+        device.seen.join("\n"),
+        cloud.seen.join("\n")
+    );
+    let booted = device.wait_line(&["booted", "bootloader 3101"], deadline);
+    assert!(booted.contains("running"), "{booted}");
+    assert!(booted.contains("system part 6300"), "{booted}");
+    assert!(booted.contains("product version 3"), "{booted}");
+}

@@ -285,6 +285,12 @@ impl MessageWatch {
     }
 }
 
+/// The kind of one CoAP message sent by the cloud (`from_cloud`) or a device, by itself (an
+/// empty ACK is `ack`: which response it acknowledges needs the session's history).
+pub fn message_kind(message: &Message, from_cloud: bool) -> MessageKind {
+    kind_of(message, from_cloud, &VecDeque::new()).kind
+}
+
 /// One message's kind; `responses` are the device's CON responses seen so far in its session.
 fn kind_of(
     message: &Message,

@@ -2,6 +2,7 @@
 //! UDP, printing its log. With `--state DIR` its flash persists (`emulator::persist`), so it
 //! can be stopped and started again: a restart is a power cycle (flash kept, RAM lost).
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -197,7 +198,7 @@ async fn drive(
                 text.push_str(&format!("{} {line}\n", stamp(*at)));
             }
         }
-        if let Some(line) = retries.look(&node, server) {
+        for line in retries.look(&node, server) {
             text.push_str(&line);
         }
         if stopping.is_none() && stop.load(std::sync::atomic::Ordering::SeqCst) {
@@ -271,55 +272,94 @@ fn stop_signal() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
     flag
 }
 
-/// Says what the device does while the cloud does not answer: each datagram it sends again
-/// (DTLS flight or CoAP retransmission) and when it tries next.
+/// Says what the device does while the cloud does not answer: one line per retransmission of
+/// a CoAP message (which message, its message id, the attempt, and when it goes again or is
+/// given up), and, while a DTLS handshake or resumption gets no answer, one line each time the
+/// device sends again.
 #[derive(Default)]
 struct RetryReport {
-    /// Datagrams sent when the attempt started (or the cloud last answered).
-    base: u64,
-    /// Datagrams sent when the last line was printed.
+    /// Transmissions already reported per unacknowledged CON (by message id).
+    seen: BTreeMap<u16, u32>,
+    /// Datagrams sent when the last handshake line was printed (or the cloud last answered).
     reported: u64,
     received: u64,
+    /// The datagram of an attempt that is not a retry has been seen.
+    first_sent: bool,
 }
 
 impl RetryReport {
     /// A new connection attempt (or a connection that came up): count from here.
     fn restart(&mut self, stats: harness::net::udp::UdpStats) {
-        self.base = stats.sent;
         self.reported = stats.sent;
         self.received = stats.received;
+        self.first_sent = false;
     }
 
-    fn look(&mut self, node: &UdpNode<DeviceNode>, server: SocketAddr) -> Option<String> {
+    fn look(&mut self, node: &UdpNode<DeviceNode>, server: SocketAddr) -> Vec<String> {
         let stats = node.stats();
+        let (now, connected, retransmitted, next) = node.with_node(|n, now| {
+            let cons = n.os.unacknowledged_cons();
+            let mut lines = Vec::new();
+            let mut seen = BTreeMap::new();
+            for con in &cons {
+                seen.insert(con.message_id, con.transmissions);
+                let before = self.seen.get(&con.message_id).copied().unwrap_or(1);
+                if con.transmissions <= before {
+                    continue;
+                }
+                let what = protocol::coap::Message::parse(con.bytes)
+                    .map_or("a message".to_string(), |m| {
+                        harness::message_kind::message_kind(&m, false).to_string()
+                    });
+                let wait = con.deadline.saturating_sub(now).as_secs_f64();
+                let then = if con.retransmits_again {
+                    format!("next retry in {wait:.1}s")
+                } else {
+                    format!("the last one: given up in {wait:.1}s, then the device reconnects")
+                };
+                lines.push(format!(
+                    "{} no ACK from the cloud at {server}: {what} (message id {}) sent again, \
+                     attempt {}, {then}\n",
+                    stamp(now),
+                    con.message_id,
+                    con.transmissions,
+                ));
+            }
+            self.seen = seen;
+            let next = n.os.poll_timeout().map(|t| t.saturating_sub(now));
+            (
+                now,
+                n.os.status().connected,
+                (lines, !cons.is_empty()),
+                next,
+            )
+        });
+        let (mut lines, coap_pending) = retransmitted;
         if stats.received > self.received {
             self.restart(stats);
-            return None;
+            return lines;
         }
-        if stats.sent <= self.reported {
-            return None;
+        if stats.sent <= self.reported || connected || coap_pending {
+            // Answered, or the device's retries are the CoAP ones reported above.
+            self.reported = self.reported.max(stats.sent);
+            return lines;
         }
-        let unanswered = stats.sent - self.base;
-        let (connected, next) = node.with_node(|n, now| {
-            let next = n.os.poll_timeout().map(|t| t.saturating_sub(now));
-            (n.os.status().connected, (now, next))
-        });
-        // The first datagram of an attempt is not a retry; a connected device's traffic
-        // (events, acks) is answered.
-        if connected || unanswered < 2 {
-            return None;
+        // The first datagram of a handshake is not a retry.
+        if !self.first_sent {
+            self.first_sent = true;
+            self.reported = stats.sent;
+            return lines;
         }
-        let (now, next) = next;
+        self.reported = stats.sent;
         let next = next.map_or_else(
             || "no further retry scheduled".to_string(),
             |d| format!("next retry in {:.1}s", d.as_secs_f64()),
         );
-        self.reported = stats.sent;
-        Some(format!(
-            "{} no answer from the cloud at {server}: sent again ({} datagrams unanswered), {next}\n",
-            stamp(now),
-            unanswered
-        ))
+        lines.push(format!(
+            "{} no answer from the cloud at {server}: handshake sent again, {next}\n",
+            stamp(now)
+        ));
+        lines
     }
 }
 

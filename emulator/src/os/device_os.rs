@@ -910,6 +910,14 @@ impl DeviceOs {
         self.events.pop_front()
     }
 
+    /// The CONs the device sent to the cloud and has no ACK for yet (what it is retrying).
+    pub fn unacknowledged_cons(&self) -> Vec<protocol::coap::UnacknowledgedCon<'_>> {
+        self.cloud
+            .as_ref()
+            .map(|c| c.link.unacknowledged_cons())
+            .unwrap_or_default()
+    }
+
     /// A snapshot of the device.
     pub fn status(&self) -> DeviceStatus {
         DeviceStatus {

@@ -193,6 +193,11 @@ impl Link {
         self.coap.unacknowledged()
     }
 
+    /// Those CONs, with their transmissions and next deadline.
+    pub fn unacknowledged_cons(&self) -> Vec<protocol::coap::UnacknowledgedCon<'_>> {
+        self.coap.unacknowledged_cons().collect()
+    }
+
     /// Whether records still go out as type 253 (resumed, nothing heard from the server yet).
     pub fn is_moving_session(&self) -> bool {
         self.dtls.is_moving_session()

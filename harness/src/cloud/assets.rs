@@ -237,17 +237,10 @@ impl Cloud {
         if waiting {
             return Some(false);
         }
-        let refused = self.jobs.values().find_map(|j| match (&j.kind, &j.status) {
-            (JobKind::Asset { .. }, JobStatus::Failed { code, message })
-                if j.device_id == id && j.sha256 == sha256(&missing.module) =>
-            {
-                Some((*code, message.clone()))
-            }
-            _ => None,
-        });
-        if let Some((code, message)) =
-            refused.filter(|_| d.gave_up.contains(&sha256(&missing.module)))
-        {
+        let refused = d
+            .gave_up_on(&sha256(&missing.module))
+            .map(|g| (g.code, g.message.clone()));
+        if let Some((code, message)) = refused {
             let target = match target {
                 Some(job) => Some(job),
                 None => self.create_product_job(now, id),

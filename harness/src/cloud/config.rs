@@ -14,6 +14,10 @@ pub(super) const CELLULAR_PLATFORMS: [u16; 6] = [13, 23, 25, 26, 28, 35];
 pub(super) const CELLULAR_KEEPALIVE: Duration = Duration::from_secs(23 * 60);
 pub(super) const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(25);
 
+/// Default of [`CloudConfig::finished_jobs_kept`]: enough for `hil flash` to read the outcome
+/// of a superseded job after the job that superseded it finished.
+pub const FINISHED_JOBS_KEPT: usize = 8;
+
 /// How the cloud behaves. [`CloudConfig::new`] gives the defaults described in the module docs.
 #[derive(Debug, Clone)]
 pub struct CloudConfig {
@@ -42,6 +46,10 @@ pub struct CloudConfig {
     pub interrupted: Interrupted,
     /// UpdateStarts per target before the cloud gives up ([`policy`]).
     pub max_attempts: u32,
+    /// Finished jobs whose status the cloud keeps per device (the newest; an older one is
+    /// forgotten when a newer one finishes). A finished job keeps only its summary
+    /// ([`super::JobInfo`]), never its file ([`super::footprint`]).
+    pub finished_jobs_kept: usize,
 }
 
 /// What the cloud does with a transfer the device dropped mid-way.
@@ -77,6 +85,7 @@ impl CloudConfig {
             dtls_timeouts: RetransmitTimeouts::default(),
             interrupted: Interrupted::Retry,
             max_attempts: policy::DEFAULT_MAX_ATTEMPTS,
+            finished_jobs_kept: FINISHED_JOBS_KEPT,
         }
     }
 

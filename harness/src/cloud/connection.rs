@@ -113,6 +113,19 @@ impl Cloud {
             .get(&id)
             .is_some_and(|d| d.session.as_ref().is_some_and(|s| s.handle != handle))
         {
+            // At most PENDING_PER_DEVICE wait: one more closes the oldest (a device that
+            // retried its handshake, a client that never sends a Hello).
+            let waiting: Vec<ConnectionHandle> = self
+                .pending
+                .iter()
+                .filter(|(_, p)| p.device_id == id)
+                .map(|(h, _)| *h)
+                .collect();
+            let excess = (waiting.len() + 1).saturating_sub(super::footprint::PENDING_PER_DEVICE);
+            for old in waiting.into_iter().take(excess) {
+                self.pending.remove(&old);
+                self.server.close(now, old);
+            }
             self.pending.insert(
                 handle,
                 PendingHandshake {

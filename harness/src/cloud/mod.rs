@@ -114,6 +114,7 @@ mod device_id;
 mod event;
 mod firmware;
 pub mod fleet;
+pub mod footprint;
 mod job;
 mod ota;
 pub mod policy;
@@ -126,7 +127,7 @@ mod session;
 pub mod store;
 mod transfer;
 
-pub use config::{CloudConfig, Interrupted};
+pub use config::{CloudConfig, Interrupted, FINISHED_JOBS_KEPT};
 pub use device_id::DeviceId;
 pub use event::{
     device_id_hex, iso8601_millis, CloudEvent, DisconnectReason, OtaEvent, OtaEventKind, Publisher,
@@ -134,6 +135,7 @@ pub use event::{
 };
 pub use firmware::{compare, expected_modules, verify, Comparison, ExpectedModule};
 pub use fleet::Fleet;
+pub use footprint::Footprint;
 pub use job::{JobId, JobInfo, JobKind, JobStatus};
 pub use policy::{DeviceOsLibrary, LibraryModule};
 pub use transfer::{SenderTiming, Transfer, TransferError};
@@ -151,6 +153,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
 use connection::{record_kind, RecordKind};
+use footprint::GaveUp;
 use job::Job;
 use session::{Purpose, Session};
 
@@ -245,9 +248,12 @@ struct DeviceRecord {
     /// The product firmware the cloud delivers to this device (armed at each full handshake
     /// for a standard release, at once for an intelligent one; [`policy`]).
     armed: Option<reconcile::Armed>,
-    /// SHA-256 of the files the cloud gave up delivering automatically (product firmware or
-    /// Device OS modules that can never be installed): not retried.
-    gave_up: Vec<[u8; 32]>,
+    /// The files the cloud gave up delivering automatically (product firmware, Device OS
+    /// modules or assets that can never be installed): not retried. The newest
+    /// [`footprint::GAVE_UP_KEPT`], one entry per file.
+    gave_up: VecDeque<GaveUp>,
+    /// Finished jobs whose summary is kept, oldest first ([`CloudConfig::finished_jobs_kept`]).
+    finished: VecDeque<JobId>,
     /// When [`Cloud::handle_timeout`] must look at this device next ([`Cloud::device_deadline`]
     /// as of the last change), and the time of its live entry in [`Cloud::timers`].
     timer: Option<Duration>,
@@ -288,6 +294,9 @@ pub struct Cloud {
     timers: BinaryHeap<Reverse<(Duration, DeviceId)>>,
     /// Devices whose state changed since their deadline was last worked out.
     touched: Vec<DeviceId>,
+    /// Finished jobs of devices the cloud does not know (a flash refused as unregistered),
+    /// oldest first, at most [`CloudConfig::finished_jobs_kept`].
+    unowned_finished: VecDeque<JobId>,
 }
 
 impl std::fmt::Debug for Cloud {
@@ -322,6 +331,7 @@ impl Cloud {
             library: DeviceOsLibrary::default(),
             timers: BinaryHeap::new(),
             touched: Vec::new(),
+            unowned_finished: VecDeque::new(),
         }
     }
 
@@ -356,7 +366,8 @@ impl Cloud {
                         queue: VecDeque::new(),
                         committed: Vec::new(),
                         armed: None,
-                        gave_up: Vec::new(),
+                        gave_up: VecDeque::new(),
+                        finished: VecDeque::new(),
                         timer: None,
                         scheduled: None,
                     },
@@ -610,6 +621,17 @@ impl Cloud {
         // Keep the allocation.
         self.touched = touched;
         self.tidy_timers();
+        // Superseded entries wait until their time comes up: when they outnumber the devices,
+        // the queue is rebuilt from the live ones (at most one per device), so it stays
+        // within twice the fleet whatever the rate of changes.
+        if self.timers.len() > 2 * self.devices.len() + 64 {
+            self.timers = self
+                .devices
+                .iter()
+                .filter_map(|(id, d)| d.scheduled.map(|at| Reverse((at, *id))))
+                .collect();
+            self.tidy_timers();
+        }
     }
 
     /// Makes the top of the timer queue a live, exact entry: entries of removed devices or

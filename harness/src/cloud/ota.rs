@@ -12,6 +12,7 @@ use protocol::message::{
 
 use super::assets;
 use super::firmware::{compare, Comparison};
+use super::footprint::GaveUp;
 use super::job::JobKind;
 use super::policy;
 use super::session::Purpose;
@@ -519,6 +520,7 @@ impl Cloud {
         job.file = std::sync::Arc::new(Vec::new());
         let id = job.device_id;
         self.ota_event(now, job_id, id, OtaEventKind::Succeeded);
+        self.retire_job(job_id);
     }
 
     pub(super) fn fail_job(
@@ -546,7 +548,11 @@ impl Cloud {
             // not given up: a later target may name the same file again).
             if !message.starts_with("superseded") {
                 if let Some(d) = self.devices.get_mut(&id) {
-                    d.gave_up.push(sha);
+                    d.give_up(GaveUp {
+                        sha256: sha,
+                        code,
+                        message: message.clone(),
+                    });
                 }
             }
         }
@@ -558,6 +564,7 @@ impl Cloud {
         if publish && self.devices.contains_key(&id) {
             self.publish_cloud(now, id, names::FLASH_STATUS, names::FLASH_FAILED);
         }
+        self.retire_job(job_id);
     }
 
     /// Committed jobs (and a job requeued while finishing): does the device, in a connection

@@ -180,7 +180,7 @@ impl Cloud {
         let target = front.or(waiting_heal).map(Target::Job).or_else(|| {
             d.armed
                 .as_ref()
-                .filter(|a| !d.gave_up.contains(&a.firmware.sha256))
+                .filter(|a| d.gave_up_on(&a.firmware.sha256).is_none())
                 .map(|_| Target::Armed)
         });
         let (comparison, attempts, last_reason) = match &target {
@@ -236,7 +236,7 @@ impl Cloud {
         };
         let heal = policy::heal(&describe, platform, &self.library);
         let heal = match heal {
-            Heal::Send(m) if d.gave_up.contains(&sha256(&m.file)) => {
+            Heal::Send(m) if d.gave_up_on(&sha256(&m.file)).is_some() => {
                 Heal::Stuck(format!("{} could not be installed before", m.describe()))
             }
             other => other,

@@ -158,6 +158,11 @@ pub enum DescribeProgress {
 }
 
 impl DescribeAssembly {
+    /// Bytes held of a describe still arriving.
+    pub fn buffered(&self) -> usize {
+        self.data.len()
+    }
+
     pub fn add(&mut self, describe: Describe) -> DescribeProgress {
         let Some(block) = describe.block1 else {
             *self = DescribeAssembly::default();

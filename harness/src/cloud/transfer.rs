@@ -158,6 +158,14 @@ impl Transfer {
         })
     }
 
+    /// Bytes of the per-chunk state this transfer holds (send times, resend counts, chunks
+    /// held beyond the cumulative ack).
+    pub fn state_bytes(&self) -> usize {
+        self.last_sent.len() * std::mem::size_of::<Option<Duration>>()
+            + self.resends.len() * std::mem::size_of::<u32>()
+            + self.beyond.len() * std::mem::size_of::<u32>()
+    }
+
     /// The congestion window now, in chunks (the device's window when not paced).
     pub fn congestion_window(&self) -> u32 {
         if self.timing.paced {

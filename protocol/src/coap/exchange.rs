@@ -110,6 +110,20 @@ struct PendingCon {
     deadline: Duration,
 }
 
+/// One of our CONs not acknowledged yet ([`Endpoint::unacknowledged_cons`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnacknowledgedCon<'a> {
+    pub message_id: u16,
+    /// The message as sent.
+    pub bytes: &'a [u8],
+    /// Transmissions so far: 1 when sent once, 2 after the first retransmission...
+    pub transmissions: u32,
+    /// When it is sent again, or (no retransmission left) given up.
+    pub deadline: Duration,
+    /// Whether another retransmission follows at the deadline (else it times out then).
+    pub retransmits_again: bool,
+}
+
 #[derive(Debug)]
 struct AwaitingResponse {
     handle: RequestHandle,
@@ -476,5 +490,16 @@ impl<R: RngCore> Endpoint<R> {
     /// Number of our CONs not yet acknowledged.
     pub fn unacknowledged(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Our CONs not yet acknowledged, with their transmissions and next deadline.
+    pub fn unacknowledged_cons(&self) -> impl Iterator<Item = UnacknowledgedCon<'_>> {
+        self.pending.iter().map(|p| UnacknowledgedCon {
+            message_id: p.message_id,
+            bytes: &p.bytes,
+            transmissions: p.transmissions,
+            deadline: p.deadline,
+            retransmits_again: p.transmissions <= self.config.max_retransmit,
+        })
     }
 }

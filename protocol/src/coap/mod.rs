@@ -12,6 +12,7 @@ mod message;
 pub use block::{BlockError, BlockOption, BlockSize};
 pub use exchange::{
     Endpoint, EndpointConfig, EndpointEvent, ExchangeError, IncomingRequest, RequestHandle,
+    UnacknowledgedCon,
 };
 
 pub use message::{

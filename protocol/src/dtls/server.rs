@@ -327,6 +327,11 @@ impl<R: RngCore + CryptoRng> Server<R> {
             .and_then(|a| a.cid.as_deref())
     }
 
+    /// Associations held, handshaking or connected.
+    pub fn association_count(&self) -> usize {
+        self.associations.len()
+    }
+
     /// Connected associations.
     pub fn connections(&self) -> Vec<ConnectionHandle> {
         let mut v: Vec<_> = self
