@@ -179,6 +179,13 @@ pub enum Activity {
     Apply,
     /// From the end of an apply until the new firmware's first cloud connection.
     FirstBoot,
+    /// Part of the commit: an asset module written to the asset file system (see
+    /// [`FlashArray::set_part`]; its operations are logged and cut as `Commit`).
+    AssetStore,
+    /// Part of the apply: the bootloader's update of itself (the user-app backup, the staged
+    /// bootloader, the MBR's copy record and copy; see [`FlashArray::set_part`]; its
+    /// operations are logged and cut as `Apply`).
+    BootloaderCopy,
 }
 
 /// Lose power at the `skip`+1-th operation labelled `activity` from now on (see
@@ -404,6 +411,8 @@ pub struct FlashArray {
     lost_at: Option<u64>,
     log: Option<Vec<FlashOp>>,
     activity: Activity,
+    /// A part of `activity` that I/O faults can aim at (see [`FlashArray::set_part`]).
+    part: Option<Activity>,
     /// The array as it was before each operation, while recording (see
     /// [`FlashArray::record_snapshots`]).
     snapshots: Option<Vec<OpSnapshot>>,
@@ -517,6 +526,7 @@ impl FlashArray {
             lost_at: None,
             log: None,
             activity: Activity::Other,
+            part: None,
             snapshots: None,
         })
     }
@@ -557,6 +567,13 @@ impl FlashArray {
 
     pub fn activity(&self) -> Activity {
         self.activity
+    }
+
+    /// Names a part of the current activity (e.g. [`Activity::AssetStore`] within the commit)
+    /// that an [`IoFault`] can aim at; `None` ends it. The log, power cuts and sweeps keep
+    /// seeing the outer activity, so their operation counts do not change.
+    pub fn set_part(&mut self, part: Option<Activity>) {
+        self.part = part;
     }
 
     /// The seed torn operations are drawn from.
@@ -623,7 +640,8 @@ impl FlashArray {
         let activity = self.activity;
         let mut fired = None;
         for (i, f) in self.io_faults.iter_mut().enumerate() {
-            if f.activity != activity || f.kind.is_some_and(|k| k != kind) {
+            let aimed = f.activity == activity || Some(f.activity) == self.part;
+            if !aimed || f.kind.is_some_and(|k| k != kind) {
                 continue;
             }
             if f.skip == 0 {
@@ -672,6 +690,7 @@ impl FlashArray {
     pub fn power_on(&mut self) {
         self.lost_at = None;
         self.activity = Activity::Other;
+        self.part = None;
     }
 
     // ----- log ---------------------------------------------------------------------------

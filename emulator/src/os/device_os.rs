@@ -426,6 +426,12 @@ impl DeviceOs {
                 return;
             }
         };
+        for e in &report.bootloader_copy_errors {
+            self.log(format!(
+                "bootloader update of itself stopped by a flash error ({e}); the bootloader \
+                 reset and did the step again"
+            ));
+        }
         // The asset storage (reference 5.5, 6.3): invalid files go, and an application whose
         // assets are missing does not run.
         let scan = if matches!(report.state, BootState::Unbootable { .. }) {

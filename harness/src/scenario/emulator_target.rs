@@ -730,8 +730,13 @@ impl EmulatorTarget {
                     .push(TraceEntry::new(now, TraceKind::Fault { what }));
             }
             Action::FlashFail(x) => {
+                let activity = match x.phase {
+                    FailPhase::Phase(phase) => activity_of(phase),
+                    FailPhase::AssetStore => Activity::AssetStore,
+                    FailPhase::BootloaderCopy => Activity::BootloaderCopy,
+                };
                 let fault = emulator::flash::IoFault {
-                    activity: activity_of(x.phase),
+                    activity,
                     kind: x.kind,
                     skip: x.op,
                 };

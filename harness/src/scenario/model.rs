@@ -735,9 +735,41 @@ impl Corruption {
 /// operation of the next occurrence of `phase`, counting only operations of `kind` if given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlashFail {
-    pub phase: Phase,
+    pub phase: FailPhase,
     pub op: u64,
     pub kind: Option<emulator::flash::OpKind>,
+}
+
+/// Where a `flash.fail` aims: a phase of the update, or a part of one that power cuts and
+/// sweeps do not count separately (the asset store is within the commit, the bootloader's
+/// copy of itself within the apply).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FailPhase {
+    Phase(Phase),
+    /// An asset module written to the asset file system at the commit.
+    AssetStore,
+    /// The bootloader's update of itself in the apply: the user-app backup, the staged
+    /// bootloader, the MBR's copy record and copy.
+    BootloaderCopy,
+}
+
+impl FailPhase {
+    pub const WORDS: [(&'static str, FailPhase); 6] = [
+        ("download", FailPhase::Phase(Phase::Download)),
+        ("commit", FailPhase::Phase(Phase::Commit)),
+        ("apply", FailPhase::Phase(Phase::Apply)),
+        ("first_boot", FailPhase::Phase(Phase::FirstBoot)),
+        ("asset_store", FailPhase::AssetStore),
+        ("bootloader_copy", FailPhase::BootloaderCopy),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailPhase::Phase(p) => p.as_str(),
+            FailPhase::AssetStore => "asset_store",
+            FailPhase::BootloaderCopy => "bootloader_copy",
+        }
+    }
 }
 
 /// `kind = "write"|"erase"` of `flash.fail`.

@@ -136,7 +136,7 @@ pub const STEPS: [(&str, &str); 33] = [
     ("power.cut", "{ do = \"power.cut\" } (now), or with one of flash_op = N, chunk = K, phase = \"download\" (and op = N), plus mode = \"before\"|\"torn\"|\"after\""),
     ("power.on", "a step table with `do` and the step's fields"),
     ("device.reset", "{ do = \"device.reset\", reason = \"pin\" } (or \"watchdog\")"),
-    ("flash.fail", "{ do = \"flash.fail\", phase = \"commit\", op = 0, kind = \"write\" } (phase \"download\"|\"commit\"|\"apply\"|\"first_boot\"; kind \"write\"|\"erase\" optional)"),
+    ("flash.fail", "{ do = \"flash.fail\", phase = \"commit\", op = 0, kind = \"write\" } (phase \"download\"|\"commit\"|\"apply\"|\"first_boot\"|\"asset_store\"|\"bootloader_copy\"; kind \"write\"|\"erase\" optional)"),
     ("app.disable_updates", "a step table with `do` and the step's fields"),
     ("app.enable_updates", "a step table with `do` and the step's fields"),
     ("app.disable_reset", "a step table with `do` and the step's fields"),
@@ -676,7 +676,7 @@ fn read_step(n: &Node, index: &str) -> Result<Step, SpanError> {
         "power.cut" => Step::Action(Action::PowerCut(read_power_cut(&mut f, form)?)),
         "power.on" => Step::Action(Action::PowerOn),
         "flash.fail" => Step::Action(Action::FlashFail(FlashFail {
-            phase: f.required("phase", form, |n| node::as_word(n, &Phase::WORDS))?,
+            phase: f.required("phase", form, |n| node::as_word(n, &FailPhase::WORDS))?,
             op: f.optional("op", node::as_u64)?.unwrap_or(0),
             kind: f.optional("kind", |n| node::as_word(n, &FLASH_OP_KIND_WORDS))?,
         })),
