@@ -284,35 +284,9 @@ impl InitialFirmware {
     }
 }
 
-/// How the application behaves from boot (reference: particle-cloud-api.md 5.1-5.4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AppBehaviour {
-    /// `false`: the app calls `System.disableUpdates()` in `setup()` (or where
-    /// `disable_updates_in` says).
-    pub updates_enabled: bool,
-    /// Where the app calls `System.disableUpdates()`: `STARTUP()` or `setup()`.
-    pub disable_updates_in: AppStage,
-    /// `false`: the app calls `System.disableReset()` in `setup()`.
-    pub resets_enabled: bool,
-    /// `SYSTEM_THREAD(ENABLED)` (the default on Device OS 6.2.0).
-    pub system_thread: bool,
-    pub mode: SystemMode,
-    /// `System.onAssetOta(callback)` and what the callback does.
-    pub on_asset_ota: AssetOtaHook,
-}
-
-impl Default for AppBehaviour {
-    fn default() -> Self {
-        AppBehaviour {
-            updates_enabled: true,
-            disable_updates_in: AppStage::Setup,
-            resets_enabled: true,
-            system_thread: true,
-            mode: SystemMode::Automatic,
-            on_asset_ota: AssetOtaHook::None,
-        }
-    }
-}
+/// How the application behaves from boot (reference: particle-cloud-api.md 5.1-5.4): the
+/// scenario's `[app]` table is the emulator's own model of it, one type for both.
+pub use emulator::os::AppBehaviour;
 
 /// The part of the application a call is made from, named in scenario files by these words.
 pub use emulator::os::AppStage;

@@ -339,12 +339,12 @@ fn read_app(n: &Node) -> Result<AppBehaviour, SpanError> {
     let mut f = Fields::new(n, "[app]")?;
     let d = AppBehaviour::default();
     let out = AppBehaviour {
-        updates_enabled: f
+        updates_enabled_at_boot: f
             .optional("updates_enabled", node::as_bool)?
-            .unwrap_or(d.updates_enabled),
-        resets_enabled: f
+            .unwrap_or(d.updates_enabled_at_boot),
+        reset_enabled_at_boot: f
             .optional("resets_enabled", node::as_bool)?
-            .unwrap_or(d.resets_enabled),
+            .unwrap_or(d.reset_enabled_at_boot),
         system_thread: f
             .optional("system_thread", node::as_bool)?
             .unwrap_or(d.system_thread),
@@ -367,6 +367,7 @@ fn read_app(n: &Node) -> Result<AppBehaviour, SpanError> {
         on_asset_ota: f
             .optional("on_asset_ota", |n| node::as_word(n, &ASSET_OTA_WORDS))?
             .unwrap_or(d.on_asset_ota),
+        ..d
     };
     f.finish()?;
     Ok(out)
