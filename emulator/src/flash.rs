@@ -186,6 +186,10 @@ pub enum Activity {
     /// bootloader, the MBR's copy record and copy; see [`FlashArray::set_part`]; its
     /// operations are logged and cut as `Apply`).
     BootloaderCopy,
+    /// Part of the download: writing the OTA chunk with this Chunk-Index (1-based, counted
+    /// from the transfer's resume offset; see [`FlashArray::set_part`]). A harness cuts power
+    /// "while chunk K is written" by an [`ActivityCut`] aimed at it.
+    OtaChunk(u32),
 }
 
 /// Lose power at the `skip`+1-th operation labelled `activity` from now on (see
@@ -570,7 +574,7 @@ impl FlashArray {
     }
 
     /// Names a part of the current activity (e.g. [`Activity::AssetStore`] within the commit)
-    /// that an [`IoFault`] can aim at; `None` ends it. The log, power cuts and sweeps keep
+    /// that an [`IoFault`] or an [`ActivityCut`] can aim at; `None` ends it. The log, power cuts and sweeps keep
     /// seeing the outer activity, so their operation counts do not change.
     pub fn set_part(&mut self, part: Option<Activity>) {
         self.part = part;
@@ -1002,9 +1006,10 @@ impl FlashArray {
             .position(|c| c.at_op == seq)
             .map(|i| self.cuts.remove(i).mode);
         let activity = self.activity;
+        let part = self.part;
         let mut fired = None;
         for (i, c) in self.activity_cuts.iter_mut().enumerate() {
-            if c.activity != activity {
+            if c.activity != activity && Some(c.activity) != part {
                 continue;
             }
             if c.skip == 0 {
