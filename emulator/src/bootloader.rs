@@ -22,7 +22,7 @@ use protocol::module::{ModuleFunction, Prefix};
 use crate::board::{Board, RegionKind};
 use crate::content_cache::ContentCache;
 use crate::dct::{chip_for_code, slot_flags, ModuleSlot, ModuleSlots};
-use crate::flash::{copy_bytes, ChipId, FlashArray, FlashError};
+use crate::flash::{copy_bytes, Activity, ChipId, FlashArray, FlashError};
 use crate::installed::{read_region, FoundModule, RegionContent};
 use crate::placement::{place, PlacementError};
 use crate::store::{Store, StoreError};
@@ -183,6 +183,9 @@ pub struct BootReport {
     pub factory_restored: bool,
     /// The user app saved before an MBR bootloader update was copied back.
     pub restored_user_app: bool,
+    /// Flash I/O errors that stopped a step of the bootloader's update of itself (each one
+    /// reset the bootloader, which did the step again; see [`bootloader_copy`]).
+    pub bootloader_copy_errors: Vec<FlashError>,
     pub modules: Vec<InstalledModule>,
     pub state: BootState,
 }
@@ -334,6 +337,7 @@ pub fn boot_with(
         refused: Vec::new(),
         factory_restored: false,
         restored_user_app: false,
+        bootloader_copy_errors: Vec::new(),
         modules: Vec::new(),
         state: BootState::Running,
     };
@@ -352,8 +356,9 @@ pub fn boot_with(
 }
 
 /// Bootloader runs one boot may take: the MBR copy of a new bootloader resets into it once
-/// (more would be a slot that keeps copying a bootloader, which the first pass frees).
-const MAX_BOOTLOADER_PASSES: usize = 3;
+/// (more would be a slot that keeps copying a bootloader, which the first pass frees), and a
+/// bootloader copy step refused by the flash resets it once more (see [`bootloader_copy`]).
+const MAX_BOOTLOADER_PASSES: usize = 4;
 
 /// One run of the bootloader's apply: the MBR (KM0) finishes an interrupted bootloader copy,
 /// then the pending slots are applied, non-bootloader first. `true` when a bootloader copy
@@ -367,22 +372,29 @@ fn apply_pass(
 ) -> Result<bool, BootError> {
     // 1. The MBR / KM0 finishes a bootloader copy before anything else runs.
     if let Some(raw) = store.get(flash, BOOTLOADER_COPY_KEY)? {
-        if let Ok(raw) = <[u8; crate::dct::SLOT_LEN]>::try_from(raw.as_slice()) {
-            let slot = ModuleSlot::parse(&raw);
-            if slot.flags & VERIFY_MASK == 0 {
-                // The MBR's own copy (nRF52840): raw bytes from where the bootloader staged
-                // them; nothing there is written until the copy is finished.
-                if raw_copy(flash, &slot)? {
-                    report.finished_bootloader_copy = true;
+        let finished = bootloader_copy(flash, &mut report.bootloader_copy_errors, |flash| {
+            let mut finished = false;
+            if let Ok(raw) = <[u8; crate::dct::SLOT_LEN]>::try_from(raw.as_slice()) {
+                let slot = ModuleSlot::parse(&raw);
+                if slot.flags & VERIFY_MASK == 0 {
+                    // The MBR's own copy (nRF52840): raw bytes from where the bootloader
+                    // staged them; nothing there is written until the copy is finished.
+                    finished = raw_copy(flash, &slot)?;
+                } else if let Ok(v) = verify_slot(board, flash, 0, &slot, caches)? {
+                    // KM0 (rtl872x): from the OTA area, which apply never writes, so
+                    // verifying again can only fail on a corrupt record.
+                    copy_bytes(flash, v.dest_chip, v.destination, v.image())?;
+                    finished = true;
                 }
-            } else if let Ok(v) = verify_slot(board, flash, 0, &slot, caches)? {
-                // KM0 (rtl872x): from the OTA area, which apply never writes, so verifying
-                // again can only fail on a corrupt record.
-                copy_bytes(flash, v.dest_chip, v.destination, v.image())?;
-                report.finished_bootloader_copy = true;
             }
+            store.remove(flash, BOOTLOADER_COPY_KEY)?;
+            Ok(finished)
+        })?;
+        match finished {
+            Some(finished) => report.finished_bootloader_copy |= finished,
+            // The record stays: the copy is finished after the reset.
+            None => return Ok(true),
         }
-        store.remove(flash, BOOTLOADER_COPY_KEY)?;
     }
 
     // 2. Pending slots: non-bootloader first, then bootloader.
@@ -414,22 +426,35 @@ fn apply_pass(
             }
             Ok(v) if slot.function == bootloader => match board.ota.bootloader_update {
                 Some(via) => {
-                    mbr_bootloader_update(board, flash, store, i, &v, &via)?;
-                    report.applied.push(v.applied);
-                    // The MBR resets into the new bootloader, which goes on from step 1.
+                    let done =
+                        bootloader_copy(flash, &mut report.bootloader_copy_errors, |flash| {
+                            mbr_bootloader_update(board, flash, store, i, &v, &via)
+                        })?;
+                    if done.is_some() {
+                        report.applied.push(v.applied);
+                    }
+                    // The MBR resets into the new bootloader, which goes on from step 1 (after
+                    // an I/O error, the bootloader resets and the same steps run again).
                     return Ok(true);
                 }
                 None => {
                     // The bootloader cannot overwrite itself: it hands the copy to the KM0
                     // core, which records it first so that a power cut mid-copy is finished
                     // next boot.
-                    let mut raw = [0u8; crate::dct::SLOT_LEN];
-                    slot.emit(&mut raw);
-                    store.put(flash, BOOTLOADER_COPY_KEY, &raw)?;
-                    free_slot(store, flash, i)?;
-                    copy_bytes(flash, v.dest_chip, v.destination, v.image())?;
-                    store.remove(flash, BOOTLOADER_COPY_KEY)?;
-                    report.applied.push(v.applied);
+                    let done =
+                        bootloader_copy(flash, &mut report.bootloader_copy_errors, |flash| {
+                            let mut raw = [0u8; crate::dct::SLOT_LEN];
+                            slot.emit(&mut raw);
+                            store.put(flash, BOOTLOADER_COPY_KEY, &raw)?;
+                            free_slot(store, flash, i)?;
+                            copy_bytes(flash, v.dest_chip, v.destination, v.image())?;
+                            store.remove(flash, BOOTLOADER_COPY_KEY)?;
+                            Ok(())
+                        })?;
+                    match done {
+                        Some(()) => report.applied.push(v.applied),
+                        None => return Ok(true),
+                    }
                 }
             },
             Ok(v) => {
@@ -441,6 +466,37 @@ fn apply_pass(
         }
     }
     Ok(false)
+}
+
+/// Runs one step of the bootloader's update of itself (the user-app backup, the staged
+/// bootloader, the copy record, the MBR's or KM0's copy) with its flash operations labelled
+/// [`Activity::BootloaderCopy`], so that an I/O fault can aim at it. `Ok(None)`: a flash
+/// operation failed with an I/O error (not a power loss), added to `errors`.
+///
+/// UNCONFIRMED: what the bootloader does on such an error. Device OS's `FLASH_CopyMemory`
+/// reports a failure, and the MBR's `SD_MBR_COMMAND_COPY_BL` is documented to resume an
+/// unfinished copy at the next power-on; here every failed step is taken as a reset of the
+/// bootloader: the records written so far (the restore slot, the MBR's copy record, the
+/// pending bootloader slot) make the next run put the user app back and do the step again,
+/// as after a power cut before the refused operation (which changed nothing). A failing chip
+/// that refuses again and again is left to [`MAX_BOOTLOADER_PASSES`]: the device then boots
+/// what validates.
+fn bootloader_copy<T>(
+    flash: &mut FlashArray,
+    errors: &mut Vec<FlashError>,
+    step: impl FnOnce(&mut FlashArray) -> Result<T, BootError>,
+) -> Result<Option<T>, BootError> {
+    flash.set_part(Some(Activity::BootloaderCopy));
+    let result = step(flash);
+    flash.set_part(None);
+    match result {
+        Ok(done) => Ok(Some(done)),
+        Err(BootError::Flash(e)) if !e.is_power_loss() => {
+            errors.push(e);
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The verification flags of a slot; a slot without any is a raw copy (the user-app restore

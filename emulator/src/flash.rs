@@ -179,6 +179,17 @@ pub enum Activity {
     Apply,
     /// From the end of an apply until the new firmware's first cloud connection.
     FirstBoot,
+    /// Part of the commit: an asset module written to the asset file system (see
+    /// [`FlashArray::set_part`]; its operations are logged and cut as `Commit`).
+    AssetStore,
+    /// Part of the apply: the bootloader's update of itself (the user-app backup, the staged
+    /// bootloader, the MBR's copy record and copy; see [`FlashArray::set_part`]; its
+    /// operations are logged and cut as `Apply`).
+    BootloaderCopy,
+    /// Part of the download: writing the OTA chunk with this Chunk-Index (1-based, counted
+    /// from the transfer's resume offset; see [`FlashArray::set_part`]). A harness cuts power
+    /// "while chunk K is written" by an [`ActivityCut`] aimed at it.
+    OtaChunk(u32),
 }
 
 /// Lose power at the `skip`+1-th operation labelled `activity` from now on (see
@@ -404,6 +415,8 @@ pub struct FlashArray {
     lost_at: Option<u64>,
     log: Option<Vec<FlashOp>>,
     activity: Activity,
+    /// A part of `activity` that I/O faults can aim at (see [`FlashArray::set_part`]).
+    part: Option<Activity>,
     /// The array as it was before each operation, while recording (see
     /// [`FlashArray::record_snapshots`]).
     snapshots: Option<Vec<OpSnapshot>>,
@@ -517,6 +530,7 @@ impl FlashArray {
             lost_at: None,
             log: None,
             activity: Activity::Other,
+            part: None,
             snapshots: None,
         })
     }
@@ -557,6 +571,13 @@ impl FlashArray {
 
     pub fn activity(&self) -> Activity {
         self.activity
+    }
+
+    /// Names a part of the current activity (e.g. [`Activity::AssetStore`] within the commit)
+    /// that an [`IoFault`] or an [`ActivityCut`] can aim at; `None` ends it. The log, power cuts and sweeps keep
+    /// seeing the outer activity, so their operation counts do not change.
+    pub fn set_part(&mut self, part: Option<Activity>) {
+        self.part = part;
     }
 
     /// The seed torn operations are drawn from.
@@ -623,7 +644,8 @@ impl FlashArray {
         let activity = self.activity;
         let mut fired = None;
         for (i, f) in self.io_faults.iter_mut().enumerate() {
-            if f.activity != activity || f.kind.is_some_and(|k| k != kind) {
+            let aimed = f.activity == activity || Some(f.activity) == self.part;
+            if !aimed || f.kind.is_some_and(|k| k != kind) {
                 continue;
             }
             if f.skip == 0 {
@@ -672,6 +694,7 @@ impl FlashArray {
     pub fn power_on(&mut self) {
         self.lost_at = None;
         self.activity = Activity::Other;
+        self.part = None;
     }
 
     // ----- log ---------------------------------------------------------------------------
@@ -983,9 +1006,10 @@ impl FlashArray {
             .position(|c| c.at_op == seq)
             .map(|i| self.cuts.remove(i).mode);
         let activity = self.activity;
+        let part = self.part;
         let mut fired = None;
         for (i, c) in self.activity_cuts.iter_mut().enumerate() {
-            if c.activity != activity {
+            if c.activity != activity && Some(c.activity) != part {
                 continue;
             }
             if c.skip == 0 {

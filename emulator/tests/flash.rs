@@ -676,3 +676,34 @@ fn an_io_fault_refuses_one_operation_of_its_activity_and_changes_nothing() {
         .unwrap();
     assert!(flash.pending_io_faults().is_empty());
 }
+
+#[test]
+fn an_io_fault_aimed_at_a_part_fires_only_inside_it_and_the_log_keeps_the_outer_activity() {
+    use emulator::flash::IoFault;
+    let mut flash = two_chips(1);
+    flash.enable_log();
+    let b = INTERNAL.base;
+    flash.schedule_io_fault(IoFault {
+        activity: Activity::AssetStore,
+        kind: Some(OpKind::Program),
+        skip: 0,
+    });
+    flash.set_activity(Activity::Commit);
+    // The commit outside the part does not count.
+    flash.program(ChipId::Internal, b, &[0; 4]).unwrap();
+    flash.set_part(Some(Activity::AssetStore));
+    let e = flash
+        .program(ChipId::Internal, b + 4, &[0x22; 4])
+        .unwrap_err();
+    assert!(matches!(e, FlashError::Io { .. }), "{e}");
+    flash.program(ChipId::Internal, b + 4, &[0x22; 4]).unwrap();
+    flash.set_part(None);
+    assert!(flash.pending_io_faults().is_empty());
+    assert!(
+        flash
+            .op_log()
+            .iter()
+            .all(|op| op.activity == Activity::Commit),
+        "operations of a part are logged under the outer activity"
+    );
+}

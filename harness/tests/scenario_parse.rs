@@ -250,7 +250,7 @@ fn every_step_kind_parses_into_its_typed_form() {
     let s = parse(EVERY_STEP, Path::new("every.toml")).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(s.name, "every step");
     assert_eq!(s.seed, Some(42));
-    assert!(!s.setup.app.updates_enabled);
+    assert!(!s.setup.app.updates_enabled_at_boot);
     assert_eq!(
         s.setup.cloud.devices[0].id.as_deref(),
         Some("e00fce68ece1d3d21a73dcc9")

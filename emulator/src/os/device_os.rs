@@ -17,7 +17,7 @@ use rand_core::{RngCore, SeedableRng};
 use crate::assets::{self, AssetFs, AssetScan, ConsumerState};
 use crate::bootloader::{BootError, BootReport, BootState, SafeModeReason};
 use crate::device::{Device, DeviceError};
-use crate::flash::CutMode;
+use crate::flash::{Activity, ActivityCut, CutMode};
 
 use super::cloud::Cloud;
 use super::flags::{SystemFlags, UpdateStatus};
@@ -269,8 +269,6 @@ pub struct DeviceOs {
     /// The application wants the cloud: set at boot in automatic mode, by
     /// `Particle.connect()`, cleared by `Particle.disconnect()`.
     pub(super) cloud_wanted: bool,
-    /// A harness asked for power to go while OTA chunk K (its Chunk-Index) is written.
-    pub(super) chunk_cut: Option<(u32, CutMode)>,
     pub(super) failed_attempts: u32,
     pub(super) socket_generation: u32,
     pub(super) ota: OtaLink,
@@ -317,7 +315,6 @@ impl DeviceOs {
             cloud: None,
             reconnect_at: None,
             cloud_wanted: false,
-            chunk_cut: None,
             failed_attempts: 0,
             socket_generation: 0,
             ota,
@@ -361,13 +358,25 @@ impl DeviceOs {
     /// Chunk-Index of a transfer, counted from its resume offset), in `mode`, in whichever
     /// transfer first writes such a chunk. A duplicate of a chunk already held writes nothing
     /// and does not count.
+    ///
+    /// The cut is the flash's: an [`ActivityCut`] aimed at the operations labelled
+    /// [`Activity::OtaChunk`] (the OTA link labels each chunk's writes), so it survives power
+    /// cycles like any activity cut and the Device OS model keeps no state for it.
     pub fn cut_power_at_chunk(&mut self, chunk: u32, mode: CutMode) {
-        self.chunk_cut = Some((chunk, mode));
+        self.device.flash_mut().schedule_activity_cut(ActivityCut {
+            activity: Activity::OtaChunk(chunk),
+            skip: 0,
+            mode,
+        });
     }
 
     /// Whether a cut asked for by [`DeviceOs::cut_power_at_chunk`] is still waiting.
     pub fn chunk_cut_pending(&self) -> bool {
-        self.chunk_cut.is_some()
+        self.device
+            .flash()
+            .pending_activity_cuts()
+            .iter()
+            .any(|c| matches!(c.activity, Activity::OtaChunk(_)))
     }
 
     /// Cuts the power: RAM is lost (DTLS session, flags, transfer state), flash is kept.
@@ -426,6 +435,12 @@ impl DeviceOs {
                 return;
             }
         };
+        for e in &report.bootloader_copy_errors {
+            self.log(format!(
+                "bootloader update of itself stopped by a flash error ({e}); the bootloader \
+                 reset and did the step again"
+            ));
+        }
         // The asset storage (reference 5.5, 6.3): invalid files go, and an application whose
         // assets are missing does not run.
         let scan = if matches!(report.state, BootState::Unbootable { .. }) {

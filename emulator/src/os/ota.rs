@@ -88,7 +88,7 @@ use sha2::{Digest, Sha256};
 use crate::assets::{self, AssetFs, ConsumerState};
 use crate::board::{Board, McuFamily};
 use crate::device::{Device, DeviceError, StagedModule};
-use crate::flash::FlashError;
+use crate::flash::{Activity, FlashError};
 use crate::installed::{read_region, RegionContent};
 use crate::placement::PlacementError;
 use protocol::bundle::AssetModule;
@@ -903,7 +903,12 @@ impl OtaReceiver {
         if result.is_ok() {
             result = match self.staged_asset(device, t.file_size) {
                 // `HAL_FLASH_End` for an asset: stored in the asset file system at once.
-                Ok(Some(module)) => self.store_asset(device, &module),
+                Ok(Some(module)) => {
+                    device.flash_mut().set_part(Some(Activity::AssetStore));
+                    let stored = self.store_asset(device, &module);
+                    device.flash_mut().set_part(None);
+                    stored
+                }
                 Ok(None) => self.validate(device, t.file_size).and_then(|staged| {
                     t.staged = staged;
                     device
@@ -1084,6 +1089,12 @@ impl OtaReceiver {
 
     /// `AssetManager::storeAsset` (reference 6.3): files the running application does not
     /// require are removed, the module is written, the consumer state becomes WANT.
+    ///
+    /// A flash I/O error here fails the commit with FLASH_IO (-219) like a failed slot write
+    /// (`HAL_FLASH_End` returns the error; PR #2270's path: the device reconnects without a
+    /// reset and keeps running). UNCONFIRMED: that Device OS keeps the closed transfer file, so
+    /// that the cloud's next attempt resumes at its end; the asset store is power-safe, so
+    /// what was stored before the error (and the removals) stays as written.
     fn store_asset(&self, device: &mut Device, module: &[u8]) -> Result<(), OtaError> {
         let required = assets::required_by_running_app(device)
             .map_err(|e| self.io_error("reading the application", &e))?;

@@ -25,7 +25,7 @@ use protocol::message::{
 };
 
 use crate::device::Device;
-use crate::flash::{Activity, PowerCut};
+use crate::flash::Activity;
 
 use super::cloud::{response, Purpose};
 use super::device_os::DeviceOs;
@@ -203,26 +203,16 @@ impl DeviceOs {
     }
 
     fn update_chunk(&mut self, now: Duration, request: &IncomingRequest, chunk: &UpdateChunk) {
-        // A harness's chunk cut: scheduled at the next flash operation, kept only if writing
-        // this chunk performs one (a duplicate or out-of-window chunk writes nothing).
-        let armed = match self.chunk_cut {
-            Some((k, mode)) if k == chunk.index => {
-                let at_op = self.device.flash().op_count();
-                self.device.schedule_cut(at_op, mode);
-                Some(PowerCut { at_op, mode })
-            }
-            _ => None,
-        };
+        // The chunk's writes are labelled with its Chunk-Index, for a harness's cut "while
+        // chunk K is written" (a duplicate or out-of-window chunk writes nothing).
         let outcome = self.in_activity(Activity::Download, |os| {
-            os.ota.receiver.chunk(now, &mut os.device, chunk)
+            os.device
+                .flash_mut()
+                .set_part(Some(Activity::OtaChunk(chunk.index)));
+            let outcome = os.ota.receiver.chunk(now, &mut os.device, chunk);
+            os.device.flash_mut().set_part(None);
+            outcome
         });
-        if let Some(cut) = armed {
-            if self.device.flash().op_count() > cut.at_op {
-                self.chunk_cut = None;
-            } else {
-                self.device.flash_mut().cancel_cut(cut);
-            }
-        }
         match outcome {
             ChunkOutcome::Written | ChunkOutcome::Duplicate | ChunkOutcome::OutOfWindow => {}
             ChunkOutcome::NotRunning => self.reject(now, request),

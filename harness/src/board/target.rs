@@ -465,8 +465,8 @@ impl Target for BoardTarget {
         self.wait_hello()?;
         self.request(
             Command::Setup {
-                updates_enabled: setup.app.updates_enabled,
-                reset_enabled: setup.app.resets_enabled,
+                updates_enabled: setup.app.updates_enabled_at_boot,
+                reset_enabled: setup.app.reset_enabled_at_boot,
             },
             ANSWER,
         )?;

@@ -19,13 +19,12 @@ use std::time::Duration;
 use emulator::board::{Board, RegionKind};
 use emulator::firmware::{FirmwareSet, ModuleSizes};
 use emulator::flash::{Activity, ActivityCut};
-use emulator::os::{AppBehaviour as OsApp, DeviceEvent};
+use emulator::os::DeviceEvent;
 
 use super::firmware::{build_file, build_modules, device_os_release_modules};
 use super::model::*;
 use super::target::{
-    Capability, FirmwareIntegrity, Observation, OtaStatus, RunningVersions, SystemFlags, Target,
-    TargetError,
+    Capability, FirmwareIntegrity, Observation, OtaStatus, RunningVersions, Target, TargetError,
 };
 use super::trace::{EventSource, TraceEntry, TraceKind};
 use crate::cloud::fleet::{DeviceChange, Release};
@@ -730,8 +729,13 @@ impl EmulatorTarget {
                     .push(TraceEntry::new(now, TraceKind::Fault { what }));
             }
             Action::FlashFail(x) => {
+                let activity = match x.phase {
+                    FailPhase::Phase(phase) => activity_of(phase),
+                    FailPhase::AssetStore => Activity::AssetStore,
+                    FailPhase::BootloaderCopy => Activity::BootloaderCopy,
+                };
                 let fault = emulator::flash::IoFault {
-                    activity: activity_of(x.phase),
+                    activity,
                     kind: x.kind,
                     skip: x.op,
                 };
@@ -1193,14 +1197,11 @@ impl Target for EmulatorTarget {
                 ..self.sizes
             };
             spec.sizes = sizes;
-            spec.app = OsApp {
-                updates_enabled_at_boot: cd.updates_enabled.unwrap_or(setup.app.updates_enabled),
-                reset_enabled_at_boot: setup.app.resets_enabled,
-                disable_updates_in: setup.app.disable_updates_in,
-                system_thread: setup.app.system_thread,
-                mode: setup.app.mode,
-                on_asset_ota: setup.app.on_asset_ota,
-                ..OsApp::default()
+            spec.app = AppBehaviour {
+                updates_enabled_at_boot: cd
+                    .updates_enabled
+                    .unwrap_or(setup.app.updates_enabled_at_boot),
+                ..setup.app
             };
             // Same derivation as Testbed::add_device, to know the images it provisions.
             let dev_seed = seed ^ ((i as u64 + 1) << 32);
@@ -1418,13 +1419,7 @@ impl Target for EmulatorTarget {
             sleeping: Some(s.sleeping),
             running: Some(running),
             safe_mode: Some(s.safe_mode),
-            flags: Some(SystemFlags {
-                updates_enabled: s.flags.updates_enabled,
-                updates_pending: s.flags.updates_pending,
-                updates_forced: s.flags.updates_forced,
-                reset_enabled: s.flags.reset_enabled,
-                reset_pending: s.flags.reset_pending,
-            }),
+            flags: Some(s.flags),
             ota: Some(self.d.last_ota.unwrap_or(OtaStatus {
                 state: OtaState::Idle,
                 received: 0,

@@ -284,35 +284,9 @@ impl InitialFirmware {
     }
 }
 
-/// How the application behaves from boot (reference: particle-cloud-api.md 5.1-5.4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AppBehaviour {
-    /// `false`: the app calls `System.disableUpdates()` in `setup()` (or where
-    /// `disable_updates_in` says).
-    pub updates_enabled: bool,
-    /// Where the app calls `System.disableUpdates()`: `STARTUP()` or `setup()`.
-    pub disable_updates_in: AppStage,
-    /// `false`: the app calls `System.disableReset()` in `setup()`.
-    pub resets_enabled: bool,
-    /// `SYSTEM_THREAD(ENABLED)` (the default on Device OS 6.2.0).
-    pub system_thread: bool,
-    pub mode: SystemMode,
-    /// `System.onAssetOta(callback)` and what the callback does.
-    pub on_asset_ota: AssetOtaHook,
-}
-
-impl Default for AppBehaviour {
-    fn default() -> Self {
-        AppBehaviour {
-            updates_enabled: true,
-            disable_updates_in: AppStage::Setup,
-            resets_enabled: true,
-            system_thread: true,
-            mode: SystemMode::Automatic,
-            on_asset_ota: AssetOtaHook::None,
-        }
-    }
-}
+/// How the application behaves from boot (reference: particle-cloud-api.md 5.1-5.4): the
+/// scenario's `[app]` table is the emulator's own model of it, one type for both.
+pub use emulator::os::AppBehaviour;
 
 /// The part of the application a call is made from, named in scenario files by these words.
 pub use emulator::os::AppStage;
@@ -735,9 +709,41 @@ impl Corruption {
 /// operation of the next occurrence of `phase`, counting only operations of `kind` if given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlashFail {
-    pub phase: Phase,
+    pub phase: FailPhase,
     pub op: u64,
     pub kind: Option<emulator::flash::OpKind>,
+}
+
+/// Where a `flash.fail` aims: a phase of the update, or a part of one that power cuts and
+/// sweeps do not count separately (the asset store is within the commit, the bootloader's
+/// copy of itself within the apply).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FailPhase {
+    Phase(Phase),
+    /// An asset module written to the asset file system at the commit.
+    AssetStore,
+    /// The bootloader's update of itself in the apply: the user-app backup, the staged
+    /// bootloader, the MBR's copy record and copy.
+    BootloaderCopy,
+}
+
+impl FailPhase {
+    pub const WORDS: [(&'static str, FailPhase); 6] = [
+        ("download", FailPhase::Phase(Phase::Download)),
+        ("commit", FailPhase::Phase(Phase::Commit)),
+        ("apply", FailPhase::Phase(Phase::Apply)),
+        ("first_boot", FailPhase::Phase(Phase::FirstBoot)),
+        ("asset_store", FailPhase::AssetStore),
+        ("bootloader_copy", FailPhase::BootloaderCopy),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailPhase::Phase(p) => p.as_str(),
+            FailPhase::AssetStore => "asset_store",
+            FailPhase::BootloaderCopy => "bootloader_copy",
+        }
+    }
 }
 
 /// `kind = "write"|"erase"` of `flash.fail`.

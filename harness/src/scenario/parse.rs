@@ -136,7 +136,7 @@ pub const STEPS: [(&str, &str); 33] = [
     ("power.cut", "{ do = \"power.cut\" } (now), or with one of flash_op = N, chunk = K, phase = \"download\" (and op = N), plus mode = \"before\"|\"torn\"|\"after\""),
     ("power.on", "a step table with `do` and the step's fields"),
     ("device.reset", "{ do = \"device.reset\", reason = \"pin\" } (or \"watchdog\")"),
-    ("flash.fail", "{ do = \"flash.fail\", phase = \"commit\", op = 0, kind = \"write\" } (phase \"download\"|\"commit\"|\"apply\"|\"first_boot\"; kind \"write\"|\"erase\" optional)"),
+    ("flash.fail", "{ do = \"flash.fail\", phase = \"commit\", op = 0, kind = \"write\" } (phase \"download\"|\"commit\"|\"apply\"|\"first_boot\"|\"asset_store\"|\"bootloader_copy\"; kind \"write\"|\"erase\" optional)"),
     ("app.disable_updates", "a step table with `do` and the step's fields"),
     ("app.enable_updates", "a step table with `do` and the step's fields"),
     ("app.disable_reset", "a step table with `do` and the step's fields"),
@@ -339,12 +339,12 @@ fn read_app(n: &Node) -> Result<AppBehaviour, SpanError> {
     let mut f = Fields::new(n, "[app]")?;
     let d = AppBehaviour::default();
     let out = AppBehaviour {
-        updates_enabled: f
+        updates_enabled_at_boot: f
             .optional("updates_enabled", node::as_bool)?
-            .unwrap_or(d.updates_enabled),
-        resets_enabled: f
+            .unwrap_or(d.updates_enabled_at_boot),
+        reset_enabled_at_boot: f
             .optional("resets_enabled", node::as_bool)?
-            .unwrap_or(d.resets_enabled),
+            .unwrap_or(d.reset_enabled_at_boot),
         system_thread: f
             .optional("system_thread", node::as_bool)?
             .unwrap_or(d.system_thread),
@@ -367,6 +367,7 @@ fn read_app(n: &Node) -> Result<AppBehaviour, SpanError> {
         on_asset_ota: f
             .optional("on_asset_ota", |n| node::as_word(n, &ASSET_OTA_WORDS))?
             .unwrap_or(d.on_asset_ota),
+        ..d
     };
     f.finish()?;
     Ok(out)
@@ -676,7 +677,7 @@ fn read_step(n: &Node, index: &str) -> Result<Step, SpanError> {
         "power.cut" => Step::Action(Action::PowerCut(read_power_cut(&mut f, form)?)),
         "power.on" => Step::Action(Action::PowerOn),
         "flash.fail" => Step::Action(Action::FlashFail(FlashFail {
-            phase: f.required("phase", form, |n| node::as_word(n, &Phase::WORDS))?,
+            phase: f.required("phase", form, |n| node::as_word(n, &FailPhase::WORDS))?,
             op: f.optional("op", node::as_u64)?.unwrap_or(0),
             kind: f.optional("kind", |n| node::as_word(n, &FLASH_OP_KIND_WORDS))?,
         })),

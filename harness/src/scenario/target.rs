@@ -28,15 +28,9 @@ pub fn missing(needed: &[Capability], have: &BTreeSet<Capability>) -> Vec<Capabi
     out
 }
 
-/// Device OS system flags (reference: particle-protocol.md 3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SystemFlags {
-    pub updates_enabled: bool,
-    pub updates_pending: bool,
-    pub updates_forced: bool,
-    pub reset_enabled: bool,
-    pub reset_pending: bool,
-}
+/// Device OS system flags (reference: particle-protocol.md 3): the emulator's model of them,
+/// one type for every target.
+pub use emulator::os::SystemFlags;
 
 /// The last OTA transfer as the device sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

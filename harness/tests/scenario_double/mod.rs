@@ -154,7 +154,7 @@ impl Target for ScriptedTarget {
             app: setup.firmware.app,
             bootloader: setup.firmware.bootloader,
         });
-        self.flags.updates_enabled = setup.app.updates_enabled;
+        self.flags.updates_enabled = setup.app.updates_enabled_at_boot;
         self.out
             .push(TraceEntry::new(self.now, TraceKind::Power { on: true }));
         self.out.push(TraceEntry::new(
