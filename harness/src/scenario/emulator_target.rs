@@ -1266,10 +1266,24 @@ impl Target for EmulatorTarget {
             .map_err(err)?;
             for (kind, file) in modules {
                 // The healer may install it on any device: a legitimate image of its region.
+                // So may a minor bump, sent combined with the app (reference 2.6): then the
+                // module is installed as that file carries it, with its COMBINED flag (and the
+                // SHA-256 / CRC-32 made with it).
+                let combined = protocol::module::combine(&[file.as_slice(), file.as_slice()])
+                    .ok()
+                    .and_then(|c| {
+                        let first = protocol::module::split_combined(&c)
+                            .ok()?
+                            .into_iter()
+                            .next()?;
+                        c.get(first).map(<[u8]>::to_vec)
+                    });
                 for dut in &mut duts {
                     let earlier = dut.earlier_images.entry(kind).or_default();
-                    if !earlier.contains(&file) {
-                        earlier.push(file.clone());
+                    for image in std::iter::once(&file).chain(combined.as_ref()) {
+                        if !earlier.contains(image) {
+                            earlier.push(image.clone());
+                        }
                     }
                 }
                 bed.cloud_mut().add_device_os_module(file).map_err(err)?;
