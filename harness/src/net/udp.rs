@@ -12,6 +12,11 @@
 //! The node stays reachable while it runs: [`UdpNode::with_node`] changes it (send data, press
 //! its reset) and wakes the driver; [`UdpNode::wait_for`] waits until a condition on it holds.
 //!
+//! Bursts are batched where the system allows (Linux): a run of equal-sized datagrams to one
+//! peer (the cloud's OTA chunks, the device's acks) leaves in one `sendmsg` that the kernel
+//! segments (UDP GSO), and a socket reads such a burst whole (UDP GRO) and hands the node its
+//! datagrams one by one. Each datagram is still its own UDP datagram on the wire.
+//!
 //! Datagrams are untrusted input and sending can fail transiently (ICMP port unreachable comes
 //! back as `ConnectionRefused` on a connected socket): such errors are counted in [`UdpStats`]
 //! and the node goes on, as it would over a lossy network.
