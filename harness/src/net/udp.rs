@@ -390,7 +390,7 @@ async fn drive<N: Node>(
                     match received {
                         Ok(_) => {
                             let [meta] = meta;
-                            let from = unmapped(meta.addr);
+                            let from = meta.addr;
                             let data = buf.get(..meta.len).unwrap_or_default();
                             // With GRO, one read holds several datagrams of `stride` bytes
                             // (the last may be shorter).
@@ -414,17 +414,6 @@ async fn drive<N: Node>(
                 }
             }
         }
-    }
-}
-
-/// An IPv4 peer as the node knows it (a dual-stack socket reports `::ffff:a.b.c.d`).
-fn unmapped(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::from((v4, v6.port())),
-            None => addr,
-        },
-        v4 => v4,
     }
 }
 
