@@ -11,7 +11,8 @@
 //! - Raw UDP: 512-byte datagrams (the OTA chunk size) between two tokio sockets on the same
 //!   runtime, at most [`RAW_WINDOW`] unacknowledged, the receiver acknowledging its count every
 //!   [`RAW_ACK_EVERY`] datagrams; no encryption, no CoAP, no flash writes. MB/s of datagrams
-//!   that arrived.
+//!   that arrived. One system call per datagram, where the OTA's UDP driver batches bursts
+//!   (GSO/GRO, see `harness::net::udp`).
 //! - Virtual time: the same OTA on [`Testbed`] (the simulated network and its default latency),
 //!   simulated seconds of the whole job (flash -> succeeded) per wall second spent stepping.
 //! - Devices: N real `DeviceOs` instances, each on its own UDP socket and task, all connected
@@ -202,7 +203,7 @@ pub fn ota(args: OtaArgs) -> CliResult {
             "board": BOARD,
             "mb": "10^6 bytes",
             "ota_mb_per_s": "file bytes / (UpdateStart sent -> every chunk acknowledged), cloud and device on one tokio thread, real UDP loopback, DTLS (AES-128-CCM-8), 512-byte chunks",
-            "udp_loopback": "512-byte datagrams between two tokio UDP sockets on the same thread, window 64, a count ack every 16; bytes that arrived per second",
+            "udp_loopback": "512-byte datagrams between two tokio UDP sockets on the same thread, window 64, a count ack every 16, one system call per datagram (the OTA's driver batches bursts with UDP GSO/GRO); bytes that arrived per second",
             "virtual_time": "the same OTA (flash -> succeeded, with the reboot) on the simulated network, simulated seconds / wall seconds",
             "devices": "DeviceOs instances each on its own UDP socket and tokio task, one cloud socket, one thread; RSS from /proc/self/status VmRSS",
             "quick": args.quick,
@@ -285,6 +286,9 @@ OTA MB/s:  file bytes / (the cloud's UpdateStart -> its UpdateFinish, every chun
            start delays and the device's commit are in \"flash -> committed\" only.
 raw UDP:   the same thread, two sockets, 512-byte datagrams, no crypto or protocol; the
            \"OTA pattern\" row keeps the device's window and its ack every 2 datagrams.
+           The raw rows send and read one datagram per system call; the OTA's driver
+           (harness::net::udp) sends a burst of equal-sized datagrams in one call (UDP GSO)
+           and reads it in one (GRO) where Linux allows: same datagrams on the wire.
 virtual:   the whole job on the simulated network (1 ms latency, no bandwidth limit), seeded;
            sim seconds per wall second. The job's 1 s pending-event delay is idle virtual
            time, so the whole-job figure is high; the transfer row is the busy part.

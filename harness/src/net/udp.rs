@@ -12,16 +12,23 @@
 //! The node stays reachable while it runs: [`UdpNode::with_node`] changes it (send data, press
 //! its reset) and wakes the driver; [`UdpNode::wait_for`] waits until a condition on it holds.
 //!
+//! Bursts are batched where the system allows (Linux): a run of equal-sized datagrams to one
+//! peer (the cloud's OTA chunks, the device's acks) leaves in one `sendmsg` that the kernel
+//! segments (UDP GSO), and a socket reads such a burst whole (UDP GRO) and hands the node its
+//! datagrams one by one. Each datagram is still its own UDP datagram on the wire.
+//!
 //! Datagrams are untrusted input and sending can fail transiently (ICMP port unreachable comes
 //! back as `ConnectionRefused` on a connected socket): such errors are counted in [`UdpStats`]
 //! and the node goes on, as it would over a lossy network.
 
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
@@ -31,8 +38,13 @@ use super::Node;
 
 /// Largest datagram received (the UDP maximum).
 const RECV_BUFFER: usize = 65_536;
-/// Datagrams read in one go before the node's output is sent again.
+/// Reads (each one datagram, or a burst the system kept whole) in one go before the node's
+/// output is sent again.
 const RECV_BATCH: usize = 64;
+/// Most datagrams in one segmented send (Linux's UDP_MAX_SEGMENTS).
+const MAX_SEGMENTS: usize = 64;
+/// Most bytes in one segmented send (one IP packet's payload before segmentation).
+const MAX_BATCH_BYTES: usize = 60_000;
 
 /// How the driver's socket is bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -320,7 +332,9 @@ async fn drive<N: Node>(
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let mut buf = vec![0u8; RECV_BUFFER];
+    let mut batch = Vec::new();
     let mut outgoing = Vec::new();
+    let mut state = UdpSocketState::new((&socket).into())?;
     let counters = &shared.counters;
     let mut stopping = false;
     loop {
@@ -328,6 +342,7 @@ async fn drive<N: Node>(
         let current = shared.lock().local_addr_generation();
         if current != generation {
             socket = rebind(socket, mode).await?;
+            state = UdpSocketState::new((&socket).into())?;
             *shared.local_addr.lock().unwrap_or_else(|e| e.into_inner()) = socket.local_addr()?;
             counters.rebinds.fetch_add(1, Ordering::Relaxed);
             generation = current;
@@ -339,20 +354,8 @@ async fn drive<N: Node>(
             }
             node.poll_timeout()
         };
-        for (to, data) in outgoing.drain(..) {
-            // A connected socket sends without an address (some systems refuse one, EISCONN).
-            let sent = match mode {
-                Mode::Client { server, .. } if to == server => socket.send(&data).await,
-                _ => socket.send_to(&data, to).await,
-            };
-            match sent {
-                Ok(_) => {
-                    shared.captured(&socket, to, false, &data);
-                    counters.sent.fetch_add(1, Ordering::Relaxed)
-                }
-                Err(_) => counters.send_errors.fetch_add(1, Ordering::Relaxed),
-            };
-        }
+        send_all(&shared, &socket, &state, mode, &outgoing, &mut batch).await;
+        outgoing.clear();
         shared.progress.send_modify(|n| *n = n.wrapping_add(1));
         if stopping || *stop.borrow() {
             return Ok(());
@@ -375,31 +378,114 @@ async fn drive<N: Node>(
                 }
             }
             _ = shared.wake.notified() => {}
-            received = socket.recv_from(&mut buf) => {
-                match received {
-                    Ok((n, from)) => {
-                        counters.received.fetch_add(1, Ordering::Relaxed);
-                        shared.captured(&socket, from, true, &buf[..n]);
-                        let mut node = shared.lock();
-                        node.handle_datagram(shared.now(), from, &buf[..n]);
-                        // Take what else is already there before answering.
-                        for _ in 1..RECV_BATCH {
-                            match socket.try_recv_from(&mut buf) {
-                                Ok((n, from)) => {
-                                    counters.received.fetch_add(1, Ordering::Relaxed);
-                                    shared.captured(&socket, from, true, &buf[..n]);
-                                    node.handle_datagram(shared.now(), from, &buf[..n]);
-                                }
-                                Err(_) => break,
+            ready = socket.readable() => {
+                ready?;
+                let mut node = shared.lock();
+                // Take what is already there (a burst) before answering.
+                for _ in 0..RECV_BATCH {
+                    let mut meta = [RecvMeta::default()];
+                    let received = socket.try_io(Interest::READABLE, || {
+                        state.recv((&socket).into(), &mut [IoSliceMut::new(&mut buf)], &mut meta)
+                    });
+                    match received {
+                        Ok(_) => {
+                            let [meta] = meta;
+                            let from = meta.addr;
+                            let data = buf.get(..meta.len).unwrap_or_default();
+                            // With GRO, one read holds several datagrams of `stride` bytes
+                            // (the last may be shorter).
+                            for datagram in data.chunks(meta.stride.max(1)) {
+                                counters.received.fetch_add(1, Ordering::Relaxed);
+                                shared.captured(&socket, from, true, datagram);
+                                node.handle_datagram(shared.now(), from, datagram);
+                            }
+                            if meta.len == 0 {
+                                counters.received.fetch_add(1, Ordering::Relaxed);
+                                shared.captured(&socket, from, true, &[]);
+                                node.handle_datagram(shared.now(), from, &[]);
                             }
                         }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if is_transient(&e) => {
+                            counters.recv_errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => return Err(e),
                     }
-                    Err(e) if is_transient(&e) => {
-                        counters.recv_errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => return Err(e),
                 }
             }
+        }
+    }
+}
+
+/// Sends what the node queued. A run of datagrams to one peer that all have the first one's
+/// size (the last may be shorter: a burst of OTA chunks) leaves in one `sendmsg` where the
+/// system segments it (UDP GSO); anything else, and a batch the system refused, one by one.
+async fn send_all<N>(
+    shared: &Shared<N>,
+    socket: &UdpSocket,
+    state: &UdpSocketState,
+    mode: Mode,
+    outgoing: &[(SocketAddr, Vec<u8>)],
+    batch: &mut Vec<u8>,
+) {
+    let counters = &shared.counters;
+    let mut rest = outgoing;
+    while let Some(((to, first), _)) = rest.split_first() {
+        let size = first.len();
+        let most = state.max_gso_segments().min(MAX_SEGMENTS);
+        let mut run = 1;
+        let mut bytes = size;
+        while size > 0 && run < most.min(rest.len()) {
+            let (next_to, next) = &rest[run];
+            if next_to != to || next.len() > size || bytes + next.len() > MAX_BATCH_BYTES {
+                break;
+            }
+            run += 1;
+            bytes += next.len();
+            if next.len() < size {
+                break;
+            }
+        }
+        let (now, later) = rest.split_at(run);
+        rest = later;
+        if run > 1 {
+            batch.clear();
+            for (_, data) in now {
+                batch.extend_from_slice(data);
+            }
+            let transmit = Transmit {
+                destination: *to,
+                ecn: None,
+                contents: batch,
+                segment_size: Some(size),
+                src_ip: None,
+            };
+            let sent = socket
+                .async_io(Interest::WRITABLE, || {
+                    state.try_send(socket.into(), &transmit)
+                })
+                .await;
+            if sent.is_ok() {
+                counters.sent.fetch_add(run as u64, Ordering::Relaxed);
+                for (to, data) in now {
+                    shared.captured(socket, *to, false, data);
+                }
+                continue;
+            }
+        }
+        for (to, data) in now {
+            // A connected socket sends without an address (some systems refuse one, EISCONN).
+            let sent = match mode {
+                Mode::Client { server, .. } if *to == server => socket.send(data).await,
+                _ => socket.send_to(data, *to).await,
+            };
+            match sent {
+                Ok(_) => {
+                    shared.captured(socket, *to, false, data);
+                    counters.sent.fetch_add(1, Ordering::Relaxed)
+                }
+                Err(_) => counters.send_errors.fetch_add(1, Ordering::Relaxed),
+            };
         }
     }
 }
