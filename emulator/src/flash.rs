@@ -23,6 +23,14 @@
 //! Storage is copy-on-write per sector (`Option<Arc<[u8]>>`, `None` = erased), so cloning a
 //! [`FlashArray`] to snapshot a device costs one pointer per sector, and a write copies only
 //! the sector it touches.
+//!
+//! A fleet of devices holding the same firmware shares more than their starting image: with
+//! [`FlashArray::share_identical_sectors`], a sector whose last byte has just been programmed
+//! is looked up by content in a pool of this thread's completed sectors and, if the same bytes
+//! are there, the device points at the pooled buffer instead of its own. Devices that download
+//! the same update then hold one copy of each of its sectors between them, and a device pays
+//! only for the sectors that differ. Only memory changes: the bytes read, the operation
+//! numbers, cuts, tears and faults are exactly those without sharing.
 
 use std::fmt;
 use std::sync::Arc;
@@ -388,6 +396,79 @@ impl Chip {
             done += n;
         }
     }
+
+    /// Swaps each sector whose last byte lies in `offset..offset+len` for the pooled buffer
+    /// with the same bytes, pooling it if none is there yet (see the module docs).
+    fn share_completed(&mut self, offset: u32, len: u32) {
+        if len == 0 {
+            return;
+        }
+        let ss = self.geometry.sector_size;
+        let (first, last) = (offset / ss, (offset + len - 1) / ss);
+        for sector in first..=last {
+            let end = (sector + 1) * ss;
+            if end > offset + len {
+                continue;
+            }
+            if let Some(data) = &mut self.sectors[sector as usize] {
+                SECTOR_POOL.with(|pool| pool.borrow_mut().share(data));
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// This thread's completed sectors by content (see [`FlashArray::share_identical_sectors`]).
+    static SECTOR_POOL: std::cell::RefCell<SectorPool> = std::cell::RefCell::default();
+}
+
+/// Sector buffers by a hash of their bytes. A pooled buffer is never written in place: the
+/// pool's own reference makes any writer copy it first.
+#[derive(Default)]
+struct SectorPool {
+    by_hash: std::collections::HashMap<u64, Vec<Sector>>,
+    buffers: usize,
+    /// Drop the buffers only the pool still refers to when `buffers` passes this.
+    prune_at: usize,
+}
+
+impl SectorPool {
+    /// Points `data` at the pooled buffer with the same bytes, or pools `data`.
+    fn share(&mut self, data: &mut Sector) {
+        let hash = content_hash(data);
+        let same = self.by_hash.entry(hash).or_default();
+        if let Some(pooled) = same.iter().find(|p| p[..] == data[..]) {
+            if !Arc::ptr_eq(pooled, data) {
+                *data = Arc::clone(pooled);
+            }
+            return;
+        }
+        same.push(Arc::clone(data));
+        self.buffers += 1;
+        if self.buffers > self.prune_at {
+            self.by_hash.retain(|_, list| {
+                list.retain(|b| Arc::strong_count(b) > 1);
+                !list.is_empty()
+            });
+            self.buffers = self.by_hash.values().map(Vec::len).sum();
+            self.prune_at = (self.buffers * 2).max(1024);
+        }
+    }
+}
+
+/// A fast, non-cryptographic hash of a sector's bytes (equal hashes are checked byte by byte).
+fn content_hash(data: &[u8]) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mut h = data.len() as u64;
+    let mut words = data.chunks_exact(8);
+    for w in &mut words {
+        let w = u64::from_le_bytes(w.try_into().unwrap_or([0; 8]));
+        h = (h.rotate_left(5) ^ w).wrapping_mul(K);
+    }
+    for &b in words.remainder() {
+        h = (h.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+    }
+    h
 }
 
 /// All flash chips of one device, the shared operation counter and the power state.
@@ -407,6 +488,8 @@ pub struct FlashArray {
     /// The array as it was before each operation, while recording (see
     /// [`FlashArray::record_snapshots`]).
     snapshots: Option<Vec<OpSnapshot>>,
+    /// Completed sectors are shared by content (see [`FlashArray::share_identical_sectors`]).
+    share_sectors: bool,
 }
 
 /// The flash just before one numbered operation, and that operation: enough to produce the
@@ -518,7 +601,21 @@ impl FlashArray {
             log: None,
             activity: Activity::Other,
             snapshots: None,
+            share_sectors: false,
         })
+    }
+
+    /// From now on (and in clones), a sector whose last byte is programmed is shared with every
+    /// other sector of this thread's arrays that holds the same bytes (see the module docs), and
+    /// the sectors held now are pooled. For fleets of devices running the same firmware; the
+    /// flash behaves exactly the same, only its memory differs.
+    pub fn share_identical_sectors(&mut self) {
+        self.share_sectors = true;
+        for chip in &mut self.chips {
+            for data in chip.sectors.iter_mut().flatten() {
+                SECTOR_POOL.with(|pool| pool.borrow_mut().share(data));
+            }
+        }
     }
 
     /// From now on, keep a snapshot of the array before every operation with the operation
@@ -876,6 +973,9 @@ impl FlashArray {
                 self.chips[index].write(offset, &torn);
             }
             Some(CutMode::After) => self.chips[index].write(offset, data),
+        }
+        if self.share_sectors && cut != Some(CutMode::Before) {
+            self.chips[index].share_completed(offset, data.len() as u32);
         }
         self.end_op(seq, cut)
     }
