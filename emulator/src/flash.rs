@@ -20,9 +20,10 @@
 //! Rejected operations (bad arguments, set bits) do not consume an operation number: they
 //! never reach the chip.
 //!
-//! Storage is copy-on-write per sector (`Option<Arc<[u8]>>`, `None` = erased), so cloning a
-//! [`FlashArray`] to snapshot a device costs one pointer per sector, and a write copies only
-//! the sector it touches.
+//! Storage is copy-on-write per sector (`Option<Arc<[u8]>>`, `None` = erased), and the table
+//! of sectors is itself copy-on-write in pieces of 32 entries, so cloning a [`FlashArray`] to
+//! snapshot a device costs a pointer per 32 sectors, and a write copies only the sector it
+//! touches (and the piece of the table that names it).
 //!
 //! A fleet of devices holding the same firmware shares more than their starting image: with
 //! [`FlashArray::share_identical_sectors`], a sector whose last byte has just been programmed
@@ -287,7 +288,58 @@ struct Chip {
     id: ChipId,
     geometry: FlashGeometry,
     /// One entry per sector; `None` means every byte is erased.
-    sectors: Vec<Option<Arc<[u8]>>>,
+    sectors: SectorTable,
+}
+
+/// Number of sectors in one shared piece of a [`SectorTable`].
+const TABLE_CHUNK: usize = 32;
+
+/// A chip's sector entries, themselves copy-on-write in pieces of [`TABLE_CHUNK`]: clones of an
+/// array (snapshots, a fleet's devices) share the pieces they have not written, so a clone of
+/// a 4 MiB chip costs a few hundred bytes, not a pointer per sector.
+#[derive(Debug, Clone)]
+struct SectorTable {
+    chunks: Vec<Arc<Vec<Option<Sector>>>>,
+    len: usize,
+}
+
+impl SectorTable {
+    fn erased(len: usize) -> SectorTable {
+        let chunks = (0..len.div_ceil(TABLE_CHUNK))
+            .map(|i| Arc::new(vec![None; TABLE_CHUNK.min(len - i * TABLE_CHUNK)]))
+            .collect();
+        SectorTable { chunks, len }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Every entry, for changing (unshares every piece).
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Option<Sector>> + '_ {
+        self.chunks
+            .iter_mut()
+            .flat_map(|c| Arc::make_mut(c).iter_mut())
+    }
+
+    /// Entries `first..last` (cloned pointers).
+    fn range_vec(&self, first: usize, last: usize) -> Vec<Option<Sector>> {
+        (first..last).map(|i| self[i].clone()).collect()
+    }
+}
+
+impl std::ops::Index<usize> for SectorTable {
+    type Output = Option<Sector>;
+    fn index(&self, i: usize) -> &Option<Sector> {
+        &self.chunks[i / TABLE_CHUNK][i % TABLE_CHUNK]
+    }
+}
+
+impl std::ops::IndexMut<usize> for SectorTable {
+    /// Unshares the piece holding entry `i` first.
+    fn index_mut(&mut self, i: usize) -> &mut Option<Sector> {
+        &mut Arc::make_mut(&mut self.chunks[i / TABLE_CHUNK])[i % TABLE_CHUNK]
+    }
 }
 
 /// Identifies the contents of a range of flash without reading it: the sector buffers that
@@ -587,7 +639,7 @@ impl FlashArray {
             built.push(Chip {
                 id,
                 geometry,
-                sectors: vec![None; geometry.sector_count() as usize],
+                sectors: SectorTable::erased(geometry.sector_count() as usize),
             });
         }
         Ok(FlashArray {
@@ -794,9 +846,10 @@ impl FlashArray {
     /// snapshots.
     pub fn memory(&self) -> FlashMemory {
         let mut m = FlashMemory::default();
-        for data in self.chips.iter().flat_map(|c| c.sectors.iter().flatten()) {
+        let pieces = self.chips.iter().flat_map(|c| c.sectors.chunks.iter());
+        for (piece, data) in pieces.flat_map(|p| p.iter().flatten().map(move |d| (p, d))) {
             m.materialised_sectors += 1;
-            if Arc::strong_count(data) == 1 {
+            if Arc::strong_count(data) == 1 && Arc::strong_count(piece) == 1 {
                 m.unique_bytes += data.len();
             } else {
                 m.shared_bytes += data.len();
@@ -859,7 +912,7 @@ impl FlashArray {
             chip,
             addr,
             len,
-            sectors: c.sectors[first..last].to_vec(),
+            sectors: c.sectors.range_vec(first, last),
         })
     }
 
@@ -871,14 +924,18 @@ impl FlashArray {
         let c = &self.chips[index];
         let ss = c.geometry.sector_size;
         let first = (offset / ss) as usize;
-        let now = c.sectors.get(first..first + key.sectors.len());
-        Ok(now.is_some_and(|now| {
-            now.iter().zip(&key.sectors).all(|(a, b)| match (a, b) {
+        if first + key.sectors.len() > c.sectors.len() {
+            return Ok(false);
+        }
+        Ok(key
+            .sectors
+            .iter()
+            .enumerate()
+            .all(|(i, b)| match (&c.sectors[first + i], b) {
                 (None, None) => true,
                 (Some(a), Some(b)) => Arc::ptr_eq(a, b),
                 _ => false,
-            })
-        }))
+            }))
     }
 
     /// Whether the sectors `key` names hold, byte for byte, what they held when `key` was
