@@ -20,9 +20,18 @@
 //! Rejected operations (bad arguments, set bits) do not consume an operation number: they
 //! never reach the chip.
 //!
-//! Storage is copy-on-write per sector (`Option<Arc<[u8]>>`, `None` = erased), so cloning a
-//! [`FlashArray`] to snapshot a device costs one pointer per sector, and a write copies only
-//! the sector it touches.
+//! Storage is copy-on-write per sector (`Option<Arc<[u8]>>`, `None` = erased), and the table
+//! of sectors is itself copy-on-write in pieces of 32 entries, so cloning a [`FlashArray`] to
+//! snapshot a device costs a pointer per 32 sectors, and a write copies only the sector it
+//! touches (and the piece of the table that names it).
+//!
+//! A fleet of devices holding the same firmware shares more than their starting image: with
+//! [`FlashArray::share_identical_sectors`], a sector whose last byte has just been programmed
+//! is looked up by content in a pool of this thread's completed sectors and, if the same bytes
+//! are there, the device points at the pooled buffer instead of its own. Devices that download
+//! the same update then hold one copy of each of its sectors between them, and a device pays
+//! only for the sectors that differ. Only memory changes: the bytes read, the operation
+//! numbers, cuts, tears and faults are exactly those without sharing.
 
 use std::fmt;
 use std::sync::Arc;
@@ -290,7 +299,58 @@ struct Chip {
     id: ChipId,
     geometry: FlashGeometry,
     /// One entry per sector; `None` means every byte is erased.
-    sectors: Vec<Option<Arc<[u8]>>>,
+    sectors: SectorTable,
+}
+
+/// Number of sectors in one shared piece of a [`SectorTable`].
+const TABLE_CHUNK: usize = 32;
+
+/// A chip's sector entries, themselves copy-on-write in pieces of [`TABLE_CHUNK`]: clones of an
+/// array (snapshots, a fleet's devices) share the pieces they have not written, so a clone of
+/// a 4 MiB chip costs a few hundred bytes, not a pointer per sector.
+#[derive(Debug, Clone)]
+struct SectorTable {
+    chunks: Vec<Arc<Vec<Option<Sector>>>>,
+    len: usize,
+}
+
+impl SectorTable {
+    fn erased(len: usize) -> SectorTable {
+        let chunks = (0..len.div_ceil(TABLE_CHUNK))
+            .map(|i| Arc::new(vec![None; TABLE_CHUNK.min(len - i * TABLE_CHUNK)]))
+            .collect();
+        SectorTable { chunks, len }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Every entry, for changing (unshares every piece).
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Option<Sector>> + '_ {
+        self.chunks
+            .iter_mut()
+            .flat_map(|c| Arc::make_mut(c).iter_mut())
+    }
+
+    /// Entries `first..last` (cloned pointers).
+    fn range_vec(&self, first: usize, last: usize) -> Vec<Option<Sector>> {
+        (first..last).map(|i| self[i].clone()).collect()
+    }
+}
+
+impl std::ops::Index<usize> for SectorTable {
+    type Output = Option<Sector>;
+    fn index(&self, i: usize) -> &Option<Sector> {
+        &self.chunks[i / TABLE_CHUNK][i % TABLE_CHUNK]
+    }
+}
+
+impl std::ops::IndexMut<usize> for SectorTable {
+    /// Unshares the piece holding entry `i` first.
+    fn index_mut(&mut self, i: usize) -> &mut Option<Sector> {
+        &mut Arc::make_mut(&mut self.chunks[i / TABLE_CHUNK])[i % TABLE_CHUNK]
+    }
 }
 
 /// Identifies the contents of a range of flash without reading it: the sector buffers that
@@ -399,6 +459,79 @@ impl Chip {
             done += n;
         }
     }
+
+    /// Swaps each sector whose last byte lies in `offset..offset+len` for the pooled buffer
+    /// with the same bytes, pooling it if none is there yet (see the module docs).
+    fn share_completed(&mut self, offset: u32, len: u32) {
+        if len == 0 {
+            return;
+        }
+        let ss = self.geometry.sector_size;
+        let (first, last) = (offset / ss, (offset + len - 1) / ss);
+        for sector in first..=last {
+            let end = (sector + 1) * ss;
+            if end > offset + len {
+                continue;
+            }
+            if let Some(data) = &mut self.sectors[sector as usize] {
+                SECTOR_POOL.with(|pool| pool.borrow_mut().share(data));
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// This thread's completed sectors by content (see [`FlashArray::share_identical_sectors`]).
+    static SECTOR_POOL: std::cell::RefCell<SectorPool> = std::cell::RefCell::default();
+}
+
+/// Sector buffers by a hash of their bytes. A pooled buffer is never written in place: the
+/// pool's own reference makes any writer copy it first.
+#[derive(Default)]
+struct SectorPool {
+    by_hash: std::collections::HashMap<u64, Vec<Sector>>,
+    buffers: usize,
+    /// Drop the buffers only the pool still refers to when `buffers` passes this.
+    prune_at: usize,
+}
+
+impl SectorPool {
+    /// Points `data` at the pooled buffer with the same bytes, or pools `data`.
+    fn share(&mut self, data: &mut Sector) {
+        let hash = content_hash(data);
+        let same = self.by_hash.entry(hash).or_default();
+        if let Some(pooled) = same.iter().find(|p| p[..] == data[..]) {
+            if !Arc::ptr_eq(pooled, data) {
+                *data = Arc::clone(pooled);
+            }
+            return;
+        }
+        same.push(Arc::clone(data));
+        self.buffers += 1;
+        if self.buffers > self.prune_at {
+            self.by_hash.retain(|_, list| {
+                list.retain(|b| Arc::strong_count(b) > 1);
+                !list.is_empty()
+            });
+            self.buffers = self.by_hash.values().map(Vec::len).sum();
+            self.prune_at = (self.buffers * 2).max(1024);
+        }
+    }
+}
+
+/// A fast, non-cryptographic hash of a sector's bytes (equal hashes are checked byte by byte).
+fn content_hash(data: &[u8]) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mut h = data.len() as u64;
+    let mut words = data.chunks_exact(8);
+    for w in &mut words {
+        let w = u64::from_le_bytes(w.try_into().unwrap_or([0; 8]));
+        h = (h.rotate_left(5) ^ w).wrapping_mul(K);
+    }
+    for &b in words.remainder() {
+        h = (h.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+    }
+    h
 }
 
 /// All flash chips of one device, the shared operation counter and the power state.
@@ -420,6 +553,8 @@ pub struct FlashArray {
     /// The array as it was before each operation, while recording (see
     /// [`FlashArray::record_snapshots`]).
     snapshots: Option<Vec<OpSnapshot>>,
+    /// Completed sectors are shared by content (see [`FlashArray::share_identical_sectors`]).
+    share_sectors: bool,
 }
 
 /// The flash just before one numbered operation, and that operation: enough to produce the
@@ -517,7 +652,7 @@ impl FlashArray {
             built.push(Chip {
                 id,
                 geometry,
-                sectors: vec![None; geometry.sector_count() as usize],
+                sectors: SectorTable::erased(geometry.sector_count() as usize),
             });
         }
         Ok(FlashArray {
@@ -532,7 +667,21 @@ impl FlashArray {
             activity: Activity::Other,
             part: None,
             snapshots: None,
+            share_sectors: false,
         })
+    }
+
+    /// From now on (and in clones), a sector whose last byte is programmed is shared with every
+    /// other sector of this thread's arrays that holds the same bytes (see the module docs), and
+    /// the sectors held now are pooled. For fleets of devices running the same firmware; the
+    /// flash behaves exactly the same, only its memory differs.
+    pub fn share_identical_sectors(&mut self) {
+        self.share_sectors = true;
+        for chip in &mut self.chips {
+            for data in chip.sectors.iter_mut().flatten() {
+                SECTOR_POOL.with(|pool| pool.borrow_mut().share(data));
+            }
+        }
     }
 
     /// From now on, keep a snapshot of the array before every operation with the operation
@@ -720,9 +869,10 @@ impl FlashArray {
     /// snapshots.
     pub fn memory(&self) -> FlashMemory {
         let mut m = FlashMemory::default();
-        for data in self.chips.iter().flat_map(|c| c.sectors.iter().flatten()) {
+        let pieces = self.chips.iter().flat_map(|c| c.sectors.chunks.iter());
+        for (piece, data) in pieces.flat_map(|p| p.iter().flatten().map(move |d| (p, d))) {
             m.materialised_sectors += 1;
-            if Arc::strong_count(data) == 1 {
+            if Arc::strong_count(data) == 1 && Arc::strong_count(piece) == 1 {
                 m.unique_bytes += data.len();
             } else {
                 m.shared_bytes += data.len();
@@ -785,7 +935,7 @@ impl FlashArray {
             chip,
             addr,
             len,
-            sectors: c.sectors[first..last].to_vec(),
+            sectors: c.sectors.range_vec(first, last),
         })
     }
 
@@ -797,14 +947,18 @@ impl FlashArray {
         let c = &self.chips[index];
         let ss = c.geometry.sector_size;
         let first = (offset / ss) as usize;
-        let now = c.sectors.get(first..first + key.sectors.len());
-        Ok(now.is_some_and(|now| {
-            now.iter().zip(&key.sectors).all(|(a, b)| match (a, b) {
+        if first + key.sectors.len() > c.sectors.len() {
+            return Ok(false);
+        }
+        Ok(key
+            .sectors
+            .iter()
+            .enumerate()
+            .all(|(i, b)| match (&c.sectors[first + i], b) {
                 (None, None) => true,
                 (Some(a), Some(b)) => Arc::ptr_eq(a, b),
                 _ => false,
-            })
-        }))
+            }))
     }
 
     /// Whether the sectors `key` names hold, byte for byte, what they held when `key` was
@@ -899,6 +1053,9 @@ impl FlashArray {
                 self.chips[index].write(offset, &torn);
             }
             Some(CutMode::After) => self.chips[index].write(offset, data),
+        }
+        if self.share_sectors && cut != Some(CutMode::Before) {
+            self.chips[index].share_completed(offset, data.len() as u32);
         }
         self.end_op(seq, cut)
     }

@@ -707,3 +707,48 @@ fn an_io_fault_aimed_at_a_part_fires_only_inside_it_and_the_log_keeps_the_outer_
         "operations of a part are logged under the outer activity"
     );
 }
+
+#[test]
+fn devices_that_complete_the_same_sector_share_one_buffer_until_one_writes_it() {
+    let mut template = two_chips(7);
+    template.share_identical_sectors();
+    let mut a = template.clone();
+    let mut b = template.clone();
+    let image = pattern(2 * 4096, 9);
+    // Written in halves, as an OTA writes chunks: the sector is shared once its last byte is.
+    for f in [&mut a, &mut b] {
+        f.program(ChipId::External, 8192, &image[..6144]).unwrap();
+        f.program(ChipId::External, 8192 + 6144, &image[6144..])
+            .unwrap();
+    }
+    assert_eq!(a.op_count(), 2, "sharing numbers no operations");
+    let m = a.memory();
+    assert_eq!(m.materialised_sectors, 2);
+    assert_eq!(m.unique_bytes, 0, "both sectors are shared with b");
+    assert_eq!(m.shared_bytes, 2 * 4096);
+
+    // One device writing a shared sector copies it; the other keeps the image.
+    a.program(ChipId::External, 8192, &[0; 4]).unwrap();
+    assert_eq!(b.read_vec(ChipId::External, 8192, 8192).unwrap(), image);
+    let mut expected = image.clone();
+    expected[..4].fill(0);
+    assert_eq!(a.read_vec(ChipId::External, 8192, 8192).unwrap(), expected);
+    assert_eq!(a.memory().unique_bytes, 4096);
+
+    // A power cut behaves as without sharing: the cut operation is numbered, power is lost.
+    let mut c = template.clone();
+    c.schedule_cut(PowerCut {
+        at_op: 0,
+        mode: CutMode::After,
+    });
+    assert_eq!(
+        c.program(ChipId::External, 8192, &image[..4096]),
+        Err(FlashError::PowerLost { op: 0 })
+    );
+    c.power_on();
+    assert_eq!(
+        c.read_vec(ChipId::External, 8192, 4096).unwrap(),
+        image[..4096]
+    );
+    assert_eq!(c.memory().unique_bytes, 0, "the completed sector is shared");
+}

@@ -226,7 +226,9 @@ fn device_ip(n: u64) -> IpAddr {
 impl Fleet {
     /// Builds the cloud (product, firmware, devices in their groups) and the devices. Devices
     /// of one cohort start from one provisioned flash image, cloned: their sectors are shared
-    /// until a device writes one (copy-on-write, `emulator::flash`).
+    /// until a device writes one (copy-on-write, `emulator::flash`), and a sector a device
+    /// completes is shared with every other holding the same bytes
+    /// (`FlashArray::share_identical_sectors`).
     pub fn build(scenario: &FleetScenario, seed: Option<u64>) -> Result<Fleet, FleetRunError> {
         let seed = seed.unwrap_or(scenario.seed);
         let s = scenario;
@@ -276,9 +278,12 @@ impl Fleet {
         let mut nodes = Vec::new();
         let mut n: u64 = 0;
         for (ci, c) in s.cohorts.iter().enumerate() {
-            let (template, _) = FirmwareSet::new(&c.board, sizes, fw_seed)
+            let (mut template, _) = FirmwareSet::new(&c.board, sizes, fw_seed)
                 .provision(&versions(c.app))
                 .map_err(|source| FleetRunError::Firmware { seed, source })?;
+            // Sectors the devices complete later (an update's, the bootloader's copy of it)
+            // are shared by content too, so a fleet that downloads one release holds it once.
+            template.flash_mut().share_identical_sectors();
             let groups: BTreeSet<String> = c.groups.iter().cloned().collect();
             for _ in 0..c.count {
                 let key = SigningKey::random(&mut rng);
