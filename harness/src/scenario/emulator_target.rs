@@ -643,7 +643,7 @@ impl EmulatorTarget {
                 let board = self.board.clone().ok_or_else(|| err("not set up"))?;
                 let file = build_file(&board, spec, &self.d.current, self.sizes, self.d.dev_seed)
                     .map_err(err)?;
-                let images = self.images(spec);
+                let images = self.images(spec, &file);
                 self.d.offer(images);
                 self.bed()?.flash(dev, file).map_err(err)?;
             }
@@ -945,7 +945,7 @@ impl EmulatorTarget {
                 let file = build_file(&board, spec, &self.d.current, self.sizes, self.d.dev_seed)
                     .map_err(err)?;
                 let version = spec.app.unwrap_or_default();
-                let images = self.images(spec);
+                let images = self.images(spec, &file);
                 self.product_images.insert(version, images);
                 self.bed()?
                     .cloud_mut()
@@ -1023,8 +1023,9 @@ impl EmulatorTarget {
 
     /// The images a complete install of `spec` leaves in the module regions: the modules
     /// `build_file` sends, as the same function builds them (none for a file that cannot
-    /// install: wrong platform, corrupt; compressed modules are not compared).
-    fn images(&self, spec: &FirmwareSpec) -> BTreeMap<RegionKind, Vec<u8>> {
+    /// install: wrong platform, corrupt; compressed modules are not compared). `file` is what
+    /// `build_file` made of `spec`: a combined file's and a bundle's modules are read from it.
+    fn images(&self, spec: &FirmwareSpec, file: &[u8]) -> BTreeMap<RegionKind, Vec<u8>> {
         let Some(board) = &self.board else {
             return BTreeMap::new();
         };
@@ -1038,11 +1039,7 @@ impl EmulatorTarget {
         if !spec.assets.is_empty() {
             // A bundle's application travels with its ASSET_DEPENDENCY extensions: that, not
             // the plain build, is what the device installs.
-            let Ok(file) = build_file(board, spec, &self.d.current, self.sizes, self.d.dev_seed)
-            else {
-                return BTreeMap::new();
-            };
-            let Ok(bundle) = protocol::bundle::Bundle::unpack(&file) else {
+            let Ok(bundle) = protocol::bundle::Bundle::unpack(file) else {
                 return BTreeMap::new();
             };
             return modules
@@ -1058,10 +1055,7 @@ impl EmulatorTarget {
         }
         // A combined file's modules are installed as the file carries them: every one but the
         // last keeps its COMBINED flag (and the SHA-256 / CRC-32 made with it).
-        let Ok(file) = build_file(board, spec, &self.d.current, self.sizes, self.d.dev_seed) else {
-            return BTreeMap::new();
-        };
-        let Ok(ranges) = protocol::module::split_combined(&file) else {
+        let Ok(ranges) = protocol::module::split_combined(file) else {
             return BTreeMap::new();
         };
         modules
