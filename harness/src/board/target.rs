@@ -176,6 +176,11 @@ impl BoardTarget {
                 self.cfg.name
             )));
         };
+        // Power on is stamped before the switch closes: a board can boot and reach the cloud
+        // before `set` returns (under load, by tens of ms), and its first events must not be
+        // traced ahead of the power that caused them. Power off is stamped after the switch
+        // opens, so whatever the board sent until then comes first.
+        let before = self.now();
         power
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -185,9 +190,9 @@ impl BoardTarget {
         if on {
             self.sleeping = false;
         }
-        let now = self.now();
+        let at = if on { before } else { self.now() };
         self.queue
-            .push(TraceEntry::new(now, TraceKind::Power { on }));
+            .push(TraceEntry::new(at, TraceKind::Power { on }));
         Ok(())
     }
 
