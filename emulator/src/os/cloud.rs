@@ -31,7 +31,7 @@ use rand_core::SeedableRng;
 
 use super::device_os::{DeviceOs, Power, SleepConfig};
 use super::flags::{data_to_flag, flag_data, update_control_event, UpdateControlEvent};
-use super::link::{Link, LinkEvent, Rng};
+use super::link::{response, Link, LinkEvent, Rng};
 use super::ota_link::OtaResponse;
 use super::profile::{
     connection_backoff, event_name, reset_reason, DISCONNECT_TIMEOUT, MAX_MESSAGE_SIZE,
@@ -128,22 +128,6 @@ fn first_path(message: &Message) -> Option<&[u8]> {
         .first()
         .filter(|o| o.number == option::URI_PATH)
         .map(|o| o.value.as_slice())
-}
-
-/// A response message to fill in by [`protocol::coap::Endpoint::respond`].
-pub(super) fn response(
-    code: Code,
-    options: Vec<protocol::coap::CoapOption>,
-    payload: Vec<u8>,
-) -> Message {
-    Message {
-        kind: MessageType::Acknowledgement,
-        code,
-        message_id: 0,
-        token: Vec::new(),
-        options,
-        payload,
-    }
 }
 
 impl DeviceOs {
@@ -671,7 +655,7 @@ impl DeviceOs {
                 }
                 self.retained.rtc_valid = true;
             }
-            Purpose::Ota(response) => self.ota_answered(now, response, answer),
+            Purpose::Ota(response) => self.ota_answered(now, response),
             _ => {}
         }
         self.check_connected(now);
@@ -954,6 +938,21 @@ impl DeviceOs {
             Err(e) => {
                 self.log(format!("could not respond: {e}"));
                 None
+            }
+        }
+    }
+
+    /// Answers an OTA request; the ACK of a separate response goes back to the OTA link.
+    pub(super) fn respond_ota(
+        &mut self,
+        now: Duration,
+        request: &IncomingRequest,
+        message: Message,
+        kind: OtaResponse,
+    ) {
+        if let Some(handle) = self.respond(now, request, message) {
+            if let Some(cloud) = self.cloud.as_mut() {
+                cloud.requests.insert(handle, Purpose::Ota(kind));
             }
         }
     }

@@ -12,6 +12,8 @@
 use core::time::Duration;
 use std::collections::VecDeque;
 
+use protocol::coap::{IncomingRequest, Message, MessageType};
+use protocol::message::{Body, CatalogueError};
 use rand_core::{RngCore, SeedableRng};
 
 use crate::assets::{self, AssetFs, AssetScan, ConsumerState};
@@ -19,11 +21,11 @@ use crate::bootloader::{BootError, BootReport, BootState, SafeModeReason};
 use crate::device::{Device, DeviceError};
 use crate::flash::{Activity, ActivityCut, CutMode};
 
-use super::cloud::Cloud;
+use super::cloud::{Cloud, Purpose};
 use super::flags::{SystemFlags, UpdateStatus};
 use super::identity::Identity;
 use super::link::Rng;
-use super::ota_link::OtaLink;
+use super::ota_link::{OtaEffect, OtaLink, OtaResponse};
 use super::profile::{self, reset_reason};
 use super::session::Retained;
 use super::system_info::SystemInfo;
@@ -981,6 +983,103 @@ impl DeviceOs {
             UpdateStatus::Pending
         } else {
             UpdateStatus::NotAvailable
+        }
+    }
+
+    // ----- the OTA link ------------------------------------------------------------------
+
+    /// An OTA request (`S`, `C` or `F`) from the cloud.
+    pub(super) fn ota_request(
+        &mut self,
+        now: Duration,
+        request: IncomingRequest,
+        message: Message,
+        parsed: Result<Body, CatalogueError>,
+    ) {
+        let chunk = matches!(parsed, Ok(Body::UpdateChunk(_)));
+        let allowed = self.flags.updates_allowed()
+            || self.mutation == Some(super::Mutation::IgnoreUpdatesDisabled);
+        let fx = self
+            .ota
+            .request(now, &mut self.device, &request, &message, parsed, allowed);
+        self.apply_ota(now, Some(&request), fx);
+        if chunk {
+            // The UpdateAcks a chunk made due, after what the chunk did to the connection.
+            let fx = self.ota.poll(now, &self.device, false);
+            self.apply_ota(now, None, fx);
+        }
+        let fx = self.ota.events();
+        self.apply_ota(now, None, fx);
+    }
+
+    /// The cloud acknowledged an OTA response of the device.
+    pub(super) fn ota_answered(&mut self, now: Duration, response: OtaResponse) {
+        let fx = self.ota.answered(&mut self.device, response);
+        self.apply_ota(now, None, fx);
+    }
+
+    /// Any disconnect, sleep or reset: a running transfer is cancelled, its resumable state
+    /// kept.
+    pub(super) fn ota_cancel(&mut self, now: Duration) {
+        let fx = self.ota.cancel(&mut self.device);
+        self.apply_ota(now, None, fx);
+    }
+
+    /// The OTA receiver's timers.
+    pub(super) fn ota_timeout(&mut self, now: Duration) {
+        let fx = self.ota.handle_timeout(now, &mut self.device);
+        self.apply_ota(now, None, fx);
+    }
+
+    /// After every entry point: UpdateAcks that became due, events to report.
+    pub(super) fn ota_poll(&mut self, now: Duration) {
+        let fx = self.ota.poll(now, &self.device, true);
+        self.apply_ota(now, None, fx);
+    }
+
+    /// Does what the OTA link asked, in order; `request` is the request it answered.
+    fn apply_ota(
+        &mut self,
+        now: Duration,
+        request: Option<&IncomingRequest>,
+        effects: Vec<OtaEffect>,
+    ) {
+        for effect in effects {
+            match effect {
+                OtaEffect::Trace(event) => self.events.push_back(event),
+                OtaEffect::Malformed => self.malformed += 1,
+                OtaEffect::Accept => {
+                    if let Some(request) = request {
+                        self.accept(now, request);
+                    }
+                }
+                OtaEffect::Respond { message, kind } => match (request, kind) {
+                    (Some(request), Some(kind)) => self.respond_ota(now, request, message, kind),
+                    (Some(request), None) => {
+                        self.respond(now, request, message);
+                    }
+                    (None, _) => {}
+                },
+                OtaEffect::Reject => {
+                    if let Some(request) = request {
+                        self.reject(now, request);
+                    }
+                }
+                OtaEffect::SendAck(ack) => {
+                    if self.cloud.is_some() {
+                        self.send(
+                            now,
+                            MessageType::NonConfirmable,
+                            false,
+                            Body::UpdateAck(ack),
+                            Purpose::UpdateAck,
+                        );
+                    }
+                }
+                OtaEffect::Started => self.flags.updates_pending = false,
+                OtaEffect::Committed => self.pending_shutdown(now, reset_reason::UPDATE),
+                OtaEffect::Disconnect(reason) => self.connection_error(now, reason, true),
+            }
         }
     }
 
