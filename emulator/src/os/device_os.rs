@@ -1,7 +1,10 @@
 //! [`DeviceOs`]: one emulated Particle device's Device OS, sans-IO (reference sections 1, 2.3,
 //! 3 and 5.5). This file holds the device's life: power, boot, reset, sleep, the application's
-//! controls and the system flags. The cloud connection is in `cloud.rs`, the OTA wiring in
-//! `ota_link.rs`; all three are `impl DeviceOs` blocks over the same state.
+//! controls and the system flags, and composes the parts that own their own state: the
+//! [`CloudConnection`] (`cloud.rs`) and the [`OtaLink`] (`ota_link.rs`). Neither reaches into
+//! the device: each reads what it needs from arguments and answers with effects
+//! ([`CloudEffect`], [`OtaEffect`]) that [`DeviceOs`] applies in order, so it is the only part
+//! that touches all the others.
 //!
 //! Time is a [`Duration`] since any epoch the caller picks; randomness comes from the seed.
 //! Nothing here reads a clock or touches a socket: the caller moves datagrams
@@ -12,6 +15,8 @@
 use core::time::Duration;
 use std::collections::VecDeque;
 
+use protocol::coap::{IncomingRequest, Message};
+use protocol::message::{Body, CatalogueError, Event};
 use rand_core::{RngCore, SeedableRng};
 
 use crate::assets::{self, AssetFs, AssetScan, ConsumerState};
@@ -19,13 +24,17 @@ use crate::bootloader::{BootError, BootReport, BootState, SafeModeReason};
 use crate::device::{Device, DeviceError};
 use crate::flash::{Activity, ActivityCut, CutMode};
 
-use super::cloud::Cloud;
-use super::flags::{SystemFlags, UpdateStatus};
+use super::cloud::{AfterClose, CloudConnection, CloudEffect, DeviceView};
+use super::flags::{
+    data_to_flag, flag_data, update_control_event, SystemFlags, UpdateControlEvent, UpdateStatus,
+};
 use super::identity::Identity;
 use super::link::Rng;
-use super::ota_link::OtaLink;
-use super::profile::{self, reset_reason};
+use super::mutation::Mutation;
+use super::ota_link::{OtaEffect, OtaLink, OtaResponse};
+use super::profile::{self, event_name, reset_reason};
 use super::session::Retained;
+use super::sleep::{SleepConfig, SleepMode, SleepNetwork};
 use super::system_info::SystemInfo;
 use super::trace::{DeviceEvent, DeviceStatus, DisconnectReason, SystemEvent};
 
@@ -105,64 +114,6 @@ pub enum SystemMode {
     Manual,
 }
 
-/// `SystemSleepMode` (reference particle-cloud-api.md 5.5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SleepMode {
-    /// RAM kept; execution continues after the sleep call.
-    Stop,
-    /// As `Stop`, with fewer wake sources on a real board (the same here).
-    UltraLowPower,
-    /// Wakes like a reset: `setup()` runs again and a staged update is applied.
-    Hibernate,
-}
-
-/// What the network does while the device sleeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SleepNetwork {
-    /// Radio off; the device reconnects (resuming its session) when it wakes.
-    Off,
-    /// `.network(interface)`: the radio stays connected and incoming cloud data wakes the
-    /// device.
-    Standby,
-    /// `.network(interface, INACTIVE_STANDBY)`: the radio stays connected but data does not
-    /// wake the device; what arrives while it sleeps is lost.
-    InactiveStandby,
-}
-
-/// A `SystemSleepConfiguration`: mode, the network, and an RTC wake after `duration` (none:
-/// only [`DeviceOs::wake`], a GPIO, wakes it, or data in network standby).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SleepConfig {
-    pub mode: SleepMode,
-    pub duration: Option<Duration>,
-    pub network: SleepNetwork,
-}
-
-impl SleepConfig {
-    /// Why Device OS refuses this configuration on `board` (`System.sleep` returns
-    /// `SYSTEM_ERROR_NOT_SUPPORTED` and the device keeps running), if it does.
-    ///
-    /// UNCONFIRMED choices (reference 5.5): Gen3 (nRF52840) cannot wake from HIBERNATE by time
-    /// (no RTC then), so a duration is refused there; network standby is refused with
-    /// HIBERNATE on every platform (the radio is off in hibernate).
-    pub fn refusal(&self, board: &crate::board::Board) -> Option<String> {
-        if self.mode != SleepMode::Hibernate {
-            return None;
-        }
-        if self.duration.is_some() && board.mcu == crate::board::McuFamily::Nrf52840 {
-            return Some(format!(
-                "{} (nRF52840) cannot wake from HIBERNATE after a duration: the RTC does not run \
-                 in hibernate; wake it with a pin (app.wake)",
-                board.name
-            ));
-        }
-        if self.network != SleepNetwork::Off {
-            return Some("HIBERNATE turns the radio off: network standby is not supported".into());
-        }
-        None
-    }
-}
-
 impl Default for AppBehaviour {
     /// An application that leaves every control at Device OS's default, threaded.
     fn default() -> Self {
@@ -180,7 +131,7 @@ impl Default for AppBehaviour {
 
 /// Whether the device has power and is awake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Power {
+enum Power {
     Off,
     On,
     Sleeping {
@@ -196,7 +147,7 @@ pub(super) enum Power {
 
 /// Where this boot's `setup()` is ([`AppStage`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum SetupState {
+enum SetupState {
     /// It ran (or the application does not run this boot: safe mode, nothing bootable).
     Done,
     /// Non-threaded AUTOMATIC: waiting for the cloud connection.
@@ -207,7 +158,7 @@ pub(super) enum SetupState {
 
 /// An application call deferred while a transfer runs (single-threaded mode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum AppCall {
+enum AppCall {
     SetUpdatesEnabled(bool),
     SetResetEnabled(bool),
     SystemReset,
@@ -246,39 +197,36 @@ pub(super) enum AppCall {
 /// # }
 /// ```
 pub struct DeviceOs {
-    pub(super) identity: Identity,
-    pub(super) device: Device,
-    pub(super) app: AppBehaviour,
-    pub(super) rng: Rng,
-    pub(super) keepalive: Duration,
-    pub(super) power: Power,
+    identity: Identity,
+    device: Device,
+    app: AppBehaviour,
+    rng: Rng,
+    power: Power,
     /// This boot: how it ended and what the system reports about itself.
-    pub(super) boot_state: Option<BootState>,
-    pub(super) system: Option<SystemInfo>,
+    boot_state: Option<BootState>,
+    system: Option<SystemInfo>,
     /// Why this boot happened (`spark/device/last_reset`), and whether that was published.
-    pub(super) reset_reason: u32,
-    pub(super) last_reset_published: bool,
-    pub(super) flags: SystemFlags,
+    reset_reason: u32,
+    last_reset_published: bool,
+    flags: SystemFlags,
     /// A `particle/device/updates/pending` event arrived this boot.
-    pub(super) pending_event_received: bool,
+    pending_event_received: bool,
     /// Reason of the reset a committed update waits for (`system_pending_shutdown`).
-    pub(super) pending_reset_reason: u32,
-    pub(super) retained: Retained,
-    pub(super) cloud: Option<Cloud>,
-    pub(super) reconnect_at: Option<Duration>,
+    pending_reset_reason: u32,
+    retained: Retained,
+    /// The cloud connection: sockets, post-connect sequence, keepalive, reconnects.
+    cloud: CloudConnection,
     /// The application wants the cloud: set at boot in automatic mode, by
     /// `Particle.connect()`, cleared by `Particle.disconnect()`.
-    pub(super) cloud_wanted: bool,
-    pub(super) failed_attempts: u32,
-    pub(super) socket_generation: u32,
-    pub(super) ota: OtaLink,
-    pub(super) deferred: Vec<AppCall>,
-    pub(super) setup: SetupState,
-    pub(super) events: VecDeque<DeviceEvent>,
-    pub(super) outbox: VecDeque<Vec<u8>>,
-    pub(super) malformed: u64,
+    cloud_wanted: bool,
+    /// The OTA v3 receiver on the wire.
+    ota: OtaLink,
+    deferred: Vec<AppCall>,
+    setup: SetupState,
+    events: VecDeque<DeviceEvent>,
+    malformed: u64,
     /// A behaviour broken on purpose (tests only; [`super::mutation`]).
-    pub(super) mutation: Option<super::Mutation>,
+    mutation: Option<Mutation>,
 }
 
 impl core::fmt::Debug for DeviceOs {
@@ -302,7 +250,6 @@ impl DeviceOs {
             device,
             app,
             rng: Rng::seed_from_u64(seed),
-            keepalive,
             power: Power::Off,
             boot_state: None,
             system: None,
@@ -312,16 +259,12 @@ impl DeviceOs {
             pending_event_received: false,
             pending_reset_reason: reset_reason::UPDATE,
             retained: Retained::default(),
-            cloud: None,
-            reconnect_at: None,
+            cloud: CloudConnection::new(keepalive),
             cloud_wanted: false,
-            failed_attempts: 0,
-            socket_generation: 0,
             ota,
             deferred: Vec::new(),
             setup: SetupState::Done,
             events: VecDeque::new(),
-            outbox: VecDeque::new(),
             malformed: 0,
             mutation: None,
         }
@@ -389,26 +332,24 @@ impl DeviceOs {
     }
 
     /// Everything in RAM goes; what was handed to the socket already is gone too.
-    pub(super) fn lose_power(&mut self, _now: Duration) {
-        if self.cloud.take().is_some() {
+    fn lose_power(&mut self, _now: Duration) {
+        if self.cloud.lose_power() {
             self.events.push_back(DeviceEvent::Disconnected {
                 reason: DisconnectReason::PowerLost,
             });
         }
         self.ota.lose_ram();
-        self.outbox.clear();
         self.retained = Retained::default();
         self.power = Power::Off;
         self.system = None;
         self.boot_state = None;
-        self.reconnect_at = None;
         self.deferred.clear();
         self.events.push_back(DeviceEvent::PoweredOff);
     }
 
     /// Boots: the bootloader runs, RAM starts fresh (retained RAM survives), and the system
     /// connects unless nothing can run.
-    pub(super) fn boot(&mut self, now: Duration) {
+    fn boot(&mut self, now: Duration) {
         let reason = self
             .retained
             .reset_reason
@@ -421,8 +362,7 @@ impl DeviceOs {
         self.pending_event_received = false;
         self.pending_reset_reason = reset_reason::UPDATE;
         self.deferred.clear();
-        self.failed_attempts = 0;
-        self.reconnect_at = None;
+        self.cloud.on_boot();
         self.cloud_wanted = self.app.mode == SystemMode::Automatic;
         self.system = None;
         self.boot_state = None;
@@ -502,7 +442,7 @@ impl DeviceOs {
         }
         let setup_waits_for_cloud = !self.app.system_thread
             && self.app.mode == SystemMode::Automatic
-            && self.mutation != Some(super::Mutation::SetupAtBoot);
+            && self.mutation != Some(Mutation::SetupAtBoot);
         if setup_waits_for_cloud {
             self.setup = SetupState::AfterConnect;
         } else {
@@ -512,7 +452,7 @@ impl DeviceOs {
 
     /// `setup()`: the application's boot-time calls (nothing is published before the
     /// connection; once connected, a changed flag is).
-    pub(super) fn run_setup(&mut self, now: Duration) {
+    fn run_setup(&mut self, now: Duration) {
         self.setup = SetupState::Done;
         if !self.app.updates_enabled_at_boot && self.app.disable_updates_in == AppStage::Setup {
             self.apply(now, AppCall::SetUpdatesEnabled(false));
@@ -524,7 +464,7 @@ impl DeviceOs {
 
     /// The cloud connection came up: a `setup()` waiting for it is due after
     /// [`profile::NON_THREADED_SETUP_DELAY`].
-    pub(super) fn on_cloud_connected(&mut self, now: Duration) {
+    fn on_cloud_connected(&mut self, now: Duration) {
         if self.setup == SetupState::AfterConnect {
             self.setup = SetupState::Due(now.saturating_add(profile::NON_THREADED_SETUP_DELAY));
         }
@@ -582,7 +522,7 @@ impl DeviceOs {
 
     /// A reset: the cloud connection ends (without a word unless graceful), retained RAM keeps
     /// the session and the reason, and the bootloader runs.
-    pub(super) fn reset_now(&mut self, now: Duration, reason: u32, goodbye: bool) {
+    fn reset_now(&mut self, now: Duration, reason: u32, goodbye: bool) {
         if !goodbye {
             // No disconnect command runs before a reset without Goodbye: the transfer is not
             // cancelled, RAM just goes (its resume state stays as last synced).
@@ -603,8 +543,8 @@ impl DeviceOs {
     }
 
     /// Starts a reset for `reason`: with graceful disconnects, a Goodbye first.
-    pub(super) fn begin_reset(&mut self, now: Duration, reason: u32) {
-        if self.app.graceful_disconnect && self.start_goodbye_reset(now, reason) {
+    fn begin_reset(&mut self, now: Duration, reason: u32) {
+        if self.app.graceful_disconnect && self.start_goodbye(now, AfterClose::Reset(reason)) {
             return;
         }
         self.reset_now(now, reason, false);
@@ -613,20 +553,20 @@ impl DeviceOs {
     /// Breaks one behaviour on purpose so a test can show the fixtures covering it fail
     /// ([`super::mutation`]); `None` restores Device OS's behaviour. Tests only.
     #[doc(hidden)]
-    pub fn set_mutation(&mut self, mutation: Option<super::Mutation>) {
+    pub fn set_mutation(&mut self, mutation: Option<Mutation>) {
         self.mutation = mutation;
         self.ota
-            .set_resume_sync(mutation != Some(super::Mutation::NoResumeStateSync));
+            .set_resume_sync(mutation != Some(Mutation::NoResumeStateSync));
     }
 
     /// `system_shutdown_if_needed`: a committed update resets when resets are enabled.
-    pub(super) fn shutdown_if_needed(&mut self, now: Duration) {
-        let reset_enabled = self.flags.reset_enabled
-            || self.mutation == Some(super::Mutation::ResetIgnoresDisabled);
+    fn shutdown_if_needed(&mut self, now: Duration) {
+        let reset_enabled =
+            self.flags.reset_enabled || self.mutation == Some(Mutation::ResetIgnoresDisabled);
         if self.power != Power::On || !self.flags.reset_pending || !reset_enabled {
             return;
         }
-        if self.is_closing() {
+        if self.cloud.is_closing() {
             return;
         }
         self.events
@@ -635,7 +575,7 @@ impl DeviceOs {
     }
 
     /// `system_pending_shutdown(reason)`: flags the reset once and tells the application.
-    pub(super) fn pending_shutdown(&mut self, now: Duration, reason: u32) {
+    fn pending_shutdown(&mut self, now: Duration, reason: u32) {
         if !self.flags.reset_pending {
             self.flags.reset_pending = true;
             self.pending_reset_reason = reason;
@@ -711,19 +651,19 @@ impl DeviceOs {
     /// connection stays down. Without a connection that is up, the same as
     /// [`DeviceOs::particle_disconnect`]. `hil device` does this on SIGTERM and Ctrl-C.
     pub fn disconnect_gracefully(&mut self, now: Duration) {
-        if !self.start_goodbye_disconnect(now) {
+        if !self.start_goodbye(now, AfterClose::Disconnect) {
             self.particle_disconnect(now);
         }
     }
 
     /// `Particle.keepAlive(interval)`: the ping interval (reference 1.9) from now on.
     pub fn set_keepalive(&mut self, interval: Duration) {
-        self.keepalive = interval;
+        self.cloud.set_keepalive(interval);
     }
 
     /// Whether the device has no connection and is not trying to make one.
     pub fn is_disconnected(&self) -> bool {
-        self.cloud.is_none()
+        !self.cloud.is_open()
     }
 
     /// Wakes a sleeping device (a pin or another wake source).
@@ -745,7 +685,8 @@ impl DeviceOs {
                 return;
             }
             if network_kept {
-                self.force_ping(now);
+                let fx = self.cloud.force_ping(now);
+                self.apply_cloud(now, fx);
             } else {
                 self.connect(now);
             }
@@ -766,15 +707,15 @@ impl DeviceOs {
         self.after(now);
     }
 
-    pub(super) fn apply(&mut self, now: Duration, call: AppCall) {
+    fn apply(&mut self, now: Duration, call: AppCall) {
         match call {
             AppCall::SetUpdatesEnabled(enabled) => {
                 if self.flags.updates_enabled != enabled {
                     self.flags.updates_enabled = enabled;
-                    self.publish_system_event(
+                    self.publish(
                         now,
                         profile::event_name::UPDATES_ENABLED,
-                        super::flags::flag_data(enabled),
+                        flag_data(enabled),
                     );
                 }
             }
@@ -792,7 +733,7 @@ impl DeviceOs {
             }
             AppCall::Disconnect => {
                 self.cloud_wanted = false;
-                self.reconnect_at = None;
+                self.cloud.cancel_reconnect();
                 self.teardown(now, DisconnectReason::Requested, true);
             }
         }
@@ -820,11 +761,11 @@ impl DeviceOs {
             };
             return;
         }
-        if self.app.graceful_disconnect && self.start_goodbye_sleep(now, config) {
+        if self.app.graceful_disconnect && self.start_goodbye(now, AfterClose::Sleep(config)) {
             return;
         }
         self.teardown(now, DisconnectReason::Sleep { goodbye: false }, true);
-        self.reconnect_at = None;
+        self.cloud.cancel_reconnect();
         self.power = Power::Sleeping {
             wake_at,
             network_kept: false,
@@ -834,9 +775,9 @@ impl DeviceOs {
     }
 
     /// Falls asleep after the Goodbye of a graceful sleep was acknowledged.
-    pub(super) fn sleep_after_goodbye(&mut self, now: Duration, config: SleepConfig) {
+    fn sleep_after_goodbye(&mut self, now: Duration, config: SleepConfig) {
         self.teardown(now, DisconnectReason::Sleep { goodbye: true }, true);
-        self.reconnect_at = None;
+        self.cloud.cancel_reconnect();
         self.power = Power::Sleeping {
             wake_at: config.duration.map(|d| now.saturating_add(d)),
             network_kept: false,
@@ -880,8 +821,7 @@ impl DeviceOs {
             }
             Power::On => {}
         }
-        if self.reconnect_at.is_some_and(|t| t <= now) && self.cloud.is_none() {
-            self.reconnect_at = None;
+        if self.cloud.take_due_reconnect(now) {
             self.connect(now);
         }
         self.cloud_timeout(now);
@@ -891,7 +831,7 @@ impl DeviceOs {
 
     /// The next datagram for the server.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.outbox.pop_front()
+        self.cloud.poll_transmit()
     }
 
     /// When [`DeviceOs::handle_timeout`] should be called next.
@@ -900,8 +840,7 @@ impl DeviceOs {
             Power::Off => None,
             Power::Sleeping { wake_at, .. } => wake_at,
             Power::On => [
-                self.reconnect_at.filter(|_| self.cloud.is_none()),
-                self.cloud_poll_timeout(),
+                self.cloud.poll_timeout(self.ota.is_running()),
                 self.ota.poll_timeout(),
                 match self.setup {
                     SetupState::Due(at) if !self.ota.is_running() => Some(at),
@@ -917,7 +856,7 @@ impl DeviceOs {
     /// Bumped whenever Device OS opens a new UDP socket (each connection attempt): a real-UDP
     /// driver rebinds so that the cloud sees a new source port.
     pub fn socket_generation(&self) -> u32 {
-        self.socket_generation
+        self.cloud.socket_generation()
     }
 
     /// The next entry of the device's trace.
@@ -927,10 +866,7 @@ impl DeviceOs {
 
     /// The CONs the device sent to the cloud and has no ACK for yet (what it is retrying).
     pub fn unacknowledged_cons(&self) -> Vec<protocol::coap::UnacknowledgedCon<'_>> {
-        self.cloud
-            .as_ref()
-            .map(|c| c.link.unacknowledged_cons())
-            .unwrap_or_default()
+        self.cloud.unacknowledged_cons()
     }
 
     /// A snapshot of the device.
@@ -938,7 +874,7 @@ impl DeviceOs {
         DeviceStatus {
             powered: self.power != Power::Off,
             sleeping: matches!(self.power, Power::Sleeping { .. }),
-            connected: self.is_cloud_connected(),
+            connected: self.cloud.is_connected(),
             safe_mode: matches!(self.boot_state, Some(BootState::SafeMode(_))),
             boot_state: self.boot_state.clone(),
             versions: self.system.as_ref().map(|s| s.versions).unwrap_or_default(),
@@ -946,7 +882,7 @@ impl DeviceOs {
             update_status: self.update_status(),
             ota: self.ota.progress(),
             has_session: self.retained.session.is_some(),
-            socket_generation: self.socket_generation,
+            socket_generation: self.cloud.socket_generation(),
             malformed: self.malformed,
         }
     }
@@ -984,18 +920,365 @@ impl DeviceOs {
         }
     }
 
+    // ----- the cloud connection ----------------------------------------------------------
+
+    /// The connection and what it reads of the rest of the device, borrowed side by side.
+    fn cloud_and_view(&mut self) -> (&mut CloudConnection, DeviceView<'_>) {
+        (
+            &mut self.cloud,
+            DeviceView {
+                identity: &self.identity,
+                system: self.system.as_ref(),
+                retained: &mut self.retained,
+            },
+        )
+    }
+
+    /// Opens a new socket when the system runs, is on and the application wants the cloud.
+    fn connect(&mut self, now: Duration) {
+        if self.cloud.is_open()
+            || self.power != Power::On
+            || self.system.is_none()
+            || !self.cloud_wanted
+        {
+            return;
+        }
+        let dtls_seed = self.next_seed();
+        let coap_seed = self.next_seed();
+        let (cloud, view) = self.cloud_and_view();
+        let fx = cloud.open(now, view, dtls_seed, coap_seed);
+        self.apply_cloud(now, fx);
+        self.process_link(now);
+    }
+
+    /// Ends the connection (see [`CloudConnection::close`]) and cancels a running transfer
+    /// (resumable). Returns whether the connection had not come up yet.
+    fn teardown(&mut self, now: Duration, reason: DisconnectReason, keep_session: bool) -> bool {
+        let Some((failed, fx)) = self.cloud.close(reason, keep_session, &mut self.retained) else {
+            return false;
+        };
+        self.apply_cloud(now, fx);
+        self.ota_cancel(now);
+        failed
+    }
+
+    /// A connection error: tear down and reconnect, at once after a connection that was up,
+    /// after the back-off when the handshake failed (`cloud_connection_failed`).
+    fn connection_error(&mut self, now: Duration, reason: DisconnectReason, keep_session: bool) {
+        let failed = self.teardown(now, reason, keep_session);
+        if self.power == Power::On {
+            self.cloud.schedule_reconnect(now, failed);
+        }
+    }
+
+    /// A datagram for the connection.
+    fn cloud_datagram(&mut self, now: Duration, datagram: &[u8]) {
+        if self.cloud.handle_datagram(now, datagram) {
+            self.process_link(now);
+        }
+    }
+
+    /// The connection's timers: the link's, the pinger, the end of a graceful disconnect.
+    fn cloud_timeout(&mut self, now: Duration) {
+        self.cloud.handle_link_timeout(now);
+        self.process_link(now);
+        let fx = self.cloud.handle_timeout(now, self.ota.is_running());
+        self.apply_cloud(now, fx);
+        self.check_closing(now);
+    }
+
+    /// Handles everything the link has to say, until it is quiet.
+    fn process_link(&mut self, now: Duration) {
+        // Handling an event may end this connection and even start the next one (a reset
+        // after a commit): the rest of this socket's events are then lost with it.
+        let generation = self.cloud.socket_generation();
+        loop {
+            let Some(events) = self.cloud.poll_link(now) else {
+                return;
+            };
+            if events.is_empty() {
+                break;
+            }
+            for event in events {
+                if !self.cloud.is_open() || self.cloud.socket_generation() != generation {
+                    return;
+                }
+                let (cloud, view) = self.cloud_and_view();
+                let fx = cloud.on_link_event(now, event, view);
+                self.apply_cloud(now, fx);
+            }
+        }
+        self.check_connected(now);
+        self.check_closing(now);
+    }
+
+    fn check_connected(&mut self, now: Duration) {
+        let fx = self.cloud.check_connected();
+        self.apply_cloud(now, fx);
+    }
+
+    fn check_closing(&mut self, now: Duration) {
+        let fx = self.cloud.check_closing(now);
+        self.apply_cloud(now, fx);
+    }
+
+    /// Does what the connection asked, in order.
+    fn apply_cloud(&mut self, now: Duration, effects: Vec<CloudEffect>) {
+        for effect in effects {
+            match effect {
+                CloudEffect::Trace(event) => self.events.push_back(event),
+                CloudEffect::Malformed => self.malformed += 1,
+                CloudEffect::Lost {
+                    reason,
+                    keep_session,
+                } => self.connection_error(now, reason, keep_session),
+                CloudEffect::SystemEvents => self.publish_system_state(now),
+                CloudEffect::Connected { resumed } => {
+                    self.events.push_back(DeviceEvent::Connected { resumed });
+                    // The first boot of new firmware ends with its first connection.
+                    if self.device.flash().activity() == Activity::FirstBoot {
+                        self.device.set_activity(Activity::Other);
+                    }
+                    self.on_cloud_connected(now);
+                }
+                CloudEffect::Event(event) => self.on_cloud_event(now, event),
+                CloudEffect::OtaRequest {
+                    request,
+                    message,
+                    parsed,
+                } => self.ota_request(now, request, message, parsed),
+                CloudEffect::OtaAnswered(response) => {
+                    self.ota_answered(now, response);
+                    self.check_connected(now);
+                }
+                CloudEffect::Closed(then) => match then {
+                    AfterClose::Reset(reason) => self.reset_now(now, reason, true),
+                    AfterClose::Sleep(config) => self.sleep_after_goodbye(now, config),
+                    AfterClose::Disconnect => {
+                        self.cloud_wanted = false;
+                        self.cloud.cancel_reconnect();
+                        self.teardown(now, DisconnectReason::Requested, true);
+                    }
+                },
+            }
+        }
+    }
+
+    /// The system's part of `Spark_Handshake`: `spark/device/safemode` (safe mode only),
+    /// `spark/device/last_reset` (once per boot), both update flags (always); then the
+    /// application state and the check that the connection is up.
+    fn publish_system_state(&mut self, now: Duration) {
+        if self.system.as_ref().is_some_and(|s| s.safe_mode) {
+            self.publish(now, event_name::SAFE_MODE, "");
+        }
+        if !self.last_reset_published {
+            self.last_reset_published = true;
+            if self.reset_reason != reset_reason::NONE {
+                let name = reset_reason::name(self.reset_reason);
+                self.publish(now, event_name::LAST_RESET, &name);
+            }
+        }
+        // Send_Firmware_Update_Flags: both flags, at every connection.
+        self.publish(
+            now,
+            event_name::UPDATES_ENABLED,
+            flag_data(self.flags.updates_enabled),
+        );
+        self.publish(
+            now,
+            event_name::UPDATES_FORCED,
+            flag_data(self.flags.updates_forced),
+        );
+        let (cloud, view) = self.cloud_and_view();
+        let fx = cloud.send_app_state(now, view);
+        self.apply_cloud(now, fx);
+        self.check_connected(now);
+    }
+
+    /// Publishes an event if the connection is up far enough (`spark_send_event` with ASYNC).
+    fn publish(&mut self, now: Duration, name: &str, data: &str) {
+        let fx = self.cloud.publish(now, name, data);
+        self.apply_cloud(now, fx);
+    }
+
+    /// An empty ACK for a CON request.
+    fn accept(&mut self, now: Duration, request: &IncomingRequest) {
+        let fx = self.cloud.accept(now, request);
+        self.apply_cloud(now, fx);
+    }
+
+    /// Answers a request; see [`CloudConnection::respond`].
+    fn respond(
+        &mut self,
+        now: Duration,
+        request: &IncomingRequest,
+        message: Message,
+        ota: Option<OtaResponse>,
+    ) {
+        let fx = self.cloud.respond(now, request, message, ota);
+        self.apply_cloud(now, fx);
+    }
+
+    /// RST for a request.
+    fn reject(&mut self, now: Duration, request: &IncomingRequest) {
+        let fx = self.cloud.reject(now, request);
+        self.apply_cloud(now, fx);
+    }
+
+    /// Starts a graceful disconnect: whether there was a connection to close so.
+    fn start_goodbye(&mut self, now: Duration, then: AfterClose) -> bool {
+        let started = match then {
+            AfterClose::Reset(reason) => self.cloud.start_goodbye_reset(now, reason),
+            AfterClose::Sleep(config) => self.cloud.start_goodbye_sleep(now, config),
+            AfterClose::Disconnect => self.cloud.start_goodbye_disconnect(now),
+        };
+        match started {
+            Some(fx) => {
+                self.apply_cloud(now, fx);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// An event from the cloud: the system handler reads the update control events
+    /// (reference 3, `systemEventHandler`).
+    fn on_cloud_event(&mut self, now: Duration, event: Event) {
+        self.events.push_back(DeviceEvent::Received {
+            name: event.name.clone(),
+            data: String::from_utf8_lossy(&event.data).into_owned(),
+        });
+        let Some(kind) = update_control_event(&event.name) else {
+            return;
+        };
+        let value = data_to_flag(&event.data);
+        match kind {
+            UpdateControlEvent::Forced => {
+                if self.flags.updates_forced != value {
+                    self.flags.updates_forced = value;
+                    // Acknowledged by echoing the new value.
+                    self.publish(now, event_name::UPDATES_FORCED, flag_data(value));
+                }
+            }
+            UpdateControlEvent::Pending => {
+                let before = self.update_status();
+                self.pending_event_received = true;
+                let was = self.flags.updates_pending;
+                self.flags.updates_pending = value;
+                if value && !was {
+                    self.events
+                        .push_back(DeviceEvent::SystemEvent(SystemEvent::FirmwareUpdatePending));
+                }
+                let after = self.update_status();
+                if after != before {
+                    self.events.push_back(DeviceEvent::SystemEvent(
+                        SystemEvent::FirmwareUpdateStatus(after),
+                    ));
+                }
+            }
+        }
+    }
+
+    // ----- the OTA link ------------------------------------------------------------------
+
+    /// An OTA request (`S`, `C` or `F`) from the cloud.
+    fn ota_request(
+        &mut self,
+        now: Duration,
+        request: IncomingRequest,
+        message: Message,
+        parsed: Result<Body, CatalogueError>,
+    ) {
+        let chunk = matches!(parsed, Ok(Body::UpdateChunk(_)));
+        let allowed =
+            self.flags.updates_allowed() || self.mutation == Some(Mutation::IgnoreUpdatesDisabled);
+        let fx = self
+            .ota
+            .request(now, &mut self.device, &request, &message, parsed, allowed);
+        self.apply_ota(now, Some(&request), fx);
+        if chunk {
+            // The UpdateAcks a chunk made due, after what the chunk did to the connection.
+            let fx = self.ota.poll(now, &self.device, false);
+            self.apply_ota(now, None, fx);
+        }
+        let fx = self.ota.events();
+        self.apply_ota(now, None, fx);
+    }
+
+    /// The cloud acknowledged an OTA response of the device.
+    fn ota_answered(&mut self, now: Duration, response: OtaResponse) {
+        let fx = self.ota.answered(&mut self.device, response);
+        self.apply_ota(now, None, fx);
+    }
+
+    /// Any disconnect, sleep or reset: a running transfer is cancelled, its resumable state
+    /// kept.
+    fn ota_cancel(&mut self, now: Duration) {
+        let fx = self.ota.cancel(&mut self.device);
+        self.apply_ota(now, None, fx);
+    }
+
+    /// The OTA receiver's timers.
+    fn ota_timeout(&mut self, now: Duration) {
+        let fx = self.ota.handle_timeout(now, &mut self.device);
+        self.apply_ota(now, None, fx);
+    }
+
+    /// After every entry point: UpdateAcks that became due, events to report.
+    fn ota_poll(&mut self, now: Duration) {
+        let fx = self.ota.poll(now, &self.device, true);
+        self.apply_ota(now, None, fx);
+    }
+
+    /// Does what the OTA link asked, in order; `request` is the request it answered.
+    fn apply_ota(
+        &mut self,
+        now: Duration,
+        request: Option<&IncomingRequest>,
+        effects: Vec<OtaEffect>,
+    ) {
+        for effect in effects {
+            match effect {
+                OtaEffect::Trace(event) => self.events.push_back(event),
+                OtaEffect::Malformed => self.malformed += 1,
+                OtaEffect::Accept => {
+                    if let Some(request) = request {
+                        self.accept(now, request);
+                    }
+                }
+                OtaEffect::Respond { message, kind } => {
+                    if let Some(request) = request {
+                        self.respond(now, request, message, kind);
+                    }
+                }
+                OtaEffect::Reject => {
+                    if let Some(request) = request {
+                        self.reject(now, request);
+                    }
+                }
+                OtaEffect::SendAck(ack) => {
+                    let fx = self.cloud.send_update_ack(now, ack);
+                    self.apply_cloud(now, fx);
+                }
+                OtaEffect::Started => self.flags.updates_pending = false,
+                OtaEffect::Committed => self.pending_shutdown(now, reset_reason::UPDATE),
+                OtaEffect::Disconnect(reason) => self.connection_error(now, reason, true),
+            }
+        }
+    }
+
     // ----- housekeeping ------------------------------------------------------------------
 
     /// After every entry point: collect what the link produced, let the OTA receiver speak,
     /// run deferred application calls, and notice a power loss the flash scheduled.
-    pub(super) fn after(&mut self, now: Duration) {
+    fn after(&mut self, now: Duration) {
         for _ in 0..8 {
             if self.power != Power::Off && self.device.flash().power_lost() {
                 self.lose_power(now);
                 return;
             }
             self.ota_poll(now);
-            self.drain_link();
+            self.cloud.drain_link();
             if self.power == Power::On && self.setup_due(now) {
                 self.run_setup(now);
                 continue;
@@ -1014,11 +1297,11 @@ impl DeviceOs {
     }
 
     /// A seed for a new component's RNG.
-    pub(super) fn next_seed(&mut self) -> u64 {
+    fn next_seed(&mut self) -> u64 {
         self.rng.next_u64()
     }
 
-    pub(super) fn log(&mut self, line: impl Into<String>) {
+    fn log(&mut self, line: impl Into<String>) {
         self.events.push_back(DeviceEvent::Log(line.into()));
     }
 }

@@ -6,7 +6,8 @@ use core::time::Duration;
 use std::collections::VecDeque;
 
 use protocol::coap::{
-    Endpoint, EndpointConfig, EndpointEvent, ExchangeError, Message, RequestHandle,
+    CoapOption, Code, Endpoint, EndpointConfig, EndpointEvent, ExchangeError, Message, MessageType,
+    RequestHandle,
 };
 use protocol::dtls::{Client, ClientConfig, CloseReason, Event as DtlsEvent};
 use rand_chacha::ChaCha20Rng;
@@ -48,6 +49,18 @@ impl core::fmt::Debug for Link {
             .field("resumed", &self.resumed)
             .field("dtls", &self.dtls)
             .finish_non_exhaustive()
+    }
+}
+
+/// A response message to fill in by [`protocol::coap::Endpoint::respond`].
+pub fn response(code: Code, options: Vec<CoapOption>, payload: Vec<u8>) -> Message {
+    Message {
+        kind: MessageType::Acknowledgement,
+        code,
+        message_id: 0,
+        token: Vec::new(),
+        options,
+        payload,
     }
 }
 

@@ -1,7 +1,9 @@
 //! OTA v3 on the wire (reference 2.2-2.5, `communication/src/firmware_update.cpp`): the CoAP
 //! side of UpdateStart / UpdateChunk / UpdateFinish / UpdateAck, wired to the
-//! [`OtaReceiver`](super::ota::OtaReceiver), and what the system does around it (flags, resets,
-//! disconnects, system events).
+//! [`OtaReceiver`](super::ota::OtaReceiver). [`OtaLink`] owns the receiver and answers every
+//! request, timer and acknowledgement with [`OtaEffect`]s: what to send on the request, what to
+//! trace, and what the rest of the system does about it (flags, resets, disconnects), which
+//! [`super::DeviceOs`] applies in order.
 //!
 //! | Cloud sends | Device answers |
 //! |---|---|
@@ -27,10 +29,9 @@ use protocol::message::{
 use crate::device::Device;
 use crate::flash::Activity;
 
-use super::cloud::{response, Purpose};
-use super::device_os::DeviceOs;
+use super::link::response;
 use super::ota::{self, ChunkOutcome, FinishOutcome, OtaConfig, OtaError, OtaEvent, OtaReceiver};
-use super::profile::{reset_reason, OTA_PROGRESS_STEPS};
+use super::profile::OTA_PROGRESS_STEPS;
 use super::trace::{DeviceEvent, DisconnectReason, FirmwareUpdateEvent, SystemEvent};
 
 /// Longest diagnostic payload in an error response.
@@ -49,15 +50,62 @@ pub enum OtaResponse {
     Error,
 }
 
+/// What the OTA link asks of the rest of the system, in the order Device OS does it. The
+/// request-bound ones (`Accept`, `Respond`, `Reject`) answer the request being handled.
+#[derive(Debug)]
+pub(super) enum OtaEffect {
+    /// An entry of the device's trace.
+    Trace(DeviceEvent),
+    /// The request did not decode (counted in [`super::DeviceStatus::malformed`]).
+    Malformed,
+    /// An empty ACK for the request (nothing for a NON).
+    Accept,
+    /// An answer to the request, piggy-backed if not yet acknowledged, else separate; a
+    /// separate response's acknowledgement comes back to [`OtaLink::answered`] as `kind`.
+    Respond {
+        message: Message,
+        kind: Option<OtaResponse>,
+    },
+    /// RST for the request (a chunk nobody expected, a bad chunk, a malformed NON).
+    Reject,
+    /// An UpdateAck: NON POST `A`, never retransmitted; dropped without a connection.
+    SendAck(UpdateAck),
+    /// `startUpdate` clears the "updates pending" flag.
+    Started,
+    /// The update is committed: a reset with reason update is pending
+    /// (`system_pending_shutdown`).
+    Committed,
+    /// The connection ends (the session kept) and reconnects, for `reason`.
+    Disconnect(DisconnectReason),
+}
+
 /// The OTA receiver of a device, and how much of its progress the trace has shown.
 #[derive(Debug)]
 pub struct OtaLink {
     config: OtaConfig,
-    pub(super) receiver: OtaReceiver,
+    receiver: OtaReceiver,
     /// Progress steps (tenths of the file) already reported in this transfer.
     reported_steps: u32,
     /// The error of the last separate error response, for the disconnect its ACK causes.
     last_error: i32,
+}
+
+/// An error response message for `error`.
+fn error_response(error: &Diagnostic) -> Message {
+    response(
+        coap_code_for_system_error(error.code),
+        Vec::new(),
+        error.emit(MAX_DIAGNOSTIC_LEN),
+    )
+}
+
+/// Runs `f` with the flash operations it causes labelled `activity` (see
+/// [`crate::flash::Activity`]), back to `Other` after.
+fn in_activity<R>(device: &mut Device, activity: Activity, f: impl FnOnce(&mut Device) -> R) -> R {
+    device.set_activity(activity);
+    let r = f(device);
+    device.set_activity(Activity::Other);
+    r
 }
 
 impl OtaLink {
@@ -97,319 +145,335 @@ impl OtaLink {
         self.receiver = OtaReceiver::new(self.config);
         self.reported_steps = 0;
     }
-}
 
-/// An error response message for `error`.
-fn error_response(error: &Diagnostic) -> Message {
-    response(
-        coap_code_for_system_error(error.code),
-        Vec::new(),
-        error.emit(MAX_DIAGNOSTIC_LEN),
-    )
-}
+    // ----- requests from the cloud -------------------------------------------------------
 
-impl DeviceOs {
-    /// The flash lost power during the last receiver call: stop here, `after` powers off.
-    fn ota_power_lost(&self) -> bool {
-        self.device.flash().power_lost()
-    }
-
-    /// An OTA request (`S`, `C` or `F`) from the cloud.
-    pub(super) fn ota_request(
+    /// An OTA request (`S`, `C` or `F`) from the cloud, with its code for the log.
+    /// `updates_allowed` is `System.updatesEnabled() || System.updatesForced()`. An
+    /// UpdateChunk's UpdateAcks and the receiver's events follow from [`OtaLink::poll`].
+    pub(super) fn request(
         &mut self,
         now: Duration,
-        request: IncomingRequest,
-        message: Message,
+        device: &mut Device,
+        request: &IncomingRequest,
+        message: &Message,
         parsed: Result<Body, CatalogueError>,
-    ) {
+        updates_allowed: bool,
+    ) -> Vec<OtaEffect> {
+        let mut fx = Vec::new();
         match parsed {
-            Ok(Body::UpdateStart(start)) => self.update_start(now, &request, &start),
-            Ok(Body::UpdateChunk(chunk)) => self.update_chunk(now, &request, &chunk),
-            Ok(Body::UpdateFinish(finish)) => self.update_finish(now, &request, &finish),
-            Ok(_) => self.ota_malformed(now, &request, "Invalid message".to_string()),
+            Ok(Body::UpdateStart(start)) => {
+                self.update_start(now, device, &start, updates_allowed, &mut fx)
+            }
+            Ok(Body::UpdateChunk(chunk)) => self.update_chunk(now, device, &chunk, &mut fx),
+            Ok(Body::UpdateFinish(finish)) => self.update_finish(now, device, &finish, &mut fx),
+            Ok(_) => self.malformed(device, request, "Invalid message".to_string(), &mut fx),
             Err(e) => {
-                self.malformed += 1;
-                self.log(format!("malformed OTA request {}: {e}", message.code));
-                self.ota_malformed(now, &request, e.to_string());
+                fx.push(OtaEffect::Malformed);
+                fx.push(log(format!("malformed OTA request {}: {e}", message.code)));
+                self.malformed(device, request, e.to_string(), &mut fx);
             }
         }
-        self.ota_events();
+        fx
     }
 
     /// `handleRequest` refusing a request whose options do not decode.
-    fn ota_malformed(&mut self, now: Duration, request: &IncomingRequest, message: String) {
+    fn malformed(
+        &mut self,
+        device: &mut Device,
+        request: &IncomingRequest,
+        message: String,
+        fx: &mut Vec<OtaEffect>,
+    ) {
         let diagnostic = Diagnostic::new(SystemError::PROTOCOL, message);
+        let answer = OtaEffect::Respond {
+            message: error_response(&diagnostic),
+            kind: None,
+        };
         if request.kind == MessageType::Confirmable {
             // Piggy-backed error ACK, token echoed (none if the request had none).
-            self.respond(now, request, error_response(&diagnostic));
+            fx.push(answer);
             return;
         }
         if request.token.is_empty() {
-            self.reject(now, request);
+            fx.push(OtaEffect::Reject);
         } else {
-            self.respond(now, request, error_response(&diagnostic));
+            fx.push(answer);
         }
-        self.ota_fail(now, SystemError::PROTOCOL);
-    }
-
-    /// Runs `f` with the flash operations it causes labelled `activity` (see
-    /// [`crate::flash::Activity`]), back to `Other` after.
-    fn in_activity<R>(&mut self, activity: Activity, f: impl FnOnce(&mut Self) -> R) -> R {
-        self.device.set_activity(activity);
-        let r = f(self);
-        self.device.set_activity(Activity::Other);
-        r
+        self.fail(device, SystemError::PROTOCOL, fx);
     }
 
     /// Ends the running update and the connection after an OTA protocol error.
-    fn ota_fail(&mut self, now: Duration, code: i32) {
-        self.ota_cancel(now);
-        if !self.ota_power_lost() {
-            self.connection_error(now, DisconnectReason::OtaError { code }, true);
+    fn fail(&mut self, device: &mut Device, code: i32, fx: &mut Vec<OtaEffect>) {
+        self.cancel_into(device, fx);
+        if !device.flash().power_lost() {
+            fx.push(OtaEffect::Disconnect(DisconnectReason::OtaError { code }));
         }
     }
 
-    fn update_start(&mut self, now: Duration, request: &IncomingRequest, start: &UpdateStart) {
-        if let Err(e) = self.ota.receiver.check_start(start) {
-            self.respond(now, request, error_response(&e.diagnostic()));
+    fn update_start(
+        &mut self,
+        now: Duration,
+        device: &mut Device,
+        start: &UpdateStart,
+        updates_allowed: bool,
+        fx: &mut Vec<OtaEffect>,
+    ) {
+        if let Err(e) = self.receiver.check_start(start) {
+            fx.push(OtaEffect::Respond {
+                message: error_response(&e.diagnostic()),
+                kind: None,
+            });
             return;
         }
-        self.accept(now, request);
-        let allowed = self.flags.updates_allowed()
-            || self.mutation == Some(super::Mutation::IgnoreUpdatesDisabled);
-        let started = self.in_activity(Activity::Download, |os| {
-            os.ota.receiver.start(now, &mut os.device, start, allowed)
+        fx.push(OtaEffect::Accept);
+        let receiver = &mut self.receiver;
+        let started = in_activity(device, Activity::Download, |device| {
+            receiver.start(now, device, start, updates_allowed)
         });
         match started {
             Ok(accepted) => {
                 // startUpdate clears the "updates pending" flag.
-                self.flags.updates_pending = false;
-                self.ota.reported_steps = 0;
-                self.events.push_back(DeviceEvent::OtaStarted {
+                fx.push(OtaEffect::Started);
+                self.reported_steps = 0;
+                fx.push(OtaEffect::Trace(DeviceEvent::OtaStarted {
                     file_size: start.file_size,
                     resume_offset: accepted.resume_offset,
-                });
+                }));
                 let r = accepted.response().emit();
-                self.respond_ota(
-                    now,
-                    request,
-                    response(r.code, r.options, r.payload),
-                    OtaResponse::Started,
-                );
+                fx.push(OtaEffect::Respond {
+                    message: response(r.code, r.options, r.payload),
+                    kind: Some(OtaResponse::Started),
+                });
             }
             Err(e) if e.is_power_loss() => {}
-            Err(e) => self.refuse(now, request, &e),
+            Err(e) => self.refuse(&e, fx),
         }
     }
 
-    fn update_chunk(&mut self, now: Duration, request: &IncomingRequest, chunk: &UpdateChunk) {
+    fn update_chunk(
+        &mut self,
+        now: Duration,
+        device: &mut Device,
+        chunk: &UpdateChunk,
+        fx: &mut Vec<OtaEffect>,
+    ) {
         // The chunk's writes are labelled with its Chunk-Index, for a harness's cut "while
         // chunk K is written" (a duplicate or out-of-window chunk writes nothing).
-        let outcome = self.in_activity(Activity::Download, |os| {
-            os.device
+        let receiver = &mut self.receiver;
+        let outcome = in_activity(device, Activity::Download, |device| {
+            device
                 .flash_mut()
                 .set_part(Some(Activity::OtaChunk(chunk.index)));
-            let outcome = os.ota.receiver.chunk(now, &mut os.device, chunk);
-            os.device.flash_mut().set_part(None);
+            let outcome = receiver.chunk(now, device, chunk);
+            device.flash_mut().set_part(None);
             outcome
         });
         match outcome {
             ChunkOutcome::Written | ChunkOutcome::Duplicate | ChunkOutcome::OutOfWindow => {}
-            ChunkOutcome::NotRunning => self.reject(now, request),
+            ChunkOutcome::NotRunning => fx.push(OtaEffect::Reject),
             ChunkOutcome::Rejected(e) => {
-                self.reject(now, request);
-                self.ota_trace_error(&e);
-                self.ota_events();
-                self.connection_error(now, DisconnectReason::OtaError { code: e.code }, true);
+                fx.push(OtaEffect::Reject);
+                fx.push(trace_error(&e));
+                self.events_into(fx);
+                fx.push(OtaEffect::Disconnect(DisconnectReason::OtaError {
+                    code: e.code,
+                }));
             }
             ChunkOutcome::PowerLost => {}
         }
-        self.send_update_acks(now);
     }
 
-    fn update_finish(&mut self, now: Duration, request: &IncomingRequest, finish: &UpdateFinish) {
-        self.accept(now, request);
-        let finished = self.in_activity(Activity::Download, |os| {
-            os.ota.receiver.finish(now, &mut os.device, finish)
+    fn update_finish(
+        &mut self,
+        now: Duration,
+        device: &mut Device,
+        finish: &UpdateFinish,
+        fx: &mut Vec<OtaEffect>,
+    ) {
+        fx.push(OtaEffect::Accept);
+        let receiver = &mut self.receiver;
+        let finished = in_activity(device, Activity::Download, |device| {
+            receiver.finish(now, device, finish)
         });
         match finished {
             Ok(FinishOutcome::Validated(stats)) => {
                 let r = stats.response();
-                self.respond_ota(
-                    now,
-                    request,
-                    response(r.code, r.options, r.payload),
-                    OtaResponse::Finished,
-                );
+                fx.push(OtaEffect::Respond {
+                    message: response(r.code, r.options, r.payload),
+                    kind: Some(OtaResponse::Finished),
+                });
             }
             Ok(FinishOutcome::Cancelled) => {
                 let m = response(protocol::coap::Code::CHANGED, Vec::new(), Vec::new());
-                self.respond_ota(now, request, m, OtaResponse::Cancelled);
+                fx.push(OtaEffect::Respond {
+                    message: m,
+                    kind: Some(OtaResponse::Cancelled),
+                });
             }
             Err(e) if e.is_power_loss() => {}
-            Err(e) => self.refuse(now, request, &e),
+            Err(e) => self.refuse(&e, fx),
         }
     }
 
     /// A separate CON error response; an update that is still running ends when the cloud
     /// acknowledges it.
-    fn refuse(&mut self, now: Duration, request: &IncomingRequest, e: &OtaError) {
-        self.ota_trace_error(e);
-        self.ota.last_error = e.code;
-        self.respond_ota(
-            now,
-            request,
-            error_response(&e.diagnostic()),
-            OtaResponse::Error,
-        );
-    }
-
-    fn ota_trace_error(&mut self, e: &OtaError) {
-        self.events.push_back(DeviceEvent::OtaFailed {
-            code: e.code,
-            message: e.to_string(),
+    fn refuse(&mut self, e: &OtaError, fx: &mut Vec<OtaEffect>) {
+        fx.push(trace_error(e));
+        self.last_error = e.code;
+        fx.push(OtaEffect::Respond {
+            message: error_response(&e.diagnostic()),
+            kind: Some(OtaResponse::Error),
         });
     }
 
-    fn respond_ota(
-        &mut self,
-        now: Duration,
-        request: &IncomingRequest,
-        message: Message,
-        kind: OtaResponse,
-    ) {
-        if let Some(handle) = self.respond(now, request, message) {
-            if let Some(cloud) = self.cloud.as_mut() {
-                cloud.requests.insert(handle, Purpose::Ota(kind));
-            }
-        }
-    }
+    // ----- acknowledgements, timers, cancels ---------------------------------------------
 
     /// The cloud acknowledged an OTA response of the device.
-    pub(super) fn ota_answered(
+    pub(super) fn answered(
         &mut self,
-        now: Duration,
+        device: &mut Device,
         response: OtaResponse,
-        _answer: Option<Message>,
-    ) {
+    ) -> Vec<OtaEffect> {
+        let mut fx = Vec::new();
         match response {
             OtaResponse::Started | OtaResponse::Cancelled => {}
             OtaResponse::Finished => {
                 // The commit point (`responseAck`).
-                let result = self.in_activity(Activity::Commit, |os| {
-                    os.ota.receiver.commit(&mut os.device)
-                });
-                self.ota_events();
+                let receiver = &mut self.receiver;
+                let result =
+                    in_activity(device, Activity::Commit, |device| receiver.commit(device));
+                self.events_into(&mut fx);
                 match result {
-                    Ok(()) => self.pending_shutdown(now, reset_reason::UPDATE),
+                    Ok(()) => fx.push(OtaEffect::Committed),
                     Err(e) if e.is_power_loss() => {}
                     Err(e) => {
-                        self.ota_trace_error(&e);
-                        self.connection_error(
-                            now,
-                            DisconnectReason::OtaError { code: e.code },
-                            true,
-                        );
+                        fx.push(trace_error(&e));
+                        fx.push(OtaEffect::Disconnect(DisconnectReason::OtaError {
+                            code: e.code,
+                        }));
                     }
                 }
             }
             OtaResponse::Error => {
-                if self.ota.is_running() {
-                    self.ota_fail(now, self.ota.last_error);
+                if self.is_running() {
+                    self.fail(device, self.last_error, &mut fx);
                 }
             }
         }
+        fx
     }
 
     /// Any disconnect, sleep or reset (`FirmwareUpdate::reset`): the transfer is cancelled,
-    /// its resumable state kept.
-    pub(super) fn ota_cancel(&mut self, _now: Duration) {
-        if !self.ota.is_running() {
+    /// its resumable state kept. Only trace entries come of it.
+    pub(super) fn cancel(&mut self, device: &mut Device) -> Vec<OtaEffect> {
+        let mut fx = Vec::new();
+        self.cancel_into(device, &mut fx);
+        fx
+    }
+
+    fn cancel_into(&mut self, device: &mut Device, fx: &mut Vec<OtaEffect>) {
+        if !self.is_running() {
             return;
         }
-        // Only a power loss can fail, and `after` notices it.
-        let _ = self.in_activity(Activity::Download, |os| {
-            os.ota.receiver.cancel(&mut os.device, false)
+        // Only a power loss can fail, and `DeviceOs::after` notices it.
+        let receiver = &mut self.receiver;
+        let _ = in_activity(device, Activity::Download, |device| {
+            receiver.cancel(device, false)
         });
-        self.ota_events();
+        self.events_into(fx);
     }
 
     /// Timers of the receiver: the delayed UpdateAck, the state sync, the 300 s timeout.
-    pub(super) fn ota_timeout(&mut self, now: Duration) {
-        if !self.ota.is_running() {
-            return;
+    pub(super) fn handle_timeout(&mut self, now: Duration, device: &mut Device) -> Vec<OtaEffect> {
+        let mut fx = Vec::new();
+        if !self.is_running() {
+            return fx;
         }
-        let ended = self.in_activity(Activity::Download, |os| {
-            os.ota.receiver.handle_timeout(now, &mut os.device)
+        let receiver = &mut self.receiver;
+        let ended = in_activity(device, Activity::Download, |device| {
+            receiver.handle_timeout(now, device)
         });
-        self.ota_events();
+        self.events_into(&mut fx);
         match ended {
             Some(e) if e.is_power_loss() => {}
-            Some(_) => self.connection_error(now, DisconnectReason::TransferTimeout, true),
-            None => self.send_update_acks(now),
+            Some(_) => fx.push(OtaEffect::Disconnect(DisconnectReason::TransferTimeout)),
+            None => self.acks_into(now, device, &mut fx),
         }
+        fx
     }
 
-    /// After every entry point: acks that became due, events to report.
-    pub(super) fn ota_poll(&mut self, now: Duration) {
-        self.send_update_acks(now);
-        self.ota_events();
+    /// UpdateAcks that became due; with `events`, then the receiver's events too.
+    pub(super) fn poll(&mut self, now: Duration, device: &Device, events: bool) -> Vec<OtaEffect> {
+        let mut fx = Vec::new();
+        self.acks_into(now, device, &mut fx);
+        if events {
+            self.events_into(&mut fx);
+        }
+        fx
+    }
+
+    /// The receiver's events not yet traced.
+    pub(super) fn events(&mut self) -> Vec<OtaEffect> {
+        let mut fx = Vec::new();
+        self.events_into(&mut fx);
+        fx
     }
 
     /// UpdateAcks: NON POST `A`, cumulative index + selective bitmap, never retransmitted.
-    fn send_update_acks(&mut self, now: Duration) {
-        if self.ota_power_lost() {
+    fn acks_into(&mut self, now: Duration, device: &Device, fx: &mut Vec<OtaEffect>) {
+        // The flash lost power during the last receiver call: stop here.
+        if device.flash().power_lost() {
             return;
         }
-        while let Some(ack) = self.ota.receiver.poll_ack(now) {
-            self.send_update_ack(now, ack);
+        while let Some(ack) = self.receiver.poll_ack(now) {
+            fx.push(OtaEffect::SendAck(ack));
         }
     }
 
-    fn send_update_ack(&mut self, now: Duration, ack: UpdateAck) {
-        if self.cloud.is_some() {
-            self.send(
-                now,
-                MessageType::NonConfirmable,
-                false,
-                Body::UpdateAck(ack),
-                Purpose::UpdateAck,
-            );
-        }
-    }
-
-    /// The receiver's events, in the trace: `firmware_update` system events, progress in
+    /// The receiver's events, as trace entries: `firmware_update` system events, progress in
     /// [`OTA_PROGRESS_STEPS`] steps, failures.
-    fn ota_events(&mut self) {
-        while let Some(event) = self.ota.receiver.poll_event() {
-            let update = |e| DeviceEvent::SystemEvent(SystemEvent::FirmwareUpdate(e));
+    fn events_into(&mut self, fx: &mut Vec<OtaEffect>) {
+        let update = |e| OtaEffect::Trace(DeviceEvent::SystemEvent(SystemEvent::FirmwareUpdate(e)));
+        while let Some(event) = self.receiver.poll_event() {
             match event {
-                OtaEvent::Begin { .. } => self.events.push_back(update(FirmwareUpdateEvent::Begin)),
+                OtaEvent::Begin { .. } => fx.push(update(FirmwareUpdateEvent::Begin)),
                 OtaEvent::Progress {
                     received_bytes,
                     file_size,
                 } => {
                     let step = (u64::from(received_bytes) * u64::from(OTA_PROGRESS_STEPS)
                         / u64::from(file_size.max(1))) as u32;
-                    if step > self.ota.reported_steps {
-                        self.ota.reported_steps = step;
-                        self.events.push_back(update(FirmwareUpdateEvent::Progress));
-                        self.events.push_back(DeviceEvent::OtaProgress {
+                    if step > self.reported_steps {
+                        self.reported_steps = step;
+                        fx.push(update(FirmwareUpdateEvent::Progress));
+                        fx.push(OtaEffect::Trace(DeviceEvent::OtaProgress {
                             received: received_bytes,
                             file_size,
-                        });
+                        }));
                     }
                 }
-                OtaEvent::Validated => self.log("the update file passed validation"),
-                OtaEvent::Complete => self.events.push_back(update(FirmwareUpdateEvent::Complete)),
+                OtaEvent::Validated => fx.push(log("the update file passed validation")),
+                OtaEvent::Complete => fx.push(update(FirmwareUpdateEvent::Complete)),
                 OtaEvent::Failed { code } => {
-                    self.events.push_back(update(FirmwareUpdateEvent::Failed));
-                    self.log(format!(
+                    fx.push(update(FirmwareUpdateEvent::Failed));
+                    fx.push(log(format!(
                         "firmware update ended: {} ({code})",
                         ota::default_message(code)
-                    ));
+                    )));
                 }
             }
         }
     }
+}
+
+fn log(line: impl Into<String>) -> OtaEffect {
+    OtaEffect::Trace(DeviceEvent::Log(line.into()))
+}
+
+fn trace_error(e: &OtaError) -> OtaEffect {
+    OtaEffect::Trace(DeviceEvent::OtaFailed {
+        code: e.code,
+        message: e.to_string(),
+    })
 }
