@@ -1,15 +1,15 @@
 //! The step kinds of scenario files, each declared once (format in `fixtures/README.md`).
 //!
-//! One entry of the [`steps!`] table below says everything the harness knows about a step kind
+//! One entry of the `steps!` table below says everything the harness knows about a step kind
 //! except how a target carries it out: its `do =` name, the typed [`Step`] it becomes (written
 //! once, used both to build the step and to recognise it), the [`Capability`]s it needs, the
 //! form error messages show, and its fields in the order they are read, each with a [`Codec`]
 //! (type and unit) and how it is given (required, optional, with a default, a flag, or shown as
 //! a bare value). From that one entry the macro derives:
 //!
-//! - [`STEPS`] (kinds and forms, listed in error messages) and [`STEP_FIELDS`] (the keys each
+//! - [`STEPS`] (kinds and forms, listed in error messages) and [`step_fields`] (the keys each
 //!   kind reads, checked against the README's steps table),
-//! - the parser's reader for the kind ([`read`]),
+//! - the parser's reader for the kind (`read`),
 //! - [`kind`], [`capabilities`] and the step's canonical line ([`show`], `Display for Step`),
 //! - the step written back as a TOML inline table ([`to_toml`]).
 //!
@@ -718,15 +718,17 @@ macro_rules! field {
 ///     caps: <Vec<Capability>, the fields in scope>,
 ///     form: "<the form error messages show>",
 ///     fields: { <name>: <how> <codec> [= default] [; late], ... },   // in reading order
-///     [check |fields, cx| { <checks across fields> }]
+///     [check |f, cx| { <checks across fields; return Err(..) to refuse> }]
 /// }
 /// ```
 ///
 /// `how`: `req` (required, `key=value`), `pos` (required, shown as the bare value), `opt`
-/// (`Option`), `bare` (`Option`, shown as the bare value), `glued` (`Option`, shown right after the field before: `name="data"`), `or`
-/// (a default; shown when it differs), `always` (a default; always shown), `flag` (a bool,
-/// shown as the bare key when true), `compound` (several keys, a [`Compound`]). The key is
-/// the field's name. `late` fields are shown after the others (a wait's timeout).
+/// (`Option`), `bare` (`Option`, shown as the bare value), `glued` (`Option`, shown right
+/// after the field before: `name="data"`), `or` (a default; shown and written back when it
+/// differs), `always` (a default; always shown), `flag` (a bool, shown as the bare key when
+/// true), `compound` (several keys, a [`Compound`]). The key is the field's name. `late`
+/// fields are shown after the others (a wait's timeout). `check` gets the step's [`Fields`]
+/// and [`StepContext`] (for messages that name the step and its form), the fields in scope.
 macro_rules! steps {
     ($(
         $kind:literal {
