@@ -565,3 +565,122 @@ fn every_step_kind_is_documented_and_has_a_form() {
         );
     }
 }
+
+/// The step without the positions of a repeat's inner steps in their file.
+fn unplaced(step: &Step) -> Step {
+    let mut step = step.clone();
+    if let Step::Repeat(r) = &mut step {
+        for inner in &mut r.steps {
+            (inner.line, inner.column) = (0, 0);
+        }
+    }
+    step
+}
+
+/// Every step of `text` (a scenario file) written back as TOML by its declaration
+/// (`harness::scenario::steps::to_toml`) reads back as the same step, with the same line.
+fn assert_steps_round_trip(text: &str, file: &Path) -> Vec<&'static str> {
+    let s = harness::scenario::load(file)
+        .or_else(|_| parse(text, file))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut kinds = Vec::new();
+    for at in &s.steps {
+        let toml = harness::scenario::steps::to_toml(&at.step);
+        let again = parse(&format!("step = [{toml}]\n{HEAD}"), Path::new("again.toml"))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{}: step {}: {toml} does not read back: {e}",
+                    file.display(),
+                    at.index
+                )
+            });
+        assert_eq!(again.steps.len(), 1, "{toml}");
+        assert_eq!(
+            unplaced(&again.steps[0].step),
+            unplaced(&at.step),
+            "{}: step {}: {toml}",
+            file.display(),
+            at.index
+        );
+        assert_eq!(again.steps[0].step.to_string(), at.step.to_string());
+        kinds.push(at.step.kind());
+        if let Step::Repeat(r) = &at.step {
+            kinds.extend(r.steps.iter().map(|s| s.step.kind()));
+        }
+    }
+    kinds
+}
+
+/// Reading and writing a step come from one declaration (`steps.rs`): every step of every
+/// fixture, and one of each kind, read back as themselves from the TOML the declaration writes.
+#[test]
+fn every_step_reads_back_from_the_toml_its_declaration_writes() {
+    let mut kinds: std::collections::BTreeSet<&str> =
+        assert_steps_round_trip(EVERY_STEP, Path::new("every.toml"))
+            .into_iter()
+            .collect();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
+    for file in harness::scenario::report::collect_files(&[fixtures]).unwrap() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        if harness::fleet_sim::model::is_fleet_file(&text) {
+            continue;
+        }
+        kinds.extend(assert_steps_round_trip(&text, &file));
+    }
+    for kind in STEP_KINDS {
+        assert!(
+            kinds.contains(kind),
+            "{kind}: no step of this kind was read back"
+        );
+    }
+}
+
+/// The form each step kind shows in error messages is itself a valid step of that kind.
+#[test]
+fn every_step_form_is_a_step_of_its_kind() {
+    for (kind, form) in harness::scenario::STEPS {
+        if !form.starts_with('{') {
+            continue; // a kind without fields
+        }
+        // The first inline table of the form (forms nest tables: cut at the matching brace).
+        let mut depth = 0;
+        let end = form
+            .char_indices()
+            .find(|(_, c)| {
+                match c {
+                    '{' => depth += 1,
+                    '}' => depth -= 1,
+                    _ => {}
+                }
+                depth == 0
+            })
+            .map_or(form.len() - 1, |(i, _)| i);
+        let step = &form[..=end];
+        let s = parse(&format!("step = [{step}]\n{HEAD}"), Path::new("form.toml"))
+            .unwrap_or_else(|e| panic!("{kind}: the form {step} does not read: {e}"));
+        assert_eq!(s.steps[0].step.kind(), kind, "{step}");
+    }
+}
+
+/// The steps table of `fixtures/README.md` names every key each step kind reads.
+#[test]
+fn every_step_key_is_documented() {
+    let readme = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/README.md"),
+    )
+    .unwrap();
+    let rows: Vec<&str> = readme.lines().filter(|l| l.starts_with("| `")).collect();
+    for (kind, keys) in harness::scenario::steps::step_fields() {
+        let quoted = format!("`{kind}`");
+        let row = rows
+            .iter()
+            .find(|r| r.split(" | ").next().is_some_and(|c| c.contains(&quoted)))
+            .unwrap_or_else(|| panic!("{kind} is not in the steps table of fixtures/README.md"));
+        for key in keys {
+            assert!(
+                row.contains(&format!("`{key}`")) || row.contains(&format!("`{key} =")),
+                "{kind}: key `{key}` is not in its row of the steps table of fixtures/README.md"
+            );
+        }
+    }
+}

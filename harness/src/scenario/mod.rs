@@ -16,11 +16,13 @@ pub mod parse;
 pub mod report;
 pub mod runner;
 pub mod serial_log;
+pub mod steps;
 pub mod target;
 pub mod trace;
 pub mod units;
 
 pub use model::*;
-pub use parse::{load, load_all, parse, parse_all, ScenarioError, STEPS, STEP_KINDS};
+pub use parse::{load, load_all, parse, parse_all, ScenarioError, STEP_KINDS};
+pub use steps::STEPS;
 pub use target::{Capability, Target, TargetError};
 pub use trace::{Trace, TraceEntry, TraceKind};

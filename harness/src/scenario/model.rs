@@ -479,41 +479,15 @@ pub enum RepeatCount {
 pub const MAX_REPEAT: u32 = 10_000;
 
 impl Step {
-    /// The step kind as written after `do =`.
+    /// The step kind as written after `do =` (declared in `steps.rs`).
     pub fn kind(&self) -> &'static str {
-        match self {
-            Step::Action(a) => a.kind(),
-            Step::Wait(w) => w.kind(),
-            Step::Expect(_) => "expect",
-            Step::Sweep(_) => "sweep",
-            Step::Repeat(_) => "repeat",
-        }
+        super::steps::kind(self)
     }
 
     /// Capabilities the target needs for the step as a whole (for `expect`, see each
     /// expectation instead: they are checked or skipped one by one).
     pub fn capabilities(&self) -> Vec<Capability> {
-        match self {
-            Step::Action(a) => a.capabilities(),
-            Step::Wait(w) => w.capabilities(),
-            Step::Expect(_) => Vec::new(),
-            Step::Sweep(_) => vec![
-                Capability::PowerControl,
-                Capability::PowerCutAtFlashOp,
-                Capability::VirtualTime,
-            ],
-            // A loop that cannot check its condition or run one of its steps cannot run.
-            Step::Repeat(r) => {
-                let mut caps: Vec<Capability> =
-                    r.steps.iter().flat_map(|s| s.step.capabilities()).collect();
-                if let RepeatCount::Until { condition, .. } = &r.count {
-                    caps.extend(condition.iter().flat_map(|e| e.capabilities()));
-                }
-                caps.sort();
-                caps.dedup();
-                caps
-            }
-        }
+        super::steps::capabilities(self)
     }
 }
 
@@ -567,71 +541,6 @@ pub enum ProductAction {
         groups: Option<Vec<String>>,
         updates_forced: Option<bool>,
     },
-}
-
-impl Action {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Action::CloudFlash(_) => "cloud.flash",
-            Action::CloudForceUpdates { .. } => "cloud.force_updates",
-            Action::PowerCut(_) => "power.cut",
-            Action::PowerOn => "power.on",
-            Action::HardwareReset(_) => "device.reset",
-            Action::FlashFail(_) => "flash.fail",
-            Action::App(a) => match a {
-                AppAction::DisableUpdates => "app.disable_updates",
-                AppAction::EnableUpdates => "app.enable_updates",
-                AppAction::DisableReset => "app.disable_reset",
-                AppAction::EnableReset => "app.enable_reset",
-                AppAction::Reset { .. } => "app.reset",
-                AppAction::Sleep(_) => "app.sleep",
-                AppAction::Wake => "app.wake",
-                AppAction::Connect => "app.connect",
-                AppAction::Disconnect => "app.disconnect",
-            },
-            Action::Link(l) => match l {
-                LinkAction::Faults { .. } => "link.faults",
-                LinkAction::Drop { .. } => "link.drop",
-                LinkAction::DropNext { .. } => "link.drop_next",
-                LinkAction::Partition { .. } => "link.partition",
-            },
-            Action::Product(p) => match p {
-                ProductAction::Upload(_) => "cloud.upload",
-                ProductAction::Release { .. } => "cloud.release",
-                ProductAction::Lock { .. } => "cloud.lock",
-                ProductAction::Unlock => "cloud.unlock",
-                ProductAction::Groups(_) => "cloud.group",
-                ProductAction::Development(_) => "cloud.development",
-                ProductAction::Settings { .. } => "cloud.product",
-            },
-        }
-    }
-
-    pub fn capabilities(&self) -> Vec<Capability> {
-        use Capability::*;
-        match self {
-            Action::CloudFlash(_) => vec![CloudFlash],
-            Action::CloudForceUpdates { .. } => vec![CloudForceUpdates],
-            Action::PowerCut(cut) => match cut.at {
-                CutPoint::Now => vec![PowerControl],
-                CutPoint::FlashOp(_) | CutPoint::Phase { .. } => {
-                    vec![PowerControl, PowerCutAtFlashOp]
-                }
-                CutPoint::Chunk(_) => vec![PowerControl, PowerCutAtChunk],
-            },
-            Action::PowerOn => vec![PowerControl],
-            Action::HardwareReset(_) => vec![Capability::HardwareReset],
-            Action::FlashFail(_) => vec![Capability::FlashFaults],
-            Action::App(AppAction::Sleep(_)) | Action::App(AppAction::Wake) => {
-                vec![AppControl, Sleep]
-            }
-            Action::App(_) => vec![AppControl],
-            Action::Link(LinkAction::Partition { .. }) => vec![LinkPartition],
-            Action::Link(LinkAction::DropNext { .. }) => vec![LinkFaults, LinkMessages],
-            Action::Link(_) => vec![LinkFaults],
-            Action::Product(_) => vec![CloudProducts],
-        }
-    }
 }
 
 /// What file the cloud flashes, built with the module builder for the scenario's board.
@@ -1011,32 +920,6 @@ impl fmt::Display for OtaProgress {
 /// Timeout of a wait that names none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
-impl Wait {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Wait::Event { .. } => "wait.event",
-            Wait::State { .. } => "wait.state",
-            Wait::Ota { .. } => "wait.ota",
-            Wait::Time(_) => "wait.time",
-        }
-    }
-
-    pub fn capabilities(&self) -> Vec<Capability> {
-        match self {
-            Wait::Event { .. } => vec![Capability::ObserveEvents],
-            Wait::State { state, running, .. } => {
-                let mut caps = vec![state.capability()];
-                if running.is_some() {
-                    caps.push(Capability::ObserveVersions);
-                }
-                caps
-            }
-            Wait::Ota { .. } => vec![Capability::ObserveOta],
-            Wait::Time(_) => Vec::new(),
-        }
-    }
-}
-
 /// An event by name and, optionally, data. Data is compared with surrounding whitespace
 /// trimmed on both sides (the cloud's `spark/flash/status` values end in a space).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1352,207 +1235,6 @@ impl fmt::Display for FirmwareSpec {
     }
 }
 
-impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.kind())?;
-        match self {
-            Action::CloudFlash(spec) => write!(f, " {spec}"),
-            Action::CloudForceUpdates { forced } => write!(f, " forced={forced}"),
-            Action::Product(p) => match p {
-                ProductAction::Upload(spec) => write!(f, " {spec}"),
-                ProductAction::Release {
-                    version,
-                    product_default,
-                    groups,
-                    intelligent,
-                } => {
-                    write!(f, " version={version}")?;
-                    if *product_default {
-                        f.write_str(" default")?;
-                    }
-                    if !groups.is_empty() {
-                        write!(f, " groups={}", groups.join(","))?;
-                    }
-                    if *intelligent {
-                        f.write_str(" intelligent")?;
-                    }
-                    Ok(())
-                }
-                ProductAction::Lock { version, flash_now } => {
-                    write!(f, " version={version}")?;
-                    if *flash_now {
-                        f.write_str(" flash_now")?;
-                    }
-                    Ok(())
-                }
-                ProductAction::Unlock => Ok(()),
-                ProductAction::Groups(g) => write!(f, " groups={}", g.join(",")),
-                ProductAction::Development(d) => write!(f, " development={d}"),
-                ProductAction::Settings {
-                    development,
-                    groups,
-                    updates_forced,
-                } => {
-                    if let Some(d) = development {
-                        write!(f, " development={d}")?;
-                    }
-                    if let Some(g) = groups {
-                        write!(f, " groups={}", g.join(","))?;
-                    }
-                    if let Some(u) = updates_forced {
-                        write!(f, " updates_forced={u}")?;
-                    }
-                    Ok(())
-                }
-            },
-            Action::PowerCut(cut) => {
-                match cut.at {
-                    CutPoint::Now => f.write_str(" now")?,
-                    CutPoint::FlashOp(n) => write!(f, " flash_op={n}")?,
-                    CutPoint::Chunk(k) => write!(f, " chunk={k}")?,
-                    CutPoint::Phase { phase, op } => {
-                        write!(f, " phase={} op={op}", phase.as_str())?
-                    }
-                }
-                if cut.at != CutPoint::Now {
-                    write!(f, " mode={}", cut_mode_str(cut.mode))?;
-                }
-                if let Some(d) = cut.off_for {
-                    write!(f, " off_for={}", format_duration(d))?;
-                }
-                Ok(())
-            }
-            Action::PowerOn => Ok(()),
-            Action::HardwareReset(r) => write!(f, " reason={}", r.as_str()),
-            Action::FlashFail(x) => {
-                write!(f, " phase={} op={}", x.phase.as_str(), x.op)?;
-                if let Some(k) = x.kind {
-                    write!(f, " kind={}", flash_op_kind_str(k))?;
-                }
-                Ok(())
-            }
-            Action::App(AppAction::Reset { no_wait }) if *no_wait => f.write_str(" no_wait"),
-            Action::App(AppAction::Sleep(s)) => {
-                let mode = SLEEP_MODE_WORDS
-                    .iter()
-                    .find(|(_, m)| *m == s.mode)
-                    .map(|(w, _)| *w)
-                    .unwrap_or("?");
-                let net = SLEEP_NETWORK_WORDS
-                    .iter()
-                    .find(|(_, m)| *m == s.network)
-                    .map(|(w, _)| *w)
-                    .unwrap_or("?");
-                write!(f, " mode={mode} network={net}")?;
-                if let Some(d) = s.duration {
-                    write!(f, " duration={}", format_duration(d))?;
-                }
-                Ok(())
-            }
-            Action::App(_) => Ok(()),
-            Action::Link(LinkAction::Faults {
-                loss,
-                duplicate,
-                reorder,
-                latency,
-                jitter,
-                bandwidth,
-                direction,
-            }) => {
-                write!(f, " loss={loss} duplicate={duplicate} reorder={reorder}")?;
-                if *direction != Direction::Both {
-                    write!(f, " direction={}", direction.as_str())?;
-                }
-                if !latency.is_zero() {
-                    write!(f, " latency={}", format_duration(*latency))?;
-                }
-                if !jitter.is_zero() {
-                    write!(f, " jitter={}", format_duration(*jitter))?;
-                }
-                if *bandwidth > 0 {
-                    write!(
-                        f,
-                        " bandwidth=\"{}\"",
-                        super::units::format_rate(*bandwidth)
-                    )?;
-                }
-                Ok(())
-            }
-            Action::Link(LinkAction::Drop { next, direction }) => {
-                write!(f, " next={next}")?;
-                if *direction != Direction::Both {
-                    write!(f, " direction={}", direction.as_str())?;
-                }
-                Ok(())
-            }
-            Action::Link(LinkAction::Partition { duration }) => {
-                write!(f, " duration={}", format_duration(*duration))
-            }
-            Action::Link(LinkAction::DropNext {
-                kind,
-                count,
-                direction,
-            }) => {
-                write!(f, " kind={kind}")?;
-                if *count != 1 {
-                    write!(f, " count={count}")?;
-                }
-                if *direction != Direction::Both {
-                    write!(f, " direction={}", direction.as_str())?;
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-impl fmt::Display for Wait {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Wait::Event {
-                event,
-                timeout,
-                from,
-            } => {
-                write!(f, "wait.event {event}")?;
-                match from {
-                    EventsFrom::Cursor => {}
-                    EventsFrom::Step => f.write_str(" from=step")?,
-                    EventsFrom::Start => f.write_str(" from=start")?,
-                }
-                write!(f, " timeout={}", format_duration(*timeout))
-            }
-            Wait::State {
-                state,
-                timeout,
-                boot,
-                running,
-            } => {
-                write!(f, "wait.state {}", state.as_str())?;
-                if *boot == WhichBoot::Next {
-                    f.write_str(" boot=next")?;
-                }
-                if let Some(r) = running {
-                    write!(f, " {}", Expectation::Running(*r))?;
-                }
-                write!(f, " timeout={}", format_duration(*timeout))
-            }
-            Wait::Ota {
-                progress,
-                timeout,
-                transfer,
-            } => {
-                write!(f, "wait.ota {progress}")?;
-                if *transfer == WhichTransfer::Next {
-                    f.write_str(" transfer=next")?;
-                }
-                write!(f, " timeout={}", format_duration(*timeout))
-            }
-            Wait::Time(d) => write!(f, "wait.time {}", format_duration(*d)),
-        }
-    }
-}
-
 fn opt<T: fmt::Display>(parts: &mut Vec<String>, key: &str, v: Option<T>) {
     if let Some(v) = v {
         parts.push(format!("{key}={v}"));
@@ -1610,42 +1292,24 @@ impl fmt::Display for Expectation {
     }
 }
 
+/// An action's canonical line: its step's.
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&super::steps::show(&Step::Action(self.clone())))
+    }
+}
+
+/// A wait's canonical line: its step's.
+impl fmt::Display for Wait {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&super::steps::show(&Step::Wait(self.clone())))
+    }
+}
+
+/// The canonical line of a step (declared in `steps.rs`).
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Step::Action(a) => write!(f, "{a}"),
-            Step::Wait(w) => write!(f, "{w}"),
-            Step::Expect(list) => {
-                f.write_str("expect")?;
-                for (i, e) in list.iter().enumerate() {
-                    write!(f, "{}{e}", if i == 0 { " " } else { "; " })?;
-                }
-                Ok(())
-            }
-            Step::Sweep(s) => {
-                let modes: Vec<&str> = s.modes.iter().map(|m| cut_mode_str(*m)).collect();
-                write!(
-                    f,
-                    "sweep phase={} modes={} off_for={}",
-                    s.phase.as_str(),
-                    modes.join(","),
-                    format_duration(s.off_for)
-                )
-            }
-            Step::Repeat(r) => {
-                match &r.count {
-                    RepeatCount::Times(n) => write!(f, "repeat times={n}")?,
-                    RepeatCount::Until { condition, max } => {
-                        f.write_str("repeat until")?;
-                        for (i, e) in condition.iter().enumerate() {
-                            write!(f, "{}{e}", if i == 0 { " " } else { "; " })?;
-                        }
-                        write!(f, " max={max}")?;
-                    }
-                }
-                write!(f, " ({} steps)", r.steps.len())
-            }
-        }
+        f.write_str(&super::steps::show(self))
     }
 }
 

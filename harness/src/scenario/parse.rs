@@ -13,6 +13,7 @@ use emulator::flash::CutMode;
 
 use super::model::*;
 use super::node::{self, Fields, Node, SpanError, Value};
+use super::steps;
 use super::units;
 
 /// A problem with a scenario file, at a position when there is one.
@@ -119,45 +120,7 @@ impl Problems {
     }
 }
 
-/// Every step kind with the form an error message shows for it, in the order error messages
-/// list them: the one table a new step kind is added to (its reader is `read_step`'s arm; a test
-/// checks every kind here has one, is documented in `fixtures/README.md` and prints back as
-/// itself).
-pub const STEPS: [(&str, &str); 33] = [
-    ("cloud.flash", "{ do = \"cloud.flash\", app = 4 } (also device_os, bootloader, radio_stack, built_against, compressed, combined, platform, corrupt, size, assets)"),
-    ("cloud.force_updates", "{ do = \"cloud.force_updates\", forced = true }"),
-    ("cloud.upload", "{ do = \"cloud.upload\", app = 5 } (also built_against, size, compressed)"),
-    ("cloud.release", "{ do = \"cloud.release\", version = 5, default = true, groups = [\"beta\"], intelligent = false }"),
-    ("cloud.lock", "{ do = \"cloud.lock\", version = 5, flash_now = false }"),
-    ("cloud.unlock", "{ do = \"cloud.unlock\" }"),
-    ("cloud.group", "{ do = \"cloud.group\", groups = [\"beta\"] }"),
-    ("cloud.development", "{ do = \"cloud.development\", development = true }"),
-    ("cloud.product", "{ do = \"cloud.product\", development = false, groups = [\"beta\"], updates_forced = true } (at least one)"),
-    ("power.cut", "{ do = \"power.cut\" } (now), or with one of flash_op = N, chunk = K, phase = \"download\" (and op = N), plus mode = \"before\"|\"torn\"|\"after\""),
-    ("power.on", "a step table with `do` and the step's fields"),
-    ("device.reset", "{ do = \"device.reset\", reason = \"pin\" } (or \"watchdog\")"),
-    ("flash.fail", "{ do = \"flash.fail\", phase = \"commit\", op = 0, kind = \"write\" } (phase \"download\"|\"commit\"|\"apply\"|\"first_boot\"|\"asset_store\"|\"bootloader_copy\"; kind \"write\"|\"erase\" optional)"),
-    ("app.disable_updates", "a step table with `do` and the step's fields"),
-    ("app.enable_updates", "a step table with `do` and the step's fields"),
-    ("app.disable_reset", "a step table with `do` and the step's fields"),
-    ("app.enable_reset", "a step table with `do` and the step's fields"),
-    ("app.reset", "a step table with `do` and the step's fields"),
-    ("app.sleep", "{ do = \"app.sleep\", mode = \"stop\", duration = \"10m\", network = \"off\" }"),
-    ("app.wake", "a step table with `do` and the step's fields"),
-    ("app.connect", "{ do = \"app.connect\" }"),
-    ("app.disconnect", "{ do = \"app.disconnect\" }"),
-    ("link.faults", "{ do = \"link.faults\", loss = 0.2, duplicate = 0.0, reorder = 0.1, latency = \"300ms\", jitter = \"50ms\", bandwidth = \"2 KiB/s\" }"),
-    ("link.drop", "{ do = \"link.drop\", next = 5 } (also direction = \"to_device\"|\"to_cloud\"|\"both\")"),
-    ("link.drop_next", "{ do = \"link.drop_next\", kind = \"UpdateChunk\" } (kinds: Hello, Describe, Event, Subscribe, TimeRequest, Ping, Goodbye, UpdateStart, UpdateChunk, UpdateAck, UpdateFinish (or UpdateDone), response_201, response_204, ack_of_201, ack_of_204, ack, rst, response, other; also count = N, direction = \"to_device\"|\"to_cloud\"|\"both\")"),
-    ("link.partition", "{ do = \"link.partition\", duration = \"45s\" }"),
-    ("wait.event", "{ do = \"wait.event\", name = \"spark/flash/status\", data = \"success\", timeout = \"5m\" } (also from = \"cursor\"|\"step\"|\"start\")"),
-    ("wait.state", "{ do = \"wait.state\", state = \"online\", timeout = \"5m\" } (also boot = \"next\", running = { app = 4 })"),
-    ("wait.ota", "{ do = \"wait.ota\", min_percent = 40, timeout = \"5m\" } or { do = \"wait.ota\", received = \"8KiB\" } (also transfer = \"current\"|\"next\")"),
-    ("wait.time", "{ do = \"wait.time\", duration = \"30s\" }"),
-    ("expect", "a step table with `do` and the step's fields"),
-    ("sweep", "{ do = \"sweep\", phase = \"apply\", modes = [\"before\", \"torn\", \"after\"] }"),
-    ("repeat", "{ do = \"repeat\", times = 3, steps = [{ do = \"app.wake\" }, { do = \"wait.time\", duration = \"10s\" }] } or with until = { running = { app = 5 } } and max = 20 instead of times"),
-];
+pub use super::steps::STEPS;
 
 /// Every step kind, in the order error messages list them (the names of [`STEPS`]).
 pub const STEP_KINDS: [&str; STEPS.len()] = {
@@ -290,7 +253,7 @@ fn read_device_os(n: &Node) -> Result<DeviceOsVersion, SpanError> {
     }
 }
 
-fn read_duration(n: &Node) -> Result<Duration, SpanError> {
+pub(super) fn read_duration(n: &Node) -> Result<Duration, SpanError> {
     let bad = || {
         SpanError::new(
             n.span.clone(),
@@ -443,7 +406,7 @@ fn read_cloud(n: &Node) -> Result<CloudSetup, SpanError> {
     })
 }
 
-fn read_groups(n: &Node) -> Result<Vec<String>, SpanError> {
+pub(super) fn read_groups(n: &Node) -> Result<Vec<String>, SpanError> {
     node::as_array(n)?
         .iter()
         .map(|g| {
@@ -591,7 +554,7 @@ fn step_form(kind: &str) -> &'static str {
         .map_or("a step table with `do` and the step's fields", |(_, f)| f)
 }
 
-fn read_step(n: &Node, index: &str) -> Result<Step, SpanError> {
+pub(super) fn read_step(n: &Node, index: &str) -> Result<Step, SpanError> {
     let mut f = Fields::new(n, format!("step {index}"))?;
     let kind_node = f.required(
         "do",
@@ -611,239 +574,24 @@ fn read_step(n: &Node, index: &str) -> Result<Step, SpanError> {
     let mut f = Fields::new(n, format!("step {index} ({kind})"))?;
     f.get("do");
     f.get("device"); // read by `read_steps`
-    let form = step_form(kind);
-    let step = match kind {
-        "cloud.flash" => Step::Action(Action::CloudFlash(read_firmware_spec(&mut f, form)?)),
-        "cloud.force_updates" => Step::Action(Action::CloudForceUpdates {
-            forced: f.required("forced", form, node::as_bool)?,
-        }),
-        "cloud.upload" => {
-            let spec = read_firmware_spec(&mut f, form)?;
-            if spec.app.is_none() {
-                return Err(SpanError::new(
-                    n.span.clone(),
-                    format!("step {index} (cloud.upload) needs `app` (the product firmware version); expected {form}"),
-                ));
-            }
-            Step::Action(Action::Product(ProductAction::Upload(spec)))
-        }
-        "cloud.release" => {
-            let version = f.required("version", form, node::as_u16)?;
-            let product_default = f.optional("default", node::as_bool)?.unwrap_or(false);
-            let groups = f.optional("groups", read_groups)?.unwrap_or_default();
-            let intelligent = f.optional("intelligent", node::as_bool)?.unwrap_or(false);
-            if !product_default && groups.is_empty() {
-                return Err(SpanError::new(
-                    n.span.clone(),
-                    format!("step {index} (cloud.release) releases to nothing: give default = true and/or groups; expected {form}"),
-                ));
-            }
-            Step::Action(Action::Product(ProductAction::Release {
-                version,
-                product_default,
-                groups,
-                intelligent,
-            }))
-        }
-        "cloud.lock" => Step::Action(Action::Product(ProductAction::Lock {
-            version: f.required("version", form, node::as_u16)?,
-            flash_now: f.optional("flash_now", node::as_bool)?.unwrap_or(false),
-        })),
-        "cloud.unlock" => Step::Action(Action::Product(ProductAction::Unlock)),
-        "cloud.group" => Step::Action(Action::Product(ProductAction::Groups(f.required(
-            "groups",
-            form,
-            read_groups,
-        )?))),
-        "cloud.product" => {
-            let development = f.optional("development", node::as_bool)?;
-            let groups = f.optional("groups", read_groups)?;
-            let updates_forced = f.optional("updates_forced", node::as_bool)?;
-            if development.is_none() && groups.is_none() && updates_forced.is_none() {
-                return Err(SpanError::new(
-                    n.span.clone(),
-                    format!("step {index} (cloud.product) changes nothing; expected {form}"),
-                ));
-            }
-            Step::Action(Action::Product(ProductAction::Settings {
-                development,
-                groups,
-                updates_forced,
-            }))
-        }
-        "cloud.development" => Step::Action(Action::Product(ProductAction::Development(
-            f.required("development", form, node::as_bool)?,
-        ))),
-        "power.cut" => Step::Action(Action::PowerCut(read_power_cut(&mut f, form)?)),
-        "power.on" => Step::Action(Action::PowerOn),
-        "flash.fail" => Step::Action(Action::FlashFail(FlashFail {
-            phase: f.required("phase", form, |n| node::as_word(n, &FailPhase::WORDS))?,
-            op: f.optional("op", node::as_u64)?.unwrap_or(0),
-            kind: f.optional("kind", |n| node::as_word(n, &FLASH_OP_KIND_WORDS))?,
-        })),
-        "device.reset" => {
-            Step::Action(Action::HardwareReset(f.required("reason", form, |n| {
-                node::as_word(n, &HardwareReset::WORDS)
-            })?))
-        }
-        "app.disable_updates" => Step::Action(Action::App(AppAction::DisableUpdates)),
-        "app.enable_updates" => Step::Action(Action::App(AppAction::EnableUpdates)),
-        "app.disable_reset" => Step::Action(Action::App(AppAction::DisableReset)),
-        "app.enable_reset" => Step::Action(Action::App(AppAction::EnableReset)),
-        "app.reset" => Step::Action(Action::App(AppAction::Reset {
-            no_wait: f.optional("no_wait", node::as_bool)?.unwrap_or(false),
-        })),
-        "app.sleep" => Step::Action(Action::App(AppAction::Sleep(Sleep {
-            mode: f.required("mode", form, |n| node::as_word(n, &SLEEP_MODE_WORDS))?,
-            duration: f.optional("duration", read_duration)?,
-            network: f
-                .optional("network", |n| node::as_word(n, &SLEEP_NETWORK_WORDS))?
-                .unwrap_or(SleepNetwork::Off),
-        }))),
-        "app.wake" => Step::Action(Action::App(AppAction::Wake)),
-        "app.connect" => Step::Action(Action::App(AppAction::Connect)),
-        "app.disconnect" => Step::Action(Action::App(AppAction::Disconnect)),
-        "link.faults" => {
-            let mut rate = |k: &'static str| f.optional(k, node::as_rate).map(|r| r.unwrap_or(0.0));
-            let (loss, duplicate, reorder) = (rate("loss")?, rate("duplicate")?, rate("reorder")?);
-            let mut delay = |k: &'static str| {
-                f.optional(k, read_duration)
-                    .map(|d| d.unwrap_or(Duration::ZERO))
-            };
-            let (latency, jitter) = (delay("latency")?, delay("jitter")?);
-            Step::Action(Action::Link(LinkAction::Faults {
-                loss,
-                duplicate,
-                reorder,
-                latency,
-                jitter,
-                bandwidth: f.optional("bandwidth", read_bandwidth)?.unwrap_or(0),
-                direction: read_direction(&mut f)?,
-            }))
-        }
-        "link.drop" => Step::Action(Action::Link(LinkAction::Drop {
-            next: f.required("next", form, |n| {
-                node::as_int(n, 1, u32::MAX as i64).map(|i| i as u32)
-            })?,
-            direction: read_direction(&mut f)?,
-        })),
-        "link.drop_next" => Step::Action(Action::Link(LinkAction::DropNext {
-            kind: f.required("kind", form, |n| node::as_word(n, &MessageKind::WORDS))?,
-            count: f
-                .optional("count", |n| {
-                    node::as_int(n, 1, u32::MAX as i64).map(|i| i as u32)
-                })?
-                .unwrap_or(1),
-            direction: read_direction(&mut f)?,
-        })),
-        "link.partition" => Step::Action(Action::Link(LinkAction::Partition {
-            duration: f.required("duration", form, read_duration)?,
-        })),
-        "wait.event" => {
-            let name = f.required("name", form, node::as_string)?;
-            let data = f.optional("data", node::as_string)?;
-            Step::Wait(Wait::Event {
-                event: EventPattern { name, data },
-                timeout: f
-                    .optional("timeout", read_duration)?
-                    .unwrap_or(DEFAULT_TIMEOUT),
-                from: f
-                    .optional("from", |n| node::as_word(n, &EventsFrom::WORDS))?
-                    .unwrap_or_default(),
-            })
-        }
-        "wait.state" => Step::Wait(Wait::State {
-            state: f.required("state", form, |n| node::as_word(n, &DeviceState::WORDS))?,
-            timeout: f
-                .optional("timeout", read_duration)?
-                .unwrap_or(DEFAULT_TIMEOUT),
-            boot: f
-                .optional("boot", |n| {
-                    node::as_word(n, &[("any", WhichBoot::Any), ("next", WhichBoot::Next)])
-                })?
-                .unwrap_or_default(),
-            running: f.optional("running", read_running)?,
-        }),
-        "wait.ota" => {
-            let percent = f.optional("min_percent", |n| {
-                node::as_int(n, 1, 100).map(|p| OtaProgress::Percent(p as u8))
-            })?;
-            let bytes = f.optional("received", |n| read_size(n).map(OtaProgress::Bytes))?;
-            let timeout = f
-                .optional("timeout", read_duration)?
-                .unwrap_or(DEFAULT_TIMEOUT);
-            let progress = match (percent, bytes) {
-                (Some(p), None) | (None, Some(p)) => p,
-                _ => {
-                    f.finish()?;
-                    return Err(SpanError::new(
-                        f.span(),
-                        format!("step {index} (wait.ota): give exactly one of min_percent or received, e.g. {form}"),
-                    ));
-                }
-            };
-            let transfer = f
-                .optional("transfer", |n| {
-                    node::as_word(
-                        n,
-                        &[
-                            ("current", WhichTransfer::Current),
-                            ("next", WhichTransfer::Next),
-                        ],
-                    )
-                })?
-                .unwrap_or_default();
-            Step::Wait(Wait::Ota {
-                progress,
-                timeout,
-                transfer,
-            })
-        }
-        "wait.time" => Step::Wait(Wait::Time(f.required("duration", form, read_duration)?)),
-        "expect" => {
-            let list = read_expectation_fields(&mut f)?;
-            if list.is_empty() {
-                // An unknown key explains an empty expect better than "expects nothing".
-                f.finish()?;
-                return Err(SpanError::new(
-                    f.span(),
-                    format!("step {index} (expect): expects nothing; add e.g. running = {{ app = 4 }} or safe_mode = false"),
-                ));
-            }
-            Step::Expect(list)
-        }
-        "sweep" => Step::Sweep(Sweep {
-            phase: f.required("phase", form, |n| node::as_word(n, &Phase::WORDS))?,
-            modes: f
-                .optional("modes", read_modes)?
-                .unwrap_or_else(|| CutMode::ALL.to_vec()),
-            off_for: f
-                .optional("off_for", read_duration)?
-                .unwrap_or(Duration::from_secs(1)),
-        }),
-        "repeat" => Step::Repeat(read_repeat(&mut f, index, form)?),
-        // Listed in STEP_KINDS and handled above.
-        _ => {
-            return Err(SpanError::new(
-                kind_node.span.clone(),
-                format!("step `{kind}` has no reader"),
-            ))
-        }
+    let cx = steps::StepContext {
+        node: n,
+        index,
+        form: step_form(kind),
+    };
+    let Some(step) = steps::read(kind, &mut f, &cx)? else {
+        // Listed in STEP_KINDS, so declared in `steps.rs`.
+        return Err(SpanError::new(
+            kind_node.span.clone(),
+            format!("step `{kind}` has no reader"),
+        ));
     };
     f.finish()?;
     Ok(step)
 }
 
-/// `direction = "both" | "to_device" | "to_cloud"` (default both).
-fn read_direction(f: &mut Fields) -> Result<Direction, SpanError> {
-    Ok(
-        f.optional("direction", |n| node::as_word(n, &Direction::WORDS))?
-            .unwrap_or_default(),
-    )
-}
-
 /// `do = "repeat"`: `times = N`, or `until = { expectations }` with `max = N`, and `steps`.
-fn read_repeat(f: &mut Fields, index: &str, form: &str) -> Result<Repeat, SpanError> {
+pub(super) fn read_repeat(f: &mut Fields, index: &str, form: &str) -> Result<Repeat, SpanError> {
     let bound = |n: &Node| node::as_int(n, 1, i64::from(MAX_REPEAT)).map(|v| v as u32);
     let times = f.optional("times", bound)?;
     let until = f.optional("until", |n| read_expectations(n, "until"))?;
@@ -901,7 +649,7 @@ fn read_repeat(f: &mut Fields, index: &str, form: &str) -> Result<Repeat, SpanEr
     Ok(Repeat { count, steps })
 }
 
-fn read_modes(n: &Node) -> Result<Vec<CutMode>, SpanError> {
+pub(super) fn read_modes(n: &Node) -> Result<Vec<CutMode>, SpanError> {
     let items = node::as_array(n)?;
     if items.is_empty() {
         return Err(SpanError::new(
@@ -919,7 +667,7 @@ fn read_modes(n: &Node) -> Result<Vec<CutMode>, SpanError> {
     Ok(out)
 }
 
-fn read_firmware_spec(f: &mut Fields, form: &str) -> Result<FirmwareSpec, SpanError> {
+pub(super) fn read_firmware_spec(f: &mut Fields, form: &str) -> Result<FirmwareSpec, SpanError> {
     let spec = FirmwareSpec {
         app: f.optional("app", node::as_u16)?,
         device_os: f.optional("device_os", read_device_os)?,
@@ -1032,7 +780,7 @@ fn read_assets(n: &Node) -> Result<Vec<AssetSpec>, SpanError> {
 
 /// Bytes per second: an integer, or a rate as people write it (`"512 B/s"`, `"4 KiB/s"`,
 /// `"250 kbit/s"`; [`units`]), the spelling the trace prints.
-fn read_bandwidth(n: &Node) -> Result<u64, SpanError> {
+pub(super) fn read_bandwidth(n: &Node) -> Result<u64, SpanError> {
     let bad = || {
         SpanError::new(
             n.span.clone(),
@@ -1047,7 +795,7 @@ fn read_bandwidth(n: &Node) -> Result<u64, SpanError> {
 }
 
 /// A size in bytes: an integer, or a string like `"64KiB"`, `"1 MiB"`, `"512 B"` ([`units`]).
-fn read_size(n: &Node) -> Result<u32, SpanError> {
+pub(super) fn read_size(n: &Node) -> Result<u32, SpanError> {
     let bad = || {
         SpanError::new(
             n.span.clone(),
@@ -1064,7 +812,7 @@ fn read_size(n: &Node) -> Result<u32, SpanError> {
     }
 }
 
-fn read_power_cut(f: &mut Fields, form: &str) -> Result<PowerCut, SpanError> {
+pub(super) fn read_power_cut(f: &mut Fields, form: &str) -> Result<PowerCut, SpanError> {
     let flash_op = f.optional("flash_op", node::as_u64)?;
     let chunk = f.optional("chunk", node::as_u32)?;
     let phase = f.optional("phase", |n| node::as_word(n, &Phase::WORDS))?;
@@ -1183,7 +931,7 @@ fn read_expectations(n: &Node, what: &str) -> Result<Vec<Expectation>, SpanError
 }
 
 /// `running = { device_os = "6.2.0", app = 4, bootloader = 3100 }` (at least one).
-fn read_running(n: &Node) -> Result<RunningExpect, SpanError> {
+pub(super) fn read_running(n: &Node) -> Result<RunningExpect, SpanError> {
     let mut t = Fields::new(n, "running")?;
     let r = RunningExpect {
         device_os: t.optional("device_os", read_device_os)?,
@@ -1201,7 +949,7 @@ fn read_running(n: &Node) -> Result<RunningExpect, SpanError> {
 }
 
 /// Reads every expectation key present in `f` (in the order listed here).
-fn read_expectation_fields(f: &mut Fields) -> Result<Vec<Expectation>, SpanError> {
+pub(super) fn read_expectation_fields(f: &mut Fields) -> Result<Vec<Expectation>, SpanError> {
     let mut out = Vec::new();
     if let Some(n) = f.get("running") {
         out.push(Expectation::Running(read_running(n)?));

@@ -629,7 +629,7 @@ fn exec_step(
             let result = target.apply(action);
             run.collect(target);
             if let Err(e) = result {
-                return Err(stop(format!("{} failed: {e}", action.kind())));
+                return Err(stop(format!("{} failed: {e}", step.kind())));
             }
         }
         Step::Wait(wait) => wait_for(run, target, wait).map_err(stop)?,
