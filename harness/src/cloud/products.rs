@@ -312,7 +312,7 @@ impl Cloud {
         id: u32,
         control: Control,
         reason: &str,
-    ) -> Result<&Rollout, FleetError> {
+    ) -> Result<(), FleetError> {
         let current = self.rollouts.get(&product).map(|r| r.id);
         if current != Some(id) {
             let old = self.rollouts(product).find(|r| r.id == id);
@@ -349,9 +349,7 @@ impl Cloud {
                 self.apply_rollout_action(now, product, next);
             }
         }
-        self.rollouts
-            .get(&product)
-            .ok_or(FleetError::NoRollout { product, id })
+        Ok(())
     }
 
     /// Puts back saved rollouts (`hil cloud --state`), after [`Cloud::restore_fleet`]: the

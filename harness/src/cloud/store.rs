@@ -872,4 +872,45 @@ mod tests {
         assert_eq!(saved.fleet, fleet);
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn rollouts_read_back_as_they_were_written() {
+        use crate::cloud::rollout::{Control, Rollout, RolloutPlan};
+        let dir = temp_dir("rollouts");
+        let plan = RolloutPlan {
+            version: 3,
+            intelligent: true,
+            stages: vec![50.0, 100.0],
+            soak: Duration::from_secs(3600),
+            success_threshold: 90.0,
+            in_progress_timeout: Duration::from_secs(1800),
+            abort: Vec::new(),
+        };
+        let devices = [DeviceId([1; 12]), DeviceId([2; 12]), DeviceId([3; 12])];
+        let (mut first, _) = Rollout::start(Duration::from_secs(1), 1000, plan.clone(), devices);
+        first
+            .control(Duration::from_secs(9), Control::Abort, "stop")
+            .unwrap();
+        let (mut second, _) = Rollout::start(Duration::from_secs(10), 1000, plan, devices);
+        second.id = 2;
+        let unix = |t: Duration| t + Duration::from_secs(1_700_000_000);
+        let saved = vec![first.to_saved(unix), second.to_saved(unix)];
+        {
+            let mut store = Store::open(&dir).unwrap();
+            store.save_rollouts(&saved).unwrap();
+        }
+        let mut store = Store::open(&dir).unwrap();
+        assert_eq!(store.load_rollouts().unwrap(), saved);
+        // The table holds what was written last.
+        store.save_rollouts(&saved[1..]).unwrap();
+        assert_eq!(store.load_rollouts().unwrap(), saved[1..].to_vec());
+        // A document that does not read names its row.
+        store
+            .db
+            .execute("UPDATE rollouts SET doc = '{' WHERE id = 2", [])
+            .unwrap();
+        let e = store.load_rollouts().unwrap_err().to_string();
+        assert!(e.contains("rollouts row (product 1000, id 2)"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

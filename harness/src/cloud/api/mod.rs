@@ -1490,7 +1490,8 @@ async fn control_rollout(
     let reason = call.body.text("reason")?.unwrap_or_default();
     let reply = s.change(|cloud, now| {
         let product = product_id(cloud, &p, &call.scope)?;
-        let r = cloud.control_rollout(now, product, id, control, &reason)?;
+        cloud.control_rollout(now, product, id, control, &reason)?;
+        let r = cloud.rollout(product).expect("the rollout just controlled");
         Ok(json::rollout(cloud, r))
     })?;
     ok(StatusCode::OK, json!({"ok": true, "rollout": reply}))
