@@ -520,11 +520,23 @@ async fn a_rollout_is_paused_resumed_aborted_by_a_person_and_kept_across_a_resta
     // Bad bodies: each a 400 naming what is wrong, nothing started.
     for (body, needle) in [
         (r#"{"app": 4,"#, "does not parse"),
-        (&ROLLOUT.replace("\"soak\"", "\"colour\": 1, \"soak\""), "colour"),
-        (&ROLLOUT.replace("\"1h\"", "\"soon\""), "`soon` is not a duration"),
-        (&ROLLOUT.replace("\"pause\"", "\"explode\""), "abort[0].action"),
+        (
+            &ROLLOUT.replace("\"soak\"", "\"colour\": 1, \"soak\""),
+            "colour",
+        ),
+        (
+            &ROLLOUT.replace("\"1h\"", "\"soon\""),
+            "`soon` is not a duration",
+        ),
+        (
+            &ROLLOUT.replace("\"pause\"", "\"explode\""),
+            "abort[0].action",
+        ),
         (&ROLLOUT.replace("[10, 50, 100]", "[50, 10]"), "stages"),
-        (&ROLLOUT.replace("\"app\": 4", "\"at\": \"1h\", \"app\": 4"), "`at`"),
+        (
+            &ROLLOUT.replace("\"app\": 4", "\"at\": \"1h\", \"app\": 4"),
+            "`at`",
+        ),
     ] {
         let (status, e) = send(&api, &json("POST", base, body), Some(TOKEN)).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {e}");
@@ -555,7 +567,10 @@ async fn a_rollout_is_paused_resumed_aborted_by_a_person_and_kept_across_a_resta
     let (status, body) = send(&api, &json("POST", base, ROLLOUT), Some(TOKEN)).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let r = &body["rollout"];
-    assert_eq!((r["id"].as_u64(), r["state"].as_str()), (Some(1), Some("running")));
+    assert_eq!(
+        (r["id"].as_u64(), r["state"].as_str()),
+        (Some(1), Some("running"))
+    );
     assert_eq!(r["stage"], 1);
     assert_eq!(r["soak"], "1h");
     assert_eq!(r["abort"][0]["failure_type"], "all");
@@ -595,12 +610,20 @@ async fn a_rollout_is_paused_resumed_aborted_by_a_person_and_kept_across_a_resta
         "{e}"
     );
     // Pause (POST works as PUT), with a reason.
-    let pause = json("POST", &format!("{base}/1/pause"), r#"{"reason":"battery"}"#);
+    let pause = json(
+        "POST",
+        &format!("{base}/1/pause"),
+        r#"{"reason":"battery"}"#,
+    );
     let (status, body) = send(&api, &pause, Some(TOKEN)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let r = &body["rollout"];
     assert_eq!(
-        (r["state"].as_str(), r["paused_by"].as_str(), r["reason"].as_str()),
+        (
+            r["state"].as_str(),
+            r["paused_by"].as_str(),
+            r["reason"].as_str()
+        ),
         (Some("paused"), Some("person"), Some("battery"))
     );
     let (status, _) = send(&api, &pause, Some(TOKEN)).await;
@@ -608,7 +631,10 @@ async fn a_rollout_is_paused_resumed_aborted_by_a_person_and_kept_across_a_resta
     // Unknown rollouts and actions.
     for (call, want) in [
         (json("GET", &format!("{base}/2"), ""), StatusCode::NOT_FOUND),
-        (json("GET", &format!("{base}/one"), ""), StatusCode::NOT_FOUND),
+        (
+            json("GET", &format!("{base}/one"), ""),
+            StatusCode::NOT_FOUND,
+        ),
         (action("explode", ""), StatusCode::NOT_FOUND),
         (
             json("PUT", &format!("{base}/7/abort"), ""),
@@ -626,7 +652,10 @@ async fn a_rollout_is_paused_resumed_aborted_by_a_person_and_kept_across_a_resta
     let (status, body) = send(&api, &action("abort", r#"{"reason":"stop"}"#), Some(TOKEN)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let r = &body["rollout"];
-    assert_eq!((r["state"].as_str(), r["stage"].as_u64()), (Some("aborted"), Some(1)));
+    assert_eq!(
+        (r["state"].as_str(), r["stage"].as_u64()),
+        (Some("aborted"), Some(1))
+    );
     assert_eq!(r["counts"]["withdrawn"], 1);
     assert_eq!(r["counts"]["targeted"], 0);
     assert_ne!(target_rule(admitted[0]).as_deref(), Some("staged rollout"));
@@ -639,7 +668,11 @@ async fn a_rollout_is_paused_resumed_aborted_by_a_person_and_kept_across_a_resta
     assert_eq!(events, ["started", "paused", "resumed", "aborted"]);
     for a in ["pause", "resume", "abort"] {
         let (status, e) = send(&api, &action(a, ""), Some(TOKEN)).await;
-        assert_eq!(status, StatusCode::CONFLICT, "{a} on an aborted rollout: {e}");
+        assert_eq!(
+            status,
+            StatusCode::CONFLICT,
+            "{a} on an aborted rollout: {e}"
+        );
     }
     let (status, _) = send(&api, &list, Some(SCOPED)).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
@@ -673,7 +706,12 @@ async fn a_rollout_is_paused_resumed_aborted_by_a_person_and_kept_across_a_resta
     // Its admitted device takes the version again after the restart.
     let d = current.admitted().next().expect("an admitted device");
     assert_eq!(
-        again.fleet().target(d).firmware().map(|t| t.rule.to_string()).as_deref(),
+        again
+            .fleet()
+            .target(d)
+            .firmware()
+            .map(|t| t.rule.to_string())
+            .as_deref(),
         Some("staged rollout")
     );
     let _ = std::fs::remove_dir_all(&dir);

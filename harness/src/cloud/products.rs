@@ -333,13 +333,13 @@ impl Cloud {
             .rollouts
             .get_mut(&product)
             .ok_or(FleetError::NoRollout { product, id })?;
-        let action = r
-            .control(now, control, reason)
-            .map_err(|source| FleetError::RolloutControl {
-                product,
-                id,
-                source,
-            })?;
+        let action =
+            r.control(now, control, reason)
+                .map_err(|source| FleetError::RolloutControl {
+                    product,
+                    id,
+                    source,
+                })?;
         if let Some(action) = action {
             self.apply_rollout_action(now, product, action);
         }
@@ -366,13 +366,12 @@ impl Cloud {
             let Some(current) = list.pop() else {
                 continue;
             };
-            let staged = (current.holds() && current.state != RolloutState::Completed).then(|| {
-                Staged {
+            let staged =
+                (current.holds() && current.state != RolloutState::Completed).then(|| Staged {
                     version: current.plan.version,
                     intelligent: current.plan.intelligent,
                     admitted: current.admitted().collect(),
-                }
-            });
+                });
             self.fleet.set_staged(product, staged);
             self.rollouts.insert(product, current);
             self.rollout_history.insert(product, list);

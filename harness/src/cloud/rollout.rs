@@ -650,7 +650,14 @@ impl Rollout {
             log: Vec::new(),
             transitions: Vec::new(),
         };
-        rollout.transition(now, TransitionKind::Started, 1, Actor::Plan, String::new(), 0);
+        rollout.transition(
+            now,
+            TransitionKind::Started,
+            1,
+            Actor::Plan,
+            String::new(),
+            0,
+        );
         let admit = rollout.admit_stage(now, 1);
         (rollout, RolloutAction::Admit(admit))
     }
@@ -940,7 +947,14 @@ impl Rollout {
         }
         let next = stage + 1;
         self.state = RolloutState::Running { stage: next };
-        self.transition(now, TransitionKind::Stage, next, Actor::Plan, String::new(), 0);
+        self.transition(
+            now,
+            TransitionKind::Stage,
+            next,
+            Actor::Plan,
+            String::new(),
+            0,
+        );
         Some(RolloutAction::Admit(self.admit_stage(now, next)))
     }
 
@@ -987,9 +1001,7 @@ impl Rollout {
                 };
                 Ok(None)
             }
-            (Control::Pause, RolloutState::Paused { .. }) => {
-                Err(refuse("it is paused already"))
-            }
+            (Control::Pause, RolloutState::Paused { .. }) => Err(refuse("it is paused already")),
             (Control::Resume, RolloutState::Paused { by, .. }) => {
                 if *by == Actor::AbortRule {
                     // The failures that paused it are seen and accepted.
@@ -1031,7 +1043,10 @@ impl Rollout {
                 let n = withdrawn.len() as u32;
                 self.log.push((
                     now,
-                    format!("{}: {n} devices that had not started withdrawn", said("aborted")),
+                    format!(
+                        "{}: {n} devices that had not started withdrawn",
+                        said("aborted")
+                    ),
                 ));
                 self.transition(
                     now,
@@ -1508,8 +1523,12 @@ mod tests {
                 ..
             }
         ));
-        r.control(Duration::from_secs(20), Control::Resume, "known flaky modem")
-            .unwrap();
+        r.control(
+            Duration::from_secs(20),
+            Control::Resume,
+            "known flaky modem",
+        )
+        .unwrap();
         // The failure seen before the resume does not fire the rule again.
         assert_eq!(r.service(Duration::from_secs(21)), None);
         assert_eq!(r.state, RolloutState::Running { stage: 1 });
@@ -1548,7 +1567,10 @@ mod tests {
         assert_eq!(r.service(Duration::from_secs(100_000)), None);
         assert_eq!(r.counts().admitted + r.counts().withdrawn, 2);
         let t = r.transitions.last().unwrap();
-        assert_eq!((t.kind, t.by, t.withdrawn), (TransitionKind::Aborted, Actor::Person, 1));
+        assert_eq!(
+            (t.kind, t.by, t.withdrawn),
+            (TransitionKind::Aborted, Actor::Person, 1)
+        );
     }
 
     #[test]
@@ -1573,7 +1595,9 @@ mod tests {
         succeed(&mut done, 1, &admitted(&first));
         done.service(Duration::from_secs(600));
         assert_eq!(done.state, RolloutState::Completed);
-        assert!(done.control(Duration::from_secs(601), Control::Abort, "").is_err());
+        assert!(done
+            .control(Duration::from_secs(601), Control::Abort, "")
+            .is_err());
         assert_eq!(done.state, RolloutState::Completed);
     }
 
