@@ -225,7 +225,9 @@ impl Cloud {
     /// development devices): stage 1 is admitted at once, later stages by
     /// [`Cloud::handle_timeout`] as the plan says. Admitted devices take the version where
     /// the product default would apply (a lock or a group release still wins). One rollout
-    /// per product: a new one replaces one that ended (paused, rolled back or completed).
+    /// per product: a new one replaces one that is not running (paused, rolled back, aborted
+    /// or completed); the replaced one is kept, read only, for [`Cloud::rollouts`], and the
+    /// new one gets the next id (1, 2, ... per product).
     pub fn start_rollout(
         &mut self,
         now: Duration,
