@@ -147,18 +147,6 @@ pub fn product(p: &Product) -> Value {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn device_os_versions_read_as_particle_shows_them() {
-        assert_eq!(device_os_text(6200), "6.2.0");
-        assert_eq!(device_os_text(4002), "4.0.2");
-        assert_eq!(device_os_text(65535), "65535");
-    }
-}
-
 fn counts(c: &super::super::rollout::RolloutCounts) -> Value {
     json!({
         "targeted": c.admitted,
@@ -227,4 +215,16 @@ pub fn rollout(cloud: &Cloud, r: &super::super::rollout::Rollout) -> Value {
             "withdrawn": t.withdrawn,
         })).collect::<Vec<_>>(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_os_versions_read_as_particle_shows_them() {
+        assert_eq!(device_os_text(6200), "6.2.0");
+        assert_eq!(device_os_text(4002), "4.0.2");
+        assert_eq!(device_os_text(65535), "65535");
+    }
 }
