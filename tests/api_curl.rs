@@ -365,6 +365,110 @@ fn a_release_script_with_curl_and_a_restart() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Staged rollouts (ours, not Particle's) with curl: created with the fleet file's keys, a
+/// resume of a running rollout refused (409), paused with a reason, resumed, aborted, a pause
+/// of the aborted rollout refused; each change on the product's stream; all of it back after a
+/// restart from `--state`.
+#[test]
+fn a_rollout_with_curl_paused_resumed_aborted_and_kept_across_a_restart() {
+    if !require_tool("curl", &["--version"]) {
+        return;
+    }
+    let dir = lab("api-curl-rollout");
+    let (cloud, _udp, base) = start_cloud(&dir, &[]);
+    let auth = bearer(TOKEN);
+    let (status, body) = curl(
+        &format!("{base}/v1/products"),
+        &["-H", &auth, "-d", "id=1000", "-d", "platform=boron"],
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = curl(
+        &format!("{base}/v1/products/1000/devices"),
+        &["-H", &auth, "-d", &format!("id={DEVICE}")],
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = curl(
+        &format!("{base}/v1/products/1000/firmware"),
+        &[
+            "-H",
+            &auth,
+            "-F",
+            "version=4",
+            "-F",
+            &format!("file=@{}", s(&dir.join("app-v4.bin"))),
+        ],
+    );
+    assert_eq!(status, 201, "{body}");
+    let mut stream = Command::new("curl")
+        .args(["-sSN", "--max-time", "20", "-H", &auth])
+        .arg(format!("{base}/v1/products/1000/events/hil%2Frollout"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl for the stream");
+    std::thread::sleep(Duration::from_millis(300));
+
+    let rollouts = format!("{base}/v1/products/1000/rollouts");
+    let spec = r#"{"app": 4, "intelligent": true, "stages": [50, 100], "soak": "1h",
+        "success_threshold": 90, "in_progress_timeout": "30m",
+        "abort": [{"failure_type": "timed_out", "threshold_percentage": 50}]}"#;
+    let (status, body) = curl(&rollouts, &["-H", &auth, "-H", JSON, "-d", spec]);
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["rollout"]["id"], 1);
+    assert_eq!(body["rollout"]["state"], "running");
+    assert_eq!(body["rollout"]["abort"][0]["action"], "pause");
+    let act = |a: &str, extra: &[&str]| {
+        curl(
+            &format!("{rollouts}/1/{a}"),
+            &[&["-X", "PUT", "-H", &auth][..], extra].concat(),
+        )
+    };
+    let (status, body) = act("resume", &[]);
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = act("pause", &["-d", "reason=battery drain"]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rollout"]["state"], "paused");
+    assert_eq!(body["rollout"]["reason"], "battery drain");
+    let (status, body) = act("resume", &[]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rollout"]["state"], "running");
+    let (status, body) = act("abort", &["-H", JSON, "-d", r#"{"reason":"stop"}"#]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rollout"]["state"], "aborted");
+    let (status, body) = act("pause", &[]);
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cannot pause a rollout that is aborted"),
+        "{body}"
+    );
+    let (status, body) = curl(&format!("{rollouts}/2"), &["-H", &auth]);
+    assert_eq!(status, 404, "{body}");
+
+    let stream_text = read_for(&mut stream, Duration::from_millis(500));
+    for kind in ["started", "paused", "resumed", "aborted"] {
+        assert!(
+            stream_text.contains(&format!("event: hil/rollout/{kind}\n")),
+            "{kind}: {stream_text}"
+        );
+    }
+    assert!(stream_text.contains("battery drain"), "{stream_text}");
+
+    drop(cloud);
+    let (_cloud, _udp, base) = start_cloud(&dir, &[]);
+    let (status, body) = curl(
+        &format!("{base}/v1/products/1000/rollouts"),
+        &["-H", &bearer(TOKEN)],
+    );
+    assert_eq!(status, 200, "{body}");
+    let r = &body["rollouts"][0];
+    assert_eq!(r["state"], "aborted", "{body}");
+    assert_eq!(r["reason"], "stop");
+    assert_eq!(r["transitions"].as_array().map(Vec::len), Some(4), "{body}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// What a child wrote to stdout within `wait` (then it is killed).
 fn read_for(child: &mut std::process::Child, wait: Duration) -> String {
     let deadline = Instant::now() + wait;

@@ -487,3 +487,232 @@ async fn device_lists_page_and_filter_without_overflow() {
     let (_, body) = send(&api, &json("GET", "/v1/devices", ""), Some(SCOPED)).await;
     assert_eq!(body, serde_json::json!([]));
 }
+
+const ROLLOUT: &str = r#"{"app": 4, "intelligent": true, "stages": [10, 50, 100],
+    "soak": "1h", "success_threshold": 90, "in_progress_timeout": "30m",
+    "abort": [{"failure_type": "all", "threshold_percentage": 20, "action": "pause"}]}"#;
+
+fn rollout_ids(body: &Value) -> Vec<u64> {
+    body["rollouts"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|r| r["id"].as_u64().expect("an id"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_rollout_is_paused_resumed_aborted_by_a_person_and_kept_across_a_restart() {
+    let dir = std::env::temp_dir().join(format!("hil-cloud-api-rollout-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (node, api) = setup(Some(&dir)).await;
+    // Ten product devices: stage 1 (10 %) admits one.
+    node.with_node(|n, now| {
+        for i in 1..=9u8 {
+            n.cloud
+                .add_product_device(now, 1000, DeviceId([i; 12]))
+                .expect("device");
+        }
+    });
+    let list = json("GET", "/v1/products/1000/rollouts", "");
+    let base = "/v1/products/1000/rollouts";
+
+    // Bad bodies: each a 400 naming what is wrong, nothing started.
+    for (body, needle) in [
+        (r#"{"app": 4,"#, "does not parse"),
+        (
+            &ROLLOUT.replace("\"soak\"", "\"colour\": 1, \"soak\""),
+            "colour",
+        ),
+        (
+            &ROLLOUT.replace("\"1h\"", "\"soon\""),
+            "`soon` is not a duration",
+        ),
+        (
+            &ROLLOUT.replace("\"pause\"", "\"explode\""),
+            "abort[0].action",
+        ),
+        (&ROLLOUT.replace("[10, 50, 100]", "[50, 10]"), "stages"),
+        (
+            &ROLLOUT.replace("\"app\": 4", "\"at\": \"1h\", \"app\": 4"),
+            "`at`",
+        ),
+    ] {
+        let (status, e) = send(&api, &json("POST", base, body), Some(TOKEN)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {e}");
+        let text = e["error_description"].as_str().unwrap_or_default();
+        assert!(text.contains(needle), "{body}: {e}");
+    }
+    let form = Call {
+        method: "POST",
+        path: base.into(),
+        content_type: "application/x-www-form-urlencoded",
+        body: b"app=4&stages=10".to_vec(),
+    };
+    let (status, e) = send(&api, &form, Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+    let (status, e) = send(
+        &api,
+        &json("POST", base, &ROLLOUT.replace("\"app\": 4", "\"app\": 9")),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{e}");
+    let (status, e) = send(&api, &json("POST", base, ROLLOUT), Some(SCOPED)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{e}");
+    let (_, body) = send(&api, &list, Some(TOKEN)).await;
+    assert_eq!(rollout_ids(&body), Vec::<u64>::new(), "{body}");
+
+    // Started: stage 1 targets one device of ten.
+    let (status, body) = send(&api, &json("POST", base, ROLLOUT), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let r = &body["rollout"];
+    assert_eq!(
+        (r["id"].as_u64(), r["state"].as_str()),
+        (Some(1), Some("running"))
+    );
+    assert_eq!(r["stage"], 1);
+    assert_eq!(r["soak"], "1h");
+    assert_eq!(r["abort"][0]["failure_type"], "all");
+    assert_eq!(r["stage_counts"][0]["targeted"], 1);
+    assert_eq!(r["stage_counts"][1]["targeted"], 0);
+    let admitted = node.with_node(|n, _| {
+        n.cloud
+            .rollout(1000)
+            .expect("a rollout")
+            .admitted()
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(admitted.len(), 1);
+    let target_rule = |d: DeviceId| {
+        node.with_node(|n, _| {
+            n.cloud
+                .fleet()
+                .target(d)
+                .firmware()
+                .map(|t| t.rule.to_string())
+        })
+    };
+    assert_eq!(target_rule(admitted[0]).as_deref(), Some("staged rollout"));
+    // A second one while it runs: refused.
+    let (status, _) = send(&api, &json("POST", base, ROLLOUT), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // Resume a running rollout: 409, nothing changes.
+    let action = |a: &str, body: &str| json("PUT", &format!("{base}/1/{a}"), body);
+    let (status, e) = send(&api, &action("resume", ""), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{e}");
+    assert!(
+        e["error_description"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cannot resume a rollout that is running"),
+        "{e}"
+    );
+    // Pause (POST works as PUT), with a reason.
+    let pause = json(
+        "POST",
+        &format!("{base}/1/pause"),
+        r#"{"reason":"battery"}"#,
+    );
+    let (status, body) = send(&api, &pause, Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let r = &body["rollout"];
+    assert_eq!(
+        (
+            r["state"].as_str(),
+            r["paused_by"].as_str(),
+            r["reason"].as_str()
+        ),
+        (Some("paused"), Some("person"), Some("battery"))
+    );
+    let (status, _) = send(&api, &pause, Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "pausing a paused rollout");
+    // Unknown rollouts and actions.
+    for (call, want) in [
+        (json("GET", &format!("{base}/2"), ""), StatusCode::NOT_FOUND),
+        (
+            json("GET", &format!("{base}/one"), ""),
+            StatusCode::NOT_FOUND,
+        ),
+        (action("explode", ""), StatusCode::NOT_FOUND),
+        (
+            json("PUT", &format!("{base}/7/abort"), ""),
+            StatusCode::NOT_FOUND,
+        ),
+    ] {
+        let (status, e) = send(&api, &call, Some(TOKEN)).await;
+        assert_eq!(status, want, "{} {}: {e}", call.method, call.path);
+    }
+    let (status, body) = send(&api, &action("resume", ""), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["rollout"]["state"], "running");
+
+    // Abort: the admitted device had not started, so it is withdrawn to the default.
+    let (status, body) = send(&api, &action("abort", r#"{"reason":"stop"}"#), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let r = &body["rollout"];
+    assert_eq!(
+        (r["state"].as_str(), r["stage"].as_u64()),
+        (Some("aborted"), Some(1))
+    );
+    assert_eq!(r["counts"]["withdrawn"], 1);
+    assert_eq!(r["counts"]["targeted"], 0);
+    assert_ne!(target_rule(admitted[0]).as_deref(), Some("staged rollout"));
+    let events: Vec<&str> = r["transitions"]
+        .as_array()
+        .expect("transitions")
+        .iter()
+        .map(|t| t["event"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(events, ["started", "paused", "resumed", "aborted"]);
+    for a in ["pause", "resume", "abort"] {
+        let (status, e) = send(&api, &action(a, ""), Some(TOKEN)).await;
+        assert_eq!(
+            status,
+            StatusCode::CONFLICT,
+            "{a} on an aborted rollout: {e}"
+        );
+    }
+    let (status, _) = send(&api, &list, Some(SCOPED)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // A new rollout after the aborted one is number 2; both are listed.
+    let (status, body) = send(&api, &json("POST", base, ROLLOUT), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["rollout"]["id"], 2);
+    let (_, body) = send(&api, &list, Some(TOKEN)).await;
+    assert_eq!(rollout_ids(&body), vec![1, 2]);
+    let (status, e) = send(&api, &action("resume", ""), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "rollout 1 was replaced: {e}");
+
+    // A cloud started again from the database has both, as they were.
+    let before: Vec<_> = node.with_node(|n, _| {
+        n.cloud
+            .all_rollouts()
+            .map(|r| r.to_saved(|t| n.cloud.unix_time(t)))
+            .collect()
+    });
+    let store = Store::open(&dir).expect("store");
+    let mut again = Cloud::new(CloudConfig::new(key(1)), 1);
+    let restored = api::restore(&mut again, &store).expect("restore");
+    assert_eq!(restored.rollouts, 2);
+    let after: Vec<_> = again
+        .all_rollouts()
+        .map(|r| r.to_saved(|t| again.unix_time(t)))
+        .collect();
+    assert_eq!(after, before);
+    let current = again.rollout(1000).expect("the current rollout");
+    assert_eq!((current.id, current.state.name()), (2, "running"));
+    // Its admitted device takes the version again after the restart.
+    let d = current.admitted().next().expect("an admitted device");
+    assert_eq!(
+        again
+            .fleet()
+            .target(d)
+            .firmware()
+            .map(|t| t.rule.to_string())
+            .as_deref(),
+        Some("staged rollout")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -110,3 +110,20 @@ fn broken_fleet_files_name_the_file_and_the_field() {
         .to_string();
     assert!(e.contains("x.toml") && e.contains("line"), "{e}");
 }
+
+#[test]
+fn a_person_aborts_the_rollout_at_stage_2_and_it_reaches_no_one_else() {
+    let run = run_and_draw(
+        &fixture("person-aborts-at-stage-2.toml"),
+        "person-aborts-at-stage-2",
+    );
+    let r = run.rollout.expect("a staged rollout ran");
+    assert_eq!((r.state.as_str(), r.stage), ("aborted", 2));
+    // Stage 2 covers 10 % of 200: the devices still targeted and those withdrawn make 20.
+    assert_eq!(r.counts.admitted + r.counts.withdrawn, 20);
+    assert!(
+        r.log.iter().any(|(_, l)| l.contains("aborted by a person")),
+        "{:?}",
+        r.log
+    );
+}

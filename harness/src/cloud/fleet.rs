@@ -79,6 +79,15 @@ pub enum FleetError {
     /// A staged rollout that cannot start (a bad plan, one already running).
     #[error("staged rollout: {0}")]
     Rollout(String),
+    #[error("product {product} has no staged rollout {id}")]
+    NoRollout { product: ProductId, id: u32 },
+    /// A person's pause / resume / abort the rollout's state does not allow.
+    #[error("staged rollout {id} of product {product}: {source}")]
+    RolloutControl {
+        product: ProductId,
+        id: u32,
+        source: super::rollout::ControlError,
+    },
 }
 
 /// One uploaded product firmware version.
@@ -613,6 +622,19 @@ impl Fleet {
             .and_then(|p| p.staged.as_mut())
         {
             s.admitted.extend(devices.iter().copied());
+        }
+    }
+
+    /// Takes devices out of a product's staged rollout (they go back to the default).
+    pub fn withdraw_staged(&mut self, product: ProductId, devices: &[DeviceId]) {
+        if let Some(s) = self
+            .products
+            .get_mut(&product)
+            .and_then(|p| p.staged.as_mut())
+        {
+            for d in devices {
+                s.admitted.remove(d);
+            }
         }
     }
 

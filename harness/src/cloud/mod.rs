@@ -285,6 +285,8 @@ pub struct Cloud {
     fleet: Fleet,
     /// Staged rollouts by product (`rollout`, driven from `products.rs`).
     rollouts: BTreeMap<fleet::ProductId, rollout::Rollout>,
+    /// Rollouts replaced by a newer one of their product, oldest first (for the API's list).
+    rollout_history: BTreeMap<fleet::ProductId, Vec<rollout::Rollout>>,
     library: DeviceOsLibrary,
     /// Device deadlines, earliest first: `(deadline, device)`, live while it equals the
     /// device's `scheduled`. A deadline that moves later keeps its entry, which is moved when
@@ -328,6 +330,7 @@ impl Cloud {
             stats: CloudStats::default(),
             fleet: Fleet::new(),
             rollouts: BTreeMap::new(),
+            rollout_history: BTreeMap::new(),
             library: DeviceOsLibrary::default(),
             timers: BinaryHeap::new(),
             touched: Vec::new(),

@@ -4,12 +4,12 @@
 //! now" reaches online devices at once; a standard release waits for the next handshake). The
 //! REST API and scenario steps call these; nothing else changes the fleet.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use super::event::StreamEvent;
 use super::fleet::{DeviceChange, Fleet, FleetError, ProductFirmware, ProductId, Release, Staged};
-use super::rollout::{Rollout, RolloutAction, RolloutPlan};
+use super::rollout::{Control, ControlError, Rollout, RolloutAction, RolloutPlan, RolloutState};
 use super::{Cloud, DeviceId};
 
 /// How a fleet change reaches the devices it concerns.
@@ -225,7 +225,9 @@ impl Cloud {
     /// development devices): stage 1 is admitted at once, later stages by
     /// [`Cloud::handle_timeout`] as the plan says. Admitted devices take the version where
     /// the product default would apply (a lock or a group release still wins). One rollout
-    /// per product: a new one replaces one that ended (paused, rolled back or completed).
+    /// per product: a new one replaces one that is not running (paused, rolled back, aborted
+    /// or completed); the replaced one is kept, read only, for [`Cloud::rollouts`], and the
+    /// new one gets the next id (1, 2, ... per product).
     pub fn start_rollout(
         &mut self,
         now: Duration,
@@ -244,7 +246,7 @@ impl Cloud {
             });
         }
         if let Some(r) = self.rollouts.get(&product) {
-            if matches!(r.state, super::rollout::RolloutState::Running { .. }) {
+            if matches!(r.state, RolloutState::Running { .. }) {
                 return Err(FleetError::Rollout(format!(
                     "product {product} already has a staged rollout of version {} running",
                     r.plan.version
@@ -265,7 +267,11 @@ impl Cloud {
                 admitted: BTreeSet::new(),
             }),
         );
-        let (rollout, action) = Rollout::start(now, product, plan, devices);
+        let (mut rollout, action) = Rollout::start(now, product, plan, devices);
+        if let Some(old) = self.rollouts.remove(&product) {
+            rollout.id = old.id + 1;
+            self.rollout_history.entry(product).or_default().push(old);
+        }
         self.rollouts.insert(product, rollout);
         self.apply_rollout_action(now, product, action);
         Ok(())
@@ -274,6 +280,104 @@ impl Cloud {
     /// A product's staged rollout (the last one started), with its state and counts.
     pub fn rollout(&self, product: ProductId) -> Option<&Rollout> {
         self.rollouts.get(&product)
+    }
+
+    /// Every staged rollout of a product this cloud keeps, oldest first (the last one is the
+    /// current one).
+    pub fn rollouts(&self, product: ProductId) -> impl Iterator<Item = &Rollout> {
+        self.rollout_history
+            .get(&product)
+            .into_iter()
+            .flatten()
+            .chain(self.rollouts.get(&product))
+    }
+
+    /// Every staged rollout of every product, products in order, each oldest first.
+    pub fn all_rollouts(&self) -> impl Iterator<Item = &Rollout> {
+        let products: BTreeSet<ProductId> = self
+            .rollouts
+            .keys()
+            .chain(self.rollout_history.keys())
+            .copied()
+            .collect();
+        products.into_iter().flat_map(|p| self.rollouts(p))
+    }
+
+    /// A person pauses, resumes or aborts the product's rollout `id` (only the current one
+    /// can change: an older one was replaced). An abort withdraws the admitted devices whose
+    /// update had not started (`rollout` module documentation); a resume lets the next stage
+    /// start at once if it is due.
+    pub fn control_rollout(
+        &mut self,
+        now: Duration,
+        product: ProductId,
+        id: u32,
+        control: Control,
+        reason: &str,
+    ) -> Result<(), FleetError> {
+        let current = self.rollouts.get(&product).map(|r| r.id);
+        if current != Some(id) {
+            let old = self.rollouts(product).find(|r| r.id == id);
+            return Err(match old {
+                Some(old) => FleetError::RolloutControl {
+                    product,
+                    id,
+                    source: ControlError {
+                        action: control.name(),
+                        state: old.state.name(),
+                        hint: "it was replaced by a newer rollout of its product",
+                    },
+                },
+                None => FleetError::NoRollout { product, id },
+            });
+        }
+        let r = self
+            .rollouts
+            .get_mut(&product)
+            .ok_or(FleetError::NoRollout { product, id })?;
+        let action =
+            r.control(now, control, reason)
+                .map_err(|source| FleetError::RolloutControl {
+                    product,
+                    id,
+                    source,
+                })?;
+        if let Some(action) = action {
+            self.apply_rollout_action(now, product, action);
+        }
+        if control == Control::Resume {
+            let next = self.rollouts.get_mut(&product).and_then(|r| r.service(now));
+            if let Some(next) = next {
+                self.apply_rollout_action(now, product, next);
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts back saved rollouts (`hil cloud --state`), after [`Cloud::restore_fleet`]: the
+    /// newest of each product is its current one and its admitted devices take its version
+    /// again (unless it rolled back or completed). Nothing is delivered by this, as for the
+    /// fleet.
+    pub fn restore_rollouts(&mut self, rollouts: Vec<Rollout>) {
+        let mut by_product: BTreeMap<ProductId, Vec<Rollout>> = BTreeMap::new();
+        for r in rollouts {
+            by_product.entry(r.product).or_default().push(r);
+        }
+        for (product, mut list) in by_product {
+            list.sort_by_key(|r| r.id);
+            let Some(current) = list.pop() else {
+                continue;
+            };
+            let staged =
+                (current.holds() && current.state != RolloutState::Completed).then(|| Staged {
+                    version: current.plan.version,
+                    intelligent: current.plan.intelligent,
+                    admitted: current.admitted().collect(),
+                });
+            self.fleet.set_staged(product, staged);
+            self.rollouts.insert(product, current);
+            self.rollout_history.insert(product, list);
+        }
     }
 
     /// Every stream event goes through here before it is queued.
@@ -321,6 +425,10 @@ impl Cloud {
             }
             RolloutAction::Withdraw(devices) => {
                 self.fleet.set_staged(product, None);
+                self.fleet_changed(now, &devices, delivery);
+            }
+            RolloutAction::Cancel(devices) => {
+                self.fleet.withdraw_staged(product, &devices);
                 self.fleet_changed(now, &devices, delivery);
             }
             RolloutAction::Complete => {

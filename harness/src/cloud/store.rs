@@ -32,7 +32,15 @@
 //! sessions(device_id TEXT PRIMARY KEY, client_random TEXT, dtls BLOB, peer_cid BLOB NULL,
 //!          peer TEXT, device_key BLOB, hello BLOB NULL, saved_at_ms INTEGER)
 //!          -- dtls: `protocol::dtls::SessionState` bytes, its counter the reserved one
+//! rollouts(product_id INTEGER, id INTEGER, version INTEGER, state TEXT, stage INTEGER,
+//!          reason TEXT NULL, doc TEXT)                   -- PRIMARY KEY (product_id, id)
+//!          -- doc: `rollout::SavedRollout` as JSON (plan, devices admitted and their
+//!          -- outcomes, state changes; times Unix ms)
 //! ```
+//!
+//! Staged rollouts (`rollouts`, added to schema version 1: an older file gets the table when
+//! opened) are written with every API change and whenever a rollout's state or counts change
+//! on their own (a stage starts, an abort rule fires, a device succeeds).
 //!
 //! For example `sqlite3 state/cloud.sqlite3 'SELECT product_id, version, title,
 //! product_default FROM firmware'`.
@@ -44,6 +52,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::fleet::{DeviceChange, Fleet, Release};
+use super::rollout::SavedRollout;
 use super::DeviceId;
 
 const SCHEMA_VERSION: &str = "1";
@@ -76,6 +85,10 @@ CREATE TABLE IF NOT EXISTS sessions (
     device_id TEXT PRIMARY KEY, client_random TEXT NOT NULL, dtls BLOB NOT NULL,
     peer_cid BLOB, peer TEXT NOT NULL, device_key BLOB NOT NULL, hello BLOB,
     saved_at_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS rollouts (
+    product_id INTEGER NOT NULL, id INTEGER NOT NULL, version INTEGER NOT NULL,
+    state TEXT NOT NULL, stage INTEGER NOT NULL, reason TEXT, doc TEXT NOT NULL,
+    PRIMARY KEY (product_id, id));
 CREATE TABLE IF NOT EXISTS flash_jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT, device_id TEXT NOT NULL, file BLOB NOT NULL,
     requested_at_ms INTEGER NOT NULL);
@@ -217,6 +230,61 @@ impl Store {
         })?;
         tx.commit()
             .map_err(|source| StoreError::Sqlite { path, source })
+    }
+
+    /// Writes every staged rollout as it is now (one transaction; the table holds exactly
+    /// these afterwards).
+    pub fn save_rollouts(&mut self, rollouts: &[SavedRollout]) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let sql = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.db.transaction().map_err(sql)?;
+        tx.execute("DELETE FROM rollouts", []).map_err(sql)?;
+        for r in rollouts {
+            let doc = serde_json::to_string(r).map_err(|e| StoreError::Content {
+                path: path.clone(),
+                what: format!("rollout {} of product {}: {e}", r.id, r.product),
+            })?;
+            tx.execute(
+                "INSERT INTO rollouts (product_id, id, version, state, stage, reason, doc)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    r.product,
+                    r.id,
+                    r.version,
+                    r.state,
+                    r.stage as i64,
+                    r.reason,
+                    doc
+                ],
+            )
+            .map_err(sql)?;
+        }
+        tx.commit().map_err(sql)
+    }
+
+    /// The rollouts [`Store::save_rollouts`] wrote, by product and id. A document that does
+    /// not read is an error naming its row.
+    pub fn load_rollouts(&self) -> Result<Vec<SavedRollout>, StoreError> {
+        let sql = |e| self.sql(e);
+        let mut stmt = self
+            .db
+            .prepare("SELECT product_id, id, doc FROM rollouts ORDER BY product_id, id")
+            .map_err(sql)?;
+        let rows: Vec<(u32, u32, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(sql)?
+            .collect::<Result<_, _>>()
+            .map_err(sql)?;
+        rows.into_iter()
+            .map(|(p, id, doc)| {
+                serde_json::from_str(&doc).map_err(|e| {
+                    self.content(format!("rollouts row (product {p}, id {id}): doc: {e}"))
+                })
+            })
+            .collect()
     }
 
     /// Saves the forced-updates setting of a device in no product.
@@ -802,6 +870,47 @@ mod tests {
         store.save_fleet(&fleet).unwrap();
         let saved = store.load().unwrap();
         assert_eq!(saved.fleet, fleet);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn rollouts_read_back_as_they_were_written() {
+        use crate::cloud::rollout::{Control, Rollout, RolloutPlan};
+        let dir = temp_dir("rollouts");
+        let plan = RolloutPlan {
+            version: 3,
+            intelligent: true,
+            stages: vec![50.0, 100.0],
+            soak: Duration::from_secs(3600),
+            success_threshold: 90.0,
+            in_progress_timeout: Duration::from_secs(1800),
+            abort: Vec::new(),
+        };
+        let devices = [DeviceId([1; 12]), DeviceId([2; 12]), DeviceId([3; 12])];
+        let (mut first, _) = Rollout::start(Duration::from_secs(1), 1000, plan.clone(), devices);
+        first
+            .control(Duration::from_secs(9), Control::Abort, "stop")
+            .unwrap();
+        let (mut second, _) = Rollout::start(Duration::from_secs(10), 1000, plan, devices);
+        second.id = 2;
+        let unix = |t: Duration| t + Duration::from_secs(1_700_000_000);
+        let saved = vec![first.to_saved(unix), second.to_saved(unix)];
+        {
+            let mut store = Store::open(&dir).unwrap();
+            store.save_rollouts(&saved).unwrap();
+        }
+        let mut store = Store::open(&dir).unwrap();
+        assert_eq!(store.load_rollouts().unwrap(), saved);
+        // The table holds what was written last.
+        store.save_rollouts(&saved[1..]).unwrap();
+        assert_eq!(store.load_rollouts().unwrap(), saved[1..].to_vec());
+        // A document that does not read names its row.
+        store
+            .db
+            .execute("UPDATE rollouts SET doc = '{' WHERE id = 2", [])
+            .unwrap();
+        let e = store.load_rollouts().unwrap_err().to_string();
+        assert!(e.contains("rollouts row (product 1000, id 2)"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -44,6 +44,9 @@ pub struct Tally {
     pub updated_while_busy: u64,
     /// Power losses the schedule caused during downloads.
     pub power_losses_during_update: u64,
+    /// When each device that was sent an update started its first transfer (a resumed or
+    /// retried transfer is not a new one).
+    pub first_transfers: Vec<Duration>,
     /// Full handshakes started by devices (a reconnect storm's size).
     pub handshakes: u64,
     pub resumptions: u64,
@@ -148,6 +151,8 @@ pub struct FleetDevice {
     dead_app: bool,
     /// A power cut armed at an OTA chunk by the schedule.
     cut_armed: bool,
+    /// A transfer to this device has started (counted in [`Tally::first_transfers`]).
+    transferred: bool,
     powered: bool,
     now: Duration,
 }
@@ -188,6 +193,7 @@ impl FleetDevice {
             busy: Period::default(),
             dead_app: false,
             cut_armed: false,
+            transferred: false,
             powered: false,
             now: Duration::ZERO,
         }
@@ -349,6 +355,10 @@ impl FleetDevice {
             DeviceEvent::Disconnected { .. } => self.mark.online = false,
             DeviceEvent::OtaStarted { file_size, .. } => {
                 self.mark.updating = true;
+                if !self.transferred {
+                    self.transferred = true;
+                    self.tally.borrow_mut().first_transfers.push(self.now);
+                }
                 if self.busy.on() {
                     self.tally.borrow_mut().updated_while_busy += 1;
                 }

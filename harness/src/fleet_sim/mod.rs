@@ -397,6 +397,9 @@ impl Fleet {
         for (at, _) in &s.rollouts {
             stops.insert((*at).min(s.duration));
         }
+        for (at, _, _) in &s.rollout_controls {
+            stops.insert((*at).min(s.duration));
+        }
         for (_, e) in &s.expects {
             if let Expect::Share { by, .. } = e {
                 stops.insert(*by);
@@ -429,6 +432,18 @@ impl Fleet {
                     .map_err(|source| FleetRunError::Cloud {
                         seed,
                         what: format!("the staged rollout of app {}", plan.version),
+                        source,
+                    })?;
+                fc.drain();
+            }
+            for (_, control, reason) in s.rollout_controls.iter().filter(|(at, ..)| *at == t) {
+                let fc = self.cloud_mut();
+                let id = fc.cloud.rollout(s.product).map_or(0, |r| r.id);
+                fc.cloud
+                    .control_rollout(t, s.product, id, *control, reason)
+                    .map_err(|source| FleetRunError::Cloud {
+                        seed,
+                        what: format!("the {} of the staged rollout", control.name()),
                         source,
                     })?;
                 fc.drain();
@@ -491,6 +506,29 @@ impl Fleet {
                     passed: tally.updated_while_busy == 0,
                     found: format!("{} transfers started while busy", tally.updated_while_busy),
                 },
+                Expect::NoTransferStartedAfter(t) => {
+                    let late: Vec<Duration> = tally
+                        .first_transfers
+                        .iter()
+                        .copied()
+                        .filter(|s| s > t)
+                        .collect();
+                    Check {
+                        what: what.clone(),
+                        passed: late.is_empty(),
+                        found: match late.iter().min() {
+                            None => format!(
+                                "{} first transfers, none after",
+                                tally.first_transfers.len()
+                            ),
+                            Some(first) => format!(
+                                "{} first transfers after, the first at {}",
+                                late.len(),
+                                crate::scenario::model::format_duration(*first)
+                            ),
+                        },
+                    }
+                }
                 Expect::Rollout { state, stage } => match &rollout {
                     None => Check {
                         what: what.clone(),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::cloud::rollout::{AbortAction, AbortCriterion, FailureType, RolloutPlan};
+use crate::cloud::rollout::{Control, RolloutPlan, RolloutSpec};
 use crate::scenario::model::parse_duration;
 
 /// Why a fleet file could not be read.
@@ -89,7 +89,10 @@ pub struct FleetSpec {
     #[serde(default, rename = "release")]
     pub releases: Vec<ReleaseEntry>,
     #[serde(default, rename = "rollout")]
-    pub rollouts: Vec<RolloutEntry>,
+    pub rollouts: Vec<RolloutSpec>,
+    /// A person's pause / resume / abort of the staged rollout at given times.
+    #[serde(default, rename = "rollout_control")]
+    pub rollout_controls: Vec<RolloutControlEntry>,
     #[serde(default, rename = "expect")]
     pub expects: Vec<Expectation>,
 }
@@ -193,45 +196,16 @@ pub struct ReleaseEntry {
     pub intelligent: bool,
 }
 
-/// `[[fleet.rollout]]`: a staged rollout (`cloud::rollout`) started at a time.
+/// `[[fleet.rollout_control]]`: a person pauses, resumes or aborts the staged rollout (the
+/// last one started) at a time, as through the REST API.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RolloutEntry {
+pub struct RolloutControlEntry {
     pub at: Span,
-    pub app: u16,
-    #[serde(default)]
-    pub intelligent: bool,
-    pub stages: Vec<f64>,
-    pub soak: Span,
-    #[serde(default = "default_success")]
-    pub success_threshold: f64,
-    pub in_progress_timeout: Span,
-    #[serde(default)]
-    pub abort: Vec<AbortEntry>,
-}
-
-fn default_success() -> f64 {
-    100.0
-}
-
-/// `[[fleet.rollout.abort]]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AbortEntry {
-    pub failure_type: String,
-    pub threshold_percentage: f64,
-    #[serde(default = "default_min_executed")]
-    pub min_number_of_executed_things: u32,
-    #[serde(default = "default_action")]
+    /// `pause`, `resume` or `abort` (`cancel`).
     pub action: String,
-}
-
-fn default_min_executed() -> u32 {
-    1
-}
-
-fn default_action() -> String {
-    "pause".into()
+    #[serde(default)]
+    pub reason: String,
 }
 
 /// `[[fleet.expect]]`: one of the forms below (the keys present say which).
@@ -256,8 +230,12 @@ pub struct Expectation {
     /// No transfer started while the device's application had updates disabled.
     #[serde(default)]
     pub none_updated_while_busy: Option<bool>,
+    /// No device starts its first transfer after this time (a person's abort must stop the
+    /// rollout from reaching more devices).
+    #[serde(default)]
+    pub no_transfer_started_after: Option<Span>,
     /// The staged rollout's state at the end (`running`, `paused`, `rolled_back`,
-    /// `completed`) and, with `stage`, the stage it is at.
+    /// `aborted`, `completed`) and, with `stage`, the stage it is at.
     #[serde(default)]
     pub rollout: Option<String>,
     #[serde(default)]
@@ -276,6 +254,7 @@ pub enum Expect {
     },
     NoBricked,
     NoneUpdatedWhileBusy,
+    NoTransferStartedAfter(Duration),
     Rollout {
         state: String,
         stage: Option<usize>,
@@ -297,6 +276,8 @@ pub struct FleetScenario {
     pub firmware: Vec<(u16, bool)>,
     pub releases: Vec<ReleaseEntry>,
     pub rollouts: Vec<(Duration, RolloutPlan)>,
+    /// A person's controls of the staged rollout: when, what, why.
+    pub rollout_controls: Vec<(Duration, Control, String)>,
     pub expects: Vec<(String, Expect)>,
 }
 
@@ -455,6 +436,12 @@ pub fn parse(text: &str, path: &Path) -> Result<FleetScenario, FleetFileError> {
     let mut rollouts = Vec::new();
     for (i, r) in f.rollouts.iter().enumerate() {
         let field = format!("fleet.rollout[{i}]");
+        let at = r.at.ok_or_else(|| {
+            invalid(
+                &format!("{field}.at"),
+                "is required (when the rollout starts)".into(),
+            )
+        })?;
         if !known(r.app) {
             return Err(invalid(
                 &format!("{field}.app"),
@@ -464,40 +451,31 @@ pub fn parse(text: &str, path: &Path) -> Result<FleetScenario, FleetFileError> {
                 ),
             ));
         }
-        let mut abort = Vec::new();
-        for (k, a) in r.abort.iter().enumerate() {
-            let af = format!("{field}.abort[{k}]");
-            abort.push(AbortCriterion {
-                failure_type: FailureType::parse(&a.failure_type).ok_or_else(|| {
-                    invalid(
-                        &format!("{af}.failure_type"),
-                        format!(
-                            "`{}` is not one of failed, timed_out, safe_mode, all",
-                            a.failure_type
-                        ),
-                    )
-                })?,
-                threshold_percentage: a.threshold_percentage,
-                min_number_of_executed_things: a.min_number_of_executed_things,
-                action: AbortAction::parse(&a.action).ok_or_else(|| {
-                    invalid(
-                        &format!("{af}.action"),
-                        format!("`{}` is not one of pause, cancel, rollback", a.action),
-                    )
-                })?,
-            });
+        let plan = r.plan().map_err(|(sub, m)| {
+            if sub.is_empty() {
+                invalid(&field, m)
+            } else {
+                invalid(&format!("{field}.{sub}"), m)
+            }
+        })?;
+        rollouts.push((at, plan));
+    }
+    let mut rollout_controls = Vec::new();
+    for (i, c) in f.rollout_controls.iter().enumerate() {
+        let field = format!("fleet.rollout_control[{i}]");
+        let control = Control::parse(&c.action).ok_or_else(|| {
+            invalid(
+                &format!("{field}.action"),
+                format!("`{}` is not one of pause, resume, abort", c.action),
+            )
+        })?;
+        if !rollouts.iter().any(|(at, _)| *at <= c.at.0) {
+            return Err(invalid(
+                &format!("{field}.at"),
+                "no [[fleet.rollout]] has started by then".into(),
+            ));
         }
-        let plan = RolloutPlan {
-            version: r.app,
-            intelligent: r.intelligent,
-            stages: r.stages.clone(),
-            soak: r.soak.0,
-            success_threshold: r.success_threshold,
-            in_progress_timeout: r.in_progress_timeout.0,
-            abort,
-        };
-        plan.validate().map_err(|m| invalid(&field, m))?;
-        rollouts.push((r.at.0, plan));
+        rollout_controls.push((c.at.0, control, c.reason.clone()));
     }
     let mut expects = Vec::new();
     for (i, e) in f.expects.iter().enumerate() {
@@ -548,11 +526,18 @@ pub fn parse(text: &str, path: &Path) -> Result<FleetScenario, FleetFileError> {
             Expect::NoBricked
         } else if e.none_updated_while_busy == Some(true) {
             Expect::NoneUpdatedWhileBusy
+        } else if let Some(t) = e.no_transfer_started_after {
+            Expect::NoTransferStartedAfter(t.0)
         } else if let Some(state) = &e.rollout {
-            if !["running", "paused", "rolled_back", "completed"].contains(&state.as_str()) {
+            if !["running", "paused", "rolled_back", "aborted", "completed"]
+                .contains(&state.as_str())
+            {
                 return Err(invalid(
                     &format!("{field}.rollout"),
-                    format!("`{state}` is not one of running, paused, rolled_back, completed"),
+                    format!(
+                        "`{state}` is not one of running, paused, rolled_back, aborted, \
+                         completed"
+                    ),
                 ));
             }
             if f.rollouts.is_empty() {
@@ -569,7 +554,7 @@ pub fn parse(text: &str, path: &Path) -> Result<FleetScenario, FleetFileError> {
             return Err(invalid(
                 &field,
                 "expects one of: app with at_least/at_most and by, no_bricked = true, \
-                 none_updated_while_busy = true, rollout"
+                 none_updated_while_busy = true, no_transfer_started_after, rollout"
                     .into(),
             ));
         };
@@ -587,6 +572,7 @@ pub fn parse(text: &str, path: &Path) -> Result<FleetScenario, FleetFileError> {
         firmware,
         releases: f.releases,
         rollouts,
+        rollout_controls,
         expects,
     })
     .and_then(|s| {
@@ -653,6 +639,10 @@ fn describe(e: &Expect, cohorts: &[CohortSpec]) -> String {
         }
         Expect::NoBricked => "no device bricked".into(),
         Expect::NoneUpdatedWhileBusy => "no device updated while busy".into(),
+        Expect::NoTransferStartedAfter(t) => format!(
+            "no device starts its first transfer after {}",
+            crate::scenario::model::format_duration(*t)
+        ),
         Expect::Rollout { state, stage } => match stage {
             Some(s) => format!("the staged rollout is {state} at stage {s}"),
             None => format!("the staged rollout is {state}"),

@@ -153,6 +153,16 @@ impl Body {
         Ok(body)
     }
 
+    /// A JSON body as the object it was (`None` for another kind of body).
+    pub fn json_object(&self) -> Option<serde_json::Map<String, Value>> {
+        (self.kind == BodyKind::Json).then(|| {
+            self.fields
+                .iter()
+                .filter_map(|(k, v)| v.first().map(|v| (k.clone(), v.clone())))
+                .collect()
+        })
+    }
+
     /// Adds the query string's parameters as fields where the body has none of that name.
     pub fn has(&self, name: &str) -> bool {
         self.fields.contains_key(name)

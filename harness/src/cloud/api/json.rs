@@ -147,6 +147,76 @@ pub fn product(p: &Product) -> Value {
     })
 }
 
+fn counts(c: &super::super::rollout::RolloutCounts) -> Value {
+    json!({
+        "targeted": c.admitted,
+        "waiting": c.waiting,
+        "in_progress": c.in_progress,
+        "succeeded": c.succeeded,
+        "failed": c.failed,
+        "timed_out": c.timed_out,
+        "safe_mode": c.safe_mode,
+        "failures": c.failed + c.timed_out + c.safe_mode,
+        "withdrawn": c.withdrawn,
+    })
+}
+
+/// A staged rollout (ours: Particle has no rollout API). The plan with the keys of
+/// `POST /v1/products/:product/rollouts`, the state, why it paused or ended, counts in all and
+/// per stage (`targeted`: admitted and not withdrawn), and every state change.
+pub fn rollout(cloud: &Cloud, r: &super::super::rollout::Rollout) -> Value {
+    use super::super::rollout::RolloutState;
+    use crate::scenario::model::format_duration;
+    let stages: Vec<Value> = r
+        .stage_counts()
+        .iter()
+        .zip(&r.plan.stages)
+        .enumerate()
+        .map(|(i, (c, pct))| {
+            let mut v = counts(c);
+            if let Value::Object(m) = &mut v {
+                m.insert("stage".into(), json!(i + 1));
+                m.insert("percentage".into(), json!(pct));
+            }
+            v
+        })
+        .collect();
+    json!({
+        "id": r.id,
+        "product_id": r.product,
+        "app": r.plan.version,
+        "intelligent": r.plan.intelligent,
+        "stages": r.plan.stages,
+        "soak": format_duration(r.plan.soak),
+        "success_threshold": r.plan.success_threshold,
+        "in_progress_timeout": format_duration(r.plan.in_progress_timeout),
+        "abort": r.plan.abort.iter().map(|c| json!({
+            "failure_type": c.failure_type.name(),
+            "threshold_percentage": c.threshold_percentage,
+            "min_number_of_executed_things": c.min_number_of_executed_things,
+            "action": c.action.name(),
+        })).collect::<Vec<_>>(),
+        "state": r.state.name(),
+        "stage": r.state.stage(r.plan.stages.len()),
+        "reason": r.state.reason(),
+        "paused_by": match &r.state {
+            RolloutState::Paused { by, .. } => Some(by.name()),
+            _ => None,
+        },
+        "started_at": iso(cloud.unix_time(r.started_at)),
+        "counts": counts(&r.counts()),
+        "stage_counts": stages,
+        "transitions": r.transitions.iter().map(|t| json!({
+            "at": iso(cloud.unix_time(t.at)),
+            "event": t.kind.name(),
+            "stage": t.stage,
+            "by": t.by.name(),
+            "reason": t.reason,
+            "withdrawn": t.withdrawn,
+        })).collect::<Vec<_>>(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,6 +18,9 @@
 //! | `PUT /v1/products/:p/firmware/release` (`version`, `product_default`, `groups`, `intelligent`) | release |
 //! | `GET`/`POST /v1/products/:p/groups`, `GET`/`DELETE /v1/products/:p/groups/:name` | groups and the version released to each (description and color are not kept) |
 //! | `POST /v1/products` (`id`, `name`, `platform_id` or `platform`), `GET /v1/products[/:p]` | ours: Particle creates products in its console |
+//! | `POST /v1/products/:p/rollouts` (JSON: `app`, `stages`, `soak`, `success_threshold`, `in_progress_timeout`, `intelligent`, `abort`) | ours: start a staged rollout, 201 |
+//! | `GET /v1/products/:p/rollouts[/:id]` | ours: staged rollouts, state, counts per stage, state changes |
+//! | `PUT`/`POST /v1/products/:p/rollouts/:id/pause`, `.../resume`, `.../abort` (`reason`) | ours: a person's control of a rollout |
 //! | `GET /v1/events/:prefix`, `/v1/devices/events[/:prefix]`, `/v1/devices/:id/events[/:prefix]`, `/v1/products/:p/events[/:prefix]`, `/v1/products/:p/devices/:id/events[/:prefix]` | Server-Sent Events |
 //!
 //! Release semantics (reference 2.2 leaves withdrawal UNCONFIRMED): `product_default=true`
@@ -25,6 +28,16 @@
 //! was; `groups` given is the version's whole set of groups (groups it had and are not listed
 //! are withdrawn); at least one of the two must be given. The "must run on a device before the
 //! first release" rule is not enforced (a lab releases freshly built versions).
+//!
+//! Staged rollouts are ours: Particle's cloud has no rollout API (a release reaches every device
+//! it targets, reference 4.5). The paths follow Particle's style under the product, the body
+//! keys are those of a fleet scenario's `[[fleet.rollout]]` ([`super::rollout::RolloutSpec`],
+//! one deserialisation for both), the behaviour is `cloud::rollout`'s. A control the state does
+//! not allow (resuming a running rollout, anything on an aborted one) is 409; an unknown
+//! rollout 404. Every state change goes on the product's event stream as `hil/rollout/<kind>`
+//! (`started`, `stage`, `paused`, `resumed`, `aborted`, `rolled_back`, `completed`; `coreid`
+//! `api`, data: rollout id, version, stage, who and why), including the ones the cloud makes on
+//! its own (a stage starting, an abort rule firing).
 //!
 //! Errors are JSON: `{"ok": false, "error": "<sentence>", "error_description": "<sentence>"}`
 //! (api-js shows `error_description`), with Particle's bodies for auth (400 missing token, 401
@@ -54,6 +67,7 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
 use super::fleet::{DeviceChange, FleetError, ProductId, Release};
+use super::rollout::{Control, Rollout, RolloutCounts, RolloutSpec};
 use super::store::{Store, StoreError};
 use super::{Cloud, CloudEvent, DeviceId, JobId, OtaEventKind};
 use crate::net::udp::UdpNode;
@@ -131,7 +145,9 @@ impl From<FleetError> for ApiError {
             FleetError::NoProduct(_)
             | FleetError::NotInProduct { .. }
             | FleetError::NoFirmware { .. }
-            | FleetError::NoGroup { .. } => StatusCode::NOT_FOUND,
+            | FleetError::NoGroup { .. }
+            | FleetError::NoRollout { .. } => StatusCode::NOT_FOUND,
+            FleetError::RolloutControl { .. } => StatusCode::CONFLICT,
             _ => StatusCode::BAD_REQUEST,
         };
         ApiError::new(status, e.to_string())
@@ -175,6 +191,34 @@ pub struct ApiState {
     flashes: Mutex<BTreeMap<JobId, i64>>,
     events: broadcast::Sender<Arc<SseItem>>,
     keepalive: Duration,
+    /// What was last published and saved of the rollouts ([`ApiState::rollouts_changed`]).
+    rollouts_seen: Mutex<RolloutsSeen>,
+}
+
+/// Per rollout (product, id): how many of its state changes were published, and what its
+/// state and counts were when the rollouts were last saved.
+#[derive(Debug, Default)]
+struct RolloutsSeen {
+    published: BTreeMap<(ProductId, u32), usize>,
+    saved: Vec<RolloutMark>,
+}
+
+type RolloutMark = (ProductId, u32, &'static str, usize, usize, RolloutCounts);
+
+fn rollout_marks(cloud: &Cloud) -> Vec<RolloutMark> {
+    cloud
+        .all_rollouts()
+        .map(|r| {
+            (
+                r.product,
+                r.id,
+                r.state.name(),
+                r.state.stage(r.plan.stages.len()),
+                r.transitions.len(),
+                r.counts(),
+            )
+        })
+        .collect()
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -186,6 +230,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct Restored {
     pub products: usize,
     pub firmware: usize,
+    pub rollouts: usize,
     /// Saved flashes started again, by job.
     pub flashes: BTreeMap<JobId, i64>,
     /// Saved flashes for devices this cloud does not know (kept for a later start).
@@ -201,6 +246,20 @@ pub fn restore(cloud: &mut Cloud, store: &Store) -> Result<Restored, StoreError>
         ..Restored::default()
     };
     cloud.restore_fleet(Duration::ZERO, saved.fleet);
+    let epoch = Duration::from_secs(cloud.unix_time_at_epoch());
+    let mut rollouts = Vec::new();
+    for r in store.load_rollouts()? {
+        rollouts.push(
+            Rollout::from_saved(&r, |unix| unix.saturating_sub(epoch)).map_err(|what| {
+                StoreError::Content {
+                    path: store.path().to_path_buf(),
+                    what: format!("rollouts row (product {}, id {}): {what}", r.product, r.id),
+                }
+            })?,
+        );
+    }
+    restored.rollouts = rollouts.len();
+    cloud.restore_rollouts(rollouts);
     for d in saved.forced {
         cloud.set_updates_forced(Duration::ZERO, d.0, true);
     }
@@ -224,6 +283,15 @@ impl ApiState {
         restored_flashes: BTreeMap<JobId, i64>,
     ) -> Arc<ApiState> {
         let (events, _) = broadcast::channel(1024);
+        // Restored rollouts' state changes are history: not published again.
+        let seen = node.with_node(|n, _| RolloutsSeen {
+            published: n
+                .cloud
+                .all_rollouts()
+                .map(|r| ((r.product, r.id), r.transitions.len()))
+                .collect(),
+            saved: rollout_marks(&n.cloud),
+        });
         Arc::new(ApiState {
             node,
             tokens,
@@ -231,7 +299,46 @@ impl ApiState {
             flashes: Mutex::new(restored_flashes),
             events,
             keepalive: KEEPALIVE,
+            rollouts_seen: Mutex::new(seen),
         })
+    }
+
+    /// Publishes the rollouts' state changes not published yet on their product's stream, and
+    /// saves the rollouts if their state or counts changed since the last save (or `force`).
+    fn rollouts_changed(&self, cloud: &Cloud, force: bool) -> Result<(), StoreError> {
+        let mut seen = lock(&self.rollouts_seen);
+        for r in cloud.all_rollouts() {
+            let done = seen.published.entry((r.product, r.id)).or_insert(0);
+            for t in r.transitions.iter().skip(*done) {
+                let data = json!({
+                    "rollout": r.id,
+                    "version": r.plan.version,
+                    "stage": t.stage,
+                    "by": t.by.name(),
+                    "reason": t.reason,
+                    "withdrawn": t.withdrawn,
+                });
+                self.publish(api_event(
+                    &format!("hil/rollout/{}", t.kind.name()),
+                    &data.to_string(),
+                    r.product,
+                    cloud.unix_time(t.at),
+                ));
+            }
+            *done = r.transitions.len();
+        }
+        let marks = rollout_marks(cloud);
+        if force || marks != seen.saved {
+            if let Some(store) = &self.store {
+                let saved: Vec<_> = cloud
+                    .all_rollouts()
+                    .map(|r| r.to_saved(|t| cloud.unix_time(t)))
+                    .collect();
+                lock(store).save_rollouts(&saved)?;
+            }
+            seen.saved = marks;
+        }
+        Ok(())
     }
 
     /// Feeds the cloud's events (as the owner drains them from the node) to the event
@@ -276,6 +383,9 @@ impl ApiState {
                 _ => {}
             }
         }
+        if let Err(e) = self.rollouts_changed(cloud, false) {
+            eprintln!("hil cloud: saving rollouts: {e}");
+        }
     }
 
     /// Runs `f` on the cloud with the node's time; the cloud's events go to the node's list
@@ -297,6 +407,8 @@ impl ApiState {
                     .save_fleet(cloud.fleet())
                     .map_err(ApiError::unsaved)?;
             }
+            self.rollouts_changed(cloud, false)
+                .map_err(ApiError::unsaved)?;
             Ok(r)
         })
     }
@@ -341,6 +453,15 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route(
             "/v1/products/{p}/groups/{name}",
             get(get_group).delete(delete_group),
+        )
+        .route(
+            "/v1/products/{p}/rollouts",
+            get(list_rollouts).post(create_rollout),
+        )
+        .route("/v1/products/{p}/rollouts/{id}", get(get_rollout))
+        .route(
+            "/v1/products/{p}/rollouts/{id}/{action}",
+            put(control_rollout).post(control_rollout),
         )
         .route("/v1/devices", get(list_devices))
         .route("/v1/devices/{id}", get(get_device).put(update_device))
@@ -1270,6 +1391,110 @@ async fn delete_group(
         Ok(())
     })?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+// ---- staged rollouts (ours) ----
+
+fn rollout_id(text: &str) -> Result<u32, ApiError> {
+    text.parse::<u32>()
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or_else(|| ApiError::not_found(format!("`{text}` is not a rollout id (1, 2, ...)")))
+}
+
+async fn create_rollout(
+    State(s): State<Arc<ApiState>>,
+    Path(p): Path<String>,
+    req: Request,
+) -> ApiResult {
+    let call = begin(&s, req).await?;
+    let mut object = call.body.json_object().ok_or_else(|| {
+        ApiError::bad_request(
+            "send the rollout as a JSON body (Content-Type: application/json) with `app`, \
+             `stages`, `soak`, `in_progress_timeout` and optionally `intelligent`, \
+             `success_threshold`, `abort`",
+        )
+    })?;
+    object.remove("access_token");
+    let spec: RolloutSpec = serde_json::from_value(Value::Object(object))
+        .map_err(|e| ApiError::bad_request(format!("the rollout in the JSON body: {e}")))?;
+    if spec.at.is_some() {
+        return Err(ApiError::bad_request(
+            "field `at` is for scenario files: the API starts a rollout when asked",
+        ));
+    }
+    let plan = spec.plan().map_err(|(field, m)| {
+        ApiError::bad_request(if field.is_empty() {
+            m
+        } else {
+            format!("field `{field}`: {m}")
+        })
+    })?;
+    let reply = s.change(|cloud, now| {
+        let product = product_id(cloud, &p, &call.scope)?;
+        cloud.start_rollout(now, product, plan)?;
+        let r = cloud.rollout(product).expect("just started");
+        Ok(json::rollout(cloud, r))
+    })?;
+    ok(StatusCode::CREATED, json!({"ok": true, "rollout": reply}))
+}
+
+async fn list_rollouts(
+    State(s): State<Arc<ApiState>>,
+    Path(p): Path<String>,
+    req: Request,
+) -> ApiResult {
+    let call = begin(&s, req).await?;
+    let list = s.with_cloud(|cloud, _| {
+        let product = product_id(cloud, &p, &call.scope)?;
+        Ok::<_, ApiError>(
+            cloud
+                .rollouts(product)
+                .map(|r| json::rollout(cloud, r))
+                .collect::<Vec<_>>(),
+        )
+    })?;
+    ok(StatusCode::OK, json!({"rollouts": list}))
+}
+
+async fn get_rollout(
+    State(s): State<Arc<ApiState>>,
+    Path((p, id)): Path<(String, String)>,
+    req: Request,
+) -> ApiResult {
+    let call = begin(&s, req).await?;
+    let id = rollout_id(&id)?;
+    let reply = s.with_cloud(|cloud, _| {
+        let product = product_id(cloud, &p, &call.scope)?;
+        let r = cloud
+            .rollouts(product)
+            .find(|r| r.id == id)
+            .ok_or(FleetError::NoRollout { product, id })?;
+        Ok::<_, ApiError>(json::rollout(cloud, r))
+    })?;
+    ok(StatusCode::OK, json!({"rollout": reply}))
+}
+
+async fn control_rollout(
+    State(s): State<Arc<ApiState>>,
+    Path((p, id, action)): Path<(String, String, String)>,
+    req: Request,
+) -> ApiResult {
+    let call = begin(&s, req).await?;
+    let control = Control::parse(&action).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no such rollout action: `{action}` (pause, resume, abort)"
+        ))
+    })?;
+    let id = rollout_id(&id)?;
+    let reason = call.body.text("reason")?.unwrap_or_default();
+    let reply = s.change(|cloud, now| {
+        let product = product_id(cloud, &p, &call.scope)?;
+        cloud.control_rollout(now, product, id, control, &reason)?;
+        let r = cloud.rollout(product).expect("the rollout just controlled");
+        Ok(json::rollout(cloud, r))
+    })?;
+    ok(StatusCode::OK, json!({"ok": true, "rollout": reply}))
 }
 
 // ---- events ----
