@@ -20,7 +20,8 @@
 //! Rejected operations (bad arguments, set bits) do not consume an operation number: they
 //! never reach the chip.
 //!
-//! Storage is copy-on-write per sector (`Option<Arc<[u8]>>`, `None` = erased), and the table
+//! Storage is copy-on-write per sector (`Option<Arc<[u8]>>`, `None` = erased; a buffer holds
+//! the sector's bytes up to about the last one written, the rest reads erased), and the table
 //! of sectors is itself copy-on-write in pieces of 32 entries, so cloning a [`FlashArray`] to
 //! snapshot a device costs a pointer per 32 sectors, and a write copies only the sector it
 //! touches (and the piece of the table that names it).
@@ -543,8 +544,9 @@ impl SectorPool {
 }
 
 /// Length of the buffer a sector gets when a write reaches byte `need` (the buffer held
-/// `old` bytes): at least [`SECTOR_GRAIN`] more than needed rounded, doubling, at most the
-/// sector. A store appending records to a sector reallocates it a few times, not per record.
+/// `old` bytes): `need` rounded up to [`SECTOR_GRAIN`], or twice `old` if that is more, at
+/// most the sector. A store appending records to a sector reallocates it a few times, not
+/// per record.
 fn sector_buffer_len(need: usize, old: usize, sector_size: usize) -> usize {
     need.next_multiple_of(SECTOR_GRAIN)
         .max(old * 2)
