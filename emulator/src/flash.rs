@@ -20,7 +20,8 @@
 //! Rejected operations (bad arguments, set bits) do not consume an operation number: they
 //! never reach the chip.
 //!
-//! Storage is copy-on-write per sector (`Option<Arc<[u8]>>`, `None` = erased), and the table
+//! Storage is copy-on-write per sector (`Option<Arc<[u8]>>`, `None` = erased; a buffer holds
+//! the sector's bytes up to about the last one written, the rest reads erased), and the table
 //! of sectors is itself copy-on-write in pieces of 32 entries, so cloning a [`FlashArray`] to
 //! snapshot a device costs a pointer per 32 sectors, and a write copies only the sector it
 //! touches (and the piece of the table that names it).
@@ -413,7 +414,14 @@ impl Chip {
             let n = (ss - within).min(buf.len() - done);
             let out = &mut buf[done..done + n];
             match &self.sectors[sector] {
-                Some(data) => out.copy_from_slice(&data[within..within + n]),
+                Some(data) => {
+                    // Bytes past the end of the buffer read erased (see [`Sector`]).
+                    let have = data.len().saturating_sub(within).min(n);
+                    if have > 0 {
+                        out[..have].copy_from_slice(&data[within..within + have]);
+                    }
+                    out[have..].fill(ERASED);
+                }
                 None => out.fill(ERASED),
             }
             pos += n;
@@ -430,8 +438,12 @@ impl Chip {
         while done < data.len() {
             let (sector, within) = (pos / ss, pos % ss);
             let n = (ss - within).min(data.len() - done);
-            if let Some(old) = &self.sectors[sector] {
-                let (old, new) = (&old[within..within + n], &data[done..done + n]);
+            // Bytes past the end of the buffer are erased: nothing to check there.
+            let have = self.sectors[sector]
+                .as_ref()
+                .map_or(0, |old| old.len().saturating_sub(within).min(n));
+            if let Some(old) = self.sectors[sector].as_ref().filter(|_| have > 0) {
+                let (n, old, new) = (have, &old[within..within + have], &data[done..done + have]);
                 // A branch-free pass over the whole range (it vectorises); only a range with an
                 // offending bit is searched for the first one.
                 let offending = old.iter().zip(new).fold(0u8, |acc, (o, n)| acc | (n & !o));
@@ -453,8 +465,19 @@ impl Chip {
             let (sector, within) = (pos / ss, pos % ss);
             let n = (ss - within).min(bytes.len() - done);
             let slot = &mut self.sectors[sector];
-            let data = slot.get_or_insert_with(|| Arc::from(vec![ERASED; ss]));
-            Arc::make_mut(data)[within..within + n].copy_from_slice(&bytes[done..done + n]);
+            let need = within + n;
+            match slot {
+                Some(data) if data.len() >= need => {
+                    Arc::make_mut(data)[within..need].copy_from_slice(&bytes[done..done + n]);
+                }
+                _ => {
+                    let old = slot.as_deref().unwrap_or_default();
+                    let mut grown = vec![ERASED; sector_buffer_len(need, old.len(), ss)];
+                    grown[..old.len()].copy_from_slice(old);
+                    grown[within..need].copy_from_slice(&bytes[done..done + n]);
+                    *slot = Some(Arc::from(grown));
+                }
+            }
             pos += n;
             done += n;
         }
@@ -498,9 +521,10 @@ struct SectorPool {
 impl SectorPool {
     /// Points `data` at the pooled buffer with the same bytes, or pools `data`.
     fn share(&mut self, data: &mut Sector) {
-        let hash = content_hash(data);
+        // By the bytes a reader sees: buffers of different lengths may hold the same sector.
+        let hash = content_hash(written(data));
         let same = self.by_hash.entry(hash).or_default();
-        if let Some(pooled) = same.iter().find(|p| p[..] == data[..]) {
+        if let Some(pooled) = same.iter().find(|p| written(p) == written(data)) {
             if !Arc::ptr_eq(pooled, data) {
                 *data = Arc::clone(pooled);
             }
@@ -517,6 +541,26 @@ impl SectorPool {
             self.prune_at = (self.buffers * 2).max(1024);
         }
     }
+}
+
+/// Length of the buffer a sector gets when a write reaches byte `need` (the buffer held
+/// `old` bytes): `need` rounded up to [`SECTOR_GRAIN`], or twice `old` if that is more, at
+/// most the sector. A store appending records to a sector reallocates it a few times, not
+/// per record.
+fn sector_buffer_len(need: usize, old: usize, sector_size: usize) -> usize {
+    need.next_multiple_of(SECTOR_GRAIN)
+        .max(old * 2)
+        .min(sector_size)
+        .max(need)
+}
+
+/// Allocation granularity of a sector buffer.
+const SECTOR_GRAIN: usize = 256;
+
+/// A sector buffer without its trailing erased bytes (what distinguishes it from others).
+fn written(data: &[u8]) -> &[u8] {
+    let end = data.iter().rposition(|&b| b != ERASED).map_or(0, |i| i + 1);
+    &data[..end]
 }
 
 /// A fast, non-cryptographic hash of a sector's bytes (equal hashes are checked byte by byte).
@@ -572,7 +616,9 @@ pub struct OpSnapshot {
 #[derive(Debug, Default)]
 pub struct SectorCopies(std::collections::HashMap<usize, (Sector, Sector)>);
 
-/// One sector's buffer.
+/// One sector's buffer: its first bytes, the rest of the sector reading erased (`0xFF`). A
+/// sector holding a header or a few records costs what they take, not the whole sector;
+/// the bytes read, the operations and the NOR rules are those of a full buffer.
 type Sector = Arc<[u8]>;
 
 #[derive(Debug, Clone)]
@@ -912,8 +958,8 @@ impl FlashArray {
             let (sector, within) = (pos / ss, pos % ss);
             let n = (ss - within).min(end - pos);
             if let Some(data) = &c.sectors[sector as usize] {
-                let (a, b) = (within as usize, (within + n) as usize);
-                if data[a..b].iter().any(|&b| b != ERASED) {
+                let (a, b) = (within as usize, ((within + n) as usize).min(data.len()));
+                if a < b && data[a..b].iter().any(|&b| b != ERASED) {
                     return Ok(false);
                 }
             }
@@ -975,7 +1021,7 @@ impl FlashArray {
                 .zip(&key.sectors)
                 .all(|(a, b)| match (a, b) {
                     (None, None) => true,
-                    (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a[..] == b[..],
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b) || written(a) == written(b),
                     // A written sector may read all 0xFF like an erased one.
                     (Some(d), None) | (None, Some(d)) => d.iter().all(|&x| x == ERASED),
                 }))
@@ -1132,7 +1178,12 @@ impl FlashArray {
         let (seq, cut) = self.begin_op(chip, OpKind::Erase, addr, ss);
         match cut {
             None | Some(CutMode::After) => {
-                self.chips[index].sectors[sector] = None;
+                // An erased sector stays as it is: writing `None` over `None` would unshare the
+                // piece of the table that names it (a store formatting a blank area would copy
+                // every piece of it for each device of a fleet).
+                if self.chips[index].sectors[sector].is_some() {
+                    self.chips[index].sectors[sector] = None;
+                }
             }
             Some(CutMode::Before) => {}
             Some(CutMode::Torn) => {

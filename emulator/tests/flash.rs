@@ -45,6 +45,43 @@ fn new_flash_reads_erased() {
 }
 
 #[test]
+fn a_sector_holding_a_few_bytes_costs_a_partial_buffer() {
+    let mut flash = two_chips(1);
+    flash.program(ChipId::External, 4096, &[0x12; 16]).unwrap();
+    assert_eq!(flash.memory().unique_bytes, 256);
+    // Past the buffer: reads erased, programs as erased flash, is erased.
+    assert!(flash
+        .is_erased(ChipId::External, 4096 + 16, 4096 - 16)
+        .unwrap());
+    flash
+        .program(ChipId::External, 4096 + 4092, &[0x34; 4])
+        .unwrap();
+    let sector = flash.read_vec(ChipId::External, 4096, 4096).unwrap();
+    assert_eq!(sector[..16], [0x12; 16]);
+    assert!(sector[16..4092].iter().all(|&b| b == ERASED));
+    assert_eq!(sector[4092..], [0x34; 4]);
+    assert_eq!(flash.memory().unique_bytes, 4096);
+    assert!(matches!(
+        flash.program(ChipId::External, 4096, &[0xFF; 4]),
+        Err(FlashError::ProgramWouldSetBits { .. })
+    ));
+}
+
+#[test]
+fn erasing_an_erased_area_numbers_every_erase_and_leaves_it_erased() {
+    let template = two_chips(1);
+    let mut device = template.clone();
+    device
+        .erase_range(ChipId::Internal, INTERNAL.base, INTERNAL.size)
+        .unwrap();
+    assert_eq!(device.op_count(), 16, "every erase is numbered");
+    assert_eq!(device.memory().materialised_sectors, 0);
+    assert!(device
+        .is_erased(ChipId::Internal, INTERNAL.base, INTERNAL.size)
+        .unwrap());
+}
+
+#[test]
 fn program_clears_bits_and_erase_restores_ff() {
     let mut flash = two_chips(1);
     let addr = INTERNAL.base + 4096 - 8; // spans two sectors

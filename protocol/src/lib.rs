@@ -5,10 +5,12 @@
 //! - [`dtls`]: DTLS 1.2 with Particle's profile (sections 1.3, 1.4);
 //! - [`coap`]: CoAP framing and the exchange layer (section 1.5);
 //! - [`message`]: the Particle message catalogue, OTA v3 included (sections 1.6-1.12, 2);
-//! - [`module`]: module binaries (section 4).
+//! - [`module`]: module binaries (section 4);
+//! - [`timer_queue`]: the deadlines of many state machines (associations, devices), lazily kept.
 
 pub mod bundle;
 pub mod coap;
 pub mod dtls;
 pub mod message;
 pub mod module;
+pub mod timer_queue;

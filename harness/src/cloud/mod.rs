@@ -140,8 +140,7 @@ pub use job::{JobId, JobInfo, JobKind, JobStatus};
 pub use policy::{DeviceOsLibrary, LibraryModule};
 pub use transfer::{SenderTiming, Transfer, TransferError};
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -149,6 +148,7 @@ use p256::ecdsa::VerifyingKey;
 use protocol::coap::{Endpoint, EndpointEvent, MessageType};
 use protocol::dtls::{ConnectionHandle, Server, ServerConfig};
 use protocol::message::{ApplicationDescribe, Body, Event, Hello, ParticleMessage, SystemDescribe};
+use protocol::timer_queue::{Scheduled, TimerEntry, TimerQueue};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
@@ -257,7 +257,18 @@ struct DeviceRecord {
     /// When [`Cloud::handle_timeout`] must look at this device next ([`Cloud::device_deadline`]
     /// as of the last change), and the time of its live entry in [`Cloud::timers`].
     timer: Option<Duration>,
-    scheduled: Option<Duration>,
+    scheduled: Scheduled,
+}
+
+/// The timer queue's view of a device: its deadline as last worked out.
+fn timer_entry(
+    devices: &mut BTreeMap<DeviceId, Box<DeviceRecord>>,
+    id: DeviceId,
+) -> Option<TimerEntry<'_>> {
+    devices.get_mut(&id).map(|d| TimerEntry {
+        deadline: d.timer,
+        scheduled: &mut d.scheduled,
+    })
 }
 
 fn key_bytes(key: &VerifyingKey) -> Vec<u8> {
@@ -273,7 +284,9 @@ pub struct Cloud {
     config: CloudConfig,
     rng: ChaCha8Rng,
     server: Server<ChaCha8Rng>,
-    devices: BTreeMap<DeviceId, DeviceRecord>,
+    /// Boxed: a record is large and a B-tree node holds up to eleven of them inline, often
+    /// half empty.
+    devices: BTreeMap<DeviceId, Box<DeviceRecord>>,
     by_key: BTreeMap<Vec<u8>, DeviceId>,
     by_handle: BTreeMap<ConnectionHandle, DeviceId>,
     /// Handshakes of devices that have a session, until their Hello shows the device id.
@@ -288,12 +301,9 @@ pub struct Cloud {
     /// Rollouts replaced by a newer one of their product, oldest first (for the API's list).
     rollout_history: BTreeMap<fleet::ProductId, Vec<rollout::Rollout>>,
     library: DeviceOsLibrary,
-    /// Device deadlines, earliest first: `(deadline, device)`, live while it equals the
-    /// device's `scheduled`. A deadline that moves later keeps its entry, which is moved when
-    /// it comes up; one that moves earlier gets a new entry. The top is kept live after every
-    /// call, so [`Cloud::poll_timeout`] is a peek and a device with nothing due costs nothing
-    /// per timeout.
-    timers: BinaryHeap<Reverse<(Duration, DeviceId)>>,
+    /// Device deadlines. The queue is tidied after every call, so [`Cloud::poll_timeout`] is a
+    /// peek and a device with nothing due costs nothing per timeout.
+    timers: TimerQueue<DeviceId>,
     /// Devices whose state changed since their deadline was last worked out.
     touched: Vec<DeviceId>,
     /// Finished jobs of devices the cloud does not know (a flash refused as unregistered),
@@ -332,7 +342,7 @@ impl Cloud {
             rollouts: BTreeMap::new(),
             rollout_history: BTreeMap::new(),
             library: DeviceOsLibrary::default(),
-            timers: BinaryHeap::new(),
+            timers: TimerQueue::new(),
             touched: Vec::new(),
             unowned_finished: VecDeque::new(),
         }
@@ -353,7 +363,7 @@ impl Cloud {
             None => {
                 self.devices.insert(
                     device_id,
-                    DeviceRecord {
+                    Box::new(DeviceRecord {
                         key: public_key,
                         session: None,
                         last_address: None,
@@ -372,8 +382,8 @@ impl Cloud {
                         gave_up: VecDeque::new(),
                         finished: VecDeque::new(),
                         timer: None,
-                        scheduled: None,
-                    },
+                        scheduled: Scheduled::default(),
+                    }),
                 );
             }
         }
@@ -504,20 +514,7 @@ impl Cloud {
         self.retime_touched();
         // The devices with something due, in id order (the order every device was looked at
         // in when each timeout walked the whole fleet).
-        let mut due = Vec::new();
-        while let Some(&Reverse((at, id))) = self.timers.peek() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
-            if let Some(d) = self.devices.get_mut(&id) {
-                d.scheduled = None;
-            }
-            due.push(id);
-            self.tidy_timers();
-        }
-        due.sort_unstable();
-        due.dedup();
+        let due = self.timers.pop_due(now, &mut self.devices, timer_entry);
         for id in due {
             self.touched.push(id);
             let events = match self.endpoint(&id) {
@@ -549,7 +546,7 @@ impl Cloud {
 
     /// When [`Cloud::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Option<Duration> {
-        let devices = self.timers.peek().map(|Reverse((at, _))| *at);
+        let devices = self.timers.next();
         debug_assert_eq!(
             devices,
             self.devices
@@ -613,56 +610,26 @@ impl Cloud {
                 continue;
             };
             d.timer = timer;
-            if let Some(t) = timer {
-                if d.scheduled.is_none_or(|s| t < s) {
-                    d.scheduled = Some(t);
-                    self.timers.push(Reverse((t, *id)));
-                }
-            }
+            self.timers.schedule(
+                *id,
+                TimerEntry {
+                    deadline: timer,
+                    scheduled: &mut d.scheduled,
+                },
+            );
         }
         touched.clear();
         // Keep the allocation.
         self.touched = touched;
-        self.tidy_timers();
         // Superseded entries wait until their time comes up: when they outnumber the devices,
         // the queue is rebuilt from the live ones (at most one per device), so it stays
         // within twice the fleet whatever the rate of changes.
-        if self.timers.len() > 2 * self.devices.len() + 64 {
-            self.timers = self
-                .devices
-                .iter()
-                .filter_map(|(id, d)| d.scheduled.map(|at| Reverse((at, *id))))
-                .collect();
-            self.tidy_timers();
-        }
-    }
-
-    /// Makes the top of the timer queue a live, exact entry: entries of removed devices or
-    /// superseded by an earlier one are dropped, an entry whose device's deadline moved later
-    /// is moved to it, one whose device has nothing due any more is dropped.
-    fn tidy_timers(&mut self) {
-        while let Some(&Reverse((at, id))) = self.timers.peek() {
-            let Some(d) = self
-                .devices
-                .get_mut(&id)
-                .filter(|d| d.scheduled == Some(at))
-            else {
-                self.timers.pop();
-                continue;
-            };
-            match d.timer {
-                Some(t) if t <= at => break,
-                Some(later) => {
-                    d.scheduled = Some(later);
-                    self.timers.pop();
-                    self.timers.push(Reverse((later, id)));
-                }
-                None => {
-                    d.scheduled = None;
-                    self.timers.pop();
-                }
-            }
-        }
+        self.timers.tidy(&mut self.devices, timer_entry);
+        self.timers.compact(
+            self.devices.len(),
+            self.devices.iter().map(|(id, d)| (*id, d.scheduled)),
+        );
+        self.timers.tidy(&mut self.devices, timer_entry);
     }
 
     /// The next event of the stream.

@@ -121,12 +121,14 @@ impl Session {
             .map(|(_, i)| *i)
     }
 
-    /// Forgets the endpoint state of a connection that ended.
+    /// Forgets the endpoint state of a connection that ended, buffers included (a fleet holds
+    /// a session per device, most of them idle).
     pub fn clear_connection(&mut self) {
         self.endpoint = None;
-        self.purposes.clear();
+        self.purposes = HashMap::new();
         self.describe = DescribeAssembly::default();
-        self.chunk_mids.clear();
+        self.describe_blocks = Vec::new();
+        self.chunk_mids = VecDeque::new();
     }
 }
 

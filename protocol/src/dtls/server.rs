@@ -3,8 +3,7 @@
 //! by CID and moved to the sender's address, sans-IO.
 
 use core::time::Duration;
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 
 use hmac::{Hmac, Mac};
@@ -18,6 +17,8 @@ use super::ec;
 use super::handshake::*;
 use super::keys::{spki_from_certificate, spki_of, verifying_key_from_spki};
 use super::record::{ContentType, DTLS_1_2};
+use crate::timer_queue::{Scheduled, TimerEntry, TimerQueue};
+
 use super::{
     nss_key_log_line, CertificateMode, CloseReason, DtlsError, Event, CID_LEN, DEFAULT_MTU,
     MAX_PLAINTEXT,
@@ -142,6 +143,8 @@ impl State {
     }
 }
 
+/// One client's association. Boxed in the server's table: it is large (two AES key schedules)
+/// and a hash table holds up to twice the slots it fills.
 struct Association {
     core: Core,
     addr: SocketAddr,
@@ -152,8 +155,19 @@ struct Association {
     cid: Option<Vec<u8>>,
     device_key: Option<VerifyingKey>,
     master: Option<[u8; 48]>,
-    /// The time of this association's live entry in [`Server::timers`], if any.
-    scheduled: Option<Duration>,
+    /// The time of this association's live entry in [`Server::timers`].
+    scheduled: Scheduled,
+}
+
+/// The timer queue's view of an association: its retransmission deadline.
+fn timer_entry(
+    associations: &mut HashMap<ConnectionHandle, Box<Association>>,
+    h: ConnectionHandle,
+) -> Option<TimerEntry<'_>> {
+    associations.get_mut(&h).map(|a| TimerEntry {
+        deadline: a.core.timer,
+        scheduled: &mut a.scheduled,
+    })
 }
 
 /// A DTLS 1.2 server for many clients. See the [module documentation](super).
@@ -162,16 +176,14 @@ pub struct Server<R> {
     rng: R,
     cookie_secret: [u8; 32],
     next_handle: u64,
-    associations: HashMap<ConnectionHandle, Association>,
+    associations: HashMap<ConnectionHandle, Box<Association>>,
     by_addr: HashMap<SocketAddr, ConnectionHandle>,
     by_cid: HashMap<Vec<u8>, ConnectionHandle>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<ServerEvent>,
-    /// Retransmission deadlines, earliest first: `(deadline, handle)`, live while it equals
-    /// the association's `scheduled` (older entries are dropped when they come up). An idle
-    /// association costs nothing per timeout; the top is kept live after every call, so
-    /// [`Server::poll_timeout`] is a peek.
-    timers: BinaryHeap<Reverse<(Duration, ConnectionHandle)>>,
+    /// Retransmission deadlines of the associations. An idle association costs nothing per
+    /// timeout; the queue is tidied after every call, so [`Server::poll_timeout`] is a peek.
+    timers: TimerQueue<ConnectionHandle>,
     /// The SEC1 (compressed) encodings of `config.device_keys`: the registration check of a
     /// handshake without a walk over every key.
     known_keys: HashSet<Vec<u8>>,
@@ -204,7 +216,7 @@ impl<R: RngCore + CryptoRng> Server<R> {
             by_cid: HashMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
-            timers: BinaryHeap::new(),
+            timers: TimerQueue::new(),
             known_keys,
         }
     }
@@ -234,7 +246,7 @@ impl<R: RngCore + CryptoRng> Server<R> {
 
     /// The earliest retransmission deadline over all associations.
     pub fn poll_timeout(&self) -> Option<Duration> {
-        let next = self.timers.peek().map(|Reverse((at, _))| *at);
+        let next = self.timers.next();
         debug_assert_eq!(
             next,
             self.associations
@@ -248,20 +260,9 @@ impl<R: RngCore + CryptoRng> Server<R> {
 
     /// Runs the retransmission timers that are due, in handle order.
     pub fn handle_timeout(&mut self, now: Duration) {
-        let mut due = Vec::new();
-        while let Some(&Reverse((at, h))) = self.timers.peek() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
-            if let Some(a) = self.associations.get_mut(&h) {
-                a.scheduled = None;
-                due.push(h);
-            }
-            self.tidy_timers();
-        }
-        due.sort();
-        due.dedup();
+        let due = self
+            .timers
+            .pop_due(now, &mut self.associations, timer_entry);
         for h in due {
             if let Some(a) = self.associations.get_mut(&h) {
                 if let Err(e) = a.core.on_timeout(now) {
@@ -276,43 +277,20 @@ impl<R: RngCore + CryptoRng> Server<R> {
     /// Queues the association's retransmission deadline if it is earlier than its live entry
     /// (a later one is found when the earlier entry comes up, [`Server::tidy_timers`]).
     fn retime(&mut self, h: ConnectionHandle) {
-        let Some(a) = self.associations.get_mut(&h) else {
-            return;
-        };
-        if let Some(t) = a.core.timer {
-            if a.scheduled.is_none_or(|s| t < s) {
-                a.scheduled = Some(t);
-                self.timers.push(Reverse((t, h)));
-            }
+        if let Some(entry) = timer_entry(&mut self.associations, h) {
+            self.timers.schedule(h, entry);
         }
     }
 
-    /// Makes the top of the timer queue a live, exact entry: entries of forgotten
-    /// associations or superseded by an earlier one are dropped, an entry whose association's
-    /// deadline moved later is moved to it, one whose timer stopped is dropped.
+    /// Makes the top of the timer queue a live, exact entry, and rebuilds the queue from the
+    /// live entries once superseded ones outnumber the associations.
     fn tidy_timers(&mut self) {
-        while let Some(&Reverse((at, h))) = self.timers.peek() {
-            let Some(a) = self
-                .associations
-                .get_mut(&h)
-                .filter(|a| a.scheduled == Some(at))
-            else {
-                self.timers.pop();
-                continue;
-            };
-            match a.core.timer {
-                Some(t) if t <= at => break,
-                Some(later) => {
-                    a.scheduled = Some(later);
-                    self.timers.pop();
-                    self.timers.push(Reverse((later, h)));
-                }
-                None => {
-                    a.scheduled = None;
-                    self.timers.pop();
-                }
-            }
-        }
+        self.timers.tidy(&mut self.associations, timer_entry);
+        self.timers.compact(
+            self.associations.len(),
+            self.associations.iter().map(|(h, a)| (*h, a.scheduled)),
+        );
+        self.timers.tidy(&mut self.associations, timer_entry);
     }
 
     /// The peer address of an association.
@@ -465,7 +443,7 @@ impl<R: RngCore + CryptoRng> Server<R> {
         self.by_addr.insert(session.peer, h);
         self.associations.insert(
             h,
-            Association {
+            Box::new(Association {
                 core,
                 addr: session.peer,
                 state: State::Connected,
@@ -475,8 +453,8 @@ impl<R: RngCore + CryptoRng> Server<R> {
                 cid,
                 device_key: Some(session.device_key),
                 master: Some(s.master_secret),
-                scheduled: None,
-            },
+                scheduled: Scheduled::default(),
+            }),
         );
         Ok(h)
     }
@@ -655,7 +633,7 @@ impl<R: RngCore + CryptoRng> Server<R> {
             hello.emit(&mut b);
             b
         });
-        let mut a = Association {
+        let mut a = Box::new(Association {
             core,
             addr: from,
             state: State::ExpectClientKeyExchange,
@@ -665,8 +643,8 @@ impl<R: RngCore + CryptoRng> Server<R> {
             cid: None,
             device_key: None,
             master: None,
-            scheduled: None,
-        };
+            scheduled: Scheduled::default(),
+        });
         if let Err(e) = server_flight(
             &self.config,
             &mut self.rng,
