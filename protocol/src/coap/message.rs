@@ -414,12 +414,12 @@ impl Message {
 /// Appends the message made of these parts to `out` without building a [`Message`] (the OTA
 /// sender's chunks: no copy of the payload on the way). The same checks and bytes as
 /// [`Message::emit`]; on an error nothing is appended.
-pub fn emit_parts_into<'a>(
+pub fn emit_parts_into(
     kind: MessageType,
     code: Code,
     message_id: u16,
     token: &[u8],
-    options: &[(u16, &'a [u8])],
+    options: &[(u16, &[u8])],
     payload: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(), CoapError> {

@@ -200,7 +200,7 @@ impl<B: BlockBackend<BlockSize = U16>> Keystream<B> {
                 self.base = self.base.wrapping_add(width as u32);
             }
             for (i, block) in self.batch.iter_mut().enumerate() {
-                *block = self.template.clone();
+                *block = self.template;
                 let counter = u64::from(self.base.wrapping_add(i as u32)).to_be_bytes();
                 block[16 - self.l..].copy_from_slice(&counter[8 - self.l..]);
             }
