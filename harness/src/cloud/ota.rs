@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use protocol::coap::{Code, Message, MessageType};
+use protocol::coap::{Code, Message};
 use protocol::message::{
-    Body, Diagnostic, FinishStats, Hello, HelloFlags, ParticleMessage, SystemDescribe, UpdateAck,
-    UpdateChunk, UpdateFinish, UpdateStart, UpdateStartResponse,
+    Body, Diagnostic, FinishStats, Hello, HelloFlags, SystemDescribe, UpdateAck, UpdateChunk,
+    UpdateFinish, UpdateStart, UpdateStartResponse,
 };
 
 use super::assets;
@@ -203,52 +203,53 @@ impl Cloud {
         job_id: JobId,
         indices: &[u32],
     ) {
-        let messages: Vec<ParticleMessage> = {
-            let Some(job) = self.jobs.get(&job_id) else {
-                return;
-            };
-            let Some(transfer) = job.transfer.as_ref() else {
-                return;
-            };
-            indices
-                .iter()
-                .map(|&index| ParticleMessage {
-                    kind: MessageType::NonConfirmable,
-                    message_id: 0,
-                    token: Vec::new(),
-                    body: Body::UpdateChunk(UpdateChunk {
-                        index,
-                        data: job
-                            .file
-                            .get(transfer.chunk_range(index))
-                            .unwrap_or_default()
-                            .to_vec(),
-                    }),
-                })
-                .collect()
+        let Some((file, chunk_size)) = self.jobs.get(&job_id).and_then(|j| {
+            j.transfer
+                .as_ref()
+                .map(|t| (j.file.clone(), t.chunk_size as usize))
+        }) else {
+            return;
         };
-        // Flushed first, so that each chunk is the last datagram of its own flush.
+        // What the endpoint still queues goes first, so that the chunks leave in order after it.
         self.flush_endpoint(now, id);
-        for (index, message) in indices.iter().zip(messages) {
-            let coap = match message.to_coap() {
-                Ok(m) => m,
-                Err(e) => {
-                    self.dropped(Some(id), format!("could not encode a chunk: {e}"));
-                    continue;
-                }
+        // One buffer for the burst: each chunk is encoded straight from the file into it (no
+        // copy of its bytes into a message first), then sealed into its record.
+        let mut coap = Vec::with_capacity(chunk_size + 32);
+        for &index in indices {
+            let Some(range) = self
+                .jobs
+                .get(&job_id)
+                .and_then(|j| j.transfer.as_ref())
+                .map(|t| t.chunk_range(index))
+            else {
+                return;
             };
-            let result = match self.endpoint(&id) {
-                Some(e) => e.send(now, coap),
-                None => return,
-            };
-            if let Err(e) = result {
-                self.dropped(Some(id), format!("could not send a chunk: {e}"));
+            coap.clear();
+            let data = file.get(range).unwrap_or_default();
+            // Encoded with message id 0, which is then patched: a chunk that cannot be encoded
+            // takes no message id.
+            if let Err(e) = UpdateChunk::emit_coap_into(0, index, data, &mut coap) {
+                self.dropped(Some(id), format!("could not encode a chunk: {e}"));
                 continue;
             }
-            if let Some(mid) = self.flush_endpoint(now, id) {
-                if let Some(s) = self.session_mut(&id) {
-                    s.remember_chunk(mid, *index);
-                }
+            self.touched.push(id);
+            let Some(session) = self.devices.get_mut(&id).and_then(|d| d.session.as_mut()) else {
+                return;
+            };
+            let handle = session.handle;
+            let Some(endpoint) = session.endpoint.as_mut() else {
+                return;
+            };
+            let (_, message_id) = endpoint.reserve_unanswered_non();
+            coap[2..4].copy_from_slice(&message_id.to_be_bytes());
+            let failure = self
+                .server
+                .send_application_data(now, handle, &coap)
+                .err()
+                .map(|e| format!("could not send {} bytes: {e}", coap.len()));
+            session.remember_chunk(message_id, index);
+            if let Some(failure) = failure {
+                self.dropped(Some(id), failure);
             }
         }
     }

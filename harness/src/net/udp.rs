@@ -392,17 +392,20 @@ async fn drive<N: Node>(
                             let [meta] = meta;
                             let from = meta.addr;
                             let data = buf.get(..meta.len).unwrap_or_default();
+                            // The datagrams of one read arrived together: one clock reading
+                            // for all of them.
+                            let now = shared.now();
                             // With GRO, one read holds several datagrams of `stride` bytes
                             // (the last may be shorter).
                             for datagram in data.chunks(meta.stride.max(1)) {
                                 counters.received.fetch_add(1, Ordering::Relaxed);
                                 shared.captured(&socket, from, true, datagram);
-                                node.handle_datagram(shared.now(), from, datagram);
+                                node.handle_datagram(now, from, datagram);
                             }
                             if meta.len == 0 {
                                 counters.received.fetch_add(1, Ordering::Relaxed);
                                 shared.captured(&socket, from, true, &[]);
-                                node.handle_datagram(shared.now(), from, &[]);
+                                node.handle_datagram(now, from, &[]);
                             }
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

@@ -237,6 +237,16 @@ impl<R: RngCore> Endpoint<R> {
         Ok(handle)
     }
 
+    /// For a NON without a token (never answered, never retransmitted: the OTA sender's
+    /// UpdateChunks): takes the message id and the handle [`Endpoint::send`] would, and queues
+    /// nothing. The caller encodes the message with that id and sends it itself, after what
+    /// [`Endpoint::poll_transmit`] still holds; `send` would not have tracked it either, so the
+    /// endpoint ends in the same state.
+    pub fn reserve_unanswered_non(&mut self) -> (RequestHandle, u16) {
+        let message_id = self.next_message_id();
+        (self.new_handle(), message_id)
+    }
+
     /// `ack_timeout << n` plus a random 0..=255/512 of it (Device OS `CoAPMessage`).
     fn initial_timeout(&mut self, n: u32) -> Duration {
         let base = self.config.ack_timeout.saturating_mul(1u32 << n.min(16));

@@ -1,9 +1,10 @@
 //! CoAP as Particle devices and the Particle cloud use it: reference §1.5 (framing, reliability,
 //! deduplication) and the Block1/Block2 options of §1.10.
 //!
-//! [`Message`] is one decoded message (coap-lite does the byte work, this module refuses what
-//! coap-lite lets through). [`Endpoint`] is the sans-IO exchange layer: retransmission of CON
-//! messages, duplicate detection with cached replies, piggy-backed and separate responses.
+//! [`Message`] is one decoded message (decoded and encoded here in one pass, refusing every
+//! message format error; the tests check both against coap-lite, which did the byte work
+//! before). [`Endpoint`] is the sans-IO exchange layer: retransmission of CON messages,
+//! duplicate detection with cached replies, piggy-backed and separate responses.
 
 mod block;
 mod exchange;
@@ -16,8 +17,8 @@ pub use exchange::{
 };
 
 pub use message::{
-    decode_uint, encode_uint, CoapOption, Code, Message, MessageType, MAX_TOKEN_LEN,
-    PAYLOAD_MARKER, VERSION,
+    decode_uint, emit_parts_into, encode_uint, CoapOption, Code, Message, MessageType,
+    MAX_TOKEN_LEN, PAYLOAD_MARKER, VERSION,
 };
 
 /// Option numbers: the RFC 7252 / RFC 7959 ones Particle uses and Particle's private OTA v3

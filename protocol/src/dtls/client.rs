@@ -6,7 +6,7 @@ use core::time::Duration;
 use p256::ecdsa::{DerSignature, Signature, SigningKey, VerifyingKey};
 use rand_core::{CryptoRng, RngCore};
 
-use super::conn::{split_records, Core, Item, Phase, RetransmitTimeouts};
+use super::conn::{records, Core, Item, Phase, RetransmitTimeouts};
 use super::crypto::{master_secret, verify_data, KeyBlock};
 use super::ec;
 use super::handshake::*;
@@ -226,8 +226,8 @@ impl<R: RngCore + CryptoRng> Client<R> {
         if self.core.phase == Phase::Closed || datagram.len() <= 1 {
             return;
         }
-        for rec in split_records(datagram, self.core.in_cid_len) {
-            let result = self.core.accept_record(&rec).and_then(|items| {
+        for rec in records(datagram, self.core.in_cid_len) {
+            let result = self.core.accept(&rec).and_then(|items| {
                 for item in items {
                     self.on_item(now, item)?;
                     if self.core.phase == Phase::Closed {

@@ -121,6 +121,28 @@ pub(crate) fn split_records(datagram: &[u8], in_cid_len: usize) -> Vec<OwnedReco
     out
 }
 
+/// The records of a datagram, borrowed where they lie (no copy); a malformed tail ends them
+/// (RFC 6347 4.1.2.7: invalid records are discarded silently).
+pub(crate) fn records(
+    datagram: &[u8],
+    in_cid_len: usize,
+) -> impl Iterator<Item = super::record::RecordRepr<'_>> {
+    let mut at = 0;
+    core::iter::from_fn(move || {
+        let rest = datagram.get(at..).filter(|r| !r.is_empty())?;
+        match super::record::RecordRepr::parse(rest, in_cid_len) {
+            Ok((record, used)) => {
+                at += used;
+                Some(record)
+            }
+            Err(_) => {
+                at = datagram.len();
+                None
+            }
+        }
+    })
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
     Handshaking,
@@ -355,13 +377,26 @@ impl Core {
     /// Authenticates one record and turns it into items. Records that fail the tag or replay
     /// check, or arrive under an epoch we cannot read, are dropped (counted).
     pub fn accept_record(&mut self, rec: &OwnedRecord) -> Result<Vec<Item>, DtlsError> {
+        self.accept(&super::record::RecordRepr {
+            content_type: rec.content_type,
+            version: DTLS_1_2,
+            epoch: rec.epoch,
+            seq: rec.seq,
+            cid: rec.cid.as_deref(),
+            fragment: &rec.fragment,
+        })
+    }
+
+    /// [`Core::accept_record`] for a record borrowed from the datagram: its content is copied
+    /// once, decrypted where it lies and handed on without another copy.
+    pub fn accept(&mut self, rec: &super::record::RecordRepr<'_>) -> Result<Vec<Item>, DtlsError> {
         let (content_type, content) = match rec.epoch {
             0 => {
                 if rec.content_type.has_cid() {
                     self.dropped_records += 1;
                     return Ok(Vec::new());
                 }
-                (rec.content_type, rec.fragment.clone())
+                (rec.content_type, rec.fragment.to_vec())
             }
             1 => {
                 // Before the peer's ChangeCipherSpec an epoch-1 record (a reordered Finished) is
@@ -374,17 +409,15 @@ impl Core {
                     self.dropped_records += 1;
                     return Ok(Vec::new());
                 }
-                match cipher.open(
-                    rec.content_type,
-                    rec.epoch,
-                    rec.seq,
-                    rec.cid.as_deref(),
-                    &rec.fragment,
-                ) {
-                    Ok(x) => {
+                let mut body = rec.fragment.to_vec();
+                match cipher.open_in_place(rec.content_type, rec.epoch, rec.seq, rec.cid, &mut body)
+                {
+                    Ok((real, range)) => {
                         self.replay.accept(rec.seq);
                         self.move_session = false;
-                        x
+                        body.truncate(range.end);
+                        body.drain(..range.start);
+                        (real, body)
                     }
                     Err(_) => {
                         self.dropped_records += 1;

@@ -4,17 +4,16 @@
 //! records and draft-ietf-tls-dtls-connection-id-05 for CID records (as in the README of the
 //! wire vectors: `seq ‖ 25 ‖ version ‖ cid ‖ cid_len ‖ inner_len`).
 
-use aes::Aes128;
-use ccm::aead::{AeadInPlace, KeyInit};
-use ccm::consts::{U12, U8};
+use core::ops::Range;
+
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
+use super::ccm::Ccm8;
 use super::record::{emit_header, ContentType, DTLS_1_2};
 use super::DtlsError;
 
 type HmacSha256 = Hmac<Sha256>;
-type Aes128Ccm8 = ccm::Ccm<Aes128, U8, U12>;
 
 /// Explicit nonce length in a protected record.
 pub const EXPLICIT_NONCE_LEN: usize = 8;
@@ -119,7 +118,7 @@ impl KeyBlock {
 /// One direction's AES-128-CCM-8 state.
 #[derive(Clone)]
 pub struct RecordCipher {
-    aead: Aes128Ccm8,
+    ccm: Ccm8,
     iv: [u8; 4],
 }
 
@@ -137,32 +136,71 @@ pub fn aad(
     cid: Option<&[u8]>,
     plaintext_len: usize,
 ) -> Vec<u8> {
-    let mut a = Vec::with_capacity(16 + cid.map_or(0, |c| c.len() + 1));
-    a.extend_from_slice(&epoch.to_be_bytes());
-    a.extend_from_slice(&seq.to_be_bytes()[2..]);
-    match cid {
-        None => {
-            a.push(content_type);
-            a.extend_from_slice(&DTLS_1_2.to_be_bytes());
+    AadBuf::new(epoch, seq, content_type, cid, plaintext_len)
+        .as_ref()
+        .to_vec()
+}
+
+/// Longest AAD: 11 bytes of epoch, sequence, type and version, a CID of up to 255 bytes and
+/// its length byte, 2 bytes of length.
+const MAX_AAD: usize = 11 + 255 + 1 + 2;
+
+/// The AAD of one record on the stack (the record path builds one per record).
+struct AadBuf {
+    bytes: [u8; MAX_AAD],
+    len: usize,
+}
+
+impl AadBuf {
+    fn new(
+        epoch: u16,
+        seq: u64,
+        content_type: u8,
+        cid: Option<&[u8]>,
+        plaintext_len: usize,
+    ) -> Self {
+        let mut a = Self {
+            bytes: [0; MAX_AAD],
+            len: 0,
+        };
+        a.put(&epoch.to_be_bytes());
+        a.put(&seq.to_be_bytes()[2..]);
+        match cid {
+            None => {
+                a.put(&[content_type]);
+                a.put(&DTLS_1_2.to_be_bytes());
+            }
+            Some(cid) => {
+                // draft-05: the outer type is always tls12_cid (25), also for the 253 alias:
+                // Device OS (`DTLSMessageChannel::send`) overwrites only the first header byte
+                // of a record mbedTLS already protected as type 25, so the AAD keeps 25.
+                let cid = &cid[..cid.len().min(255)];
+                a.put(&[ContentType::Cid.to_u8()]);
+                a.put(&DTLS_1_2.to_be_bytes());
+                a.put(cid);
+                a.put(&[cid.len() as u8]);
+            }
         }
-        Some(cid) => {
-            // draft-05: the outer type is always tls12_cid (25), also for the 253 alias: Device
-            // OS (`DTLSMessageChannel::send`) overwrites only the first header byte of a record
-            // mbedTLS already protected as type 25, so the AAD keeps 25.
-            a.push(ContentType::Cid.to_u8());
-            a.extend_from_slice(&DTLS_1_2.to_be_bytes());
-            a.extend_from_slice(cid);
-            a.push(cid.len() as u8);
-        }
+        a.put(&(plaintext_len as u16).to_be_bytes());
+        a
     }
-    a.extend_from_slice(&(plaintext_len as u16).to_be_bytes());
-    a
+
+    fn put(&mut self, bytes: &[u8]) {
+        self.bytes[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+}
+
+impl AsRef<[u8]> for AadBuf {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
 }
 
 impl RecordCipher {
     pub fn new(key: &[u8; 16], iv: &[u8; 4]) -> Self {
         Self {
-            aead: Aes128Ccm8::new(key.into()),
+            ccm: Ccm8::new(key),
             iv: *iv,
         }
     }
@@ -177,7 +215,6 @@ impl RecordCipher {
     /// Protects `content` of `content_type` and returns the complete record. With `cid` the
     /// record is a CID record (type `outer_type`, 25 or 253) holding the DTLSInnerPlaintext
     /// padded with zeros to a multiple of 16.
-    #[allow(clippy::too_many_arguments)]
     pub fn seal(
         &self,
         content_type: ContentType,
@@ -186,6 +223,34 @@ impl RecordCipher {
         cid: Option<(&[u8], ContentType)>,
         content: &[u8],
     ) -> Vec<u8> {
+        let mut out = Vec::with_capacity(Self::sealed_len(cid.map(|(c, _)| c), content.len()));
+        self.seal_into(content_type, epoch, seq, cid, content, &mut out);
+        out
+    }
+
+    /// Bytes of the record [`RecordCipher::seal`] makes of `content_len` bytes.
+    pub fn sealed_len(cid: Option<&[u8]>, content_len: usize) -> usize {
+        let body = match cid {
+            Some(_) => {
+                (content_len + 1).div_ceil(CID_PADDING_GRANULARITY) * CID_PADDING_GRANULARITY
+            }
+            None => content_len,
+        };
+        13 + cid.map_or(0, <[u8]>::len) + body + PROTECTION_OVERHEAD
+    }
+
+    /// [`RecordCipher::seal`] appending the record to `out` (a buffer the caller reuses): the
+    /// header, the explicit nonce, the content encrypted where it lies, the tag. No allocation
+    /// when `out` has the room.
+    pub fn seal_into(
+        &self,
+        content_type: ContentType,
+        epoch: u16,
+        seq: u64,
+        cid: Option<(&[u8], ContentType)>,
+        content: &[u8],
+        out: &mut Vec<u8>,
+    ) {
         let mut explicit = [0u8; 8];
         explicit[..2].copy_from_slice(&epoch.to_be_bytes());
         explicit[2..].copy_from_slice(&seq.to_be_bytes()[2..]);
@@ -197,11 +262,9 @@ impl RecordCipher {
             }
             None => (content_type, None, content.len()),
         };
-        // The record is built in place: header, explicit nonce, the plaintext (encrypted where
-        // it lies), the tag. One allocation, one copy of the content.
-        let mut out = Vec::with_capacity(13 + 8 + body_len + PROTECTION_OVERHEAD);
+        out.reserve(Self::sealed_len(cid_bytes, content.len()));
         emit_header(
-            &mut out,
+            out,
             outer,
             DTLS_1_2,
             epoch,
@@ -216,14 +279,15 @@ impl RecordCipher {
             out.push(content_type.to_u8());
             out.resize(body_start + body_len, 0);
         }
-        let aad = aad(epoch, seq, outer.to_u8(), cid_bytes, body_len);
+        let aad = AadBuf::new(epoch, seq, outer.to_u8(), cid_bytes, body_len);
         let nonce = self.nonce(&explicit);
+        // A record body is at most 2^16 bytes (its length field), far below CCM_8's 2^24, and
+        // the AAD at most 269: sealing cannot fail.
         let tag = self
-            .aead
-            .encrypt_in_place_detached((&nonce).into(), &aad, &mut out[body_start..])
-            .expect("CCM accepts any record-sized plaintext");
+            .ccm
+            .seal_in_place(&nonce, aad.as_ref(), &mut out[body_start..])
+            .unwrap_or_default();
         out.extend_from_slice(&tag);
-        out
     }
 
     /// Opens a protected fragment. Returns the real content type and the content (for CID
@@ -242,18 +306,44 @@ impl RecordCipher {
                 offset: fragment.len(),
             });
         }
+        let mut body = fragment.to_vec();
+        let (real, range) = self.open_in_place(outer, epoch, seq, cid, &mut body)?;
+        body.truncate(range.end);
+        body.drain(..range.start);
+        Ok((real, body))
+    }
+
+    /// Opens a protected fragment where it lies: `fragment` is decrypted in place and the
+    /// content is `fragment[range]` (for CID records without the type byte and padding). No
+    /// allocation. On an error the fragment's bytes are not meaningful.
+    pub fn open_in_place(
+        &self,
+        outer: ContentType,
+        epoch: u16,
+        seq: u64,
+        cid: Option<&[u8]>,
+        fragment: &mut [u8],
+    ) -> Result<(ContentType, Range<usize>), DtlsError> {
+        if fragment.len() < PROTECTION_OVERHEAD {
+            return Err(DtlsError::Truncated {
+                what: "protected record",
+                offset: fragment.len(),
+            });
+        }
         let mut explicit = [0u8; 8];
         explicit.copy_from_slice(&fragment[..EXPLICIT_NONCE_LEN]);
         let ct_end = fragment.len() - TAG_LEN;
-        let mut body = fragment[EXPLICIT_NONCE_LEN..ct_end].to_vec();
-        let tag = &fragment[ct_end..];
-        let aad = aad(epoch, seq, outer.to_u8(), cid, body.len());
+        let mut tag = [0u8; TAG_LEN];
+        tag.copy_from_slice(&fragment[ct_end..]);
+        let body = &mut fragment[EXPLICIT_NONCE_LEN..ct_end];
+        let aad = AadBuf::new(epoch, seq, outer.to_u8(), cid, body.len());
         let nonce = self.nonce(&explicit);
-        self.aead
-            .decrypt_in_place_detached((&nonce).into(), &aad, &mut body, tag.into())
+        self.ccm
+            .open_in_place(&nonce, aad.as_ref(), body, &tag)
             .map_err(|_| DtlsError::BadRecordMac { epoch, seq })?;
+        let range = EXPLICIT_NONCE_LEN..ct_end;
         if !outer.has_cid() {
-            return Ok((outer, body));
+            return Ok((outer, range));
         }
         let end = body
             .iter()
@@ -265,7 +355,6 @@ impl RecordCipher {
         let real = ContentType::from_u8(body[end])
             .filter(|t| !t.has_cid())
             .ok_or(DtlsError::UnknownContentType(body[end]))?;
-        body.truncate(end);
-        Ok((real, body))
+        Ok((real, EXPLICIT_NONCE_LEN..EXPLICIT_NONCE_LEN + end))
     }
 }

@@ -12,6 +12,7 @@
 //! Layers, one file each:
 //! - [`record`]: the record header (checked view + [`record::RecordRepr`]).
 //! - [`crypto`]: PRF, key block, CCM_8 record protection and the two AAD layouts.
+//! - [`ccm`]: AES-128-CCM_8 itself (RFC 3610 with the 12-byte TLS nonce), in place.
 //! - [`handshake`]: handshake header and every handshake message, plus alerts.
 //!
 //! - [`keys`]: P-256 keys from SEC1/PKCS#8/SPKI DER, the SPKI inside an X.509 certificate.
@@ -65,6 +66,7 @@
 //! A [`Server`] is driven the same way with the peer address: `handle_datagram(now, from,
 //! bytes)`, and `poll_transmit()` gives a [`Transmit`] with its destination.
 
+pub mod ccm;
 mod client;
 mod conn;
 pub mod crypto;

@@ -221,6 +221,34 @@ impl UpdateChunk {
         })
     }
 
+    /// Appends the CoAP bytes of the UpdateChunk of `index` carrying `data` (NON, no token,
+    /// `message_id`) to `out`: the bytes `ParticleMessage::to_coap` then `Message::emit` give,
+    /// without building either (the OTA sender's hot path).
+    pub fn emit_coap_into(
+        message_id: u16,
+        index: u32,
+        data: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), crate::coap::CoapError> {
+        let index = index.to_be_bytes();
+        // encode_uint: 0, 1, 2 or 4 bytes, never 3.
+        let index: &[u8] = match u32::from_be_bytes(index) {
+            0 => &[],
+            1..=0xFF => &index[3..],
+            0x100..=0xFFFF => &index[2..],
+            _ => &index,
+        };
+        crate::coap::emit_parts_into(
+            MessageType::NonConfirmable,
+            Code::POST,
+            message_id,
+            &[],
+            &[(option::URI_PATH, b"C"), (option::CHUNK_INDEX, index)],
+            data,
+            out,
+        )
+    }
+
     pub(super) fn parts(&self) -> (Code, Vec<CoapOption>, Vec<u8>) {
         (
             Code::POST,
@@ -401,6 +429,41 @@ mod tests {
 
     fn hex(s: &str) -> Vec<u8> {
         hex::decode(s.split_whitespace().collect::<String>()).expect("hex literal")
+    }
+
+    #[test]
+    fn a_chunk_emitted_in_place_is_the_message_emitted() {
+        for index in [
+            0u32,
+            1,
+            255,
+            256,
+            3072,
+            65_535,
+            65_536,
+            0x0100_0000,
+            u32::MAX,
+        ] {
+            for len in [1usize, 12, 13, 268, 269, 512] {
+                let data: Vec<u8> = (0..len).map(|i| i as u8).collect();
+                let message = ParticleMessage {
+                    kind: MessageType::NonConfirmable,
+                    message_id: 0xbeef,
+                    token: Vec::new(),
+                    body: Body::UpdateChunk(UpdateChunk {
+                        index,
+                        data: data.clone(),
+                    }),
+                };
+                let mut out = vec![1, 2];
+                UpdateChunk::emit_coap_into(0xbeef, index, &data, &mut out).unwrap();
+                assert_eq!(
+                    out[2..],
+                    message.emit().unwrap()[..],
+                    "index {index} len {len}"
+                );
+            }
+        }
     }
 
     #[test]
