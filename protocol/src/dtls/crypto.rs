@@ -230,13 +230,19 @@ impl RecordCipher {
 
     /// Bytes of the record [`RecordCipher::seal`] makes of `content_len` bytes.
     pub fn sealed_len(cid: Option<&[u8]>, content_len: usize) -> usize {
-        let body = match cid {
-            Some(_) => {
-                (content_len + 1).div_ceil(CID_PADDING_GRANULARITY) * CID_PADDING_GRANULARITY
-            }
-            None => content_len,
-        };
-        13 + cid.map_or(0, <[u8]>::len) + body + PROTECTION_OVERHEAD
+        13 + cid.map_or(0, <[u8]>::len)
+            + Self::body_len(cid.is_some(), content_len)
+            + PROTECTION_OVERHEAD
+    }
+
+    /// The plaintext body of a record of `content_len` bytes: for a CID record the
+    /// DTLSInnerPlaintext (content, type byte) zero-padded to a multiple of 16.
+    fn body_len(cid: bool, content_len: usize) -> usize {
+        if cid {
+            (content_len + 1).div_ceil(CID_PADDING_GRANULARITY) * CID_PADDING_GRANULARITY
+        } else {
+            content_len
+        }
     }
 
     /// [`RecordCipher::seal`] appending the record to `out` (a buffer the caller reuses): the
@@ -254,14 +260,11 @@ impl RecordCipher {
         let mut explicit = [0u8; 8];
         explicit[..2].copy_from_slice(&epoch.to_be_bytes());
         explicit[2..].copy_from_slice(&seq.to_be_bytes()[2..]);
-        let (outer, cid_bytes, body_len) = match cid {
-            Some((cid_bytes, outer)) => {
-                let padded =
-                    (content.len() + 1).div_ceil(CID_PADDING_GRANULARITY) * CID_PADDING_GRANULARITY;
-                (outer, Some(cid_bytes), padded)
-            }
-            None => (content_type, None, content.len()),
+        let (outer, cid_bytes) = match cid {
+            Some((cid_bytes, outer)) => (outer, Some(cid_bytes)),
+            None => (content_type, None),
         };
+        let body_len = Self::body_len(cid.is_some(), content.len());
         out.reserve(Self::sealed_len(cid_bytes, content.len()));
         emit_header(
             out,

@@ -1155,11 +1155,20 @@ async fn list_firmware(
     ok(StatusCode::OK, Value::Array(list))
 }
 
-fn version_param(text: &str) -> Result<u16, ApiError> {
-    text.parse::<u16>()
+/// A path segment that must be a number from 1 up (a firmware version, a rollout id); anything
+/// else names no such thing: 404 with `what` it should have been.
+fn positive_param<T: std::str::FromStr + From<u8> + PartialOrd>(
+    text: &str,
+    what: &str,
+) -> Result<T, ApiError> {
+    text.parse::<T>()
         .ok()
-        .filter(|v| *v > 0)
-        .ok_or_else(|| ApiError::not_found(format!("`{text}` is not a firmware version")))
+        .filter(|v| *v >= T::from(1))
+        .ok_or_else(|| ApiError::not_found(format!("`{text}` is not {what}")))
+}
+
+fn version_param(text: &str) -> Result<u16, ApiError> {
+    positive_param(text, "a firmware version")
 }
 
 async fn get_firmware(
@@ -1396,10 +1405,7 @@ async fn delete_group(
 // ---- staged rollouts (ours) ----
 
 fn rollout_id(text: &str) -> Result<u32, ApiError> {
-    text.parse::<u32>()
-        .ok()
-        .filter(|v| *v > 0)
-        .ok_or_else(|| ApiError::not_found(format!("`{text}` is not a rollout id (1, 2, ...)")))
+    positive_param(text, "a rollout id (1, 2, ...)")
 }
 
 async fn create_rollout(
